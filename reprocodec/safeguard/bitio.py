@@ -75,6 +75,17 @@ class BitWriter:
         self.write_unary(v >> k)
         self.write_bits(v & ((1 << k) - 1), k)
 
+    def write_raw(self, bits: np.ndarray) -> None:
+        """A ready-made run of 0/1 bits."""
+        if np.size(bits):
+            self._parts.append(np.asarray(bits, dtype=np.uint8).ravel())
+
+    def write_int(self, value: int, width: int) -> None:
+        """An arbitrary-size non-negative Python int as `width` bits, LSB first."""
+        if width:
+            raw = np.frombuffer(value.to_bytes((width + 7) // 8, "little"), dtype=np.uint8)
+            self._parts.append(np.unpackbits(raw, bitorder="little")[:width])
+
     def getvalue(self) -> bytes:
         if not self._parts:
             return b""
@@ -127,6 +138,13 @@ class BitReader:
         q = np.diff(np.concatenate(([-1], ends))) - 1
         self._pos += int(ends[-1]) + 1
         return q.astype(np.int64)
+
+    def read_int(self, width: int) -> int:
+        if width > self.remaining:
+            raise SafeguardError("side information truncated (bit field)")
+        bits = self._bits[self._pos : self._pos + width]
+        self._pos += width
+        return int.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little")
 
     def read_rice(self, count: int) -> np.ndarray:
         k = int(self.read_bits(1, 6)[0])

@@ -1,0 +1,202 @@
+"""The bitstream container: a `reprocodec.v1.Bitstream` protobuf message, validated.
+
+`pack` fills in the magic, format version and every CRC, validates, and serializes
+deterministically. `unpack` parses any byte string and either returns a message whose every
+field has been checked (magic, version, codec/header agreement, names, shapes, bounds, CRC-32 of
+each payload and side-information stream) or raises ContainerError — so no unchecked byte ever
+reaches a native entropy decoder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .checksum import checksum, crc32
+from .errors import ContainerError
+from .safeguard import ErrorBound, Mode, Protected
+from .v1 import bitstream_pb2 as pb
+
+MAGIC = 0x44435052  # b"RPCD" read as a little-endian uint32
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+MAX_STREAM_BYTES = 1 << 30
+MAX_ELEMENTS = 1 << 31  # per protected tensor / payload shape
+MAX_NAME = 128
+
+_MODE_TO_PROTO = {
+    Mode.NONE: pb.SAFEGUARD_MODE_NONE,
+    Mode.FLAGS: pb.SAFEGUARD_MODE_FLAGS,
+    Mode.SIMPLIFIED: pb.SAFEGUARD_MODE_SIMPLIFIED,
+    Mode.SYNDROME: pb.SAFEGUARD_MODE_SYNDROME,
+}
+_MODE_FROM_PROTO = {v: k for k, v in _MODE_TO_PROTO.items()}
+_BOUND_TO_PROTO = {"absolute": pb.BOUND_KIND_ABSOLUTE, "relative": pb.BOUND_KIND_RELATIVE}
+_BOUND_FROM_PROTO = {v: k for k, v in _BOUND_TO_PROTO.items()}
+LEVELS = {"decoding": pb.PROTECTION_LEVEL_DECODING,
+          "reconstruction": pb.PROTECTION_LEVEL_RECONSTRUCTION}
+_HEADER_FOR_CODEC = {pb.CODEC_KIND_IMAGE: "image", pb.CODEC_KIND_POINT_CLOUD: "point_cloud"}
+
+
+def mode_to_proto(mode: Mode | str) -> int:
+    return _MODE_TO_PROTO[Mode(mode)]
+
+
+def mode_from_proto(value: int) -> Mode:
+    return _MODE_FROM_PROTO[value]
+
+
+def bound_to_proto(bound: ErrorBound) -> pb.ErrorBound:
+    return pb.ErrorBound(kind=_BOUND_TO_PROTO[bound.kind], value=bound.value)
+
+
+def bound_from_proto(message: pb.ErrorBound) -> ErrorBound:
+    return ErrorBound(_BOUND_FROM_PROTO[message.kind], message.value)
+
+
+def make_payload(name: str, data: bytes, shape: tuple[int, ...] | list[int]) -> pb.Payload:
+    return pb.Payload(name=name, shape=list(shape), data=data, crc32=crc32(data))
+
+
+def make_protected(
+    name: str,
+    level: str,
+    protected: Protected,
+    bound: ErrorBound,
+) -> pb.ProtectedTensor:
+    """The container record of one protected tensor (its indices checksum included)."""
+    return pb.ProtectedTensor(
+        name=name,
+        level=LEVELS[level],
+        mode=mode_to_proto(protected.mode),
+        bound=bound_to_proto(bound),
+        shape=list(protected.indices.shape),
+        side_info=protected.stream,
+        side_info_crc32=crc32(protected.stream),
+        indices_checksum=checksum(protected.indices),
+        risky_count=protected.risky_count,
+        candidate_count=protected.candidate_count,
+    )
+
+
+def payload_bytes(message: pb.Bitstream, name: str) -> bytes:
+    for payload in message.payloads:
+        if payload.name == name:
+            return payload.data
+    raise ContainerError(f"stream has no payload {name!r}; was it written by this codec?")
+
+
+def protected_tensor(message: pb.Bitstream, name: str) -> pb.ProtectedTensor:
+    for tensor in message.protected:
+        if tensor.name == name:
+            return tensor
+    raise ContainerError(f"stream has no protected tensor {name!r}")
+
+
+def protection_bytes(message: pb.Bitstream) -> int:
+    return sum(len(t.side_info) for t in message.protected)
+
+
+def pack(message: pb.Bitstream) -> bytes:
+    """Serialize a Bitstream (magic, version and CRCs filled in here), validated."""
+    message.magic = MAGIC
+    message.format_version = FORMAT_VERSION
+    for payload in message.payloads:
+        payload.crc32 = crc32(payload.data)
+    for tensor in message.protected:
+        tensor.side_info_crc32 = crc32(tensor.side_info)
+    validate(message)
+    return message.SerializeToString(deterministic=True)
+
+
+def unpack(data: bytes) -> pb.Bitstream:
+    """Parse and validate; ContainerError on anything that is not a well-formed stream."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ContainerError(f"a bitstream is bytes, not {type(data).__name__}")
+    if len(data) == 0:
+        raise ContainerError("empty bitstream: nothing to decode")
+    if len(data) > MAX_STREAM_BYTES:
+        raise ContainerError(f"bitstream of {len(data)} bytes exceeds {MAX_STREAM_BYTES}")
+    message = pb.Bitstream()
+    try:
+        message.ParseFromString(bytes(data))
+    except Exception as exc:  # protobuf raises DecodeError and, rarely, others
+        raise ContainerError(
+            "not a reprocodec bitstream (protobuf parse failed); "
+            "pass the .rpc file the encoder wrote, unmodified"
+        ) from exc
+    validate(message)
+    return message
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise ContainerError(f"malformed bitstream: {what}")
+
+
+def _check_shape(shape, what: str) -> None:
+    _check(0 < len(shape) <= 8, f"{what} has {len(shape)} dimensions")
+    _check(all(d > 0 for d in shape), f"{what} has an empty dimension")
+    _check(math.prod(shape) <= MAX_ELEMENTS, f"{what} is too large")
+
+
+def _check_name(name: str, seen: set[str], what: str) -> None:
+    _check(0 < len(name) <= MAX_NAME and name.isprintable(), f"bad {what} name")
+    _check(name not in seen, f"duplicate {what} {name!r}")
+    seen.add(name)
+
+
+def validate(message: pb.Bitstream) -> None:
+    _check(message.magic == MAGIC, "wrong magic (is this a reprocodec .rpc file?)")
+    if message.format_version not in SUPPORTED_VERSIONS:
+        raise ContainerError(
+            f"bitstream format version {message.format_version} is not supported by this "
+            f"decoder (supports {sorted(SUPPORTED_VERSIONS)}); upgrade reprocodec"
+        )
+    _check(message.codec in _HEADER_FOR_CODEC, f"unknown codec kind {message.codec}")
+    _check(message.WhichOneof("header") == _HEADER_FOR_CODEC[message.codec],
+           "header does not match the codec kind")
+    _check(0 < len(message.model) <= MAX_NAME and message.model.isprintable(), "bad model name")
+    _check(len(message.weights_sha256) == 32, "weights SHA-256 must be 32 bytes")
+    if message.codec == pb.CODEC_KIND_IMAGE:
+        image = message.image
+        _check(0 < image.height <= 1 << 16 and 0 < image.width <= 1 << 16, "bad image size")
+        _check(image.channels in (1, 3), "image channels must be 1 or 3")
+    else:
+        cloud = message.point_cloud
+        _check(1 <= cloud.depth <= 21, "octree depth out of range")
+        _check(cloud.num_points <= MAX_ELEMENTS, "too many points")
+        _check(len(cloud.origin) == 3, "point cloud origin must have 3 values")
+        _check(all(math.isfinite(o) for o in cloud.origin), "non-finite origin")
+        _check(math.isfinite(cloud.scale) and cloud.scale > 0, "bad point cloud scale")
+    names: set[str] = set()
+    for payload in message.payloads:
+        _check_name(payload.name, names, "payload")
+        _check_shape(payload.shape, f"payload {payload.name!r} shape")
+        _check(crc32(payload.data) == payload.crc32,
+               f"payload {payload.name!r} fails its CRC-32 (corrupted in transit or storage)")
+    names = set()
+    for tensor in message.protected:
+        _check_name(tensor.name, names, "protected tensor")
+        _check_shape(tensor.shape, f"protected tensor {tensor.name!r} shape")
+        _check(tensor.level in LEVELS.values(), f"bad level for {tensor.name!r}")
+        _check(tensor.mode in _MODE_FROM_PROTO, f"bad safeguard mode for {tensor.name!r}")
+        _check(tensor.bound.kind in _BOUND_FROM_PROTO, f"bad bound kind for {tensor.name!r}")
+        try:
+            bound_from_proto(tensor.bound)
+        except ValueError as exc:
+            raise ContainerError(f"malformed bitstream: {exc}") from exc
+        _check(crc32(tensor.side_info) == tensor.side_info_crc32,
+               f"side information of {tensor.name!r} fails its CRC-32")
+        _check(tensor.mode != pb.SAFEGUARD_MODE_NONE or not tensor.side_info,
+               f"{tensor.name!r} has side information in mode none")
+        n = math.prod(tensor.shape)
+        _check(tensor.risky_count <= n and tensor.candidate_count <= n,
+               f"counts of {tensor.name!r} exceed its size")
+
+
+def indices_match(tensor: pb.ProtectedTensor, indices: np.ndarray) -> bool:
+    return checksum(indices) == tensor.indices_checksum and list(indices.shape) == list(
+        tensor.shape
+    )

@@ -1,0 +1,30 @@
+"""Error-bounded protection of the float decisions a codec's decoder must reproduce.
+
+A network computes a float tensor v on both sides (say CompressAI's sigma); a
+DecisionQuantizer turns it into integers (the CDF index). Encoder and decoder run on
+different hardware, so v_dec differs from v_enc by up to an ErrorBound, and an element near a
+threshold can land in a different bin. `protect` gives the encoder the indices to code with
+plus side information; `resolve` gives any decoder within the bound exactly those indices.
+
+    >>> q = DecisionQuantizer.uniform(1.0)
+    >>> bound = ErrorBound.absolute(1e-3)
+    >>> p = protect(v_enc, q, bound, Mode.SYNDROME)
+    >>> assert (resolve(v_dec, q, bound, p.stream, Mode.SYNDROME) == p.indices).all()
+
+Modes: `none`, `flags` (risky map + direction flags, Pang et al.), `simplified` (risky map,
+canonical index), `syndrome` (GF(2) syndrome of index parities; no map; guaranteed decodable).
+"""
+
+from .bounds import ErrorBound
+from .modes import Mode, Protected, protect, resolve
+from .quantizer import DecisionQuantizer, SafeguardError
+
+__all__ = [
+    "DecisionQuantizer",
+    "ErrorBound",
+    "Mode",
+    "Protected",
+    "SafeguardError",
+    "protect",
+    "resolve",
+]
