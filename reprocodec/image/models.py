@@ -1,0 +1,218 @@
+"""Image model registry and loaders: shipped weights, official CompressAI checkpoints,
+and in-memory models (tests, training).
+
+Shipped weights (reprocodec/weights/<name>.pt + <name>.json, written by the training
+command) carry CompressAI's integer CDF tables computed once at export, so encoder and decoder
+use the identical tables from the file and never call `update()` at load: `update()` runs
+float code whose result could differ between platforms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reprocodec.errors import InputError, UnknownModelError
+
+ARCHITECTURES = ("bmshj2018-hyperprior", "mbt2018-mean")
+# REPROCODEC_WEIGHTS_DIR points the loaders at another weights folder (tests, deployments).
+WEIGHTS_DIR = Path(
+    os.environ.get("REPROCODEC_WEIGHTS_DIR") or Path(__file__).resolve().parent.parent / "weights"
+)
+
+# Conservative error bounds used until `reprocodec calibrate` writes measured ones into a
+# model's json. DESIGN.md section 1 measured CPU-profile mismatches of ~1e-5 (absolute) on
+# sigma; these leave a wide margin while keeping the risky zones to well under 1 %.
+DEFAULT_BOUNDS: dict[str, dict[str, Any]] = {
+    "scale_index": {"kind": "relative", "value": 1e-4},
+    "mean_grid": {"kind": "absolute", "value": 1e-4},
+    "pixels": {"kind": "absolute", "value": 2e-3},
+}
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    architecture: str
+    quality: int
+    weights_sha256: str
+    bounds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    modes: tuple[str, ...] = ("none", "flags", "simplified", "syndrome")
+    N: int = 0
+    M: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def tensor_bound(self, tensor: str) -> dict[str, Any]:
+        return self.bounds.get(tensor, DEFAULT_BOUNDS[tensor])
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_class(architecture: str) -> Any:
+    from compressai.models import MeanScaleHyperprior, ScaleHyperprior
+
+    if architecture == "bmshj2018-hyperprior":
+        return ScaleHyperprior
+    if architecture == "mbt2018-mean":
+        return MeanScaleHyperprior
+    raise InputError(
+        f"unsupported image architecture {architecture!r}; use one of {', '.join(ARCHITECTURES)}"
+    )
+
+
+def build_model(architecture: str, state_dict: dict[str, Any]) -> Any:
+    """A CompressAI model sized from the tensors (N from g_a.0, M from g_a.6) in eval mode."""
+    try:
+        n = int(state_dict["g_a.0.weight"].shape[0])
+        m = int(state_dict["g_a.6.weight"].shape[0])
+    except KeyError as exc:
+        raise InputError(
+            f"checkpoint lacks {exc.args[0]}: not a {architecture} state_dict"
+        ) from exc
+    net = _model_class(architecture)(n, m)
+    try:
+        net.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise InputError(
+            f"checkpoint does not fit {architecture} (N={n}, M={m}): {str(exc)[:300]}"
+        ) from exc
+    return net.eval()
+
+
+def _to_float32(state_dict: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    return {
+        k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+        for k, v in state_dict.items()
+    }
+
+
+def list_model_files(weights_dir: Path = WEIGHTS_DIR) -> list[Path]:
+    return sorted(p for p in weights_dir.glob("*.json") if p.with_suffix(".pt").exists())
+
+
+def read_info(json_path: Path) -> ModelInfo:
+    meta = json.loads(json_path.read_text())
+    if meta.get("architecture") not in ARCHITECTURES:
+        raise UnknownModelError(f"{json_path.name}: not an image model")
+    return ModelInfo(
+        name=meta["name"],
+        architecture=meta["architecture"],
+        quality=int(meta.get("quality", 0)),
+        weights_sha256=meta["weights_sha256"],
+        bounds=dict(meta.get("bounds", {})),
+        N=int(meta.get("N", 0)),
+        M=int(meta.get("M", 0)),
+        metadata=meta,
+    )
+
+
+def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[ModelInfo]:
+    """Shipped image models, ordered by architecture then quality."""
+    infos = []
+    for p in list_model_files(weights_dir):
+        try:
+            infos.append(read_info(p))
+        except UnknownModelError:
+            continue  # a point-cloud model beside ours
+    return sorted(infos, key=lambda i: (i.architecture, i.quality, i.name))
+
+
+def resolve_model_name(
+    model: str | None, quality: int | None, weights_dir: Path = WEIGHTS_DIR
+) -> str:
+    """--model / --quality to a shipped name: default bmshj2018-hyperprior, highest quality."""
+    infos = list_models(weights_dir)
+    if model and any(i.name == model for i in infos):
+        if quality is not None:
+            raise InputError("give either --model NAME-qN or --model ARCH --quality N, not both")
+        return model
+    arch = model or "bmshj2018-hyperprior"
+    cands = [i for i in infos if i.architecture == arch]
+    if not cands:
+        known = ", ".join(i.name for i in infos) or "none shipped"
+        raise UnknownModelError(f"unknown image model {model!r}; available: {known}")
+    if quality is None:
+        return cands[-1].name
+    for i in cands:
+        if i.quality == quality:
+            return i.name
+    qs = ", ".join(str(i.quality) for i in cands)
+    raise UnknownModelError(f"{arch} has no quality {quality}; available qualities: {qs}")
+
+
+def load_shipped(name: str, weights_dir: Path = WEIGHTS_DIR) -> tuple[Any, ModelInfo]:
+    """(model, info) for a shipped model; verifies the file's SHA-256 against its json."""
+    import torch
+
+    json_path = weights_dir / f"{name}.json"
+    pt_path = weights_dir / f"{name}.pt"
+    if not (json_path.exists() and pt_path.exists()):
+        known = ", ".join(i.name for i in list_models(weights_dir)) or "none shipped"
+        raise UnknownModelError(f"unknown image model {name!r}; available: {known}")
+    info = read_info(json_path)
+    actual = sha256_file(pt_path)
+    if actual != info.weights_sha256:
+        raise UnknownModelError(
+            f"{pt_path.name} has SHA-256 {actual[:12]}.. but its json says "
+            f"{info.weights_sha256[:12]}..: reinstall the package's weights"
+        )
+    blob = torch.load(pt_path, map_location="cpu", weights_only=True)
+    model = build_model(blob["architecture"], _to_float32(blob["state_dict"]))
+    return model, info
+
+
+def load_checkpoint(path: str | Path, architecture: str) -> tuple[Any, ModelInfo]:
+    """An official CompressAI checkpoint (a state_dict, optionally wrapped in {"state_dict"})
+    from a local file. Its CDF tables are computed here once with `update(force=True)`; the
+    stream identifies it by the file's SHA-256."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a non-checkpoint file
+        raise InputError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+    state_dict = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state_dict, dict):
+        raise InputError(f"{path} does not contain a state_dict")
+    state_dict = _to_float32(state_dict)
+    model = _build_with_update(architecture, state_dict)
+    info = ModelInfo(
+        name=path.stem,
+        architecture=architecture,
+        quality=0,
+        weights_sha256=sha256_file(path),
+        N=model.N,
+        M=model.M,
+    )
+    return model, info
+
+
+def _build_with_update(architecture: str, state_dict: dict[str, Any]) -> Any:
+    """Checkpoints saved before `update()` lack the CDF buffers; give them empty ones so the
+    state_dict loads, then compute every table once."""
+    import torch
+
+    state_dict = dict(state_dict)
+    for module in ("entropy_bottleneck", "gaussian_conditional"):
+        for buf in ("_quantized_cdf", "_offset", "_cdf_length"):
+            state_dict.setdefault(f"{module}.{buf}", torch.zeros(0, dtype=torch.int32))
+    state_dict.setdefault("gaussian_conditional.scale_table", torch.zeros(0))
+    state_dict.setdefault("gaussian_conditional.scale_bound", torch.tensor([0.11]))
+    model = build_model(architecture, state_dict)
+    model.update(force=True)
+    return model

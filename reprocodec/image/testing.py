@@ -1,0 +1,52 @@
+"""Small randomly initialised models in the shipped weights format, for tests and benches
+that must not depend on the trained weights' numbers.
+
+The file follows the shared spec exactly (fp16 float tensors, CDF tables computed by
+`update(force=True)` after the fp16 rounding), so tests exercise the real loader path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .models import sha256_file
+
+
+def write_random_model(
+    weights_dir: str | Path,
+    architecture: str = "bmshj2018-hyperprior",
+    name: str | None = None,
+    n: int = 16,
+    m: int = 24,
+    seed: int = 0,
+    bounds: dict | None = None,
+) -> str:
+    """Write <name>.pt/.json into weights_dir; returns the model name."""
+    import torch
+    from compressai.models import MeanScaleHyperprior, ScaleHyperprior
+
+    cls = MeanScaleHyperprior if architecture == "mbt2018-mean" else ScaleHyperprior
+    name = name or f"{architecture}-random{seed}"
+    torch.manual_seed(seed)
+    model = cls(n, m).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    model.update(force=True)
+    state = {
+        k: (v.half() if v.is_floating_point() and k != "gaussian_conditional.scale_table" else v)
+        for k, v in model.state_dict().items()
+    }
+    weights_dir = Path(weights_dir)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    pt = weights_dir / f"{name}.pt"
+    torch.save({"architecture": architecture, "N": n, "M": m, "state_dict": state}, pt)
+    meta = {
+        "name": name, "architecture": architecture, "N": n, "M": m, "quality": 1,
+        "lambda": 0.0, "weights_sha256": sha256_file(pt),
+        "training": {"data": "none (random init)", "steps": 0, "seed": seed},
+        "bounds": bounds or {},
+    }
+    (weights_dir / f"{name}.json").write_text(json.dumps(meta, indent=2))
+    return name
