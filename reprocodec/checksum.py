@@ -34,7 +34,7 @@ def checksum(array: np.ndarray) -> int:
     h = xxhash.xxh3_64()
     h.update(np.asarray(a.shape, dtype="<u8").tobytes())
     h.update(a.dtype.str.encode())
-    h.update(memoryview(a).cast("B"))
+    h.update(a.tobytes() if not a.flags.c_contiguous else a.data.cast("B"))
     return h.intdigest()
 
 

@@ -10,6 +10,7 @@ reaches a native entropy decoder.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 
@@ -39,12 +40,12 @@ LEVELS = {"decoding": pb.PROTECTION_LEVEL_DECODING,
 _HEADER_FOR_CODEC = {pb.CODEC_KIND_IMAGE: "image", pb.CODEC_KIND_POINT_CLOUD: "point_cloud"}
 
 
-def mode_to_proto(mode: Mode | str) -> int:
+def mode_to_proto(mode: Mode | str) -> pb.SafeguardMode:
     return _MODE_TO_PROTO[Mode(mode)]
 
 
 def mode_from_proto(value: int) -> Mode:
-    return _MODE_FROM_PROTO[value]
+    return _MODE_FROM_PROTO[cast(pb.SafeguardMode, value)]
 
 
 def bound_to_proto(bound: ErrorBound) -> pb.ErrorBound:
@@ -52,7 +53,10 @@ def bound_to_proto(bound: ErrorBound) -> pb.ErrorBound:
 
 
 def bound_from_proto(message: pb.ErrorBound) -> ErrorBound:
-    return ErrorBound(_BOUND_FROM_PROTO[message.kind], message.value)
+    kind = _BOUND_FROM_PROTO[message.kind]
+    return ErrorBound.absolute(message.value) if kind == "absolute" else ErrorBound.relative(
+        message.value
+    )
 
 
 def make_payload(name: str, data: bytes, shape: tuple[int, ...] | list[int]) -> pb.Payload:

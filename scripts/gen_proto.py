@@ -21,7 +21,8 @@ OUT_PACKAGE = "reprocodec/v1"
 def generate(out_root: Path) -> list[Path]:
     from grpc_tools import protoc  # dev dependency (grpcio-tools)
 
-    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / OUT_PACKAGE).glob("*.proto"))
+    sources = (PROTO_DIR / OUT_PACKAGE).glob("*.proto")
+    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in sources)
     include = Path(protoc.__file__).parent / "_proto"
     args = [
         "protoc",

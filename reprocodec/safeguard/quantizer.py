@@ -76,10 +76,12 @@ class DecisionQuantizer:
             d_above = np.abs(v - t_all[above])
             j = np.where(d_below <= d_above, below, above)
             t = t_all[j]
+            return Nearest(j=j.astype(np.int64, copy=False), t=t,
+                           distance=np.minimum(d_below, d_above))
         else:
             j = np.floor((v - self.offset) / self.step).astype(np.int64)
             t = self.offset + (j + 0.5) * self.step
-        return Nearest(j=j.astype(np.int64), t=t, distance=np.abs(v - t))
+        return Nearest(j=j.astype(np.int64, copy=False), t=t, distance=np.abs(v - t))
 
     def check_bound(self, bound: ErrorBound) -> None:
         """Thresholds must be far enough apart that the encoder's 2e-zones never overlap

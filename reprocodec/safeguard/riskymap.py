@@ -26,6 +26,8 @@ def read_positions(reader: BitReader, count: int, n: int) -> np.ndarray:
     if count > n:
         raise SafeguardError(f"side information claims {count} risky elements of {n}")
     gaps = reader.read_rice(count)
+    if count and int(gaps.max()) >= n:  # also keeps the cumulative sum far from overflow
+        raise SafeguardError("side information has a gap past the end of the tensor")
     positions = np.cumsum(gaps + 1) - 1
     if count and positions[-1] >= n:
         raise SafeguardError("side information names an element past the end of the tensor")

@@ -35,10 +35,14 @@ def hash_words(elements: np.ndarray, word: int) -> np.ndarray:
     """Bits 64*word .. 64*word+63 of the columns of H for the given element numbers
     (splitmix64 finalizer of a linear combination: fast, well mixed, fully specified)."""
     with np.errstate(over="ignore"):
-        x = elements.astype(np.uint64) * _GOLDEN + np.uint64(word + 1) * _WORD_KEY + _SALT
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
+        x = np.asarray(elements, dtype=np.uint64) * _GOLDEN
+        x += np.uint64(word + 1) * _WORD_KEY + _SALT
+        x ^= x >> np.uint64(30)
+        x *= _M1
+        x ^= x >> np.uint64(27)
+        x *= _M2
+        x ^= x >> np.uint64(31)
+        return x
 
 
 def choose_block_count(n: int, n_candidates: int) -> int:
@@ -51,16 +55,20 @@ def block_syndromes(parity: np.ndarray, n_blocks: int, rows: list[int]) -> list[
     """s_b = H_b * parity restricted to block b, as Python ints of rows[b] bits (bit r = row r)."""
     n = parity.size
     per_block = -(-n // n_blocks)
-    padded = np.zeros(per_block * n_blocks, dtype=bool)
-    padded[:n] = parity.astype(bool)
+    padded = np.zeros(per_block * n_blocks, dtype=np.uint64)
+    padded[:n] = parity & 1
     grid = padded.reshape(per_block, n_blocks)  # column b holds block b's elements
     element = np.arange(per_block * n_blocks, dtype=np.uint64).reshape(per_block, n_blocks)
     words_needed = np.array([-(-m // 64) for m in rows], dtype=np.int64)
     syndromes = [0] * n_blocks
     for word in range(int(words_needed.max(initial=0))):
         cols = np.flatnonzero(words_needed > word)
-        h = hash_words(element[:, cols], word)
-        h[~grid[:, cols]] = 0
+        if cols.size == n_blocks:  # every block: no gather needed
+            h = hash_words(element, word)
+            h *= grid
+        else:
+            h = hash_words(element[:, cols], word)
+            h *= grid[:, cols]
         folded = np.bitwise_xor.reduce(h, axis=0)
         for b, value in zip(cols.tolist(), folded.tolist(), strict=True):
             syndromes[b] |= value << (64 * word)

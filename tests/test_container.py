@@ -1,0 +1,121 @@
+"""The container parser accepts well-formed streams and rejects everything else cleanly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reprocodec import container
+from reprocodec.errors import ContainerError
+from reprocodec.safeguard import DecisionQuantizer, ErrorBound, Mode, protect
+from reprocodec.v1 import bitstream_pb2 as pb
+
+
+def sample_message(mode: Mode = Mode.SYNDROME) -> pb.Bitstream:
+    rng = np.random.default_rng(0)
+    bound = ErrorBound.relative(1e-4)
+    q = DecisionQuantizer.from_thresholds(np.exp(np.linspace(np.log(0.11), np.log(256), 64))[:-1])
+    protected = protect(rng.uniform(0.11, 20, (8, 4, 6)), q, bound, mode)
+    message = pb.Bitstream(
+        codec=pb.CODEC_KIND_IMAGE,
+        model="bmshj2018-hyperprior-q1",
+        weights_sha256=bytes(range(32)),
+        image=pb.ImageHeader(height=64, width=96, channels=3),
+    )
+    message.payloads.append(container.make_payload("y", rng.bytes(300), [1]))
+    message.payloads.append(container.make_payload("z", rng.bytes(40), [1]))
+    message.protected.append(container.make_protected("scale_index", "decoding", protected, bound))
+    return message
+
+
+def test_round_trip_preserves_every_field():
+    message = sample_message()
+    data = container.pack(message)
+    assert data[1:5] == b"RPCD"  # field 1 (fixed32 magic) comes first
+    parsed = container.unpack(data)
+    assert parsed == message
+    assert container.payload_bytes(parsed, "y") == message.payloads[0].data
+    tensor = container.protected_tensor(parsed, "scale_index")
+    assert container.bound_from_proto(tensor.bound) == ErrorBound.relative(1e-4)
+    assert container.mode_from_proto(tensor.mode) is Mode.SYNDROME
+    assert container.protection_bytes(parsed) == len(tensor.side_info) > 0
+
+
+def test_pack_is_deterministic():
+    assert container.pack(sample_message()) == container.pack(sample_message())
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m: setattr(m, "format_version", 2), "version 2 is not supported"),
+        (lambda m: m.payloads[0].__setattr__("data", b"x" + m.payloads[0].data[1:]), "CRC-32"),
+        (lambda m: setattr(m.protected[0], "side_info", m.protected[0].side_info[:-1]), "CRC-32"),
+        (lambda m: setattr(m, "weights_sha256", b"short"), "SHA-256"),
+        (lambda m: m.point_cloud.SetInParent(), "header does not match"),
+        (lambda m: m.payloads.append(m.payloads[0]), "duplicate payload"),
+        (lambda m: m.protected[0].shape.append(0), "empty dimension"),
+        (lambda m: setattr(m.protected[0].bound, "value", float("nan")), "finite"),
+        (lambda m: setattr(m.image, "channels", 4), "channels"),
+        (lambda m: setattr(m, "magic", 1), "magic"),
+    ],
+)
+def test_each_kind_of_damage_is_named(mutate, message):
+    data = container.pack(sample_message())
+    parsed = pb.Bitstream.FromString(data)
+    mutate(parsed)
+    with pytest.raises(ContainerError, match=message):
+        container.unpack(parsed.SerializeToString())
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"RPCD", b"\xff" * 64, bytes(1000)])
+def test_junk_is_rejected(data):
+    with pytest.raises(ContainerError):
+        container.unpack(data)
+
+
+def test_non_bytes_are_rejected():
+    with pytest.raises(ContainerError, match="bytes"):
+        container.unpack("a string")  # type: ignore[arg-type]
+
+
+VALID = container.pack(sample_message())
+
+
+@settings(max_examples=1500, deadline=None)
+@given(data=st.binary(max_size=400))
+def test_fuzz_random_bytes(data):
+    try:
+        container.unpack(data)
+    except ContainerError:
+        pass
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    edits=st.lists(
+        st.tuples(st.sampled_from(["flip", "delete", "insert", "truncate"]),
+                  st.integers(0, len(VALID) - 1), st.integers(0, 255)),
+        min_size=1, max_size=4,
+    )
+)
+def test_fuzz_mutated_streams(edits):
+    data = bytearray(VALID)
+    for action, pos, value in edits:
+        pos %= max(len(data), 1)
+        if action == "flip" and data:
+            data[pos] ^= 1 << (value % 8)
+        elif action == "delete" and data:
+            del data[pos]
+        elif action == "insert":
+            data.insert(pos, value)
+        else:
+            data = data[:pos]
+    try:
+        parsed = container.unpack(bytes(data))
+    except ContainerError:
+        return
+    # Whatever survives parsing is fully valid: payloads still match their CRCs.
+    container.validate(parsed)

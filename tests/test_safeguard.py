@@ -1,0 +1,205 @@
+"""Property tests: any decoder within the bound reproduces the encoder's indices exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reprocodec.checksum import checksum
+from reprocodec.safeguard import (
+    DecisionQuantizer,
+    ErrorBound,
+    Mode,
+    SafeguardError,
+    protect,
+    resolve,
+)
+
+PROTECTED_MODES = [Mode.FLAGS, Mode.SIMPLIFIED, Mode.SYNDROME]
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def scale_table_quantizer() -> DecisionQuantizer:
+    """CompressAI's default scale table (0.11 .. 256, 64 log-spaced levels), minus the last."""
+    table = np.exp(np.linspace(np.log(0.11), np.log(256), 64))
+    return DecisionQuantizer.from_thresholds(table[:-1])
+
+
+@st.composite
+def setups(draw):
+    """A quantizer, a bound, and encoder values crowded around thresholds."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(1, 3000))
+    if draw(st.booleans()):
+        step = draw(st.sampled_from([1.0, 1 / 32, 0.37, 10.0]))
+        q = DecisionQuantizer.uniform(step, offset=draw(st.sampled_from([0.0, 0.25, -3.1])))
+        e = step * draw(st.sampled_from([1e-7, 1e-4, 1e-2, 0.2]))
+        bound = ErrorBound.absolute(e)
+        centers = q.offset + (rng.integers(-40, 40, n) + 0.5) * step
+        near_scale = np.full(n, e)
+    else:
+        q = scale_table_quantizer()
+        e = draw(st.sampled_from([1e-7, 1e-5, 1e-3, 0.02]))
+        bound = ErrorBound.relative(e)
+        centers = q.thresholds[rng.integers(0, q.thresholds.size, n)]
+        near_scale = e * centers
+    # Half the elements within 3e of a threshold (the interesting zone), half anywhere.
+    v_enc = centers + rng.uniform(-3, 3, n) * near_scale
+    anywhere = rng.random(n) < 0.5
+    v_enc[anywhere] = centers[anywhere] + rng.uniform(-1, 1, anywhere.sum()) * (
+        50 * near_scale[anywhere] + 1.0
+    )
+    if bound.kind == "relative":
+        v_enc = np.abs(v_enc) + 1e-3
+    shape = draw(st.sampled_from([(n,), (1, n), (n, 1, 1)]))
+    return q, bound, v_enc.reshape(shape), rng
+
+
+def adversarial_decoder(q, bound, v_enc, rng):
+    """Decoder values within the bound: at thresholds, one ulp either side, pushed across a
+    threshold as far as the bound allows, or random within it."""
+    flat = v_enc.ravel()
+    allowed = bound.value if bound.kind == "absolute" else bound.value * np.abs(flat)
+    near = q.nearest(flat)
+    choice = rng.integers(0, 6, flat.size)
+    v = flat + rng.uniform(-1, 1, flat.size) * allowed
+    v = np.where(choice == 1, near.t, v)
+    v = np.where(choice == 2, np.nextafter(near.t, np.inf), v)
+    v = np.where(choice == 3, np.nextafter(near.t, -np.inf), v)
+    v = np.where(choice == 4, flat + allowed * np.sign(near.t - flat), v)  # push across
+    v = np.where(choice == 5, flat - allowed * np.sign(near.t - flat), v)
+    # Keep strictly inside the promise (the rounding of flat +- allowed may add an ulp).
+    v = np.clip(v, flat - allowed * (1 - 1e-9), flat + allowed * (1 - 1e-9))
+    return v.reshape(v_enc.shape)
+
+
+@SETTINGS
+@given(setup=setups(), mode=st.sampled_from(PROTECTED_MODES))
+def test_resolve_reproduces_encoder_indices_within_bound(setup, mode):
+    q, bound, v_enc, rng = setup
+    protected = protect(v_enc, q, bound, mode)
+    assert protected.indices.shape == v_enc.shape
+    v_dec = adversarial_decoder(q, bound, v_enc, rng)
+    indices = resolve(v_dec, q, bound, protected.stream, mode)
+    np.testing.assert_array_equal(indices, protected.indices)
+
+
+@SETTINGS
+@given(setup=setups())
+def test_unprotected_decoder_can_disagree_and_protected_modes_agree(setup):
+    """The point of it all: mode none follows the decoder's own floats."""
+    q, bound, v_enc, rng = setup
+    v_dec = adversarial_decoder(q, bound, v_enc, rng)
+    plain = resolve(v_dec, q, bound, b"", Mode.NONE)
+    np.testing.assert_array_equal(plain, q.index(v_dec))
+    for mode in PROTECTED_MODES:
+        p = protect(v_enc, q, bound, mode)
+        np.testing.assert_array_equal(resolve(v_dec, q, bound, p.stream, mode), p.indices)
+
+
+def test_plain_rounding_flips_near_thresholds():
+    """Sanity for the property above: the adversarial decoder really does flip indices."""
+    rng = np.random.default_rng(1)
+    q, bound = DecisionQuantizer.uniform(1.0), ErrorBound.absolute(1e-3)
+    v_enc = rng.integers(-5, 5, 5000) + 0.5 + rng.uniform(-1e-3, 1e-3, 5000)
+    v_dec = v_enc + np.where(v_enc > np.round(v_enc - 0.5) + 0.5, -1e-3, 1e-3) * 0.999
+    assert (q.index(v_dec) != q.index(v_enc)).sum() > 1000
+    for mode in PROTECTED_MODES:
+        p = protect(v_enc, q, bound, mode)
+        np.testing.assert_array_equal(resolve(v_dec, q, bound, p.stream, mode), p.indices)
+
+
+@SETTINGS
+@given(setup=setups(), mode=st.sampled_from(PROTECTED_MODES), factor=st.sampled_from([3, 30, 1e3]))
+def test_past_the_bound_a_mismatch_is_detected(setup, mode, factor):
+    q, bound, v_enc, rng = setup
+    protected = protect(v_enc, q, bound, mode)
+    flat = v_enc.ravel()
+    allowed = bound.value if bound.kind == "absolute" else bound.value * np.abs(flat)
+    v_dec = flat + rng.uniform(-factor, factor, flat.size) * allowed
+    if bound.kind == "relative":
+        v_dec = np.abs(v_dec)
+    try:
+        indices = resolve(v_dec.reshape(v_enc.shape), q, bound, protected.stream, mode)
+    except SafeguardError:
+        return  # detected by the safeguard itself
+    same = np.array_equal(indices, protected.indices)
+    assert same == (checksum(indices) == checksum(protected.indices))
+
+
+def test_simplified_codes_risky_elements_with_the_canonical_index():
+    q, bound = DecisionQuantizer.uniform(1.0), ErrorBound.absolute(0.01)
+    v = np.array([0.495, 0.505, 3.2, -0.505])
+    p = protect(v, q, bound, Mode.SIMPLIFIED)
+    np.testing.assert_array_equal(p.indices, [0, 0, 3, -1])  # bin below each near threshold
+    assert p.risky_count == 3
+
+
+def test_syndrome_costs_far_less_than_flags():
+    rng = np.random.default_rng(2)
+    q, bound = DecisionQuantizer.uniform(1.0), ErrorBound.absolute(5e-4)
+    v = rng.uniform(-100, 100, 300_000)
+    flags = protect(v, q, bound, Mode.FLAGS)
+    syndrome = protect(v, q, bound, Mode.SYNDROME)
+    assert flags.risky_count > 200
+    assert len(syndrome.stream) * 3 <= len(flags.stream)
+
+
+def test_tensor_of_ten_million_elements():
+    rng = np.random.default_rng(3)
+    q, bound = DecisionQuantizer.uniform(1 / 32), ErrorBound.absolute(1e-6)
+    v = rng.normal(0, 4, 10_000_000).astype(np.float32)
+    v_dec = v + rng.uniform(-1e-6, 1e-6, v.size) * 0.99
+    p = protect(v, q, bound, Mode.SYNDROME)
+    np.testing.assert_array_equal(resolve(v_dec, q, bound, p.stream, Mode.SYNDROME), p.indices)
+
+
+def test_thresholds_closer_than_4e_are_rejected():
+    with pytest.raises(SafeguardError, match="too loose"):
+        protect(np.zeros(3), DecisionQuantizer.uniform(1.0), ErrorBound.absolute(0.26), "flags")
+    with pytest.raises(SafeguardError, match="too loose"):
+        protect(np.ones(3), scale_table_quantizer(), ErrorBound.relative(0.04), "syndrome")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_rejected(bad):
+    with pytest.raises(SafeguardError, match="NaN or infinity"):
+        protect(np.array([1.0, bad]), DecisionQuantizer.uniform(1.0), ErrorBound.absolute(0.1),
+                "syndrome")
+
+
+def test_stream_for_another_mode_or_size_is_rejected():
+    q, bound = DecisionQuantizer.uniform(1.0), ErrorBound.absolute(0.01)
+    p = protect(np.arange(10) + 0.5, q, bound, Mode.FLAGS)
+    with pytest.raises(SafeguardError, match="not a 'syndrome' stream"):
+        resolve(np.arange(10) + 0.5, q, bound, p.stream, Mode.SYNDROME)
+    with pytest.raises(SafeguardError, match="for 10 elements"):
+        resolve(np.arange(11) + 0.5, q, bound, p.stream, Mode.FLAGS)
+    with pytest.raises(SafeguardError, match="no side information"):
+        resolve(np.arange(10) + 0.5, q, bound, p.stream, Mode.NONE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), mode=st.sampled_from(PROTECTED_MODES))
+def test_malformed_side_information_raises_only_safeguard_error(data, mode):
+    rng = np.random.default_rng(data.draw(st.integers(0, 1000)))
+    q, bound = DecisionQuantizer.uniform(1.0), ErrorBound.absolute(0.02)
+    v = rng.integers(-20, 20, 500) + 0.5 + rng.uniform(-0.05, 0.05, 500)
+    stream = bytearray(protect(v, q, bound, mode).stream)
+    action = data.draw(st.sampled_from(["flip", "truncate", "random", "extend"]))
+    if action == "flip" and stream:
+        i = data.draw(st.integers(0, len(stream) - 1))
+        stream[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif action == "truncate":
+        stream = stream[: data.draw(st.integers(0, len(stream)))]
+    elif action == "random":
+        stream = bytearray(data.draw(st.binary(max_size=200)))
+    else:
+        stream += data.draw(st.binary(min_size=1, max_size=50))
+    try:
+        out = resolve(v, q, bound, bytes(stream), mode)
+    except SafeguardError:
+        return
+    assert out.shape == v.shape
