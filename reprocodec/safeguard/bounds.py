@@ -44,15 +44,14 @@ class ErrorBound:
     def relative(cls, e: float) -> ErrorBound:
         return cls("relative", float(e))
 
-    def risky_radius(self, t: np.ndarray) -> np.ndarray:
-        """Distance to threshold t within which an element is risky (slack included)."""
+    def risky_radius(self, t: np.ndarray) -> np.ndarray | float:
+        """Distance to threshold t within which an element is risky (slack included).
+        A scalar for absolute bounds (broadcasts; saves an array the size of the tensor)."""
         if self.kind == "absolute":
-            r = np.full(np.shape(t), self.value)
-        else:
-            r = self.value * np.abs(t) / (1.0 - self.value)
-        return r * (1.0 + RADIUS_SLACK)
+            return self.value * (1.0 + RADIUS_SLACK)
+        return self.value * np.abs(t) / (1.0 - self.value) * (1.0 + RADIUS_SLACK)
 
-    def encoder_radius(self, t: np.ndarray) -> np.ndarray:
+    def encoder_radius(self, t: np.ndarray) -> np.ndarray | float:
         """Radius around t that contains v_enc whenever v_dec is within risky_radius(t).
 
         |v_enc - t| <= |v_enc - v_dec| + |v_dec - t|. Absolute: e + r. Relative:

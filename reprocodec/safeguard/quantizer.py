@@ -89,13 +89,14 @@ class DecisionQuantizer:
         if self._thresholds is None:
             if bound.kind != "absolute":
                 raise SafeguardError("a uniform quantizer needs an absolute error bound")
-            gap, need = self.step, 2 * float(bound.encoder_radius(np.zeros(1))[0])
+            gap, need = self.step, 2 * float(bound.encoder_radius(np.zeros(1)))
         else:
             t = self._thresholds
             if t.size < 2:
                 return
             gaps = np.diff(t)
-            needs = bound.encoder_radius(t[:-1]) + bound.encoder_radius(t[1:])
+            needs = np.broadcast_to(bound.encoder_radius(t[:-1]) + bound.encoder_radius(t[1:]),
+                                    gaps.shape)
             worst = int(np.argmin(gaps - needs))
             gap, need = float(gaps[worst]), float(needs[worst])
         if not gap > need:

@@ -52,26 +52,22 @@ def choose_block_count(n: int, n_candidates: int) -> int:
 
 
 def block_syndromes(parity: np.ndarray, n_blocks: int, rows: list[int]) -> list[int]:
-    """s_b = H_b * parity restricted to block b, as Python ints of rows[b] bits (bit r = row r)."""
-    n = parity.size
-    per_block = -(-n // n_blocks)
-    padded = np.zeros(per_block * n_blocks, dtype=np.uint64)
-    padded[:n] = parity & 1
-    grid = padded.reshape(per_block, n_blocks)  # column b holds block b's elements
-    element = np.arange(per_block * n_blocks, dtype=np.uint64).reshape(per_block, n_blocks)
+    """s_b = H_b * parity restricted to block b, as Python ints of rows[b] bits (bit r = row r).
+
+    Only odd-parity elements contribute: hash those and XOR each into its block's word.
+    """
+    odd = np.flatnonzero(parity & 1).astype(np.uint64)
+    block = (odd % np.uint64(max(n_blocks, 1))).astype(np.intp)
     words_needed = np.array([-(-m // 64) for m in rows], dtype=np.int64)
     syndromes = [0] * n_blocks
     for word in range(int(words_needed.max(initial=0))):
-        cols = np.flatnonzero(words_needed > word)
-        if cols.size == n_blocks:  # every block: no gather needed
-            h = hash_words(element, word)
-            h *= grid
-        else:
-            h = hash_words(element[:, cols], word)
-            h *= grid[:, cols]
-        folded = np.bitwise_xor.reduce(h, axis=0)
-        for b, value in zip(cols.tolist(), folded.tolist(), strict=True):
-            syndromes[b] |= value << (64 * word)
+        if word:  # only the few blocks with more than 64 rows need further words
+            keep = words_needed[block] > word
+            odd, block = odd[keep], block[keep]
+        folded = np.zeros(n_blocks, dtype=np.uint64)
+        np.bitwise_xor.at(folded, block, hash_words(odd, word))
+        for b in np.flatnonzero(words_needed > word).tolist():
+            syndromes[b] |= int(folded[b]) << (64 * word)
     return [s & ((1 << m) - 1) for s, m in zip(syndromes, rows, strict=True)]
 
 
