@@ -1,0 +1,331 @@
+"""The codec side of the services: requests -> codec calls -> responses, without gRPC.
+
+Encoder and decoder paths are written side by side and mirrored (encode_image / decode_image,
+encode_point_cloud / decode_point_cloud). The codec packages (torch, compressai) are imported
+here lazily, when the server loads its models, so that the light client never pulls them in.
+
+Every stream is validated by `reprocodec.container` (magic, version, every CRC-32, shapes) and
+checked against the decoder's models (name, weights SHA-256) before a byte of it reaches a
+native entropy decoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reprocodec.checksum import checksum
+from reprocodec.client import imageio
+from reprocodec.client.streamstats import stream_stats
+from reprocodec.errors import InputError, ModelMismatchError, UnknownModelError
+from reprocodec.v1 import bitstream_pb2, service_pb2
+
+log = logging.getLogger("reprocodec.server")
+
+_LEVELS = {
+    service_pb2.SAFEGUARD_LEVEL_UNSPECIFIED: "both",
+    service_pb2.SAFEGUARD_LEVEL_DECODING: "decoding",
+    service_pb2.SAFEGUARD_LEVEL_RECONSTRUCTION: "reconstruction",
+    service_pb2.SAFEGUARD_LEVEL_BOTH: "both",
+}
+_MODES = {
+    bitstream_pb2.SAFEGUARD_MODE_UNSPECIFIED: "syndrome",
+    bitstream_pb2.SAFEGUARD_MODE_NONE: "none",
+    bitstream_pb2.SAFEGUARD_MODE_FLAGS: "flags",
+    bitstream_pb2.SAFEGUARD_MODE_SIMPLIFIED: "simplified",
+    bitstream_pb2.SAFEGUARD_MODE_SYNDROME: "syndrome",
+}
+
+
+def safeguard_mode(value: int) -> Any:
+    from reprocodec.safeguard import Mode
+
+    if value not in _MODES:
+        raise InputError(f"unknown safeguard mode {value}; use none, flags, simplified or syndrome")
+    return Mode(_MODES[value])
+
+
+def safeguard_level(value: int) -> str:
+    if value not in _LEVELS:
+        raise InputError(f"unknown safeguard level {value}; use decoding, reconstruction or both")
+    return _LEVELS[value]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model this server can run: enough to list it and to check a stream against it."""
+
+    name: str
+    codec: int  # bitstream_pb2.CodecKind
+    architecture: str
+    quality: int
+    weights_sha256: bytes
+    bounds: dict[str, dict[str, Any]]
+    modes: tuple[str, ...]
+
+
+def _entry(info: Any, codec: int) -> ModelEntry:
+    sha = info.weights_sha256
+    return ModelEntry(
+        name=info.name, codec=codec, architecture=info.architecture,
+        quality=int(getattr(info, "quality", 0) or 0),
+        weights_sha256=bytes.fromhex(sha) if isinstance(sha, str) else bytes(sha),
+        bounds=_effective_bounds(info),
+        modes=tuple(getattr(info, "modes", ("none", "flags", "simplified", "syndrome"))),
+    )
+
+
+def _effective_bounds(info: Any) -> dict[str, dict[str, Any]]:
+    """The bounds the codec will use: calibrated ones from the json, else its defaults."""
+    bounds = dict(getattr(info, "bounds", {}) or {})
+    if hasattr(info, "tensor_bound"):  # image models: defaults until `reprocodec calibrate`
+        from reprocodec.image.models import DEFAULT_BOUNDS
+
+        tensors = [t for t in DEFAULT_BOUNDS
+                   if t != "mean_grid" or info.architecture == "mbt2018-mean"]
+        bounds = {t: info.tensor_bound(t) for t in tensors} | bounds
+    return bounds
+
+
+class Codecs:
+    """The models of one server process: listed once at start, loaded once, then shared.
+
+    Inference with loaded models is read-only, so concurrent requests share one codec object.
+    """
+
+    def __init__(self, weights_dir: Path | None = None,
+                 max_pixels: int = imageio.DEFAULT_MAX_PIXELS) -> None:
+        self.weights_dir = weights_dir
+        self.max_pixels = max_pixels
+        self._loaded: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.models: dict[str, ModelEntry] = {}
+        for info in self._image_module_list():
+            self.models[info.name] = _entry(info, bitstream_pb2.CODEC_KIND_IMAGE)
+        for info in self._pointcloud_module_list():
+            self.models[info.name] = _entry(info, bitstream_pb2.CODEC_KIND_POINT_CLOUD)
+
+    # -- model registry -------------------------------------------------------------------
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {} if self.weights_dir is None else {"weights_dir": self.weights_dir}
+
+    def _image_module_list(self) -> list[Any]:
+        from reprocodec import image
+
+        return list(image.list_models(**self._kwargs()))
+
+    def _pointcloud_module_list(self) -> list[Any]:
+        try:
+            from reprocodec import pointcloud
+        except ImportError:  # the point-cloud codec is optional in a deployment
+            return []
+        return list(pointcloud.list_models(**self._kwargs()))
+
+    def default_model(self, codec: int, quality: int = 0) -> str:
+        """Image: the first architecture's highest quality (or the given rank); clouds: first."""
+        entries = [m for m in self.models.values() if m.codec == codec]
+        if not entries:
+            what = "image" if codec == bitstream_pb2.CODEC_KIND_IMAGE else "point-cloud"
+            raise UnknownModelError(
+                f"this server has no {what} models installed; deploy one with its weights"
+            )
+        architecture = sorted(entries, key=lambda m: m.architecture)[0].architecture
+        ranked = sorted((m for m in entries if m.architecture == architecture),
+                        key=lambda m: (m.quality, m.name))
+        if not quality:
+            return ranked[-1].name
+        for m in ranked:
+            if m.quality == quality:
+                return m.name
+        have = ", ".join(str(m.quality) for m in ranked)
+        raise UnknownModelError(
+            f"{architecture} has no quality {quality}; choose one of: {have} (see ListModels)"
+        )
+
+    def entry(self, name: str, codec: int) -> ModelEntry:
+        entry = self.models.get(name)
+        if entry is None or entry.codec != codec:
+            known = ", ".join(sorted(m.name for m in self.models.values() if m.codec == codec))
+            raise UnknownModelError(
+                f"unknown model {name!r}; this server has: {known or 'none'} (see ListModels)"
+            )
+        return entry
+
+    def codec(self, entry: ModelEntry) -> Any:
+        with self._lock:  # load once, even when the first requests arrive together
+            codec = self._loaded.get(entry.name)
+            if codec is None:
+                started = time.perf_counter()
+                if entry.codec == bitstream_pb2.CODEC_KIND_IMAGE:
+                    from reprocodec.image import ImageCodec as cls
+                else:
+                    from reprocodec.pointcloud import PointCloudCodec as cls
+                codec = cls.load(entry.name, **self._kwargs())
+                self._loaded[entry.name] = codec
+                log.info("loaded %s in %.2f s", entry.name, time.perf_counter() - started)
+        return codec
+
+    def model_infos(self, default_names: set[str]) -> list[service_pb2.ModelInfo]:
+        out = []
+        for m in sorted(self.models.values(), key=lambda m: (m.codec, m.architecture, m.quality)):
+            bounds = [
+                service_pb2.ModelBound(
+                    tensor=tensor,
+                    bound=bitstream_pb2.ErrorBound(
+                        kind=bitstream_pb2.BOUND_KIND_RELATIVE if b.get("kind") == "relative"
+                        else bitstream_pb2.BOUND_KIND_ABSOLUTE,
+                        value=float(b.get("value", 0.0)),
+                    ),
+                )
+                for tensor, b in sorted(m.bounds.items())
+            ]
+            modes = [bitstream_pb2.SafeguardMode.Value(f"SAFEGUARD_MODE_{x.upper()}")
+                     for x in m.modes]
+            out.append(service_pb2.ModelInfo(
+                name=m.name, codec=m.codec, architecture=m.architecture, quality=m.quality,
+                weights_sha256=m.weights_sha256, bounds=bounds, modes=modes,
+                is_default=m.name in default_names,
+            ))
+        return out
+
+    # -- the stream checks every decode starts with ----------------------------------------
+
+    def check_stream(self, msg: bitstream_pb2.Bitstream, codec: int) -> ModelEntry:
+        """Right kind, a model we have, the weights it was encoded with: else refuse."""
+        if msg.codec != codec:
+            want = "DecodeImage" if msg.codec == bitstream_pb2.CODEC_KIND_IMAGE else (
+                "DecodePointCloud")
+            raise InputError(
+                f"this is a {bitstream_pb2.CodecKind.Name(msg.codec)} stream; send it to {want}"
+            )
+        entry = self.entry(msg.model, codec)
+        if msg.weights_sha256 != entry.weights_sha256:
+            raise ModelMismatchError(
+                f"stream was encoded with weights {msg.weights_sha256.hex()[:16]}.. of "
+                f"{msg.model!r}, this decoder has {entry.weights_sha256.hex()[:16]}..: deploy "
+                "the same weights on encoder and decoder"
+            )
+        return entry
+
+
+# -- images -------------------------------------------------------------------------------
+
+
+def image_pixels(request: service_pb2.EncodeImageRequest, max_pixels: int) -> np.ndarray:
+    which = request.WhichOneof("input")
+    if which == "image_file":
+        return imageio.read_image(request.image_file, max_pixels)
+    if which == "raw":
+        raw = request.raw
+        return imageio.raw_to_pixels(raw.height, raw.width, raw.channels, raw.pixels, max_pixels)
+    raise InputError("the request carries no image; set image_file (PNG/JPEG bytes) or raw")
+
+
+def encode_image(codecs: Codecs, request: service_pb2.EncodeImageRequest, pixels: np.ndarray,
+                 profile: str) -> service_pb2.EncodeResponse:
+    kind = bitstream_pb2.CODEC_KIND_IMAGE
+    name = request.model or codecs.default_model(kind, request.quality)
+    entry = codecs.entry(name, kind)
+    mode = safeguard_mode(request.safeguard_mode)
+    level = safeguard_level(request.level)
+    codec = codecs.codec(entry)
+    started = time.perf_counter()
+    msg = codec.encode(pixels, mode=mode, level=level)
+    seconds = time.perf_counter() - started
+    return service_pb2.EncodeResponse(bitstream=msg, stats=stream_stats(msg, profile, seconds))
+
+
+def decode_image(codecs: Codecs, msg: bitstream_pb2.Bitstream, output_format: int,
+                 profile: str) -> service_pb2.DecodeImageResponse:
+    entry = codecs.check_stream(msg, bitstream_pb2.CODEC_KIND_IMAGE)
+    codec = codecs.codec(entry)
+    started = time.perf_counter()
+    decoded = codec.decode(msg)
+    seconds = time.perf_counter() - started
+    pixels = np.asarray(decoded.pixels)
+    response = service_pb2.DecodeImageResponse(
+        bit_exact=bool(decoded.bit_exact),
+        output_checksum=checksum(pixels), expected_checksum=msg.output_checksum,
+        stats=stream_stats(msg, profile, seconds),
+        height=pixels.shape[0], width=pixels.shape[1], channels=pixels.shape[2],
+    )
+    if output_format == service_pb2.OUTPUT_FORMAT_RAW:
+        response.raw.CopyFrom(service_pb2.RawImage(
+            height=pixels.shape[0], width=pixels.shape[1], channels=pixels.shape[2],
+            pixels=np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(),
+        ))
+    else:
+        response.png = imageio.write_png(pixels)
+    return response
+
+
+# -- point clouds -------------------------------------------------------------------------
+
+
+def cloud_points(request: service_pb2.EncodePointCloudRequest) -> np.ndarray:
+    which = request.WhichOneof("input")
+    if which == "ply":
+        if not request.ply:
+            raise InputError("the PLY file is empty (0 bytes); send a PLY with x, y, z vertices")
+        from reprocodec.pointcloud import ply
+
+        return ply.read_ply_bytes(request.ply)
+    if which == "points":
+        return unpack_points(request.points.count, request.points.xyz_float32, np.float32)
+    raise InputError("the request carries no point cloud; set ply (file bytes) or points")
+
+
+def unpack_points(count: int, data: bytes, dtype: Any) -> np.ndarray:
+    expected = count * 3 * np.dtype(dtype).itemsize
+    if len(data) != expected:
+        raise InputError(
+            f"{count} packed points need {expected} bytes, got {len(data)}; "
+            "send little-endian x y z triples"
+        )
+    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(count, 3)
+
+
+def encode_point_cloud(codecs: Codecs, request: service_pb2.EncodePointCloudRequest,
+                       points: np.ndarray, profile: str) -> service_pb2.EncodeResponse:
+    kind = bitstream_pb2.CODEC_KIND_POINT_CLOUD
+    name = request.model or codecs.default_model(kind)
+    entry = codecs.entry(name, kind)
+    mode = safeguard_mode(request.safeguard_mode)
+    codec = codecs.codec(entry)
+    started = time.perf_counter()
+    kwargs = {"depth": request.depth} if request.depth else {}
+    msg = codec.encode(points, mode=mode, **kwargs)
+    seconds = time.perf_counter() - started
+    return service_pb2.EncodeResponse(bitstream=msg, stats=stream_stats(msg, profile, seconds))
+
+
+def decode_point_cloud(codecs: Codecs, msg: bitstream_pb2.Bitstream, output_format: int,
+                       profile: str) -> service_pb2.DecodePointCloudResponse:
+    entry = codecs.check_stream(msg, bitstream_pb2.CODEC_KIND_POINT_CLOUD)
+    codec = codecs.codec(entry)
+    started = time.perf_counter()
+    decoded = codec.decode(msg)
+    seconds = time.perf_counter() - started
+    voxels = np.ascontiguousarray(decoded.voxels, dtype="<i4")
+    points = np.ascontiguousarray(decoded.points, dtype="<f4")
+    response = service_pb2.DecodePointCloudResponse(
+        points=service_pb2.PackedPoints(
+            count=len(voxels), xyz_int32=voxels.tobytes(), xyz_float32=points.tobytes(),
+        ),
+        bit_exact=bool(getattr(decoded, "bit_exact", True)),
+        output_checksum=checksum(np.asarray(decoded.voxels)),
+        expected_checksum=msg.output_checksum,
+        stats=stream_stats(msg, profile, seconds),
+    )
+    if output_format != service_pb2.OUTPUT_FORMAT_RAW:
+        from reprocodec.pointcloud import ply
+
+        response.ply = ply.write_ply_bytes(points)
+    return response

@@ -1,0 +1,220 @@
+"""Entry points `reprocodec-encoder` and `reprocodec-decoder`.
+
+    reprocodec-encoder --port 50051 --metrics-port 9101 --profile cpu
+    reprocodec-decoder --port 50052 --metrics-port 9102 --profile cpu-nomkldnn
+
+One process runs one service under one numerics profile (profiles are process-global). On
+start it lists and loads its models, then reports SERVING on grpc.health.v1 and prints a
+`READY ...` line with the bound addresses (ports may be 0: the OS picks). On SIGTERM/SIGINT it
+reports NOT_SERVING first, waits --drain-seconds for load balancers to notice, stops accepting
+calls, lets in-flight calls finish (up to --shutdown-grace seconds) and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import reprocodec
+
+from . import security
+from .backend import Codecs
+from .core import ServeConfig, ServiceCore
+from .metrics import ServiceMetrics
+from .servicers import add_to_server
+
+log = logging.getLogger("reprocodec.server")
+
+DEFAULT_PORTS = {"encoder": (50051, 9101), "decoder": (50052, 9102)}
+# Threads beyond the admission limit: health, ListModels and immediate refusals stay served
+# while every heavy slot is busy.
+_EXTRA_THREADS = 8
+
+
+def build_parser(service: str) -> argparse.ArgumentParser:
+    port, metrics_port = DEFAULT_PORTS[service]
+    p = argparse.ArgumentParser(
+        prog=f"reprocodec-{service}",
+        description=f"The reprocodec {service} gRPC service (see DESIGN.md section 5).",
+    )
+    p.add_argument("--port", type=int, default=port, help=f"gRPC port (default {port}; 0: any)")
+    p.add_argument("--metrics-port", type=int, default=metrics_port,
+                   help=f"Prometheus HTTP port (default {metrics_port}; 0: any)")
+    p.add_argument("--profile", default="cpu",
+                   help="numerics profile: cpu, cpu-nomkldnn, cpu-channels-last, cpu-fp64, "
+                        "cpu-1thread, cuda, cuda-tf32, noise:EPS (default cpu)")
+    p.add_argument("--device", default=None,
+                   help="cpu | cuda | cuda:N; must agree with the profile (default: the profile's)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default loopback; 0.0.0.0 to serve the network)")
+    p.add_argument("--metrics-host", default=None, help="metrics bind address (default --host)")
+    p.add_argument("--max-concurrency", type=int, default=4,
+                   help="encode/decode requests in flight; more are refused (default 4)")
+    p.add_argument("--max-message-mb", type=float, default=64.0,
+                   help="largest request accepted, unary or chunked, in MiB (default 64)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000,
+                   help="largest image accepted, in pixels (default 50 MP)")
+    p.add_argument("--tls-cert", type=Path, help="PEM server certificate (enables TLS)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", type=Path,
+                   help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    p.add_argument("--auth-token-file", type=Path,
+                   help="file holding a shared token; calls must send 'authorization: Bearer T'")
+    p.add_argument("--weights-dir", type=Path, default=None,
+                   help="directory of <model>.pt + <model>.json (default: the shipped weights)")
+    p.add_argument("--preload", choices=("all", "default", "none"), default="default",
+                   help="models to load before reporting SERVING (default: the default models)")
+    p.add_argument("--drain-seconds", type=float, default=1.0,
+                   help="on SIGTERM, seconds to report NOT_SERVING before refusing calls")
+    p.add_argument("--shutdown-grace", type=float, default=30.0,
+                   help="on SIGTERM, seconds in-flight calls may take to finish")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.max_concurrency < 1:
+        p.error("--max-concurrency must be at least 1")
+    if not 0 < args.max_message_mb <= 2047:
+        p.error("--max-message-mb must be in (0, 2047] (gRPC's limit is 2 GiB)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        p.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+
+
+def _resolve_device(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    from reprocodec.numerics import parse_profile
+
+    try:
+        profile = parse_profile(args.profile)
+    except ValueError as exc:
+        p.error(str(exc))
+    device = args.device or profile.device
+    if device.split(":")[0] != profile.device:
+        p.error(f"--device {device} disagrees with --profile {args.profile} "
+                f"(which runs on {profile.device}); pick a {device.split(':')[0]} profile")
+    return device
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(service: str, argv: list[str] | None = None) -> int:
+    parser = build_parser(service)
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format=f"%(asctime)s {service} %(levelname)s %(message)s")
+    device = _resolve_device(parser, args)
+
+    from reprocodec.numerics import apply_profile
+
+    apply_profile(args.profile)  # once per process, before any network is built
+    if device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
+
+    metrics = ServiceMetrics(service)
+    metrics.set_build_info(reprocodec.__version__, args.profile, device)
+    max_message_bytes = int(args.max_message_mb * 2**20)
+    token = security.read_token(args.auth_token_file) if args.auth_token_file else None
+    config = ServeConfig(
+        service=service, profile=args.profile, device=device,
+        max_concurrency=args.max_concurrency, max_message_bytes=max_message_bytes,
+        max_pixels=args.max_pixels, tls=args.tls_cert is not None, auth=token is not None,
+    )
+    codecs = Codecs(args.weights_dir, args.max_pixels)
+    _preload(codecs, args.preload)
+    core = ServiceCore(config, metrics)
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=args.max_concurrency + _EXTRA_THREADS,
+                                   thread_name_prefix=service),
+        interceptors=[security.TokenAuth(token, metrics)] if token else [],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+        # A hard cap on queued calls: beyond it gRPC itself answers RESOURCE_EXHAUSTED.
+        maximum_concurrent_rpcs=4 * (args.max_concurrency + _EXTRA_THREADS),
+    )
+    service_name = add_to_server(server, service, core, codecs)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    address = f"{args.host}:{args.port}"
+    if args.tls_cert:
+        port = server.add_secure_port(address, security.server_credentials(
+            args.tls_cert, args.tls_key, args.tls_client_ca))
+    else:
+        port = server.add_insecure_port(address)
+    if not _is_loopback(args.host) and not (args.tls_cert or token):
+        log.warning("serving %s on %s without TLS or a token: anyone who can reach it may call it",
+                    service, args.host)
+    server.start()
+    metrics_host = args.metrics_host or args.host
+    httpd, _ = metrics.serve(args.metrics_port, metrics_host)
+    for name in ("", service_name):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    print(f"READY service={service} grpc={args.host}:{port} "
+          f"metrics={metrics_host}:{httpd.server_port} profile={args.profile} device={device}",
+          flush=True)
+    while not stop.wait(3600):
+        pass
+
+    log.info("shutting down: NOT_SERVING, draining %.1f s", args.drain_seconds)
+    health_servicer.enter_graceful_shutdown()
+    time.sleep(args.drain_seconds)
+    server.stop(args.shutdown_grace).wait()
+    httpd.shutdown()
+    log.info("stopped")
+    return 0
+
+
+def _preload(codecs: Codecs, which: str) -> None:
+    if which == "none":
+        return
+    from reprocodec.v1 import bitstream_pb2
+
+    names = set()
+    if which == "all":
+        names = set(codecs.models)
+    else:
+        for kind in (bitstream_pb2.CODEC_KIND_IMAGE, bitstream_pb2.CODEC_KIND_POINT_CLOUD):
+            if any(m.codec == kind for m in codecs.models.values()):
+                names.add(codecs.default_model(kind))
+    for name in sorted(names):
+        codecs.codec(codecs.models[name])
+
+
+def encoder_main(argv: list[str] | None = None) -> None:
+    sys.exit(serve("encoder", argv))
+
+
+def decoder_main(argv: list[str] | None = None) -> None:
+    sys.exit(serve("decoder", argv))
