@@ -20,6 +20,7 @@ the checksums still catch a flip, so the failure is reported rather than returne
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ from reprocodec.v1 import bitstream_pb2 as pb
 
 from .io import DEFAULT_MAX_PIXELS, check_pixels
 from .models import WEIGHTS_DIR, ModelInfo, build_model, load_checkpoint, load_shipped
+
+# compressai's import emits a torch.jit deprecation warning that is noise to CLI users.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
 LEVELS = ("decoding", "reconstruction", "both")
 
@@ -216,7 +220,7 @@ class ImageCodec:
             raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
         pixels = check_pixels(pixels, self.max_pixels)
         height, width, channels = pixels.shape
-        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 255.0
         if channels == 1:
             x = x.expand(1, 3, height, width)
         pad_h, pad_w = _padded(height), _padded(width)

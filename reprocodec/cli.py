@@ -1,0 +1,359 @@
+"""`reprocodec` command line: encode/decode/inspect files locally, or through the services.
+
+This module imports without torch: codecs are imported inside the handlers that need them.
+Exit status: 0 success; 1 some input failed (one line per failure on stderr, the rest are
+still processed); 2 usage error; 3 a decode failed verification (DATA_LOSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_VERIFICATION = 0, 1, 2, 3
+MODES = ("none", "flags", "simplified", "syndrome")
+LEVELS = ("decoding", "reconstruction", "both")
+
+
+def _progress(items: list[Any], what: str) -> Iterable[Any]:
+    """A tqdm bar on stderr for batches (or on a terminal); plain iteration otherwise."""
+    if not (sys.stderr.isatty() or len(items) > 1):
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=what, unit="file", file=sys.stderr, leave=False)
+
+
+def _output_path(inp: Path, out: Path, many: bool, suffix: str) -> Path:
+    if many or out.is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        return out / (inp.stem + suffix)
+    return out
+
+
+def _fail(msg: str) -> None:
+    print(f"reprocodec: error: {' '.join(msg.split())}", file=sys.stderr)
+
+
+def _run_batch(inputs: list[str], what: str, handle: Callable[[Path], None]) -> int:
+    """Run handle on each input; one line per failure; exit status by the worst failure."""
+    from reprocodec.errors import ReprocodecError, VerificationError
+
+    status = EXIT_OK
+    for name in _progress(inputs, what):
+        path = Path(name)
+        try:
+            handle(path)
+        except VerificationError as exc:
+            _fail(f"{path}: {exc}")
+            status = EXIT_VERIFICATION
+        except (ReprocodecError, OSError, ValueError) as exc:
+            _fail(f"{path}: {exc}")
+            status = max(status, EXIT_FAILED) if status != EXIT_VERIFICATION else status
+    return status
+
+
+# ------------------------------------------------------------------------------ local image
+
+
+class _LocalImage:
+    """Loads each image model once per process under the requested numerics profile."""
+
+    def __init__(self, args: argparse.Namespace):
+        from reprocodec import numerics
+
+        numerics.apply_profile(args.profile)
+        self.args = args
+        self._codecs: dict[str, Any] = {}
+
+    def codec(self, name: str | None) -> Any:
+        from reprocodec.image import ImageCodec
+        from reprocodec.image.models import resolve_model_name
+
+        a = self.args
+        if getattr(a, "checkpoint", None):
+            key = f"checkpoint:{a.checkpoint}"
+            if key not in self._codecs:
+                self._codecs[key] = ImageCodec.from_checkpoint(a.checkpoint, a.architecture)
+            return self._codecs[key]
+        name = name or resolve_model_name(a.model, a.quality)
+        if name not in self._codecs:
+            self._codecs[name] = ImageCodec.load(name)
+        return self._codecs[name]
+
+
+def _save_capture(args: argparse.Namespace, path: Path, capture: dict) -> None:
+    """--capture DIR (benchmarks): the decision indices and output, for counting flips."""
+    import numpy as np
+
+    if not getattr(args, "capture", None):
+        return
+    d = Path(args.capture)
+    d.mkdir(parents=True, exist_ok=True)
+    arrays = {k: v for k, v in capture.items() if k.endswith("_indices") or k == "output"}
+    np.savez_compressed(d / f"{path.stem}.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def _encode_local(args: argparse.Namespace) -> int:
+    from reprocodec import container
+    from reprocodec.safeguard import Mode
+
+    local = _LocalImage(args)
+    many = len(args.inputs) > 1
+    out = Path(args.output)
+
+    def handle(path: Path) -> None:
+        if path.suffix.lower() == ".ply":
+            from reprocodec.pointcloud import cli_local
+
+            cli_local.encode_file(path, _output_path(path, out, many, ".rpc"), args)
+            return
+        from reprocodec.image.io import read_image
+
+        codec = local.codec(None)
+        pixels = read_image(path, codec.max_pixels)
+        capture: dict = {}
+        msg = codec.encode(pixels, Mode(args.safeguard), args.level, capture=capture)
+        _output_path(path, out, many, ".rpc").write_bytes(container.pack(msg))
+        _save_capture(args, path, capture)
+
+    return _run_batch(args.inputs, "encode", handle)
+
+
+def _decode_local(args: argparse.Namespace) -> int:
+    from reprocodec import container
+    from reprocodec.v1 import bitstream_pb2 as pb
+
+    local = _LocalImage(args)
+    many = len(args.inputs) > 1
+    out = Path(args.output)
+    report: list[dict] = []
+
+    def handle(path: Path) -> None:
+        entry: dict[str, Any] = {"input": str(path)}
+        report.append(entry)
+        msg = container.unpack(path.read_bytes())
+        if msg.codec == pb.CODEC_KIND_POINT_CLOUD:
+            from reprocodec.pointcloud import cli_local
+
+            cli_local.decode_file(path, _output_path(path, out, many, ".ply"), args)
+            return
+        from reprocodec.image.io import write_png
+
+        codec = local.codec(msg.model)
+        capture: dict = {}
+        try:
+            decoded = codec.decode(msg, verify=not args.no_verify, capture=capture)
+        except Exception as exc:
+            entry["error"] = type(exc).__name__
+            raise
+        finally:
+            _save_capture(args, path, capture)
+        entry["bit_exact"] = decoded.bit_exact
+        entry["tensors_matched"] = {t.name: t.matched for t in decoded.tensors}
+        write_png(_output_path(path, out, many, ".png"), decoded.pixels)
+        if not decoded.bit_exact:
+            _fail(f"{path}: decoded, but the output differs from the encoder's reconstruction "
+                  "(only the decoding level was protected); encode with --level both for "
+                  "bit-exact pixels")
+
+    status = _run_batch(args.inputs, "decode", handle)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=1))
+    return status
+
+
+# ---------------------------------------------------------------------------------- verbs
+
+
+def _delegate(function: str, args: argparse.Namespace) -> int:
+    try:
+        from reprocodec.client import commands
+    except ImportError as exc:
+        _fail(f"remote mode is unavailable ({exc}); use --local --profile P")
+        return EXIT_USAGE
+    return int(getattr(commands, function)(args))
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    if args.encoder:
+        return _delegate("remote_encode", args)
+    return _encode_local(args)
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    if args.decoder:
+        return _delegate("remote_decode", args)
+    return _decode_local(args)
+
+
+def inspect_stream(data: bytes) -> dict[str, Any]:
+    """Summary of a container (no torch needed)."""
+    from reprocodec import container
+    from reprocodec.v1 import bitstream_pb2 as pb
+
+    msg = container.unpack(data)
+    payload = sum(len(p.data) for p in msg.payloads)
+    protection = container.protection_bytes(msg)
+    header: dict[str, Any]
+    if msg.WhichOneof("header") == "image":
+        header = {"height": msg.image.height, "width": msg.image.width,
+                  "channels": msg.image.channels}
+    else:
+        pc = msg.point_cloud
+        header = {"depth": pc.depth, "num_points": pc.num_points, "origin": list(pc.origin),
+                  "scale": pc.scale}
+    return {
+        "codec": pb.CodecKind.Name(msg.codec),
+        "model": msg.model,
+        "weights_sha256": bytes(msg.weights_sha256).hex(),
+        "shape": header,
+        "encoder_profile": msg.encoder_profile,
+        "total_bytes": len(data),
+        "payload_bytes": payload,
+        "protection_bytes": protection,
+        "overhead_ratio": protection / payload if payload else 0.0,
+        "payloads": [{"name": p.name, "shape": list(p.shape), "bytes": len(p.data)}
+                     for p in msg.payloads],
+        "protected": [
+            {
+                "name": t.name,
+                "mode": container.mode_from_proto(t.mode).value,
+                "level": pb.ProtectionLevel.Name(t.level).removeprefix("PROTECTION_LEVEL_").lower(),
+                "bound": {"kind": container.bound_from_proto(t.bound).kind,
+                          "value": t.bound.value},
+                "shape": list(t.shape),
+                "side_info_bytes": len(t.side_info),
+                "risky_count": t.risky_count,
+                "candidate_count": t.candidate_count,
+            }
+            for t in msg.protected
+        ],
+    }
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from reprocodec.errors import ReprocodecError
+
+    try:
+        info = inspect_stream(Path(args.file).read_bytes())
+    except (ReprocodecError, OSError) as exc:
+        _fail(f"{args.file}: {exc}")
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"{args.file}: {info['codec']} model {info['model']} "
+          f"(weights {info['weights_sha256'][:12]}..) shape {info['shape']}")
+    print(f"  payload {info['payload_bytes']} B, protection {info['protection_bytes']} B "
+          f"({100 * info['overhead_ratio']:.3f} %)")
+    for t in info["protected"]:
+        print(f"  {t['name']:12s} {t['mode']:10s} {t['level']:14s} "
+              f"{t['bound']['kind']} {t['bound']['value']:.3g}  risky {t['risky_count']} "
+              f"candidates {t['candidate_count']}  side info {t['side_info_bytes']} B")
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from reprocodec import calibrate
+
+    return calibrate.main(args)
+
+
+def cmd_roundtrip(args: argparse.Namespace) -> int:
+    return _delegate("roundtrip", args)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    return _delegate("health", args)
+
+
+# --------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reprocodec", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    def where(sp: argparse.ArgumentParser, remote_flag: str) -> None:
+        g = sp.add_mutually_exclusive_group(required=True)
+        g.add_argument("--local", action="store_true", help="run the codec in this process")
+        g.add_argument(f"--{remote_flag}", metavar="HOST:PORT", help=f"use a {remote_flag} service")
+        sp.add_argument("--profile", default="cpu", help="numerics profile for --local")
+        sp.add_argument("--checkpoint", help=argparse.SUPPRESS)  # official CompressAI file
+        sp.add_argument("--architecture", default="bmshj2018-hyperprior", help=argparse.SUPPRESS)
+        sp.add_argument("--capture", help=argparse.SUPPRESS)  # benchmarks: dump indices
+        sp.add_argument("--timeout", type=float, default=60.0, help="remote deadline (s)")
+
+    e = sub.add_parser("encode", help="compress images (.png, .jpg, ...) or point clouds (.ply)")
+    e.add_argument("inputs", nargs="+", metavar="IN")
+    e.add_argument("-o", "--output", required=True, metavar="OUT_OR_DIR")
+    where(e, "encoder")
+    e.add_argument("--model", help="model name or architecture (default: best shipped)")
+    e.add_argument("--quality", type=int, help="quality rank of the architecture (1 = lowest)")
+    e.add_argument("--safeguard", choices=MODES, default="syndrome")
+    e.add_argument("--level", choices=LEVELS, default="both")
+    e.add_argument("--depth", type=int, help="octree depth for point clouds")
+    e.set_defaults(func=cmd_encode)
+
+    d = sub.add_parser("decode", help="decompress .rpc files to .png / .ply")
+    d.add_argument("inputs", nargs="+", metavar="IN")
+    d.add_argument("-o", "--output", required=True, metavar="OUT_OR_DIR")
+    where(d, "decoder")
+    d.add_argument("--no-verify", action="store_true", help=argparse.SUPPRESS)
+    d.add_argument("--report", help=argparse.SUPPRESS)  # benchmarks: per-file JSON
+    d.set_defaults(func=cmd_decode)
+
+    i = sub.add_parser("inspect", help="describe a .rpc file")
+    i.add_argument("file")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("calibrate", help="measure error bounds across numerics profiles")
+    from reprocodec.calibrate import add_arguments
+
+    add_arguments(c)
+    c.set_defaults(func=cmd_calibrate)
+
+    r = sub.add_parser("roundtrip", help="encode on one service, decode on another, compare")
+    r.add_argument("inputs", nargs="+", metavar="IN")
+    r.add_argument("--encoder", required=True, metavar="HOST:PORT")
+    r.add_argument("--decoder", required=True, metavar="HOST:PORT")
+    r.add_argument("--model")
+    r.add_argument("--quality", type=int)
+    r.add_argument("--safeguard", choices=MODES, default="syndrome")
+    r.add_argument("--level", choices=LEVELS, default="both")
+    r.add_argument("--depth", type=int)
+    r.add_argument("--timeout", type=float, default=60.0)
+    r.set_defaults(func=cmd_roundtrip)
+
+    h = sub.add_parser("health", help="check a service's gRPC health")
+    h.add_argument("target", metavar="HOST:PORT")
+    h.add_argument("--timeout", type=float, default=5.0)
+    h.set_defaults(func=cmd_health)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a last-resort one-line reason instead of a traceback
+        from reprocodec.errors import ReprocodecError
+
+        if isinstance(exc, (ReprocodecError, RuntimeError, OSError, ValueError)):
+            _fail(str(exc))
+            return EXIT_FAILED
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
