@@ -76,15 +76,15 @@ def _entry(info: Any, codec: int) -> ModelEntry:
         name=info.name, codec=codec, architecture=info.architecture,
         quality=int(getattr(info, "quality", 0) or 0),
         weights_sha256=bytes.fromhex(sha) if isinstance(sha, str) else bytes(sha),
-        bounds=_effective_bounds(info),
+        bounds=_effective_bounds(info, codec),
         modes=tuple(getattr(info, "modes", ("none", "flags", "simplified", "syndrome"))),
     )
 
 
-def _effective_bounds(info: Any) -> dict[str, dict[str, Any]]:
+def _effective_bounds(info: Any, codec: int) -> dict[str, dict[str, Any]]:
     """The bounds the codec will use: calibrated ones from the json, else its defaults."""
     bounds = dict(getattr(info, "bounds", {}) or {})
-    if hasattr(info, "tensor_bound"):  # image models: defaults until `reprocodec calibrate`
+    if codec == bitstream_pb2.CODEC_KIND_IMAGE:  # defaults until `reprocodec calibrate` ran
         from reprocodec.image.models import DEFAULT_BOUNDS
 
         tensors = [t for t in DEFAULT_BOUNDS
@@ -128,15 +128,30 @@ class Codecs:
             return []
         return list(pointcloud.list_models(**self._kwargs()))
 
-    def default_model(self, codec: int, quality: int = 0) -> str:
-        """Image: the first architecture's highest quality (or the given rank); clouds: first."""
+    def resolve(self, model: str, quality: int, codec: int) -> ModelEntry:
+        """A request's model: a model name, or an architecture (+ quality), or the default."""
+        if model in self.models and not quality:
+            return self.entry(model, codec)
+        return self.entry(self.default_model(codec, quality, architecture=model), codec)
+
+    def default_model(self, codec: int, quality: int = 0, architecture: str = "") -> str:
+        """The architecture's (default: the first's) highest quality, or the given rank."""
         entries = [m for m in self.models.values() if m.codec == codec]
         if not entries:
             what = "image" if codec == bitstream_pb2.CODEC_KIND_IMAGE else "point-cloud"
             raise UnknownModelError(
                 f"this server has no {what} models installed; deploy one with its weights"
             )
-        architecture = sorted(entries, key=lambda m: m.architecture)[0].architecture
+        if architecture and architecture in self.models:
+            raise InputError(f"model {architecture!r} is one quality already; drop --quality "
+                             "or give its architecture instead")
+        if architecture and all(m.architecture != architecture for m in entries):
+            have = ", ".join(sorted({m.architecture for m in entries} | {m.name for m in entries}))
+            raise UnknownModelError(
+                f"unknown model or architecture {architecture!r}; this server has: {have} "
+                "(see ListModels)"
+            )
+        architecture = architecture or sorted(entries, key=lambda m: m.architecture)[0].architecture
         ranked = sorted((m for m in entries if m.architecture == architecture),
                         key=lambda m: (m.quality, m.name))
         if not quality:
@@ -231,8 +246,7 @@ def image_pixels(request: service_pb2.EncodeImageRequest, max_pixels: int) -> np
 def encode_image(codecs: Codecs, request: service_pb2.EncodeImageRequest, pixels: np.ndarray,
                  profile: str) -> service_pb2.EncodeResponse:
     kind = bitstream_pb2.CODEC_KIND_IMAGE
-    name = request.model or codecs.default_model(kind, request.quality)
-    entry = codecs.entry(name, kind)
+    entry = codecs.resolve(request.model, request.quality, kind)
     mode = safeguard_mode(request.safeguard_mode)
     level = safeguard_level(request.level)
     codec = codecs.codec(entry)
@@ -276,7 +290,7 @@ def cloud_points(request: service_pb2.EncodePointCloudRequest) -> np.ndarray:
             raise InputError("the PLY file is empty (0 bytes); send a PLY with x, y, z vertices")
         from reprocodec.pointcloud import ply
 
-        return ply.read_ply_bytes(request.ply)
+        return ply.parse_ply(request.ply, where="request")
     if which == "points":
         return unpack_points(request.points.count, request.points.xyz_float32, np.float32)
     raise InputError("the request carries no point cloud; set ply (file bytes) or points")
@@ -295,8 +309,7 @@ def unpack_points(count: int, data: bytes, dtype: Any) -> np.ndarray:
 def encode_point_cloud(codecs: Codecs, request: service_pb2.EncodePointCloudRequest,
                        points: np.ndarray, profile: str) -> service_pb2.EncodeResponse:
     kind = bitstream_pb2.CODEC_KIND_POINT_CLOUD
-    name = request.model or codecs.default_model(kind)
-    entry = codecs.entry(name, kind)
+    entry = codecs.resolve(request.model, 0, kind)
     mode = safeguard_mode(request.safeguard_mode)
     codec = codecs.codec(entry)
     started = time.perf_counter()
@@ -325,7 +338,17 @@ def decode_point_cloud(codecs: Codecs, msg: bitstream_pb2.Bitstream, output_form
         stats=stream_stats(msg, profile, seconds),
     )
     if output_format != service_pb2.OUTPUT_FORMAT_RAW:
-        from reprocodec.pointcloud import ply
-
-        response.ply = ply.write_ply_bytes(points)
+        response.ply = _ply_bytes(np.asarray(decoded.points))
     return response
+
+
+def _ply_bytes(points: np.ndarray) -> bytes:
+    """Binary PLY through the point-cloud package's writer (which writes to a path)."""
+    import tempfile
+
+    from reprocodec.pointcloud import ply
+
+    with tempfile.TemporaryDirectory(prefix="reprocodec-ply-") as tmp:
+        path = Path(tmp) / "out.ply"
+        ply.write_ply(path, points, binary=True)
+        return path.read_bytes()

@@ -1,0 +1,173 @@
+"""The remote verbs of the `reprocodec` CLI (reprocodec/cli.py delegates here).
+
+    reprocodec encode IN... -o OUT --encoder HOST:PORT      images -> .rpc, .ply -> .rpc
+    reprocodec decode IN... -o OUT --decoder HOST:PORT      .rpc -> .png / .ply
+    reprocodec roundtrip IN... --encoder A --decoder B      bit-exact? bpp, PSNR, overhead
+    reprocodec health HOST:PORT                             exit 0 iff SERVING
+
+Connection options come from the environment so every verb shares them:
+REPROCODEC_AUTH_TOKEN (shared token), REPROCODEC_TLS_CA (PEM roots; enables TLS),
+REPROCODEC_TLS_CERT + REPROCODEC_TLS_KEY (client certificate for mutual TLS).
+Exit status as the CLI's: 0 ok, 1 some input failed, 3 a decode failed verification.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from reprocodec.v1 import bitstream_pb2
+
+from . import imageio
+from .clients import DecoderClient, EncoderClient, ServiceError, cloud_voxels, image_pixels
+
+EXIT_OK, EXIT_FAILED, EXIT_VERIFICATION = 0, 1, 3
+
+
+def connection_options(args: argparse.Namespace) -> dict[str, Any]:
+    env = os.environ
+    options: dict[str, Any] = {"timeout": float(getattr(args, "timeout", None) or 60.0)}
+    if env.get("REPROCODEC_TLS_CA") or env.get("REPROCODEC_TLS_CERT"):
+        options.update(tls=True, root_certificates=env.get("REPROCODEC_TLS_CA"),
+                       client_cert=env.get("REPROCODEC_TLS_CERT"),
+                       client_key=env.get("REPROCODEC_TLS_KEY"))
+    return options
+
+
+def _fail(message: str) -> None:
+    print(f"reprocodec: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _status_of(exc: Exception, status: int) -> int:
+    if isinstance(exc, ServiceError) and exc.code == grpc.StatusCode.DATA_LOSS:
+        return EXIT_VERIFICATION
+    return status if status == EXIT_VERIFICATION else EXIT_FAILED
+
+
+def _output_path(inp: Path, out: Path, many: bool, suffix: str) -> Path:
+    if many or out.is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        return out / (inp.stem + suffix)
+    return out
+
+
+def _is_cloud(path: Path) -> bool:
+    return path.suffix.lower() == ".ply"
+
+
+def _stream_kind(data: bytes) -> int:
+    """The codec kind a stream says it is (unvalidated: the decoder validates)."""
+    msg = bitstream_pb2.Bitstream()
+    try:
+        msg.ParseFromString(data)
+    except Exception:  # noqa: BLE001 - not parseable: the image decoder will say why
+        return bitstream_pb2.CODEC_KIND_IMAGE
+    return msg.codec
+
+
+def _encode_one(enc: EncoderClient, path: Path, args: argparse.Namespace) -> Any:
+    data = path.read_bytes()
+    mode = getattr(args, "safeguard", None) or "syndrome"
+    if _is_cloud(path):
+        return enc.encode_point_cloud(data, model=getattr(args, "model", None) or "",
+                                      depth=getattr(args, "depth", None) or 0, mode=mode)
+    return enc.encode_image(data, model=getattr(args, "model", None) or "",
+                            quality=getattr(args, "quality", None) or 0, mode=mode,
+                            level=getattr(args, "level", None) or "both")
+
+
+def _describe(stats: Any) -> str:
+    unit = "bpp" if stats.codec == bitstream_pb2.CODEC_KIND_IMAGE else "bits/point"
+    return (f"{stats.container_bytes} B, {stats.bits_per_element:.4f} {unit}, "
+            f"overhead {100 * stats.overhead_ratio:.2f}%")
+
+
+def remote_encode(args: argparse.Namespace) -> int:
+    inputs = [Path(p) for p in args.inputs]
+    out = Path(args.output)
+    status = EXIT_OK
+    with EncoderClient(args.encoder, **connection_options(args)) as enc:
+        for path in inputs:
+            try:
+                response = _encode_one(enc, path, args)
+                target = _output_path(path, out, len(inputs) > 1, ".rpc")
+                target.write_bytes(response.bitstream.SerializeToString(deterministic=True))
+                print(f"{path} -> {target}: {_describe(response.stats)}")
+            except (ServiceError, OSError) as exc:
+                _fail(f"{path}: {exc}")
+                status = _status_of(exc, status)
+    return status
+
+
+def remote_decode(args: argparse.Namespace) -> int:
+    inputs = [Path(p) for p in args.inputs]
+    out = Path(args.output)
+    status = EXIT_OK
+    with DecoderClient(args.decoder, **connection_options(args)) as dec:
+        for path in inputs:
+            try:
+                data = path.read_bytes()
+                if _stream_kind(data) == bitstream_pb2.CODEC_KIND_POINT_CLOUD:
+                    response = dec.decode_point_cloud(data)
+                    target = _output_path(path, out, len(inputs) > 1, ".ply")
+                    target.write_bytes(response.ply)
+                else:
+                    response = dec.decode_image(data)
+                    target = _output_path(path, out, len(inputs) > 1, ".png")
+                    target.write_bytes(response.png)
+                exact = "bit-exact" if response.bit_exact else "NOT bit-exact"
+                print(f"{path} -> {target}: {exact}")
+            except (ServiceError, OSError) as exc:
+                _fail(f"{path}: {exc}")
+                status = _status_of(exc, status)
+    return status
+
+
+def roundtrip(args: argparse.Namespace) -> int:
+    """Encode on one service, decode the stream on the other, compare with the input."""
+    options = connection_options(args)
+    status = EXIT_OK
+    print(f"{'file':32} {'bit-exact':>9} {'bpp':>9} {'PSNR dB':>8} {'overhead':>9}")
+    with EncoderClient(args.encoder, **options) as enc, \
+            DecoderClient(args.decoder, **options) as dec:
+        for name in args.inputs:
+            path = Path(name)
+            try:
+                encoded = _encode_one(enc, path, args)
+                if _is_cloud(path):
+                    decoded = dec.decode_point_cloud(encoded.bitstream, raw=True)
+                    voxels = cloud_voxels(decoded)
+                    quality = "lossless" if len(voxels) == decoded.points.count else "?"
+                else:
+                    decoded = dec.decode_image(encoded.bitstream, raw=True)
+                    original = imageio.read_image(path.read_bytes())
+                    quality = f"{imageio.psnr(original, image_pixels(decoded)):8.2f}"
+                exact = decoded.bit_exact and decoded.output_checksum == decoded.expected_checksum
+                print(f"{path.name[:32]:32} {'yes' if exact else 'NO':>9} "
+                      f"{encoded.stats.bits_per_element:9.4f} {quality:>8} "
+                      f"{100 * encoded.stats.overhead_ratio:8.2f}%")
+                if not exact:
+                    status = max(status, EXIT_FAILED)
+            except (ServiceError, OSError, ValueError) as exc:
+                _fail(f"{path}: {exc}")
+                status = _status_of(exc, status)
+    return status
+
+
+def health(args: argparse.Namespace) -> int:
+    """Exit 0 iff the server reports SERVING (usable as a container health probe)."""
+    options = connection_options(args)
+    options["retries"] = 0  # a probe answers now; the orchestrator does the retrying
+    try:
+        with EncoderClient(args.target, **options) as client:
+            state = client.health(timeout=float(getattr(args, "timeout", None) or 5.0))
+    except ServiceError as exc:
+        _fail(str(exc))
+        return EXIT_FAILED
+    print(f"{args.target}: {state}")
+    return EXIT_OK if state == "SERVING" else EXIT_FAILED
