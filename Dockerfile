@@ -73,15 +73,14 @@ COPY --from=build /opt/reprocodec /opt/reprocodec
 COPY --chmod=0755 deploy/docker/entrypoint.sh /usr/local/bin/reprocodec-entrypoint
 COPY --chmod=0755 deploy/docker/healthcheck.sh /usr/local/bin/reprocodec-healthcheck
 
-# The numerics profile and device default to the variant (cuda image: "cuda" on the GPU); a
-# deployment picks another with REPROCODEC_PROFILE / REPROCODEC_DEVICE or --profile / --device.
+# The numerics profile defaults to the variant's ("cuda" or "cpu"; the device follows from the
+# profile); a deployment picks another with REPROCODEC_PROFILE or --profile.
 ENV PATH=/opt/reprocodec/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/reprocodec \
     XDG_CACHE_HOME=/tmp/reprocodec-cache \
     REPROCODEC_PROFILE=${VARIANT} \
-    REPROCODEC_DEVICE=${VARIANT} \
     REPROCODEC_HOST=0.0.0.0
 
 USER 10001:10001
