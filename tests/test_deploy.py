@@ -167,7 +167,11 @@ def test_runtime_stage_is_non_root_with_grpc_healthcheck_and_entrypoint():
     copied = {a.split()[-1]: a.split()[-2] for w, a in runtime if w == "COPY"}
     assert copied["/usr/local/bin/reprocodec-entrypoint"] == "deploy/docker/entrypoint.sh"
     assert copied["/usr/local/bin/reprocodec-healthcheck"] == "deploy/docker/healthcheck.sh"
-    assert re.search(r"exec reprocodec health \"127\.0\.0\.1:\$port\"", HEALTHCHECK.read_text())
+    probe = re.search(r"exec reprocodec health --timeout (\d+) \"127\.0\.0\.1:\$port\"",
+                      HEALTHCHECK.read_text())
+    assert probe, "the health check uses the package's gRPC health client on the local port"
+    docker_timeout = re.search(r"--timeout=(\d+)s", healthchecks[0])
+    assert docker_timeout and int(probe.group(1)) < int(docker_timeout.group(1))
     # The default profile is the variant's name, which must be a real profile for both variants.
     env = " ".join(a for w, a in runtime if w == "ENV")
     assert "REPROCODEC_PROFILE=${VARIANT}" in env
@@ -193,6 +197,24 @@ def test_dockerignore_keeps_local_state_out():
                  "reprocodec/__pycache__", "server/__pycache__/main.cpython-311.pyc",
                  ".pytest_cache", ".hypothesis", "reprocodec.egg-info"):
         assert dockerignored(path), f".dockerignore should exclude {path}"
+
+
+def test_image_install_contains_every_python_package_of_the_source_tree():
+    """The image installs the package for real (not editable): a subpackage missing from
+    pyproject's explicit `packages` list works in the dev checkout but is absent in the image."""
+    import tomllib
+
+    setuptools_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools_config["packages"])
+    roots = setuptools_config["package-dir"]  # import name -> folder
+    found = set()
+    for import_root, folder in roots.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder)
+            if "__pycache__" in rel.parts or dockerignored(str(init.relative_to(REPO))):
+                continue
+            found.add(".".join((import_root, *rel.parts)))
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
 
 
 def test_cpu_variant_installs_the_torch_pins_of_pyproject():
@@ -256,7 +278,8 @@ def test_entrypoint_maps_environment_to_flags_and_caller_flags_win(stub_bin, tmp
     assert (tmp_path / "reprocodec-grpc-port").read_text().strip() == "6000"
     health = run_script(HEALTHCHECK, [], stub_bin, tmp_path)
     assert health.returncode == 0, health.stderr
-    assert health.stdout.splitlines() == ["reprocodec", "health", "127.0.0.1:6000"]
+    assert health.stdout.splitlines() == ["reprocodec", "health", "--timeout", "3",
+                                          "127.0.0.1:6000"]
 
 
 def test_entrypoint_rejects_bad_roles_and_ports(stub_bin, tmp_path):
