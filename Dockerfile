@@ -49,9 +49,11 @@ COPY reprocodec ./reprocodec
 COPY server ./server
 COPY client ./client
 # A regular (not editable) install: the venv is self-contained and /src stays behind. The
-# check fails the build when no weights were packaged (the services could not start).
+# check (python -P: the installed package, not /src) fails the build when no weights were
+# packaged, since the services could not start. The versions are pinned in pyproject.toml.
+# hadolint ignore=DL3013
 RUN pip install ".[server]" \
- && cd / && python -c "from importlib.resources import files; \
+ && python -P -c "from importlib.resources import files; \
 w = [p.name for p in files('reprocodec').joinpath('weights').iterdir() if p.name.endswith('.pt')]; \
 assert w, 'no weights in reprocodec/weights'; print('weights:', sorted(w))"
 

