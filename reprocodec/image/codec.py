@@ -315,8 +315,9 @@ class ImageCodec:
         v_pixels = self._synthesis(y_hat, height, width, channels)
         if "pixels" in prot:
             output = self._resolve(prot["pixels"], v_pixels, verify, stats, capture)
-        else:
-            output = self.decisions["pixels"].quantizer.index(v_pixels)
+        else:  # unprotected: CompressAI's own rounding of this decoder's floats
+            pix = self.decisions["pixels"]
+            output = pix.quantizer.index(numerics.perturb("pixels", v_pixels, pix.bound))
         output = output.astype(np.uint8)
         _capture(capture, z_hat=z_hat, y_hat=y_hat, output=output)
 

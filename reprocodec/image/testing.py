@@ -31,6 +31,16 @@ def write_random_model(
     torch.manual_seed(seed)
     model = cls(n, m).eval()
     with torch.no_grad():
+        # A fresh init codes everything to zero (tiny y, sigma below the first table entry,
+        # black output). Rescale the last layers so latents span several integers, sigma spans
+        # the scale table, means span many grid points and pixels sit mid-range: then every
+        # protected decision has elements near its thresholds, as with trained weights.
+        model.g_a[-1].weight.mul_(20.0)
+        h_s_last = [layer for layer in model.h_s if hasattr(layer, "weight")][-1]
+        h_s_last.weight.mul_(60.0)
+        h_s_last.bias.add_(1.0)
+        model.g_s[-1].weight.mul_(5.0)
+        model.g_s[-1].bias.fill_(0.5)
         for p in model.parameters():
             p.copy_(p.half().float())
     model.update(force=True)
@@ -50,3 +60,25 @@ def write_random_model(
     }
     (weights_dir / f"{name}.json").write_text(json.dumps(meta, indent=2))
     return name
+
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def sample_crop(name: str = "chelsea", height: int = 70, width: int = 90):
+    """A crop of a committed sample photo (odd sizes on purpose: not multiples of 64)."""
+    import numpy as np
+
+    from .io import read_image
+
+    pixels = read_image(SAMPLES / f"{name}.png")
+    return np.ascontiguousarray(pixels[60 : 60 + height, 100 : 100 + width])
+
+
+def write_test_models(weights_dir: str | Path) -> dict[str, str]:
+    """Random bmshj / mbt models (fixed seeds), plus a bmshj with other weights."""
+    return {
+        "bmshj": write_random_model(weights_dir, "bmshj2018-hyperprior", seed=0),
+        "mbt": write_random_model(weights_dir, "mbt2018-mean", seed=0),
+        "other": write_random_model(weights_dir, "bmshj2018-hyperprior", seed=1),
+    }
