@@ -31,20 +31,21 @@ RUN python -m venv /opt/reprocodec
 ENV PATH=/opt/reprocodec/bin:$PATH
 
 WORKDIR /src
-# pyproject.toml alone first: the torch layer (the big one) is rebuilt only when the pins change.
-COPY pyproject.toml README.md ./
+# torch first, in its own layer (gigabytes for the CUDA build): rebuilt only when pyproject.toml
+# changes, not on every source change.
+COPY pyproject.toml ./
 COPY deploy/docker/torch_requirements.py /tmp/torch_requirements.py
 RUN <<'SH'
 set -eu
+python /tmp/torch_requirements.py pyproject.toml > /tmp/torch-requirements.txt
 case "$VARIANT" in
-  cuda) echo "torch: the CUDA build from the default index, installed with the package below" ;;
-  cpu)
-    python /tmp/torch_requirements.py pyproject.toml > /tmp/torch-requirements.txt
-    pip install --index-url "$TORCH_CPU_INDEX_URL" -r /tmp/torch-requirements.txt ;;
+  cuda) pip install -r /tmp/torch-requirements.txt ;;  # the default index's Linux torch: CUDA
+  cpu) pip install --index-url "$TORCH_CPU_INDEX_URL" -r /tmp/torch-requirements.txt ;;
   *) echo "VARIANT must be cuda or cpu, not '$VARIANT'" >&2; exit 1 ;;
 esac
 SH
 
+COPY README.md ./
 COPY reprocodec ./reprocodec
 COPY server ./server
 COPY client ./client
