@@ -1,0 +1,152 @@
+"""Voxelization and the octree: Morton codes, occupancy per level, and its inverse.
+
+Nodes of level l are cubes of side 2^(D-l) voxels, identified by the Morton code of their
+level-l integer coordinates. Within a level they are kept sorted by Morton code; a node's
+children then follow their parent's order, child index c = 4*bx + 2*by + bz, so the decoder
+rebuilds exactly the encoder's order from the occupancy bits alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+MIN_DEPTH, MAX_DEPTH, DEFAULT_DEPTH = 1, 16, 10
+CHILD_OFFSETS = np.array([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)], dtype=np.int64)
+# The 27 parent-level neighbour offsets (self at index 13), in a fixed order.
+NEIGHBOUR_OFFSETS = np.array(
+    [(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)], dtype=np.int64
+)
+
+
+def _spread(v: np.ndarray) -> np.ndarray:
+    """Insert two zero bits between the bits of each value (up to 21 bits)."""
+    v = v.astype(np.uint64) & np.uint64(0x1FFFFF)
+    v = (v | (v << np.uint64(32))) & np.uint64(0x1F00000000FFFF)
+    v = (v | (v << np.uint64(16))) & np.uint64(0x1F0000FF0000FF)
+    v = (v | (v << np.uint64(8))) & np.uint64(0x100F00F00F00F00F)
+    v = (v | (v << np.uint64(4))) & np.uint64(0x10C30C30C30C30C3)
+    v = (v | (v << np.uint64(2))) & np.uint64(0x1249249249249249)
+    return v
+
+
+def _compact(v: np.ndarray) -> np.ndarray:
+    v = v & np.uint64(0x1249249249249249)
+    v = (v | (v >> np.uint64(2))) & np.uint64(0x10C30C30C30C30C3)
+    v = (v | (v >> np.uint64(4))) & np.uint64(0x100F00F00F00F00F)
+    v = (v | (v >> np.uint64(8))) & np.uint64(0x1F0000FF0000FF)
+    v = (v | (v >> np.uint64(16))) & np.uint64(0x1F00000000FFFF)
+    v = (v | (v >> np.uint64(32))) & np.uint64(0x1FFFFF)
+    return v
+
+
+def morton_encode(coords: np.ndarray) -> np.ndarray:
+    """(N, 3) non-negative integer coordinates -> (N,) int64 Morton codes (x most significant)."""
+    c = np.asarray(coords)
+    code = (_spread(c[:, 0]) << np.uint64(2)) | (_spread(c[:, 1]) << np.uint64(1)) | _spread(
+        c[:, 2]
+    )
+    return code.astype(np.int64)
+
+
+def morton_decode(codes: np.ndarray) -> np.ndarray:
+    u = np.asarray(codes, dtype=np.int64).astype(np.uint64)
+    return np.stack(
+        [_compact(u >> np.uint64(2)), _compact(u >> np.uint64(1)), _compact(u)], axis=1
+    ).astype(np.int64)
+
+
+def check_depth(depth: int) -> int:
+    if not isinstance(depth, (int, np.integer)) or not MIN_DEPTH <= depth <= MAX_DEPTH:
+        raise InputError(f"octree depth must be an integer in {MIN_DEPTH}..{MAX_DEPTH}, "
+                         f"got {depth!r} (8-12 are typical; 10 is the default)")
+    return int(depth)
+
+
+@dataclass(frozen=True)
+class Voxelized:
+    voxels: np.ndarray  # (N, 3) int64, unique, sorted lexicographically (x, y, z)
+    origin: tuple[float, float, float]
+    scale: float  # world = origin + voxel * scale
+
+
+def voxelize(points: np.ndarray, depth: int) -> Voxelized:
+    """Snap points onto a 2^depth grid. Integer points already inside [0, 2^depth) keep their
+    coordinates (origin 0, scale 1) so integer voxel files round-trip unchanged; anything else
+    is scaled so the longest bounding-box side spans the grid."""
+    depth = check_depth(depth)
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise InputError(f"points must be an (N, 3) array, got shape {pts.shape}")
+    if pts.dtype.kind not in "iuf":
+        raise InputError(f"points must be numbers, got dtype {pts.dtype}")
+    side = 1 << depth
+    if pts.shape[0] == 0:
+        return Voxelized(np.zeros((0, 3), np.int64), (0.0, 0.0, 0.0), 1.0)
+    if pts.dtype.kind in "iu" and pts.min() >= 0 and pts.max() < side:
+        return Voxelized(sort_voxels(pts.astype(np.int64)), (0.0, 0.0, 0.0), 1.0)
+    pts = pts.astype(np.float64)
+    if not np.all(np.isfinite(pts)):
+        raise InputError("points contain NaN or infinite coordinates")
+    origin = pts.min(axis=0)
+    extent = float((pts.max(axis=0) - origin).max())
+    scale = extent / (side - 1) if extent > 0 else 1.0
+    voxels = np.clip(np.rint((pts - origin) / scale), 0, side - 1).astype(np.int64)
+    return Voxelized(sort_voxels(voxels), tuple(float(o) for o in origin), scale)
+
+
+def sort_voxels(voxels: np.ndarray) -> np.ndarray:
+    """Unique rows, sorted by (x, y, z): the canonical voxel-set order."""
+    if voxels.shape[0] == 0:
+        return voxels.reshape(0, 3).astype(np.int64)
+    key = (voxels[:, 0] << 42) | (voxels[:, 1] << 21) | voxels[:, 2]
+    key = np.unique(key)
+    mask = (1 << 21) - 1
+    return np.stack([key >> 42, (key >> 21) & mask, key & mask], axis=1)
+
+
+def build_levels(voxels: np.ndarray, depth: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Encoder side. Returns (codes, bits): codes[l] are the sorted Morton codes of the occupied
+    nodes of level l (l = 0..depth-1), bits[l] their (M_l, 8) child occupancy."""
+    leaf = np.unique(morton_encode(voxels))
+    codes, bits = [], []
+    child = leaf
+    for level in range(depth - 1, -1, -1):
+        parent_of_child = child >> 3
+        parents, first = np.unique(parent_of_child, return_index=True)
+        occupancy = np.zeros((parents.size, 8), dtype=bool)
+        occupancy[np.repeat(np.arange(parents.size), np.diff(np.append(first, child.size))),
+                  child & 7] = True
+        codes.append(parents)
+        bits.append(occupancy)
+        child = parents
+        del level
+    return codes[::-1], bits[::-1]
+
+
+def children(codes: np.ndarray, occupancy: np.ndarray) -> np.ndarray:
+    """Decoder side: the sorted Morton codes of the next level from this level's occupancy."""
+    all_children = (codes[:, None] << 3) | np.arange(8, dtype=np.int64)
+    return all_children[occupancy]
+
+
+def neighbour_table(codes: np.ndarray, level: int) -> np.ndarray:
+    """(M, 27) index of each node's parent-level neighbour in `codes`, or M where empty."""
+    coords = morton_decode(codes)
+    m = codes.size
+    table = np.full((m, 27), m, dtype=np.int64)
+    side = 1 << level
+    for j, offset in enumerate(NEIGHBOUR_OFFSETS):
+        if j == 13:
+            table[:, j] = np.arange(m)
+            continue
+        q = coords + offset
+        inside = np.all((q >= 0) & (q < side), axis=1)
+        qc = morton_encode(np.where(inside[:, None], q, 0))
+        pos = np.minimum(np.searchsorted(codes, qc), m - 1)
+        found = inside & (codes[pos] == qc)
+        table[found, j] = pos[found]
+    return table

@@ -1,0 +1,139 @@
+"""Train the occupancy model and ship it as reprocodec/weights/<name>.pt + .json:
+
+    nice python -m reprocodec.pointcloud.train --data data/pc --name octree-ctx-v1
+
+Samples are the (features, bit) pairs the codec itself codes, taken from the training clouds
+of `python -m reprocodec.pointcloud.data`; fine levels are subsampled to keep memory small.
+Runs on CPU with one thread (the machine is shared). The error bound is calibrated afterwards
+by `python -m reprocodec.pointcloud.calibrate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import octree
+from .context import N_FEATURES, N_PASSES, pass_features
+from .model import OccupancyMLP, save_weights
+from .ply import read_ply
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def cloud_samples(voxels: np.ndarray, depth: int, keep: float, rng: np.random.Generator):
+    """Packed features and bits of every coded bit of one cloud (fine levels subsampled)."""
+    codes, bits = octree.build_levels(voxels, depth)
+    feats, targets = [], []
+    for level in range(depth):
+        neighbours = octree.neighbour_table(codes[level], level)
+        m = codes[level].size
+        rows = np.arange(m) if m * N_PASSES < 20000 else np.flatnonzero(rng.random(m) < keep)
+        if rows.size == 0:
+            continue
+        for k in range(N_PASSES):
+            f = pass_features(neighbours[rows], bits[level], k, level, depth)
+            feats.append(np.packbits(f, axis=1))
+            targets.append(bits[level][rows, k])
+    return np.concatenate(feats), np.concatenate(targets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", default="data/pc")
+    ap.add_argument("--name", default="octree-ctx-v1")
+    ap.add_argument("--out", default=str(WEIGHTS_DIR))
+    ap.add_argument("--hidden", default="128,128")
+    ap.add_argument("--keep", type=float, default=0.15, help="fraction of fine-level nodes kept")
+    ap.add_argument("--depths", default="9,10")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--max-seconds", type=float, default=900)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    start = time.time()
+    depths = {int(d) for d in args.depths.split(",")}
+    files = sorted(p for p in (Path(args.data) / "train").glob("*.ply")
+                   if int(p.stem.rsplit("_d", 1)[1]) in depths)
+    xs, ys = [], []
+    for p in files:
+        depth = int(p.stem.rsplit("_d", 1)[1])
+        keep = args.keep if depth <= 9 else args.keep / 4
+        x, y = cloud_samples(octree.sort_voxels(read_ply(p)), depth, keep, rng)
+        xs.append(x)
+        ys.append(y)
+        print(f"{p.name}: {y.size} samples ({time.time() - start:.0f} s)", flush=True)
+    x_all, y_all = np.concatenate(xs), np.concatenate(ys).astype(np.float32)
+    n = y_all.size
+    print(f"{n} samples, {y_all.mean():.3f} occupied", flush=True)
+
+    model = OccupancyMLP(tuple(int(h) for h in args.hidden.split(",")))
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    steps_total = args.epochs * (n // args.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps_total)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    step, log_bits = 0, []
+    for epoch in range(args.epochs):
+        order = rng.permutation(n)
+        for b in range(n // args.batch):
+            idx = np.sort(order[b * args.batch:(b + 1) * args.batch])
+            x = torch.from_numpy(np.unpackbits(x_all[idx], axis=1)[:, :N_FEATURES]).float()
+            y = torch.from_numpy(y_all[idx])
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            log_bits.append(loss.item() / np.log(2))
+            if step % 500 == 0:
+                print(f"epoch {epoch} step {step}/{steps_total} bits/coded bit "
+                      f"{np.mean(log_bits[-500:]):.4f} ({time.time() - start:.0f} s)", flush=True)
+            if time.time() - start > args.max_seconds:
+                break
+        if time.time() - start > args.max_seconds:
+            print("time budget reached", flush=True)
+            break
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pt = out / f"{args.name}.pt"
+    save_weights(str(pt), model)
+    sha = hashlib.sha256(pt.read_bytes()).hexdigest()
+    meta = {
+        "name": args.name,
+        "architecture": "octree-context",
+        "weights_sha256": sha,
+        "hidden": list(model.hidden),
+        "n_features": N_FEATURES,
+        "training": {
+            "data": "python -m reprocodec.pointcloud.data: CGAL libcgal-demo meshes (CC0) "
+                    "sampled and voxelized; held out: lion-head, refined_elephant, "
+                    "fandisk_large, glmark2 bunny",
+            "files": [p.name for p in files],
+            "samples": int(n),
+            "steps": step,
+            "batch": args.batch,
+            "lr": args.lr,
+            "epochs": args.epochs,
+            "seconds": round(time.time() - start, 1),
+            "final_bits_per_coded_bit": float(np.mean(log_bits[-500:])),
+        },
+        "bounds": {},
+    }
+    (out / f"{args.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"wrote {pt} sha256 {sha[:12]}..", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
