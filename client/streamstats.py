@@ -32,8 +32,9 @@ def stream_stats(msg: bitstream_pb2.Bitstream, profile: str = "",
     else:
         elements = 0
     container_bytes = msg.ByteSize()
-    modes = {t.mode for t in msg.protected}
-    # One mode per stream in practice; NONE when nothing is protected.
+    # The stream's mode: the one its protected tensors use. Tensors of a level that was not
+    # asked for are carried in mode NONE; a stream with no other mode is NONE.
+    modes = {t.mode for t in msg.protected} - {bitstream_pb2.SAFEGUARD_MODE_NONE}
     mode = modes.pop() if len(modes) == 1 else (
         bitstream_pb2.SAFEGUARD_MODE_NONE if not modes else bitstream_pb2.SAFEGUARD_MODE_UNSPECIFIED
     )

@@ -150,9 +150,11 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         futures.ThreadPoolExecutor(max_workers=args.max_concurrency + _EXTRA_THREADS,
                                    thread_name_prefix=service),
         interceptors=[security.TokenAuth(token, metrics)] if token else [],
+        # The limit is on what clients send; answers (a decoded image can be 10x its stream)
+        # are bounded by --max-pixels instead, and clients set what they accept.
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", -1),
         ],
         # A hard cap on queued calls: beyond it gRPC itself answers RESOURCE_EXHAUSTED.
         maximum_concurrent_rpcs=4 * (args.max_concurrency + _EXTRA_THREADS),

@@ -7,7 +7,6 @@ module only adds the few exceptions raised outside reprocodec's own hierarchy.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import grpc
 
@@ -17,13 +16,14 @@ from reprocodec.errors import ReprocodecError
 log = logging.getLogger("reprocodec.server")
 
 
-@dataclass(frozen=True)
 class Failure(Exception):
     """A request refused or failed: abort the RPC with this status (raised inside handlers)."""
 
-    code: grpc.StatusCode
-    reason: str  # decode-failure metric label
-    message: str
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason  # decode-failure metric label
+        self.message = message
 
 
 def overloaded(limit: int) -> Failure:
