@@ -19,15 +19,20 @@ MODES = ("none", "flags", "simplified", "syndrome")
 LEVELS = ("decoding", "reconstruction", "both")
 
 
+_bar: Any = None  # the active progress bar: failure lines must be written through it
+
+
 def _progress(items: list[Any], what: str) -> Iterable[Any]:
     """A tqdm bar on stderr for batches (or on a terminal); plain iteration otherwise."""
+    global _bar
     if not (sys.stderr.isatty() or len(items) > 1):
         return items
     try:
         from tqdm import tqdm
     except ImportError:
         return items
-    return tqdm(items, desc=what, unit="file", file=sys.stderr, leave=False)
+    _bar = tqdm(items, desc=what, unit="file", file=sys.stderr, leave=False)
+    return _bar
 
 
 def _output_path(inp: Path, out: Path, many: bool, suffix: str) -> Path:
@@ -38,25 +43,38 @@ def _output_path(inp: Path, out: Path, many: bool, suffix: str) -> Path:
 
 
 def _fail(msg: str) -> None:
-    print(f"reprocodec: error: {' '.join(msg.split())}", file=sys.stderr)
+    line = f"reprocodec: error: {' '.join(msg.split())}"
+    if _bar is not None:
+        _bar.write(line, file=sys.stderr)  # on its own line, not glued to the bar
+    else:
+        print(line, file=sys.stderr)
 
 
 def _run_batch(inputs: list[str], what: str, handle: Callable[[Path], None]) -> int:
     """Run handle on each input; one line per failure; exit status by the worst failure."""
     from reprocodec.errors import ReprocodecError, VerificationError
 
+    global _bar
     status = EXIT_OK
     for name in _progress(inputs, what):
         path = Path(name)
         try:
             handle(path)
         except VerificationError as exc:
-            _fail(f"{path}: {exc}")
+            _fail(_with_path(path, exc))
             status = EXIT_VERIFICATION
         except (ReprocodecError, OSError, ValueError) as exc:
-            _fail(f"{path}: {exc}")
-            status = max(status, EXIT_FAILED) if status != EXIT_VERIFICATION else status
+            _fail(_with_path(path, exc))
+            status = status if status == EXIT_VERIFICATION else EXIT_FAILED
+    if _bar is not None:
+        _bar.close()
+        _bar = None
     return status
+
+
+def _with_path(path: Path, exc: Exception) -> str:
+    msg = str(exc)
+    return msg if msg.startswith(str(path)) else f"{path}: {msg}"
 
 
 # ------------------------------------------------------------------------------ local image

@@ -59,6 +59,8 @@ def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
             pixels = np.asarray(img, dtype=np.uint8)
     except (TooLargeError, InputError):
         raise
+    except Image.UnidentifiedImageError as exc:
+        raise InputError("not an image format Pillow can read (PNG, JPEG, WebP, ...)") from exc
     except Exception as exc:  # Pillow raises many exception types for corrupt files
         raise InputError(f"cannot read image: {type(exc).__name__}: {exc}") from exc
     return check_pixels(pixels, max_pixels)

@@ -1,0 +1,117 @@
+"""The `reprocodec` CLI: torch-free import, inspect, batches, one-line failures, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reprocodec import cli
+
+
+def run_cli(args: list[str], weights: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if weights is not None:
+        env["REPROCODEC_WEIGHTS_DIR"] = str(weights)
+    return subprocess.run([sys.executable, "-m", "reprocodec.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_imports_without_torch():
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, reprocodec.cli as c; c.build_parser(); print('torch' in sys.modules)"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_usage_errors_exit_2():
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["encode", "x.png", "-o", "y.rpc"])  # neither --local nor --encoder
+    assert exc.value.code == 2
+
+
+def test_inspect_rejects_non_streams(tmp_path, capsys):
+    bad = tmp_path / "bad.rpc"
+    bad.write_bytes(b"\x00garbage")
+    assert cli.main(["inspect", str(bad)]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reprocodec: error:")
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    pytest.importorskip("compressai")
+    from reprocodec.image.io import write_png
+    from reprocodec.image.testing import sample_crop, write_random_model
+
+    root = tmp_path_factory.mktemp("cli")
+    weights = root / "weights"
+    name = write_random_model(weights, "bmshj2018-hyperprior", seed=0)
+    good = [root / "a.png", root / "b.png"]
+    write_png(good[0], sample_crop(height=40, width=70))
+    write_png(good[1], sample_crop(height=64, width=64)[:, :, :1])
+    broken = root / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = root / "rpc"
+    done = run_cli(["encode", *map(str, good), str(broken), "-o", str(out), "--local",
+                    "--model", name, "--safeguard", "flags"], weights)
+    return root, weights, out, done
+
+
+def test_batch_encode_reports_the_bad_file_and_continues(batch):
+    _, _, out, done = batch
+    assert done.returncode == cli.EXIT_FAILED
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("reprocodec: error:")]
+    assert len(errors) == 1 and "broken.png" in errors[0]
+    assert sorted(p.name for p in out.glob("*.rpc")) == ["a.rpc", "b.rpc"]
+
+
+def test_inspect_json_fields(batch):
+    _, _, out, _ = batch
+    done = run_cli(["inspect", str(out / "a.rpc"), "--json"])
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["codec"] == "CODEC_KIND_IMAGE"
+    assert info["shape"] == {"height": 40, "width": 70, "channels": 3}
+    assert len(info["weights_sha256"]) == 64
+    assert info["payload_bytes"] > 0
+    assert info["overhead_ratio"] == pytest.approx(info["protection_bytes"] / info["payload_bytes"])
+    names = {t["name"]: t for t in info["protected"]}
+    assert set(names) == {"scale_index", "pixels"}
+    assert names["scale_index"]["mode"] == "flags" and names["scale_index"]["level"] == "decoding"
+    assert names["pixels"]["bound"]["kind"] == "absolute"
+    assert all(t["risky_count"] <= t["candidate_count"] or t["mode"] != "syndrome"
+               for t in info["protected"])
+
+
+def test_batch_decode_to_directory(batch):
+    root, weights, out, _ = batch
+    dec = root / "png"
+    done = run_cli(["decode", str(out / "a.rpc"), str(out / "b.rpc"), "-o", str(dec), "--local",
+                    "--profile", "cpu-1thread"], weights)
+    assert done.returncode == 0, done.stderr
+    from PIL import Image
+
+    assert Image.open(dec / "a.png").size == (70, 40)
+    assert Image.open(dec / "b.png").mode == "L"
+
+
+def test_decode_with_other_weights_is_a_one_line_failure(batch, tmp_path):
+    _, _, out, _ = batch
+    from reprocodec.image.testing import write_random_model
+
+    other = tmp_path / "weights"
+    # same name, other weights: the stream's SHA-256 no longer matches
+    write_random_model(other, "bmshj2018-hyperprior", seed=7,
+                       name="bmshj2018-hyperprior-random0")
+    done = run_cli(["decode", str(out / "a.rpc"), "-o", str(tmp_path / "a.png"), "--local"],
+                   other)
+    assert done.returncode == cli.EXIT_FAILED
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("reprocodec: error:")]
+    assert len(errors) == 1 and "weights" in errors[0]
