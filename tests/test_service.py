@@ -370,3 +370,38 @@ def test_over_the_concurrency_limit_is_refused_at_once(servers, big_stream):
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in outcomes  # the others were told at once
     assert set(outcomes) <= {True, grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert dec_proc.metric("reprocodec_in_flight_requests") == 0
+
+
+# ------------------------------------------------------------------------ the CLI verbs
+
+
+def test_cli_remote_verbs(servers, tmp_path, capsys):
+    from reprocodec.cli import main
+
+    enc_proc, dec_proc = servers
+    inputs = [str(SAMPLES / "coffee.png"), str(SAMPLES / "chelsea.png")]
+    assert main(["encode", *inputs, "-o", str(tmp_path / "rpc"), "--encoder", enc_proc.target,
+                 "--model", "mbt2018-mean", "--safeguard", "flags"]) == 0
+    streams = sorted((tmp_path / "rpc").glob("*.rpc"))
+    assert [p.stem for p in streams] == ["chelsea", "coffee"]
+    assert container.unpack(streams[0].read_bytes()).model == MEAN_SCALE
+    assert main(["decode", *map(str, streams), "-o", str(tmp_path / "png"),
+                 "--decoder", dec_proc.target]) == 0
+    decoded = read_image((tmp_path / "png" / "coffee.png").read_bytes())
+    assert decoded.shape == read_image(Path(inputs[0]).read_bytes()).shape
+    out = capsys.readouterr().out
+    assert out.count("bit-exact") == 2 and "NOT" not in out
+
+    assert main(["roundtrip", *inputs, "--encoder", enc_proc.target,
+                 "--decoder", dec_proc.target, "--model", HYPERPRIOR]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["coffee.png", "chelsea.png"]
+    assert all(r[1] == "yes" and float(r[2]) > 0 and r[4].endswith("%") for r in rows)
+
+    assert main(["health", enc_proc.target]) == 0
+    assert "SERVING" in capsys.readouterr().out
+    bad = tmp_path / "bad.rpc"
+    bad.write_bytes(streams[0].read_bytes()[:50])
+    assert main(["decode", str(bad), "-o", str(tmp_path / "x.png"),
+                 "--decoder", dec_proc.target]) == 1
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
