@@ -28,6 +28,7 @@ from reprocodec.v1 import bitstream_pb2, service_pb2
 SAMPLES = Path(reprocodec.__file__).parent / "samples"
 HYPERPRIOR = "bmshj2018-hyperprior-random0"
 MEAN_SCALE = "mbt2018-mean-random1"
+CLOUD_MODEL = "octree-random"
 DECODER_MAX_MB = 2
 
 
@@ -38,7 +39,24 @@ def weights(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("weights")
     write_random_model(d, "bmshj2018-hyperprior", seed=0)
     write_random_model(d, "mbt2018-mean", seed=1)
+    _write_random_cloud_model(d, CLOUD_MODEL)
     return d
+
+
+def _write_random_cloud_model(weights_dir: Path, name: str) -> None:
+    """A small random occupancy model in the shipped point-cloud weights format."""
+    import json
+
+    import torch
+
+    from reprocodec.image.models import sha256_file
+    from reprocodec.pointcloud.model import ARCHITECTURE, OccupancyMLP, save_weights
+
+    torch.manual_seed(0)
+    pt = weights_dir / f"{name}.pt"
+    save_weights(str(pt), OccupancyMLP((16,)))
+    (weights_dir / f"{name}.json").write_text(json.dumps({
+        "name": name, "architecture": ARCHITECTURE, "weights_sha256": sha256_file(pt)}))
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +198,8 @@ def test_list_models_and_server_info(encoder, decoder):
         assert (info.service, info.profile, info.device) == (service, profile, "cpu")
         assert info.version == reprocodec.__version__
         models = {m.name: m for m in client.list_models().models}
-        assert set(models) == {HYPERPRIOR, MEAN_SCALE}
+        assert set(models) == {HYPERPRIOR, MEAN_SCALE, CLOUD_MODEL}
+        assert models[CLOUD_MODEL].codec == bitstream_pb2.CODEC_KIND_POINT_CLOUD
         assert {b.tensor for b in models[MEAN_SCALE].bounds} == {
             "scale_index", "mean_grid", "pixels"}
         assert len(models[HYPERPRIOR].weights_sha256) == 32
@@ -198,6 +217,39 @@ def test_health_and_reflection(servers):
         text = proc.scrape()
         info = [k for k in text if k[0] == "reprocodec_build_info"]
         assert len(info) == 1 and text[info[0]] == 1.0
+
+
+def _sphere(n: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, 3))
+    return 5.0 + 3.0 * v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_point_cloud_roundtrip_across_profiles(servers, encoder, decoder, tmp_path):
+    from reprocodec.client import cloud_points, cloud_voxels
+    from reprocodec.pointcloud import octree, ply
+
+    points = _sphere(3000, seed=2)
+    expected = octree.voxelize(points, 7).voxels  # the voxel set the stream must carry
+    ply.write_ply(tmp_path / "in.ply", points)
+    for cloud in (points, (tmp_path / "in.ply").read_bytes()):
+        encoded = encoder.encode_point_cloud(cloud, model=CLOUD_MODEL, depth=7, mode="flags")
+        assert encoded.bitstream.point_cloud.num_points == len(expected)
+        assert encoded.stats.num_elements == len(expected)
+        decoded = decoder.decode_point_cloud(encoded.bitstream)
+        assert decoded.bit_exact and decoded.output_checksum == decoded.expected_checksum
+        assert np.array_equal(cloud_voxels(decoded), expected)
+        assert cloud_points(decoded).shape == expected.shape
+        (tmp_path / "out.ply").write_bytes(decoded.ply)
+        assert len(ply.read_ply(tmp_path / "out.ply")) == len(expected)
+    # An image stream is not a point cloud: the decoder says where to send it.
+    image = encoder.encode_image((SAMPLES / "coffee.png").read_bytes(), model=HYPERPRIOR)
+    with pytest.raises(ServiceError) as info:
+        decoder.decode_point_cloud(image.bitstream)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "DecodeImage" in info.value.details
+    with pytest.raises(ServiceError) as info:
+        encoder.encode_point_cloud(b"ply\nformat ascii 1.0\nend_header\n", model=CLOUD_MODEL)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 # --------------------------------------------------------------------------- bad input
