@@ -132,3 +132,18 @@ def test_grid_crops_and_jpeg_downscale():
     assert np.array_equal(crops[0], img[22:150, 9:137])
     assert jpeg_downscale_factor(2560, 1600) == 2 or jpeg_downscale_factor(2560, 1600) == 3
     assert jpeg_downscale_factor(5120, 2880) == 4 and jpeg_downscale_factor(800, 600) == 2
+
+
+def test_jpeg_baseline_curve_is_monotone_and_interpolates(tmp_path):
+    from PIL import Image
+
+    from reprocodec.train.evaluate import jpeg_curve, jpeg_psnr_at
+
+    for i, img in enumerate(smooth_images(2, 80, seed=5)):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+    curve = jpeg_curve(sorted(tmp_path.glob("*.png")), qualities=(20, 60, 95))
+    assert [c["bpp"] for c in curve] == sorted(c["bpp"] for c in curve)
+    assert curve[0]["psnr_rgb"] < curve[-1]["psnr_rgb"]
+    mid = (curve[0]["bpp"] + curve[1]["bpp"]) / 2
+    assert curve[0]["psnr_rgb"] < jpeg_psnr_at(curve, mid) < curve[1]["psnr_rgb"]
+    assert np.isnan(jpeg_psnr_at(curve, curve[-1]["bpp"] * 2))

@@ -76,6 +76,37 @@ def evaluate(model: torch.nn.Module, images: list[Path], log=None) -> dict:
             "seconds": round(time.time() - t0, 1)}
 
 
+def jpeg_curve(images: list[Path], qualities=range(5, 96, 5)) -> list[dict]:
+    """Pillow JPEG (4:2:0, default settings) mean bpp / RGB PSNR per quality: the baseline."""
+    import io
+
+    curve = []
+    loaded = []
+    for path in images:
+        with Image.open(path) as img:
+            loaded.append(img.convert("RGB"))
+    for q in qualities:
+        bpps, psnrs = [], []
+        for img in loaded:
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=q)
+            with Image.open(io.BytesIO(buf.getvalue())) as dec:
+                rec = np.asarray(dec.convert("RGB"), dtype=np.uint8)
+            bpps.append(8 * buf.tell() / (img.width * img.height))
+            psnrs.append(psnr_uint8(np.asarray(img, dtype=np.uint8), rec))
+        curve.append({"quality": q, "bpp": float(np.mean(bpps)), "psnr_rgb": float(np.mean(psnrs))})
+    return curve
+
+
+def jpeg_psnr_at(curve: list[dict], bpp: float) -> float:
+    """The JPEG curve's PSNR at a given bpp (linear interpolation; nan outside its range)."""
+    pts = sorted((c["bpp"], c["psnr_rgb"]) for c in curve)
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    if not xs[0] <= bpp <= xs[-1]:
+        return float("nan")
+    return float(np.interp(bpp, xs, ys))
+
+
 def list_images(folder: Path, limit: int = 0) -> list[Path]:
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
@@ -94,12 +125,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--record", action="store_true",
                     help="store the result as eval_<folder name> in the weights' .json")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--jpeg", action="store_true",
+                    help="also report Pillow JPEG's PSNR at the same bpp on the same images")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = (load_shipped(args.weights) if args.weights
              else load_checkpoint_model(args.checkpoint))
     images = list_images(args.images, args.limit)
     result = evaluate(model, images, log=print if args.verbose else None)
+    if args.jpeg:
+        jpeg = jpeg_psnr_at(jpeg_curve(images), result["bpp"])
+        result["jpeg_psnr_rgb_at_same_bpp"] = round(jpeg, 3)
+        result["gain_over_jpeg_db"] = round(result["psnr_rgb"] - jpeg, 3)
     print(json.dumps(result))
     if args.record:
         if not args.weights:
