@@ -36,7 +36,7 @@ from reprocodec.safeguard import resolve as sg_resolve
 from reprocodec.v1 import bitstream_pb2 as pb
 
 from .io import DEFAULT_MAX_PIXELS, check_pixels
-from .models import WEIGHTS_DIR, ModelInfo, build_model, load_checkpoint, load_shipped
+from .models import ModelInfo, build_model, load_checkpoint, load_shipped
 
 # compressai's import emits a torch.jit deprecation warning that is noise to CLI users.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
@@ -135,7 +135,7 @@ class ImageCodec:
 
     @classmethod
     def load(cls, name: str, weights_dir: str | None = None) -> ImageCodec:
-        model, info = load_shipped(name, Path(weights_dir) if weights_dir else WEIGHTS_DIR)
+        model, info = load_shipped(name, Path(weights_dir) if weights_dir else None)
         return cls(model, info)
 
     @classmethod

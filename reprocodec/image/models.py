@@ -98,7 +98,8 @@ def _to_float32(state_dict: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_model_files(weights_dir: Path = WEIGHTS_DIR) -> list[Path]:
+def list_model_files(weights_dir: Path | None = None) -> list[Path]:
+    weights_dir = weights_dir or WEIGHTS_DIR
     return sorted(p for p in weights_dir.glob("*.json") if p.with_suffix(".pt").exists())
 
 
@@ -118,7 +119,7 @@ def read_info(json_path: Path) -> ModelInfo:
     )
 
 
-def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[ModelInfo]:
+def list_models(weights_dir: Path | None = None) -> list[ModelInfo]:
     """Shipped image models, ordered by architecture then quality."""
     infos = []
     for p in list_model_files(weights_dir):
@@ -130,7 +131,7 @@ def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[ModelInfo]:
 
 
 def resolve_model_name(
-    model: str | None, quality: int | None, weights_dir: Path = WEIGHTS_DIR
+    model: str | None, quality: int | None, weights_dir: Path | None = None
 ) -> str:
     """--model / --quality to a shipped name: default bmshj2018-hyperprior, highest quality."""
     infos = list_models(weights_dir)
@@ -152,10 +153,11 @@ def resolve_model_name(
     raise UnknownModelError(f"{arch} has no quality {quality}; available qualities: {qs}")
 
 
-def load_shipped(name: str, weights_dir: Path = WEIGHTS_DIR) -> tuple[Any, ModelInfo]:
+def load_shipped(name: str, weights_dir: Path | None = None) -> tuple[Any, ModelInfo]:
     """(model, info) for a shipped model; verifies the file's SHA-256 against its json."""
     import torch
 
+    weights_dir = weights_dir or WEIGHTS_DIR
     json_path = weights_dir / f"{name}.json"
     pt_path = weights_dir / f"{name}.pt"
     if not (json_path.exists() and pt_path.exists()):
