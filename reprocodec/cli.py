@@ -227,6 +227,9 @@ def inspect_stream(data: bytes) -> dict[str, Any]:
         pc = msg.point_cloud
         header = {"depth": pc.depth, "num_points": pc.num_points, "origin": list(pc.origin),
                   "scale": pc.scale}
+        from reprocodec.pointcloud.cli_local import inspect_fields  # bits per point etc.
+
+        header.update(inspect_fields(msg))
     return {
         "codec": pb.CodecKind.Name(msg.codec),
         "model": msg.model,
@@ -286,6 +289,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     return _delegate("roundtrip", args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from reprocodec.demo import run
+
+    return run(args)
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -350,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--depth", type=int)
     r.add_argument("--timeout", type=float, default=60.0)
     r.set_defaults(func=cmd_roundtrip)
+
+    dm = sub.add_parser("demo", help="local encoder + decoder under different numerics, "
+                                     "shipped samples through both, with a report")
+    from reprocodec.demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(dm)
+    dm.set_defaults(func=cmd_demo)
 
     h = sub.add_parser("health", help="check a service's gRPC health")
     h.add_argument("target", metavar="HOST:PORT")
