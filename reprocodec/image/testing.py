@@ -44,10 +44,9 @@ def write_random_model(
         for p in model.parameters():
             p.copy_(p.half().float())
     model.update(force=True)
-    state = {
-        k: (v.half() if v.is_floating_point() and k != "gaussian_conditional.scale_table" else v)
-        for k, v in model.state_dict().items()
-    }
+    params = dict(model.named_parameters())
+    # fp16 for parameters only: fixed buffers (scale_table, GDN pedestals) stay fp32.
+    state = {k: (v.half() if k in params else v) for k, v in model.state_dict().items()}
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     pt = weights_dir / f"{name}.pt"
