@@ -72,31 +72,35 @@ def _center_crop(pixels: np.ndarray, side: int) -> np.ndarray:
 
 
 def _worker(argv: list[str]) -> int:
-    """One profile's process: `reference` encodes and saves latents; `profile` recomputes."""
+    """One profile's process, for every model: `reference` encodes and saves the exact
+    latents, then (every role) recomputes the protected floats from them."""
     import torch
 
     from reprocodec import numerics
     from reprocodec.image import ImageCodec
     from reprocodec.image.io import read_image
 
-    role, profile, model, workdir = argv[0], argv[1], argv[2], Path(argv[3])
+    role, profile, models, workdir = argv[0], argv[1], argv[2].split(","), Path(argv[3])
     numerics.apply_profile(profile)
-    codec = ImageCodec.load(model)
-    if role == "reference":
-        max_side = int(argv[4])
-        for i, path in enumerate(argv[5:]):
-            pixels = _center_crop(read_image(path), max_side)
-            capture: dict[str, Any] = {}
-            codec.encode(pixels, "none", "both", capture=capture)
-            h, w, c = pixels.shape
-            np.savez(workdir / f"latents{i}.npz", z_hat=capture["z_hat"].numpy(),
-                     y_hat=capture["y_hat"].numpy(), hwc=np.array([h, w, c]))
-    for lat in sorted(workdir.glob("latents*.npz")):
-        data = np.load(lat)
-        h, w, c = (int(v) for v in data["hwc"])
-        floats = codec.network_floats(torch.from_numpy(data["z_hat"]),
-                                      torch.from_numpy(data["y_hat"]), h, w, c)
-        np.savez(workdir / f"{profile}__{lat.stem}.npz", **floats)
+    for model in models:
+        codec = ImageCodec.load(model)
+        mdir = workdir / model
+        mdir.mkdir(exist_ok=True)
+        if role == "reference":
+            max_side = int(argv[4])
+            for i, path in enumerate(argv[5:]):
+                pixels = _center_crop(read_image(path), max_side)
+                capture: dict[str, Any] = {}
+                codec.encode(pixels, "none", "both", capture=capture)
+                h, w, c = pixels.shape
+                np.savez(mdir / f"latents{i}.npz", z_hat=capture["z_hat"].numpy(),
+                         y_hat=capture["y_hat"].numpy(), hwc=np.array([h, w, c]))
+        for lat in sorted(mdir.glob("latents*.npz")):
+            data = np.load(lat)
+            h, w, c = (int(v) for v in data["hwc"])
+            floats = codec.network_floats(torch.from_numpy(data["z_hat"]),
+                                          torch.from_numpy(data["y_hat"]), h, w, c)
+            np.savez(mdir / f"{profile}__{lat.stem}.npz", **floats)
     return 0
 
 
@@ -116,26 +120,31 @@ def mismatch(name: str, ref: np.ndarray, other: np.ndarray, min_scale: float) ->
     return float(diff.max())
 
 
-def measure(model: str, images: list[Path], reference: str, profiles: list[str],
-            max_side: int) -> dict[str, dict[str, float]]:
-    """{tensor: {profile: max mismatch vs reference}} over all images."""
+def measure(models: list[str], images: list[Path], reference: str, profiles: list[str],
+            max_side: int) -> dict[str, dict[str, dict[str, float]]]:
+    """{model: {tensor: {profile: max mismatch vs reference}}} over all images; one process
+    per profile for all models."""
     from reprocodec.image.models import load_shipped
 
-    table = load_shipped(model)[0].gaussian_conditional.scale_table
-    min_scale = float(table[0]) / 2
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
-        _run_worker(["reference", reference, model, tmp, str(max_side), *map(str, images)])
+        names = ",".join(models)
+        _run_worker(["reference", reference, names, tmp, str(max_side), *map(str, images)])
         for prof in profiles:
-            _run_worker(["profile", prof, model, tmp])
-        for lat in sorted(Path(tmp).glob("latents*.npz")):
-            ref = np.load(Path(tmp) / f"{reference}__{lat.stem}.npz")
-            for prof in profiles:
-                other = np.load(Path(tmp) / f"{prof}__{lat.stem}.npz")
-                for name in ref.files:
-                    m = mismatch(name, ref[name], other[name], min_scale)
-                    slot = out.setdefault(name, {})
-                    slot[prof] = max(slot.get(prof, 0.0), m)
+            _run_worker(["profile", prof, names, tmp])
+        for model in models:
+            table = load_shipped(model)[0].gaussian_conditional.scale_table
+            min_scale = float(table[0]) / 2
+            per_model: dict[str, dict[str, float]] = out.setdefault(model, {})
+            mdir = Path(tmp) / model
+            for lat in sorted(mdir.glob("latents*.npz")):
+                ref = np.load(mdir / f"{reference}__{lat.stem}.npz")
+                for prof in profiles:
+                    other = np.load(mdir / f"{prof}__{lat.stem}.npz")
+                    for name in ref.files:
+                        m = mismatch(name, ref[name], other[name], min_scale)
+                        slot = per_model.setdefault(name, {})
+                        slot[prof] = max(slot.get(prof, 0.0), m)
     return out
 
 
@@ -164,9 +173,9 @@ def main(args: argparse.Namespace) -> int:
     images = _images(args.images, args.max_images)
     print(f"calibrating {', '.join(models)} on {len(images)} images, reference "
           f"{args.reference} vs {', '.join(profiles)}, safety x{args.safety:g}")
+    measured_all = measure(models, images, args.reference, profiles, args.max_side)
     for model in models:
-        measured = measure(model, images, args.reference, profiles, args.max_side)
-        bounds = bounds_from(measured, args.safety, [args.reference, *profiles])
+        bounds = bounds_from(measured_all[model], args.safety, [args.reference, *profiles])
         for name, b in bounds.items():
             per = "  ".join(f"{p}={v:.3g}" for p, v in b["per_profile"].items())
             print(f"  {model} {name:12s} {b['kind']:8s} max {b['measured_max']:.3g} -> bound "

@@ -20,7 +20,6 @@ the checksums still catch a flip, so the failure is reported rather than returne
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +36,6 @@ from reprocodec.v1 import bitstream_pb2 as pb
 
 from .io import DEFAULT_MAX_PIXELS, check_pixels
 from .models import ModelInfo, build_model, load_checkpoint, load_shipped
-
-# compressai's import emits a torch.jit deprecation warning that is noise to CLI users.
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
 LEVELS = ("decoding", "reconstruction", "both")
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reprocodec.errors import InputError, UnknownModelError
+
+# compressai's import emits a torch.jit deprecation warning that is noise to CLI users.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
 ARCHITECTURES = ("bmshj2018-hyperprior", "mbt2018-mean")
 # REPROCODEC_WEIGHTS_DIR points the loaders at another weights folder (tests, deployments).
