@@ -34,7 +34,8 @@ def checksum(array: np.ndarray) -> int:
     h = xxhash.xxh3_64()
     h.update(np.asarray(a.shape, dtype="<u8").tobytes())
     h.update(a.dtype.str.encode())
-    h.update(a.tobytes() if not a.flags.c_contiguous else a.data.cast("B"))
+    # An empty array's memoryview cannot be cast; its bytes are empty either way.
+    h.update(a.tobytes() if a.size == 0 or not a.flags.c_contiguous else a.data.cast("B"))
     return h.intdigest()
 
 

@@ -29,14 +29,14 @@ PROFILES = "cpu,cpu-nomkldnn,cpu-fp64,cpu-1thread,cpu-channels-last"
 def encoder_logits(codec, voxels: np.ndarray, depth: int) -> np.ndarray:
     """The float logits the encoder computes for every coded bit, in coding order."""
     from . import octree
-    from .context import N_PASSES, pass_features
+    from .context import N_PASSES
 
     codes, bits = octree.build_levels(voxels, depth)
     out = []
     for level in range(depth):
         neighbours = octree.neighbour_table(codes[level], level)
         for k in range(N_PASSES):
-            out.append(codec._predict(pass_features(neighbours, bits[level], k, level, depth)))
+            out.append(codec._predict(neighbours, bits[level], k, level, depth))
     return np.concatenate(out)
 
 

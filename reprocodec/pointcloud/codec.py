@@ -27,8 +27,8 @@ from ..errors import ContainerError, InputError, ModelMismatchError, Verificatio
 from ..safeguard import ErrorBound, Mode, Protected, SafeguardError
 from ..v1 import bitstream_pb2 as pb
 from . import coder, octree
-from .context import N_PASSES
-from .model import load_weights, predict_logits
+from .context import N_PASSES, pass_features
+from .model import PassNetworks, load_weights
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
 
 TENSOR = "occupancy_logit"
@@ -54,7 +54,7 @@ class PointCloudCodec:
         self.weights_sha256 = bytes.fromhex(info.weights_sha256)
         self.profile = numerics.current_profile()
         self.dtype = numerics.synthesis_dtype()
-        self.model = self.model.to(device=self.profile.device, dtype=self.dtype)
+        self.networks = PassNetworks(self.model, self.dtype, self.profile.device)
         self._torch = torch
         b = info.tensor_bound(TENSOR)
         self.bound = ErrorBound(b["kind"], float(b["value"]))
@@ -68,8 +68,10 @@ class PointCloudCodec:
             pt_path, info = weights_path(name, Path(weights_dir))
         return cls(pt_path, info)
 
-    def _predict(self, features: np.ndarray) -> np.ndarray:
-        return predict_logits(self.model, features, self.dtype, self.profile.device)
+    def _predict(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
+                 depth: int) -> np.ndarray:
+        inputs = pass_features(neighbours, bits, k, level, depth, compact=True)
+        return self.networks.logits(inputs, k, depth - 1 - level)
 
     # ----------------------------------------------------------------------------- encode
 

@@ -22,10 +22,11 @@ from ..errors import VerificationError
 from ..safeguard import DecisionQuantizer, ErrorBound, Mode, SafeguardError, protect, resolve
 from ..safeguard.bitio import decode_varint, encode_varint
 from . import octree
-from .context import N_PASSES, pass_features
+from .context import N_PASSES
 from .model import LOGIT_LIMIT, LOGIT_STEP
 
-Predict = Callable[[np.ndarray], np.ndarray]  # uint8 features -> float64 logits
+# (neighbour table, bits so far, pass k, level, depth) -> float64 logits of child k of each node
+Predict = Callable[[np.ndarray, np.ndarray, int, int, int], np.ndarray]
 LOGIT_QUANTIZER = DecisionQuantizer.uniform(LOGIT_STEP)
 GRID_K = int(round(LOGIT_LIMIT / LOGIT_STEP))
 
@@ -69,7 +70,7 @@ def compress(
     for level in range(depth):
         neighbours = octree.neighbour_table(codes[level], level)
         for k in range(N_PASSES):
-            logits = predict(pass_features(neighbours, bits[level], k, level, depth))
+            logits = predict(neighbours, bits[level], k, level, depth)
             protected = protect(logits, LOGIT_QUANTIZER, bound, mode)
             index = _grid_index(protected.indices)
             encoder.encode_with_indexes(
@@ -120,7 +121,7 @@ def decompress(
         neighbours = octree.neighbour_table(codes, level)
         bits = np.zeros((m, N_PASSES), dtype=bool)
         for k in range(N_PASSES):
-            logits = perturb(predict(pass_features(neighbours, bits, k, level, depth)))
+            logits = perturb(predict(neighbours, bits, k, level, depth))
             try:
                 indices = resolve(logits, LOGIT_QUANTIZER, bound, side.next(m), mode)
             except SafeguardError as exc:

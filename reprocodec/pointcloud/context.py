@@ -40,25 +40,43 @@ def _window_maps() -> tuple[np.ndarray, np.ndarray]:
 WINDOW_NEIGHBOUR, WINDOW_CHILD = _window_maps()
 
 
+def active_columns(k: int) -> np.ndarray:
+    """Feature columns that can be non-zero in pass k, one-hots excluded: a cell can only be
+    known occupied if its child index is < k. The codec feeds just these to the network (the
+    one-hots fold into a bias), a third fewer multiply-adds than the full vector."""
+    occupied_cols = np.flatnonzero(WINDOW_CHILD[k] < k)
+    return np.concatenate([occupied_cols, N_CELLS + np.arange(N_CELLS)])
+
+
 def pass_features(
-    neighbours: np.ndarray, bits: np.ndarray, k: int, level: int, depth: int
+    neighbours: np.ndarray, bits: np.ndarray, k: int, level: int, depth: int,
+    compact: bool = False,
 ) -> np.ndarray:
-    """(M, N_FEATURES) uint8 features of child k of every node.
+    """(M, N_FEATURES) uint8 features of child k of every node; with compact=True only the
+    active_columns(k) (what the codec's network reads).
 
     neighbours: (R, 27) rows of octree.neighbour_table (M marks an empty neighbour; R = M
     except when training samples a subset of rows); bits: (M, 8) child occupancy of all M
     nodes, only columns < k are read.
     """
     m = bits.shape[0]
-    padded = np.zeros((m + 1, 8), dtype=bool)
-    padded[:m, :k] = bits[:, :k]  # columns >= k are unknown: never let them leak in
-    cell_node = neighbours[:, WINDOW_NEIGHBOUR[k]]  # (M, 125)
-    cell_child = WINDOW_CHILD[k]
-    occupied = padded[cell_node, cell_child]
-    known = (cell_node == m) | (cell_child < k)
+    # Each node's occupancy byte restricted to the decoded children (< k), MSB = child 0;
+    # row m is the empty sentinel. Gathering bytes per neighbour (27 columns) and then per
+    # cell keeps the (M, 125) work in uint8.
+    known_bits = np.zeros((m + 1, 8), dtype=bool)
+    known_bits[:m, :k] = bits[:, :k]  # columns >= k are unknown: never let them leak in
+    node_byte = np.packbits(known_bits, axis=1)[:, 0]
+    neighbour_byte = node_byte[neighbours]  # (R, 27)
+    cell_byte = neighbour_byte[:, WINDOW_NEIGHBOUR[k]]  # (R, 125)
+    occupied = (cell_byte >> (7 - WINDOW_CHILD[k]).astype(np.uint8)) & 1
+    cell_absent = (neighbours == m)[:, WINDOW_NEIGHBOUR[k]]
+    known = cell_absent | (WINDOW_CHILD[k] < k)
+    if compact:
+        return np.concatenate(
+            [occupied[:, WINDOW_CHILD[k] < k], known & (occupied == 0)], axis=1, dtype=np.uint8)
     out = np.zeros((neighbours.shape[0], N_FEATURES), dtype=np.uint8)
     out[:, :N_CELLS] = occupied
-    out[:, N_CELLS:2 * N_CELLS] = known & ~occupied
+    out[:, N_CELLS:2 * N_CELLS] = known & (occupied == 0)
     out[:, 2 * N_CELLS + k] = 1
     height = min(depth - 1 - level, N_HEIGHTS - 1)
     out[:, 2 * N_CELLS + N_PASSES + height] = 1

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .context import N_FEATURES
+from .context import N_CELLS, N_FEATURES, N_HEIGHTS, N_PASSES, active_columns
 
 ARCHITECTURE = "octree-context"
 LOGIT_STEP = 1.0 / 16.0
@@ -38,6 +38,37 @@ class OccupancyMLP(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features).squeeze(-1)
+
+
+class PassNetworks:
+    """The trained MLP specialised per (pass, height): first-layer columns that are always
+    zero in that pass are dropped and the one-hot inputs folded into the bias (done once at
+    load, in float64, then rounded to the working dtype). Same function, fewer operations;
+    encoder and decoder both run this form."""
+
+    def __init__(self, model: OccupancyMLP, dtype: torch.dtype, device: str = "cpu"):
+        first = model.net[0]
+        w = first.weight.detach().double()
+        b = first.bias.detach().double()
+        self.rest = model.net[1:].to(device=device, dtype=dtype)
+        self.weights, self.biases = [], {}
+        for k in range(N_PASSES):
+            self.weights.append(w[:, active_columns(k)].to(device=device, dtype=dtype))
+            for h in range(N_HEIGHTS):
+                bias = b + w[:, 2 * N_CELLS + k] + w[:, 2 * N_CELLS + N_PASSES + h]
+                self.biases[k, h] = bias.to(device=device, dtype=dtype)
+        self.dtype, self.device = dtype, device
+
+    @torch.no_grad()
+    def logits(self, inputs: np.ndarray, k: int, height: int) -> np.ndarray:
+        """float64 logits of compact uint8 inputs, evaluated in fixed-size chunks."""
+        weight, bias = self.weights[k], self.biases[k, min(height, N_HEIGHTS - 1)]
+        out = np.empty(inputs.shape[0], dtype=np.float64)
+        for start in range(0, inputs.shape[0], CHUNK_ROWS):
+            x = torch.from_numpy(inputs[start:start + CHUNK_ROWS]).to(self.device, self.dtype)
+            h = torch.nn.functional.linear(x, weight, bias)
+            out[start:start + CHUNK_ROWS] = self.rest(h).squeeze(-1).double().cpu().numpy()
+        return out
 
 
 def grid_size() -> int:

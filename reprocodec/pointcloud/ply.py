@@ -174,12 +174,17 @@ def _finish(xyz: np.ndarray, integer: bool, where: str) -> np.ndarray:
 
 
 def write_ply(path: str | os.PathLike, points: np.ndarray, binary: bool = True) -> None:
-    """Write (N, 3) points: integer arrays as int32 x/y/z, anything else as float64."""
+    """Write (N, 3) points: integer arrays as uchar/ushort/int x/y/z, others as float64."""
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] != 3:
         raise InputError(f"points must be an (N, 3) array, got shape {points.shape}")
     integer = points.dtype.kind in "iu"
-    ply_type, np_type = ("int", "<i4") if integer else ("double", "<f8")
+    ply_type, np_type = ("double", "<f8")
+    if integer:
+        # The smallest type that holds the values: voxel files of depth <= 8 take 3 B/point.
+        low, high = (int(points.min()), int(points.max())) if points.size else (0, 0)
+        ply_type, np_type = (("uchar", "u1") if low >= 0 and high < 1 << 8 else
+                             ("ushort", "<u2") if low >= 0 and high < 1 << 16 else ("int", "<i4"))
     fmt = "binary_little_endian" if binary else "ascii"
     header = (
         f"ply\nformat {fmt} 1.0\ncomment written by reprocodec\n"

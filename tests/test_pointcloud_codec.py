@@ -1,0 +1,157 @@
+"""The learned point-cloud codec: lossless round trips, protection, verification, bad streams.
+
+Uses the shipped octree-ctx-v1 weights on small clouds (depth <= 8) so the file runs in
+seconds. Numerics differences are injected through `numerics.perturb` (the noise hook the
+codec calls on the decoder's logits), so no profile needs to be applied in this process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reprocodec import container, numerics
+from reprocodec.errors import ContainerError, ModelMismatchError, VerificationError
+from reprocodec.pointcloud import PointCloudCodec, list_models, octree
+from reprocodec.pointcloud.cli_local import inspect_fields
+from reprocodec.pointcloud.ply import read_ply
+from reprocodec.safeguard import Mode
+
+SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return PointCloudCodec.load("octree-ctx-v1")
+
+
+@pytest.fixture(scope="module")
+def camel():
+    return octree.sort_voxels(read_ply(SAMPLES / "camel_d6.ply"))
+
+
+def _roundtrip(codec, points, depth, mode=Mode.SYNDROME):
+    msg = container.unpack(container.pack(codec.encode(points, depth=depth, mode=mode)))
+    return msg, codec.decode(msg)
+
+
+def test_model_is_listed_with_a_calibrated_bound():
+    info = {i.name: i for i in list_models()}["octree-ctx-v1"]
+    bound = info.bounds["occupancy_logit"]
+    assert bound["kind"] == "absolute" and 0 < bound["value"] < 1.0 / 64
+    assert bound["value"] >= bound["measured_max"]
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_lossless_round_trip_every_mode(codec, camel, mode):
+    msg, out = _roundtrip(codec, camel, 6, mode)
+    np.testing.assert_array_equal(out.voxels, camel)
+    assert out.bit_exact
+    assert (len(msg.protected[0].side_info) == 0) == (mode is Mode.NONE)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 8])
+def test_lossless_at_several_depths_and_float_input(codec, depth):
+    rng = np.random.default_rng(depth)
+    pts = rng.normal(size=(500, 3)) * [3.0, 1.0, 0.2] + 10.0
+    vox = octree.voxelize(pts, depth)
+    _, out = _roundtrip(codec, pts, depth)
+    np.testing.assert_array_equal(out.voxels, vox.voxels)
+    np.testing.assert_allclose(out.points, np.asarray(vox.origin) + vox.voxels * vox.scale)
+
+
+@pytest.mark.parametrize("points", [np.zeros((0, 3)), np.array([[5, 6, 7]]),
+                                    np.array([[0.25, -3.0, 8.0]])])
+def test_empty_and_single_point_clouds(codec, points):
+    msg, out = _roundtrip(codec, points, 10)
+    assert out.voxels.shape == (points.shape[0], 3)
+    if points.shape[0]:
+        np.testing.assert_allclose(out.points, points)
+    assert inspect_fields(msg)["num_points"] == points.shape[0]
+
+
+def test_compresses_a_surface_well(codec):
+    vox = octree.sort_voxels(read_ply(SAMPLES / "elephant_d7.ply"))
+    msg, out = _roundtrip(codec, vox, 7)
+    np.testing.assert_array_equal(out.voxels, vox)
+    fields = inspect_fields(msg)
+    # A trained model codes a voxelized surface in well under 3 bits per point (raw: 21).
+    assert fields["bits_per_point"] < 3.0, fields
+
+
+def _noisy(monkeypatch, eps):
+    rng = np.random.default_rng(7)
+
+    def perturb(name, values, bound):
+        assert name == "occupancy_logit"
+        return values + rng.uniform(-eps, eps, size=values.shape)
+
+    monkeypatch.setattr(numerics, "perturb", perturb)
+
+
+@pytest.mark.parametrize("mode", [Mode.SYNDROME, Mode.FLAGS, Mode.SIMPLIFIED])
+def test_protected_decode_under_noise_within_the_bound_is_exact(codec, camel, monkeypatch, mode):
+    msg = container.unpack(container.pack(codec.encode(camel, depth=6, mode=mode)))
+    _noisy(monkeypatch, 0.9 * codec.bound.value)
+    out = codec.decode(msg)
+    np.testing.assert_array_equal(out.voxels, camel)
+
+
+def test_unprotected_stream_with_noise_fails_loudly(codec, camel, monkeypatch):
+    msg = container.unpack(container.pack(codec.encode(camel, depth=6, mode=Mode.NONE)))
+    _noisy(monkeypatch, 0.02)  # about a third of the logit grid step: many flips
+    with pytest.raises(VerificationError):
+        codec.decode(msg)
+
+
+@pytest.mark.parametrize("mode", [Mode.SYNDROME, Mode.FLAGS])
+def test_noise_beyond_the_bound_is_a_verification_error(codec, camel, monkeypatch, mode):
+    msg = container.unpack(container.pack(codec.encode(camel, depth=6, mode=mode)))
+    _noisy(monkeypatch, 0.02)
+    with pytest.raises(VerificationError):
+        codec.decode(msg)
+
+
+def test_corrupted_streams_never_crash(codec, camel):
+    """Any flipped byte: a clear error, or (header fields) the exact voxel set."""
+    data = bytearray(container.pack(codec.encode(camel, depth=6)))
+    for pos in range(0, len(data), max(1, len(data) // 16)):
+        bad = bytearray(data)
+        bad[pos] ^= 0x5A
+        try:
+            out = codec.decode(container.unpack(bytes(bad)))
+        except (ContainerError, VerificationError, ModelMismatchError):
+            continue
+        # Only fields outside the CRCs and checksums can change undetected (origin, scale,
+        # names): the voxel set itself is verified.
+        np.testing.assert_array_equal(out.voxels, camel)
+
+
+def test_corrupted_payload_with_a_valid_crc_is_detected(codec, camel):
+    msg = codec.encode(camel, depth=6)
+    for i in range(8):
+        bad = container.unpack(container.pack(msg))
+        payload = bytearray(bad.payloads[0].data)
+        payload[len(payload) * i // 8] ^= 0xFF
+        bad.payloads[0].data = bytes(payload)
+        bad = container.unpack(container.pack(bad))  # pack refreshes the CRC
+        with pytest.raises(VerificationError):
+            codec.decode(bad)
+
+
+def test_header_lies_are_rejected(codec, camel):
+    msg = codec.encode(camel, depth=6)
+    fewer = container.unpack(container.pack(msg))
+    fewer.point_cloud.num_points = 3  # fewer points than the coded bits allow
+    with pytest.raises((ContainerError, VerificationError)):
+        codec.decode(fewer)
+    other = container.unpack(container.pack(msg))
+    other.weights_sha256 = bytes(32)
+    with pytest.raises(ModelMismatchError):
+        codec.decode(other)
+    deeper = container.unpack(container.pack(msg))
+    deeper.point_cloud.depth = 9
+    with pytest.raises((ContainerError, VerificationError)):
+        codec.decode(deeper)
