@@ -7,7 +7,8 @@ Per level l and sub-pass k (child k of every level-l node, all nodes at once):
 The decoder runs the same steps with its own floats; `resolve` turns them into the encoder's
 indices as long as they are within the error bound. The side information of all passes is
 concatenated into one stream: a mode tag byte, then per pass a varint length and that pass's
-safeguard stream without its own (tag, element count) header, which the decoder knows.
+safeguard stream without its own (tag, element count) header, which the decoder knows (a pass
+with nothing risky, most of them, has an empty body: one byte in all).
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def _grid_index(indices: np.ndarray) -> np.ndarray:
     return np.clip(indices, -GRID_K, GRID_K)
 
 
+# Every mode's stream body for a pass without risky elements: a zero count (flags, simplified)
+# or zero syndrome blocks (syndrome). Sent as an empty body.
+_NOTHING_RISKY = encode_varint(0)
+
+
 def _strip_header(stream: bytes, n: int) -> bytes:
     """Drop the safeguard stream's (tag byte, varint n) header; see the module docstring."""
     return stream[1 + len(encode_varint(n)):]
@@ -81,6 +87,8 @@ def compress(
                 if not side:
                     side.append(protected.stream[0])  # the mode tag, once
                 body = _strip_header(protected.stream, logits.size)
+                if body == _NOTHING_RISKY:
+                    body = b""  # most passes: one byte instead of two
                 side += encode_varint(len(body)) + body
             all_indices.append(index)
             risky += protected.risky_count
@@ -164,4 +172,5 @@ class _SideReader:
         if pos + length > len(self.stream):
             raise SafeguardError("occupancy side information is truncated")
         self.pos = pos + length
-        return self.stream[:1] + encode_varint(n) + self.stream[pos:pos + length]
+        body = self.stream[pos:pos + length] if length else _NOTHING_RISKY
+        return self.stream[:1] + encode_varint(n) + body
