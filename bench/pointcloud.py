@@ -8,7 +8,8 @@ coder on held-out clouds, and the cross-profile decode matrix.
 Rate table: every held-out test cloud of data/pc/manifest.json (never used in training) at its
 depth; bits per occupied voxel of each coder, each checked lossless against the voxel set
 (the non-learned coder's size comes from its encoder only: see reprocodec/pointcloud/baseline.py).
-Seconds per million points are wall-clock on this machine, one torch thread.
+Seconds per million points are wall-clock on this machine with one torch thread, and the
+process's CPU seconds beside them (the wall time on an idle core; the machine may be shared).
 
 Matrix: each cloud (re-voxelized to --matrix-depth) is encoded under each encoder profile with
 and without protection, in its own process, and decoded under each decoder profile in its own
@@ -95,12 +96,12 @@ def rate_table(data: Path, skip_others: bool) -> list[dict]:
     rows = []
     for name, voxels, depth in test_clouds(data):
         n = voxels.shape[0]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         msg = codec.encode(voxels, depth=depth, mode="syndrome")
         packed = container.pack(msg)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         decoded = codec.decode(container.unpack(packed))
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         fields = inspect_fields(msg)
         row = {
             "cloud": name, "depth": depth, "points": n,
@@ -110,6 +111,9 @@ def rate_table(data: Path, skip_others: bool) -> list[dict]:
             "learned_lossless": bool(np.array_equal(decoded.voxels, voxels)),
             "encode_s_per_mpt": (t1 - t0) / n * 1e6,
             "decode_s_per_mpt": (t2 - t1) / n * 1e6,
+            # CPU seconds of this process: what the wall time would be on an idle core.
+            "encode_cpu_s_per_mpt": (c1 - c0) / n * 1e6,
+            "decode_cpu_s_per_mpt": (c2 - c1) / n * 1e6,
             "octree_baseline_bpp": 8 * baseline.encoded_size(voxels, depth) / n,
         }
         row["reduction_vs_baseline"] = 1 - row["learned_bpp"] / row["octree_baseline_bpp"]
@@ -196,7 +200,8 @@ def print_tables(rows: list[dict], mat: dict | None) -> None:
                   f"{r['protection_bpp']:8.4f} {r['octree_baseline_bpp']:7.3f} "
                   f"{100 * r['reduction_vs_baseline']:6.1f}% {r.get('draco_bpp', nan):6.2f} "
                   f"{r.get('laz_bpp', nan):6.2f} {r['encode_s_per_mpt']:9.2f} "
-                  f"{r['decode_s_per_mpt']:9.2f}")
+                  f"{r['decode_s_per_mpt']:9.2f}  (cpu {r['encode_cpu_s_per_mpt']:.1f} / "
+                  f"{r['decode_cpu_s_per_mpt']:.1f})")
     if mat:
         print(f"\ncross-profile decodes at depth {mat['depth']} "
               f"(bound {mat['bound']['kind']} {mat['bound']['value']:.3g}): "

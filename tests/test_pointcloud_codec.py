@@ -155,3 +155,25 @@ def test_header_lies_are_rejected(codec, camel):
     deeper.point_cloud.depth = 9
     with pytest.raises((ContainerError, VerificationError)):
         codec.decode(deeper)
+
+
+def test_unverified_decode_of_a_desynchronised_stream_returns_or_raises_cleanly(
+        codec, camel, monkeypatch):
+    """The benchmark's verify=False path: a wrong cloud (counted as a failure) or the
+    node-count guard, never a crash or a hang."""
+    msg = container.unpack(container.pack(codec.encode(camel, depth=6, mode=Mode.NONE)))
+    _noisy(monkeypatch, 0.03)
+    try:
+        out = codec.decode(msg, verify=False)
+    except VerificationError:
+        return
+    assert not out.bit_exact and not np.array_equal(out.voxels, camel)
+
+
+def test_shipped_cdf_table_is_the_documented_integer_table(codec):
+    from reprocodec.pointcloud.model import build_cdf_table
+
+    np.testing.assert_array_equal(codec.table, build_cdf_table())
+    f0 = codec.table[:, 1]
+    assert (np.diff(f0) <= 0).all() and f0.min() >= 1 and f0.max() <= (1 << 16) - 1
+    assert (codec.table[:, 2:] == 1 << 16).all()

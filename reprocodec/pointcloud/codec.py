@@ -23,7 +23,13 @@ import numpy as np
 
 from .. import container, numerics
 from ..checksum import checksum
-from ..errors import ContainerError, InputError, ModelMismatchError, VerificationError
+from ..errors import (
+    ContainerError,
+    InputError,
+    ModelMismatchError,
+    TooLargeError,
+    VerificationError,
+)
 from ..safeguard import ErrorBound, Mode, Protected, SafeguardError
 from ..v1 import bitstream_pb2 as pb
 from . import coder, octree
@@ -34,6 +40,9 @@ from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
 TENSOR = "occupancy_logit"
 PAYLOAD = "occupancy"
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
+# Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8; the
+# decoder allocates 2 bytes of rANS padding per coded bit (see coder.decompress).
+MAX_CODED_BITS = 1 << 28
 
 
 @dataclass
@@ -81,8 +90,6 @@ class PointCloudCodec:
         vox = octree.voxelize(points, depth)
         n = vox.voxels.shape[0]
         if n > MAX_POINTS:
-            from ..errors import TooLargeError
-
             raise TooLargeError(f"{n} voxels exceed this codec's limit of {MAX_POINTS}; "
                                 "split the cloud or use a smaller depth")
         msg = pb.Bitstream(
@@ -126,6 +133,9 @@ class PointCloudCodec:
             raise ContainerError("occupancy payload and protected tensor shapes disagree")
         if total > N_PASSES * n * depth:
             raise ContainerError(f"{total} coded bits is impossible for {n} points")
+        if total > MAX_CODED_BITS:
+            raise TooLargeError(f"{total} coded occupancy bits exceed this decoder's limit of "
+                                f"{MAX_CODED_BITS}; decode on a larger deployment")
         mode = container.mode_from_proto(t.mode)
         bound = container.bound_from_proto(t.bound)
         try:

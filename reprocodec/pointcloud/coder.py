@@ -111,9 +111,12 @@ def decompress(
     reports a disagreement, to measure what an unprotected decoder would return."""
     cdfs = _Cdfs(table)
     decoder = RansDecoder()
-    # Each decoded symbol consumes at most one 32-bit word; zero padding keeps even a
-    # desynchronised decoder (mode none, or numerics beyond the bound) inside the buffer.
-    decoder.set_stream(bytes(data) + bytes(4 * total_bits + 16))
+    # compressai's rANS decoder reads 32-bit words without bounds checks. Each symbol divides
+    # the 64-bit state by at most 2^16 (every table frequency is >= 1 of 2^16) and a word is
+    # read only when the state falls below 2^31, so s symbols read at most s/2 + 2 words
+    # whatever the bytes are: this zero padding keeps even a desynchronised decoder (mode
+    # none, or numerics beyond the bound) inside the buffer.
+    decoder.set_stream(bytes(data) + bytes(2 * total_bits + 64))
     side = _SideReader(side_info, mode)
     codes = np.zeros(1, dtype=np.int64)
     all_indices, used = [], 0
