@@ -111,7 +111,8 @@ def test_mbt_initialisation_copies_the_shared_transforms(trained):
     from reprocodec.train.models import build_model
 
     mbt = build_model("mbt2018-mean", 16, 24)
-    copied = load_init(mbt, result["checkpoint"])
+    copied, init_step = load_init(mbt, result["checkpoint"])
+    assert init_step == 40
     src = torch.load(result["checkpoint"], weights_only=False)["model"]
     assert any(k.startswith("g_a.") for k in copied) and any(k.startswith("g_s.") for k in copied)
     assert not any(k.startswith("h_s.") for k in copied)  # different shapes in mbt2018-mean

@@ -93,7 +93,9 @@ def export(checkpoint: Path, name: str, quality: int, out_dir: Path = WEIGHTS_DI
         "training": {
             "data": cfg["data"], "steps": ck["step"], "patch": cfg["patch"],
             "batch": cfg["batch"], "lr": cfg["lr"], "lr_decay_at": cfg["lr_decay_at"],
-            "seed": cfg["seed"], "init": cfg["init"], "seconds": ck["seconds"],
+            "seed": cfg["seed"], "init": cfg["init"], "init_step": ck.get("init_step"),
+            "lr_decay_step": ck.get("decay_step"), "threads": cfg["threads"],
+            "seconds": ck["seconds"],
             "final_loss": hist[-1].get("loss"), "final_train_bpp": hist[-1].get("bpp"),
             "final_train_psnr": hist[-1].get("psnr"), "aux_loss": aux,
         },

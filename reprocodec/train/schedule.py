@@ -23,8 +23,12 @@ from reprocodec.train.train import TrainConfig, train
 def stages(scale: float, minutes: float) -> list[tuple[TrainConfig, str, int]]:
     """(config, shipped name, quality rank) in training order.
 
-    scale multiplies every stage's step cap; minutes (> 0) gives each stage a share of that
-    wall-clock budget instead (the machine's 2 cores are shared, so steps/s is unpredictable).
+    scale multiplies every stage's step cap; minutes (> 0) gives the stages wall-clock budgets
+    instead (the machine's 2 cores are shared, so steps/s is unpredictable): the bmshj chain
+    (base, then the two fine-tunes) shares the minutes 55/22.5/22.5, and the mbt stage, which
+    only needs the base's transforms as a starting point, gets all of them, because it is meant to
+    run as a second process beside the bmshj chain (``--only mbt2018-mean-q1``, started once the
+    base has a checkpoint).
     """
     def steps(n: int) -> int:
         return max(1, round(n * scale))
@@ -36,17 +40,17 @@ def stages(scale: float, minutes: float) -> list[tuple[TrainConfig, str, int]]:
     # slower than one under load, and N=128 costs 2.3x more per step than N=64; with a budget of
     # minutes, more steps of a smaller model beat fewer steps of CompressAI's N=128, M=192.
     base = TrainConfig(name="bmshj-l0130", N=64, M=128, lmbda=0.013, steps=steps(12000),
-                       lr=5e-4, threads=1, budget_s=budget(28 / 58))
+                       lr=5e-4, threads=1, budget_s=budget(0.55))
     base_ckpt = f"{base.runs}/{base.name}/checkpoint.pt"
-    tune = dict(lr=3e-4, lr_decay_at=0.6, init=base_ckpt, budget_s=budget(9 / 58))
+    tune = dict(lr=3e-4, lr_decay_at=0.6, init=base_ckpt, budget_s=budget(0.225))
     return [
         (base, "bmshj2018-hyperprior-q2", 2),
         (replace(base, name="bmshj-l0035", lmbda=0.0035, steps=steps(4000), **tune),
          "bmshj2018-hyperprior-q1", 1),
         (replace(base, name="bmshj-l0450", lmbda=0.045, steps=steps(4000), **tune),
          "bmshj2018-hyperprior-q3", 3),
-        (replace(base, name="mbt-l0130", arch="mbt2018-mean", lmbda=0.013, steps=steps(5000),
-                 lr=5e-4, lr_decay_at=0.6, init=base_ckpt, budget_s=budget(12 / 58)),
+        (replace(base, name="mbt-l0130", arch="mbt2018-mean", lmbda=0.013, steps=steps(20000),
+                 lr=5e-4, lr_decay_at=0.7, init=base_ckpt, budget_s=budget(1.0)),
          "mbt2018-mean-q1", 1),
     ]
 

@@ -91,15 +91,19 @@ def split_parameters(model: torch.nn.Module):
     return main, aux
 
 
-def load_init(model: torch.nn.Module, path: str) -> list[str]:
-    """Copy every tensor whose name and shape match from a checkpoint; return the copied names."""
-    src = torch.load(path, map_location="cpu", weights_only=False)["model"]
+def load_init(model: torch.nn.Module, path: str) -> tuple[list[str], int]:
+    """Copy every tensor whose name and shape match from a checkpoint.
+
+    Returns the copied names and the source checkpoint's step (recorded for reproducibility).
+    """
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    src = ck["model"]
     own = model.state_dict()
     copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape
               and not k.endswith(("_quantized_cdf", "_offset", "_cdf_length"))]
     own.update({k: src[k] for k in copied})
     model.load_state_dict(own, strict=False)
-    return copied
+    return copied, int(ck.get("step", 0))
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -120,7 +124,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     criterion = RateDistortionLoss(lmbda=cfg.lmbda)
     sampler = PatchSampler(np.load(cfg.data), cfg.patch, cfg.batch, cfg.seed)
 
-    step, seconds, history, decay_step = 0, 0.0, [], None
+    step, seconds, history, decay_step, init_step = 0, 0.0, [], None, None
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"], strict=False)
@@ -129,11 +133,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
         sampler.set_state(ck["sampler"])
         torch.set_rng_state(ck["torch_rng"])
         step, seconds, history = ck["step"], ck["seconds"], ck["history"]
-        decay_step = ck.get("decay_step")
+        decay_step, init_step = ck.get("decay_step"), ck.get("init_step")
         log(f"[{cfg.name}] resumed at step {step}")
     elif cfg.init:
-        copied = load_init(model, cfg.init)
-        log(f"[{cfg.name}] initialised {len(copied)} tensors from {cfg.init}")
+        copied, init_step = load_init(model, cfg.init)
+        log(f"[{cfg.name}] initialised {len(copied)} tensors from {cfg.init} (step {init_step})")
 
     def save(final: bool = False) -> None:
         tmp = ckpt_path.with_suffix(".tmp")
@@ -141,7 +145,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     "aux_opt": aux_opt.state_dict(), "sampler": sampler.state(),
                     "torch_rng": torch.get_rng_state(), "step": step, "seconds": seconds,
                     "history": history, "config": asdict(cfg), "final": final,
-                    "decay_step": decay_step}, tmp)
+                    "decay_step": decay_step, "init_step": init_step}, tmp)
         tmp.replace(ckpt_path)
 
     model.train()
