@@ -185,6 +185,7 @@ def main(args: argparse.Namespace) -> int:
         json_path = WEIGHTS_DIR / f"{model}.json"
         meta = json.loads(json_path.read_text())
         meta["bounds"] = bounds
+        meta.pop("stale_bounds_from", None)  # measured on these very weights now
         json_path.write_text(json.dumps(meta, indent=2) + "\n")
         print(f"  wrote bounds into {json_path}")
     return 0
