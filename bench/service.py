@@ -6,12 +6,13 @@
 Starts one encoder and one decoder process on loopback (profiles --encoder-profile /
 --decoder-profile), then on 768x512 images (Kodak from --images if present, else generated):
 
+  overhead     (measured first, on a quiet server) the service at 1 client vs the same work
+               in this process (PNG read + encode + serialize; parse + validate + decode + PNG
+               write), median over the same images, interleaved so that machine load hits
+               both alike: (service - in-process) / in-process. Floor: at most 10 %.
   latency      for 1, 4 and 16 concurrent clients (one channel each): requests/s, p50 and
                p99 latency of EncodeImage (PNG in, Bitstream out) and DecodeImage (stream in,
                PNG out); every decode is checked bit-exact.
-  overhead     the service at 1 client vs the same work in this process (PNG read + encode +
-               serialize; parse + validate + decode + PNG write), median of the same images:
-               (service - in-process) / in-process. Floor: at most 10 %.
   memory       RSS of both server processes after warm-up and after --rss-requests more
                requests of each kind (4 clients).
 
@@ -115,8 +116,11 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     p.add_argument("--overhead-requests", type=int, default=16)
     p.add_argument("--rss-requests", type=int, default=500)
+    p.add_argument("--sections", default="overhead,latency,memory",
+                   help="comma-separated subset of overhead,latency,memory")
     p.add_argument("--json", type=Path, help="write results as JSON here")
     args = p.parse_args()
+    sections = set(args.sections.split(","))
 
     from reprocodec import container
     from reprocodec.client import DecoderClient, EncoderClient
@@ -169,32 +173,34 @@ def main() -> int:
         run_load(new_encoder, encode, images, 1, 2)
         run_load(new_decoder, decode, files, 1, 2)
 
-        rows = []
-        for clients in levels:
-            for op, make, call, items in (("encode", new_encoder, encode, images),
-                                          ("decode", new_decoder, decode, files)):
-                row = {"op": op, **run_load(make, call, items, clients,
-                                            max(args.requests, clients))}
-                rows.append(row)
-                print(f"  {op} x{clients}: {row['throughput_rps']:.2f} req/s "
-                      f"p50 {row['p50_ms']:.0f} ms p99 {row['p99_ms']:.0f} ms", flush=True)
-        results["latency"] = rows
-
-        results["overhead"] = overhead(args, model, weights_dir, images, files,
-                                       new_encoder, new_decoder, encode, decode,
-                                       container, read_image, write_png)
-
-        # Memory: after the runs above (every concurrency level has been reached, so the
-        # allocator's arenas have grown to their working size) vs after many more requests.
-        memory_requests = args.rss_requests
-        rss_start = {"encoder": rss_mb(enc_proc.proc.pid), "decoder": rss_mb(dec_proc.proc.pid)}
-        run_load(new_encoder, encode, images, 4, memory_requests)
-        run_load(new_decoder, decode, files, 4, memory_requests)
-        rss_end = {"encoder": rss_mb(enc_proc.proc.pid), "decoder": rss_mb(dec_proc.proc.pid)}
-        results["memory"] = {
-            "requests_each": memory_requests,
-            "rss_mb_before": rss_start, "rss_mb_after": rss_end,
-        }
+        if "overhead" in sections:  # first: a quiet server, as a single client sees it
+            results["overhead"] = overhead(args, model, weights_dir, images, files,
+                                           new_encoder, new_decoder, encode, decode,
+                                           container, read_image, write_png)
+        if "latency" in sections:
+            rows = []
+            for clients in levels:
+                for op, make, call, items in (("encode", new_encoder, encode, images),
+                                              ("decode", new_decoder, decode, files)):
+                    row = {"op": op, **run_load(make, call, items, clients,
+                                                max(args.requests, clients))}
+                    rows.append(row)
+                    print(f"  {op} x{clients}: {row['throughput_rps']:.2f} req/s "
+                          f"p50 {row['p50_ms']:.0f} ms p99 {row['p99_ms']:.0f} ms", flush=True)
+            results["latency"] = rows
+        if "memory" in sections:
+            # Warm at the measuring concurrency first (the allocator's arenas grow to their
+            # working size), then RSS before vs after many more requests.
+            run_load(new_encoder, encode, images, 4, 8)
+            run_load(new_decoder, decode, files, 4, 8)
+            pids = {"encoder": enc_proc.proc.pid, "decoder": dec_proc.proc.pid}
+            rss_start = {k: rss_mb(pid) for k, pid in pids.items()}
+            run_load(new_encoder, encode, images, 4, args.rss_requests)
+            run_load(new_decoder, decode, files, 4, args.rss_requests)
+            results["memory"] = {
+                "requests_each": args.rss_requests, "rss_mb_before": rss_start,
+                "rss_mb_after": {k: rss_mb(pid) for k, pid in pids.items()},
+            }
     finally:
         enc_proc.stop()
         dec_proc.stop()
@@ -258,16 +264,18 @@ def print_tables(results: dict) -> None:
     print(f"\nmodel {results['model']}, {results['width']}x{results['height']}, "
           f"images: {results['images']}; {results['weights']}")
     print(f"{'op':8} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-    for r in results["latency"]:
+    for r in results.get("latency", []):
         print(f"{r['op']:8} {r['clients']:7d} {r['throughput_rps']:8.2f} "
               f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f}")
     print(f"\n{'op':8} {'in-process ms':>14} {'service ms':>11} {'overhead':>9}  (1 client)")
-    for op, r in results["overhead"].items():
+    for op, r in results.get("overhead", {}).items():
         if op == "note":
             print(f"  note: {r}")
             continue
         print(f"{op:8} {r['in_process_ms']:14.1f} {r['service_ms']:11.1f} "
               f"{100 * r['overhead']:8.1f}%")
+    if "memory" not in results:
+        return
     m = results["memory"]
     print(f"\nRSS MB before -> after {m['requests_each']} more requests each (4 clients):")
     for service in ("encoder", "decoder"):

@@ -266,7 +266,9 @@ def decode_image(codecs: Codecs, msg: bitstream_pb2.Bitstream, output_format: in
     pixels = np.asarray(decoded.pixels)
     response = service_pb2.DecodeImageResponse(
         bit_exact=bool(decoded.bit_exact),
-        output_checksum=checksum(pixels), expected_checksum=msg.output_checksum,
+        # bit_exact means the codec found checksum(pixels) equal to the stream's: reuse it.
+        output_checksum=msg.output_checksum if decoded.bit_exact else checksum(pixels),
+        expected_checksum=msg.output_checksum,
         stats=stream_stats(msg, profile, seconds),
         height=pixels.shape[0], width=pixels.shape[1], channels=pixels.shape[2],
     )

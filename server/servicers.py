@@ -12,7 +12,7 @@ import grpc
 
 import reprocodec
 from reprocodec import container
-from reprocodec.errors import InputError
+from reprocodec.errors import InputError, UnknownModelError
 from reprocodec.v1 import bitstream_pb2, service_pb2, service_pb2_grpc
 
 from . import backend
@@ -40,7 +40,7 @@ class _Common:
         for kind in (_IMAGE, _CLOUD):
             try:
                 defaults.add(self.codecs.default_model(kind))
-            except Exception:  # noqa: BLE001 - a kind without models has no default
+            except UnknownModelError:  # a kind without models has no default
                 pass
         return service_pb2.ListModelsResponse(models=self.codecs.model_infos(defaults))
 

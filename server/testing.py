@@ -104,4 +104,4 @@ def wait_for(condition, timeout: float = 30.0, interval: float = 0.05) -> bool:
     return False
 
 
-__all__ = ["ServerProcess", "signal", "wait_for"]
+__all__ = ["ServerProcess", "wait_for"]

@@ -6,6 +6,7 @@ certificate for 127.0.0.1 and a client certificate).
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 import reprocodec
 from reprocodec.client import EncoderClient, ServiceError
-from reprocodec.server.testing import ServerProcess, signal, wait_for
+from reprocodec.server.testing import ServerProcess, wait_for
 
 SAMPLE = Path(reprocodec.__file__).parent / "samples" / "coffee.png"
 TOKEN = "s3cret-token-for-tests"
