@@ -106,9 +106,13 @@ def build(out: Path, photos: Path, patch: int, use_debian: bool) -> dict:
         raise SystemExit("no training images found")
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "patches.npy", np.stack(crops))
+    n_local = sum(not u["image"].startswith("usr/") for u in used)
+    # The wallpaper packages ship one picture under several size names (symlinks), so count
+    # what survived the pixel-hash dedupe, not the files found.
     manifest = {"patch": patch, "count": len(crops), "images": used,
-                "description": f"{len(local)} lossless photos + {len(debian)} Debian wallpaper "
-                               "photos (JPEG, downscaled 2-4x), grid crops"}
+                "description": f"{n_local} lossless photos + {len(used) - n_local} Debian "
+                               "wallpaper photos (JPEG, downscaled 2-4x), "
+                               f"{len(crops)} grid crops of {patch}px"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps")
     ap.add_argument("--minutes", type=float, default=0.0,
                     help="wall-clock training budget for all stages (0 = step caps only)")
+    ap.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", help="run only these shipped names")
     args = ap.parse_args(argv)
     data_manifest = Path("data/train/manifest.json")
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     for cfg, name, quality in stages(args.scale, args.minutes):
         if args.only and name not in args.only:
             continue
+        cfg = replace(cfg, device=args.device, threads=args.threads)
         t0 = time.time()
         result = train(cfg, log=lambda s: print(s, flush=True))
         meta = export(Path(result["checkpoint"]), name, quality,

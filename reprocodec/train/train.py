@@ -47,6 +47,7 @@ class TrainConfig:
     save_every: int = 200
     log_every: int = 50
     threads: int = 2
+    device: str = "cpu"  # "cuda" trains far faster; export and CDFs are computed on CPU anyway
 
 
 class PatchSampler:
@@ -117,7 +118,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
 
-    model = build_model(cfg.arch, cfg.N, cfg.M)
+    model = build_model(cfg.arch, cfg.N, cfg.M).to(cfg.device)
     main_params, aux_params = split_parameters(model)
     opt = torch.optim.Adam(main_params, lr=cfg.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
@@ -128,7 +129,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"], strict=False)
-        opt.load_state_dict(ck["opt"])
+        opt.load_state_dict(ck["opt"])  # moves the state onto the parameters' device
         aux_opt.load_state_dict(ck["aux_opt"])
         sampler.set_state(ck["sampler"])
         torch.set_rng_state(ck["torch_rng"])
@@ -141,7 +142,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     def save(final: bool = False) -> None:
         tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+        weights = {k: v.cpu() for k, v in model.state_dict().items()}
+        torch.save({"model": weights, "opt": opt.state_dict(),
                     "aux_opt": aux_opt.state_dict(), "sampler": sampler.state(),
                     "torch_rng": torch.get_rng_state(), "step": step, "seconds": seconds,
                     "history": history, "config": asdict(cfg), "final": final,
@@ -169,7 +171,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         lr = cfg.lr if decay_step is None else cfg.lr / 5
         for g in opt.param_groups:
             g["lr"] = lr
-        x = sampler.next()
+        x = sampler.next().to(cfg.device)
         opt.zero_grad()
         aux_opt.zero_grad()
         out = model(x)
@@ -229,7 +231,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         ap.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(d, field))
     for field in ("lr", "lr_decay_at", "aux_lr", "budget_s"):
         ap.add_argument(f"--{field.replace('_', '-')}", type=float, default=getattr(d, field))
-    for field in ("data", "init", "runs"):
+    for field in ("data", "init", "runs", "device"):
         ap.add_argument(f"--{field}", default=getattr(d, field))
     return TrainConfig(**vars(ap.parse_args(argv)))
 
