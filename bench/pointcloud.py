@@ -30,12 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from reprocodec.pointcloud import octree  # noqa: E402
-from reprocodec.pointcloud.ply import read_ply  # noqa: E402
+from reprocodec.pointcloud import octree
+from reprocodec.pointcloud.ply import read_ply
 
 ENCODERS = "cpu,cpu-fp64"
 DECODERS = "cpu,cpu-nomkldnn,cpu-fp64,cpu-1thread,cpu-channels-last,noise:HALF,noise:1e-3"
@@ -166,6 +164,9 @@ def matrix(data: Path, depth: int, encoders: list[str], decoders: list[str]) -> 
     bound = {i.name: i for i in list_models()}["octree-ctx-v1"].tensor_bound("occupancy_logit")
     decoders = [d.replace("HALF", f"{bound['value'] / 2:g}") for d in decoders]
     me = [sys.executable, str(Path(__file__).resolve()), "--matrix-depth", str(depth)]
+    # Workers keep torch's default thread count (the rate table uses one thread), so that the
+    # `cpu` and `cpu-1thread` profiles really differ.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         n_points = {}
@@ -175,12 +176,12 @@ def matrix(data: Path, depth: int, encoders: list[str], decoders: list[str]) -> 
             n_points[name] = int(v.shape[0])
         for p in encoders:
             subprocess.run(me + ["--worker", "encode", "--profile", p, "--folder", tmp],
-                           check=True)
+                           check=True, env=env)
         cells = []
         for p in decoders:
             result = folder / "result.json"
             subprocess.run(me + ["--worker", "decode", "--profile", p, "--folder", tmp,
-                                 "--result", str(result)], check=True)
+                                 "--result", str(result)], check=True, env=env)
             for stem, r in json.loads(result.read_text()).items():
                 name, enc, mode = stem.split("__")
                 cells.append({"cloud": name, "encoder": enc.replace("_", ":"), "decoder": p,
