@@ -213,3 +213,10 @@ def test_list_models_reads_the_weights_folder(models):
     infos = list_models(models["dir"])
     assert {i.architecture for i in infos} == {"bmshj2018-hyperprior", "mbt2018-mean"}
     assert all(len(i.weights_sha256) == 64 for i in infos)
+
+
+def test_bad_parameters_are_input_errors(models):
+    with pytest.raises(InputError, match="mode"):
+        models["bmshj"].encode(sample_crop(), "paranoid")
+    with pytest.raises(InputError, match="level"):
+        models["bmshj"].encode(sample_crop(), "syndrome", "everything")

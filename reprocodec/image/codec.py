@@ -28,7 +28,12 @@ import numpy as np
 
 from reprocodec import container, numerics
 from reprocodec.checksum import checksum, crc32
-from reprocodec.errors import ContainerError, ModelMismatchError, VerificationError
+from reprocodec.errors import (
+    ContainerError,
+    InputError,
+    ModelMismatchError,
+    VerificationError,
+)
 from reprocodec.safeguard import DecisionQuantizer, ErrorBound, Mode, SafeguardError
 from reprocodec.safeguard import protect as sg_protect
 from reprocodec.safeguard import resolve as sg_resolve
@@ -214,9 +219,13 @@ class ImageCodec:
         import torch
         import torch.nn.functional as F
 
-        mode = Mode(mode)
+        try:
+            mode = Mode(mode)
+        except ValueError:
+            raise InputError(f"unknown safeguard mode {mode!r}; use one of "
+                             f"{', '.join(m.value for m in Mode)}") from None
         if level not in LEVELS:
-            raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
+            raise InputError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
         pixels = check_pixels(pixels, self.max_pixels)
         height, width, channels = pixels.shape
         x = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 255.0
