@@ -1,0 +1,29 @@
+"""Entry-point flag checks that refuse to start a misconfigured server (no process started)."""
+
+from __future__ import annotations
+
+import pytest
+
+from reprocodec.server.main import build_parser, serve
+
+
+@pytest.mark.parametrize("argv", [
+    ["--device", "cuda", "--profile", "cpu"],      # device and profile disagree
+    ["--profile", "no-such-profile"],
+    ["--tls-cert", "server.pem"],                  # a certificate without its key
+    ["--tls-client-ca", "ca.pem"],                 # mutual TLS without TLS
+    ["--max-concurrency", "0"],
+    ["--max-message-mb", "0"],
+])
+def test_misconfiguration_exits_with_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        serve("decoder", argv)
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_defaults_are_loopback_and_the_documented_ports():
+    for service, port, metrics in (("encoder", 50051, 9101), ("decoder", 50052, 9102)):
+        args = build_parser(service).parse_args([])
+        assert (args.host, args.port, args.metrics_port) == ("127.0.0.1", port, metrics)
+        assert args.tls_cert is None and args.auth_token_file is None
