@@ -34,7 +34,7 @@ from reprocodec.errors import (
     ModelMismatchError,
     VerificationError,
 )
-from reprocodec.safeguard import DecisionQuantizer, ErrorBound, Mode, SafeguardError
+from reprocodec.safeguard import DecisionQuantizer, ErrorBound, Mode, Protected, SafeguardError
 from reprocodec.safeguard import protect as sg_protect
 from reprocodec.safeguard import resolve as sg_resolve
 from reprocodec.v1 import bitstream_pb2 as pb
@@ -282,7 +282,10 @@ class ImageCodec:
                  out: list, capture: dict | None) -> np.ndarray:
         d = self.decisions[name]
         tensor_mode = self._decision_mode(name, mode, level)
-        p = sg_protect(values, d.quantizer, d.bound, tensor_mode)
+        if tensor_mode is Mode.NONE:  # plain CompressAI decision: skip the risk analysis
+            p = Protected(d.quantizer.index(values), b"", Mode.NONE, 0, 0)
+        else:
+            p = sg_protect(values, d.quantizer, d.bound, tensor_mode)
         out.append(container.make_protected(name, d.level, p, d.bound))
         _capture(capture, **{name: values, f"{name}_indices": p.indices})
         return p.indices
@@ -348,7 +351,10 @@ class ImageCodec:
             raise ContainerError(f"protected tensor {t.name}: {exc}") from exc
         values = numerics.perturb(t.name, values, bound)
         try:
-            indices = sg_resolve(values, d.quantizer, bound, t.side_info, mode)
+            if mode is Mode.NONE:  # this decoder's own decision, as plain CompressAI
+                indices = d.quantizer.index(values)
+            else:
+                indices = sg_resolve(values, d.quantizer, bound, t.side_info, mode)
             matched = checksum(indices) == t.indices_checksum
         except SafeguardError as exc:
             if verify:
