@@ -194,12 +194,19 @@ def main() -> int:
             run_load(new_encoder, encode, images, 4, 8)
             run_load(new_decoder, decode, files, 4, 8)
             pids = {"encoder": enc_proc.proc.pid, "decoder": dec_proc.proc.pid}
-            rss_start = {k: rss_mb(pid) for k, pid in pids.items()}
-            run_load(new_encoder, encode, images, 4, args.rss_requests)
-            run_load(new_decoder, decode, files, 4, args.rss_requests)
+            series = {k: [rss_mb(pid)] for k, pid in pids.items()}
+            step = 100  # RSS sampled every `step` requests: a leak shows as a steady climb
+            for done in range(0, args.rss_requests, step):
+                n = min(step, args.rss_requests - done)
+                run_load(new_encoder, encode, images, 4, n)
+                run_load(new_decoder, decode, files, 4, n)
+                for k, pid in pids.items():
+                    series[k].append(rss_mb(pid))
             results["memory"] = {
-                "requests_each": args.rss_requests, "rss_mb_before": rss_start,
-                "rss_mb_after": {k: rss_mb(pid) for k, pid in pids.items()},
+                "requests_each": args.rss_requests, "sample_every": step,
+                "rss_mb_before": {k: v[0] for k, v in series.items()},
+                "rss_mb_after": {k: v[-1] for k, v in series.items()},
+                "rss_mb_series": series,
             }
     finally:
         enc_proc.stop()
@@ -263,11 +270,13 @@ def overhead(args, model, weights_dir, images, files, new_encoder, new_decoder, 
 def print_tables(results: dict) -> None:
     print(f"\nmodel {results['model']}, {results['width']}x{results['height']}, "
           f"images: {results['images']}; {results['weights']}")
-    print(f"{'op':8} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    if "latency" in results:
+        print(f"{'op':8} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for r in results.get("latency", []):
         print(f"{r['op']:8} {r['clients']:7d} {r['throughput_rps']:8.2f} "
               f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f}")
-    print(f"\n{'op':8} {'in-process ms':>14} {'service ms':>11} {'overhead':>9}  (1 client)")
+    if "overhead" in results:
+        print(f"\n{'op':8} {'in-process ms':>14} {'service ms':>11} {'overhead':>9}  (1 client)")
     for op, r in results.get("overhead", {}).items():
         if op == "note":
             print(f"  note: {r}")
@@ -277,10 +286,12 @@ def print_tables(results: dict) -> None:
     if "memory" not in results:
         return
     m = results["memory"]
-    print(f"\nRSS MB before -> after {m['requests_each']} more requests each (4 clients):")
+    print(f"\nRSS MB over {m['requests_each']} requests each (4 clients), "
+          f"every {m['sample_every']}:")
     for service in ("encoder", "decoder"):
-        print(f"  {service}: {m['rss_mb_before'][service]:.0f} -> "
-              f"{m['rss_mb_after'][service]:.0f}")
+        trail = " ".join(f"{x:.0f}" for x in m["rss_mb_series"][service])
+        print(f"  {service}: {trail}  (before -> after: {m['rss_mb_before'][service]:.0f} -> "
+              f"{m['rss_mb_after'][service]:.0f})")
 
 
 if __name__ == "__main__":
