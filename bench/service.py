@@ -42,17 +42,17 @@ def load_images(folder: Path | None, count: int) -> tuple[list[bytes], str]:
     """PNG bytes of `count` 768x512 images (landscape; portrait ones are rotated)."""
     from PIL import Image
 
-    from reprocodec.client.imageio import read_image, write_png
+    from reprocodec.image.io import decode_image_bytes, encode_png
 
     if folder is not None and folder.is_dir():
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))
         out = []
         for path in files[:count]:
-            pixels = read_image(path.read_bytes())
+            pixels = decode_image_bytes(path.read_bytes())
             if pixels.shape[0] > pixels.shape[1]:
                 pixels = np.ascontiguousarray(np.rot90(pixels))
             image = Image.fromarray(pixels).resize((WIDTH, HEIGHT), Image.BICUBIC)
-            out.append(write_png(np.asarray(image)))
+            out.append(encode_png(np.asarray(image)))
         if out:
             return out, str(folder)
     rng = np.random.default_rng(0)
@@ -61,7 +61,7 @@ def load_images(folder: Path | None, count: int) -> tuple[list[bytes], str]:
     for i in range(count):  # smooth gradients + texture: codes like a photo, not like noise
         base = np.stack([(x * (i + 1) + y) % 256, (y * 2 + i * 40) % 256, (x + y) // 6 % 256], -1)
         noise = rng.normal(0, 6, size=base.shape)
-        out.append(write_png(np.clip(base + noise, 0, 255).astype(np.uint8)))
+        out.append(encode_png(np.clip(base + noise, 0, 255).astype(np.uint8)))
     return out, "generated"
 
 
@@ -124,8 +124,8 @@ def main() -> int:
 
     from reprocodec import container
     from reprocodec.client import DecoderClient, EncoderClient
-    from reprocodec.client.imageio import read_image, write_png
     from reprocodec.image import list_models
+    from reprocodec.image.io import decode_image_bytes, encode_png
     from reprocodec.server.testing import ServerProcess
 
     weights_dir, note = args.weights_dir, "shipped weights"
@@ -176,7 +176,7 @@ def main() -> int:
         if "overhead" in sections:  # first: a quiet server, as a single client sees it
             results["overhead"] = overhead(args, model, weights_dir, images, files,
                                            new_encoder, new_decoder, encode, decode,
-                                           container, read_image, write_png)
+                                           container, decode_image_bytes, encode_png)
         if "latency" in sections:
             rows = []
             for clients in levels:
@@ -219,7 +219,7 @@ def main() -> int:
 
 
 def overhead(args, model, weights_dir, images, files, new_encoder, new_decoder, encode, decode,
-             container, read_image, write_png) -> dict:
+             container, decode_image_bytes, encode_png) -> dict:
     """Median seconds per request: service at 1 client vs the same work in this process."""
     from reprocodec.image import ImageCodec
     from reprocodec.numerics import apply_profile
@@ -229,10 +229,10 @@ def overhead(args, model, weights_dir, images, files, new_encoder, new_decoder, 
     n = args.overhead_requests
 
     def local_encode(png):
-        codec.encode(read_image(png)).SerializeToString(deterministic=True)
+        codec.encode(decode_image_bytes(png)).SerializeToString(deterministic=True)
 
     def local_decode(data):
-        write_png(codec.decode(container.unpack(data)).pixels)
+        encode_png(codec.decode(container.unpack(data)).pixels)
 
     # The service runs the codec on a worker thread; torch is measurably faster there than on
     # the main thread on this machine (its OpenMP team), so the in-process baseline does too.

@@ -230,9 +230,9 @@ def image_pixels(response: service_pb2.DecodeImageResponse) -> np.ndarray:
         raw = response.raw
         return np.frombuffer(raw.pixels, dtype=np.uint8).reshape(
             raw.height, raw.width, raw.channels).copy()
-    from .imageio import read_image
+    from reprocodec.image.io import decode_image_bytes
 
-    return read_image(response.png)
+    return decode_image_bytes(response.png)
 
 
 def cloud_voxels(response: service_pb2.DecodePointCloudResponse) -> np.ndarray:

@@ -21,9 +21,9 @@ from typing import Any
 
 import grpc
 
+from reprocodec.image import io as imageio
 from reprocodec.v1 import bitstream_pb2
 
-from . import imageio
 from .clients import DecoderClient, EncoderClient, ServiceError, cloud_voxels, image_pixels
 
 EXIT_OK, EXIT_FAILED, EXIT_VERIFICATION = 0, 1, 3
@@ -145,7 +145,7 @@ def roundtrip(args: argparse.Namespace) -> int:
                     quality = "lossless" if len(voxels) == decoded.points.count else "?"
                 else:
                     decoded = dec.decode_image(encoded.bitstream, raw=True)
-                    original = imageio.read_image(path.read_bytes())
+                    original = imageio.decode_image_bytes(path.read_bytes())
                     quality = f"{imageio.psnr(original, image_pixels(decoded)):8.2f}"
                 exact = decoded.bit_exact and decoded.output_checksum == decoded.expected_checksum
                 print(f"{path.name[:32]:32} {'yes' if exact else 'NO':>9} "

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reprocodec.image.io import psnr
+
 SAMPLES = Path(__file__).resolve().parent / "samples"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEMO_MODES = ("none", "syndrome")
@@ -43,14 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=Path, default=SAMPLES, help="folder of images / .ply files")
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def _through_services(encoder, decoder, path: Path, mode: str) -> Row:
     from reprocodec.client import ServiceError, image_pixels
-    from reprocodec.client.imageio import read_image
+    from reprocodec.image.io import decode_image_bytes
 
     data = path.read_bytes()
     cloud = path.suffix.lower() == ".ply"
@@ -67,7 +64,7 @@ def _through_services(encoder, decoder, path: Path, mode: str) -> Row:
         else:
             decoded = decoder.decode_image(encoded.bitstream, raw=True)
             row.bit_exact = decoded.bit_exact
-            row.psnr = psnr(read_image(data), image_pixels(decoded))
+            row.psnr = psnr(decode_image_bytes(data), image_pixels(decoded))
     except ServiceError as exc:
         row.outcome = exc.code.name
     return row
@@ -91,11 +88,11 @@ def _rate_distortion(images: list[Path]) -> dict[str, list[tuple[float, float]]]
 
     from PIL import Image
 
-    from reprocodec.client.imageio import read_image
     from reprocodec.image import ImageCodec, list_models
+    from reprocodec.image.io import decode_image_bytes
 
     curves: dict[str, list[tuple[float, float]]] = {}
-    pixels = [read_image(p.read_bytes()) for p in images]
+    pixels = [decode_image_bytes(p.read_bytes()) for p in images]
     for info in sorted(list_models(), key=lambda m: (m.architecture, m.quality)):
         codec = ImageCodec.load(info.name)
         points = []
@@ -121,15 +118,15 @@ def _rate_distortion(images: list[Path]) -> dict[str, list[tuple[float, float]]]
 def _overhead_vs_bound(image: Path) -> dict[str, list[tuple[float, float]]]:
     """Side information / payload bytes of the decoding-level decision (scale index) as
     the error bound grows, per mode, on one sample."""
-    from reprocodec.client.imageio import read_image
     from reprocodec.image import ImageCodec, list_models
+    from reprocodec.image.io import decode_image_bytes
     from reprocodec.safeguard import ErrorBound, Mode, protect
 
     info = sorted(list_models(), key=lambda m: (m.architecture != "bmshj2018-hyperprior",
                                                 m.quality))[0]
     codec = ImageCodec.load(info.name)
     capture: dict = {}
-    msg = codec.encode(read_image(image.read_bytes()), mode="syndrome", capture=capture)
+    msg = codec.encode(decode_image_bytes(image.read_bytes()), mode="syndrome", capture=capture)
     payload = sum(len(p.data) for p in msg.payloads)
     sigma = capture["scale_index"]
     quantizer = codec.decisions["scale_index"].quantizer

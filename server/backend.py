@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from reprocodec.checksum import checksum
-from reprocodec.client import imageio
 from reprocodec.client.streamstats import stream_stats
 from reprocodec.errors import InputError, ModelMismatchError, UnknownModelError
+from reprocodec.image import io as imageio
 from reprocodec.v1 import bitstream_pb2, service_pb2
 
 log = logging.getLogger("reprocodec.server")
@@ -236,7 +236,7 @@ class Codecs:
 def image_pixels(request: service_pb2.EncodeImageRequest, max_pixels: int) -> np.ndarray:
     which = request.WhichOneof("input")
     if which == "image_file":
-        return imageio.read_image(request.image_file, max_pixels)
+        return imageio.decode_image_bytes(request.image_file, max_pixels)
     if which == "raw":
         raw = request.raw
         return imageio.raw_to_pixels(raw.height, raw.width, raw.channels, raw.pixels, max_pixels)
@@ -278,7 +278,7 @@ def decode_image(codecs: Codecs, msg: bitstream_pb2.Bitstream, output_format: in
             pixels=np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(),
         ))
     else:
-        response.png = imageio.write_png(pixels)
+        response.png = imageio.encode_png(pixels)
     return response
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from reprocodec.client import EncoderClient, ServiceError, chunking, clients
-from reprocodec.client.imageio import psnr, raw_to_pixels, read_image, write_png
 from reprocodec.client.streamstats import stream_stats
 from reprocodec.errors import InputError, TooLargeError
+from reprocodec.image.io import decode_image_bytes, encode_png, psnr, raw_to_pixels
 from reprocodec.v1 import bitstream_pb2
 
 _BLOCK_TORCH = """
@@ -28,7 +28,7 @@ sys.meta_path.insert(0, Block())
 
 def test_client_and_cli_remote_verbs_import_without_torch():
     code = _BLOCK_TORCH + """
-import reprocodec.client, reprocodec.client.commands, reprocodec.client.imageio
+import reprocodec.client, reprocodec.client.commands, reprocodec.image.io
 from reprocodec.client import DecoderClient, EncoderClient
 EncoderClient("127.0.0.1:1").close()
 DecoderClient("127.0.0.1:1").close()
@@ -118,17 +118,17 @@ def test_unreachable_server_gives_up_after_the_retries():
 
 def test_image_io_checks():
     pixels = np.arange(6 * 5 * 3, dtype=np.uint8).reshape(6, 5, 3)
-    png = write_png(pixels)
-    assert png == write_png(pixels.copy())  # deterministic bytes
-    assert np.array_equal(read_image(png), pixels)
-    assert read_image(write_png(pixels[:, :, :1])).shape == (6, 5, 1)
+    png = encode_png(pixels)
+    assert png == encode_png(pixels.copy())  # deterministic bytes
+    assert np.array_equal(decode_image_bytes(png), pixels)
+    assert decode_image_bytes(encode_png(pixels[:, :, :1])).shape == (6, 5, 1)
     assert psnr(pixels, pixels) == float("inf")
     with pytest.raises(InputError):
-        read_image(b"")
+        decode_image_bytes(b"")
     with pytest.raises(InputError):
-        read_image(b"not an image at all")
+        decode_image_bytes(b"not an image at all")
     with pytest.raises(TooLargeError):
-        read_image(png, max_pixels=29)
+        decode_image_bytes(png, max_pixels=29)
     with pytest.raises(InputError):
         raw_to_pixels(6, 5, 3, pixels.tobytes()[:-1])
     with pytest.raises(InputError):

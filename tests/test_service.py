@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 import reprocodec
 from reprocodec import container
 from reprocodec.client import DecoderClient, EncoderClient, ServiceError, image_pixels
-from reprocodec.client.imageio import read_image, write_png
+from reprocodec.image.io import decode_image_bytes, encode_png
 from reprocodec.server.testing import ServerProcess
 from reprocodec.v1 import bitstream_pb2, service_pb2
 
@@ -144,8 +144,8 @@ def test_cross_profile_roundtrip_is_byte_identical(servers, encoder, decoder, we
 
     local = ImageCodec.load(model, weights_dir=str(weights)).decode(container.unpack(file_bytes))
     if level != "decoding":
-        assert local.bit_exact and write_png(local.pixels) == decoded.png
-    assert read_image(decoded.png).shape == read_image(image).shape
+        assert local.bit_exact and encode_png(local.pixels) == decoded.png
+    assert decode_image_bytes(decoded.png).shape == decode_image_bytes(image).shape
 
     stats = response.stats
     assert stats.overhead_ratio == pytest.approx(stats.protection_bytes / stats.payload_bytes)
@@ -163,7 +163,7 @@ def test_cross_profile_roundtrip_is_byte_identical(servers, encoder, decoder, we
 
 
 def test_raw_pixels_greyscale_and_raw_output(encoder, decoder):
-    grey = read_image((SAMPLES / "chelsea.png").read_bytes())[:123, :201].mean(
+    grey = decode_image_bytes((SAMPLES / "chelsea.png").read_bytes())[:123, :201].mean(
         axis=2, keepdims=True).astype(np.uint8)
     stream = encoder.encode_image(grey, model=HYPERPRIOR).bitstream
     assert stream.image.channels == 1
@@ -357,7 +357,7 @@ def test_bad_encode_input(servers, encoder, sample, image, model, code):
     if image == "sample":
         image = sample
     elif image == "huge":  # 2100 x 2000 = 4.2 MP > --max-pixels 4 MP; a tiny PNG file
-        image = write_png(np.zeros((2100, 2000, 1), np.uint8))
+        image = encode_png(np.zeros((2100, 2000, 1), np.uint8))
     before = _counter(enc_proc, "reprocodec_requests_total", method="EncodeImage",
                       code=code.name)
     with pytest.raises(ServiceError) as info:
@@ -439,8 +439,8 @@ def test_cli_remote_verbs(servers, tmp_path, capsys):
     assert container.unpack(streams[0].read_bytes()).model == MEAN_SCALE
     assert main(["decode", *map(str, streams), "-o", str(tmp_path / "png"),
                  "--decoder", dec_proc.target]) == 0
-    decoded = read_image((tmp_path / "png" / "coffee.png").read_bytes())
-    assert decoded.shape == read_image(Path(inputs[0]).read_bytes()).shape
+    decoded = decode_image_bytes((tmp_path / "png" / "coffee.png").read_bytes())
+    assert decoded.shape == decode_image_bytes(Path(inputs[0]).read_bytes()).shape
     out = capsys.readouterr().out
     assert out.count("bit-exact") == 2 and "NOT" not in out
 

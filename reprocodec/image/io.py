@@ -1,4 +1,8 @@
-"""Reading images into the codec's uint8 HxWxC form, and writing its output as PNG."""
+"""Images <-> the codec's uint8 HxWxC pixels (Pillow + numpy only, no torch).
+
+Shared by the codec, the CLI, the services and the light client. PNG output is written with
+fixed settings, so equal pixels always give equal file bytes.
+"""
 
 from __future__ import annotations
 
@@ -90,3 +94,28 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 def write_png(path: str | Path, pixels: np.ndarray) -> None:
     Path(path).write_bytes(encode_png(pixels))
+
+
+def raw_to_pixels(height: int, width: int, channels: int, data: bytes,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Check and reshape raw row-major 8-bit pixels (the services' RawImage)."""
+    if channels not in (1, 3):
+        raise InputError(f"raw image has {channels} channels; send 1 (grey) or 3 (RGB)")
+    expected = height * width * channels
+    if len(data) != expected:
+        raise InputError(
+            f"raw image of {height}x{width}x{channels} needs {expected} bytes, got {len(data)}; "
+            "send row-major uint8 pixels"
+        )
+    pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
+    return check_pixels(pixels.copy(), max_pixels)
+
+
+def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
+    """PSNR in dB of 8-bit images (inf when identical)."""
+    a = np.asarray(reference, dtype=np.float64)
+    b = np.asarray(decoded, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"cannot compare images of shapes {a.shape} and {b.shape}")
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)

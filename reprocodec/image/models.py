@@ -9,24 +9,19 @@ float code whose result could differ between platforms.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reprocodec.errors import InputError, UnknownModelError
+from reprocodec.shipped import WEIGHTS_DIR, check_weights_hash, model_files, sha256_file
 
 # compressai's import emits a torch.jit deprecation warning that is noise to CLI users.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
 ARCHITECTURES = ("bmshj2018-hyperprior", "mbt2018-mean")
-# REPROCODEC_WEIGHTS_DIR points the loaders at another weights folder (tests, deployments).
-WEIGHTS_DIR = Path(
-    os.environ.get("REPROCODEC_WEIGHTS_DIR") or Path(__file__).resolve().parent.parent / "weights"
-)
 
 # Conservative error bounds used until `reprocodec calibrate` writes measured ones into a
 # model's json. DESIGN.md section 1 measured CPU-profile mismatches of ~1e-5 (absolute) on
@@ -52,14 +47,6 @@ class ModelInfo:
 
     def tensor_bound(self, tensor: str) -> dict[str, Any]:
         return self.bounds.get(tensor, DEFAULT_BOUNDS[tensor])
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _model_class(architecture: str) -> Any:
@@ -162,18 +149,10 @@ def load_shipped(name: str, weights_dir: Path | None = None) -> tuple[Any, Model
     import torch
 
     weights_dir = weights_dir or WEIGHTS_DIR
-    json_path = weights_dir / f"{name}.json"
-    pt_path = weights_dir / f"{name}.pt"
-    if not (json_path.exists() and pt_path.exists()):
-        known = ", ".join(i.name for i in list_models(weights_dir)) or "none shipped"
-        raise UnknownModelError(f"unknown image model {name!r}; available: {known}")
+    json_path, pt_path = model_files(name, weights_dir, "image",
+                                     lambda: [i.name for i in list_models(weights_dir)])
     info = read_info(json_path)
-    actual = sha256_file(pt_path)
-    if actual != info.weights_sha256:
-        raise UnknownModelError(
-            f"{pt_path.name} has SHA-256 {actual[:12]}.. but its json says "
-            f"{info.weights_sha256[:12]}..: reinstall the package's weights"
-        )
+    check_weights_hash(pt_path, info.weights_sha256)
     blob = torch.load(pt_path, map_location="cpu", weights_only=True)
     model = build_model(blob["architecture"], _to_float32(blob["state_dict"]))
     return model, info

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnknownModelError
-from ..image.models import WEIGHTS_DIR, sha256_file
+from ..shipped import WEIGHTS_DIR, check_weights_hash, model_files
 
 ARCHITECTURE = "octree-context"
 DEFAULT_MODEL = "octree-ctx-v1"
@@ -60,15 +60,8 @@ def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[PointCloudModelInfo]:
 
 def weights_path(name: str, weights_dir: Path = WEIGHTS_DIR) -> tuple[Path, PointCloudModelInfo]:
     """The .pt of a shipped model, its SHA-256 checked against the json."""
-    json_path, pt_path = Path(weights_dir) / f"{name}.json", Path(weights_dir) / f"{name}.pt"
-    if not (json_path.exists() and pt_path.exists()):
-        known = ", ".join(i.name for i in list_models(weights_dir)) or "none shipped"
-        raise UnknownModelError(f"unknown point-cloud model {name!r}; available: {known}")
+    json_path, pt_path = model_files(name, weights_dir, "point-cloud",
+                                     lambda: [i.name for i in list_models(weights_dir)])
     info = read_info(json_path)
-    actual = sha256_file(pt_path)
-    if actual != info.weights_sha256:
-        raise UnknownModelError(
-            f"{pt_path.name} has SHA-256 {actual[:12]}.. but its json says "
-            f"{info.weights_sha256[:12]}..: reinstall the package's weights"
-        )
+    check_weights_hash(pt_path, info.weights_sha256)
     return pt_path, info

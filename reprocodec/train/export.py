@@ -13,20 +13,16 @@ computed from and never call update() themselves.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
+from reprocodec.shipped import sha256_file
 from reprocodec.train.models import build_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def refine_quantiles(model: torch.nn.Module, steps: int, lr: float = 1e-2) -> float:
