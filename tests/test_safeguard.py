@@ -203,3 +203,20 @@ def test_malformed_side_information_raises_only_safeguard_error(data, mode):
     except SafeguardError:
         return
     assert out.shape == v.shape
+
+
+def test_block_rows_are_the_fewest_that_make_the_encoder_zone_independent():
+    """rows_for_full_rank (row-space elimination) against a direct column-rank check."""
+    from reprocodec.safeguard import syndrome as gf2
+
+    def full_rank(elements, m):
+        basis: dict = {}
+        return all(gf2._insert(basis, col, 0) for col in gf2.column_ints(elements, m))
+
+    rng = np.random.default_rng(7)
+    for c in (1, 2, 5, 30, 64, 130):
+        for _ in range(5):
+            elements = np.sort(rng.choice(1_000_000, c, replace=False))
+            m = gf2.rows_for_full_rank(elements)
+            assert m >= c and full_rank(elements, m)
+            assert m == c or not full_rank(elements, m - 1)

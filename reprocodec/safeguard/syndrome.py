@@ -96,20 +96,24 @@ def _insert(basis: dict[int, tuple[int, int]], vector: int, combo: int) -> bool:
 
 def rows_for_full_rank(elements: np.ndarray) -> int:
     """Smallest m >= len(elements) such that H's first m rows restricted to these columns
-    have full column rank (each extra row halves the chance of a dependency)."""
+    have full column rank (each extra row halves the chance of a dependency).
+
+    Column rank equals row rank, so this is the first m at which the rows, inserted one by one
+    into an XOR basis, span all c columns: one elimination pass, no retries.
+    """
     c = elements.size
     if c == 0:
         return 0
-    m = c
-    full = column_ints(elements, c + 64)
-    while True:
-        mask = (1 << m) - 1
-        basis: dict[int, tuple[int, int]] = {}
-        if all(_insert(basis, col & mask, 0) for col in full):
-            return m
-        m += 1
-        if m > c + 64:  # probability ~2^-64 per block; would need a longer hash
-            raise SafeguardError("syndrome: could not reach full rank")
+    n_bits = c + 64
+    words = np.stack([hash_words(elements, w) for w in range(-(-n_bits // 64))], axis=1)
+    column_bits = np.unpackbits(words.astype("<u8").view(np.uint8).reshape(c, -1), axis=1,
+                                bitorder="little")[:, :n_bits]
+    rows = np.packbits(column_bits.T, axis=1, bitorder="little")  # row r: bit j = H[r, col j]
+    basis: dict[int, tuple[int, int]] = {}
+    for r in range(n_bits):
+        if _insert(basis, int.from_bytes(rows[r].tobytes(), "little"), 0) and len(basis) == c:
+            return max(r + 1, c)
+    raise SafeguardError("syndrome: could not reach full rank")  # probability ~2^-64
 
 
 def solve(columns: list[int], syndrome: int) -> int:
