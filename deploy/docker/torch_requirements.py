@@ -6,7 +6,6 @@ that the version pins stay in pyproject.toml alone (Dockerfile, VARIANT=cpu).
 
 import re
 import sys
-
 import tomllib
 
 TORCH_PACKAGES = re.compile(r"^(torch|torchvision)\s*(==|>=|~=|<|>|!=|$)")

@@ -8,7 +8,7 @@ LEB128 varint, so a stream can never be resolved under the wrong mode or tensor 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from .quantizer import DecisionQuantizer, Nearest, SafeguardError
 from .riskymap import read_positions, write_positions
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     NONE = "none"
     FLAGS = "flags"
     SIMPLIFIED = "simplified"
