@@ -201,7 +201,10 @@ def serve(service: str, argv: list[str] | None = None) -> int:
 def _preload(codecs: Codecs, which: str) -> None:
     if which == "none":
         return
+    from reprocodec.safeguard import warm_up
     from reprocodec.v1 import bitstream_pb2
+
+    warm_up()  # compiles or loads the syndrome kernels before SERVING, a self-check besides
 
     names = set()
     if which == "all":

@@ -205,18 +205,89 @@ def test_malformed_side_information_raises_only_safeguard_error(data, mode):
     assert out.shape == v.shape
 
 
-def test_block_rows_are_the_fewest_that_make_the_encoder_zone_independent():
-    """rows_for_full_rank (row-space elimination) against a direct column-rank check."""
-    from reprocodec.safeguard import syndrome as gf2
+def _full_rank(keys: np.ndarray, m: int) -> bool:
+    """Direct check: H's first m rows restricted to these columns have full column rank."""
+    from reprocodec.safeguard import elimination
 
-    def full_rank(elements, m):
-        basis: dict = {}
-        return all(gf2._insert(basis, col, 0) for col in gf2.column_ints(elements, m))
+    basis: dict = {}
+    return all(elimination._insert(basis, col, 0) >= 0
+               for col in elimination._columns(keys, m))
+
+
+def _random_blocks(rng, sizes):
+    keys = np.concatenate([np.sort(rng.choice(100_000, c, replace=False)) for c in sizes])
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return keys.astype(np.int64), starts
+
+
+def test_block_rows_are_the_fewest_that_make_the_encoder_zone_independent():
+    """Both implementations (numba kernel and Python ints) against a direct rank check."""
+    from reprocodec.safeguard import elimination
 
     rng = np.random.default_rng(7)
-    for c in (1, 2, 5, 30, 64, 130):
-        for _ in range(5):
-            elements = np.sort(rng.choice(1_000_000, c, replace=False))
-            m = gf2.rows_for_full_rank(elements)
-            assert m >= c and full_rank(elements, m)
-            assert m == c or not full_rank(elements, m - 1)
+    sizes = [0, 1, 2, 5, 30, 63, 64, 65, 130, 0, 200]
+    keys, starts = _random_blocks(rng, sizes)
+    rows = elimination.block_rows_python(keys, starts)
+    if elimination.NATIVE:
+        assert np.array_equal(elimination.block_rows_native(keys, starts), rows)
+    for b, c in enumerate(sizes):
+        block = keys[starts[b]:starts[b + 1]]
+        m = int(rows[b])
+        assert m >= c and (c == 0 or _full_rank(block, m))
+        assert m == c or not _full_rank(block, m - 1)
+
+
+@pytest.mark.parametrize("impl", ["python", "native"])
+def test_block_solve_recovers_any_flip_pattern_and_refuses_the_rest(impl):
+    """The decoder's solve finds exactly the flipped columns of each block; a residual outside
+    the column space, or more candidates than rows, is the clear error."""
+    from reprocodec.safeguard import elimination, syndrome
+
+    if impl == "native" and not elimination.NATIVE:
+        pytest.fail("numba is part of the server extra the tests run with")
+    solve = getattr(elimination, f"block_solve_{impl}")
+    rng = np.random.default_rng(11)
+    sizes = [0, 3, 40, 64, 90]
+    keys, starts = _random_blocks(rng, sizes)
+    rows = elimination.block_rows_python(keys, starts) + np.array([0, 0, 1, 0, 2])
+    n_words = syndrome.words_for(int(rows.max()))
+    truth = rng.random(keys.size) < 0.3
+    residual = np.zeros((len(sizes), n_words), dtype=np.uint64)
+    for b in range(len(sizes)):
+        lo, hi = starts[b], starts[b + 1]
+        cols = elimination._columns(keys[lo:hi], int(rows[b]))
+        s = 0
+        for j in np.flatnonzero(truth[lo:hi]):
+            s ^= cols[j]
+        residual[b] = syndrome.to_words(s, n_words)
+    assert np.array_equal(solve(keys, starts, rows, residual), truth)
+    # Block 1's 3 columns in 23 rows span 8 of 2^23 residuals: a random one is outside the span
+    # (inconsistent: the decoder is outside the bound), and the solve says so instead of guessing.
+    tall = rows.copy()
+    tall[1] += 20
+    bad = np.zeros_like(residual)
+    bad[1, 0] = np.uint64(0b1011_0110_1110_0101_1101_011)
+    with pytest.raises(SafeguardError, match="outside the error bound"):
+        solve(keys, starts, tall, bad)
+    too_few = rows.copy()
+    too_few[2] = sizes[2] - 1
+    with pytest.raises(SafeguardError, match="outside the error bound"):
+        solve(keys, starts, too_few, residual)
+
+
+def test_syndromes_native_equal_reference():
+    from reprocodec.safeguard import syndrome
+
+    if syndrome.native is None:
+        pytest.fail("numba is part of the server extra the tests run with")
+    rng = np.random.default_rng(3)
+    for n, n_blocks in ((1, 1), (1000, 7), (100_003, 160)):
+        k = rng.integers(-300, 300, n)
+        rows = rng.integers(0, 200, n_blocks)
+        native = syndrome.block_syndromes(k, n_blocks, rows)
+        saved, syndrome.native = syndrome.native, None
+        try:
+            reference = syndrome.block_syndromes(k, n_blocks, rows)
+        finally:
+            syndrome.native = saved
+        assert np.array_equal(native, reference)

@@ -16,7 +16,7 @@ canonical index), `syndrome` (GF(2) syndrome of index parities; no map; guarante
 """
 
 from .bounds import ErrorBound
-from .modes import Mode, Protected, protect, resolve
+from .modes import Mode, Protected, protect, resolve, warm_up
 from .quantizer import DecisionQuantizer, SafeguardError
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "SafeguardError",
     "protect",
     "resolve",
+    "warm_up",
 ]

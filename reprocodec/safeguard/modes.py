@@ -12,6 +12,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from . import elimination
 from . import syndrome as gf2
 from .bitio import BitReader, BitWriter, decode_varint, encode_varint
 from .bounds import ErrorBound
@@ -26,7 +27,11 @@ class Mode(StrEnum):
     SYNDROME = "syndrome"
 
 
-_TAG = {Mode.FLAGS: 1, Mode.SIMPLIFIED: 2, Mode.SYNDROME: 3}
+# Tag 3 was the syndrome layout of reprocodec 0.1 (H keyed by element number); streams with it
+# are refused with a clear message rather than mis-solved.
+_TAG = {Mode.FLAGS: 1, Mode.SIMPLIFIED: 2, Mode.SYNDROME: 4}
+_RETIRED_TAGS = {3: "a syndrome stream of reprocodec 0.1, whose layout this version no longer "
+                    "reads; re-encode the input"}
 
 
 @dataclass(frozen=True)
@@ -48,11 +53,23 @@ def _flat_values(v: np.ndarray, what: str) -> np.ndarray:
 def _prepare(v: np.ndarray, quantizer: DecisionQuantizer, bound: ErrorBound, what: str):
     quantizer.check_bound(bound)
     flat = _flat_values(v, what)
-    return flat, quantizer.index(flat), quantizer.nearest(flat)
+    return flat, quantizer.index(flat)
 
 
-def _risky(near: Nearest, bound: ErrorBound) -> np.ndarray:
-    return near.distance <= bound.risky_radius(near.t)
+def _within(flat: np.ndarray, quantizer: DecisionQuantizer, radius) -> tuple[np.ndarray, Nearest]:
+    """Positions (ascending) of the elements within radius(t) of their nearest threshold t, and
+    the Nearest of just those elements.
+
+    A uniform grid (absolute bound, scalar radius) needs only the distance of every element;
+    the threshold numbers are computed for the few that are close, which is most of the time
+    saved on a million-pixel tensor.
+    """
+    if quantizer.thresholds is None:
+        positions = np.flatnonzero(quantizer.distance(flat) <= radius(0.0))
+        return positions, quantizer.nearest(flat[positions])
+    near = quantizer.nearest(flat)
+    positions = np.flatnonzero(near.distance <= radius(near.t))
+    return positions, near.take(positions)
 
 
 def _header(mode: Mode, n: int) -> bytes:
@@ -60,6 +77,8 @@ def _header(mode: Mode, n: int) -> bytes:
 
 
 def _read_header(stream: bytes, mode: Mode, n: int) -> int:
+    if stream and stream[0] in _RETIRED_TAGS:
+        raise SafeguardError(f"side information is {_RETIRED_TAGS[stream[0]]}")
     if not stream or stream[0] != _TAG[mode]:
         raise SafeguardError(f"side information is not a {mode.value!r} stream")
     n_stream, pos = decode_varint(stream, 1)
@@ -74,36 +93,40 @@ def protect(
     """Encoder side: the indices to code with and the side information that lets any decoder
     whose values are within `bound` of `v_enc` reproduce them exactly."""
     mode = Mode(mode)
-    flat, k, near = _prepare(v_enc, quantizer, bound, "encoder tensor")
+    flat, k = _prepare(v_enc, quantizer, bound, "encoder tensor")
     shape = np.shape(v_enc)
     if mode is Mode.NONE:
         return Protected(k.reshape(shape), b"", mode, 0, 0)
     n = flat.size
-    risky = np.flatnonzero(_risky(near, bound))
     writer = BitWriter()
     if mode is Mode.FLAGS:
+        risky, near = _within(flat, quantizer, bound.risky_radius)
         varints = encode_varint(risky.size)
         write_positions(writer, risky)
-        writer.write_bits(k[risky] - near.j[risky], 1)  # 1 = above the threshold
-        candidates = risky.size
+        writer.write_bits(k[risky] - near.j, 1)  # 1 = above the threshold
+        candidates = risky_count = risky.size
     elif mode is Mode.SIMPLIFIED:
+        risky, near = _within(flat, quantizer, bound.risky_radius)
         varints = encode_varint(risky.size)
         write_positions(writer, risky)
         k = k.copy()
-        k[risky] = near.j[risky]  # canonical: the bin at/below the threshold, on both sides
-        candidates = risky.size
+        k[risky] = near.j  # canonical: the bin at/below the threshold, on both sides
+        candidates = risky_count = risky.size
     else:
-        zone = np.flatnonzero(near.distance <= bound.encoder_radius(near.t))
-        n_blocks = gf2.choose_block_count(n, zone.size)
+        zone, near = _within(flat, quantizer, bound.encoder_radius)  # C_2
+        risky_count = int(np.count_nonzero(near.distance <= bound.risky_radius(near.t)))
+        n_blocks = gf2.choose_block_count(n, zone)
         varints = encode_varint(n_blocks)
         if n_blocks:
-            rows = [gf2.rows_for_full_rank(zone[zone % n_blocks == b]) for b in range(n_blocks)]
-            writer.write_rice(np.array(rows))
-            for s, m in zip(gf2.block_syndromes(k & 1, n_blocks, rows), rows, strict=True):
-                writer.write_int(s, m)
+            _, keys, starts = gf2.split_blocks(zone, n_blocks)
+            rows = elimination.block_rows(keys, starts)
+            writer.write_rice(rows)
+            for words, m in zip(gf2.block_syndromes(k & 1, n_blocks, rows), rows.tolist(),
+                                strict=True):
+                writer.write_int(gf2.to_int(words), m)
         candidates = zone.size
     stream = _header(mode, n) + varints + writer.getvalue()
-    return Protected(k.reshape(shape), stream, mode, int(risky.size), int(candidates))
+    return Protected(k.reshape(shape), stream, mode, int(risky_count), int(candidates))
 
 
 def resolve(
@@ -120,7 +143,7 @@ def resolve(
     the index checksum the container carries (reprocodec.checksum).
     """
     mode = Mode(mode)
-    flat, k, near = _prepare(v_dec, quantizer, bound, "decoder tensor")
+    flat, k = _prepare(v_dec, quantizer, bound, "decoder tensor")
     shape = np.shape(v_dec)
     if mode is Mode.NONE:
         if stream:
@@ -133,27 +156,32 @@ def resolve(
     if mode is Mode.FLAGS:
         risky = read_positions(reader, count, n)
         above = reader.read_bits(risky.size, 1).astype(np.int64)
-        k[risky] = near.j[risky] + above
+        k[risky] = quantizer.nearest(flat[risky]).j + above
     elif mode is Mode.SIMPLIFIED:
         risky = read_positions(reader, count, n)
-        k[risky] = near.j[risky]
+        k[risky] = quantizer.nearest(flat[risky]).j
     else:
         n_blocks = count
         if n_blocks > n:
             raise SafeguardError("side information has more syndrome blocks than elements")
-        zone = np.flatnonzero(_risky(near, bound))  # C_d: only here can k differ
         if n_blocks:
-            rows = reader.read_rice(n_blocks).tolist()
-            if max(rows) > -(-n // n_blocks) + 64:
-                raise SafeguardError("side information has an impossible syndrome size")
-            sent = [reader.read_int(m) for m in rows]
+            rows = reader.read_rice(n_blocks)
+            gf2.check_rows(rows, n, n_blocks)
+            sent = [reader.read_int(m) for m in rows.tolist()]
             known = gf2.block_syndromes(k & 1, n_blocks, rows)
-            for b in range(n_blocks):
-                members = zone[zone % n_blocks == b]
-                residual = sent[b] ^ known[b]
-                if residual == 0 and members.size == 0:
-                    continue
-                x = gf2.solve(gf2.column_ints(members, rows[b]), residual)
-                flip = members[[j for j in range(members.size) if x >> j & 1]]
-                k[flip] = 2 * near.j[flip] + 1 - k[flip]  # the other of j, j + 1
+            residual = np.stack([gf2.to_words(s, known.shape[1]) for s in sent]) ^ known
+            zone, near = _within(flat, quantizer, bound.risky_radius)  # C_d: only here can k differ
+            order, keys, starts = gf2.split_blocks(zone, n_blocks)
+            flip = order[elimination.block_solve(keys, starts, rows, residual)]
+            k[zone[flip]] = 2 * near.j[flip] + 1 - k[zone[flip]]  # the other of j, j + 1
     return k.reshape(shape)
+
+
+def warm_up() -> None:
+    """Run every syndrome path once on a small tensor, so that the numba kernels are compiled (or
+    loaded from their cache) now rather than inside the first request's deadline."""
+    q, bound = DecisionQuantizer.uniform(1.0), ErrorBound.absolute(1e-3)
+    v = np.arange(512, dtype=np.float64) * 0.499  # some elements within e of a threshold
+    p = protect(v, q, bound, Mode.SYNDROME)
+    if not np.array_equal(resolve(v + 5e-4, q, bound, p.stream, Mode.SYNDROME), p.indices):
+        raise SafeguardError("syndrome self-check failed")

@@ -25,6 +25,9 @@ class Nearest:
     t: np.ndarray
     distance: np.ndarray
 
+    def take(self, positions: np.ndarray) -> Nearest:
+        return Nearest(self.j[positions], self.t[positions], self.distance[positions])
+
 
 class DecisionQuantizer:
     """Maps a float tensor to integers through sorted thresholds.
@@ -64,6 +67,23 @@ class DecisionQuantizer:
         if self._thresholds is not None:
             return np.searchsorted(self._thresholds, v, side="left").astype(np.int64)
         return np.ceil((v - self.offset) / self.step - 0.5).astype(np.int64)
+
+    def distance(self, v: np.ndarray) -> np.ndarray:
+        """|v - t| for the nearest threshold t of each element (flat float64 input).
+
+        On a uniform grid that is |frac(u) - 1/2| * step with u = (v - offset) / step: three
+        passes over the tensor and no threshold numbers, which `nearest` computes only for the
+        elements that turn out to be close.
+        """
+        if self._thresholds is not None:
+            return self.nearest(v).distance
+        u = (v - self.offset) / self.step if (self.offset, self.step) != (0.0, 1.0) else v
+        d = u - np.floor(u)
+        d -= 0.5
+        np.abs(d, out=d)
+        if self.step != 1.0:
+            d *= self.step
+        return d
 
     def nearest(self, v: np.ndarray) -> Nearest:
         """The threshold nearest to each element of v (flat float64 input)."""

@@ -5,16 +5,22 @@ tells them apart. The encoder sends s = H * parity(k_enc) over GF(2); the decode
 parity of every element outside its candidate set C_d (its own index is right there), XORs
 those out and solves H[:, C_d] x = s' for the rest.
 
-H is split into independent blocks so that each solve is small: element i belongs to block
-i mod n_blocks (interleaved, so that a contiguous run of candidates, e.g. a flat image region
-whose scale sits near one threshold, spreads over all blocks). Block b's matrix has m_b rows;
-column i's bits come from a fixed 64-bit integer hash of (i, word) — no platform RNG. The
-encoder picks m_b so that the columns of its 2e-zone C_2 in that block are linearly
-independent; since C_d is a subset of C_2 whenever the bound holds, every decoder solve then
-has exactly one solution.
+H is split into independent blocks so that each solve is small. The tensor is laid out as a
+grid of n_blocks columns: element i sits in grid row i // n_blocks, block i % n_blocks
+(interleaved, so that a contiguous run of candidates, e.g. a flat image region whose scale sits
+near one threshold, spreads over all blocks). Within a block, element i's column of H is a
+fixed 64-bit integer hash of (grid row, word): no platform RNG, and the same column for every
+block, which is harmless (blocks are separate systems) and makes the syndromes one XOR-reduce
+over the grid instead of a scatter. Block b's matrix has m_b rows. The encoder picks m_b so that
+the columns of its 2e-zone C_2 in that block are linearly independent; since C_d is a subset of
+C_2 whenever the bound holds, every decoder solve then has exactly one solution. The eliminations
+that find m_b and solve the decoder's systems live in `elimination`.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,19 +29,28 @@ from .quantizer import SafeguardError
 # Mean number of encoder candidates per block. Larger blocks send fewer per-block row counts
 # (about 7 bits each) but make the O(c^2) elimination slower.
 TARGET_CANDIDATES_PER_BLOCK = 64
+# A block's matrix is at most this many rows. The encoder never needs more than its candidate
+# count + 64; a legitimate stream (about 64 candidates per block) is far below it, and the cap
+# bounds what a hostile stream can make the decoder allocate (rows x candidates bits).
+MAX_BLOCK_ROWS = 1 << 14
+MAX_BLOCK_CANDIDATES = MAX_BLOCK_ROWS - 64
+
+# Outcomes of one block's decoder solve (shared by both elimination implementations).
+SOLVED, INCONSISTENT, AMBIGUOUS, TOO_FEW_ROWS = 0, 1, 2, 3
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _WORD_KEY = np.uint64(0xD1B54A32D192ED03)
 _SALT = np.uint64(0x7265_7072_6F63_6463)  # "reprocdc"
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+HASH_CONSTANTS = (_GOLDEN, _WORD_KEY, _SALT, _M1, _M2)
 
 
-def hash_words(elements: np.ndarray, word: int) -> np.ndarray:
-    """Bits 64*word .. 64*word+63 of the columns of H for the given element numbers
+def hash_words(keys: np.ndarray, word: int) -> np.ndarray:
+    """Bits 64*word .. 64*word+63 of the columns of H for the given grid rows
     (splitmix64 finalizer of a linear combination: fast, well mixed, fully specified)."""
     with np.errstate(over="ignore"):
-        x = np.asarray(elements, dtype=np.uint64) * _GOLDEN
+        x = np.asarray(keys, dtype=np.uint64) * _GOLDEN
         x += np.uint64(word + 1) * _WORD_KEY + _SALT
         x ^= x >> np.uint64(30)
         x *= _M1
@@ -45,97 +60,96 @@ def hash_words(elements: np.ndarray, word: int) -> np.ndarray:
         return x
 
 
-def choose_block_count(n: int, n_candidates: int) -> int:
-    if n_candidates == 0:
+def words_for(bits: int) -> int:
+    return -(-bits // 64)
+
+
+def choose_block_count(n: int, zone: np.ndarray) -> int:
+    """About TARGET_CANDIDATES_PER_BLOCK zone elements per block, and never a block over
+    MAX_BLOCK_CANDIDATES (doubled until so: only a zone with a period of the block count could
+    pile up in one block; with n blocks every block holds one element)."""
+    if zone.size == 0:
         return 0
-    return int(min(n, -(-n_candidates // TARGET_CANDIDATES_PER_BLOCK)))
+    n_blocks = int(min(n, -(-zone.size // TARGET_CANDIDATES_PER_BLOCK)))
+    while n_blocks < n and np.bincount(zone % n_blocks).max() > MAX_BLOCK_CANDIDATES:
+        n_blocks = min(n, 2 * n_blocks)
+    return n_blocks
 
 
-def block_syndromes(parity: np.ndarray, n_blocks: int, rows: list[int]) -> list[int]:
-    """s_b = H_b * parity restricted to block b, as Python ints of rows[b] bits (bit r = row r).
+def split_blocks(elements: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group sorted element numbers by block: (order, keys, starts).
 
-    Only odd-parity elements contribute: hash those and XOR each into its block's word.
+    elements[order] runs block by block (ascending within a block), keys are their grid rows
+    (the H column keys) and block b's members are positions starts[b]:starts[b + 1].
     """
-    odd = np.flatnonzero(parity & 1).astype(np.uint64)
-    block = (odd % np.uint64(max(n_blocks, 1))).astype(np.intp)
-    words_needed = np.array([-(-m // 64) for m in rows], dtype=np.int64)
-    syndromes = [0] * n_blocks
-    for word in range(int(words_needed.max(initial=0))):
-        if word:  # only the few blocks with more than 64 rows need further words
-            keep = words_needed[block] > word
-            odd, block = odd[keep], block[keep]
-        folded = np.zeros(n_blocks, dtype=np.uint64)
-        np.bitwise_xor.at(folded, block, hash_words(odd, word))
-        for b in np.flatnonzero(words_needed > word).tolist():
-            syndromes[b] |= int(folded[b]) << (64 * word)
-    return [s & ((1 << m) - 1) for s, m in zip(syndromes, rows, strict=True)]
+    block = elements % n_blocks
+    order = np.argsort(block, kind="stable")
+    starts = np.searchsorted(block[order], np.arange(n_blocks + 1))
+    return order, (elements[order] // n_blocks).astype(np.int64), starts.astype(np.int64)
 
 
-def column_ints(elements: np.ndarray, n_bits: int) -> list[int]:
-    """Columns of H (first n_bits rows) for the given elements, as Python ints."""
-    cols = [0] * elements.size
-    for word in range(-(-n_bits // 64)):
-        for j, value in enumerate(hash_words(elements, word).tolist()):
-            cols[j] |= value << (64 * word)
-    mask = (1 << n_bits) - 1
-    return [c & mask for c in cols]
+def block_syndromes(k: np.ndarray, n_blocks: int, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+    """s_b = H_b * parity restricted to block b, as (n_blocks, words) little-endian uint64 words
+    (bit r of the row = row r of H), zero above rows[b].
 
-
-def _insert(basis: dict[int, tuple[int, int]], vector: int, combo: int) -> bool:
-    """Add a vector to an XOR basis keyed by leading bit; False if it was dependent."""
-    while vector:
-        lead = vector.bit_length() - 1
-        if lead not in basis:
-            basis[lead] = (vector, combo)
-            return True
-        base_vec, base_combo = basis[lead]
-        vector ^= base_vec
-        combo ^= base_combo
-    return False
-
-
-def rows_for_full_rank(elements: np.ndarray) -> int:
-    """Smallest m >= len(elements) such that H's first m rows restricted to these columns
-    have full column rank (each extra row halves the chance of a dependency).
-
-    Column rank equals row rank, so this is the first m at which the rows, inserted one by one
-    into an XOR basis, span all c columns: one elimination pass, no retries.
+    k holds the indices (int64); only their parity counts. In the grid layout block b is grid
+    column b and all blocks share the row hashes: the numba kernel hashes each grid row once and
+    XORs it into the blocks of its odd elements; without numba each word is one masked
+    XOR-reduce down the grid's columns.
     """
-    c = elements.size
-    if c == 0:
-        return 0
-    n_bits = c + 64
-    words = np.stack([hash_words(elements, w) for w in range(-(-n_bits // 64))], axis=1)
-    column_bits = np.unpackbits(words.astype("<u8").view(np.uint8).reshape(c, -1), axis=1,
-                                bitorder="little")[:, :n_bits]
-    rows = np.packbits(column_bits.T, axis=1, bitorder="little")  # row r: bit j = H[r, col j]
-    basis: dict[int, tuple[int, int]] = {}
-    for r in range(n_bits):
-        if _insert(basis, int.from_bytes(rows[r].tobytes(), "little"), 0) and len(basis) == c:
-            return max(r + 1, c)
-    raise SafeguardError("syndrome: could not reach full rank")  # probability ~2^-64
+    rows_arr = np.asarray(rows, dtype=np.int64)
+    n_words = words_for(int(rows_arr.max(initial=0)))
+    out = np.zeros((n_blocks, n_words), dtype=np.uint64)
+    if n_words == 0:
+        return out
+    k = np.ascontiguousarray(k, dtype=np.int64).ravel()
+    if native is not None:
+        native.syndromes_kernel(k, n_blocks, n_words, out)
+    else:
+        n = k.size
+        grid_rows = -(-n // n_blocks)
+        odd = np.zeros(grid_rows * n_blocks, dtype=bool)
+        np.bitwise_and(k, 1, out=odd[:n], casting="unsafe")
+        odd = odd.reshape(grid_rows, n_blocks)
+        keys = np.arange(grid_rows, dtype=np.uint64)
+        zero = np.uint64(0)
+        for word in range(n_words):
+            masked = np.where(odd, hash_words(keys, word)[:, None], zero)
+            out[:, word] = np.bitwise_xor.reduce(masked, axis=0)
+    # Clear the bits at and above each block's row count.
+    bit = np.arange(n_words, dtype=np.int64)[None, :] * 64
+    keep = np.clip(rows_arr[:, None] - bit, 0, 64)
+    full = keep == 64
+    mask = np.where(full, np.uint64(0xFFFF_FFFF_FFFF_FFFF),
+                    (np.uint64(1) << keep.astype(np.uint64) % np.uint64(64)) - np.uint64(1))
+    return out & mask
 
 
-def solve(columns: list[int], syndrome: int) -> int:
-    """Unique x (bit j = column j) with XOR_j x_j columns[j] = syndrome.
+def _load_native():
+    """The numba kernels (gf2_native), or None: the light client install has no numba, and
+    REPROCODEC_PURE_PYTHON_GF2=1 forces the references (the tests compare the two)."""
+    if os.environ.get("REPROCODEC_PURE_PYTHON_GF2"):
+        return None
+    try:
+        from . import gf2_native
+    except ImportError:
+        return None
+    return gf2_native
 
-    When the columns are dependent and the syndrome is zero, x = 0 is returned (the decoder's
-    own indices are consistent; the stream's index checksum has the last word). Otherwise a
-    missing or ambiguous solution means the decoder is outside the error bound.
-    """
-    basis: dict[int, tuple[int, int]] = {}
-    independent = True
-    for j, col in enumerate(columns):
-        independent &= _insert(basis, col, 1 << j)
-    x = 0
-    s = syndrome
-    while s:
-        lead = s.bit_length() - 1
-        if lead not in basis:
-            raise SafeguardError("syndrome is inconsistent: decoder is outside the error bound")
-        base_vec, base_combo = basis[lead]
-        s ^= base_vec
-        x ^= base_combo
-    if x and not independent:
-        raise SafeguardError("syndrome is ambiguous: decoder is outside the error bound")
-    return x
+
+def to_int(words: np.ndarray) -> int:
+    """Little-endian uint64 words as a Python int (the bit writer's unit)."""
+    return int.from_bytes(np.ascontiguousarray(words, dtype="<u8").tobytes(), "little")
+
+
+def to_words(value: int, n_words: int) -> np.ndarray:
+    return np.frombuffer(value.to_bytes(8 * n_words, "little"), dtype="<u8").astype(np.uint64)
+
+
+def check_rows(rows: np.ndarray, n: int, n_blocks: int) -> None:
+    """Decoder-side sanity of the per-block row counts read from a stream."""
+    if rows.size and int(rows.max()) > min(-(-n // n_blocks) + 64, MAX_BLOCK_ROWS):
+        raise SafeguardError("side information has an impossible syndrome size")
+
+
+native = _load_native()

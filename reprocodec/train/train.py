@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from compressai.entropy_models import EntropyModel
 from compressai.losses import RateDistortionLoss
 
 from reprocodec.train.models import build_model
@@ -48,6 +49,11 @@ class TrainConfig:
     log_every: int = 50
     threads: int = 2
     device: str = "cpu"  # "cuda" trains far faster; export and CDFs are computed on CPU anyway
+    # bf16: the four transforms run under autocast, the entropy models in fp32 (see
+    # mixed_precision). Measured on this 2-core CPU (N=64, M=128, batch 8, 128 px): 322 ms/step
+    # fp32, 174 ms channels-last, 100 ms channels-last + bf16.
+    precision: str = "bf16"
+    channels_last: bool = True
 
 
 class PatchSampler:
@@ -107,6 +113,29 @@ def load_init(model: torch.nn.Module, path: str) -> tuple[list[str], int]:
     return copied, int(ck.get("step", 0))
 
 
+def mixed_precision(model: torch.nn.Module, device_type: str) -> None:
+    """Run the model under bf16 autocast except its entropy models, which stay fp32.
+
+    The transforms (convolutions and GDN) tolerate bf16 like any conv net; the likelihoods
+    (erfc of y/sigma, the bottleneck's logistic CDF differences) are where the rate estimate
+    lives and would lose it at 8 mantissa bits, so their inputs are cast back to fp32 and
+    autocast is switched off inside. Only training uses this: export, calibration and every
+    codec path run the plain fp32 model.
+    """
+    for module in model.modules():
+        if not isinstance(module, EntropyModel):
+            continue
+        forward = module.forward
+
+        def fp32_forward(*args, _forward=forward, **kwargs):
+            def f(v):
+                return v.float() if torch.is_tensor(v) and v.is_floating_point() else v
+            with torch.autocast(device_type, enabled=False):
+                return _forward(*map(f, args), **{k: f(v) for k, v in kwargs.items()})
+
+        module.forward = fp32_forward  # type: ignore[method-assign]
+
+
 def psnr_from_mse(mse: float) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
@@ -118,7 +147,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
 
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
     model = build_model(cfg.arch, cfg.N, cfg.M).to(cfg.device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    if cfg.precision == "bf16":
+        mixed_precision(model, torch.device(cfg.device).type)
+    autocast = torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16,
+                              enabled=cfg.precision == "bf16")
     main_params, aux_params = split_parameters(model)
     opt = torch.optim.Adam(main_params, lr=cfg.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
@@ -142,7 +179,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     def save(final: bool = False) -> None:
         tmp = ckpt_path.with_suffix(".tmp")
-        weights = {k: v.cpu() for k, v in model.state_dict().items()}
+        weights = {k: v.cpu().contiguous() for k, v in model.state_dict().items()}
         torch.save({"model": weights, "opt": opt.state_dict(),
                     "aux_opt": aux_opt.state_dict(), "sampler": sampler.state(),
                     "torch_rng": torch.get_rng_state(), "step": step, "seconds": seconds,
@@ -171,10 +208,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         lr = cfg.lr if decay_step is None else cfg.lr / 5
         for g in opt.param_groups:
             g["lr"] = lr
-        x = sampler.next().to(cfg.device)
+        x = sampler.next().to(cfg.device).contiguous(memory_format=memory_format)
         opt.zero_grad()
         aux_opt.zero_grad()
-        out = model(x)
+        with autocast:
+            out = model(x)
+        out["x_hat"] = out["x_hat"].float()
         losses = criterion(out, x)
         if not torch.isfinite(losses["loss"]):
             # GDN can blow up at high learning rates: skip the batch rather than poison Adam.
@@ -231,7 +270,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         ap.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(d, field))
     for field in ("lr", "lr_decay_at", "aux_lr", "budget_s"):
         ap.add_argument(f"--{field.replace('_', '-')}", type=float, default=getattr(d, field))
-    for field in ("data", "init", "runs", "device"):
+    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    for field in ("data", "init", "runs", "device", "precision"):
         ap.add_argument(f"--{field}", default=getattr(d, field))
     return TrainConfig(**vars(ap.parse_args(argv)))
 
