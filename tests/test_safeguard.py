@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -291,3 +293,35 @@ def test_syndromes_native_equal_reference():
         finally:
             syndrome.native = saved
         assert np.array_equal(native, reference)
+
+
+def test_light_install_without_numba_writes_and_reads_the_same_streams():
+    """The client install has no numba: the Python references must produce byte-identical
+    syndrome streams and resolve the native ones (and vice versa)."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, numpy as np
+from reprocodec.safeguard import DecisionQuantizer, ErrorBound, protect, resolve, syndrome
+rng = np.random.default_rng(5)
+v = rng.uniform(0, 255, 200_000)
+q, b = DecisionQuantizer.uniform(1.0), ErrorBound.absolute(2e-3)
+p = protect(v, q, b, "syndrome")
+other = bytes.fromhex(sys.stdin.read().strip() or p.stream.hex())
+w = v + rng.uniform(-2e-3, 2e-3, v.size)
+assert np.array_equal(resolve(w, q, b, other, "syndrome"), p.indices)
+print(syndrome.native is not None, p.stream.hex())
+"""
+    def run(pure: bool, stdin: str = "") -> tuple[str, str]:
+        env = {**os.environ, "REPROCODEC_PURE_PYTHON_GF2": "1" if pure else ""}
+        done = subprocess.run([sys.executable, "-c", script], input=stdin, env=env,
+                              capture_output=True, text=True, timeout=300, check=True)
+        native, stream = done.stdout.split()
+        return native, stream
+
+    native_flag, native_stream = run(pure=False)
+    pure_flag, pure_stream = run(pure=True, stdin=native_stream)
+    assert (native_flag, pure_flag) == ("True", "False")
+    assert pure_stream == native_stream
+    run(pure=False, stdin=pure_stream)
