@@ -18,17 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import native
+from .hashing import hash_words
+from .native import AMBIGUOUS, INCONSISTENT, SOLVED, TOO_FEW_ROWS
 from .quantizer import SafeguardError
-from .syndrome import (
-    AMBIGUOUS,
-    INCONSISTENT,
-    SOLVED,
-    TOO_FEW_ROWS,
-    hash_words,
-    native,
-    to_int,
-    words_for,
-)
+from .syndrome import to_int, words_for
 
 _ERRORS = {
     INCONSISTENT: "syndrome is inconsistent: decoder is outside the error bound",
@@ -122,25 +116,22 @@ def block_solve_python(keys: np.ndarray, starts: np.ndarray, rows: np.ndarray,
 
 # ---------------------------------------------------------------- dispatch ------------------
 
-_KERNELS = (native.rows_kernel, native.solve_kernel) if native else None
-NATIVE = _KERNELS is not None
+NATIVE = native.AVAILABLE
 
 
 def block_rows_native(keys: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    assert _KERNELS is not None
     out = np.zeros(starts.size - 1, dtype=np.int64)
-    if _KERNELS[0](keys.astype(np.int64), starts.astype(np.int64), out) >= 0:
+    if native.rows_kernel(keys.astype(np.int64), starts.astype(np.int64), out) >= 0:
         raise SafeguardError("syndrome: could not reach full rank")
     return out
 
 
 def block_solve_native(keys: np.ndarray, starts: np.ndarray, rows: np.ndarray,
                        residual: np.ndarray) -> np.ndarray:
-    assert _KERNELS is not None
     flips = np.zeros(keys.size, dtype=bool)
     if residual.shape[1] == 0:  # every block has zero rows
         residual = np.zeros((residual.shape[0], 1), dtype=np.uint64)
-    status = _KERNELS[1](keys.astype(np.int64), starts.astype(np.int64),
+    status = native.solve_kernel(keys.astype(np.int64), starts.astype(np.int64),
                          rows.astype(np.int64), np.ascontiguousarray(residual, np.uint64), flips)
     if status != SOLVED:
         raise SafeguardError(_ERRORS[status])
@@ -150,11 +141,12 @@ def block_solve_native(keys: np.ndarray, starts: np.ndarray, rows: np.ndarray,
 def block_rows(keys: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Encoder: per block, the fewest rows of H whose restriction to the block's columns has
     full column rank (at least the column count)."""
-    return (block_rows_native if NATIVE else block_rows_python)(keys, starts)
+    return (block_rows_native if native.AVAILABLE else block_rows_python)(keys, starts)
 
 
 def block_solve(keys: np.ndarray, starts: np.ndarray, rows: np.ndarray,
                 residual: np.ndarray) -> np.ndarray:
     """Decoder: which columns (as a mask over keys) XOR to each block's residual syndrome.
     Raises SafeguardError where no unique answer exists (decoder outside the bound)."""
-    return (block_solve_native if NATIVE else block_solve_python)(keys, starts, rows, residual)
+    solve = block_solve_native if native.AVAILABLE else block_solve_python
+    return solve(keys, starts, rows, residual)

@@ -43,33 +43,9 @@ class Protected:
     candidate_count: int  # syndrome: encoder's 2e-zone C_2; otherwise = risky_count
 
 
-def _flat_values(v: np.ndarray, what: str) -> np.ndarray:
-    flat = np.asarray(v, dtype=np.float64).ravel()
-    if not np.all(np.isfinite(flat)):
-        raise SafeguardError(f"{what} contains NaN or infinity; it cannot be protected")
-    return flat
-
-
-def _prepare(v: np.ndarray, quantizer: DecisionQuantizer, bound: ErrorBound, what: str):
-    quantizer.check_bound(bound)
-    flat = _flat_values(v, what)
-    return flat, quantizer.index(flat)
-
-
-def _within(flat: np.ndarray, quantizer: DecisionQuantizer, radius) -> tuple[np.ndarray, Nearest]:
-    """Positions (ascending) of the elements within radius(t) of their nearest threshold t, and
-    the Nearest of just those elements.
-
-    A uniform grid (absolute bound, scalar radius) needs only the distance of every element;
-    the threshold numbers are computed for the few that are close, which is most of the time
-    saved on a million-pixel tensor.
-    """
-    if quantizer.thresholds is None:
-        positions = np.flatnonzero(quantizer.distance(flat) <= radius(0.0))
-        return positions, quantizer.nearest(flat[positions])
-    near = quantizer.nearest(flat)
-    positions = np.flatnonzero(near.distance <= radius(near.t))
-    return positions, near.take(positions)
+def _nearest_of(v: np.ndarray, positions: np.ndarray, quantizer: DecisionQuantizer) -> Nearest:
+    """Nearest thresholds of the elements the stream names (flags, simplified)."""
+    return quantizer.nearest(np.asarray(v).ravel()[positions].astype(np.float64))
 
 
 def _header(mode: Mode, n: int) -> bytes:
@@ -93,27 +69,26 @@ def protect(
     """Encoder side: the indices to code with and the side information that lets any decoder
     whose values are within `bound` of `v_enc` reproduce them exactly."""
     mode = Mode(mode)
-    flat, k = _prepare(v_enc, quantizer, bound, "encoder tensor")
+    quantizer.check_bound(bound)
     shape = np.shape(v_enc)
     if mode is Mode.NONE:
-        return Protected(k.reshape(shape), b"", mode, 0, 0)
-    n = flat.size
+        return Protected(quantizer.index(v_enc, "encoder tensor"), b"", mode, 0, 0)
+    n = int(np.prod(shape))
     writer = BitWriter()
     if mode is Mode.FLAGS:
-        risky, near = _within(flat, quantizer, bound.risky_radius)
+        k, risky, near = quantizer.index_and_near(v_enc, bound.risky_radius, "encoder tensor")
         varints = encode_varint(risky.size)
         write_positions(writer, risky)
         writer.write_bits(k[risky] - near.j, 1)  # 1 = above the threshold
         candidates = risky_count = risky.size
     elif mode is Mode.SIMPLIFIED:
-        risky, near = _within(flat, quantizer, bound.risky_radius)
+        k, risky, near = quantizer.index_and_near(v_enc, bound.risky_radius, "encoder tensor")
         varints = encode_varint(risky.size)
         write_positions(writer, risky)
-        k = k.copy()
         k[risky] = near.j  # canonical: the bin at/below the threshold, on both sides
         candidates = risky_count = risky.size
     else:
-        zone, near = _within(flat, quantizer, bound.encoder_radius)  # C_2
+        k, zone, near = quantizer.index_and_near(v_enc, bound.encoder_radius, "encoder tensor")
         risky_count = int(np.count_nonzero(near.distance <= bound.risky_radius(near.t)))
         n_blocks = gf2.choose_block_count(n, zone)
         varints = encode_varint(n_blocks)
@@ -121,7 +96,7 @@ def protect(
             _, keys, starts = gf2.split_blocks(zone, n_blocks)
             rows = elimination.block_rows(keys, starts)
             writer.write_rice(rows)
-            for words, m in zip(gf2.block_syndromes(k & 1, n_blocks, rows), rows.tolist(),
+            for words, m in zip(gf2.block_syndromes(k, n_blocks, rows), rows.tolist(),
                                 strict=True):
                 writer.write_int(gf2.to_int(words), m)
         candidates = zone.size
@@ -143,34 +118,37 @@ def resolve(
     the index checksum the container carries (reprocodec.checksum).
     """
     mode = Mode(mode)
-    flat, k = _prepare(v_dec, quantizer, bound, "decoder tensor")
+    quantizer.check_bound(bound)
     shape = np.shape(v_dec)
     if mode is Mode.NONE:
         if stream:
             raise SafeguardError("mode 'none' carries no side information, got some")
-        return k.reshape(shape)
-    n = flat.size
+        return quantizer.index(v_dec, "decoder tensor")
+    n = int(np.prod(shape))
     pos = _read_header(stream, mode, n)
     count, pos = decode_varint(stream, pos)
     reader = BitReader(stream[pos:])
+    if mode is not Mode.SYNDROME:
+        k = quantizer.index(v_dec, "decoder tensor").ravel()
     if mode is Mode.FLAGS:
         risky = read_positions(reader, count, n)
         above = reader.read_bits(risky.size, 1).astype(np.int64)
-        k[risky] = quantizer.nearest(flat[risky]).j + above
+        k[risky] = _nearest_of(v_dec, risky, quantizer).j + above
     elif mode is Mode.SIMPLIFIED:
         risky = read_positions(reader, count, n)
-        k[risky] = quantizer.nearest(flat[risky]).j
+        k[risky] = _nearest_of(v_dec, risky, quantizer).j
     else:
         n_blocks = count
         if n_blocks > n:
             raise SafeguardError("side information has more syndrome blocks than elements")
+        # C_d: the decoder's own risky zone, the only place where k can differ.
+        k, zone, near = quantizer.index_and_near(v_dec, bound.risky_radius, "decoder tensor")
         if n_blocks:
             rows = reader.read_rice(n_blocks)
             gf2.check_rows(rows, n, n_blocks)
             sent = [reader.read_int(m) for m in rows.tolist()]
-            known = gf2.block_syndromes(k & 1, n_blocks, rows)
+            known = gf2.block_syndromes(k, n_blocks, rows)
             residual = np.stack([gf2.to_words(s, known.shape[1]) for s in sent]) ^ known
-            zone, near = _within(flat, quantizer, bound.risky_radius)  # C_d: only here can k differ
             order, keys, starts = gf2.split_blocks(zone, n_blocks)
             flip = order[elimination.block_solve(keys, starts, rows, residual)]
             k[zone[flip]] = 2 * near.j[flip] + 1 - k[zone[flip]]  # the other of j, j + 1

@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import native
 from .bounds import ErrorBound
+
+# Beyond 2**52 grid steps floor() and the fractional part stop being exact.
+_UNIFORM_LIMIT = 2.0**52
 
 
 class SafeguardError(ValueError):
@@ -61,29 +65,68 @@ class DecisionQuantizer:
     def thresholds(self) -> np.ndarray | None:
         return self._thresholds
 
-    def index(self, v: np.ndarray) -> np.ndarray:
+    def index(self, v: np.ndarray, what: str = "tensor") -> np.ndarray:
         """k(v) = #{t : v > t}, as int64, same shape as v."""
-        v = np.asarray(v, dtype=np.float64)
-        if self._thresholds is not None:
-            return np.searchsorted(self._thresholds, v, side="left").astype(np.int64)
-        return np.ceil((v - self.offset) / self.step - 0.5).astype(np.int64)
+        k, _, _ = self.index_and_near(v, None, what)
+        return k.reshape(np.shape(v))
 
-    def distance(self, v: np.ndarray) -> np.ndarray:
-        """|v - t| for the nearest threshold t of each element (flat float64 input).
+    def index_and_near(self, v: np.ndarray, radius, what: str = "tensor"
+                       ) -> tuple[np.ndarray, np.ndarray, Nearest]:
+        """(k, positions, near): k(v) for every element (flat int64), the positions (ascending)
+        of the elements within radius(t) of their nearest threshold t, and the Nearest of just
+        those elements. radius None: no positions.
 
-        On a uniform grid that is |frac(u) - 1/2| * step with u = (v - offset) / step: three
-        passes over the tensor and no threshold numbers, which `nearest` computes only for the
-        elements that turn out to be close.
+        A uniform grid takes a scalar radius (absolute bounds) and one fused pass (numba) or
+        its numpy reference: threshold numbers are computed only for the elements that are
+        close, which is most of the time saved on a million-pixel tensor.
         """
-        if self._thresholds is not None:
-            return self.nearest(v).distance
-        u = (v - self.offset) / self.step if (self.offset, self.step) != (0.0, 1.0) else v
-        d = u - np.floor(u)
-        d -= 0.5
-        np.abs(d, out=d)
-        if self.step != 1.0:
-            d *= self.step
-        return d
+        if self._thresholds is None:
+            r = -1.0 if radius is None else float(radius(0.0))
+            flat = np.ascontiguousarray(v).ravel()
+            if flat.dtype not in (np.float32, np.float64):
+                flat = flat.astype(np.float64)
+            if native.AVAILABLE:
+                k = np.empty(flat.size, dtype=np.int64)
+                near_pos = np.empty(flat.size if radius is not None else 0, dtype=np.int64)
+                count = native.uniform_kernel(flat, self.offset, self.step, r, k, near_pos)
+                positions = near_pos[:max(count, 0)].copy()
+            else:
+                count, k, positions = self._uniform_reference(flat, r)
+            if count < 0:
+                raise SafeguardError(f"{what} contains NaN or infinity, or values beyond 2**52 "
+                                     "grid steps; it cannot be protected")
+            return k, positions, self.nearest(flat[positions].astype(np.float64))
+        flat = np.asarray(v, dtype=np.float64).ravel()
+        if not np.all(np.isfinite(flat)):
+            raise SafeguardError(f"{what} contains NaN or infinity; it cannot be protected")
+        k = np.searchsorted(self._thresholds, flat, side="left").astype(np.int64)
+        if radius is None:
+            return k, np.zeros(0, dtype=np.int64), self.nearest(flat[:0])
+        near = self.nearest(flat)
+        positions = np.flatnonzero(near.distance <= radius(near.t))
+        return k, positions, near.take(positions)
+
+    def _uniform_reference(self, flat: np.ndarray, radius: float
+                           ) -> tuple[int, np.ndarray, np.ndarray]:
+        """numpy twin of native.uniform_kernel (the same float64 operations, so the same
+        results): u = (v - offset) / step, j = floor(u), f = u - j, k = j + (f > 1/2),
+        distance |f - 1/2| * step."""
+        scaled = (self.offset, self.step) != (0.0, 1.0)
+        u = flat.astype(np.float64)
+        if scaled:
+            u = (u - self.offset) / self.step
+        if u.size and not np.max(np.abs(u)) < _UNIFORM_LIMIT:  # false for NaN too
+            return -1, np.zeros(0, np.int64), np.zeros(0, np.int64)
+        j = np.floor(u)
+        f = u - j
+        k = j.astype(np.int64)
+        k += f > 0.5
+        f -= 0.5
+        np.abs(f, out=f)
+        if scaled:
+            f *= self.step
+        positions = np.flatnonzero(f <= radius)
+        return int(positions.size), k, positions
 
     def nearest(self, v: np.ndarray) -> Nearest:
         """The threshold nearest to each element of v (flat float64 input)."""

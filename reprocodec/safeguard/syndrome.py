@@ -19,11 +19,12 @@ that find m_b and solve the decoder's systems live in `elimination`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from . import native
+from .hashing import hash_words
 from .quantizer import SafeguardError
 
 # Mean number of encoder candidates per block. Larger blocks send fewer per-block row counts
@@ -34,31 +35,6 @@ TARGET_CANDIDATES_PER_BLOCK = 64
 # bounds what a hostile stream can make the decoder allocate (rows x candidates bits).
 MAX_BLOCK_ROWS = 1 << 14
 MAX_BLOCK_CANDIDATES = MAX_BLOCK_ROWS - 64
-
-# Outcomes of one block's decoder solve (shared by both elimination implementations).
-SOLVED, INCONSISTENT, AMBIGUOUS, TOO_FEW_ROWS = 0, 1, 2, 3
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_WORD_KEY = np.uint64(0xD1B54A32D192ED03)
-_SALT = np.uint64(0x7265_7072_6F63_6463)  # "reprocdc"
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-HASH_CONSTANTS = (_GOLDEN, _WORD_KEY, _SALT, _M1, _M2)
-
-
-def hash_words(keys: np.ndarray, word: int) -> np.ndarray:
-    """Bits 64*word .. 64*word+63 of the columns of H for the given grid rows
-    (splitmix64 finalizer of a linear combination: fast, well mixed, fully specified)."""
-    with np.errstate(over="ignore"):
-        x = np.asarray(keys, dtype=np.uint64) * _GOLDEN
-        x += np.uint64(word + 1) * _WORD_KEY + _SALT
-        x ^= x >> np.uint64(30)
-        x *= _M1
-        x ^= x >> np.uint64(27)
-        x *= _M2
-        x ^= x >> np.uint64(31)
-        return x
-
 
 def words_for(bits: int) -> int:
     return -(-bits // 64)
@@ -93,9 +69,9 @@ def block_syndromes(k: np.ndarray, n_blocks: int, rows: np.ndarray | Sequence[in
     (bit r of the row = row r of H), zero above rows[b].
 
     k holds the indices (int64); only their parity counts. In the grid layout block b is grid
-    column b and all blocks share the row hashes: the numba kernel hashes each grid row once and
-    XORs it into the blocks of its odd elements; without numba each word is one masked
-    XOR-reduce down the grid's columns.
+    column b and all blocks share the row hashes: the numba kernel (`native`) hashes each grid
+    row once and XORs it into the blocks of its odd elements; without numba each word is one
+    masked XOR-reduce down the grid's columns.
     """
     rows_arr = np.asarray(rows, dtype=np.int64)
     n_words = words_for(int(rows_arr.max(initial=0)))
@@ -103,7 +79,7 @@ def block_syndromes(k: np.ndarray, n_blocks: int, rows: np.ndarray | Sequence[in
     if n_words == 0:
         return out
     k = np.ascontiguousarray(k, dtype=np.int64).ravel()
-    if native is not None:
+    if native.AVAILABLE:
         native.syndromes_kernel(k, n_blocks, n_words, out)
     else:
         n = k.size
@@ -125,18 +101,6 @@ def block_syndromes(k: np.ndarray, n_blocks: int, rows: np.ndarray | Sequence[in
     return out & mask
 
 
-def _load_native():
-    """The numba kernels (gf2_native), or None: the light client install has no numba, and
-    REPROCODEC_PURE_PYTHON_GF2=1 forces the references (the tests compare the two)."""
-    if os.environ.get("REPROCODEC_PURE_PYTHON_GF2"):
-        return None
-    try:
-        from . import gf2_native
-    except ImportError:
-        return None
-    return gf2_native
-
-
 def to_int(words: np.ndarray) -> int:
     """Little-endian uint64 words as a Python int (the bit writer's unit)."""
     return int.from_bytes(np.ascontiguousarray(words, dtype="<u8").tobytes(), "little")
@@ -151,5 +115,3 @@ def check_rows(rows: np.ndarray, n: int, n_blocks: int) -> None:
     if rows.size and int(rows.max()) > min(-(-n // n_blocks) + 64, MAX_BLOCK_ROWS):
         raise SafeguardError("side information has an impossible syndrome size")
 
-
-native = _load_native()
