@@ -178,29 +178,48 @@ def test_values_beyond_exact_grid_arithmetic_are_rejected():
                 ErrorBound.absolute(0.1), "syndrome")
 
 
-@pytest.mark.parametrize("step, offset", [(1.0, 0.0), (1 / 32, 0.0), (0.3, -0.17)])
-def test_uniform_kernel_equals_numpy_reference(step, offset):
-    """The fused numba pass and its numpy twin agree on k and on the near positions, on values
-    exactly at thresholds, one ulp either side, at +-0, negative and float32 inputs."""
+def _assert_native_equals_reference(q, values, radius):
     from reprocodec.safeguard import native
 
     if not native.AVAILABLE:
         pytest.fail("numba is part of the server extra the tests run with")
+    for v in (values, values.astype(np.float32)):
+        for r in (None, radius):
+            k, pos, near = q.index_and_near(v, r)
+            native.AVAILABLE = False
+            try:
+                k_ref, pos_ref, near_ref = q.index_and_near(v, r)
+            finally:
+                native.AVAILABLE = True
+            assert np.array_equal(k, k_ref) and np.array_equal(pos, pos_ref)
+            assert np.array_equal(near.j, near_ref.j)
+            assert np.array_equal(near.distance, near_ref.distance)
+
+
+def test_thresholds_kernel_equals_numpy_reference():
+    """Sorted thresholds (a CompressAI-like log-spaced scale table, relative bound): the numba
+    pass and the numpy reference agree at, around and outside the thresholds."""
+    t = np.exp(np.linspace(np.log(0.11), np.log(256), 63))
+    q, bound = DecisionQuantizer.from_thresholds(t), ErrorBound.relative(1e-4)
+    rng = np.random.default_rng(2)
+    mid = (t[1:] + t[:-1]) / 2
+    values = np.concatenate([t, np.nextafter(t, np.inf), np.nextafter(t, -np.inf), mid,
+                             t * (1 + 1e-4), [0.0, -1.0, 1e6], rng.uniform(0, 300, 20_000)])
+    _assert_native_equals_reference(q, values, bound.risky_radius)
+    _assert_native_equals_reference(q, values, bound.encoder_radius)
+    assert np.array_equal(q.index(t), np.arange(t.size))  # a threshold belongs to the bin below
+
+
+@pytest.mark.parametrize("step, offset", [(1.0, 0.0), (1 / 32, 0.0), (0.3, -0.17)])
+def test_uniform_kernel_equals_numpy_reference(step, offset):
+    """The fused numba pass and its numpy twin agree on k and on the near positions, on values
+    exactly at thresholds, one ulp either side, at +-0, negative and float32 inputs."""
     q = DecisionQuantizer.uniform(step, offset)
     rng = np.random.default_rng(1)
     t = offset + (np.arange(-300, 300) + 0.5) * step
     values = np.concatenate([t, np.nextafter(t, np.inf), np.nextafter(t, -np.inf),
                              [0.0, -0.0, offset], rng.uniform(-100, 100, 20_000)])
-    for v in (values, values.astype(np.float32)):
-        for radius in (None, lambda t: 1e-3 * step):
-            k, pos, near = q.index_and_near(v, radius)
-            native.AVAILABLE = False
-            try:
-                k_ref, pos_ref, near_ref = q.index_and_near(v, radius)
-            finally:
-                native.AVAILABLE = True
-            assert np.array_equal(k, k_ref) and np.array_equal(pos, pos_ref)
-            assert np.array_equal(near.j, near_ref.j)
+    _assert_native_equals_reference(q, values, lambda t: 1e-3 * step)
     # And k is #{t : v > t}: an exact threshold belongs to the bin below, one ulp above it to
     # the bin above. (Only where the grid arithmetic is exact: a dyadic step, |u| >= 1. Elsewhere
     # the computed threshold is within an ulp or so of the true one, which RADIUS_SLACK covers.)

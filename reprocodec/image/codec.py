@@ -199,7 +199,10 @@ class ImageCodec:
         dtype = numerics.synthesis_dtype()
         with torch.no_grad():
             x_hat = self.model.g_s(numerics.prepare_input(y_hat.to(dtype)))
-        v = np.clip(_numpy64(x_hat)[0, :, :height, :width].transpose(1, 2, 0) * 255.0, 0, 255)
+            # Crop, then float64: the same IEEE operations as on the whole padded tensor, on
+            # fewer elements, and H x W x C contiguous for the safeguard's single pass.
+            v = (x_hat[0, :, :height, :width].permute(1, 2, 0).to(torch.float64) * 255.0)
+            v = v.clamp_(0, 255).contiguous().numpy()
         if channels == 1:
             v = v.mean(axis=2, keepdims=True)
         return v

@@ -81,17 +81,49 @@ if AVAILABLE:
 
     @jit
     def syndromes_kernel(k, n_blocks, n_words, out):
-        """out[b] ^= column(row) for every odd k in block b: one pass in grid order, one hash per
-        grid row."""
+        """out[w, b] ^= word w of column(row) for every odd k in block b: one pass in grid
+        order, one hash per grid row, branch-free (the parity becomes an all-ones or all-zeros
+        mask) so the inner loop over blocks vectorizes."""
         n = k.size
         column_words = np.empty(n_words, np.uint64)
         for row in range((n + n_blocks - 1) // n_blocks):
             column(row, 64 * n_words, column_words)
             base = row * n_blocks
-            for b in range(min(n_blocks, n - base)):
-                if k[base + b] & 1:
-                    for w in range(n_words):
-                        out[b, w] ^= column_words[w]
+            width = min(n_blocks, n - base)
+            for w in range(n_words):
+                word = column_words[w]
+                for b in range(width):
+                    out[w, b] ^= word & (ZERO - np.uint64(k[base + b] & 1))
+
+    @jit
+    def thresholds_kernel(v, thresholds, radius, k, near):
+        """One pass of DecisionQuantizer over sorted thresholds (see its numpy reference in
+        index_and_near): k[i] = #{t : v[i] > t}; near[:count] = positions whose distance to
+        the nearest threshold j is within radius[j]. Returns count, or -1 on NaN/infinity."""
+        last = thresholds.size - 1
+        count = 0
+        for i in range(v.size):
+            x = np.float64(v[i])
+            if not abs(x) < np.inf:
+                return -1
+            # lo = #{t < x}: a branch-free binary search (selects, not jumps; the values are
+            # random with respect to the thresholds, so branches would mispredict half the time).
+            lo, n = 0, thresholds.size
+            while n > 1:
+                half = n >> 1
+                lo = lo + half if thresholds[lo + half - 1] < x else lo
+                n -= half
+            lo += 1 if thresholds[lo] < x else 0
+            k[i] = lo
+            below = min(max(lo - 1, 0), last)
+            above = min(lo, last)
+            d_below = abs(x - thresholds[below])
+            d_above = abs(x - thresholds[above])
+            j = below if d_below <= d_above else above
+            if min(d_below, d_above) <= radius[j]:
+                near[count] = i
+                count += 1
+        return count
 
     @jit
     def insert(vec, combo, basis, combos, slot, count):

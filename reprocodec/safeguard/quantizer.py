@@ -96,10 +96,25 @@ class DecisionQuantizer:
                 raise SafeguardError(f"{what} contains NaN or infinity, or values beyond 2**52 "
                                      "grid steps; it cannot be protected")
             return k, positions, self.nearest(flat[positions].astype(np.float64))
-        flat = np.asarray(v, dtype=np.float64).ravel()
+        flat = np.ascontiguousarray(v).ravel()
+        if flat.dtype not in (np.float32, np.float64):
+            flat = flat.astype(np.float64)
+        t_all = self._thresholds
+        if native.AVAILABLE:
+            # Per-threshold radii: radius(t) of the nearest threshold, as the reference computes.
+            r_all = np.broadcast_to(-1.0 if radius is None else radius(t_all), t_all.shape)
+            k = np.empty(flat.size, dtype=np.int64)
+            near_pos = np.empty(flat.size if radius is not None else 0, dtype=np.int64)
+            count = native.thresholds_kernel(flat, t_all, np.ascontiguousarray(r_all, np.float64),
+                                             k, near_pos)
+            if count < 0:
+                raise SafeguardError(f"{what} contains NaN or infinity; it cannot be protected")
+            positions = near_pos[:count].copy()
+            return k, positions, self.nearest(flat[positions].astype(np.float64))
+        flat = flat.astype(np.float64, copy=False)
         if not np.all(np.isfinite(flat)):
             raise SafeguardError(f"{what} contains NaN or infinity; it cannot be protected")
-        k = np.searchsorted(self._thresholds, flat, side="left").astype(np.int64)
+        k = np.searchsorted(t_all, flat, side="left").astype(np.int64)
         if radius is None:
             return k, np.zeros(0, dtype=np.int64), self.nearest(flat[:0])
         near = self.nearest(flat)

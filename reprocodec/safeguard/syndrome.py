@@ -80,7 +80,9 @@ def block_syndromes(k: np.ndarray, n_blocks: int, rows: np.ndarray | Sequence[in
         return out
     k = np.ascontiguousarray(k, dtype=np.int64).ravel()
     if native.AVAILABLE:
-        native.syndromes_kernel(k, n_blocks, n_words, out)
+        by_word = np.zeros((n_words, n_blocks), dtype=np.uint64)
+        native.syndromes_kernel(k, n_blocks, n_words, by_word)
+        out[:] = by_word.T
     else:
         n = k.size
         grid_rows = -(-n // n_blocks)
