@@ -63,6 +63,29 @@ def load_shipped(path: Path) -> torch.nn.Module:
     return model.eval()
 
 
+def training_data_description(manifest: Path = Path("data/train/manifest.json")) -> str:
+    """What the prepared training set is (written by reprocodec.train.data), for the metadata."""
+    return json.loads(manifest.read_text())["description"] if manifest.exists() else ""
+
+
+def lineage(checkpoint: Path) -> list[dict]:
+    """The training stages behind a checkpoint, oldest first: each run's settings and steps,
+    following `init` (the checkpoint a run started from) while those files exist."""
+    stages: list[dict] = []
+    path: Path | None = checkpoint
+    while path is not None and path.exists() and len(stages) < 16:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = ck["config"]
+        stages.append({
+            "run": cfg["name"], "architecture": cfg["arch"], "lambda": cfg["lmbda"],
+            "steps": ck["step"], "init_step": ck.get("init_step"), "lr": cfg["lr"],
+            "lr_decay_step": ck.get("decay_step"), "batch": cfg["batch"], "patch": cfg["patch"],
+            "precision": cfg.get("precision", "fp32"), "seconds": round(ck["seconds"], 1),
+        })
+        path = Path(cfg["init"]) if cfg.get("init") else None
+    return stages[::-1]
+
+
 def export(checkpoint: Path, name: str, quality: int, out_dir: Path = WEIGHTS_DIR,
            aux_steps: int = 2000, extra: dict | None = None) -> dict:
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -94,6 +117,8 @@ def export(checkpoint: Path, name: str, quality: int, out_dir: Path = WEIGHTS_DI
             "seconds": ck["seconds"],
             "final_loss": hist[-1].get("loss"), "final_train_bpp": hist[-1].get("bpp"),
             "final_train_psnr": hist[-1].get("psnr"), "aux_loss": aux,
+            "precision": cfg.get("precision", "fp32"),
+            "lineage": lineage(checkpoint),
         },
         "bounds": {},
     }
@@ -115,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out-dir", type=Path, default=WEIGHTS_DIR)
     ap.add_argument("--aux-steps", type=int, default=2000)
     args = ap.parse_args(argv)
-    meta = export(args.checkpoint, args.name, args.quality, args.out_dir, args.aux_steps)
+    meta = export(args.checkpoint, args.name, args.quality, args.out_dir, args.aux_steps,
+                  extra={"training_data": training_data_description()})
     print(json.dumps(meta, indent=1))
 
 

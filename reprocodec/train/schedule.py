@@ -11,12 +11,11 @@ Lambdas follow CompressAI's quality ladder (q2 0.0035, q4 0.013, q6 0.045 ~ 0.2-
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from reprocodec.train.export import export
+from reprocodec.train.export import export, training_data_description
 from reprocodec.train.train import TrainConfig, train
 
 
@@ -67,9 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", help="run only these shipped names")
     args = ap.parse_args(argv)
-    data_manifest = Path("data/train/manifest.json")
-    data_desc = (json.loads(data_manifest.read_text())["description"]
-                 if data_manifest.exists() else "")
+    data_desc = training_data_description()
     for cfg, name, quality in stages(args.scale, args.minutes):
         if args.only and name not in args.only:
             continue
