@@ -80,11 +80,11 @@ class DecisionQuantizer:
         its numpy reference: threshold numbers are computed only for the elements that are
         close, which is most of the time saved on a million-pixel tensor.
         """
+        flat = np.ascontiguousarray(v).ravel()
+        if flat.dtype not in (np.float32, np.float64):  # the kernels read float32 or float64
+            flat = flat.astype(np.float64)
         if self._thresholds is None:
             r = -1.0 if radius is None else float(radius(0.0))
-            flat = np.ascontiguousarray(v).ravel()
-            if flat.dtype not in (np.float32, np.float64):
-                flat = flat.astype(np.float64)
             if native.AVAILABLE:
                 k = np.empty(flat.size, dtype=np.int64)
                 near_pos = np.empty(flat.size if radius is not None else 0, dtype=np.int64)
@@ -96,9 +96,6 @@ class DecisionQuantizer:
                 raise SafeguardError(f"{what} contains NaN or infinity, or values beyond 2**52 "
                                      "grid steps; it cannot be protected")
             return k, positions, self.nearest(flat[positions].astype(np.float64))
-        flat = np.ascontiguousarray(v).ravel()
-        if flat.dtype not in (np.float32, np.float64):
-            flat = flat.astype(np.float64)
         t_all = self._thresholds
         if native.AVAILABLE:
             # Per-threshold radii: radius(t) of the nearest threshold, as the reference computes.
