@@ -5,12 +5,13 @@ and a higher lambda, then an mbt2018-mean whose analysis/synthesis transforms (a
 and entropy bottleneck, which have the same shapes) start from the base. Each model is exported to
 reprocodec/weights/ as soon as it finishes, so usable weights exist early. Every stage resumes from
 its checkpoint, so rerunning the command after an interruption continues where it stopped.
-Lambdas follow CompressAI's quality ladder (q2 0.0035, q4 0.013, q6 0.045 ~ 0.2-1.0 bpp).
+Lambdas 0.0025 / 0.013 / 0.032 put the three bmshj models near 0.23 / 0.61 / 0.9 bpp on Kodak.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,11 +24,9 @@ def stages(scale: float, minutes: float) -> list[tuple[TrainConfig, str, int]]:
     """(config, shipped name, quality rank) in training order.
 
     scale multiplies every stage's step cap; minutes (> 0) gives the stages wall-clock budgets
-    instead (the machine's 2 cores are shared, so steps/s is unpredictable): the bmshj chain
-    (base, then the two fine-tunes) shares the minutes 55/22.5/22.5, and the mbt stage, which
-    only needs the base's transforms as a starting point, gets all of them, because it is meant to
-    run as a second process beside the bmshj chain (``--only mbt2018-mean-q1``, started once the
-    base has a checkpoint).
+    instead (shares 0.1 base, 0.45 q2, 0.225 per fine-tune, 0.45 mbt: the mbt stage is meant to
+    run as a second process beside the bmshj chain, ``--only mbt2018-mean-q1``, once the base
+    has a checkpoint).
     """
     def steps(n: int) -> int:
         return max(1, round(n * scale))
@@ -35,24 +34,30 @@ def stages(scale: float, minutes: float) -> list[tuple[TrainConfig, str, int]]:
     def budget(share: float) -> float:
         return share * minutes * 60 if minutes > 0 else 0.0
 
-    # N=64, M=128 and one thread: measured on the shared 2-core machine, two threads ran 3x
-    # slower than one under load, and N=128 costs 2.3x more per step than N=64; with a budget of
-    # minutes, more steps of a smaller model beat fewer steps of CompressAI's N=128, M=192.
-    base = TrainConfig(name="bmshj-l0130", N=64, M=128, lmbda=0.013, steps=steps(12000),
-                       lr=5e-4, threads=1, budget_s=budget(0.55))
+    # N=64, M=128, one thread per process, channels-last + bf16 transforms: on this 2-core CPU,
+    # 100 ms per step, and two processes side by side train twice as much as one with two
+    # threads. The shipped weights followed exactly this chain (each json's "lineage"): a base
+    # from scratch (fp32, 4,800 steps), continued at lambda 0.013 (q2), forked at step 15,547
+    # into q1 and q3, and an mbt2018-mean whose transforms start from the base.
+    # (lr_decay_at = the recorded decay step / steps of each stage.)
+    base = TrainConfig(name="bmshj-l0130", N=64, M=128, lmbda=0.013, steps=steps(4800),
+                       lr=5e-4, lr_decay_at=0.357, threads=1, budget_s=budget(0.1),
+                       precision="fp32", channels_last=False)
     base_ckpt = f"{base.runs}/{base.name}/checkpoint.pt"
-    # Measured on the base: at lr 5e-4 training PSNR plateaued near 23.8 dB and jumped 1.5 dB
-    # within 100 steps of the decay to 1e-4 (gradient noise of batch 8 dominates), so the
-    # fine-tunes, which start from a decayed model, stay low and mbt decays earlier.
-    tune = dict(lr=1.5e-4, lr_decay_at=0.6, init=base_ckpt, budget_s=budget(0.225))
+    fast = dict(precision="bf16", channels_last=True)
+    q2 = replace(base, name="bmshj-q2-v2", steps=steps(27378), lr=2e-4, lr_decay_at=0.376,
+                 init=base_ckpt, budget_s=budget(0.45), **fast)
+    fork = f"{base.runs}/snap/q2-15547.pt"  # q2's checkpoint at step 15,547 (copied when reached)
+    tune = dict(lr=1.5e-4, lr_decay_at=0.6, init=fork, budget_s=budget(0.225), **fast)
     return [
-        (base, "bmshj2018-hyperprior-q2", 2),
-        (replace(base, name="bmshj-l0035", lmbda=0.0035, steps=steps(4000), **tune),
+        (base, "", 0),
+        (q2, "bmshj2018-hyperprior-q2", 2),
+        (replace(base, name="bmshj-q1-v2", lmbda=0.0025, steps=steps(11144), **tune),
          "bmshj2018-hyperprior-q1", 1),
-        (replace(base, name="bmshj-l0450", lmbda=0.045, steps=steps(4000), **tune),
+        (replace(base, name="bmshj-q3-v2", lmbda=0.032, steps=steps(13500), **tune),
          "bmshj2018-hyperprior-q3", 3),
-        (replace(base, name="mbt-l0130", arch="mbt2018-mean", lmbda=0.013, steps=steps(20000),
-                 lr=5e-4, lr_decay_at=0.45, init=base_ckpt, budget_s=budget(1.0)),
+        (replace(base, name="mbt-q1-v2", arch="mbt2018-mean", lmbda=0.013, steps=steps(26032),
+                 lr=3e-4, lr_decay_at=0.32, init=base_ckpt, budget_s=budget(0.45), **fast),
          "mbt2018-mean-q1", 1),
     ]
 
@@ -72,7 +77,14 @@ def main(argv: list[str] | None = None) -> None:
             continue
         cfg = replace(cfg, device=args.device, threads=args.threads)
         t0 = time.time()
+        if cfg.init and not Path(cfg.init).exists() and cfg.init.endswith("q2-15547.pt"):
+            # The fork point: q2's checkpoint once it passed step 15,547 (saves every 200 steps;
+            # a rerun from q2's final checkpoint forks later, which only helps).
+            Path(cfg.init).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f"{cfg.runs}/bmshj-q2-v2/checkpoint.pt", cfg.init)
         result = train(cfg, log=lambda s: print(s, flush=True))
+        if not name:  # the base is only a starting point
+            continue
         meta = export(Path(result["checkpoint"]), name, quality,
                       extra={"training_data": data_desc})
         print(f"[schedule] exported {name} ({result['steps']} steps, "
