@@ -54,7 +54,7 @@ def stages(scale: float, minutes: float) -> list[tuple[TrainConfig, str, int]]:
         (q2, "bmshj2018-hyperprior-q2", 2),
         (replace(base, name="bmshj-q1-v2", lmbda=0.0025, steps=steps(11144), **tune),
          "bmshj2018-hyperprior-q1", 1),
-        (replace(base, name="bmshj-q3-v2", lmbda=0.032, steps=steps(13500), **tune),
+        (replace(base, name="bmshj-q3-v2", lmbda=0.032, steps=steps(22067), **tune),
          "bmshj2018-hyperprior-q3", 3),
         (replace(base, name="mbt-q1-v2", arch="mbt2018-mean", lmbda=0.013, steps=steps(26032),
                  lr=3e-4, lr_decay_at=0.32, init=base_ckpt, budget_s=budget(0.45), **fast),
