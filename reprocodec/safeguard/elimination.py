@@ -116,9 +116,6 @@ def block_solve_python(keys: np.ndarray, starts: np.ndarray, rows: np.ndarray,
 
 # ---------------------------------------------------------------- dispatch ------------------
 
-NATIVE = native.AVAILABLE
-
-
 def block_rows_native(keys: np.ndarray, starts: np.ndarray) -> np.ndarray:
     out = np.zeros(starts.size - 1, dtype=np.int64)
     if native.rows_kernel(keys.astype(np.int64), starts.astype(np.int64), out) >= 0:
