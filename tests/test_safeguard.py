@@ -13,6 +13,7 @@ from reprocodec.checksum import checksum
 from reprocodec.safeguard import (
     DecisionQuantizer,
     ErrorBound,
+    MalformedSideInfo,
     Mode,
     SafeguardError,
     protect,
@@ -231,13 +232,14 @@ def test_uniform_kernel_equals_numpy_reference(step, offset):
 
 
 def test_stream_for_another_mode_or_size_is_rejected():
+    """Structural: no encoder wrote this stream for this tensor (INVALID_ARGUMENT)."""
     q, bound = DecisionQuantizer.uniform(1.0), ErrorBound.absolute(0.01)
     p = protect(np.arange(10) + 0.5, q, bound, Mode.FLAGS)
-    with pytest.raises(SafeguardError, match="not a 'syndrome' stream"):
+    with pytest.raises(MalformedSideInfo, match="not a 'syndrome' stream"):
         resolve(np.arange(10) + 0.5, q, bound, p.stream, Mode.SYNDROME)
-    with pytest.raises(SafeguardError, match="for 10 elements"):
+    with pytest.raises(MalformedSideInfo, match="for 10 elements"):
         resolve(np.arange(11) + 0.5, q, bound, p.stream, Mode.FLAGS)
-    with pytest.raises(SafeguardError, match="no side information"):
+    with pytest.raises(MalformedSideInfo, match="no side information"):
         resolve(np.arange(10) + 0.5, q, bound, p.stream, Mode.NONE)
 
 

@@ -13,19 +13,27 @@ plus side information; `resolve` gives any decoder within the bound exactly thos
 
 Modes: `none`, `flags` (risky map + direction flags, Pang et al.), `simplified` (risky map,
 canonical index), `syndrome` (GF(2) syndrome of index parities; no map; guaranteed decodable).
+
+`Protected.body` and `resolve_body` are the same without the stream's (mode tag, element count)
+header, for callers that record both themselves. resolve raises MalformedSideInfo (a
+SafeguardError) for side information no encoder writes (INVALID_ARGUMENT) and SafeguardError
+when the decoder's values do not reproduce the encoder's indices (DATA_LOSS).
 """
 
 from .bounds import ErrorBound
-from .modes import Mode, Protected, protect, resolve, warm_up
-from .quantizer import DecisionQuantizer, SafeguardError
+from .errors import MalformedSideInfo, SafeguardError
+from .modes import Mode, Protected, protect, resolve, resolve_body, warm_up
+from .quantizer import DecisionQuantizer
 
 __all__ = [
     "DecisionQuantizer",
     "ErrorBound",
+    "MalformedSideInfo",
     "Mode",
     "Protected",
     "SafeguardError",
     "protect",
     "resolve",
+    "resolve_body",
     "warm_up",
 ]

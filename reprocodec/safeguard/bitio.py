@@ -1,16 +1,21 @@
 """Vectorized bit packing: LEB128 varints, fixed-width fields and Golomb-Rice sequences.
 
 Bits are packed LSB-first within each byte (numpy `bitorder="little"`). Every reader
-function raises SafeguardError on truncated or malformed input; none can read out of bounds.
+function raises MalformedSideInfo on truncated, overlong or non-canonical input, after work
+and memory proportional to the bytes it was given: a declared count is checked against the
+bits left before anything of that size is allocated or scanned, and a varint is at most 9
+bytes. None can read out of bounds.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .quantizer import SafeguardError
+from .errors import MalformedSideInfo
 
 _MAX_RICE_K = 62
+# Varints carry counts and lengths, which are int64 everywhere else: 63 bits, 9 bytes.
+_VARINT_BITS = 63
 
 
 def encode_varint(value: int) -> bytes:
@@ -26,17 +31,21 @@ def encode_varint(value: int) -> bytes:
 
 
 def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it). Only the minimal encoding that encode_varint writes is
+    accepted, below 2**63 (at most 9 bytes are looked at, whatever follows)."""
     value = shift = 0
     while True:
         if pos >= len(data):
-            raise SafeguardError("side information truncated inside a varint")
-        if shift > 63:
-            raise SafeguardError("side information has an overlong varint")
+            raise MalformedSideInfo("side information truncated inside a varint")
+        if shift >= _VARINT_BITS:
+            raise MalformedSideInfo("side information has an overlong varint")
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         shift += 7
         if not byte & 0x80:
+            if byte == 0 and shift > 7:
+                raise MalformedSideInfo("side information has a non-minimal varint")
             return value, pos
 
 
@@ -122,7 +131,7 @@ class BitReader:
             return np.zeros(count, dtype=np.uint64)
         need = count * width
         if need > self.remaining:
-            raise SafeguardError("side information truncated (fixed-width field)")
+            raise MalformedSideInfo("side information truncated (fixed-width field)")
         bits = self._bits[self._pos : self._pos + need].reshape(count, width).astype(np.uint64)
         self._pos += need
         return (bits << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
@@ -130,10 +139,19 @@ class BitReader:
     def read_unary(self, count: int) -> np.ndarray:
         if count == 0:
             return np.zeros(0, dtype=np.int64)
+        if count > self.remaining:  # each value ends with a zero bit
+            raise MalformedSideInfo("side information truncated (unary run)")
+        # Scan a window that grows until it holds `count` zero bits: the positions found stay
+        # O(count) however long the stream is, and every bit is scanned at most twice.
         rest = self._bits[self._pos :]
-        zeros = np.flatnonzero(rest == 0)
+        window = min(rest.size, 2 * count + 64)
+        while True:
+            zeros = np.flatnonzero(rest[:window] == 0)
+            if zeros.size >= count or window == rest.size:
+                break
+            window = min(rest.size, 2 * window)
         if zeros.size < count:
-            raise SafeguardError("side information truncated (unary run)")
+            raise MalformedSideInfo("side information truncated (unary run)")
         ends = zeros[:count]
         q = np.diff(np.concatenate(([-1], ends))) - 1
         self._pos += int(ends[-1]) + 1
@@ -141,17 +159,25 @@ class BitReader:
 
     def read_int(self, width: int) -> int:
         if width > self.remaining:
-            raise SafeguardError("side information truncated (bit field)")
+            raise MalformedSideInfo("side information truncated (bit field)")
         bits = self._bits[self._pos : self._pos + width]
         self._pos += width
         return int.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little")
 
     def read_rice(self, count: int) -> np.ndarray:
+        if count + 6 > self.remaining:  # the parameter, then at least one bit per value
+            raise MalformedSideInfo("side information truncated (Rice sequence)")
         k = int(self.read_bits(1, 6)[0])
         if k > _MAX_RICE_K:
-            raise SafeguardError("side information has an invalid Rice parameter")
+            raise MalformedSideInfo("side information has an invalid Rice parameter")
         q = self.read_unary(count)
         r = self.read_bits(count, k).astype(np.int64)
         if count and int(q.max()) >= (1 << (62 - k)):
-            raise SafeguardError("side information has an out-of-range Rice value")
+            raise MalformedSideInfo("side information has an out-of-range Rice value")
         return (q << k) | r
+
+    def finish(self) -> None:
+        """The writer pads the last byte with zero bits and writes nothing after its fields:
+        anything else left is trailing garbage."""
+        if self.remaining >= 8 or self._bits[self._pos:].any():
+            raise MalformedSideInfo("side information has trailing bits after its fields")

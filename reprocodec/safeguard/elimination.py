@@ -1,5 +1,5 @@
 """GF(2) eliminations of the syndrome mode, all blocks in one call: `block_rows` (encoder) and
-`block_solve` (decoder), mirrored.
+`block_solve` (decoder), mirrored; `plan_blocks` (encoder) picks the block layout.
 
 Block b's columns are H's columns for its members (keys[starts[b]:starts[b + 1]], see
 `syndrome`), as vectors of row bits: bit r = H[r, column]. Both sides keep an XOR basis keyed
@@ -19,10 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import native
+from .errors import SafeguardError
 from .hashing import hash_words
 from .native import AMBIGUOUS, INCONSISTENT, SOLVED, TOO_FEW_ROWS
-from .quantizer import SafeguardError
-from .syndrome import to_int, words_for
+from .syndrome import choose_block_count, decoder_work, split_blocks, to_int, words_for, work_budget
 
 _ERRORS = {
     INCONSISTENT: "syndrome is inconsistent: decoder is outside the error bound",
@@ -147,3 +147,20 @@ def block_solve(keys: np.ndarray, starts: np.ndarray, rows: np.ndarray,
     Raises SafeguardError where no unique answer exists (decoder outside the bound)."""
     solve = block_solve_native if native.AVAILABLE else block_solve_python
     return solve(keys, starts, rows, residual)
+
+
+def plan_blocks(n: int, zone: np.ndarray) -> tuple[int, np.ndarray]:
+    """Encoder: (n_blocks, rows). choose_block_count's layout, its block count doubled until
+    the decoder's work for the stream fits syndrome.work_budget(n) (only lumpy or very dense
+    zones need a doubling; one block per element always fits), so that every stream protect
+    writes passes the decoder's check_rows."""
+    n_blocks = choose_block_count(n, zone)
+    while n_blocks:
+        _, keys, starts = split_blocks(zone, n_blocks)
+        rows = block_rows(keys, starts)
+        if decoder_work(n, n_blocks, rows) <= work_budget(n):
+            return n_blocks, rows
+        if n_blocks == n:  # unreachable: one element per block costs 2n (see syndrome)
+            raise SafeguardError("syndrome: no block layout fits the decoder's work budget")
+        n_blocks = min(n, 2 * n_blocks)
+    return 0, np.zeros(0, dtype=np.int64)

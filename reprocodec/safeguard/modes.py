@@ -1,8 +1,25 @@
-"""protect (encoder) and resolve (decoder), one mirrored pair per mode.
+"""protect (encoder) and resolve / resolve_body (decoder), one mirrored pair per mode.
 
 Element order is C order of the input array (numpy's ravel()), identical on every platform.
-Each side-information stream starts with a one-byte mode tag and the element count as a
-LEB128 varint, so a stream can never be resolved under the wrong mode or tensor size.
+A side-information stream is a header, a one-byte mode tag and the element count as a LEB128
+varint, so that a stream can never be resolved under the wrong mode or tensor size, then the
+body. Callers that record the mode and size themselves (the point-cloud coder packs one body
+per pass) store `Protected.body` and call `resolve_body`; `resolve` checks the header and calls
+`resolve_body`, so there is one reader.
+
+Bodies (bits LSB first, zero-padded to a byte, nothing after):
+  flags       varint count, Rice-coded position gaps (riskymap), count direction bits
+  simplified  varint count, Rice-coded position gaps
+  syndrome    varint n_blocks; if n_blocks: Rice-coded rows per block, then rows[b] syndrome
+              bits of each block b
+When nothing is risky, the stream's body is what these layouts give for a zero count: 0x00 0x00
+for flags and simplified (count 0, then the empty Rice sequence's 6-bit parameter 0, padded) and
+0x00 for syndrome (no blocks; nothing is risky for syndrome when the encoder's 2e-zone is
+empty). `Protected.body` is then b"" in every mode, and resolve_body reads b"" as "nothing
+risky" in every mode (as well as the longer forms above).
+
+Errors: MalformedSideInfo for side information that no honest encoder writes (checked before
+any expensive work), SafeguardError for a decoder whose values do not reproduce the encoder's.
 """
 
 from __future__ import annotations
@@ -16,7 +33,8 @@ from . import elimination
 from . import syndrome as gf2
 from .bitio import BitReader, BitWriter, decode_varint, encode_varint
 from .bounds import ErrorBound
-from .quantizer import DecisionQuantizer, Nearest, SafeguardError
+from .errors import MalformedSideInfo, SafeguardError
+from .quantizer import DecisionQuantizer
 from .riskymap import read_positions, write_positions
 
 
@@ -32,20 +50,26 @@ class Mode(StrEnum):
 _TAG = {Mode.FLAGS: 1, Mode.SIMPLIFIED: 2, Mode.SYNDROME: 4}
 _RETIRED_TAGS = {3: "a syndrome stream of reprocodec 0.1, whose layout this version no longer "
                     "reads; re-encode the input"}
+# The body protect writes when nothing is risky (see the module docstring).
+_NOTHING_RISKY = {Mode.FLAGS: b"\x00\x00", Mode.SIMPLIFIED: b"\x00\x00", Mode.SYNDROME: b"\x00"}
 
 
 @dataclass(frozen=True)
 class Protected:
     indices: np.ndarray  # what the encoder must code with (same shape as v_enc)
-    stream: bytes  # side information for the decoder
+    stream: bytes  # side information for the decoder: header + body
     mode: Mode
     risky_count: int  # encoder elements within e of a threshold
     candidate_count: int  # syndrome: encoder's 2e-zone C_2; otherwise = risky_count
 
-
-def _nearest_of(v: np.ndarray, positions: np.ndarray, quantizer: DecisionQuantizer) -> Nearest:
-    """Nearest thresholds of the elements the stream names (flags, simplified)."""
-    return quantizer.nearest(np.asarray(v).ravel()[positions].astype(np.float64))
+    @property
+    def body(self) -> bytes:
+        """The stream without its header (mode tag, element count), for resolve_body; b""
+        when nothing is risky (and for mode none). Defined for streams protect wrote."""
+        if self.mode is Mode.NONE:
+            return b""
+        body = self.stream[_read_header(self.stream, self.mode, int(self.indices.size)):]
+        return b"" if body == _NOTHING_RISKY[self.mode] else body
 
 
 def _header(mode: Mode, n: int) -> bytes:
@@ -54,12 +78,12 @@ def _header(mode: Mode, n: int) -> bytes:
 
 def _read_header(stream: bytes, mode: Mode, n: int) -> int:
     if stream and stream[0] in _RETIRED_TAGS:
-        raise SafeguardError(f"side information is {_RETIRED_TAGS[stream[0]]}")
+        raise MalformedSideInfo(f"side information is {_RETIRED_TAGS[stream[0]]}")
     if not stream or stream[0] != _TAG[mode]:
-        raise SafeguardError(f"side information is not a {mode.value!r} stream")
+        raise MalformedSideInfo(f"side information is not a {mode.value!r} stream")
     n_stream, pos = decode_varint(stream, 1)
     if n_stream != n:
-        raise SafeguardError(f"side information is for {n_stream} elements, tensor has {n}")
+        raise MalformedSideInfo(f"side information is for {n_stream} elements, tensor has {n}")
     return pos
 
 
@@ -79,7 +103,7 @@ def protect(
         k, risky, near = quantizer.index_and_near(v_enc, bound.risky_radius, "encoder tensor")
         varints = encode_varint(risky.size)
         write_positions(writer, risky)
-        writer.write_bits(k[risky] - near.j, 1)  # 1 = above the threshold
+        writer.write_bits(k[risky] - near.j, 1)  # 1 = above the threshold it is risky for
         candidates = risky_count = risky.size
     elif mode is Mode.SIMPLIFIED:
         k, risky, near = quantizer.index_and_near(v_enc, bound.risky_radius, "encoder tensor")
@@ -90,11 +114,9 @@ def protect(
     else:
         k, zone, near = quantizer.index_and_near(v_enc, bound.encoder_radius, "encoder tensor")
         risky_count = int(np.count_nonzero(near.distance <= bound.risky_radius(near.t)))
-        n_blocks = gf2.choose_block_count(n, zone)
+        n_blocks, rows = elimination.plan_blocks(n, zone)
         varints = encode_varint(n_blocks)
         if n_blocks:
-            _, keys, starts = gf2.split_blocks(zone, n_blocks)
-            rows = elimination.block_rows(keys, starts)
             writer.write_rice(rows)
             for words, m in zip(gf2.block_syndromes(k, n_blocks, rows), rows.tolist(),
                                 strict=True):
@@ -111,55 +133,105 @@ def resolve(
     stream: bytes,
     mode: Mode | str,
 ) -> np.ndarray:
-    """Decoder side: the encoder's indices, from the decoder's own values and the stream.
+    """Decoder side: the encoder's indices, from the decoder's own values and the stream
+    (`Protected.stream`): checks the header, then resolve_body.
 
-    Exact whenever |v_enc - v_dec| is within `bound`. Outside it, raises SafeguardError where
-    the stream shows the disagreement, and may otherwise return wrong indices: callers verify
-    the index checksum the container carries (reprocodec.checksum).
+    Exact whenever |v_enc - v_dec| is within `bound`. Raises MalformedSideInfo for a stream no
+    encoder writes; outside the bound, raises SafeguardError where the stream shows the
+    disagreement, and may otherwise return wrong indices: callers verify the index checksum
+    the container carries (reprocodec.checksum).
     """
+    mode = Mode(mode)
+    if mode is Mode.NONE:
+        if stream:
+            raise MalformedSideInfo("mode 'none' carries no side information, got some")
+        return resolve_body(v_dec, quantizer, bound, b"", mode)
+    pos = _read_header(stream, mode, int(np.prod(np.shape(v_dec))))
+    return resolve_body(v_dec, quantizer, bound, stream[pos:], mode)
+
+
+def resolve_body(
+    v_dec: np.ndarray,
+    quantizer: DecisionQuantizer,
+    bound: ErrorBound,
+    body: bytes,
+    mode: Mode | str,
+) -> np.ndarray:
+    """resolve for a stream without its header (`Protected.body`): the caller vouches for the
+    mode and the element count (v_dec's size). b"" means nothing risky in every mode. The whole
+    body is parsed and checked (MalformedSideInfo) before the decoder's tensor is processed."""
     mode = Mode(mode)
     quantizer.check_bound(bound)
     shape = np.shape(v_dec)
     if mode is Mode.NONE:
-        if stream:
-            raise SafeguardError("mode 'none' carries no side information, got some")
+        if body:
+            raise MalformedSideInfo("mode 'none' carries no side information, got some")
         return quantizer.index(v_dec, "decoder tensor")
     n = int(np.prod(shape))
-    pos = _read_header(stream, mode, n)
-    count, pos = decode_varint(stream, pos)
-    reader = BitReader(stream[pos:])
-    if mode is not Mode.SYNDROME:
-        k = quantizer.index(v_dec, "decoder tensor").ravel()
-    if mode is Mode.FLAGS:
+    count, pos = decode_varint(body, 0) if body else (0, 0)
+    reader = BitReader(body[pos:])
+    if mode is Mode.SYNDROME:
+        return _resolve_syndrome(v_dec, quantizer, bound, reader, count, bool(body))
+    if count > n:
+        raise MalformedSideInfo(f"side information claims {count} risky elements of {n}")
+    risky = np.zeros(0, dtype=np.int64)
+    above = np.zeros(0, dtype=np.int64)
+    if body:
         risky = read_positions(reader, count, n)
-        above = reader.read_bits(risky.size, 1).astype(np.int64)
-        k[risky] = _nearest_of(v_dec, risky, quantizer).j + above
-    elif mode is Mode.SIMPLIFIED:
-        risky = read_positions(reader, count, n)
-        k[risky] = _nearest_of(v_dec, risky, quantizer).j
-    else:
-        n_blocks = count
-        if n_blocks > n:
-            raise SafeguardError("side information has more syndrome blocks than elements")
-        # C_d: the decoder's own risky zone, the only place where k can differ.
-        k, zone, near = quantizer.index_and_near(v_dec, bound.risky_radius, "decoder tensor")
-        if n_blocks:
-            rows = reader.read_rice(n_blocks)
-            gf2.check_rows(rows, n, n_blocks)
-            sent = [reader.read_int(m) for m in rows.tolist()]
-            known = gf2.block_syndromes(k, n_blocks, rows)
-            residual = np.stack([gf2.to_words(s, known.shape[1]) for s in sent]) ^ known
-            order, keys, starts = gf2.split_blocks(zone, n_blocks)
-            flip = order[elimination.block_solve(keys, starts, rows, residual)]
-            k[zone[flip]] = 2 * near.j[flip] + 1 - k[zone[flip]]  # the other of j, j + 1
+        if mode is Mode.FLAGS:
+            above = reader.read_bits(risky.size, 1).astype(np.int64)
+        reader.finish()
+    k = quantizer.index(v_dec, "decoder tensor").ravel()
+    if risky.size:
+        # The threshold each named element is risky for. The encoder's v_enc is within the
+        # risky radius R(t) of it, so a decoder within the bound is within R(t) + e|v_enc|
+        # <= encoder_radius(t) of it, and of no other threshold (check_bound keeps those
+        # zones apart). The nearest threshold is not enough: see DecisionQuantizer._bracket.
+        near, within = quantizer.near_within(
+            np.asarray(v_dec).ravel()[risky].astype(np.float64), bound.encoder_radius)
+        if not within.all():
+            raise SafeguardError("a risky element's decoder value is near no threshold: "
+                                 "decoder is outside the error bound")
+        k[risky] = near.j + above if mode is Mode.FLAGS else near.j
+    return k.reshape(shape)
+
+
+def _resolve_syndrome(v_dec: np.ndarray, quantizer: DecisionQuantizer, bound: ErrorBound,
+                      reader: BitReader, n_blocks: int, has_body: bool) -> np.ndarray:
+    shape = np.shape(v_dec)
+    n = int(np.prod(shape))
+    if n_blocks > n:
+        raise MalformedSideInfo("side information has more syndrome blocks than elements")
+    rows = np.zeros(0, dtype=np.int64)
+    sent: list[int] = []
+    if n_blocks:
+        rows = reader.read_rice(n_blocks)  # refuses n_blocks beyond the bits left first
+        gf2.check_rows(rows, n, n_blocks, reader.remaining)  # all caps, before any work
+        sent = [reader.read_int(m) for m in rows.tolist()]
+    if has_body:
+        reader.finish()
+    if not n_blocks:  # the encoder's 2e-zone was empty: no decoder within the bound differs
+        return quantizer.index(v_dec, "decoder tensor")
+    # C_d: the decoder's own risky zone, the only place where k can differ.
+    k, zone, near = quantizer.index_and_near(v_dec, bound.risky_radius, "decoder tensor")
+    known = gf2.block_syndromes(k, n_blocks, rows)
+    residual = np.stack([gf2.to_words(s, known.shape[1]) for s in sent]) ^ known
+    order, keys, starts = gf2.split_blocks(zone, n_blocks)
+    flip = order[elimination.block_solve(keys, starts, rows, residual)]
+    k[zone[flip]] = 2 * near.j[flip] + 1 - k[zone[flip]]  # the other of j, j + 1
     return k.reshape(shape)
 
 
 def warm_up() -> None:
-    """Run every syndrome path once on a small tensor, so that the numba kernels are compiled (or
-    loaded from their cache) now rather than inside the first request's deadline."""
-    q, bound = DecisionQuantizer.uniform(1.0), ErrorBound.absolute(1e-3)
+    """Run every kernel path once on a small tensor (syndrome on a uniform grid and on sorted
+    thresholds), so that the numba kernels are compiled (or loaded from their cache) now
+    rather than inside the first request's deadline."""
     v = np.arange(512, dtype=np.float64) * 0.499  # some elements within e of a threshold
-    p = protect(v, q, bound, Mode.SYNDROME)
-    if not np.array_equal(resolve(v + 5e-4, q, bound, p.stream, Mode.SYNDROME), p.indices):
-        raise SafeguardError("syndrome self-check failed")
+    for q, bound, v_dec in (
+        (DecisionQuantizer.uniform(1.0), ErrorBound.absolute(1e-3), v + 5e-4),
+        (DecisionQuantizer.from_thresholds(np.arange(1, 400) + 0.5), ErrorBound.relative(1e-3),
+         v * (1 + 5e-4)),
+    ):
+        p = protect(v, q, bound, Mode.SYNDROME)
+        if not np.array_equal(resolve(v_dec, q, bound, p.stream, Mode.SYNDROME), p.indices):
+            raise SafeguardError("syndrome self-check failed")

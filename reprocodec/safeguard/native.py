@@ -96,10 +96,12 @@ if AVAILABLE:
                     out[w, b] ^= word & (ZERO - np.uint64(k[base + b] & 1))
 
     @jit
-    def thresholds_kernel(v, thresholds, radius, k, near):
-        """One pass of DecisionQuantizer over sorted thresholds (see its numpy reference in
-        index_and_near): k[i] = #{t : v[i] > t}; near[:count] = positions whose distance to
-        the nearest threshold j is within radius[j]. Returns count, or -1 on NaN/infinity."""
+    def thresholds_kernel(v, thresholds, radius, k, near, near_j):
+        """One pass of DecisionQuantizer over sorted thresholds (see its numpy reference,
+        index_and_near and _bracket): k[i] = #{t : v[i] > t}; near[:count] = the positions
+        within radius[j] of one of their two bracketing thresholds j, and near_j[:count] that
+        j (the one within the radius; if both, the nearer, ties below). Returns count, or -1
+        on NaN/infinity."""
         last = thresholds.size - 1
         count = 0
         for i in range(v.size):
@@ -115,13 +117,18 @@ if AVAILABLE:
                 n -= half
             lo += 1 if thresholds[lo] < x else 0
             k[i] = lo
+            if near.size == 0:  # no radius: indices only
+                continue
             below = min(max(lo - 1, 0), last)
             above = min(lo, last)
             d_below = abs(x - thresholds[below])
             d_above = abs(x - thresholds[above])
-            j = below if d_below <= d_above else above
-            if min(d_below, d_above) <= radius[j]:
+            in_below = d_below <= radius[below]
+            in_above = d_above <= radius[above]
+            if in_below or in_above:
+                pick_below = (in_below and not in_above) or (in_below and d_below <= d_above)
                 near[count] = i
+                near_j[count] = below if pick_below else above
                 count += 1
         return count
 

@@ -8,14 +8,12 @@ import numpy as np
 
 from . import native
 from .bounds import ErrorBound
+from .errors import SafeguardError
+
+__all__ = ["DecisionQuantizer", "Nearest", "SafeguardError"]
 
 # Beyond 2**52 grid steps floor() and the fractional part stop being exact.
 _UNIFORM_LIMIT = 2.0**52
-
-
-class SafeguardError(ValueError):
-    """Protection cannot be applied or resolved (bad parameters, malformed side information,
-    or a decoder whose values lie outside the promised error bound)."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +71,14 @@ class DecisionQuantizer:
     def index_and_near(self, v: np.ndarray, radius, what: str = "tensor"
                        ) -> tuple[np.ndarray, np.ndarray, Nearest]:
         """(k, positions, near): k(v) for every element (flat int64), the positions (ascending)
-        of the elements within radius(t) of their nearest threshold t, and the Nearest of just
-        those elements. radius None: no positions.
+        of the elements within radius(t) of a threshold t, and for just those elements that
+        threshold (`near.j`: the one the element is risky for, see `_bracket`). radius None:
+        no positions.
 
         A uniform grid takes a scalar radius (absolute bounds) and one fused pass (numba) or
         its numpy reference: threshold numbers are computed only for the elements that are
-        close, which is most of the time saved on a million-pixel tensor.
+        close, which is most of the time saved on a million-pixel tensor. With a constant
+        radius below half the step only the nearest threshold can be within it.
         """
         flat = np.ascontiguousarray(v).ravel()
         if flat.dtype not in (np.float32, np.float64):  # the kernels read float32 or float64
@@ -97,26 +97,80 @@ class DecisionQuantizer:
                                      "grid steps; it cannot be protected")
             return k, positions, self.nearest(flat[positions].astype(np.float64))
         t_all = self._thresholds
+        # Per-threshold radii, computed once: both implementations compare against these.
+        r_all = np.ascontiguousarray(
+            np.broadcast_to(-1.0 if radius is None else radius(t_all), t_all.shape), np.float64)
         if native.AVAILABLE:
-            # Per-threshold radii: radius(t) of the nearest threshold, as the reference computes.
-            r_all = np.broadcast_to(-1.0 if radius is None else radius(t_all), t_all.shape)
             k = np.empty(flat.size, dtype=np.int64)
-            near_pos = np.empty(flat.size if radius is not None else 0, dtype=np.int64)
-            count = native.thresholds_kernel(flat, t_all, np.ascontiguousarray(r_all, np.float64),
-                                             k, near_pos)
+            size = flat.size if radius is not None else 0
+            near_pos = np.empty(size, dtype=np.int64)
+            near_j = np.empty(size, dtype=np.int64)
+            count = native.thresholds_kernel(flat, t_all, r_all, k, near_pos, near_j)
             if count < 0:
                 raise SafeguardError(f"{what} contains NaN or infinity; it cannot be protected")
             positions = near_pos[:count].copy()
-            return k, positions, self.nearest(flat[positions].astype(np.float64))
+            j = near_j[:count].copy()
+            t = t_all[j]
+            return k, positions, Nearest(j, t, np.abs(flat[positions].astype(np.float64) - t))
         flat = flat.astype(np.float64, copy=False)
         if not np.all(np.isfinite(flat)):
             raise SafeguardError(f"{what} contains NaN or infinity; it cannot be protected")
         k = np.searchsorted(t_all, flat, side="left").astype(np.int64)
         if radius is None:
             return k, np.zeros(0, dtype=np.int64), self.nearest(flat[:0])
-        near = self.nearest(flat)
-        positions = np.flatnonzero(near.distance <= radius(near.t))
+        near, within = self._bracket(flat, r_all)
+        positions = np.flatnonzero(within)
         return k, positions, near.take(positions)
+
+    def near_within(self, v: np.ndarray, radius) -> tuple[Nearest, np.ndarray]:
+        """For each element of v (flat float64): the threshold it is within radius(t) of, by
+        the same rule as index_and_near, and whether there is one (else `near` holds the
+        nearest threshold). The decoder's pick of the threshold a named element is risky for.
+        """
+        if self._thresholds is None:
+            near = self.nearest(v)
+            return near, near.distance <= radius(near.t)
+        t_all = self._thresholds
+        r_all = np.broadcast_to(radius(t_all), t_all.shape).astype(np.float64)
+        return self._bracket(v, r_all)
+
+    def _bracket(self, v: np.ndarray, r_all: np.ndarray) -> tuple[Nearest, np.ndarray]:
+        """numpy twin of native.thresholds_kernel's threshold pick. For each element, of its
+        two bracketing thresholds (the largest below it and the smallest at or above it),
+        the one it is within r_all[j] of; if both are, the nearer (ties: the one below); if
+        neither, the nearer. Returns (Nearest, within).
+
+        Why the two bracketing thresholds suffice. The radii r(t) are Lipschitz in t with a
+        constant L < 1: constant for absolute bounds (L = 0); c|t| for relative ones, with
+        c < 0.78 for the encoder radius and < 0.34 for the risky radius because e < 0.25
+        (ErrorBound refuses more). Say v is within r(t_i) of a threshold t_i below it that
+        is not the bracketing threshold t_b, so t_i < t_b < v. Then
+            v - t_b = (v - t_i) - (t_b - t_i) <= r(t_i) - (t_b - t_i)
+                    <= r(t_b) + L (t_b - t_i) - (t_b - t_i) < r(t_b),
+        so v is within the radius of t_b too (the same argument mirrors above v). Looking at
+        the nearest threshold only is not enough: with a relative bound the zone of the
+        larger neighbour can reach past the midpoint between two thresholds.
+
+        Which one: check_bound keeps consecutive thresholds more than E(t_i) + E(t_i+1)
+        apart, so the encoder-radius zones (which contain the risky-radius zones) are
+        disjoint intervals and an element is within the radius of at most one threshold:
+        the tie rules above only matter for bounds check_bound refuses, and keep both
+        implementations deterministic and identical.
+        """
+        t_all = self._thresholds
+        assert t_all is not None
+        last = t_all.size - 1
+        pos = np.searchsorted(t_all, v, side="left")
+        below = np.clip(pos - 1, 0, last)
+        above = np.clip(pos, 0, last)
+        d_below = np.abs(v - t_all[below])
+        d_above = np.abs(v - t_all[above])
+        in_below = d_below <= r_all[below]
+        in_above = d_above <= r_all[above]
+        pick_below = (in_below & ~in_above) | ((in_below == in_above) & (d_below <= d_above))
+        j = np.where(pick_below, below, above).astype(np.int64, copy=False)
+        return (Nearest(j=j, t=t_all[j], distance=np.where(pick_below, d_below, d_above)),
+                in_below | in_above)
 
     def _uniform_reference(self, flat: np.ndarray, radius: float
                            ) -> tuple[int, np.ndarray, np.ndarray]:

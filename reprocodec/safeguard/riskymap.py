@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .bitio import BitReader, BitWriter
-from .quantizer import SafeguardError
+from .errors import MalformedSideInfo
 
 
 def write_positions(writer: BitWriter, positions: np.ndarray) -> None:
@@ -23,12 +23,14 @@ def write_positions(writer: BitWriter, positions: np.ndarray) -> None:
 
 
 def read_positions(reader: BitReader, count: int, n: int) -> np.ndarray:
+    """Refuses (MalformedSideInfo) more positions than elements, or than bits left, before
+    reading; then any position outside the tensor."""
     if count > n:
-        raise SafeguardError(f"side information claims {count} risky elements of {n}")
+        raise MalformedSideInfo(f"side information claims {count} risky elements of {n}")
     gaps = reader.read_rice(count)
     if count and int(gaps.max()) >= n:  # also keeps the cumulative sum far from overflow
-        raise SafeguardError("side information has a gap past the end of the tensor")
+        raise MalformedSideInfo("side information has a gap past the end of the tensor")
     positions = np.cumsum(gaps + 1) - 1
     if count and positions[-1] >= n:
-        raise SafeguardError("side information names an element past the end of the tensor")
+        raise MalformedSideInfo("side information names an element past the end of the tensor")
     return positions

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import native
+from .errors import MalformedSideInfo
 from .hashing import hash_words
-from .quantizer import SafeguardError
 
 # Mean number of encoder candidates per block. Larger blocks send fewer per-block row counts
 # (about 7 bits each) but make the O(c^2) elimination slower.
@@ -35,6 +35,17 @@ TARGET_CANDIDATES_PER_BLOCK = 64
 # bounds what a hostile stream can make the decoder allocate (rows x candidates bits).
 MAX_BLOCK_ROWS = 1 << 14
 MAX_BLOCK_CANDIDATES = MAX_BLOCK_ROWS - 64
+# The most work a decoder does for one syndrome stream, in 64-bit word operations (up to a small
+# constant factor; see decoder_work): WORK_PER_ELEMENT per tensor element plus WORK_FLOOR (a few
+# ms, so that small tensors with lumpy zones keep their natural blocks). An honest encoder
+# (protect) doubles its block count until its stream fits, which is always possible: with one
+# block per element every block holds at most one element, in grid row 0, whose column's lowest
+# set bit is bit 0, so it needs 1 row: 2n in all (tests check both facts). The
+# usual stream (about 64 candidates per block, 1e-3 to 1e-2 of the tensor) costs 1 to 4 per
+# element. A decoder refuses a stream over the budget before it reads a syndrome bit.
+WORK_PER_ELEMENT = 32
+WORK_FLOOR = 1 << 22
+
 
 def words_for(bits: int) -> int:
     return -(-bits // 64)
@@ -112,8 +123,46 @@ def to_words(value: int, n_words: int) -> np.ndarray:
     return np.frombuffer(value.to_bytes(8 * n_words, "little"), dtype="<u8").astype(np.uint64)
 
 
-def check_rows(rows: np.ndarray, n: int, n_blocks: int) -> None:
-    """Decoder-side sanity of the per-block row counts read from a stream."""
-    if rows.size and int(rows.max()) > min(-(-n // n_blocks) + 64, MAX_BLOCK_ROWS):
-        raise SafeguardError("side information has an impossible syndrome size")
+def work_budget(n: int) -> int:
+    return WORK_PER_ELEMENT * n + WORK_FLOOR
 
+
+def decoder_work(n: int, n_blocks: int, rows: np.ndarray) -> int:
+    """Upper bound (up to a constant) on the decoder's work for a stream with these blocks,
+    computed from the row counts alone. Syndromes: one hash word per grid cell and word of the
+    tallest block, which also bounds the (n_blocks, words) arrays. Elimination of block b: at
+    most m_b candidates (more is refused before its elimination starts: too few rows), each
+    reduced against at most m_b basis vectors of words(m_b) words. Exact integers, so the
+    encoder's check and the decoder's agree everywhere."""
+    if n_blocks == 0:
+        return 0
+    values, counts = np.unique(np.asarray(rows, dtype=np.int64), return_counts=True)
+    grid_rows = -(-n // n_blocks)
+    total = grid_rows * n_blocks * words_for(int(values[-1]))
+    for m, c in zip(values.tolist(), counts.tolist(), strict=True):
+        total += c * m * m * words_for(m)
+    return total
+
+
+def check_rows(rows: np.ndarray, n: int, n_blocks: int, bits_left: int) -> None:
+    """Decoder: refuse (MalformedSideInfo) per-block row counts that no honest encoder writes,
+    before any syndrome is read or elimination runs. An honest block with c encoder candidates
+    has at most c + 64 rows (full rank is found within c + 64 rows, or protect fails), and
+    c <= min(grid rows, MAX_BLOCK_CANDIDATES); so the rows of all blocks sum to at most
+    n + 64 n_blocks; the syndrome bits must all be there; and protect keeps decoder_work within
+    work_budget(n)."""
+    if rows.size == 0:
+        return
+    grid_rows = -(-n // n_blocks)
+    if int(rows.max()) > min(grid_rows + 64, MAX_BLOCK_ROWS):
+        raise MalformedSideInfo("side information has an impossible syndrome size for a block")
+    total = int(rows.sum())  # each below 2**14 now: no overflow
+    if total > bits_left:
+        raise MalformedSideInfo("side information truncated (syndrome bits)")
+    if total > n + 64 * n_blocks:
+        raise MalformedSideInfo("side information has more syndrome rows than elements")
+    work, budget = decoder_work(n, n_blocks, rows), work_budget(n)
+    if work > budget:
+        raise MalformedSideInfo(
+            f"side information asks for {work} units of syndrome work; no encoder writes more "
+            f"than {budget} for {n} elements")
