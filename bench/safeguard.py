@@ -5,7 +5,9 @@
 For each risky fraction, encoder values are smooth (normal, sigma 8 grid steps) on a unit grid
 and the absolute bound e is set so that a fraction f of elements is within e of a threshold
 (f = 2e). The decoder's values differ by uniform noise within the bound. Times are medians
-of --repeat runs of protect and of resolve, single-threaded numpy.
+of --repeat runs of protect and of resolve, single-threaded numpy. "work" is the syndrome
+decoder's work bound (syndrome.decoder_work) per tensor element; a decoder refuses streams over
+WORK_PER_ELEMENT per element (+ a floor).
 """
 
 from __future__ import annotations
@@ -21,8 +23,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from reprocodec.safeguard import DecisionQuantizer, ErrorBound, Mode, protect, resolve  # noqa: E402
+from reprocodec.safeguard import syndrome as gf2  # noqa: E402
+from reprocodec.safeguard.bitio import BitReader, decode_varint  # noqa: E402
 
 FRACTIONS = (1e-4, 1e-3, 1e-2)
+
+
+def work_per_element(protected, n: int) -> float:
+    """The decoder's work bound for a syndrome stream, per element (0 for the other modes)."""
+    if protected.mode is not Mode.SYNDROME or not protected.body:
+        return 0.0
+    n_blocks, pos = decode_varint(protected.body, 0)
+    rows = BitReader(protected.body[pos:]).read_rice(n_blocks)
+    return gf2.decoder_work(n, n_blocks, rows) / n
 
 
 def measure(n: int, fraction: float, mode: Mode, repeat: int) -> dict:
@@ -52,6 +65,7 @@ def measure(n: int, fraction: float, mode: Mode, repeat: int) -> dict:
         "bits_per_risky": 8 * len(protected.stream) / risky,
         "protect_ms": 1e3 * statistics.median(t_protect),
         "resolve_ms": 1e3 * statistics.median(t_resolve),
+        "work_per_element": work_per_element(protected, n),
         "exact": exact,
     }
 
@@ -79,11 +93,11 @@ def main() -> None:
         return
     print(f"N = {args.n}, median of {args.repeat} runs, single thread")
     print(f"{'fraction':>8} {'mode':>10} {'risky':>6} {'cand':>6} {'bytes':>7} "
-          f"{'bits/risky':>10} {'protect ms':>10} {'resolve ms':>10} exact")
+          f"{'bits/risky':>10} {'protect ms':>10} {'resolve ms':>10} {'work/n':>6} exact")
     for r in rows:
         print(f"{r['risky_fraction']:>8g} {r['mode']:>10} {r['risky']:>6} {r['candidates']:>6} "
               f"{r['bytes']:>7} {r['bits_per_risky']:>10.2f} {r['protect_ms']:>10.1f} "
-              f"{r['resolve_ms']:>10.1f} {r['exact']}")
+              f"{r['resolve_ms']:>10.1f} {r['work_per_element']:>6.2f} {r['exact']}")
     print()
     for c in checks:
         ratio_ok = "ok" if c["syndrome_ratio_ok"] else "FAIL"

@@ -309,3 +309,21 @@ def test_one_block_per_element_always_fits():
     assert elimination.block_rows_python(keys, starts).tolist() == [1] * 5
     n = 10**6
     assert gf2.decoder_work(n, n, np.ones(n, np.int64)) == 2 * n <= gf2.work_budget(n)
+
+
+def test_too_few_rows_anywhere_is_refused_before_any_elimination(monkeypatch):
+    """A later block with more decoder candidates than rows stops the solve before the
+    (possibly large) earlier blocks are eliminated; it is the decoder's disagreement
+    (SafeguardError), since the stream itself is well formed."""
+    keys = np.arange(70, dtype=np.int64)
+    starts = np.array([0, 60, 70], dtype=np.int64)
+    rows = np.array([64, 5], dtype=np.int64)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("an elimination ran")
+
+    monkeypatch.setattr(elimination, "block_solve_native", boom)
+    monkeypatch.setattr(elimination, "block_solve_python", boom)
+    with pytest.raises(SafeguardError, match="more candidates than rows") as info:
+        elimination.block_solve(keys, starts, rows, np.zeros((2, 1), np.uint64))
+    assert not isinstance(info.value, MalformedSideInfo)

@@ -144,7 +144,13 @@ def block_rows(keys: np.ndarray, starts: np.ndarray) -> np.ndarray:
 def block_solve(keys: np.ndarray, starts: np.ndarray, rows: np.ndarray,
                 residual: np.ndarray) -> np.ndarray:
     """Decoder: which columns (as a mask over keys) XOR to each block's residual syndrome.
-    Raises SafeguardError where no unique answer exists (decoder outside the bound)."""
+    Raises SafeguardError where no unique answer exists (decoder outside the bound).
+
+    A block with more decoder candidates than rows is refused here, for all blocks before any
+    elimination runs, so that the work stays within syndrome.decoder_work of the rows (the
+    kernels check it again per block)."""
+    if np.any(np.diff(starts) > rows):
+        raise SafeguardError(_ERRORS[TOO_FEW_ROWS])
     solve = block_solve_native if native.AVAILABLE else block_solve_python
     return solve(keys, starts, rows, residual)
 

@@ -212,7 +212,12 @@ def _resolve_syndrome(v_dec: np.ndarray, quantizer: DecisionQuantizer, bound: Er
         reader.finish()
     if not n_blocks:  # the encoder's 2e-zone was empty: no decoder within the bound differs
         return quantizer.index(v_dec, "decoder tensor")
-    # C_d: the decoder's own risky zone, the only place where k can differ.
+    # C_d: the decoder's own risky zone, the only place where k can differ. If k_dec != k_enc,
+    # one threshold t lies between v_enc and v_dec, both are within R(t) of it and t brackets
+    # v_dec: so the element is in C_d with near.j = t (DecisionQuantizer._bracket), and k_dec is
+    # j or j + 1. And every element of C_d has v_enc within R(t) + e|v_enc| <= encoder_radius(t)
+    # of its t, so it is in the encoder's zone C_2 (found the same way): each block's solve is
+    # unique, as the encoder sized it.
     k, zone, near = quantizer.index_and_near(v_dec, bound.risky_radius, "decoder tensor")
     known = gf2.block_syndromes(k, n_blocks, rows)
     residual = np.stack([gf2.to_words(s, known.shape[1]) for s in sent]) ^ known

@@ -41,7 +41,7 @@ MAX_BLOCK_CANDIDATES = MAX_BLOCK_ROWS - 64
 # (protect) doubles its block count until its stream fits, which is always possible: with one
 # block per element every block holds at most one element, in grid row 0, whose column's lowest
 # set bit is bit 0, so it needs 1 row: 2n in all (tests check both facts). The
-# usual stream (about 64 candidates per block, 1e-3 to 1e-2 of the tensor) costs 1 to 4 per
+# usual stream (about 64 candidates per block, 1e-3 to 1e-2 of the tensor) costs 1 to 5 per
 # element. A decoder refuses a stream over the budget before it reads a syndrome bit.
 WORK_PER_ELEMENT = 32
 WORK_FLOOR = 1 << 22
