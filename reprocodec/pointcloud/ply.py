@@ -3,7 +3,10 @@
 Reads the `vertex` element of ASCII, binary_little_endian and binary_big_endian PLY files and
 returns its x, y, z as an (N, 3) array; every other property and element is skipped (list
 properties included, so faces after the vertices are fine). Writes x, y, z only, as integers
-(voxel coordinates) or float64 (world coordinates). Anything malformed raises InputError.
+(voxel coordinates) or float64 (world coordinates). Anything malformed raises InputError, and
+so do coordinates the codec cannot represent faithfully: NaN or infinite, beyond
++-MAX_ABS_COORDINATE (the voxel scale or the decoder's float32 output would overflow), or
+integers outside their declared PLY type.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["read_ply", "write_ply", "parse_ply"]
+__all__ = ["read_ply", "write_ply", "parse_ply", "vertex_count", "check_coordinates",
+           "MAX_ABS_COORDINATE"]
 
 # PLY scalar type names (both spellings) -> numpy type codes (endianness added later).
 _TYPES = {
@@ -26,6 +30,10 @@ _TYPES = {
 _FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
 MAX_HEADER_BYTES = 1 << 16
 MAX_POINTS = 1 << 28
+# Coordinates beyond this magnitude are refused: the decoder returns float32 world points
+# (max 3.4e38) and the voxel scale (extent / (2^depth - 1)) must stay finite; 1e30 leaves
+# room for both while being far beyond any physical unit (the observable universe is 9e26 m).
+MAX_ABS_COORDINATE = 1e30
 
 
 def read_ply(path: str | os.PathLike) -> np.ndarray:
@@ -87,8 +95,7 @@ def _parse_header(data: bytes, where: str):
     return fmt, elements, body_start + 1
 
 
-def parse_ply(data: bytes, where: str = "input") -> np.ndarray:
-    """Parse PLY bytes; see read_ply."""
+def _vertex_header(data: bytes, where: str):
     fmt, elements, pos = _parse_header(data, where)
     vertex = next((e for e in elements if e[0] == "vertex"), None)
     if vertex is None:
@@ -97,8 +104,22 @@ def parse_ply(data: bytes, where: str = "input") -> np.ndarray:
     for axis in "xyz":
         if axis not in names:
             raise _bad(where, f"the vertex element has no '{axis}' property")
+        if isinstance(dict(vertex[2])[axis], tuple):
+            raise _bad(where, f"the vertex property '{axis}' is a list, not a number")
     if vertex[1] > MAX_POINTS:
         raise _bad(where, f"{vertex[1]} vertices is more than this reader accepts")
+    return fmt, elements, pos, vertex
+
+
+def vertex_count(data: bytes, where: str = "input") -> int:
+    """The number of vertices the header declares, after the header's checks (cheap: reads
+    no vertex data; parse_ply still checks the body)."""
+    return int(_vertex_header(data, where)[3][1])
+
+
+def parse_ply(data: bytes, where: str = "input") -> np.ndarray:
+    """Parse PLY bytes; see read_ply."""
+    fmt, elements, pos, _ = _vertex_header(data, where)
     if fmt == "ascii":
         return _parse_ascii(data[pos:], elements, where)
     return _parse_binary(data, pos, elements, _FORMATS[fmt], where)
@@ -123,7 +144,17 @@ def _parse_ascii(body: bytes, elements, where: str) -> np.ndarray:
         except ValueError as exc:
             raise _bad(where, "a vertex line does not hold one number per property") from exc
         xyz = table[:, [columns.index(a) for a in "xyz"]]
-        integer = all(np.dtype(dict(props)[a]).kind in "iu" for a in "xyz")
+        types = [np.dtype(dict(props)[a]) for a in "xyz"]
+        integer = all(t.kind in "iu" for t in types)
+        if integer:  # ASCII integers are parsed as floats: hold them to their declared type
+            for axis, t in zip("xyz", types, strict=True):
+                column = xyz[:, "xyz".index(axis)]
+                info = np.iinfo(t)
+                if column.size and (not np.all(np.isfinite(column))
+                                    or column.min() < info.min or column.max() > info.max
+                                    or np.any(column != np.floor(column))):
+                    raise _bad(where, f"a vertex '{axis}' is not an integer of its declared "
+                                      f"type {t.name} ({info.min}..{info.max})")
         return _finish(xyz, integer, where)
     raise _bad(where, "no vertex element")  # unreachable: checked by the caller
 
@@ -166,11 +197,32 @@ def _skip_list_element(data: bytes, pos: int, count: int, props, endian: str, wh
 
 
 def _finish(xyz: np.ndarray, integer: bool, where: str) -> np.ndarray:
-    if not np.all(np.isfinite(xyz)):
-        raise _bad(where, "a coordinate is NaN or infinite")
+    check_coordinates(xyz, where)
     if integer:
         return xyz.astype(np.int64)
     return xyz
+
+
+def check_coordinates(points: np.ndarray, where: str = "input") -> np.ndarray:
+    """Refuse (InputError) coordinates the codec cannot represent faithfully: NaN, infinite,
+    or beyond +-MAX_ABS_COORDINATE. Returns `points` unchanged."""
+    pts = np.asarray(points)
+    if pts.size == 0 or pts.dtype.kind in "iub":
+        return points  # PLY integers are at most 32-bit: far inside the bound
+    finite = np.isfinite(pts)
+    if not np.all(finite):
+        row = int(np.argwhere(~finite)[0][0])
+        raise InputError(f"{where}: point {row} has a NaN or infinite coordinate "
+                         f"({pts[row].tolist()}); remove or fix it")
+    magnitude = np.abs(pts).max(axis=1)
+    if magnitude.max() > MAX_ABS_COORDINATE:
+        row = int(np.argmax(magnitude))
+        raise InputError(
+            f"{where}: point {row} has a coordinate of magnitude {magnitude[row]:.3g}, beyond "
+            f"+-{MAX_ABS_COORDINATE:.0e}: the voxel scale or the decoded float32 points would "
+            "overflow; rescale the cloud (e.g. to metres) first"
+        )
+    return points
 
 
 def write_ply(path: str | os.PathLike, points: np.ndarray, binary: bool = True) -> None:
