@@ -1,16 +1,35 @@
-"""What every RPC of both services goes through: admission, deadline, errors, metrics, chunks.
+"""What every RPC of both services goes through: admission, deadline, cancellation, errors,
+metrics, chunks.
 
-A request is admitted only while fewer than --max-concurrency encode/decode requests are in
-flight (else RESOURCE_EXHAUSTED at once: a queue would only turn overload into timeouts), and
-only starts heavy work when its deadline leaves time for it (estimated from the server's own
-recent seconds per pixel or point).
+A heavy request (encode/decode) goes through `ServiceCore.admitted` *after* its cheap
+validation (image header, container framing, model and weights), so a malformed request is
+INVALID_ARGUMENT / FAILED_PRECONDITION and never a deadline or overload refusal. Then:
+
+1. **Deadline check.** `CostModel` estimates the work's seconds (fixed cost + per-element rate,
+   robust, bounded: see its docstring). When the time left is below that estimate the request
+   is refused with DEADLINE_EXCEEDED ("too short for this work") before it waits or runs.
+2. **Wait queue.** At most `max_concurrency` requests run at once. Others wait, first come
+   first served, in a queue of at most `queue_length`. RESOURCE_EXHAUSTED only when the queue
+   is full, or the wait passed `max_queue_wait` seconds, or the deadline left after waiting no
+   longer covers the estimate (the server was too busy for it). Queue time is the
+   `reprocodec_queue_wait_seconds` histogram.
+3. **Cancellation.** The running request carries a `reprocodec.cancel.CancelToken`, cancelled
+   when the client cancels or its deadline passes and at shutdown (`ServiceCore.shutdown`).
+   The codecs poll it (`reprocodec.cancel.check()`); the core polls it after the queue and
+   after the work, so a request whose client is gone never answers OK.
+
+Memory held by requests: a unary request is fully received by gRPC before its handler runs, a
+chunked one is joined before admission, so up to (max_concurrency + queue_length + the
+server's extra threads) requests of at most --max-message-mb each may be held at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +37,20 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from reprocodec import cancel
 from reprocodec.client import chunking
 from reprocodec.errors import InputError
 
 from . import status
 from .metrics import DECODE_FAILURE_REASONS, ServiceMetrics
+
+# Defaults of the --queue-length / --max-queue-wait flags: 16 clients against the default
+# 4 workers wait (12 queued) instead of being refused.
+DEFAULT_QUEUE_LENGTH = 16
+DEFAULT_MAX_QUEUE_WAIT = 30.0
+# A call that ends this close to its deadline ended because of it (the server's copy of the
+# deadline is a little later than the client's: it was read when the handler started).
+_DEADLINE_SLACK = 0.25
 
 
 @dataclass(frozen=True)
@@ -35,84 +63,366 @@ class ServeConfig:
     max_pixels: int = 50_000_000
     tls: bool = False
     auth: bool = False
+    queue_length: int = DEFAULT_QUEUE_LENGTH
+    max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT
+
+
+# ------------------------------------------------------------------------------ admission
+
+
+class _Waiter:
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.granted = False
 
 
 class Admission:
-    """At most `limit` heavy requests at once; the next one is refused, not queued."""
+    """`limit` slots, and a FIFO queue of at most `queue_length` requests waiting for one.
 
-    def __init__(self, limit: int) -> None:
+    `slot(...)` blocks until a slot is free, the queue wait passes `max_wait`, the time
+    budget passes, or the request's cancel token is cancelled. Free slots are handed to the
+    head of the queue directly, so a newcomer cannot overtake a waiting request.
+    """
+
+    # How often a waiter re-checks its token and budget: the longest a cancelled or timed-out
+    # request keeps its place after the fact.
+    POLL_SECONDS = 0.05
+
+    def __init__(self, limit: int, queue_length: int = DEFAULT_QUEUE_LENGTH,
+                 max_wait: float = DEFAULT_MAX_QUEUE_WAIT) -> None:
+        if limit < 1 or queue_length < 0 or max_wait < 0:
+            raise ValueError("need limit >= 1, queue_length >= 0 and max_wait >= 0")
         self.limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
+        self.queue_length = queue_length
+        self.max_wait = max_wait
+        self._lock = threading.Lock()
+        self._free = limit
+        self._queue: deque[_Waiter] = deque()
+        self._closed = False
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return self.limit - self._free
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def close(self) -> None:
+        """Refuse every later request and wake the waiting ones (shutdown)."""
+        with self._lock:
+            self._closed = True
+            waiters = list(self._queue)
+        for w in waiters:
+            w.event.set()
+
+    def acquire(self, token: cancel.CancelToken | None = None,
+                budget: float | None = None) -> float:
+        """Wait for a slot; returns the seconds waited. Raises status.Failure (queue full,
+        waited too long, budget gone, server closing) or cancel.CancelledError."""
+        started = time.monotonic()
+        waiter = _Waiter()
+        with self._lock:
+            if self._closed:
+                raise status.shutting_down()
+            if self._free > 0 and not self._queue:
+                self._free -= 1
+                return 0.0
+            if len(self._queue) >= self.queue_length:
+                raise status.queue_full(self.limit, self.queue_length)
+            self._queue.append(waiter)
+        limit = self.max_wait if budget is None else min(self.max_wait, max(budget, 0.0))
+        try:
+            while True:
+                waited = time.monotonic() - started
+                left = limit - waited
+                if waiter.event.wait(min(self.POLL_SECONDS, max(left, 0.0))):
+                    if waiter.granted:
+                        return time.monotonic() - started
+                    if self._closed:
+                        raise status.shutting_down()
+                if token is not None:
+                    token.check()
+                if time.monotonic() - started >= limit:
+                    if budget is not None and budget < self.max_wait:
+                        raise status.busy_past_deadline(time.monotonic() - started)
+                    raise status.waited_too_long(time.monotonic() - started, self.max_wait)
+        except BaseException:
+            with self._lock:
+                if waiter.granted:  # granted while giving up: pass the slot on
+                    self._release_locked()
+                else:
+                    self._queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        if self._queue:
+            waiter = self._queue.popleft()
+            waiter.granted = True
+            waiter.event.set()
+        else:
+            self._free += 1
 
     @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        if not self._slots.acquire(blocking=False):
-            raise status.overloaded(self.limit)
+    def slot(self, token: cancel.CancelToken | None = None,
+             budget: float | None = None) -> Iterator[float]:
+        waited = self.acquire(token, budget)
         try:
-            yield
+            yield waited
         finally:
-            self._slots.release()
+            self.release()
+
+
+# ------------------------------------------------------------------------------ cost model
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Documented constants of one method's cost.
+
+    `rate` (seconds per element) and `fixed` (seconds per request) are the estimate before
+    anything was measured. They are optimistic on purpose (about GPU speed): the estimate only
+    serves to refuse work that surely cannot finish, and a request admitted on too low an
+    estimate is stopped at its deadline by cancellation, while one refused on too high an
+    estimate is lost. `min_rate`/`max_rate` bound every measured rate: `max_rate` is about
+    25x this project's 2-core CPU under load (README numbers), so no measurement can make the
+    estimate of a normal request exceed what a very slow machine needs. `max_fixed` bounds the
+    learned per-request cost likewise.
+    """
+
+    rate: float
+    min_rate: float
+    max_rate: float
+    fixed: float = 0.005
+    max_fixed: float = 1.0
+
+
+# Measured on the 2-core CPU (README): image encode 0.30 s / decode 0.18 s per 768x512
+# (0.76 / 0.46 us per pixel), point clouds 10.5-13.4 s per million points with one thread.
+PRIORS = {
+    "EncodeImage": Prior(rate=0.02e-6, min_rate=0.002e-6, max_rate=25e-6),
+    "DecodeImage": Prior(rate=0.02e-6, min_rate=0.002e-6, max_rate=25e-6),
+    "EncodePointCloud": Prior(rate=0.5e-6, min_rate=0.05e-6, max_rate=300e-6),
+    "DecodePointCloud": Prior(rate=0.5e-6, min_rate=0.05e-6, max_rate=300e-6),
+}
+_DEFAULT_PRIOR = Prior(rate=0.02e-6, min_rate=0.002e-6, max_rate=300e-6)
+
+
+class _Samples:
+    """The recent samples of one quantity: at most `size`, none older than `max_age` s."""
+
+    def __init__(self, size: int, max_age: float) -> None:
+        self.size = size
+        self.max_age = max_age
+        self._items: deque[tuple[float, float]] = deque(maxlen=size)  # (time, value)
+
+    def add(self, value: float, now: float) -> None:
+        self._items.append((now, value))
+
+    def values(self, now: float) -> list[float]:
+        while self._items and now - self._items[0][0] > self.max_age:
+            self._items.popleft()
+        return [v for _, v in self._items]
+
+
+def robust(values: list[float]) -> float:
+    """The median once there are 3 samples; before, the smallest (an early outlier high
+    cannot hold the estimate up: the next normal sample replaces it)."""
+    return statistics.median(values) if len(values) >= 3 else min(values)
 
 
 class CostModel:
-    """Seconds per element (pixel / point) of a method, as a running maximum-biased average.
+    """Seconds a method's work takes: `fixed + rate * elements`, per method.
 
-    Used only to refuse work whose deadline is already too short; it starts at 0 (admit all),
-    so the first request of each kind is never refused on a guess.
+    - rate and fixed start at the method's `Prior` and are replaced by the robust value
+      (`robust`: median of 3+, else the minimum) of recent successful requests;
+    - samples expire after `max_age` seconds and at most `window` are kept, so the estimate
+      follows the machine's load and returns to the prior when idle;
+    - a request of fewer than `min_rate_elements` elements (a 1x1 image) teaches only the fixed
+      cost, never the rate; a larger one teaches the rate (seconds - fixed) / elements;
+    - every sample is clamped to the prior's bounds before it is stored.
+
+    No sequence of requests can make the estimate of a request exceed
+    `max_fixed + max_rate * elements`, and no single request moves a median of 3+ samples.
     """
 
-    def __init__(self) -> None:
-        self._per_element: dict[str, float] = {}
+    def __init__(self, priors: dict[str, Prior] | None = None, window: int = 31,
+                 max_age: float = 300.0, min_rate_elements: int = 4096) -> None:
+        self.priors = dict(PRIORS if priors is None else priors)
+        self.window = window
+        self.max_age = max_age
+        self.min_rate_elements = min_rate_elements
+        self._rates: dict[str, _Samples] = {}
+        self._fixed: dict[str, _Samples] = {}
         self._lock = threading.Lock()
 
-    def estimate(self, method: str, elements: int) -> float:
-        return self._per_element.get(method, 0.0) * elements
+    def prior(self, method: str) -> Prior:
+        return self.priors.get(method, _DEFAULT_PRIOR)
 
-    def observe(self, method: str, elements: int, seconds: float) -> None:
-        if elements <= 0:
-            return
-        rate = seconds / elements
+    def _samples(self, table: dict[str, _Samples], method: str) -> _Samples:
+        samples = table.get(method)
+        if samples is None:
+            samples = table[method] = _Samples(self.window, self.max_age)
+        return samples
+
+    def parameters(self, method: str, now: float | None = None) -> tuple[float, float, int]:
+        """(fixed seconds, seconds per element, rate samples behind it)."""
+        now = time.monotonic() if now is None else now
+        p = self.prior(method)
         with self._lock:
-            old = self._per_element.get(method)
-            # Half-way towards the new sample: adapts within a few requests to a loaded machine.
-            self._per_element[method] = rate if old is None else 0.5 * (old + rate)
+            fixed = self._samples(self._fixed, method).values(now)
+            rates = self._samples(self._rates, method).values(now)
+        return (robust(fixed) if fixed else p.fixed, robust(rates) if rates else p.rate,
+                len(rates))
+
+    def estimate(self, method: str, elements: int, now: float | None = None) -> float:
+        fixed, rate, _ = self.parameters(method, now)
+        return fixed + rate * max(elements, 0)
+
+    def observe(self, method: str, elements: int, seconds: float,
+                now: float | None = None) -> None:
+        """One successful request's work time (queue wait excluded)."""
+        if seconds < 0 or seconds != seconds:  # negative or NaN: a clock problem, ignore
+            return
+        now = time.monotonic() if now is None else now
+        p = self.prior(method)
+        if elements < self.min_rate_elements:
+            with self._lock:
+                self._samples(self._fixed, method).add(min(seconds, p.max_fixed), now)
+            return
+        fixed, _, _ = self.parameters(method, now)
+        rate = max(seconds - fixed, 0.0) / elements
+        with self._lock:
+            self._samples(self._rates, method).add(min(max(rate, p.min_rate), p.max_rate), now)
+
+
+# ------------------------------------------------------------------------------ the core
 
 
 class ServiceCore:
-    def __init__(self, config: ServeConfig, metrics: ServiceMetrics) -> None:
+    def __init__(self, config: ServeConfig, metrics: ServiceMetrics,
+                 costs: CostModel | None = None) -> None:
         self.config = config
         self.metrics = metrics
-        self.admission = Admission(config.max_concurrency)
-        self.costs = CostModel()
+        self.admission = Admission(config.max_concurrency, config.queue_length,
+                                   config.max_queue_wait)
+        self.costs = costs if costs is not None else CostModel()
         self._count_decode_failures = config.service == "decoder"
+        self._tokens: set[cancel.CancelToken] = set()
+        self._tokens_lock = threading.Lock()
+        self._stopping = False  # SIGTERM received: calls that end now end for shutdown
+        self._closed = False  # shutdown(): cancel everything, admit nothing
 
     # -- per request -----------------------------------------------------------------------
 
-    def check_deadline(self, context: grpc.ServicerContext, method: str, elements: int) -> float:
-        """Refuse with DEADLINE_EXCEEDED when the time left cannot cover the work."""
-        remaining = context.time_remaining()
-        estimate = self.costs.estimate(method, elements)
-        if remaining is not None and remaining < max(estimate, 1e-3):
-            raise status.deadline(remaining, estimate)
-        return time.perf_counter()
+    @contextlib.contextmanager
+    def admitted(self, context: grpc.ServicerContext, method: str,
+                 elements: int) -> Iterator[cancel.CancelToken]:
+        """Deadline check, queue, then run the block with the request's cancel token current.
 
-    def done(self, method: str, elements: int, started: float) -> None:
-        self.costs.observe(method, elements, time.perf_counter() - started)
+        Call it after the request's cheap validation, with the number of elements (pixels,
+        points) the work is about. The block's time teaches the cost model when it succeeds.
+        """
+        token = self._token(context)
+        remaining = token.remaining()
+        estimate = self.costs.estimate(method, elements)
+        if remaining is not None and remaining < estimate:
+            _, _, samples = self.costs.parameters(method)
+            raise status.deadline(remaining, estimate, elements, samples)
+        budget = None if remaining is None else remaining - estimate
+        service = self.config.service
+        queued = self.metrics.queued.labels(service)
+        queued.inc()
+        arrived = time.monotonic()
+        try:
+            self.admission.acquire(token, budget)
+        finally:  # refused or cancelled requests count with the time they waited, too
+            queued.dec()
+            self.metrics.queue_wait.labels(service, method).observe(time.monotonic() - arrived)
+        gauge = self.metrics.in_flight.labels(service)
+        gauge.inc()
+        self._register(token)
+        try:
+            token.check()  # cancelled while it waited
+            started = time.perf_counter()
+            with cancel.using(token):
+                yield token
+            token.check()  # the client is gone: do not answer OK to nobody
+            self.costs.observe(method, elements, time.perf_counter() - started)
+        finally:
+            self._unregister(token)
+            gauge.dec()
+            self.admission.release()
 
     def observe_stream(self, stats: Any) -> None:
         self.metrics.observe_stream(stats)
 
+    # -- shutdown --------------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: nothing is cancelled yet (in-flight calls get the shutdown grace), but a
+        call gRPC aborts from now on is reported as stopped for shutdown."""
+        self._stopping = True
+
+    def shutdown(self) -> int:
+        """Cancel every running and waiting request (reason "shutdown") and refuse new ones;
+        returns how many running requests were cancelled."""
+        self._stopping = self._closed = True
+        self.admission.close()
+        with self._tokens_lock:
+            tokens = list(self._tokens)
+        return sum(t.cancel("shutdown") for t in tokens)
+
+    def in_flight(self) -> int:
+        return self.admission.running
+
+    def _token(self, context: grpc.ServicerContext) -> cancel.CancelToken:
+        remaining = context.time_remaining()
+        # gRPC reports a huge number (not None) for calls without a deadline.
+        deadline = (None if remaining is None or remaining > 1e8
+                    else time.monotonic() + remaining)
+        token = cancel.CancelToken(deadline)
+
+        def terminated() -> None:  # gRPC: the RPC ended (cancelled, deadline, or answered)
+            if self._stopping:
+                token.cancel("shutdown")
+            elif (token.deadline is not None
+                  and time.monotonic() >= token.deadline - _DEADLINE_SLACK):
+                token.cancel("deadline")
+            else:
+                token.cancel("cancelled")
+
+        if not context.add_callback(terminated):  # already terminated
+            terminated()
+        return token
+
+    def _register(self, token: cancel.CancelToken) -> None:
+        with self._tokens_lock:
+            self._tokens.add(token)
+        if self._closed:
+            token.cancel("shutdown")
+
+    def _unregister(self, token: cancel.CancelToken) -> None:
+        with self._tokens_lock:
+            self._tokens.discard(token)
+
     # -- the two call shapes ---------------------------------------------------------------
 
     def unary(self, method: str, request: Message, context: grpc.ServicerContext,
-              work: Callable[[Message, grpc.ServicerContext], Message],
-              heavy: bool = True) -> Message:
+              work: Callable[[Message, grpc.ServicerContext], Message]) -> Message:
         started = time.perf_counter()
         self.metrics.received_bytes.labels(self.config.service, method).inc(request.ByteSize())
         code = "OK"
         try:
-            with self._admitted(heavy):
-                response = work(request, context)
+            response = work(request, context)
             self.metrics.sent_bytes.labels(self.config.service, method).inc(response.ByteSize())
             return response
         except Exception as exc:  # every failure becomes a status, a metric and a message
@@ -131,18 +441,18 @@ class ServiceCore:
         started = time.perf_counter()
         code = "OK"
         try:
-            with self._admitted(True):
-                data = chunking.join(chunks, self.config.max_message_bytes)
-                self.metrics.received_bytes.labels(self.config.service, method).inc(len(data))
-                request = request_type()
-                try:
-                    request.ParseFromString(data)
-                except DecodeError as exc:
-                    raise InputError(
-                        f"chunks do not form a {request_type.__name__}; send the serialized "
-                        "request message cut into chunks"
-                    ) from exc
-                response = work(request, context).SerializeToString()
+            data = chunking.join(chunks, self.config.max_message_bytes)
+            self.metrics.received_bytes.labels(self.config.service, method).inc(len(data))
+            request = request_type()
+            try:
+                request.ParseFromString(data)
+            except DecodeError as exc:
+                raise InputError(
+                    f"chunks do not form a {request_type.__name__}; send the serialized "
+                    "request message cut into chunks"
+                ) from exc
+            del data
+            response = work(request, context).SerializeToString()
             self.metrics.sent_bytes.labels(self.config.service, method).inc(len(response))
             yield from chunking.split(response)
         except Exception as exc:
@@ -154,19 +464,6 @@ class ServiceCore:
             self.metrics.observe_request(method, code, time.perf_counter() - started)
 
     # -- helpers ---------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _admitted(self, heavy: bool) -> Iterator[None]:
-        if not heavy:
-            yield
-            return
-        gauge = self.metrics.in_flight.labels(self.config.service)
-        with self.admission.slot():
-            gauge.inc()
-            try:
-                yield
-            finally:
-                gauge.dec()
 
     def _count_failure(self, failure: status.Failure) -> None:
         if self._count_decode_failures and failure.reason in DECODE_FAILURE_REASONS:

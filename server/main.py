@@ -7,7 +7,10 @@ One process runs one service under one numerics profile (profiles are process-gl
 start it lists and loads its models, then reports SERVING on grpc.health.v1 and prints a
 `READY ...` line with the bound addresses (ports may be 0: the OS picks). On SIGTERM/SIGINT it
 reports NOT_SERVING first, waits --drain-seconds for load balancers to notice, stops accepting
-calls, lets in-flight calls finish (up to --shutdown-grace seconds) and exits 0.
+calls, lets in-flight calls finish (up to --shutdown-grace seconds), then cancels what still
+runs (the codecs stop at their next cancellation check; the callers get UNAVAILABLE) and exits
+0. Work that ignores cancellation for another CANCEL_WAIT_SECONDS is abandoned: the process
+exits anyway (status 0, with a warning in the log) instead of blocking its own shutdown.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -30,16 +34,18 @@ import reprocodec
 
 from . import security
 from .backend import Codecs
-from .core import ServeConfig, ServiceCore
+from .core import DEFAULT_MAX_QUEUE_WAIT, DEFAULT_QUEUE_LENGTH, ServeConfig, ServiceCore
 from .metrics import ServiceMetrics
 from .servicers import add_to_server
 
 log = logging.getLogger("reprocodec.server")
 
 DEFAULT_PORTS = {"encoder": (50051, 9101), "decoder": (50052, 9102)}
-# Threads beyond the admission limit: health, ListModels and immediate refusals stay served
-# while every heavy slot is busy.
+# Threads beyond the workers and the queue: health, ListModels, chunk uploads and immediate
+# refusals stay served while every worker is busy and the queue is full.
 _EXTRA_THREADS = 8
+# After the shutdown grace, how long cancelled work may take to reach a cancellation check.
+CANCEL_WAIT_SECONDS = 5.0
 
 
 def build_parser(service: str) -> argparse.ArgumentParser:
@@ -60,7 +66,15 @@ def build_parser(service: str) -> argparse.ArgumentParser:
                    help="address to bind (default loopback; 0.0.0.0 to serve the network)")
     p.add_argument("--metrics-host", default=None, help="metrics bind address (default --host)")
     p.add_argument("--max-concurrency", type=int, default=4,
-                   help="encode/decode requests in flight; more are refused (default 4)")
+                   help="encode/decode requests running at once; more wait in the queue "
+                        "(default 4)")
+    p.add_argument("--queue-length", type=int, default=DEFAULT_QUEUE_LENGTH,
+                   help="encode/decode requests that may wait for a worker; beyond it they "
+                        f"are refused with RESOURCE_EXHAUSTED (default {DEFAULT_QUEUE_LENGTH})")
+    p.add_argument("--max-queue-wait", type=float, default=DEFAULT_MAX_QUEUE_WAIT,
+                   help="seconds a request may wait for a worker before it is refused with "
+                        f"RESOURCE_EXHAUSTED (default {DEFAULT_MAX_QUEUE_WAIT:g}; the "
+                        "request's own deadline also ends its wait)")
     p.add_argument("--max-message-mb", type=float, default=64.0,
                    help="largest request accepted, unary or chunked, in MiB (default 64)")
     p.add_argument("--max-pixels", type=int, default=50_000_000,
@@ -86,6 +100,10 @@ def build_parser(service: str) -> argparse.ArgumentParser:
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.max_concurrency < 1:
         p.error("--max-concurrency must be at least 1")
+    if args.queue_length < 0:
+        p.error("--queue-length must be 0 (no queue: refuse at once) or more")
+    if not 0 <= args.max_queue_wait <= 3600:
+        p.error("--max-queue-wait must be in [0, 3600] seconds")
     if not 0 < args.max_message_mb <= 2047:
         p.error("--max-message-mb must be in (0, 2047] (gRPC's limit is 2 GiB)")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -141,14 +159,16 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         service=service, profile=args.profile, device=device,
         max_concurrency=args.max_concurrency, max_message_bytes=max_message_bytes,
         max_pixels=args.max_pixels, tls=args.tls_cert is not None, auth=token is not None,
+        queue_length=args.queue_length, max_queue_wait=args.max_queue_wait,
     )
     codecs = Codecs(args.weights_dir, args.max_pixels)
     _preload(codecs, args.preload)
     core = ServiceCore(config, metrics)
 
+    # Every running and every queued request holds a handler thread.
+    threads = args.max_concurrency + args.queue_length + _EXTRA_THREADS
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=args.max_concurrency + _EXTRA_THREADS,
-                                   thread_name_prefix=service),
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=service),
         interceptors=[security.TokenAuth(token, metrics)] if token else [],
         # The limit is on what clients send; answers (a decoded image can be 10x its stream)
         # are bounded by --max-pixels instead, and clients set what they accept.
@@ -156,8 +176,9 @@ def serve(service: str, argv: list[str] | None = None) -> int:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
         ],
-        # A hard cap on queued calls: beyond it gRPC itself answers RESOURCE_EXHAUSTED.
-        maximum_concurrent_rpcs=4 * (args.max_concurrency + _EXTRA_THREADS),
+        # A hard cap on calls gRPC holds (ours queue inside the handlers, bounded by
+        # --queue-length); beyond it gRPC itself answers RESOURCE_EXHAUSTED.
+        maximum_concurrent_rpcs=2 * threads,
     )
     service_name = add_to_server(server, service, core, codecs)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -190,12 +211,35 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         pass
 
     log.info("shutting down: NOT_SERVING, draining %.1f s", args.drain_seconds)
+    core.begin_shutdown()
     health_servicer.enter_graceful_shutdown()
     time.sleep(args.drain_seconds)
-    server.stop(args.shutdown_grace).wait()
+    stopped = server.stop(args.shutdown_grace)
+    if not stopped.wait(args.shutdown_grace + 0.5) or core.in_flight():
+        cancelled = core.shutdown()
+        log.warning("shutdown grace of %.1f s over: cancelled %d running request(s)",
+                    args.shutdown_grace, cancelled)
+    else:
+        core.shutdown()
+    stuck = _wait_idle(core, CANCEL_WAIT_SECONDS)
     httpd.shutdown()
+    if stuck:
+        # The handler threads are not daemons: a normal exit would wait for them. Leave now.
+        log.warning("%d request(s) did not stop within %.1f s of cancellation; exiting anyway",
+                    stuck, CANCEL_WAIT_SECONDS)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     log.info("stopped")
     return 0
+
+
+def _wait_idle(core: ServiceCore, timeout: float) -> int:
+    """Wait until no request runs; returns how many still run after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while core.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return core.in_flight()
 
 
 def _preload(codecs: Codecs, which: str) -> None:

@@ -31,6 +31,8 @@ METRIC_NAMES = (
     "reprocodec_received_bytes_total",
     "reprocodec_sent_bytes_total",
     "reprocodec_in_flight_requests",
+    "reprocodec_queued_requests",
+    "reprocodec_queue_wait_seconds",
     "reprocodec_build_info",
 )
 
@@ -40,12 +42,16 @@ DECODE_FAILURE_REASONS = (
     "model_mismatch",
     "unknown_model",
     "too_large",
+    "bad_chunks",  # chunked upload: no total_bytes, a chunk missing or sent twice
+    "chunk_too_large",  # one chunk over chunking.MAX_CHUNK_BYTES
     "deadline",
     "internal",
 )
 
 # Latency: a small image on a GPU takes ~10 ms, a large one on a CPU many seconds.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Queue wait: 0 when a worker is free (the first bucket), up to --max-queue-wait (30 s default).
+_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 # Protection bytes / payload bytes: typically 1e-3..1e-2; alerts fire well above that.
 _RATIO_BUCKETS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 # Element counts per protected tensor and request: 0 matters (nothing was risky).
@@ -97,6 +103,16 @@ class ServiceMetrics:
             "reprocodec_in_flight_requests", "Encode/decode RPCs being processed",
             ("service",), registry=r,
         )
+        self.queued = Gauge(
+            "reprocodec_queued_requests", "Encode/decode RPCs waiting for a worker",
+            ("service",), registry=r,
+        )
+        self.queue_wait = Histogram(
+            "reprocodec_queue_wait_seconds",
+            "Time an encode/decode RPC waited for a worker (also when it was then refused); "
+            "method: the unary name, the ...Stream twin counts under it",
+            ("service", "method"), buckets=_WAIT_BUCKETS, registry=r,
+        )
         self.build_info = Gauge(
             "reprocodec_build_info", "Constant 1; the labels describe the running server",
             ("service", "version", "profile", "device"), registry=r,
@@ -105,6 +121,7 @@ class ServiceMetrics:
         for reason in DECODE_FAILURE_REASONS if service == "decoder" else ():
             self.decode_failures.labels(service, reason)
         self.in_flight.labels(service).set(0)
+        self.queued.labels(service).set(0)
 
     def set_build_info(self, version: str, profile: str, device: str) -> None:
         self.build_info.labels(self.service, version, profile, device).set(1)

@@ -1,7 +1,11 @@
 """The Encoder and Decoder gRPC servicers: thin, mirrored glue between ServiceCore and backend.
 
 Each heavy method has a unary form and a chunked `...Stream` twin that share one `_work`
-function, so large payloads take exactly the code path small ones do.
+function, so large payloads take exactly the code path small ones do. A `_work` function first
+runs the checks that need no heavy work (image header, PLY header, container framing, model,
+weights, parameters), so a malformed request is answered INVALID_ARGUMENT or
+FAILED_PRECONDITION, never a deadline or overload refusal; then `core.admitted` (deadline,
+queue, cancel token) wraps the heavy part.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import platform
 import grpc
 
 import reprocodec
-from reprocodec import container
-from reprocodec.errors import InputError, UnknownModelError
+from reprocodec import cancel, container
+from reprocodec.errors import InputError, TooLargeError, UnknownModelError
+from reprocodec.image import io as imageio
+from reprocodec.pointcloud import ply
 from reprocodec.v1 import bitstream_pb2, service_pb2, service_pb2_grpc
 
 from . import backend
@@ -30,10 +36,10 @@ class _Common:
         self.codecs = codecs
 
     def ListModels(self, request, context):  # noqa: N802 - gRPC method name
-        return self.core.unary("ListModels", request, context, self._list_models, heavy=False)
+        return self.core.unary("ListModels", request, context, self._list_models)
 
     def GetServerInfo(self, request, context):  # noqa: N802
-        return self.core.unary("GetServerInfo", request, context, self._server_info, heavy=False)
+        return self.core.unary("GetServerInfo", request, context, self._server_info)
 
     def _list_models(self, request, context):
         defaults = set()
@@ -70,22 +76,33 @@ class EncoderServicer(_Common, service_pb2_grpc.EncoderServicer):
                                  service_pb2.EncodePointCloudRequest, self._encode_point_cloud)
 
     def _encode_image(self, request, context):
-        pixels = backend.image_pixels(request, self.core.config.max_pixels)
-        elements = pixels.shape[0] * pixels.shape[1]
-        started = self.core.check_deadline(context, "EncodeImage", elements)
-        response = backend.encode_image(self.codecs, request, pixels, self.core.config.profile)
-        self.core.done("EncodeImage", elements, started)
+        elements = image_elements(request, self.core.config.max_pixels)
+        self._check_parameters(request, _IMAGE, request.quality)
+        with self.core.admitted(context, "EncodeImage", elements):
+            pixels = backend.image_pixels(request, self.core.config.max_pixels)
+            cancel.check()
+            response = backend.encode_image(self.codecs, request, pixels,
+                                            self.core.config.profile)
         self.core.observe_stream(response.stats)
         return response
 
     def _encode_point_cloud(self, request, context):
-        points = backend.cloud_points(request)
-        started = self.core.check_deadline(context, "EncodePointCloud", len(points))
-        response = backend.encode_point_cloud(self.codecs, request, points,
-                                              self.core.config.profile)
-        self.core.done("EncodePointCloud", len(points), started)
+        elements = cloud_elements(request)
+        self._check_parameters(request, _CLOUD, 0)
+        with self.core.admitted(context, "EncodePointCloud", elements):
+            points = ply.check_coordinates(backend.cloud_points(request), "request")
+            cancel.check()
+            response = backend.encode_point_cloud(self.codecs, request, points,
+                                                  self.core.config.profile)
         self.core.observe_stream(response.stats)
         return response
+
+    def _check_parameters(self, request, kind: int, quality: int) -> None:
+        """Model, safeguard mode and level: refused before the request waits or runs."""
+        self.codecs.resolve(request.model, quality, kind)
+        backend.safeguard_mode(request.safeguard_mode)
+        if kind == _IMAGE:
+            backend.safeguard_level(request.level)
 
 
 class DecoderServicer(_Common, service_pb2_grpc.DecoderServicer):
@@ -105,23 +122,61 @@ class DecoderServicer(_Common, service_pb2_grpc.DecoderServicer):
 
     def _decode_image(self, request, context):
         msg = request_stream(request)
+        self.codecs.check_stream(msg, _IMAGE)  # kind, model, weights: before any wait
         elements = msg.image.height * msg.image.width
-        started = self.core.check_deadline(context, "DecodeImage", elements)
-        response = backend.decode_image(self.codecs, msg, request.output_format,
-                                        self.core.config.profile)
-        self.core.done("DecodeImage", elements, started)
+        if elements > self.core.config.max_pixels:
+            raise TooLargeError(
+                f"stream declares a {msg.image.width} x {msg.image.height} image "
+                f"({elements / 1e6:.1f} MP), above this decoder's limit of "
+                f"{self.core.config.max_pixels / 1e6:.1f} MP (--max-pixels)"
+            )
+        with self.core.admitted(context, "DecodeImage", elements):
+            response = backend.decode_image(self.codecs, msg, request.output_format,
+                                            self.core.config.profile)
         self.core.observe_stream(response.stats)
         return response
 
     def _decode_point_cloud(self, request, context):
         msg = request_stream(request)
+        self.codecs.check_stream(msg, _CLOUD)
         elements = msg.point_cloud.num_points
-        started = self.core.check_deadline(context, "DecodePointCloud", elements)
-        response = backend.decode_point_cloud(self.codecs, msg, request.output_format,
-                                              self.core.config.profile)
-        self.core.done("DecodePointCloud", elements, started)
+        with self.core.admitted(context, "DecodePointCloud", elements):
+            response = backend.decode_point_cloud(self.codecs, msg, request.output_format,
+                                                  self.core.config.profile)
         self.core.observe_stream(response.stats)
         return response
+
+
+def image_elements(request: service_pb2.EncodeImageRequest, max_pixels: int) -> int:
+    """Pixels of an encode request from the image header or the raw fields, after every check
+    that needs no pixel decoded (size limit, bombs, bit depth, mode, raw byte count)."""
+    which = request.WhichOneof("input")
+    if which == "image_file":
+        h, w = imageio.probe_image(request.image_file, max_pixels)
+        return h * w
+    if which == "raw":
+        raw = request.raw
+        imageio.check_raw(raw.height, raw.width, raw.channels, len(raw.pixels), max_pixels)
+        return raw.height * raw.width
+    raise InputError("the request carries no image; set image_file (PNG/JPEG bytes) or raw")
+
+
+def cloud_elements(request: service_pb2.EncodePointCloudRequest) -> int:
+    """Points of an encode request from the PLY header or the packed count (size checked)."""
+    which = request.WhichOneof("input")
+    if which == "ply":
+        if not request.ply:
+            raise InputError("the PLY file is empty (0 bytes); send a PLY with x, y, z vertices")
+        return ply.vertex_count(request.ply, where="request")
+    if which == "points":
+        count, data = request.points.count, request.points.xyz_float32
+        if len(data) != count * 12:
+            raise InputError(
+                f"{count} packed points need {count * 12} bytes, got {len(data)}; "
+                "send little-endian x y z float32 triples"
+            )
+        return int(count)
+    raise InputError("the request carries no point cloud; set ply (file bytes) or points")
 
 
 def request_stream(request: service_pb2.DecodeRequest) -> bitstream_pb2.Bitstream:

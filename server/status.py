@@ -1,7 +1,9 @@
 """Exceptions -> gRPC status code, failure-metric reason and the message the caller sees.
 
-The mapping lives on the exception classes (reprocodec/errors.py, DESIGN.md section 5); this
-module only adds the few exceptions raised outside reprocodec's own hierarchy.
+The mapping lives on the exception classes (reprocodec/errors.py, DESIGN.md section 5; the
+chunking errors of reprocodec.client.chunking and reprocodec.cancel.CancelledError are
+ReprocodecErrors too); this module adds the refusals of the core (queue, deadline, shutdown)
+and the few exceptions raised outside reprocodec's own hierarchy.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import logging
 
 import grpc
 
-from reprocodec.client.chunking import ChunkLimitError
 from reprocodec.errors import ReprocodecError
 
 log = logging.getLogger("reprocodec.server")
@@ -26,19 +27,45 @@ class Failure(Exception):
         self.message = message
 
 
-def overloaded(limit: int) -> Failure:
+def queue_full(limit: int, queue_length: int) -> Failure:
     return Failure(
         grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded",
-        f"server busy: {limit} requests already in flight (--max-concurrency); "
-        "retry with backoff or add replicas",
+        f"server busy: {limit} requests running and {queue_length} waiting, the queue is full "
+        "(--max-concurrency, --queue-length); retry with backoff or add replicas",
     )
 
 
-def deadline(remaining: float, estimate: float) -> Failure:
+def waited_too_long(waited: float, max_wait: float) -> Failure:
+    return Failure(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded",
+        f"server busy: waited {waited:.1f} s in the queue without getting a worker "
+        f"(--max-queue-wait {max_wait:g} s); retry with backoff or add replicas",
+    )
+
+
+def busy_past_deadline(waited: float) -> Failure:
+    return Failure(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded",
+        f"server busy: after {waited:.1f} s in the queue the request's deadline no longer "
+        "covers the work; retry with backoff, a longer deadline, or add replicas",
+    )
+
+
+def shutting_down() -> Failure:
+    return Failure(
+        grpc.StatusCode.UNAVAILABLE, "shutdown",
+        "the server is shutting down and takes no new work; retry on another replica",
+    )
+
+
+def deadline(remaining: float, estimate: float, elements: int, samples: int) -> Failure:
+    basis = (f"measured on {samples} recent request(s)" if samples
+             else "from the prior, nothing measured yet")
     return Failure(
         grpc.StatusCode.DEADLINE_EXCEEDED, "deadline",
-        f"deadline too short: {remaining:.3f} s left, the work takes about {estimate:.3f} s; "
-        "retry with a longer deadline",
+        f"deadline too short for this work: {remaining:.3f} s left, {elements} elements take "
+        f"about {estimate:.3f} s on this server ({basis}); retry with a longer deadline. "
+        "The request was not started",
     )
 
 
@@ -48,8 +75,6 @@ def classify(exc: BaseException) -> Failure:
         return exc
     if isinstance(exc, ReprocodecError):
         return Failure(grpc.StatusCode[exc.grpc_status], exc.reason, str(exc))
-    if isinstance(exc, ChunkLimitError):
-        return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large", str(exc))
     try:  # safeguard may land after this module; its error means "not reproduced"
         from reprocodec.safeguard import SafeguardError
     except ImportError:  # pragma: no cover - safeguard is part of the core package
@@ -57,9 +82,11 @@ def classify(exc: BaseException) -> Failure:
     if SafeguardError and isinstance(exc, SafeguardError):
         return Failure(
             grpc.StatusCode.DATA_LOSS, "verification",
-            f"safeguard could not reproduce the encoder's indices ({exc}); the decoder's "
-            "numerics differ beyond the stream's error bound: re-encode with a larger bound "
-            "or decode on a calibrated profile",
+            f"safeguard could not reproduce the encoder's indices ({exc}). Either the stream "
+            "was altered after encoding (its CRCs matched, so not by a transport error) or "
+            "the decoder's numerics differ beyond the stream's error bound: check where the "
+            "stream came from, or re-encode with a larger bound / decode on a calibrated "
+            "profile",
         )
     log.exception("internal error while serving a request")
     return Failure(
