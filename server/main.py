@@ -9,7 +9,7 @@ start it lists and loads its models, then reports SERVING on grpc.health.v1 and 
 reports NOT_SERVING first, waits --drain-seconds for load balancers to notice, stops accepting
 calls, lets in-flight calls finish (up to --shutdown-grace seconds), then cancels what still
 runs (the codecs stop at their next cancellation check; the callers get UNAVAILABLE) and exits
-0. Work that ignores cancellation for another CANCEL_WAIT_SECONDS is abandoned: the process
+0. Work that ignores cancellation for another --cancel-wait seconds is abandoned: the process
 exits anyway (status 0, with a warning in the log) instead of blocking its own shutdown.
 """
 
@@ -44,8 +44,6 @@ DEFAULT_PORTS = {"encoder": (50051, 9101), "decoder": (50052, 9102)}
 # Threads beyond the workers and the queue: health, ListModels, chunk uploads and immediate
 # refusals stay served while every worker is busy and the queue is full.
 _EXTRA_THREADS = 8
-# After the shutdown grace, how long cancelled work may take to reach a cancellation check.
-CANCEL_WAIT_SECONDS = 5.0
 
 
 def build_parser(service: str) -> argparse.ArgumentParser:
@@ -93,6 +91,9 @@ def build_parser(service: str) -> argparse.ArgumentParser:
                    help="on SIGTERM, seconds to report NOT_SERVING before refusing calls")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
                    help="on SIGTERM, seconds in-flight calls may take to finish")
+    p.add_argument("--cancel-wait", type=float, default=5.0,
+                   help="on SIGTERM, after --shutdown-grace: seconds cancelled work may take to "
+                        "stop before the process exits anyway (default 5)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -102,6 +103,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--max-concurrency must be at least 1")
     if args.queue_length < 0:
         p.error("--queue-length must be 0 (no queue: refuse at once) or more")
+    if args.cancel_wait < 0 or args.shutdown_grace < 0 or args.drain_seconds < 0:
+        p.error("--drain-seconds, --shutdown-grace and --cancel-wait cannot be negative")
     if not 0 <= args.max_queue_wait <= 3600:
         p.error("--max-queue-wait must be in [0, 3600] seconds")
     if not 0 < args.max_message_mb <= 2047:
@@ -221,12 +224,12 @@ def serve(service: str, argv: list[str] | None = None) -> int:
                     args.shutdown_grace, cancelled)
     else:
         core.shutdown()
-    stuck = _wait_idle(core, CANCEL_WAIT_SECONDS)
+    stuck = _wait_idle(core, args.cancel_wait)
     httpd.shutdown()
     if stuck:
         # The handler threads are not daemons: a normal exit would wait for them. Leave now.
         log.warning("%d request(s) did not stop within %.1f s of cancellation; exiting anyway",
-                    stuck, CANCEL_WAIT_SECONDS)
+                    stuck, args.cancel_wait)
         logging.shutdown()
         sys.stdout.flush()
         os._exit(0)
