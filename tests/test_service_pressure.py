@@ -412,3 +412,34 @@ def test_shutdown_cancels_running_work_and_refuses_new(harness):
         harness.call(service_pb2.Chunk(data=b"quick", total_bytes=100), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "shutting down" in info.value.details()
+
+
+# ------------------------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize("argv", [
+    ["--queue-length", "-1"],
+    ["--max-queue-wait", "-1"],
+    ["--cancel-wait", "-1"],
+])
+def test_bad_queue_and_shutdown_flags_are_usage_errors(argv, capsys):
+    from reprocodec.server.main import serve
+
+    with pytest.raises(SystemExit) as info:
+        serve("encoder", argv)
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_queue_flag_defaults():
+    from reprocodec.server.main import build_parser
+
+    args = build_parser("decoder").parse_args([])
+    assert (args.max_concurrency, args.queue_length, args.max_queue_wait) == (4, 16, 30.0)
+    args = build_parser("decoder").parse_args(["--queue-length", "0"])  # refuse at once
+    assert args.queue_length == 0
+    admission = Admission(1, queue_length=0)
+    admission.acquire()
+    with pytest.raises(status.Failure, match="queue is full"):
+        admission.acquire()
+    admission.release()
