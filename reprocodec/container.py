@@ -20,8 +20,13 @@ from .safeguard import ErrorBound, Mode, Protected
 from .v1 import bitstream_pb2 as pb
 
 MAGIC = 0x44435052  # b"RPCD" read as a little-endian uint32
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = frozenset({1})
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = frozenset({2})
+# Versions this decoder recognises but no longer reads, with what the user should do.
+_RETIRED_VERSIONS = {
+    1: "was written by reprocodec 0.1 (CompressAI's rANS without an end-of-stream check, no "
+       "symbol checksums); re-encode the input with this version",
+}
 MAX_STREAM_BYTES = 1 << 30
 MAX_ELEMENTS = 1 << 31  # per protected tensor / payload shape
 MAX_NAME = 128
@@ -59,8 +64,25 @@ def bound_from_proto(message: pb.ErrorBound) -> ErrorBound:
     )
 
 
-def make_payload(name: str, data: bytes, shape: tuple[int, ...] | list[int]) -> pb.Payload:
-    return pb.Payload(name=name, shape=list(shape), data=data, crc32=crc32(data))
+def make_payload(name: str, data: bytes, shape: tuple[int, ...] | list[int],
+                 symbols: np.ndarray) -> pb.Payload:
+    """A payload record: the coded bytes, their CRC-32 and the checksum of the symbols they
+    code (the decoder checks what its entropy decoder returns against it)."""
+    return pb.Payload(name=name, shape=list(shape), data=data, crc32=crc32(data),
+                      symbols_checksum=checksum(symbols))
+
+
+def point_cloud_header(depth: int, num_points: int, origin, scale: float) -> pb.PointCloudHeader:
+    header = pb.PointCloudHeader(depth=depth, num_points=num_points, origin=list(origin),
+                                 scale=scale)
+    header.checksum = point_cloud_header_checksum(header)
+    return header
+
+
+def point_cloud_header_checksum(header: pb.PointCloudHeader) -> int:
+    """Checksum of the fields that place decoded points (float64 values are exact)."""
+    return checksum(np.array([header.depth, header.num_points, *header.origin, header.scale],
+                             dtype=np.float64))
 
 
 def make_protected(
@@ -153,6 +175,9 @@ def _check_name(name: str, seen: set[str], what: str) -> None:
 
 def validate(message: pb.Bitstream) -> None:
     _check(message.magic == MAGIC, "wrong magic (is this a reprocodec .rpc file?)")
+    if message.format_version in _RETIRED_VERSIONS:
+        raise ContainerError(f"bitstream format version {message.format_version} "
+                             f"{_RETIRED_VERSIONS[message.format_version]}")
     if message.format_version not in SUPPORTED_VERSIONS:
         raise ContainerError(
             f"bitstream format version {message.format_version} is not supported by this "
@@ -174,6 +199,8 @@ def validate(message: pb.Bitstream) -> None:
         _check(len(cloud.origin) == 3, "point cloud origin must have 3 values")
         _check(all(math.isfinite(o) for o in cloud.origin), "non-finite origin")
         _check(math.isfinite(cloud.scale) and cloud.scale > 0, "bad point cloud scale")
+        _check(point_cloud_header_checksum(cloud) == cloud.checksum,
+               "point cloud header (depth, point count, origin, scale) fails its checksum")
     names: set[str] = set()
     for payload in message.payloads:
         _check_name(payload.name, names, "payload")
@@ -199,8 +226,3 @@ def validate(message: pb.Bitstream) -> None:
         _check(tensor.risky_count <= n and tensor.candidate_count <= n,
                f"counts of {tensor.name!r} exceed its size")
 
-
-def indices_match(tensor: pb.ProtectedTensor, indices: np.ndarray) -> bool:
-    return checksum(indices) == tensor.indices_checksum and list(indices.shape) == list(
-        tensor.shape
-    )

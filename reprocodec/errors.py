@@ -45,6 +45,14 @@ class VerificationError(ReprocodecError):
     reason = "verification"
 
 
+class EncoderError(ReprocodecError):
+    """The encoder could not protect its own values (NaN or infinity out of its networks, a
+    syndrome that cannot reach full rank): a fault of this encoder, never of a decoder."""
+
+    grpc_status = "INTERNAL"
+    reason = "encoder_numerics"
+
+
 class TooLargeError(ReprocodecError):
     grpc_status = "RESOURCE_EXHAUSTED"
     reason = "too_large"

@@ -24,8 +24,8 @@ def sample_message(mode: Mode = Mode.SYNDROME) -> pb.Bitstream:
         weights_sha256=bytes(range(32)),
         image=pb.ImageHeader(height=64, width=96, channels=3),
     )
-    message.payloads.append(container.make_payload("y", rng.bytes(300), [1]))
-    message.payloads.append(container.make_payload("z", rng.bytes(40), [1]))
+    message.payloads.append(container.make_payload("y", rng.bytes(300), [1], np.arange(1)))
+    message.payloads.append(container.make_payload("z", rng.bytes(40), [1], np.arange(1)))
     message.protected.append(container.make_protected("scale_index", "decoding", protected, bound))
     return message
 
@@ -50,7 +50,8 @@ def test_pack_is_deterministic():
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda m: setattr(m, "format_version", 2), "version 2 is not supported"),
+        (lambda m: setattr(m, "format_version", 3), "version 3 is not supported"),
+        (lambda m: setattr(m, "format_version", 1), "re-encode"),
         (lambda m: m.payloads[0].__setattr__("data", b"x" + m.payloads[0].data[1:]), "CRC-32"),
         (lambda m: setattr(m.protected[0], "side_info", m.protected[0].side_info[:-1]), "CRC-32"),
         (lambda m: setattr(m, "weights_sha256", b"short"), "SHA-256"),

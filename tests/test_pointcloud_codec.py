@@ -171,9 +171,9 @@ def test_unverified_decode_of_a_desynchronised_stream_returns_or_raises_cleanly(
 
 
 def test_shipped_cdf_table_is_the_documented_integer_table(codec):
-    from reprocodec.pointcloud.model import build_cdf_table
+    from reprocodec.pointcloud.networks import build_cdf_table
 
-    np.testing.assert_array_equal(codec.table, build_cdf_table())
-    f0 = codec.table[:, 1]
+    np.testing.assert_array_equal(codec.tables.cdfs, build_cdf_table())
+    f0 = codec.tables.cdfs[:, 1]
     assert (np.diff(f0) <= 0).all() and f0.min() >= 1 and f0.max() <= (1 << 16) - 1
-    assert (codec.table[:, 2:] == 1 << 16).all()
+    assert (codec.tables.cdfs[:, 2:] == 1 << 16).all()

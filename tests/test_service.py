@@ -50,7 +50,7 @@ def _write_random_cloud_model(weights_dir: Path, name: str) -> None:
     import torch
 
     from reprocodec.image.models import sha256_file
-    from reprocodec.pointcloud.model import ARCHITECTURE, OccupancyMLP, save_weights
+    from reprocodec.pointcloud.networks import ARCHITECTURE, OccupancyMLP, save_weights
 
     torch.manual_seed(0)
     pt = weights_dir / f"{name}.pt"
@@ -269,8 +269,7 @@ def _flip_payload_bit(msg):
 
 
 def _point_cloud_stream(msg):
-    msg.point_cloud.CopyFrom(bitstream_pb2.PointCloudHeader(depth=10, num_points=1,
-                                                            origin=[0, 0, 0], scale=1.0))
+    msg.point_cloud.CopyFrom(container.point_cloud_header(10, 1, [0, 0, 0], 1.0))
     msg.codec = bitstream_pb2.CODEC_KIND_POINT_CLOUD
     container.pack(msg)
 

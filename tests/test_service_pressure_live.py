@@ -42,7 +42,7 @@ def weights(tmp_path_factory) -> Path:
 
     from reprocodec.image.models import sha256_file
     from reprocodec.image.testing import write_random_model
-    from reprocodec.pointcloud.model import ARCHITECTURE, OccupancyMLP, save_weights
+    from reprocodec.pointcloud.networks import ARCHITECTURE, OccupancyMLP, save_weights
 
     d = tmp_path_factory.mktemp("weights")
     write_random_model(d, "bmshj2018-hyperprior", seed=0)

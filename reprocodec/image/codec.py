@@ -1,17 +1,20 @@
 """The reproducible image codec: CompressAI hyperprior models with protected decisions.
 
-Encoder and decoder are written side by side (CompressAI latent_codecs style). Every float a
-discrete decision depends on is computed by a network on both sides and passes through the
-safeguard, so the integers (CDF indices, mean grid points, output pixels) are identical:
+Encoder and decoder are written side by side (CompressAI latent_codecs style) from small
+mirrored units: two entropy-coded latents (latents.py) and three ProtectedDecisions
+(reprocodec/decision.py). Every float a discrete decision depends on is computed by a network
+on both sides and goes through a decision, so the integers (CDF indices, mean grid points,
+output pixels) are identical; every integer the entropy decoder returns is checked against
+the encoder's symbol checksum before any output exists:
 
     encode                                        decode
     y = g_a(x); z = h_a(y)
-    z_hat = EB(z)            (exact: symbols+medians) z_hat = EB.decompress(z)
+    z_hat = hyper.encode(z)       (exact)         z_hat = hyper.decode(z)            (+ checksum)
     params = h_s(z_hat)                           params = h_s(z_hat)
-    scale_index = protect(sigma)                  scale_index = resolve(sigma)   (+ checksum)
-    mean_q = protect(mean) / 32   (mbt only)      mean_q = resolve(mean) / 32    (+ checksum)
-    y_hat = round(y - mean_q) + mean_q  ->  rANS  ->  y_hat = symbols + mean_q   (exact)
-    pixels = protect(255 g_s(y_hat))              pixels = resolve(255 g_s(y_hat)) (+ checksum)
+    scale_index = protect(sigma)                  scale_index = resolve(sigma)       (+ checksum)
+    mean_q = protect(mean) / 32   (mbt only)      mean_q = resolve(mean) / 32        (+ checksum)
+    y_hat = latent.encode(y, scale_index, mean_q) y_hat = latent.decode(y, ...)      (+ checksum)
+    pixels = protect(255 g_s(y_hat))              pixels = resolve(255 g_s(y_hat))   (+ checksum)
 
 With mode `none` the decisions are CompressAI's own (each side thresholds its own floats);
 the checksums still catch a flip, so the failure is reported rather than returned.
@@ -27,22 +30,15 @@ from typing import Any
 import numpy as np
 
 from reprocodec import container, numerics
-from reprocodec.checksum import checksum, crc32
-from reprocodec.errors import (
-    ContainerError,
-    InputError,
-    ModelMismatchError,
-    VerificationError,
-)
-from reprocodec.safeguard import DecisionQuantizer, ErrorBound, Mode, Protected, SafeguardError
-from reprocodec.safeguard import protect as sg_protect
-from reprocodec.safeguard import resolve as sg_resolve
+from reprocodec.checksum import checksum
+from reprocodec.decision import LEVELS, DecisionStats, ProtectedDecision, bound_from_info
+from reprocodec.errors import ContainerError, InputError, ModelMismatchError
+from reprocodec.safeguard import DecisionQuantizer, Mode
 from reprocodec.v1 import bitstream_pb2 as pb
 
 from .io import DEFAULT_MAX_PIXELS, check_pixels
-from .models import ModelInfo, build_model, load_checkpoint, load_shipped
-
-LEVELS = ("decoding", "reconstruction", "both")
+from .latents import HyperLatent, Latent
+from .models import DEFAULT_BOUNDS, ModelInfo, load_checkpoint, load_shipped
 
 # Means are snapped to multiples of 1/32 (a power of two, so symbol + mean stays exact in
 # float32 for |y| < 2^18). Against unit quantization of y the snapping error (<= 1/64) costs
@@ -58,42 +54,17 @@ MEAN_STEP = 1.0 / 32
 PIXEL_STEP = 1.0
 
 
-
-@dataclass
-class TensorStats:
-    name: str
-    mode: str
-    level: str
-    risky_count: int
-    candidate_count: int
-    side_info_bytes: int
-    matched: bool = True
-
-
 @dataclass
 class DecodedImage:
     pixels: np.ndarray  # uint8 H x W x C, C = 1 or 3
     bit_exact: bool  # output checksum equals the encoder's
-    tensors: list[TensorStats] = field(default_factory=list)
+    tensors: list[DecisionStats] = field(default_factory=list)
     seconds: float = 0.0
 
 
-@dataclass
-class _Decision:
-    """One protected decision: how a float tensor becomes integers, and within what bound."""
-
-    name: str
-    level: str
-    quantizer: DecisionQuantizer
-    bound: ErrorBound
-
-
-def _bound_from_info(info: ModelInfo, tensor: str) -> ErrorBound:
-    b = info.tensor_bound(tensor)
-    return ErrorBound(b["kind"], float(b["value"]))
-
-
 class ImageCodec:
+    kind = "image"
+
     def __init__(self, model: Any, info: ModelInfo, max_pixels: int = DEFAULT_MAX_PIXELS):
         import torch
 
@@ -101,39 +72,28 @@ class ImageCodec:
         self.max_pixels = max_pixels
         self.profile = numerics.current_profile()
         self.model = numerics.prepare_module(model.eval())
-        # The entropy models are integer tables driven from the CPU whatever the profile.
-        self.model.entropy_bottleneck.cpu()
-        self.model.gaussian_conditional.cpu()
         if self.profile.synthesis_float64:
             self.model.h_s.double()
             self.model.g_s.double()
         self.has_means = info.architecture == "mbt2018-mean"
         self.weights_sha256 = bytes.fromhex(info.weights_sha256)
-        gc = self.model.gaussian_conditional
-        table = gc.scale_table.detach().cpu().to(torch.float64).numpy()
+        self.hyper = HyperLatent(self.model.entropy_bottleneck)
+        self.latent = Latent(self.model.gaussian_conditional)
+        table = self.model.gaussian_conditional.scale_table.detach().cpu().to(torch.float64)
+        bounds = DEFAULT_BOUNDS | info.bounds
         self.decisions = {
-            "scale_index": _Decision(
-                "scale_index",
-                "decoding",
-                # build_indexes: index = #{s in table[:-1] : sigma > s}
-                DecisionQuantizer.from_thresholds(table[:-1]),
-                _bound_from_info(info, "scale_index"),
-            ),
-            "mean_grid": _Decision(
-                "mean_grid",
-                "decoding",
-                DecisionQuantizer.uniform(MEAN_STEP),
-                _bound_from_info(info, "mean_grid"),
-            ),
-            "pixels": _Decision(
-                "pixels",
-                "reconstruction",
-                DecisionQuantizer.uniform(PIXEL_STEP),
-                _bound_from_info(info, "pixels"),
-            ),
+            # build_indexes: index = #{s in table[:-1] : sigma > s}
+            "scale_index": ProtectedDecision(
+                "scale_index", "decoding",
+                DecisionQuantizer.from_thresholds(table.numpy()[:-1]),
+                bound_from_info(bounds, "scale_index")),
+            "mean_grid": ProtectedDecision(
+                "mean_grid", "decoding", DecisionQuantizer.uniform(MEAN_STEP),
+                bound_from_info(bounds, "mean_grid")),
+            "pixels": ProtectedDecision(
+                "pixels", "reconstruction", DecisionQuantizer.uniform(PIXEL_STEP),
+                bound_from_info(bounds, "pixels")),
         }
-        for d in self.decisions.values():
-            d.quantizer.check_bound(d.bound)
 
     # ----------------------------------------------------------------------------- loading
 
@@ -168,19 +128,9 @@ class ImageCodec:
         )
         return cls(model, info)
 
-    @classmethod
-    def from_state_dict(cls, state_dict: dict[str, Any], architecture: str, name: str,
-                        weights_sha256: str) -> ImageCodec:
-        return cls.from_model(build_model(architecture, state_dict), name, weights_sha256,
-                              architecture=architecture)
-
     # ----------------------------------------------------------------------- shared steps
 
-    def _decision_mode(self, name: str, mode: Mode, level: str) -> Mode:
-        wanted = self.decisions[name].level
-        return mode if level in (wanted, "both") else Mode.NONE
-
-    def _z_hat_and_params(self, z_hat: Any) -> tuple[Any, Any]:
+    def _params(self, z_hat: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """h_s on the exact z_hat -> (sigma, mean) as float64 numpy; mean is None for bmshj."""
         import torch
 
@@ -201,13 +151,13 @@ class ImageCodec:
             x_hat = self.model.g_s(numerics.prepare_input(y_hat.to(dtype)))
             # Crop, then float64: the same IEEE operations as on the whole padded tensor, on
             # fewer elements, and H x W x C contiguous for the safeguard's single pass.
-            v = (x_hat[0, :, :height, :width].permute(1, 2, 0).to(torch.float64) * 255.0)
-            v = v.clamp_(0, 255).contiguous().numpy()
+            v = x_hat[0, :, :height, :width].permute(1, 2, 0).to(torch.float64) * 255.0
+            v = _numpy64(v.clamp_(0, 255))
         if channels == 1:
             v = v.mean(axis=2, keepdims=True)
         return v
 
-    def _means_tensor(self, mean_index: np.ndarray) -> Any:
+    def _grid_means(self, mean_index: np.ndarray) -> Any:
         import torch
 
         # index * 2^-5 is exact in float32, so both sides hold the identical grid value.
@@ -222,13 +172,7 @@ class ImageCodec:
         import torch
         import torch.nn.functional as F
 
-        try:
-            mode = Mode(mode)
-        except ValueError:
-            raise InputError(f"unknown safeguard mode {mode!r}; use one of "
-                             f"{', '.join(m.value for m in Mode)}") from None
-        if level not in LEVELS:
-            raise InputError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
+        mode, level = _check_mode(mode), _check_level(level)
         pixels = check_pixels(pixels, self.max_pixels)
         height, width, channels = pixels.shape
         x = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 255.0
@@ -237,32 +181,18 @@ class ImageCodec:
         pad_h, pad_w = _padded(height), _padded(width)
         # Replicate padding codes cheaper than zeros (no artificial edge); cropped away later.
         x = F.pad(x, (0, pad_w - width, 0, pad_h - height), mode="replicate")
-        eb, gc = self.model.entropy_bottleneck, self.model.gaussian_conditional
-
         with torch.no_grad():
             y = self.model.g_a(numerics.prepare_input(x))
             z = self.model.h_a(y if self.has_means else torch.abs(y))
-            y, z = y.float().cpu().contiguous(), z.float().cpu().contiguous()
-            z_strings = eb.compress(z)
-            z_hat = eb.decompress(z_strings, z.shape[-2:])
 
-        sigma, mean = self._z_hat_and_params(z_hat)
-        protected = []
-        scale_index = self._protect("scale_index", sigma, mode, level, protected, capture)
-        mean_q = None
-        if self.has_means:
-            mean_q = self._means_tensor(
-                self._protect("mean_grid", mean, mode, level, protected, capture))
-
-        indexes = torch.from_numpy(scale_index.astype(np.int32))
-        y_strings = gc.compress(y, indexes, means=mean_q)
-        y_hat = gc.quantize(y, "dequantize", mean_q)  # = symbols + mean_q, as decode rebuilds
-
-        v_pixels = self._synthesis(y_hat, height, width, channels)
-        if level in ("reconstruction", "both"):
-            output = self._protect("pixels", v_pixels, mode, level, protected, capture)
-        else:
-            output = self.decisions["pixels"].quantizer.index(v_pixels)
+        records: list[pb.ProtectedTensor] = []
+        protect = _Protector(self.decisions, mode, level, records, capture)
+        z_bytes, z_symbols, z_hat = self.hyper.encode(z)
+        sigma, mean = self._params(z_hat)
+        scale_index = protect("scale_index", sigma)
+        mean_q = self._grid_means(protect("mean_grid", mean)) if self.has_means else None
+        y_bytes, y_symbols, y_hat = self.latent.encode(y, scale_index, mean_q)
+        output = protect("pixels", self._synthesis(y_hat, height, width, channels))
         output = np.clip(output, 0, 255).astype(np.uint8)  # noise profile can step outside
         _capture(capture, z_hat=z_hat, y_hat=y_hat, output=output)
 
@@ -276,100 +206,46 @@ class ImageCodec:
             output_checksum=checksum(output),
             encoder_profile=self.profile.name,
         )
-        msg.payloads.append(container.make_payload("z", z_strings[0], list(z.shape[1:])))
-        msg.payloads.append(container.make_payload("y", y_strings[0], list(y.shape[1:])))
-        msg.protected.extend(protected)
+        msg.payloads.append(container.make_payload("z", z_bytes, z_symbols.shape, z_symbols))
+        msg.payloads.append(container.make_payload("y", y_bytes, y_symbols.shape, y_symbols))
+        msg.protected.extend(records)
         return msg
-
-    def _protect(self, name: str, values: np.ndarray, mode: Mode, level: str,
-                 out: list, capture: dict | None) -> np.ndarray:
-        d = self.decisions[name]
-        tensor_mode = self._decision_mode(name, mode, level)
-        if tensor_mode is Mode.NONE:  # plain CompressAI decision: skip the risk analysis
-            p = Protected(d.quantizer.index(values), b"", Mode.NONE, 0, 0)
-        else:
-            p = sg_protect(values, d.quantizer, d.bound, tensor_mode)
-        out.append(container.make_protected(name, d.level, p, d.bound))
-        _capture(capture, **{name: values, f"{name}_indices": p.indices})
-        return p.indices
 
     # ----------------------------------------------------------------------------- decode
 
     def decode(self, msg: pb.Bitstream, verify: bool = True,
                capture: dict | None = None) -> DecodedImage:
         """Decode a validated container. verify=False (benchmarks only) decodes on past a
-        failed index check so that the damage plain CompressAI would do can be measured."""
-        import torch
-
+        failed check so that the damage plain CompressAI would do can be measured."""
         start = time.perf_counter()
         container.validate(msg)  # framing, CRCs, ranges: before any byte reaches rANS
         height, width, channels = self._check_header(msg)
         pad_h, pad_w = _padded(height), _padded(width)
-        eb, gc = self.model.entropy_bottleneck, self.model.gaussian_conditional
-        m = self.model.M
-        z_bytes = _payload(msg, "z", [eb.channels, pad_h // 64, pad_w // 64])
-        y_bytes = _payload(msg, "y", [m, pad_h // 16, pad_w // 16])
-        prot = {t.name: t for t in msg.protected}
-        _check_protected_set(prot, self.has_means)
+        z_rec = _payload(msg, "z", [self.hyper.channels, pad_h // 64, pad_w // 64])
+        y_rec = _payload(msg, "y", [self.model.M, pad_h // 16, pad_w // 16])
+        records = _records(msg, self.has_means)
+        # Every record is checked (shape, level, bound) before any network runs.
+        latent_shape = [1, *y_rec.shape]
+        shapes = {"scale_index": latent_shape, "mean_grid": latent_shape,
+                  "pixels": [height, width, channels]}
+        for name, t in records.items():
+            self.decisions[name].check_record(t, shapes[name])
 
-        with torch.no_grad():
-            z_hat = eb.decompress([z_bytes], (pad_h // 64, pad_w // 64))
-
-        sigma, mean = self._z_hat_and_params(z_hat)
-        stats: list[TensorStats] = []
-        scale_index = self._resolve(prot["scale_index"], sigma, verify, stats, capture)
-        mean_q = None
-        if self.has_means:
-            mean_q = self._means_tensor(
-                self._resolve(prot["mean_grid"], mean, verify, stats, capture))
-
-        indexes = torch.from_numpy(scale_index.astype(np.int32))
-        y_hat = gc.decompress([y_bytes], indexes, torch.float32, means=mean_q)
-
-        v_pixels = self._synthesis(y_hat, height, width, channels)
-        if "pixels" in prot:
-            output = self._resolve(prot["pixels"], v_pixels, verify, stats, capture)
-        else:  # unprotected: CompressAI's own rounding of this decoder's floats
-            pix = self.decisions["pixels"]
-            output = pix.quantizer.index(numerics.perturb("pixels", v_pixels, pix.bound))
+        stats: list[DecisionStats] = []
+        resolve = _Resolver(self.decisions, records, verify, stats, capture)
+        z_symbols, z_hat = self.hyper.decode(z_rec.data, pad_h // 64, pad_w // 64, not verify)
+        _check_symbols(z_rec, z_symbols, verify)
+        sigma, mean = self._params(z_hat)
+        scale_index = resolve("scale_index", sigma)
+        mean_q = self._grid_means(resolve("mean_grid", mean)) if self.has_means else None
+        y_symbols, y_hat = self.latent.decode(y_rec.data, scale_index, mean_q, not verify)
+        _check_symbols(y_rec, y_symbols, verify)
+        output = resolve("pixels", self._synthesis(y_hat, height, width, channels))
         output = np.clip(output, 0, 255).astype(np.uint8)  # noise profile can step outside
         _capture(capture, z_hat=z_hat, y_hat=y_hat, output=output)
 
         bit_exact = checksum(output) == msg.output_checksum
         return DecodedImage(output, bit_exact, stats, time.perf_counter() - start)
-
-    def _resolve(self, t: pb.ProtectedTensor, values: np.ndarray, verify: bool,
-                 stats: list, capture: dict | None) -> np.ndarray:
-        d = self.decisions[t.name]
-        mode = container.mode_from_proto(t.mode)
-        if list(t.shape) != list(values.shape):
-            raise ContainerError(
-                f"protected tensor {t.name} has shape {list(t.shape)}, the model computes "
-                f"{list(values.shape)}"
-            )
-        bound = container.bound_from_proto(t.bound)
-        try:
-            d.quantizer.check_bound(bound)
-        except SafeguardError as exc:
-            raise ContainerError(f"protected tensor {t.name}: {exc}") from exc
-        values = numerics.perturb(t.name, values, bound)
-        try:
-            if mode is Mode.NONE:  # this decoder's own decision, as plain CompressAI
-                indices = d.quantizer.index(values)
-            else:
-                indices = sg_resolve(values, d.quantizer, bound, t.side_info, mode)
-            matched = checksum(indices) == t.indices_checksum
-        except SafeguardError as exc:
-            if verify:
-                raise VerificationError(_verification_message(t.name, str(exc))) from exc
-            indices, matched = d.quantizer.index(values), False
-        stats.append(TensorStats(t.name, mode.value, d.level, t.risky_count, t.candidate_count,
-                                 len(t.side_info), matched))
-        _capture(capture, **{t.name: values, f"{t.name}_indices": indices})
-        if not matched and verify:
-            raise VerificationError(_verification_message(
-                t.name, "its indices do not reproduce the encoder's checksum"))
-        return indices
 
     def _check_header(self, msg: pb.Bitstream) -> tuple[int, int, int]:
         if msg.codec != pb.CODEC_KIND_IMAGE:
@@ -387,18 +263,70 @@ class ImageCodec:
             raise ContainerError(f"image header out of range: {h} x {w} x {c}")
         return h, w, c
 
-
     # ------------------------------------------------------------------------ calibration
 
     def network_floats(self, z_hat: Any, y_hat: Any, height: int, width: int,
                        channels: int) -> dict[str, np.ndarray]:
         """The protected float tensors this process's numerics compute from exact latents
         (what `reprocodec calibrate` compares across profiles)."""
-        sigma, mean = self._z_hat_and_params(z_hat)
+        sigma, mean = self._params(z_hat)
         out = {"scale_index": sigma, "pixels": self._synthesis(y_hat, height, width, channels)}
         if mean is not None:
             out["mean_grid"] = mean
         return out
+
+
+class _Protector:
+    """Encoder side of every decision of one encode: indices out, records collected."""
+
+    def __init__(self, decisions: dict[str, ProtectedDecision], mode: Mode, level: str,
+                 records: list, capture: dict | None):
+        self.decisions, self.mode, self.level = decisions, mode, level
+        self.records, self.capture = records, capture
+
+    def __call__(self, name: str, values: np.ndarray) -> np.ndarray:
+        d = self.decisions[name]
+        mode = d.mode_for(self.mode, self.level)
+        if d.level == "reconstruction" and self.level == "decoding":
+            # output not protected at this level: no record, the decoder rounds its own floats
+            indices = d.protect_pass(values, mode).indices
+        else:
+            indices, record = d.protect(values, mode)
+            self.records.append(record)
+        _capture(self.capture, **{name: values, f"{name}_indices": indices})
+        return indices
+
+
+class _Resolver:
+    """Decoder side: the encoder's indices of every recorded decision."""
+
+    def __init__(self, decisions: dict[str, ProtectedDecision], records: dict, verify: bool,
+                 stats: list[DecisionStats], capture: dict | None):
+        self.decisions, self.records, self.verify = decisions, records, verify
+        self.stats, self.capture = stats, capture
+
+    def __call__(self, name: str, values: np.ndarray) -> np.ndarray:
+        d = self.decisions[name]
+        if name not in self.records:  # unprotected pixels: this decoder's own rounding
+            indices = d.quantizer.index(numerics.perturb(name, values, d.bound))
+        else:
+            indices = d.resolve(self.records[name], values, self.verify, self.stats)
+        _capture(self.capture, **{name: values, f"{name}_indices": indices})
+        return indices
+
+
+def _check_mode(mode: Mode | str) -> Mode:
+    try:
+        return Mode(mode)
+    except ValueError:
+        raise InputError(f"unknown safeguard mode {mode!r}; use one of "
+                         f"{', '.join(m.value for m in Mode)}") from None
+
+
+def _check_level(level: str) -> str:
+    if level not in LEVELS:
+        raise InputError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
+    return level
 
 
 def _capture(capture: dict | None, **items: Any) -> None:
@@ -407,6 +335,7 @@ def _capture(capture: dict | None, **items: Any) -> None:
 
 
 def _numpy64(t: Any) -> np.ndarray:
+    """The one place image tensors come to host memory (any device), as float64."""
     import torch
 
     return t.detach().to("cpu", torch.float64).contiguous().numpy()
@@ -417,38 +346,30 @@ def _padded(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _payload(msg: pb.Bitstream, name: str, shape: list[int]) -> bytes:
-    """A payload's bytes after checking its framing: CompressAI's rANS decoder does no bounds
-    checks, so nothing reaches it that the container's CRC and the header do not vouch for."""
+def _payload(msg: pb.Bitstream, name: str, shape: list[int]) -> pb.Payload:
+    """The payload record after checking its shape against the header (its CRC-32 was
+    checked by container.validate)."""
     found = [p for p in msg.payloads if p.name == name]
-    if len(found) != 1:
-        raise ContainerError(f"image bitstream must carry exactly one payload {name!r}")
+    if len(found) != 1 or len(msg.payloads) != 2:
+        raise ContainerError("image bitstream must carry payloads 'z' and 'y' once each")
     p = found[0]
     if list(p.shape) != shape:
         raise ContainerError(f"payload {name!r} has shape {list(p.shape)}, header implies {shape}")
-    if crc32(p.data) != p.crc32:
-        raise ContainerError(f"payload {name!r} fails its CRC-32: the stream is corrupt")
-    if not p.data:
-        raise ContainerError(f"payload {name!r} is empty")
-    return bytes(p.data)
+    return p
 
 
-def _check_protected_set(prot: dict, has_means: bool) -> None:
+def _check_symbols(p: pb.Payload, symbols: np.ndarray, verify: bool) -> None:
+    """The entropy decoder's integers against the encoder's: a stream whose framing and rANS
+    state check out can still carry other symbols only if it was crafted or corrupted."""
+    if verify and checksum(symbols) != p.symbols_checksum:
+        raise ContainerError(f"malformed bitstream: payload {p.name!r} decodes to symbols "
+                             "that fail their checksum")
+
+
+def _records(msg: pb.Bitstream, has_means: bool) -> dict[str, pb.ProtectedTensor]:
+    records = {t.name: t for t in msg.protected}
     need = {"scale_index"} | ({"mean_grid"} if has_means else set())
-    allowed = need | {"pixels"}
-    if not need <= prot.keys() or not prot.keys() <= allowed:
+    if not need <= records.keys() or not records.keys() <= need | {"pixels"}:
         raise ContainerError(
-            f"image bitstream protects {sorted(prot)}, expected {sorted(need)} (+ pixels)"
-        )
-    for t in prot.values():
-        want = "reconstruction" if t.name == "pixels" else "decoding"
-        if t.level != container.LEVELS[want]:
-            raise ContainerError(f"protected tensor {t.name} must be at the {want} level")
-
-
-def _verification_message(name: str, detail: str) -> str:
-    return (
-        f"decode failed verification on {name}: {detail}. This decoder's numerics differ from "
-        "the encoder's by more than the stream's error bound; re-encode with a protected "
-        "--safeguard mode or calibrated bounds, or decode on a platform matching the encoder"
-    )
+            f"image bitstream protects {sorted(records)}, expected {sorted(need)} (+ pixels)")
+    return records

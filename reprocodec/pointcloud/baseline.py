@@ -18,7 +18,7 @@ import numpy as np
 from compressai.ans import BufferedRansEncoder
 
 from . import octree
-from .model import LOGIT_LIMIT, LOGIT_STEP, build_cdf_table
+from .networks import LOGIT_LIMIT, LOGIT_STEP, build_cdf_table
 
 
 def _rank_within_groups(keys: np.ndarray) -> np.ndarray:

@@ -30,18 +30,17 @@ from ..errors import (
     TooLargeError,
     VerificationError,
 )
-from ..safeguard import ErrorBound, Mode, Protected, SafeguardError
+from ..safeguard import ErrorBound, Mode
 from ..v1 import bitstream_pb2 as pb
 from . import coder, octree
+from .coder import TENSOR
 from .context import N_PASSES, pass_features
-from .model import PassNetworks, load_weights
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
+from .networks import PassNetworks, load_weights
 
-TENSOR = "occupancy_logit"
 PAYLOAD = "occupancy"
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
-# Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8; the
-# decoder allocates 2 bytes of rANS padding per coded bit (see coder.decompress).
+# Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8.
 MAX_CODED_BITS = 1 << 28
 
 
@@ -55,11 +54,14 @@ class DecodedPointCloud:
 
 
 class PointCloudCodec:
+    kind = "point_cloud"
+
     def __init__(self, pt_path: Path, info: PointCloudModelInfo):
         import torch
 
         self.info = info
-        self.model, self.table, _ = load_weights(str(pt_path))
+        self.model, table, _ = load_weights(str(pt_path))
+        self.tables = coder.cdf_tables(table)
         self.weights_sha256 = bytes.fromhex(info.weights_sha256)
         self.profile = numerics.current_profile()
         self.dtype = numerics.synthesis_dtype()
@@ -67,6 +69,7 @@ class PointCloudCodec:
         self._torch = torch
         b = info.tensor_bound(TENSOR)
         self.bound = ErrorBound(b["kind"], float(b["value"]))
+        self.decision = coder.occupancy_decision(self.bound)
 
     @classmethod
     def load(cls, name: str = DEFAULT_MODEL, weights_dir: str | Path | None = None
@@ -96,19 +99,19 @@ class PointCloudCodec:
             magic=container.MAGIC, format_version=container.FORMAT_VERSION,
             codec=pb.CODEC_KIND_POINT_CLOUD, model=self.info.name,
             weights_sha256=self.weights_sha256,
-            point_cloud=pb.PointCloudHeader(depth=depth, num_points=n, origin=list(vox.origin),
-                                            scale=vox.scale),
+            point_cloud=container.point_cloud_header(depth, n, vox.origin, vox.scale),
             output_checksum=checksum(vox.voxels), encoder_profile=self.profile.name,
         )
         if n == 0:
             return msg
         codes, bits = octree.build_levels(vox.voxels, depth)
-        coded = coder.compress(codes, bits, depth, self._predict, self.table, mode, self.bound)
+        coded = coder.compress(codes, bits, depth, self._predict, self.tables, mode,
+                               self.decision)
         total = coded.indices.size
-        msg.payloads.append(container.make_payload(PAYLOAD, coded.data, [total]))
-        protected = Protected(coded.indices, coded.side_info, mode, coded.risky_count,
-                              coded.candidate_count)
-        msg.protected.append(container.make_protected(TENSOR, "decoding", protected, self.bound))
+        occupancy = np.concatenate([b.T.reshape(-1) for b in bits])  # coding order
+        msg.payloads.append(container.make_payload(PAYLOAD, coded.data, [total], occupancy))
+        msg.protected.append(self.decision.record(coded.indices, coded.side_info, mode,
+                                                  coded.risky_count, coded.candidate_count))
         return msg
 
     # ----------------------------------------------------------------------------- decode
@@ -136,17 +139,14 @@ class PointCloudCodec:
         if total > MAX_CODED_BITS:
             raise TooLargeError(f"{total} coded occupancy bits exceed this decoder's limit of "
                                 f"{MAX_CODED_BITS}; decode on a larger deployment")
-        mode = container.mode_from_proto(t.mode)
-        bound = container.bound_from_proto(t.bound)
-        try:
-            coder.LOGIT_QUANTIZER.check_bound(bound)
-        except SafeguardError as exc:
-            raise ContainerError(f"protected tensor {TENSOR}: {exc}") from exc
+        mode, bound = self.decision.check_record(t, [total])
 
-        leaves, indices = coder.decompress(
-            data, t.side_info, total, depth, self._predict, self.table, mode, bound,
-            lambda v: numerics.perturb(TENSOR, v, bound), verify=verify,
+        leaves, indices, occupancy = coder.decompress(
+            data, t.side_info, total, depth, self._predict, self.tables, mode, bound,
+            self.decision, verify=verify,
         )
+        if verify and checksum(occupancy) != msg.payloads[0].symbols_checksum:
+            raise VerificationError(_failure("its occupancy bits fail their checksum"))
         if verify and checksum(indices) != t.indices_checksum:
             raise VerificationError(_failure("its occupancy indices do not match the encoder's"))
         if verify and leaves.size != n:

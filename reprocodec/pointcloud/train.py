@@ -21,7 +21,7 @@ import torch
 
 from . import octree
 from .context import N_FEATURES, N_PASSES, pass_features
-from .model import OccupancyMLP, save_weights
+from .networks import OccupancyMLP, save_weights
 from .ply import read_ply
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"

@@ -234,7 +234,7 @@ def warm_up() -> None:
     v = np.arange(512, dtype=np.float64) * 0.499  # some elements within e of a threshold
     for q, bound, v_dec in (
         (DecisionQuantizer.uniform(1.0), ErrorBound.absolute(1e-3), v + 5e-4),
-        (DecisionQuantizer.from_thresholds(np.arange(1, 400) + 0.5), ErrorBound.relative(1e-3),
+        (DecisionQuantizer.from_thresholds(np.arange(1, 200) + 0.5), ErrorBound.relative(1e-3),
          v * (1 + 5e-4)),
     ):
         p = protect(v, q, bound, Mode.SYNDROME)

@@ -24,31 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dreprocodec/v1/bitstream.proto\x12\rreprocodec.v1\"C\n\nErrorBound\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.reprocodec.v1.BoundKind\x12\r\n\x05value\x18\x02 \x01(\x01\"\xa7\x02\n\x0fProtectedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05level\x18\x02 \x01(\x0e\x32\x1e.reprocodec.v1.ProtectionLevel\x12*\n\x04mode\x18\x03 \x01(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12(\n\x05\x62ound\x18\x04 \x01(\x0b\x32\x19.reprocodec.v1.ErrorBound\x12\r\n\x05shape\x18\x05 \x03(\r\x12\x11\n\tside_info\x18\x06 \x01(\x0c\x12\x17\n\x0fside_info_crc32\x18\x07 \x01(\x07\x12\x18\n\x10indices_checksum\x18\x08 \x01(\x06\x12\x13\n\x0brisky_count\x18\t \x01(\x04\x12\x17\n\x0f\x63\x61ndidate_count\x18\n \x01(\x04\"C\n\x07Payload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x04 \x01(\x07\">\n\x0bImageHeader\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\"T\n\x10PointCloudHeader\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\r\x12\x12\n\nnum_points\x18\x02 \x01(\x04\x12\x0e\n\x06origin\x18\x03 \x03(\x01\x12\r\n\x05scale\x18\x04 \x01(\x01\"\x80\x03\n\tBitstream\x12\r\n\x05magic\x18\x01 \x01(\x07\x12\x16\n\x0e\x66ormat_version\x18\x02 \x01(\r\x12\'\n\x05\x63odec\x18\x03 \x01(\x0e\x32\x18.reprocodec.v1.CodecKind\x12\r\n\x05model\x18\x04 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x05 \x01(\x0c\x12+\n\x05image\x18\x06 \x01(\x0b\x32\x1a.reprocodec.v1.ImageHeaderH\x00\x12\x36\n\x0bpoint_cloud\x18\x07 \x01(\x0b\x32\x1f.reprocodec.v1.PointCloudHeaderH\x00\x12(\n\x08payloads\x18\x08 \x03(\x0b\x32\x16.reprocodec.v1.Payload\x12\x31\n\tprotected\x18\t \x03(\x0b\x32\x1e.reprocodec.v1.ProtectedTensor\x12\x17\n\x0foutput_checksum\x18\n \x01(\x06\x12\x17\n\x0f\x65ncoder_profile\x18\x0b \x01(\tB\x08\n\x06header*Y\n\tCodecKind\x12\x1a\n\x16\x43ODEC_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43ODEC_KIND_IMAGE\x10\x01\x12\x1a\n\x16\x43ODEC_KIND_POINT_CLOUD\x10\x02*\x9e\x01\n\rSafeguardMode\x12\x1e\n\x1aSAFEGUARD_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13SAFEGUARD_MODE_NONE\x10\x01\x12\x18\n\x14SAFEGUARD_MODE_FLAGS\x10\x02\x12\x1d\n\x19SAFEGUARD_MODE_SIMPLIFIED\x10\x03\x12\x1b\n\x17SAFEGUARD_MODE_SYNDROME\x10\x04*Y\n\tBoundKind\x12\x1a\n\x16\x42OUND_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42OUND_KIND_ABSOLUTE\x10\x01\x12\x17\n\x13\x42OUND_KIND_RELATIVE\x10\x02*w\n\x0fProtectionLevel\x12 \n\x1cPROTECTION_LEVEL_UNSPECIFIED\x10\x00\x12\x1d\n\x19PROTECTION_LEVEL_DECODING\x10\x01\x12#\n\x1fPROTECTION_LEVEL_RECONSTRUCTION\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dreprocodec/v1/bitstream.proto\x12\rreprocodec.v1\"C\n\nErrorBound\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.reprocodec.v1.BoundKind\x12\r\n\x05value\x18\x02 \x01(\x01\"\xa7\x02\n\x0fProtectedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05level\x18\x02 \x01(\x0e\x32\x1e.reprocodec.v1.ProtectionLevel\x12*\n\x04mode\x18\x03 \x01(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12(\n\x05\x62ound\x18\x04 \x01(\x0b\x32\x19.reprocodec.v1.ErrorBound\x12\r\n\x05shape\x18\x05 \x03(\r\x12\x11\n\tside_info\x18\x06 \x01(\x0c\x12\x17\n\x0fside_info_crc32\x18\x07 \x01(\x07\x12\x18\n\x10indices_checksum\x18\x08 \x01(\x06\x12\x13\n\x0brisky_count\x18\t \x01(\x04\x12\x17\n\x0f\x63\x61ndidate_count\x18\n \x01(\x04\"]\n\x07Payload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x04 \x01(\x07\x12\x18\n\x10symbols_checksum\x18\x05 \x01(\x06\">\n\x0bImageHeader\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\"f\n\x10PointCloudHeader\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\r\x12\x12\n\nnum_points\x18\x02 \x01(\x04\x12\x0e\n\x06origin\x18\x03 \x03(\x01\x12\r\n\x05scale\x18\x04 \x01(\x01\x12\x10\n\x08\x63hecksum\x18\x05 \x01(\x06\"\x80\x03\n\tBitstream\x12\r\n\x05magic\x18\x01 \x01(\x07\x12\x16\n\x0e\x66ormat_version\x18\x02 \x01(\r\x12\'\n\x05\x63odec\x18\x03 \x01(\x0e\x32\x18.reprocodec.v1.CodecKind\x12\r\n\x05model\x18\x04 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x05 \x01(\x0c\x12+\n\x05image\x18\x06 \x01(\x0b\x32\x1a.reprocodec.v1.ImageHeaderH\x00\x12\x36\n\x0bpoint_cloud\x18\x07 \x01(\x0b\x32\x1f.reprocodec.v1.PointCloudHeaderH\x00\x12(\n\x08payloads\x18\x08 \x03(\x0b\x32\x16.reprocodec.v1.Payload\x12\x31\n\tprotected\x18\t \x03(\x0b\x32\x1e.reprocodec.v1.ProtectedTensor\x12\x17\n\x0foutput_checksum\x18\n \x01(\x06\x12\x17\n\x0f\x65ncoder_profile\x18\x0b \x01(\tB\x08\n\x06header*Y\n\tCodecKind\x12\x1a\n\x16\x43ODEC_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43ODEC_KIND_IMAGE\x10\x01\x12\x1a\n\x16\x43ODEC_KIND_POINT_CLOUD\x10\x02*\x9e\x01\n\rSafeguardMode\x12\x1e\n\x1aSAFEGUARD_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13SAFEGUARD_MODE_NONE\x10\x01\x12\x18\n\x14SAFEGUARD_MODE_FLAGS\x10\x02\x12\x1d\n\x19SAFEGUARD_MODE_SIMPLIFIED\x10\x03\x12\x1b\n\x17SAFEGUARD_MODE_SYNDROME\x10\x04*Y\n\tBoundKind\x12\x1a\n\x16\x42OUND_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42OUND_KIND_ABSOLUTE\x10\x01\x12\x17\n\x13\x42OUND_KIND_RELATIVE\x10\x02*w\n\x0fProtectionLevel\x12 \n\x1cPROTECTION_LEVEL_UNSPECIFIED\x10\x00\x12\x1d\n\x19PROTECTION_LEVEL_DECODING\x10\x01\x12#\n\x1fPROTECTION_LEVEL_RECONSTRUCTION\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reprocodec.v1.bitstream_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CODECKIND']._serialized_start=1021
-  _globals['_CODECKIND']._serialized_end=1110
-  _globals['_SAFEGUARDMODE']._serialized_start=1113
-  _globals['_SAFEGUARDMODE']._serialized_end=1271
-  _globals['_BOUNDKIND']._serialized_start=1273
-  _globals['_BOUNDKIND']._serialized_end=1362
-  _globals['_PROTECTIONLEVEL']._serialized_start=1364
-  _globals['_PROTECTIONLEVEL']._serialized_end=1483
+  _globals['_CODECKIND']._serialized_start=1065
+  _globals['_CODECKIND']._serialized_end=1154
+  _globals['_SAFEGUARDMODE']._serialized_start=1157
+  _globals['_SAFEGUARDMODE']._serialized_end=1315
+  _globals['_BOUNDKIND']._serialized_start=1317
+  _globals['_BOUNDKIND']._serialized_end=1406
+  _globals['_PROTECTIONLEVEL']._serialized_start=1408
+  _globals['_PROTECTIONLEVEL']._serialized_end=1527
   _globals['_ERRORBOUND']._serialized_start=48
   _globals['_ERRORBOUND']._serialized_end=115
   _globals['_PROTECTEDTENSOR']._serialized_start=118
   _globals['_PROTECTEDTENSOR']._serialized_end=413
   _globals['_PAYLOAD']._serialized_start=415
-  _globals['_PAYLOAD']._serialized_end=482
-  _globals['_IMAGEHEADER']._serialized_start=484
-  _globals['_IMAGEHEADER']._serialized_end=546
-  _globals['_POINTCLOUDHEADER']._serialized_start=548
-  _globals['_POINTCLOUDHEADER']._serialized_end=632
-  _globals['_BITSTREAM']._serialized_start=635
-  _globals['_BITSTREAM']._serialized_end=1019
+  _globals['_PAYLOAD']._serialized_end=508
+  _globals['_IMAGEHEADER']._serialized_start=510
+  _globals['_IMAGEHEADER']._serialized_end=572
+  _globals['_POINTCLOUDHEADER']._serialized_start=574
+  _globals['_POINTCLOUDHEADER']._serialized_end=676
+  _globals['_BITSTREAM']._serialized_start=679
+  _globals['_BITSTREAM']._serialized_end=1063
 # @@protoc_insertion_point(module_scope)

@@ -80,16 +80,18 @@ class ProtectedTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., level: _Optional[_Union[ProtectionLevel, str]] = ..., mode: _Optional[_Union[SafeguardMode, str]] = ..., bound: _Optional[_Union[ErrorBound, _Mapping]] = ..., shape: _Optional[_Iterable[int]] = ..., side_info: _Optional[bytes] = ..., side_info_crc32: _Optional[int] = ..., indices_checksum: _Optional[int] = ..., risky_count: _Optional[int] = ..., candidate_count: _Optional[int] = ...) -> None: ...
 
 class Payload(_message.Message):
-    __slots__ = ("name", "shape", "data", "crc32")
+    __slots__ = ("name", "shape", "data", "crc32", "symbols_checksum")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     name: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
     crc32: int
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ...) -> None: ...
+    symbols_checksum: int
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ..., symbols_checksum: _Optional[int] = ...) -> None: ...
 
 class ImageHeader(_message.Message):
     __slots__ = ("height", "width", "channels")
@@ -102,16 +104,18 @@ class ImageHeader(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
 
 class PointCloudHeader(_message.Message):
-    __slots__ = ("depth", "num_points", "origin", "scale")
+    __slots__ = ("depth", "num_points", "origin", "scale", "checksum")
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     NUM_POINTS_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     depth: int
     num_points: int
     origin: _containers.RepeatedScalarFieldContainer[float]
     scale: float
-    def __init__(self, depth: _Optional[int] = ..., num_points: _Optional[int] = ..., origin: _Optional[_Iterable[float]] = ..., scale: _Optional[float] = ...) -> None: ...
+    checksum: int
+    def __init__(self, depth: _Optional[int] = ..., num_points: _Optional[int] = ..., origin: _Optional[_Iterable[float]] = ..., scale: _Optional[float] = ..., checksum: _Optional[int] = ...) -> None: ...
 
 class Bitstream(_message.Message):
     __slots__ = ("magic", "format_version", "codec", "model", "weights_sha256", "image", "point_cloud", "payloads", "protected", "output_checksum", "encoder_profile")

@@ -1,0 +1,354 @@
+"""Entropy coding: the only code in reprocodec that touches an entropy coder.
+
+A 64-bit rANS coder over 16-bit integer CDF tables, byte-compatible with CompressAI's
+`BufferedRansEncoder` / `RansDecoder` (same tables, same symbol -> (start, frequency) mapping,
+same 4-bit bypass coding of values outside a table's range, same word order), so streams and
+tables carry over unchanged. Unlike CompressAI's C++ decoder, whose asserts are compiled out
+and which reads past its buffer on hostile bytes, the decoder here is memory-safe for any byte
+string: every word read is bounds-checked, bypass runs are capped at what an honest encoder can
+write, table indexes are checked, and the stream must end exactly where the coder says it does
+(all words consumed and the state back at the encoder's initial value).
+
+    encode(symbols, indexes, tables) -> bytes      decode(data, indexes, tables) -> symbols
+    Encoder().encode(...) ... .flush()             Decoder(data).decode(...) ... .finish()
+
+numpy in and out. The kernels are numba-compiled (`nogil`, so concurrent requests run in
+parallel); without numba (the light client, which never decodes) the same functions run as
+plain Python, which is slow but identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ContainerError, InputError
+
+try:
+    import numba
+except ImportError:  # the light client install
+    numba = None  # type: ignore[assignment]
+
+PRECISION = 16  # CDF tables sum to 2^16
+BYPASS_BITS = 4
+BYPASS_MAX = (1 << BYPASS_BITS) - 1
+# |symbol - offset| an encoder accepts. Raw escape values then stay below 2^28, at most 7
+# nibbles: CompressAI's encoder loops forever from 8 nibbles on (a 32-bit shift), so no stream
+# it could write needs more. A decoder refuses longer escapes instead of looping.
+MAX_MAGNITUDE = 1 << 26
+MAX_BYPASS_NIBBLES = 7
+_RANS_L = 1 << 31  # lower bound of the normalised state; also the encoder's initial state
+
+# Decoder outcomes (kernel return codes).
+_OK, _EARLY_END, _BAD_INDEX, _BYPASS_RUN, _BAD_STATE, _BAD_VALUE = 0, 1, 2, 3, 4, 5
+_MESSAGES = {
+    _EARLY_END: "entropy-coded data ends before its last symbol",
+    _BAD_INDEX: "a CDF table index is out of range",
+    _BYPASS_RUN: "an escape code is longer than any encoder writes",
+    _BAD_STATE: "entropy-coded data has an invalid initial state",
+    _BAD_VALUE: "an escaped value is beyond any encoder's range",
+}
+
+
+class EntropyStreamError(ContainerError):
+    """The entropy-coded bytes are not a stream this coder wrote (corrupt or hostile)."""
+
+
+@dataclass(frozen=True)
+class CdfTables:
+    """Quantized CDFs (one row per table, 2^16 at each row's last used entry), each row's
+    length and the symbol offset of its first entry: CompressAI's `_quantized_cdf`,
+    `_cdf_length` and `_offset` buffers, taken from the weights file and never recomputed."""
+
+    cdfs: np.ndarray  # int32 [tables, max_length]
+    lengths: np.ndarray  # int32 [tables]
+    offsets: np.ndarray  # int32 [tables]
+
+    @classmethod
+    def from_arrays(cls, cdfs, lengths, offsets) -> CdfTables:
+        """Validated copy: rows start at 0, end at 2^16, and every regular symbol has a
+        frequency of at least 1. The escape symbol (the row's last) may have none, as in a
+        binary table that can never escape; the encoder then refuses out-of-range symbols."""
+        c = np.ascontiguousarray(np.asarray(cdfs), dtype=np.int32)
+        n = np.ascontiguousarray(np.asarray(lengths).reshape(-1), dtype=np.int32)
+        o = np.ascontiguousarray(np.asarray(offsets).reshape(-1), dtype=np.int32)
+        if c.ndim != 2 or c.shape[0] == 0 or n.shape != (c.shape[0],) or o.shape != n.shape:
+            raise InputError(f"CDF tables of shape {c.shape}, {n.shape}, {o.shape} disagree")
+        if np.any(n < 3) or np.any(n > c.shape[1]):
+            raise InputError("CDF table lengths out of range")
+        for row, length in zip(c, n.tolist(), strict=True):
+            used = row[:length]
+            freq = np.diff(used)
+            if used[0] != 0 or used[-1] != 1 << PRECISION or np.any(freq[:-1] <= 0) \
+                    or freq[-1] < 0:
+                raise InputError("a CDF table is not an increasing 0..2^16 table")
+        return cls(c, n, o)
+
+    @classmethod
+    def from_entropy_model(cls, module) -> CdfTables:
+        """The tables a CompressAI entropy model holds (loaded from the weights file)."""
+        return cls.from_arrays(
+            module._quantized_cdf.detach().cpu().numpy(),
+            module._cdf_length.detach().cpu().numpy(),
+            module._offset.detach().cpu().numpy(),
+        )
+
+    @property
+    def count(self) -> int:
+        return int(self.cdfs.shape[0])
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def _jit(fn):
+    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
+
+
+@_jit
+def _count_items(symbols, indexes, cdfs, lengths, offsets):  # pragma: no cover - compiled
+    """Number of coded items (table symbols plus bypass nibbles): sizes the output buffer.
+    Returns -1 if a symbol is beyond MAX_MAGNITUDE or an index out of range."""
+    items = 0
+    for i in range(symbols.size):
+        t = indexes[i]
+        if t < 0 or t >= lengths.size:
+            return -1
+        max_value = lengths[t] - 2
+        value = np.int64(symbols[i]) - offsets[t]
+        if value < -MAX_MAGNITUDE or value > MAX_MAGNITUDE:
+            return -1
+        items += 1
+        if value < 0 or value >= max_value:
+            if cdfs[t, max_value + 1] == cdfs[t, max_value]:  # this table cannot escape
+                return -1
+            raw = -2 * value - 1 if value < 0 else 2 * (value - max_value)
+            n_bypass = 0
+            while (raw >> (n_bypass * BYPASS_BITS)) != 0:
+                n_bypass += 1
+            items += n_bypass // BYPASS_MAX + 1 + n_bypass
+    return items
+
+
+@_jit
+def _encode_kernel(symbols, indexes, cdfs, lengths, offsets, out):  # pragma: no cover
+    """rANS-encode symbols in reverse into out (uint32 words, filled from the end); returns
+    the index of the first word written. Items of one symbol, in decoding order: the table
+    symbol, then (out of range) the nibble count in runs of BYPASS_MAX, then the nibbles."""
+    x = np.uint64(_RANS_L)
+    pos = out.size
+    for i in range(symbols.size - 1, -1, -1):
+        t = indexes[i]
+        max_value = lengths[t] - 2
+        value = np.int64(symbols[i]) - offsets[t]
+        # Reverse of the decoding order: nibbles last-to-first, counts, then the table symbol.
+        if value < 0 or value >= max_value:
+            raw = -2 * value - 1 if value < 0 else 2 * (value - max_value)
+            n_bypass = 0
+            while (raw >> (n_bypass * BYPASS_BITS)) != 0:
+                n_bypass += 1
+            for j in range(n_bypass - 1, -1, -1):
+                v = (raw >> (j * BYPASS_BITS)) & BYPASS_MAX
+                x_max = np.uint64((_RANS_L >> BYPASS_BITS) << 32)
+                if x >= x_max:
+                    pos -= 1
+                    out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
+                    x >>= np.uint64(32)
+                x = (x << np.uint64(BYPASS_BITS)) | np.uint64(v)
+            # The count: n_bypass // BYPASS_MAX full runs, then the remainder, decoded in that
+            # order, so encoded remainder first.
+            runs = n_bypass // BYPASS_MAX
+            count_items = runs + 1
+            for j in range(count_items - 1, -1, -1):
+                v = BYPASS_MAX if j < runs else n_bypass - runs * BYPASS_MAX
+                x_max = np.uint64((_RANS_L >> BYPASS_BITS) << 32)
+                if x >= x_max:
+                    pos -= 1
+                    out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
+                    x >>= np.uint64(32)
+                x = (x << np.uint64(BYPASS_BITS)) | np.uint64(v)
+            value = max_value
+        start = np.uint64(cdfs[t, value])
+        freq = np.uint64(cdfs[t, value + 1] - cdfs[t, value])
+        x_max = np.uint64((_RANS_L >> PRECISION) << 32) * freq
+        if x >= x_max:
+            pos -= 1
+            out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
+            x >>= np.uint64(32)
+        x = ((x // freq) << np.uint64(PRECISION)) + (x % freq) + start
+    pos -= 2
+    out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
+    out[pos + 1] = np.uint32(x >> np.uint64(32))
+    return pos
+
+
+@_jit
+def _store(state, x, pos, code):  # pragma: no cover - compiled
+    state[0] = x
+    state[1] = np.uint64(pos)
+    return code
+
+
+@_jit
+def _decode_kernel(words, state, indexes, cdfs, lengths, offsets, out):  # pragma: no cover
+    """Decode out.size symbols from words starting at state = [x, pos]; updates state.
+    Returns _OK or the first error code; never reads outside words."""
+    x = np.uint64(state[0])
+    pos = np.int64(state[1])
+    n_words = words.size
+    mask = np.uint64((1 << PRECISION) - 1)
+    low = np.uint64(_RANS_L)
+    for i in range(out.size):
+        t = indexes[i]
+        if t < 0 or t >= lengths.size:
+            return _store(state, x, pos, _BAD_INDEX)
+        length = lengths[t]
+        cum = np.int64(x & mask)
+        # Binary search: the last s with cdf[s] <= cum (cdf[0] = 0 <= cum < 2^16 = cdf[end]).
+        lo, hi = 0, length - 1
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            if cdfs[t, mid] <= cum:
+                lo = mid
+            else:
+                hi = mid
+        s = lo
+        start = np.uint64(cdfs[t, s])
+        freq = np.uint64(cdfs[t, s + 1] - cdfs[t, s])
+        x = freq * (x >> np.uint64(PRECISION)) + (x & mask) - start
+        if x < low:
+            if pos >= n_words:
+                return _store(state, x, pos, _EARLY_END)
+            x = (x << np.uint64(32)) | np.uint64(words[pos])
+            pos += 1
+        value = np.int64(s)
+        max_value = length - 2
+        if value == max_value:
+            n_bypass = 0
+            v = BYPASS_MAX
+            while v == BYPASS_MAX:  # runs of BYPASS_MAX continue the count
+                v = np.int64(x & np.uint64(BYPASS_MAX))
+                x >>= np.uint64(BYPASS_BITS)
+                if x < low:
+                    if pos >= n_words:
+                        return _store(state, x, pos, _EARLY_END)
+                    x = (x << np.uint64(32)) | np.uint64(words[pos])
+                    pos += 1
+                n_bypass += v
+                if n_bypass > MAX_BYPASS_NIBBLES:
+                    return _store(state, x, pos, _BYPASS_RUN)
+            raw = np.int64(0)
+            for j in range(n_bypass):
+                v = np.int64(x & np.uint64(BYPASS_MAX))
+                x >>= np.uint64(BYPASS_BITS)
+                if x < low:
+                    if pos >= n_words:
+                        return _store(state, x, pos, _EARLY_END)
+                    x = (x << np.uint64(32)) | np.uint64(words[pos])
+                    pos += 1
+                raw |= v << (j * BYPASS_BITS)
+            value = raw >> 1
+            if raw & 1:
+                value = -value - 1
+            else:
+                value += max_value
+            if value > MAX_MAGNITUDE or value < -MAX_MAGNITUDE:
+                return _store(state, x, pos, _BAD_VALUE)
+        out[i] = value + offsets[t]
+    return _store(state, x, pos, _OK)
+
+
+# ------------------------------------------------------------------------------ API
+
+def _flat_int32(a, what: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"{what} must be integers, not {arr.dtype}")
+    return np.ascontiguousarray(arr.reshape(-1), dtype=np.int32)
+
+
+class Encoder:
+    """Buffers (symbols, indexes) pairs; `flush` codes them all into one stream."""
+
+    def __init__(self, tables: CdfTables):
+        self.tables = tables
+        self._symbols: list[np.ndarray] = []
+        self._indexes: list[np.ndarray] = []
+
+    def encode(self, symbols, indexes) -> None:
+        s, t = _flat_int32(symbols, "symbols"), _flat_int32(indexes, "indexes")
+        if s.shape != t.shape:
+            raise InputError(f"{s.size} symbols but {t.size} table indexes")
+        self._symbols.append(s)
+        self._indexes.append(t)
+
+    def flush(self) -> bytes:
+        tables = self.tables
+        s = np.concatenate(self._symbols) if self._symbols else np.zeros(0, np.int32)
+        t = np.concatenate(self._indexes) if self._indexes else np.zeros(0, np.int32)
+        self._symbols, self._indexes = [], []
+        items = _count_items(s, t, tables.cdfs, tables.lengths, tables.offsets)
+        if items < 0:
+            raise InputError("a symbol is beyond its table's range or the coder's, or a table "
+                             "index is out of range (non-finite or absurd latent values?)")
+        out = np.zeros(items + 2, dtype=np.uint32)
+        first = _encode_kernel(s, t, tables.cdfs, tables.lengths, tables.offsets, out)
+        return out[first:].astype("<u4").tobytes()
+
+
+class Decoder:
+    """Decodes a stream in as many `decode` calls as the encoder made `encode` calls (the
+    indexes of a call may depend on what earlier calls returned); `finish` checks that the
+    stream ends exactly there.
+
+    lenient=True (benchmarks measuring what an unprotected decoder would return): a stream
+    that breaks off yields zeros for the rest instead of raising; `failed` tells."""
+
+    def __init__(self, data: bytes, tables: CdfTables, lenient: bool = False):
+        self.tables, self.lenient, self.failed = tables, lenient, False
+        data = bytes(data)
+        if len(data) < 8 or len(data) % 4:
+            self._fail(f"entropy-coded data of {len(data)} bytes is not a whole rANS stream")
+            data = bytes(8)
+        self._words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        x = int(self._words[0]) | (int(self._words[1]) << 32)
+        if x < _RANS_L:
+            self._fail(_MESSAGES[_BAD_STATE])
+        self._state = np.array([x, 2], dtype=np.uint64)
+
+    def _fail(self, message: str) -> None:
+        self.failed = True
+        if not self.lenient:
+            raise EntropyStreamError(f"malformed bitstream: {message}")
+
+    def decode(self, indexes) -> np.ndarray:
+        t = _flat_int32(indexes, "indexes")
+        out = np.zeros(t.size, dtype=np.int32)
+        if self.failed:
+            return out
+        tables = self.tables
+        code = _decode_kernel(self._words, self._state, t, tables.cdfs, tables.lengths,
+                              tables.offsets, out)
+        if code != _OK:
+            self._fail(_MESSAGES[code])
+        return out
+
+    def finish(self) -> None:
+        x, pos = int(self._state[0]), int(self._state[1])
+        if not self.failed and (pos != self._words.size or x != _RANS_L):
+            self._fail("entropy-coded data does not end where its last symbol does "
+                       f"({self._words.size - pos} words left over)")
+
+
+def encode(symbols, indexes, tables: CdfTables) -> bytes:
+    encoder = Encoder(tables)
+    encoder.encode(symbols, indexes)
+    return encoder.flush()
+
+
+def decode(data: bytes, indexes, tables: CdfTables, lenient: bool = False) -> np.ndarray:
+    """All symbols of a stream (one encode call), checked to end exactly after the last."""
+    decoder = Decoder(data, tables, lenient)
+    symbols = decoder.decode(indexes)
+    decoder.finish()
+    return symbols
