@@ -1,80 +1,108 @@
-# syntax=docker/dockerfile:1
-#
 # One image runs either service:  docker run IMAGE encoder [FLAGS]  |  docker run IMAGE decoder
 #
-#   docker build -t reprocodec:cuda .                     # GPU nodes (default)
+#   scripts/build-image.sh cpu|cuda [--base IMAGE] [--index URL]   (docker, podman or buildah)
+#   docker build -t reprocodec:cuda .                              (GPU nodes, the default)
 #   docker build -t reprocodec:cpu --build-arg VARIANT=cpu .
 #
-# VARIANT=cuda installs PyPI's default Linux torch wheel, which is a CUDA build that carries its
-# own CUDA runtime libraries (nvidia-* wheels): the host needs only the NVIDIA driver and the
-# NVIDIA container toolkit, so no multi-gigabyte CUDA base image is needed. VARIANT=cpu installs
-# the CPU-only wheel of the same torch version (about a tenth of the size). The torch and
-# torchvision versions are read from pyproject.toml's `server` extra, so the pins live in one
-# place. The shipped weights are package data (reprocodec/weights): installing the package bakes
-# them in, and nothing is downloaded at run time.
+# Plain Dockerfile syntax on purpose: no parser directive, no heredocs, no BuildKit-only flags,
+# so the classic docker builder, BuildKit and buildah/podman all build it. buildah and podman
+# keep HEALTHCHECK only in docker format (`--format docker`; scripts/build-image.sh passes it).
+#
+# Build arguments (nothing names a host; where packages come from is the builder's choice):
+#   BASE_IMAGE           a Debian-family image with python3 (3.11+) and its venv module, used for
+#                        both stages: python:3.11-slim-bookworm, or one made from Debian's archive
+#                        alone by deploy/docker/debian-base.sh
+#   PIP_INDEX_URL        Python package index (unset: pip's default); PIP_EXTRA_INDEX_URL and
+#   PIP_EXTRA_INDEX_URL  PIP_TRUSTED_HOST as pip reads them. They appear in the image history:
+#   PIP_TRUSTED_HOST     put no credentials in them.
+#   VARIANT              cuda (default) or cpu
+#
+# VARIANT=cuda installs the registry's Linux torch wheel with its CUDA runtime wheels (nvidia-*):
+# the host needs only the NVIDIA driver and container toolkit, no CUDA base image.
+# VARIANT=cpu installs the same torch wheel (the registry has no CPU-only one of the pinned
+# version) without the ~3 GB of CUDA runtime packages, and deploy/docker/cuda_stubs.py builds
+# stand-ins for the CUDA libraries torch's binaries name, which report "no GPU". Its CPU
+# kernels are then exactly those of the cuda image, the test environment and the calibration.
+# All pins live in pyproject.toml. The shipped weights are package data (reprocodec/weights),
+# checked against the SHA-256 in their json at build time; nothing is downloaded at run time.
 
 ARG VARIANT=cuda
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
-# Build stage: a virtual environment with the package and its `server` extra.
-FROM ${PYTHON_IMAGE} AS build
+# Build stage: a virtual environment with the package and its `server` dependencies.
+FROM ${BASE_IMAGE} AS build
 ARG VARIANT
-# Where the CPU-only torch wheels come from (the VARIANT=cpu image only).
-ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1
 
-RUN python -m venv /opt/reprocodec
+# The base must bring Python 3.11+ with venv (Debian: python3-venv); say so if it does not.
+RUN python3 -c "import sys, ensurepip, venv; assert sys.version_info >= (3, 11), sys.version" \
+ && python3 -m venv /opt/reprocodec
 ENV PATH=/opt/reprocodec/bin:$PATH
 
 WORKDIR /src
-# torch first, in its own layer (gigabytes for the CUDA build): rebuilt only when pyproject.toml
-# changes, not on every source change.
 COPY pyproject.toml ./
-COPY deploy/docker/torch_requirements.py /tmp/torch_requirements.py
-RUN <<'SH'
-set -eu
-python /tmp/torch_requirements.py pyproject.toml > /tmp/torch-requirements.txt
-case "$VARIANT" in
-  cuda) pip install -r /tmp/torch-requirements.txt ;;  # the default index's Linux torch: CUDA
-  cpu) pip install --index-url "$TORCH_CPU_INDEX_URL" -r /tmp/torch-requirements.txt ;;
-  *) echo "VARIANT must be cuda or cpu, not '$VARIANT'" >&2; exit 1 ;;
-esac
-SH
+COPY deploy/docker/requirements.py deploy/docker/cuda_stubs.py deploy/docker/verify_install.py /tmp/build/
+
+# Dependencies first, in their own layer (gigabytes for cuda): rebuilt only when pyproject.toml
+# changes. cpu: resolve exactly as cuda would, install that minus the CUDA runtime packages
+# without letting pip re-add them, then build the library stand-ins (gcc only in this stage).
+# hadolint ignore=DL3008
+RUN set -eu; \
+    python /tmp/build/requirements.py server pyproject.toml > /tmp/build/server.txt; \
+    case "$VARIANT" in \
+      cuda) pip install -r /tmp/build/server.txt ;; \
+      cpu) pip install --dry-run --ignore-installed --quiet --report /tmp/build/resolved.json -r /tmp/build/server.txt \
+        && python /tmp/build/requirements.py without-cuda /tmp/build/resolved.json > /tmp/build/cpu.txt \
+        && pip install --no-deps -r /tmp/build/cpu.txt \
+        && if ! command -v cc >/dev/null; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*; fi \
+        && python /tmp/build/cuda_stubs.py "$(python -c 'import sysconfig; print(sysconfig.get_path("platlib"))')" /opt/reprocodec/cuda-stubs \
+        && echo /opt/reprocodec/cuda-stubs > /etc/ld.so.conf.d/reprocodec-cuda-stubs.conf && ldconfig ;; \
+      *) echo "VARIANT must be cuda or cpu, not '$VARIANT'" >&2; exit 1 ;; \
+    esac
 
 COPY README.md ./
 COPY reprocodec ./reprocodec
 COPY server ./server
 COPY client ./client
-# A regular (not editable) install: the venv is self-contained and /src stays behind. The
-# check (python -P: the installed package, not /src) fails the build when no weights were
-# packaged, since the services could not start. The versions are pinned in pyproject.toml.
-# hadolint ignore=DL3013
-RUN pip install ".[server]" \
- && python -P -c "from importlib.resources import files; \
-w = [p.name for p in files('reprocodec').joinpath('weights').iterdir() if p.name.endswith('.pt')]; \
-assert w, 'no weights in reprocodec/weights'; print('weights:', sorted(w))"
+# A regular (not editable) install: the venv is self-contained and /src stays behind. Its
+# dependencies are all in place (pip check proves it), then the weights, the cpu variant's
+# CPU-only state and an encode + verified decode of a sample are checked.
+RUN pip install --no-deps . \
+ && python /tmp/build/requirements.py check "$VARIANT" \
+ && python -P /tmp/build/verify_install.py "$VARIANT"
 
 # ---------------------------------------------------------------------------------------------
 # Runtime stage: the venv, two small scripts, an unprivileged user. No compiler, no sources.
-FROM ${PYTHON_IMAGE} AS runtime
+FROM ${BASE_IMAGE} AS runtime
 ARG VARIANT
 
 LABEL org.opencontainers.image.title="reprocodec" \
       org.opencontainers.image.description="Learned compression that decodes bit-exactly on any hardware" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# A fixed numeric UID so that Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+COPY --from=build /opt/reprocodec /opt/reprocodec
+COPY deploy/docker/entrypoint.sh /usr/local/bin/reprocodec-entrypoint
+COPY deploy/docker/healthcheck.sh /usr/local/bin/reprocodec-healthcheck
+
+# A fixed numeric UID so that Kubernetes' runAsNonRoot can verify it without /etc/passwd. The
+# cpu variant's CUDA stand-ins go in the loader's cache (not LD_LIBRARY_PATH, which a deployment
+# may override). chmod here rather than COPY --chmod, which older builders lack.
 RUN groupadd --system --gid 10001 reprocodec \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/reprocodec --create-home \
-      --shell /usr/sbin/nologin reprocodec
-
-COPY --from=build /opt/reprocodec /opt/reprocodec
-COPY --chmod=0755 deploy/docker/entrypoint.sh /usr/local/bin/reprocodec-entrypoint
-COPY --chmod=0755 deploy/docker/healthcheck.sh /usr/local/bin/reprocodec-healthcheck
+      --shell /usr/sbin/nologin reprocodec \
+ && chmod 0755 /usr/local/bin/reprocodec-entrypoint /usr/local/bin/reprocodec-healthcheck \
+ && if [ -d /opt/reprocodec/cuda-stubs ]; then \
+      echo /opt/reprocodec/cuda-stubs > /etc/ld.so.conf.d/reprocodec-cuda-stubs.conf && ldconfig; \
+    fi \
+ && PYTHONDONTWRITEBYTECODE=1 /opt/reprocodec/bin/python -P -c "import torch, reprocodec.server.main"
 
 # The numerics profile defaults to the variant's ("cuda" or "cpu"; the device follows from the
 # profile); a deployment picks another with REPROCODEC_PROFILE or --profile.

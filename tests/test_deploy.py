@@ -60,6 +60,8 @@ SPEC_METRICS = {
     "reprocodec_received_bytes": ("counter", {"service", "method"}),
     "reprocodec_sent_bytes": ("counter", {"service", "method"}),
     "reprocodec_in_flight_requests": ("gauge", {"service"}),
+    "reprocodec_queued_requests": ("gauge", {"service"}),
+    "reprocodec_queue_wait_seconds": ("histogram", {"service", "method"}),
     "reprocodec_build_info": ("gauge", {"service", "version", "profile", "device"}),
 }
 # Labels Prometheus itself adds to every scraped series.
@@ -93,8 +95,12 @@ def valid_profile(name: str) -> bool:
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
+    return instructions_of((REPO / "Dockerfile").read_text())
+
+
+def instructions_of(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) in order; continuation lines joined, RUN heredocs folded in."""
-    lines = (REPO / "Dockerfile").read_text().splitlines()
+    lines = text.splitlines()
     out: list[tuple[str, str]] = []
     i = 0
     while i < len(lines):
@@ -152,14 +158,319 @@ def test_dockerfile_is_multistage_with_a_variant_argument():
     runtime = build_stages[-1]
     copies_from_build = [a for w, a in runtime if w == "COPY" and a.startswith("--from=")]
     assert copies_from_build, "the runtime stage copies the built environment from a build stage"
-    runs = "\n".join(a for w, a in dockerfile_instructions() if w == "RUN")
+    branches = variant_branches()
     # Both variants are handled, anything else fails the build.
-    assert re.search(r"^\s*cuda\)", runs, re.M) and re.search(r"^\s*cpu\)", runs, re.M)
-    assert re.search(r"^\s*\*\).*exit 1", runs, re.M)
-    assert 'pip install ".[server]"' in runs, "the package is installed with its server extra"
+    assert set(branches) == {"cuda", "cpu", "*"}, branches
+    assert "exit 1" in branches["*"]
+    assert re.search(r"pip install -r \S*server\.txt", branches["cuda"])
+    runs = "\n".join(a for w, a in build_stages[0] if w == "RUN")
+    assert "requirements.py server pyproject.toml" in runs, "pins come from pyproject.toml"
+    assert "pip install --no-deps ." in runs, "the package itself, after its dependencies"
+    # The build proves the install: pip check (variant-aware), the weights' SHA-256 and a round
+    # trip through the installed package (python -P: not the sources in the build context).
+    last_run = [a for w, a in build_stages[0] if w == "RUN"][-1]
+    assert 'requirements.py check "$VARIANT"' in last_run
+    assert 'python -P /tmp/build/verify_install.py "$VARIANT"' in last_run
     # Nothing fetched outside the package indexes: no downloaded binaries.
     assert not re.search(r"\b(curl|wget)\b", runs)
     assert not any(w == "ADD" for w, _ in dockerfile_instructions())
+
+
+# The builders the Dockerfile must work with: docker's classic builder and BuildKit, and
+# buildah/podman. These constructs break at least one of them.
+NON_PORTABLE = [
+    (r"(?im)^\s*#\s*syntax\s*=", "a `# syntax=` directive (BuildKit pulls a frontend image)"),
+    (r"<<-?\s*['\"]?[A-Za-z_]\w*", "a heredoc (BuildKit only)"),
+    (r"--(mount|network|security)=", "a RUN flag that only BuildKit knows"),
+    (r"--(chmod|link|parents|exclude|checksum|keep-git-dir)\b",
+     "a COPY/ADD flag that older builders lack"),
+]
+
+
+def portability_problems(text: str) -> list[str]:
+    """Constructs in a Dockerfile's text that some supported builder rejects or ignores."""
+    problems = []
+    directive = re.search(NON_PORTABLE[0][0], text)
+    if directive:
+        problems.append(NON_PORTABLE[0][1])
+    instructions = "\n".join(line for line in text.splitlines()
+                             if not line.lstrip().startswith("#"))
+    for pattern, why in NON_PORTABLE[1:]:
+        if re.search(pattern, instructions):
+            problems.append(why)
+    return problems
+
+
+HOST = re.compile(r"\b(?:[a-z0-9-]+\.)+(?:org|com|io|net|dev|cloud|ai)\b", re.I)
+
+
+def image_reference_has_host(ref: str) -> bool:
+    """Docker's rule: a first path component with a dot or a port, or `localhost`, is a host."""
+    first, slash, _ = ref.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+
+
+def host_problems(text: str) -> list[str]:
+    """Hosts written into a Dockerfile (base image registry, package index, download URL)."""
+    problems = []
+    instructions = [(w, a) for w, a in instructions_of(text)]
+    for word, args in instructions:
+        if "://" in args or HOST.search(args):
+            problems.append(f"{word} {args[:80]}: names a host")
+        if word == "FROM" and not args.startswith("${"):
+            problems.append(f"FROM {args}: the base image must be a build argument")
+        if word == "ARG" and "=" in args:
+            name, _, default = args.partition("=")
+            if "IMAGE" in name and image_reference_has_host(default):
+                problems.append(f"ARG {args}: the default names a registry")
+    return problems
+
+
+def test_dockerfile_builds_with_every_builder():
+    text = (REPO / "Dockerfile").read_text()
+    assert portability_problems(text) == []
+    # The check catches what broke the build before: a heredoc RUN and a syntax directive.
+    assert len(portability_problems("# syntax=docker/dockerfile:1\nFROM x AS a\n"
+                                    "RUN <<'SH'\nset -eu\nSH\n")) == 2
+    assert portability_problems("FROM x AS a\nCOPY --chmod=0755 a /b\n")
+    assert portability_problems("FROM x AS a\nRUN --mount=type=cache,target=/c true\n")
+
+
+def test_dockerfile_names_no_hosts():
+    text = (REPO / "Dockerfile").read_text()
+    assert host_problems(text) == []
+    pre, build, *_ = stages()
+    assert ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm") in pre
+    assert {stage[0][1].split()[0] for stage in stages()[1:]} == {"${BASE_IMAGE}"}
+    # The package index is the builder's choice, with pip's default when unset.
+    build_args = {a for w, a in build if w == "ARG"}
+    assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"} <= build_args
+    # The check catches a hard-coded index, a base image from a named registry, and a URL.
+    assert host_problems("ARG TORCH_CPU_INDEX_URL=https://wheels.example.com/cpu\n")
+    assert host_problems("FROM registry.example.net/python:3.11 AS build\n")
+    assert host_problems("ARG BASE_IMAGE=localhost:5000/python:3.11\nFROM ${BASE_IMAGE} AS b\n")
+    assert host_problems("RUN pip install --index-url http://10.0.0.1/simple torch\n")
+    assert not host_problems("ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE} AS b\n")
+
+
+def variant_branches() -> dict[str, str]:
+    """The `case "$VARIANT" in` branches of the build stage's dependency step."""
+    (run,) = [a for w, a in stages()[1] if w == "RUN" and 'case "$VARIANT" in' in a]
+    body = run.split('case "$VARIANT" in', 1)[1].rsplit("esac", 1)[0]
+    branches = {}
+    for part in body.split(";;"):
+        m = re.match(r"\s*([\w*]+)\)\s*(.*)", part, re.S)
+        if m:
+            branches[m.group(1)] = m.group(2).strip()
+    return branches
+
+
+def pip_installs_that_may_add_cuda(commands: str) -> list[str]:
+    """`pip install` commands that let pip add what torch's metadata requires (nvidia-*)."""
+    found = []
+    for command in re.split(r"&&|;|\|\|", commands):
+        if re.search(r"\bpip install\b", command) and not re.search(
+                r"--no-deps|--dry-run", command):
+            found.append(command.strip())
+    return found
+
+
+def test_cpu_variant_never_lets_pip_add_the_cuda_packages():
+    branches = variant_branches()
+    cpu = branches["cpu"]
+    assert pip_installs_that_may_add_cuda(cpu) == [], cpu
+    assert re.search(r"--dry-run .*--report", cpu), "cpu resolves first, as cuda would"
+    assert "requirements.py without-cuda" in cpu and "cuda_stubs.py" in cpu
+    # Every other install in the build stage (the package itself) is --no-deps too.
+    other_runs = [a for w, a in stages()[1] if w == "RUN" and 'case "$VARIANT" in' not in a]
+    assert all(pip_installs_that_may_add_cuda(a) == [] for a in other_runs), other_runs
+    # The old cpu branch (install the torch pins, then the package with its extra) is caught.
+    assert pip_installs_that_may_add_cuda(
+        'pip install -r /tmp/torch.txt && pip install ".[server]"') == [
+        "pip install -r /tmp/torch.txt", 'pip install ".[server]"']
+    # The stand-ins are built into the venv and registered with the loader in both stages.
+    stubs_dir = re.search(r"cuda_stubs\.py .*? (/\S+)", cpu).group(1)
+    runtime_runs = " ".join(a for w, a in stages()[-1] if w == "RUN")
+    for text in (cpu, runtime_runs):
+        assert f"echo {stubs_dir} > /etc/ld.so.conf.d/" in text and "ldconfig" in text
+    assert stubs_dir.startswith("/opt/reprocodec/"), "inside the venv the runtime stage copies"
+
+
+def load_deploy_script(name: str):
+    """A deploy/docker/*.py helper as a module (they are scripts, not part of the package)."""
+    import importlib.util
+
+    qualified = f"deploy_docker_{name}"
+    if qualified not in sys.modules:
+        spec = importlib.util.spec_from_file_location(qualified, DEPLOY / "docker" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[qualified] = module  # dataclasses look their module up while it executes
+        spec.loader.exec_module(module)
+    return sys.modules[qualified]
+
+
+def test_server_requirements_are_the_pins_of_pyproject():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    out = subprocess.run([sys.executable, str(DEPLOY / "docker" / "requirements.py"), "server",
+                          str(REPO / "pyproject.toml")], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == project["dependencies"] + project["optional-dependencies"]["server"]
+    assert any(r.startswith("torch==") for r in out) and any(
+        r.startswith("torchvision==") for r in out)
+
+
+def test_cpu_resolution_drops_exactly_the_cuda_runtime_packages():
+    """On the real torch of this environment (the registry's CUDA build): what torch requires
+    splits into CUDA runtime packages (left out) and the rest (installed)."""
+    import importlib.metadata
+
+    requirements = load_deploy_script("requirements")
+    torch_requires = [r for r in importlib.metadata.requires("torch") if "extra ==" not in r]
+    names = {requirements.normalize(re.match(r"[A-Za-z0-9._-]+", r).group(0))
+             for r in torch_requires}
+    cuda = {n for n in names if requirements.CUDA_RUNTIME.match(n)}
+    assert {"triton", "nvidia-cudnn-cu13", "cuda-toolkit"} <= cuda, cuda
+    assert names - cuda >= {"filelock", "sympy", "networkx", "jinja2", "fsspec"}
+    # A report of everything installed here (the cuda variant's resolution) keeps all but these.
+    installed = {(d.metadata["Name"], d.version) for d in importlib.metadata.distributions()}
+    report = {"install": [{"metadata": {"name": n, "version": v}} for n, v in sorted(installed)]}
+    keep, dropped = requirements.without_cuda(report)
+    dropped_names = {requirements.normalize(r.split("==")[0]) for r in dropped}
+    kept_names = {requirements.normalize(r.split("==")[0]) for r in keep}
+    assert cuda & {requirements.normalize(n) for n, _ in installed} <= dropped_names
+    assert all(n.startswith(("nvidia-", "cuda-")) or n == "triton" for n in dropped_names)
+    assert {"torch", "torchvision", "compressai", "numba", "grpcio"} <= kept_names
+    with pytest.raises(SystemExit):
+        requirements.without_cuda({"install": [{"metadata": {"name": "numpy",
+                                                              "version": "2.0"}}]})
+
+
+def test_pip_check_tolerates_only_the_missing_cuda_packages_and_only_for_cpu():
+    requirements = load_deploy_script("requirements")
+    expected = ("torch 2.14.1 requires cuda-bindings, which is not installed.\n"
+                "torch 2.14.1 requires nvidia-cudnn-cu13, which is not installed.\n"
+                "torch 2.14.1 requires triton, which is not installed.\n")
+    assert requirements.check_problems(expected, "cpu") == []
+    assert len(requirements.check_problems(expected, "cuda")) == 3
+    real = ("compressai 1.2.8 requires pandas, which is not installed.\n"
+            "torch 2.14.1 has requirement setuptools>=77.0.3, but you have setuptools 65.5.0.\n")
+    assert len(requirements.check_problems(expected + real, "cpu")) == 2
+    assert requirements.check_problems("No broken requirements found.\n", "cuda") == []
+
+
+def cc_and_readelf() -> None:
+    assert shutil.which("cc") and shutil.which("readelf"), (
+        "cuda_stubs.py needs a C compiler and readelf: apt-get install gcc")
+
+
+def compile_library(out: Path, source: str, soname: str | None = None,
+                    version_node: str | None = None, libs: tuple[str, ...] = (),
+                    libdir: Path | None = None) -> None:
+    src = out.with_suffix(".c")
+    src.write_text(source)
+    cmd = ["cc", "-shared", "-fPIC", "-o", str(out), str(src)]
+    if soname:
+        cmd.append(f"-Wl,-soname,{soname}")
+    if version_node:
+        script = out.with_suffix(".map")
+        script.write_text(f"{version_node} {{ global: *; }};\n")
+        cmd.append(f"-Wl,--version-script,{script}")
+    if libdir:
+        cmd += [f"-L{libdir}", *(f"-l:{lib}" for lib in libs)]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def test_cuda_stubs_stand_in_for_absent_cuda_libraries(tmp_path):
+    """Like torch's CUDA build without the nvidia wheels: a library that needs a versioned
+    CUDA runtime and an unversioned NCCL, neither installed. The stubs let it load; the
+    runtime reports no device; error strings are real strings. (Version 99 sonames: no system
+    has them, so a CUDA toolkit on the test machine does not interfere.)"""
+    cc_and_readelf()
+    stubs = load_deploy_script("cuda_stubs")
+    elsewhere, site = tmp_path / "elsewhere", tmp_path / "site" / "pkg"
+    elsewhere.mkdir()
+    site.mkdir(parents=True)
+    compile_library(elsewhere / "libcudart.so.99",
+                    "int cudaGetDeviceCount(int *n) { *n = 4; return 0; }\n"
+                    "const char *cudaGetErrorString(int e) { return \"real\"; }\n"
+                    "int cudaMalloc(void **p, unsigned long n) { return 0; }\n",
+                    soname="libcudart.so.99", version_node="libcudart.so.99")
+    compile_library(elsewhere / "libnccl.so.99", "int ncclGetVersion(int *v) { return 0; }\n",
+                    soname="libnccl.so.99")
+    compile_library(elsewhere / "libnotcuda.so.99", "int other(void) { return 0; }\n",
+                    soname="libnotcuda.so.99")
+    compile_library(
+        site / "libconsumer.so",
+        "extern int cudaGetDeviceCount(int *); extern const char *cudaGetErrorString(int);\n"
+        "extern int ncclGetVersion(int *);\n"
+        "int probe(int *count) { *count = -1; return cudaGetDeviceCount(count); }\n"
+        "const char *message(void) { return cudaGetErrorString(100); }\n"
+        "int nccl(void) { int v = 0; return ncclGetVersion(&v); }\n",
+        libs=("libcudart.so.99", "libnccl.so.99"), libdir=elsewhere)
+    compile_library(site / "liboptional.so", "extern int other(void);\n"
+                    "int use(void) { return other(); }\n",
+                    libs=("libnotcuda.so.99",), libdir=elsewhere)
+
+    plan = stubs.plan_stubs(site.parent)
+    # Exactly what the consumer imports (not cudaMalloc), under the versions it asks for; the
+    # absent non-CUDA library is left alone.
+    assert plan == {"libcudart.so.99": {"cudaGetDeviceCount": ("libcudart.so.99", "FUNC"),
+                                        "cudaGetErrorString": ("libcudart.so.99", "FUNC")},
+                    "libnccl.so.99": {"ncclGetVersion": (None, "FUNC")}}
+    built = stubs.build(site.parent, tmp_path / "stubs")
+    assert built == {"libcudart.so.99": 2, "libnccl.so.99": 1}
+
+    load = ("import ctypes, sys\n"
+            f"lib = ctypes.CDLL({str(site / 'libconsumer.so')!r})\n"
+            "n = ctypes.c_int(7)\n"
+            "lib.message.restype = ctypes.c_char_p\n"
+            "print(lib.probe(ctypes.byref(n)), n.value, lib.nccl(), lib.message().decode())\n")
+    without = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True)
+    assert without.returncode != 0 and "libcudart.so.99" in without.stderr
+    with_stubs = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True,
+                                env={**os.environ, "LD_LIBRARY_PATH": str(tmp_path / "stubs")})
+    assert with_stubs.returncode == 0, with_stubs.stderr
+    rc, count, nccl, message = with_stubs.stdout.split(" ", 3)
+    assert (rc, count, nccl) == ("100", "0", "100"), "cudaErrorNoDevice, no devices, failure"
+    assert message.strip() == ("CUDA is not available: libcudart.so.99 is a stub "
+                               "(CPU-only image)")
+
+
+def test_cuda_stubs_refuse_an_import_they_cannot_attribute(tmp_path):
+    cc_and_readelf()
+    stubs = load_deploy_script("cuda_stubs")
+    elsewhere, site = tmp_path / "elsewhere", tmp_path / "site"
+    elsewhere.mkdir()
+    site.mkdir()
+    for soname in ("libcublas.so.99", "libcufft.so.99"):
+        compile_library(elsewhere / soname, "int mystery(void) { return 0; }\n", soname=soname)
+    compile_library(site / "libconsumer.so", "extern int mystery(void);\n"
+                    "int f(void) { return mystery(); }\n",
+                    libs=("libcublas.so.99", "libcufft.so.99"), libdir=elsewhere)
+    with pytest.raises(SystemExit, match="mystery"):
+        stubs.plan_stubs(site)
+
+
+def test_build_verifies_the_shipped_weights_against_their_sha256(tmp_path):
+    from reprocodec.errors import UnknownModelError
+
+    verify = load_deploy_script("verify_install")
+    shipped = REPO / "reprocodec" / "weights"
+    models = verify.check_weights(shipped)
+    assert set(models) == {p.stem for p in shipped.glob("*.json")} and models
+    copy_dir = tmp_path / "weights"
+    shutil.copytree(shipped, copy_dir)
+    victim = sorted(copy_dir.glob("*.pt"))[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 1
+    victim.write_bytes(bytes(data))
+    with pytest.raises(UnknownModelError, match="SHA-256"):
+        verify.check_weights(copy_dir)
+    victim.with_suffix(".json").unlink()
+    with pytest.raises(AssertionError, match="without metadata"):
+        verify.check_weights(copy_dir)
 
 
 def test_runtime_stage_is_non_root_with_grpc_healthcheck_and_entrypoint():
@@ -176,6 +487,10 @@ def test_runtime_stage_is_non_root_with_grpc_healthcheck_and_entrypoint():
     copied = {a.split()[-1]: a.split()[-2] for w, a in runtime if w == "COPY"}
     assert copied["/usr/local/bin/reprocodec-entrypoint"] == "deploy/docker/entrypoint.sh"
     assert copied["/usr/local/bin/reprocodec-healthcheck"] == "deploy/docker/healthcheck.sh"
+    # Executable whatever the checkout's file modes (no COPY --chmod: older builders lack it).
+    runs = " ".join(a for w, a in runtime if w == "RUN")
+    assert ("chmod 0755 /usr/local/bin/reprocodec-entrypoint /usr/local/bin/reprocodec-healthcheck"
+            in runs)
     probe = re.search(r"exec reprocodec health --timeout (\d+) \"127\.0\.0\.1:\$port\"",
                       HEALTHCHECK.read_text())
     assert probe, "the health check uses the package's gRPC health client on the local port"
@@ -200,6 +515,61 @@ def test_hadolint_passes_and_would_catch_a_root_user(tmp_path):
     as_root.write_text((REPO / "Dockerfile").read_text() + "USER root\n")
     result = run_hadolint(as_root)
     assert result.returncode != 0 and "DL3002" in result.stdout, result.stdout
+
+
+BUILD_IMAGE = REPO / "scripts" / "build-image.sh"
+
+
+def run_build_image(tmp_path: Path, args: list[str], builders: dict[str, int],
+                    **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """scripts/build-image.sh with stub builders (name -> exit status of `NAME info`) on a PATH
+    that has nothing else but the tools the script uses; returns the builder invocations."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(parents=True)
+    for tool in ("bash", "env", "sed", "head", "date", "dirname"):
+        os.symlink(shutil.which(tool), bindir / tool)
+    log = tmp_path / "calls"
+    for name, info_status in builders.items():
+        stub = bindir / name
+        stub.write_text(f'#!/bin/sh\nif [ "$1" = info ]; then exit {info_status}; fi\n'
+                        f'printf "%s\\0" {name} "$@" >> {log}; printf "\\n" >> {log}\n')
+        stub.chmod(0o755)
+    result = subprocess.run([str(bindir / "bash"), str(BUILD_IMAGE), *args], capture_output=True,
+                            text=True, timeout=30, env={"PATH": str(bindir), **env})
+    calls = [line.split("\0")[:-1] for line in log.read_text().splitlines()] if log.exists() \
+        else []
+    return result, calls
+
+
+def test_build_image_script_picks_a_builder_and_keeps_the_healthcheck(tmp_path):
+    version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(),
+                        re.M).group(1)
+    common = ["--file", "Dockerfile", "--build-arg", "VARIANT=cpu",
+              "--tag", f"reprocodec:{version}-cpu", "--tag", "reprocodec:cpu"]
+    # Only buildah: bud in docker format (OCI format drops HEALTHCHECK), base and index passed.
+    result, calls = run_build_image(
+        tmp_path / "a", ["cpu", "--base", "localhost/base:1", "--", "--layers"],
+        {"buildah": 0}, PIP_INDEX_URL="http://127.0.0.1:8080/simple")
+    assert result.returncode == 0, result.stderr
+    assert calls[0] == ["buildah", "bud", "--format", "docker", *common,
+                        "--build-arg", "BASE_IMAGE=localhost/base:1",
+                        "--build-arg", "PIP_INDEX_URL=http://127.0.0.1:8080/simple",
+                        "--layers", "."]
+    # A docker CLI whose daemon does not answer is passed over for podman.
+    result, calls = run_build_image(tmp_path / "b", ["cpu"], {"docker": 1, "podman": 0,
+                                                              "buildah": 0})
+    assert result.returncode == 0, result.stderr
+    assert calls[0] == ["podman", "build", "--format", "docker", *common, "."]
+    # A working docker comes first (BuildKit or classic: the same command line).
+    result, calls = run_build_image(tmp_path / "c", [], {"docker": 0, "podman": 0})
+    assert result.returncode == 0, result.stderr
+    assert calls[0][:3] == ["docker", "build", "--file"] and "VARIANT=cuda" in calls[0]
+    assert "--format" not in calls[0]
+    # No builder, or a wrong argument: a clear refusal.
+    result, calls = run_build_image(tmp_path / "d", ["cpu"], {"docker": 1})
+    assert result.returncode == 1 and "no docker" in result.stderr and calls == []
+    result, _ = run_build_image(tmp_path / "e", ["gpu"], {"buildah": 0})
+    assert result.returncode == 2 and "unknown argument" in result.stderr
 
 
 def test_every_copied_path_is_in_the_build_context():
@@ -239,18 +609,6 @@ def test_image_install_contains_every_python_package_of_the_source_tree():
                 continue
             found.add(".".join((import_root, *rel.parts)))
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
-
-
-def test_cpu_variant_installs_the_torch_pins_of_pyproject():
-    out = subprocess.run([sys.executable, str(DEPLOY / "docker" / "torch_requirements.py"),
-                          str(REPO / "pyproject.toml")], capture_output=True, text=True,
-                         check=True).stdout.split()
-    import tomllib
-
-    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]["server"]
-    pins = [r for r in extra if re.match(r"(torch|torchvision)==", r)]
-    assert sorted(out) == sorted(pins) and len(pins) == 2, (out, pins)
 
 
 # ------------------------------------------------------------------------------------------
