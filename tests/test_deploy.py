@@ -611,6 +611,36 @@ def test_image_install_contains_every_python_package_of_the_source_tree():
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
 
 
+def test_wheel_declares_its_data_folders_and_ships_weights_and_samples(tmp_path):
+    """What the image (and `pip install`) gets: a wheel built from the tree, offline with this
+    environment's setuptools. weights/ and samples/ are data folders that Python would import
+    as namespace packages; undeclared, setuptools warns "Package would be ignored" (46 lines
+    each) on every install, including the editable one scripts/venv.sh runs."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for folder in ("reprocodec", "server", "client"):
+        shutil.copytree(REPO / folder, src / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps",
+                             "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "would be ignored" not in output, output[output.find("would be ignored") - 500:][:1500]
+    import zipfile
+
+    (wheel,) = (tmp_path / "dist").glob("reprocodec-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder in ("weights", "samples"):
+        shipped = {f"reprocodec/{folder}/{p.name}" for p in (REPO / "reprocodec" / folder).iterdir()
+                   if p.is_file() and not p.name.startswith(".")}
+        assert shipped and shipped <= names, sorted(shipped - names)
+    assert {"reprocodec/server/main.py", "reprocodec/client/__init__.py", "reprocodec/py.typed",
+            "reprocodec/v1/service_pb2.pyi"} <= names
+
+
 # ------------------------------------------------------------------------------------------
 # Entrypoint and health check scripts, run for real against stub services
 
