@@ -87,7 +87,6 @@ def rate_table(data: Path, skip_others: bool) -> list[dict]:
 
     from reprocodec import container
     from reprocodec.pointcloud import PointCloudCodec, baseline
-    from reprocodec.pointcloud.cli_local import inspect_fields
 
     torch.set_num_threads(1)
     codec = PointCloudCodec.load("octree-ctx-v1")
@@ -100,12 +99,11 @@ def rate_table(data: Path, skip_others: bool) -> list[dict]:
         t1, c1 = time.perf_counter(), time.process_time()
         decoded = codec.decode(container.unpack(packed))
         t2, c2 = time.perf_counter(), time.process_time()
-        fields = inspect_fields(msg)
         row = {
             "cloud": name, "depth": depth, "points": n,
             "learned_bpp": 8 * len(packed) / n,
-            "learned_payload_bpp": fields["payload_bits_per_point"],
-            "protection_bpp": 8 * fields["protection_bytes"] / n,
+            "learned_payload_bpp": 8 * sum(len(p.data) for p in msg.payloads) / n,
+            "protection_bpp": 8 * container.protection_bytes(msg) / n,
             "learned_lossless": bool(np.array_equal(decoded.voxels, voxels)),
             "encode_s_per_mpt": (t1 - t0) / n * 1e6,
             "decode_s_per_mpt": (t2 - t1) / n * 1e6,

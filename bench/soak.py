@@ -187,7 +187,7 @@ def timed(fn):
 def bad_call(where: str, payload, enc, dec, dec_stub, model: str, cloud_model: str,
              timeout: float):
     """(callable, service) of one bad request."""
-    from reprocodec.client import chunking
+    from reprocodec import chunking
     from reprocodec.v1 import service_pb2
 
     if where == "encode_image":

@@ -24,9 +24,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from reprocodec import chunking
 from reprocodec.v1 import bitstream_pb2, service_pb2, service_pb2_grpc
-
-from . import chunking
 
 _MODES = {
     "none": bitstream_pb2.SAFEGUARD_MODE_NONE,

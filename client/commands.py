@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from reprocodec import registry
+from reprocodec.batch import EXIT_FAILED, EXIT_OK, EXIT_VERIFICATION, fail, output_path, worse
 from reprocodec.image import io as imageio
 from reprocodec.v1 import bitstream_pb2
 
 from .clients import DecoderClient, EncoderClient, ServiceError, cloud_voxels, image_pixels
-
-EXIT_OK, EXIT_FAILED, EXIT_VERIFICATION = 0, 1, 3
 
 
 def connection_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -39,46 +38,45 @@ def connection_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _fail(message: str) -> None:
-    print(f"reprocodec: error: {' '.join(message.split())}", file=sys.stderr)
-
-
 def _status_of(exc: Exception, status: int) -> int:
     if isinstance(exc, ServiceError) and exc.code == grpc.StatusCode.DATA_LOSS:
         return EXIT_VERIFICATION
-    return status if status == EXIT_VERIFICATION else EXIT_FAILED
+    return worse(status, EXIT_FAILED)
 
 
-def _output_path(inp: Path, out: Path, many: bool, suffix: str) -> Path:
-    if many or out.is_dir():
-        out.mkdir(parents=True, exist_ok=True)
-        return out / (inp.stem + suffix)
-    return out
-
-
-def _is_cloud(path: Path) -> bool:
-    return path.suffix.lower() == ".ply"
-
-
-def _stream_kind(data: bytes) -> int:
+def _stream_kind(data: bytes) -> registry.CodecKind:
     """The codec kind a stream says it is (unvalidated: the decoder validates)."""
     msg = bitstream_pb2.Bitstream()
     try:
         msg.ParseFromString(data)
+        return registry.kind_of_stream(msg)
     except Exception:  # noqa: BLE001 - not parseable: the image decoder will say why
-        return bitstream_pb2.CODEC_KIND_IMAGE
-    return msg.codec
+        return registry.kind("image")
+
+
+# The services' methods per codec kind (one RPC pair per kind in service.proto).
+def _encode_image(enc: EncoderClient, data: bytes, args: argparse.Namespace) -> Any:
+    return enc.encode_image(data, model=getattr(args, "model", None) or "",
+                            quality=getattr(args, "quality", None) or 0,
+                            mode=getattr(args, "safeguard", None) or "syndrome",
+                            level=getattr(args, "level", None) or "both")
+
+
+def _encode_cloud(enc: EncoderClient, data: bytes, args: argparse.Namespace) -> Any:
+    return enc.encode_point_cloud(data, model=getattr(args, "model", None) or "",
+                                  depth=getattr(args, "depth", None) or 0,
+                                  mode=getattr(args, "safeguard", None) or "syndrome")
+
+
+_ENCODE = {"image": _encode_image, "point_cloud": _encode_cloud}
+_DECODE = {"image": lambda dec, data, raw: dec.decode_image(data, raw=raw),
+           "point_cloud": lambda dec, data, raw: dec.decode_point_cloud(data, raw=raw)}
+_OUTPUT_FILE = {"image": lambda r: r.png, "point_cloud": lambda r: r.ply}
 
 
 def _encode_one(enc: EncoderClient, path: Path, args: argparse.Namespace) -> Any:
-    data = path.read_bytes()
-    mode = getattr(args, "safeguard", None) or "syndrome"
-    if _is_cloud(path):
-        return enc.encode_point_cloud(data, model=getattr(args, "model", None) or "",
-                                      depth=getattr(args, "depth", None) or 0, mode=mode)
-    return enc.encode_image(data, model=getattr(args, "model", None) or "",
-                            quality=getattr(args, "quality", None) or 0, mode=mode,
-                            level=getattr(args, "level", None) or "both")
+    kind = registry.kind_of_input(path)
+    return _ENCODE[kind.name](enc, path.read_bytes(), args)
 
 
 def _describe(stats: Any) -> str:
@@ -89,41 +87,35 @@ def _describe(stats: Any) -> str:
 
 def remote_encode(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.inputs]
-    out = Path(args.output)
     status = EXIT_OK
     with EncoderClient(args.encoder, **connection_options(args)) as enc:
         for path in inputs:
             try:
                 response = _encode_one(enc, path, args)
-                target = _output_path(path, out, len(inputs) > 1, ".rpc")
+                target = output_path(path, args.output, len(inputs) > 1, ".rpc")
                 target.write_bytes(response.bitstream.SerializeToString(deterministic=True))
                 print(f"{path} -> {target}: {_describe(response.stats)}")
-            except (ServiceError, OSError) as exc:
-                _fail(f"{path}: {exc}")
+            except (ServiceError, OSError, ValueError) as exc:
+                fail(f"{path}: {exc}")
                 status = _status_of(exc, status)
     return status
 
 
 def remote_decode(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.inputs]
-    out = Path(args.output)
     status = EXIT_OK
     with DecoderClient(args.decoder, **connection_options(args)) as dec:
         for path in inputs:
             try:
                 data = path.read_bytes()
-                if _stream_kind(data) == bitstream_pb2.CODEC_KIND_POINT_CLOUD:
-                    response = dec.decode_point_cloud(data)
-                    target = _output_path(path, out, len(inputs) > 1, ".ply")
-                    target.write_bytes(response.ply)
-                else:
-                    response = dec.decode_image(data)
-                    target = _output_path(path, out, len(inputs) > 1, ".png")
-                    target.write_bytes(response.png)
+                kind = _stream_kind(data)
+                response = _DECODE[kind.name](dec, data, False)
+                target = output_path(path, args.output, len(inputs) > 1, kind.output_suffix)
+                target.write_bytes(_OUTPUT_FILE[kind.name](response))
                 exact = "bit-exact" if response.bit_exact else "NOT bit-exact"
                 print(f"{path} -> {target}: {exact}")
-            except (ServiceError, OSError) as exc:
-                _fail(f"{path}: {exc}")
+            except (ServiceError, OSError, ValueError) as exc:
+                fail(f"{path}: {exc}")
                 status = _status_of(exc, status)
     return status
 
@@ -139,7 +131,7 @@ def roundtrip(args: argparse.Namespace) -> int:
             path = Path(name)
             try:
                 encoded = _encode_one(enc, path, args)
-                if _is_cloud(path):
+                if registry.kind_of_input(path).name == "point_cloud":
                     decoded = dec.decode_point_cloud(encoded.bitstream, raw=True)
                     voxels = cloud_voxels(decoded)
                     quality = "lossless" if len(voxels) == decoded.points.count else "?"
@@ -152,9 +144,9 @@ def roundtrip(args: argparse.Namespace) -> int:
                       f"{encoded.stats.bits_per_element:9.4f} {quality:>8} "
                       f"{100 * encoded.stats.overhead_ratio:8.2f}%")
                 if not exact:
-                    status = max(status, EXIT_FAILED)
+                    status = worse(status, EXIT_FAILED)
             except (ServiceError, OSError, ValueError) as exc:
-                _fail(f"{path}: {exc}")
+                fail(f"{path}: {exc}")
                 status = _status_of(exc, status)
     return status
 
@@ -167,7 +159,7 @@ def health(args: argparse.Namespace) -> int:
         with EncoderClient(args.target, **options) as client:
             state = client.health(timeout=float(getattr(args, "timeout", None) or 5.0))
     except ServiceError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return EXIT_FAILED
     print(f"{args.target}: {state}")
     return EXIT_OK if state == "SERVING" else EXIT_FAILED

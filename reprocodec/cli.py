@@ -14,7 +14,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_VERIFICATION = 0, 1, 2, 3
+from reprocodec.batch import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    EXIT_VERIFICATION,
+    failure_line,
+    output_path,
+    worse,
+)
+
+# The safeguard's modes and levels, spelled out here so `--help` needs no numpy import; a test
+# checks them against reprocodec.safeguard.Mode and reprocodec.decision.LEVELS.
 MODES = ("none", "flags", "simplified", "syndrome")
 LEVELS = ("decoding", "reconstruction", "both")
 
@@ -35,15 +46,8 @@ def _progress(items: list[Any], what: str) -> Iterable[Any]:
     return _bar
 
 
-def _output_path(inp: Path, out: Path, many: bool, suffix: str) -> Path:
-    if many or out.is_dir():
-        out.mkdir(parents=True, exist_ok=True)
-        return out / (inp.stem + suffix)
-    return out
-
-
 def _fail(msg: str) -> None:
-    line = f"reprocodec: error: {' '.join(msg.split())}"
+    line = failure_line(msg)
     if _bar is not None:
         _bar.write(line, file=sys.stderr)  # on its own line, not glued to the bar
     else:
@@ -65,7 +69,7 @@ def _run_batch(inputs: list[str], what: str, handle: Callable[[Path], None]) -> 
             status = EXIT_VERIFICATION
         except (ReprocodecError, OSError, ValueError) as exc:
             _fail(_with_path(path, exc))
-            status = status if status == EXIT_VERIFICATION else EXIT_FAILED
+            status = worse(status, EXIT_FAILED)
     if _bar is not None:
         _bar.close()
         _bar = None
@@ -77,11 +81,11 @@ def _with_path(path: Path, exc: Exception) -> str:
     return msg if msg.startswith(str(path)) else f"{path}: {msg}"
 
 
-# ------------------------------------------------------------------------------ local image
+# ------------------------------------------------------------------------------ local codecs
 
 
-class _LocalImage:
-    """Loads each image model once per process under the requested numerics profile."""
+class _LocalCodecs:
+    """Loads each model once per process, under the requested numerics profile."""
 
     def __init__(self, args: argparse.Namespace):
         from reprocodec import numerics
@@ -90,19 +94,18 @@ class _LocalImage:
         self.args = args
         self._codecs: dict[str, Any] = {}
 
-    def codec(self, name: str | None) -> Any:
-        from reprocodec.image import ImageCodec
-        from reprocodec.image.models import resolve_model_name
-
+    def codec(self, kind: Any, name: str | None = None) -> Any:
         a = self.args
-        if getattr(a, "checkpoint", None):
+        if kind.name == "image" and getattr(a, "checkpoint", None):
+            from reprocodec.image import ImageCodec
+
             key = f"checkpoint:{a.checkpoint}"
             if key not in self._codecs:
                 self._codecs[key] = ImageCodec.from_checkpoint(a.checkpoint, a.architecture)
             return self._codecs[key]
-        name = name or resolve_model_name(a.model, a.quality)
+        name = name or kind.resolve_model(getattr(a, "model", None), getattr(a, "quality", None))
         if name not in self._codecs:
-            self._codecs[name] = ImageCodec.load(name)
+            self._codecs[name] = kind.load(name)
         return self._codecs[name]
 
 
@@ -110,7 +113,7 @@ def _save_capture(args: argparse.Namespace, path: Path, capture: dict) -> None:
     """--capture DIR (benchmarks): the decision indices and output, for counting flips."""
     import numpy as np
 
-    if not getattr(args, "capture", None):
+    if not getattr(args, "capture", None) or not capture:
         return
     d = Path(args.capture)
     d.mkdir(parents=True, exist_ok=True)
@@ -119,63 +122,51 @@ def _save_capture(args: argparse.Namespace, path: Path, capture: dict) -> None:
 
 
 def _encode_local(args: argparse.Namespace) -> int:
-    from reprocodec import container
+    from reprocodec import container, registry
     from reprocodec.safeguard import Mode
 
-    local = _LocalImage(args)
+    local = _LocalCodecs(args)
     many = len(args.inputs) > 1
-    out = Path(args.output)
+    given = {"level": args.level, "depth": args.depth}
 
     def handle(path: Path) -> None:
-        if path.suffix.lower() == ".ply":
-            from reprocodec.pointcloud import cli_local
-
-            cli_local.encode_file(path, _output_path(path, out, many, ".rpc"), args)
-            return
-        from reprocodec.image.io import read_image
-
-        codec = local.codec(None)
-        pixels = read_image(path, codec.max_pixels)
+        kind = registry.kind_of_input(path)
+        codec = local.codec(kind)
+        data = kind.read_input(path, getattr(codec, "max_pixels", None))
         capture: dict = {}
-        msg = codec.encode(pixels, Mode(args.safeguard), args.level, capture=capture)
-        _output_path(path, out, many, ".rpc").write_bytes(container.pack(msg))
+        options = kind.options(given) | ({"capture": capture} if args.capture else {})
+        msg = codec.encode(data, mode=Mode(args.safeguard), **options)
+        output_path(path, args.output, many, ".rpc").write_bytes(container.pack(msg))
         _save_capture(args, path, capture)
 
     return _run_batch(args.inputs, "encode", handle)
 
 
 def _decode_local(args: argparse.Namespace) -> int:
-    from reprocodec import container
-    from reprocodec.v1 import bitstream_pb2 as pb
+    from reprocodec import container, registry
 
-    local = _LocalImage(args)
+    local = _LocalCodecs(args)
     many = len(args.inputs) > 1
-    out = Path(args.output)
     report: list[dict] = []
 
     def handle(path: Path) -> None:
         entry: dict[str, Any] = {"input": str(path)}
         report.append(entry)
         msg = container.unpack(path.read_bytes())
-        if msg.codec == pb.CODEC_KIND_POINT_CLOUD:
-            from reprocodec.pointcloud import cli_local
-
-            cli_local.decode_file(path, _output_path(path, out, many, ".ply"), args)
-            return
-        from reprocodec.image.io import write_png
-
-        codec = local.codec(msg.model)
+        kind = registry.kind_of_stream(msg)
+        codec = local.codec(kind, msg.model)
         capture: dict = {}
+        options = {"capture": capture} if args.capture else {}
         try:
-            decoded = codec.decode(msg, verify=not args.no_verify, capture=capture)
+            decoded = codec.decode(msg, verify=not args.no_verify, **options)
         except Exception as exc:
             entry["error"] = type(exc).__name__
             raise
         finally:
             _save_capture(args, path, capture)
         entry["bit_exact"] = decoded.bit_exact
-        entry["tensors_matched"] = {t.name: t.matched for t in decoded.tensors}
-        write_png(_output_path(path, out, many, ".png"), decoded.pixels)
+        entry["tensors_matched"] = {t.name: t.matched for t in getattr(decoded, "tensors", [])}
+        kind.write_output(output_path(path, args.output, many, kind.output_suffix), decoded, msg)
         if not decoded.bit_exact:
             _fail(f"{path}: decoded, but the output differs from the encoder's reconstruction "
                   "(only the decoding level was protected); encode with --level both for "
@@ -213,23 +204,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def inspect_stream(data: bytes) -> dict[str, Any]:
     """Summary of a container (no torch needed)."""
-    from reprocodec import container
+    from reprocodec import container, registry
     from reprocodec.v1 import bitstream_pb2 as pb
 
     msg = container.unpack(data)
     payload = sum(len(p.data) for p in msg.payloads)
     protection = container.protection_bytes(msg)
-    header: dict[str, Any]
-    if msg.WhichOneof("header") == "image":
-        header = {"height": msg.image.height, "width": msg.image.width,
-                  "channels": msg.image.channels}
-    else:
-        pc = msg.point_cloud
-        header = {"depth": pc.depth, "num_points": pc.num_points, "origin": list(pc.origin),
-                  "scale": pc.scale}
-        from reprocodec.pointcloud.cli_local import inspect_fields  # bits per point etc.
-
-        header.update(inspect_fields(msg))
+    header = registry.kind_of_stream(msg).inspect_fields(msg)
     return {
         "codec": pb.CodecKind.Name(msg.codec),
         "model": msg.model,

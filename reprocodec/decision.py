@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import container, numerics
+from . import cancel, container, numerics
 from .checksum import checksum
 from .errors import ContainerError, EncoderError, VerificationError
 from .safeguard import (
@@ -82,6 +82,7 @@ class ProtectedDecision:
 
     def protect_pass(self, values: np.ndarray, mode: Mode) -> Protected:
         """The encoder's indices and side information for one tensor (or one pass)."""
+        cancel.check()  # between network stages: an abandoned request stops here
         if mode is Mode.NONE:  # the plain decision: no risk analysis
             return Protected(self._index(values), b"", Mode.NONE, 0, 0)
         try:
@@ -137,6 +138,7 @@ class ProtectedDecision:
                      verify: bool = True) -> np.ndarray:
         """The encoder's indices of one tensor (or pass) from this decoder's values.
         verify=False (benchmarks) falls back to the decoder's own indices on a failed solve."""
+        cancel.check()  # between network stages: an abandoned request stops here
         values = numerics.perturb(self.name, values, bound)
         try:
             if mode is Mode.NONE:  # this decoder's own decision, as plain CompressAI

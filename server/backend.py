@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from reprocodec import registry
 from reprocodec.checksum import checksum
-from reprocodec.client.streamstats import stream_stats
 from reprocodec.errors import InputError, ModelMismatchError, UnknownModelError
 from reprocodec.image import io as imageio
+from reprocodec.streamstats import stream_stats
 from reprocodec.v1 import bitstream_pb2, service_pb2
 
 log = logging.getLogger("reprocodec.server")
@@ -70,27 +71,15 @@ class ModelEntry:
     modes: tuple[str, ...]
 
 
-def _entry(info: Any, codec: int) -> ModelEntry:
+def _entry(info: Any, kind: registry.CodecKind) -> ModelEntry:
     sha = info.weights_sha256
     return ModelEntry(
-        name=info.name, codec=codec, architecture=info.architecture,
+        name=info.name, codec=kind.proto, architecture=info.architecture,
         quality=int(getattr(info, "quality", 0) or 0),
         weights_sha256=bytes.fromhex(sha) if isinstance(sha, str) else bytes(sha),
-        bounds=_effective_bounds(info, codec),
+        bounds=kind.effective_bounds(info),
         modes=tuple(getattr(info, "modes", ("none", "flags", "simplified", "syndrome"))),
     )
-
-
-def _effective_bounds(info: Any, codec: int) -> dict[str, dict[str, Any]]:
-    """The bounds the codec will use: calibrated ones from the json, else its defaults."""
-    bounds = dict(getattr(info, "bounds", {}) or {})
-    if codec == bitstream_pb2.CODEC_KIND_IMAGE:  # defaults until `reprocodec calibrate` ran
-        from reprocodec.image.models import DEFAULT_BOUNDS
-
-        tensors = [t for t in DEFAULT_BOUNDS
-                   if t != "mean_grid" or info.architecture == "mbt2018-mean"]
-        bounds = {t: info.tensor_bound(t) for t in tensors} | bounds
-    return bounds
 
 
 class Codecs:
@@ -106,27 +95,11 @@ class Codecs:
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.models: dict[str, ModelEntry] = {}
-        for info in self._image_module_list():
-            self.models[info.name] = _entry(info, bitstream_pb2.CODEC_KIND_IMAGE)
-        for info in self._pointcloud_module_list():
-            self.models[info.name] = _entry(info, bitstream_pb2.CODEC_KIND_POINT_CLOUD)
+        for kind in registry.KINDS.values():
+            for info in kind.list_models(weights_dir):
+                self.models[info.name] = _entry(info, kind)
 
     # -- model registry -------------------------------------------------------------------
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {} if self.weights_dir is None else {"weights_dir": self.weights_dir}
-
-    def _image_module_list(self) -> list[Any]:
-        from reprocodec import image
-
-        return list(image.list_models(**self._kwargs()))
-
-    def _pointcloud_module_list(self) -> list[Any]:
-        try:
-            from reprocodec import pointcloud
-        except ImportError:  # the point-cloud codec is optional in a deployment
-            return []
-        return list(pointcloud.list_models(**self._kwargs()))
 
     def resolve(self, model: str, quality: int, codec: int) -> ModelEntry:
         """A request's model: a model name, or an architecture (+ quality), or the default."""
@@ -178,11 +151,8 @@ class Codecs:
             codec = self._loaded.get(entry.name)
             if codec is None:
                 started = time.perf_counter()
-                if entry.codec == bitstream_pb2.CODEC_KIND_IMAGE:
-                    from reprocodec.image import ImageCodec as cls
-                else:
-                    from reprocodec.pointcloud import PointCloudCodec as cls
-                codec = cls.load(entry.name, **self._kwargs())
+                kind = registry.kind_of_stream(bitstream_pb2.Bitstream(codec=entry.codec))
+                codec = kind.load(entry.name, self.weights_dir)
                 self._loaded[entry.name] = codec
                 log.info("loaded %s in %.2f s", entry.name, time.perf_counter() - started)
         return codec

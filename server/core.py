@@ -37,8 +37,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from reprocodec import cancel
-from reprocodec.client import chunking
+from reprocodec import cancel, chunking
 from reprocodec.errors import InputError
 
 from . import status

@@ -78,7 +78,9 @@ def test_inspect_json_fields(batch):
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["codec"] == "CODEC_KIND_IMAGE"
+    bpp = info["shape"].pop("bits_per_pixel")
     assert info["shape"] == {"height": 40, "width": 70, "channels": 3}
+    assert bpp == pytest.approx(8 * info["total_bytes"] / (40 * 70))  # whole stream, as encode
     assert len(info["weights_sha256"]) == 64
     assert info["payload_bytes"] > 0
     assert info["overhead_ratio"] == pytest.approx(info["protection_bytes"] / info["payload_bytes"])

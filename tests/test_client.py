@@ -9,10 +9,11 @@ import grpc
 import numpy as np
 import pytest
 
-from reprocodec.client import EncoderClient, ServiceError, chunking, clients
-from reprocodec.client.streamstats import stream_stats
+from reprocodec import chunking
+from reprocodec.client import EncoderClient, ServiceError, clients
 from reprocodec.errors import InputError, TooLargeError
 from reprocodec.image.io import decode_image_bytes, encode_png, psnr, raw_to_pixels
+from reprocodec.streamstats import stream_stats
 from reprocodec.v1 import bitstream_pb2
 
 _BLOCK_TORCH = """

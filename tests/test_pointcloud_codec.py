@@ -14,8 +14,7 @@ import pytest
 
 from reprocodec import container, numerics
 from reprocodec.errors import ContainerError, ModelMismatchError, VerificationError
-from reprocodec.pointcloud import PointCloudCodec, list_models, octree
-from reprocodec.pointcloud.cli_local import inspect_fields
+from reprocodec.pointcloud import PointCloudCodec, inspect_fields, list_models, octree
 from reprocodec.pointcloud.ply import read_ply
 from reprocodec.safeguard import Mode
 

@@ -21,8 +21,7 @@ import grpc
 import numpy as np
 import pytest
 
-from reprocodec import cancel
-from reprocodec.client import chunking
+from reprocodec import cancel, chunking
 from reprocodec.server import status
 from reprocodec.server.core import (
     DEFAULT_QUEUE_LENGTH,

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from reprocodec import container, numerics
+from reprocodec import cancel, container, numerics
 from reprocodec.checksum import checksum
 from reprocodec.decision import LEVELS, DecisionStats, ProtectedDecision, bound_from_info
 from reprocodec.errors import ContainerError, InputError, ModelMismatchError
@@ -192,6 +192,7 @@ class ImageCodec:
         scale_index = protect("scale_index", sigma)
         mean_q = self._grid_means(protect("mean_grid", mean)) if self.has_means else None
         y_bytes, y_symbols, y_hat = self.latent.encode(y, scale_index, mean_q)
+        cancel.check()
         output = protect("pixels", self._synthesis(y_hat, height, width, channels))
         output = np.clip(output, 0, 255).astype(np.uint8)  # noise profile can step outside
         _capture(capture, z_hat=z_hat, y_hat=y_hat, output=output)
@@ -240,6 +241,7 @@ class ImageCodec:
         mean_q = self._grid_means(resolve("mean_grid", mean)) if self.has_means else None
         y_symbols, y_hat = self.latent.decode(y_rec.data, scale_index, mean_q, not verify)
         _check_symbols(y_rec, y_symbols, verify)
+        cancel.check()
         output = resolve("pixels", self._synthesis(y_hat, height, width, channels))
         output = np.clip(output, 0, 255).astype(np.uint8)  # noise profile can step outside
         _capture(capture, z_hat=z_hat, y_hat=y_hat, output=output)
@@ -265,11 +267,22 @@ class ImageCodec:
 
     # ------------------------------------------------------------------------ calibration
 
-    def network_floats(self, z_hat: Any, y_hat: Any, height: int, width: int,
-                       channels: int) -> dict[str, np.ndarray]:
-        """The protected float tensors this process's numerics compute from exact latents
-        (what `reprocodec calibrate` compares across profiles)."""
-        sigma, mean = self._params(z_hat)
+    def calibration_sample(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """The exact latents of an (unprotected) encode: integers plus grid values, identical
+        on every platform, from which `network_floats` recomputes the protected floats."""
+        capture: dict[str, Any] = {}
+        self.encode(pixels, Mode.NONE, "both", capture=capture)
+        return {"z_hat": capture["z_hat"].numpy(), "y_hat": capture["y_hat"].numpy(),
+                "hwc": np.array(pixels.shape)}
+
+    def network_floats(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The protected float tensors this process's numerics compute from a sample (what
+        `reprocodec calibrate` compares across profiles)."""
+        import torch
+
+        height, width, channels = (int(v) for v in sample["hwc"])
+        sigma, mean = self._params(torch.from_numpy(sample["z_hat"]))
+        y_hat = torch.from_numpy(sample["y_hat"])
         out = {"scale_index": sigma, "pixels": self._synthesis(y_hat, height, width, channels)}
         if mean is not None:
             out["mean_grid"] = mean

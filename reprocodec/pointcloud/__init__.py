@@ -5,14 +5,20 @@ Importing this package does not import torch; the codec module does, when first 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .models import PointCloudModelInfo, list_models
+import numpy as np
+
+from ..errors import UnknownModelError
+from .models import DEFAULT_BOUNDS, DEFAULT_MODEL, PointCloudModelInfo, list_models
 
 if TYPE_CHECKING:
     from .codec import DecodedPointCloud, PointCloudCodec
 
-__all__ = ["DecodedPointCloud", "PointCloudCodec", "PointCloudModelInfo", "list_models"]
+__all__ = ["DecodedPointCloud", "PointCloudCodec", "PointCloudModelInfo", "effective_bounds",
+           "inspect_fields", "list_models", "load_codec", "read_input", "resolve_model",
+           "write_output"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,3 +27,57 @@ def __getattr__(name: str) -> Any:
 
         return getattr(codec, name)
     raise AttributeError(name)
+
+
+# -- the codec-kind interface of reprocodec.registry --------------------------------------
+
+def load_codec(name: str, weights_dir: Path | None = None) -> PointCloudCodec:
+    from .codec import PointCloudCodec
+
+    return PointCloudCodec.load(name, weights_dir)
+
+
+def resolve_model(model: str | None, quality: int | None, weights_dir: Path | None = None) -> str:
+    """--model names a point-cloud model, or is absent / an image model (one --model serves a
+    batch of images and clouds): then the default point-cloud model."""
+    names = {i.name for i in list_models(weights_dir)}
+    if model and model in names:
+        return model
+    if model and model.startswith("octree"):
+        raise UnknownModelError(f"unknown point-cloud model {model!r}; available: "
+                                f"{', '.join(sorted(names)) or 'none'}")
+    return DEFAULT_MODEL
+
+
+def read_input(path: Path, max_elements: int | None = None) -> np.ndarray:
+    from .ply import read_ply
+
+    return read_ply(path)
+
+
+def write_output(path: Path, decoded: Any, msg: Any) -> None:
+    """Integer voxels when the stream's placement is the identity, else world coordinates."""
+    from .ply import write_ply
+
+    cloud = msg.point_cloud
+    integer = tuple(cloud.origin) == (0.0, 0.0, 0.0) and cloud.scale == 1.0
+    write_ply(path, decoded.voxels if integer else decoded.points)
+
+
+def effective_bounds(info: PointCloudModelInfo) -> dict[str, dict[str, Any]]:
+    return {t: info.tensor_bound(t) for t in DEFAULT_BOUNDS} | dict(info.bounds)
+
+
+def inspect_fields(msg: Any) -> dict[str, Any]:
+    """Point-cloud figures for `reprocodec inspect`; bits per point counts the whole stream,
+    as the services' stats do (reprocodec.streamstats, the one definition)."""
+    from reprocodec.streamstats import stream_stats
+
+    cloud = msg.point_cloud
+    stats = stream_stats(msg)
+    return {
+        "depth": int(cloud.depth), "num_points": int(cloud.num_points),
+        "origin": list(cloud.origin), "scale": cloud.scale,
+        "coded_occupancy_bits": int(msg.protected[0].shape[0]) if msg.protected else 0,
+        "bits_per_point": stats.bits_per_element,
+    }

@@ -70,6 +70,7 @@ class PointCloudCodec:
         b = info.tensor_bound(TENSOR)
         self.bound = ErrorBound(b["kind"], float(b["value"]))
         self.decision = coder.occupancy_decision(self.bound)
+        self.decisions = {TENSOR: self.decision}
 
     @classmethod
     def load(cls, name: str = DEFAULT_MODEL, weights_dir: str | Path | None = None
@@ -156,6 +157,25 @@ class PointCloudCodec:
         if verify and not bit_exact:
             raise VerificationError(_failure("the decoded voxel set fails its checksum"))
         return self._result(msg, voxels, depth, bit_exact, start)
+
+    # ------------------------------------------------------------------------ calibration
+
+    def calibration_sample(self, points: np.ndarray, depth: int = octree.DEFAULT_DEPTH
+                           ) -> dict[str, np.ndarray]:
+        """The voxels the encoder codes (exact integers): every logit is computed from them."""
+        vox = octree.voxelize(points, depth)
+        return {"voxels": vox.voxels, "depth": np.array([depth])}
+
+    def network_floats(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The encoder's float logits for every coded bit, in coding order."""
+        depth = int(sample["depth"][0])
+        codes, bits = octree.build_levels(sample["voxels"], depth)
+        out = []
+        for level in range(depth):
+            neighbours = octree.neighbour_table(codes[level], level)
+            for k in range(N_PASSES):
+                out.append(self._predict(neighbours, bits[level], k, level, depth))
+        return {TENSOR: np.concatenate(out)}
 
     def _result(self, msg, voxels, depth, bit_exact, start) -> DecodedPointCloud:
         cloud = msg.point_cloud

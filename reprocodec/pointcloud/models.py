@@ -45,8 +45,9 @@ def read_info(json_path: Path) -> PointCloudModelInfo:
     )
 
 
-def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[PointCloudModelInfo]:
+def list_models(weights_dir: Path | None = None) -> list[PointCloudModelInfo]:
     """Shipped point-cloud models, by name."""
+    weights_dir = weights_dir or WEIGHTS_DIR
     infos = []
     for p in sorted(Path(weights_dir).glob("*.json")):
         if not p.with_suffix(".pt").exists():

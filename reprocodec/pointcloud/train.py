@@ -5,7 +5,7 @@
 Samples are the (features, bit) pairs the codec itself codes, taken from the training clouds
 of `python -m reprocodec.pointcloud.data`; fine levels are subsampled to keep memory small.
 Runs on CPU with one thread (the machine is shared). The error bound is calibrated afterwards
-by `python -m reprocodec.pointcloud.calibrate`.
+by `reprocodec calibrate --model NAME --inputs CLOUDS`.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class ChunkTooLargeError(TooLargeError):
         super().__init__(
             f"a chunk of {size} bytes is larger than the {MAX_CHUNK_BYTES >> 20} MiB one chunk "
             f"may carry; cut the message into chunks of {CHUNK_BYTES >> 20} MiB "
-            "(reprocodec.client.chunking.split)"
+            "(reprocodec.chunking.split)"
         )
         self.size = size
 
@@ -88,7 +88,7 @@ def join(chunks: Iterable[service_pb2.Chunk], limit: int | None = None) -> bytes
             if announced == 0 and chunk.data:
                 raise ChunkSequenceError(
                     "the first chunk does not announce total_bytes; set it to the size of the "
-                    "whole serialized message (reprocodec.client.chunking.split does)"
+                    "whole serialized message (reprocodec.chunking.split does)"
                 )
             if limit is not None and announced > limit:
                 raise ChunkLimitError(announced, limit)
