@@ -1165,7 +1165,11 @@ def test_servicemonitor_scrapes_each_metrics_port_once():
     assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
     assert spec["namespaceSelector"] == {"matchNames": ["reprocodec"]}
     (endpoint,) = spec["endpoints"]
-    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels"}
+    # The operator's own `service` target label (the Service name) would otherwise rename the
+    # metrics' `service` label (encoder/decoder) to exported_service, which every alert groups by.
+    assert endpoint["honorLabels"] is True
+    assert "service" in exported_series()["reprocodec_in_flight_requests"]
     assert endpoint["path"] == "/metrics"
     assert re.fullmatch(r"\d+s", endpoint["interval"])
     selected = [s for s in k8s_objects() if s["kind"] == "Service"
@@ -1178,6 +1182,87 @@ def test_servicemonitor_scrapes_each_metrics_port_once():
     jobs = {j["job_name"] for j in yaml.safe_load(
         (DEPLOY / "prometheus/prometheus.yml").read_text())["scrape_configs"]}
     assert set(scraped) <= jobs
+
+
+def test_prometheusrule_is_the_alert_rules_and_passes_their_unit_tests(promtool, tmp_path):
+    """deploy/k8s has the same alerts as deploy/prometheus (what the README promises): the
+    operator's resource holds alerts.yml's groups, and promtool's checks and unit tests pass on
+    the rules as extracted from it."""
+    rule = find("PrometheusRule", "reprocodec")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["namespace"] == "reprocodec"
+    assert set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    shutil.copy(DEPLOY / "prometheus" / "alerts_test.yml", tmp_path / "alerts_test.yml")
+    for args in (("check", "rules", "alerts.yml"), ("test", "rules", "alerts_test.yml")):
+        result = run_promtool(promtool, *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+ADAPTER = DEPLOY / "prometheus-adapter" / "values.yaml"
+# Labels the Prometheus Operator puts on every series a ServiceMonitor scrapes.
+OPERATOR_TARGET_LABELS = {"namespace", "pod", "service", "endpoint", "container"}
+
+
+def adapter_query(template: str) -> str:
+    """A prometheus-adapter metricsQuery as Prometheus would receive it for one HPA."""
+    return (template.replace("<<.Series>>", "SERIES")
+            .replace("<<.LabelMatchers>>", 'namespace="reprocodec",pod=~"reprocodec-.*"')
+            .replace("<<.GroupBy>>", "pod"))
+
+
+@pytest.mark.parametrize("role", ["encoder", "decoder"])
+def test_hpa_scales_on_the_load_the_service_reports(role):
+    hpa = find("HorizontalPodAutoscaler", f"reprocodec-{role}")
+    metrics = hpa["spec"]["metrics"]
+    assert {m["type"] for m in metrics} == {"Pods"}, "not on CPU: it misses a busy GPU"
+    targets = {m["pods"]["metric"]["name"]: m["pods"]["target"] for m in metrics}
+    assert set(targets) == {"reprocodec_in_flight_requests", "reprocodec_queued_requests"}
+    series = exported_series()
+    for name, target in targets.items():
+        assert name in series and target["type"] == "AverageValue", name
+    # Scale out before every slot is busy: the in-flight target is under the concurrency limit.
+    config = find("ConfigMap", f"reprocodec-{role}")["data"]
+    in_flight = float(targets["reprocodec_in_flight_requests"]["averageValue"])
+    assert 0 < in_flight < int(config["REPROCODEC_MAX_CONCURRENCY"])
+    # Every metric the HPA asks for is one prometheus-adapter serves.
+    served = {r["name"]["as"] for r in yaml.safe_load(ADAPTER.read_text())["rules"]["custom"]}
+    assert set(targets) <= served
+
+
+def test_prometheus_adapter_serves_exported_gauges_with_valid_queries(promtool, tmp_path):
+    values = yaml.safe_load(ADAPTER.read_text())
+    assert values["rules"]["default"] is False
+    series = exported_series()
+    rules = []
+    for i, rule in enumerate(values["rules"]["custom"]):
+        (metric,) = re.findall(r"\breprocodec_\w+", rule["seriesQuery"])
+        assert rule["name"]["as"] == metric and re.fullmatch(rule["name"]["matches"], metric)
+        assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"},
+                                                  "pod": {"resource": "pod"}}
+        labels = set(re.findall(r"(\w+)\s*!?=", rule["seriesQuery"]))
+        assert labels <= series[metric] | OPERATOR_TARGET_LABELS, labels
+        query = adapter_query(rule["metricsQuery"]).replace("SERIES", metric)
+        assert check_query(query, {metric: series[metric] | OPERATOR_TARGET_LABELS}) == []
+        rules.append({"record": f"adapter:query_{i}", "expr": query})
+    (tmp_path / "adapter.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "adapter", "rules": rules}]}))
+    result = run_promtool(promtool, "check", "rules", "adapter.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("role", ["encoder", "decoder"])
+def test_hpa_cpu_fallback_in_the_comments_is_valid(role):
+    """The documented fallback for clusters without a custom metrics API, uncommented."""
+    text = (K8S / f"{role}.yaml").read_text()
+    block = re.search(r"`metrics:` below with:\n((?:#   .*\n)+)", text)
+    assert block, "the CPU fallback is documented above the HPA"
+    fallback = yaml.safe_load("\n".join(line[4:] for line in block.group(1).splitlines()))
+    hpa = copy.deepcopy(find("HorizontalPodAutoscaler", f"reprocodec-{role}"))
+    hpa["spec"]["metrics"] = fallback["metrics"]
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+    assert fallback["metrics"][0]["resource"]["name"] == "cpu"
 
 
 @pytest.mark.parametrize("role", ["encoder", "decoder"])
