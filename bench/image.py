@@ -34,10 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from reprocodec.image.io import psnr
+from reprocodec.safeguard import Mode
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-MODES = ["none", "flags", "simplified", "syndrome"]
+MODES = [m.value for m in Mode]
 CPU_PROFILES = ["cpu-nomkldnn", "cpu-channels-last", "cpu-fp64", "cpu-1thread"]
 KODAK = Path("/work/shared/data/kodak")
 SAMPLES = REPO / "reprocodec" / "samples"
@@ -191,11 +194,6 @@ def print_noise(n: dict) -> None:
               f"{r['detected']:>8d} {r['silent_garbage']:>14d}")
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / mse)) if mse > 0 else float("inf")
-
-
 def _pillow_curve(px: np.ndarray, fmt: str) -> list[tuple[float, float]]:
     from PIL import Image
 
@@ -206,7 +204,7 @@ def _pillow_curve(px: np.ndarray, fmt: str) -> list[tuple[float, float]]:
         img.save(buf, format=fmt, quality=q)
         dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(img.mode))
         pts.append((8 * len(buf.getvalue()) / (px.shape[0] * px.shape[1]),
-                    _psnr(dec.reshape(px.shape), px)))
+                    psnr(dec.reshape(px.shape), px)))
     return sorted(pts)
 
 
@@ -236,7 +234,7 @@ def section_rd(models: list[str], images: list[str], args) -> dict:
             decoded = codec.decode(container.unpack(data))
             bpp = 8 * len(data) / (px.shape[0] * px.shape[1])
             bpps.append(bpp)
-            psnrs.append(_psnr(decoded.pixels, px))
+            psnrs.append(psnr(decoded.pixels, px))
             for fmt in ref:
                 ref[fmt].append(_interp(curves[fmt][i], bpp))
         row = {"model": model, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))}

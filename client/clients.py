@@ -24,20 +24,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from reprocodec import chunking
+from reprocodec import chunking, options
 from reprocodec.v1 import bitstream_pb2, service_pb2, service_pb2_grpc
-
-_MODES = {
-    "none": bitstream_pb2.SAFEGUARD_MODE_NONE,
-    "flags": bitstream_pb2.SAFEGUARD_MODE_FLAGS,
-    "simplified": bitstream_pb2.SAFEGUARD_MODE_SIMPLIFIED,
-    "syndrome": bitstream_pb2.SAFEGUARD_MODE_SYNDROME,
-}
-_LEVELS = {
-    "decoding": service_pb2.SAFEGUARD_LEVEL_DECODING,
-    "reconstruction": service_pb2.SAFEGUARD_LEVEL_RECONSTRUCTION,
-    "both": service_pb2.SAFEGUARD_LEVEL_BOTH,
-}
 
 
 class ServiceError(Exception):
@@ -161,7 +149,8 @@ class EncoderClient(_Client):
                      timeout: float | None = None) -> service_pb2.EncodeResponse:
         """image: file bytes (PNG, JPEG, ...) or uint8 pixels H x W (x C, C = 1 or 3)."""
         request = service_pb2.EncodeImageRequest(
-            model=model, quality=quality, safeguard_mode=_MODES[mode], level=_LEVELS[level])
+            model=model, quality=quality, safeguard_mode=options.mode_proto(mode),
+            level=options.level_proto(level))
         if isinstance(image, np.ndarray):
             pixels = image if image.ndim == 3 else image[:, :, None]
             if pixels.dtype != np.uint8:
@@ -179,7 +168,7 @@ class EncoderClient(_Client):
                            timeout: float | None = None) -> service_pb2.EncodeResponse:
         """cloud: PLY file bytes or an (N, 3) array of coordinates."""
         request = service_pb2.EncodePointCloudRequest(
-            model=model, depth=depth, safeguard_mode=_MODES[mode])
+            model=model, depth=depth, safeguard_mode=options.mode_proto(mode))
         if isinstance(cloud, np.ndarray):
             xyz = np.ascontiguousarray(cloud, dtype="<f4").reshape(-1, 3)
             request.points.CopyFrom(service_pb2.PackedPoints(count=len(xyz),

@@ -23,11 +23,10 @@ from reprocodec.batch import (
     output_path,
     worse,
 )
+from reprocodec.decision import LEVELS
+from reprocodec.safeguard import Mode
 
-# The safeguard's modes and levels, spelled out here so `--help` needs no numpy import; a test
-# checks them against reprocodec.safeguard.Mode and reprocodec.decision.LEVELS.
-MODES = ("none", "flags", "simplified", "syndrome")
-LEVELS = ("decoding", "reconstruction", "both")
+MODES = tuple(m.value for m in Mode)
 
 
 _bar: Any = None  # the active progress bar: failure lines must be written through it

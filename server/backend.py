@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from reprocodec import registry
+from reprocodec import options, registry
 from reprocodec.checksum import checksum
 from reprocodec.errors import InputError, ModelMismatchError, UnknownModelError
 from reprocodec.image import io as imageio
@@ -28,35 +28,6 @@ from reprocodec.streamstats import stream_stats
 from reprocodec.v1 import bitstream_pb2, service_pb2
 
 log = logging.getLogger("reprocodec.server")
-
-_LEVELS = {
-    service_pb2.SAFEGUARD_LEVEL_UNSPECIFIED: "both",
-    service_pb2.SAFEGUARD_LEVEL_DECODING: "decoding",
-    service_pb2.SAFEGUARD_LEVEL_RECONSTRUCTION: "reconstruction",
-    service_pb2.SAFEGUARD_LEVEL_BOTH: "both",
-}
-_MODES = {
-    bitstream_pb2.SAFEGUARD_MODE_UNSPECIFIED: "syndrome",
-    bitstream_pb2.SAFEGUARD_MODE_NONE: "none",
-    bitstream_pb2.SAFEGUARD_MODE_FLAGS: "flags",
-    bitstream_pb2.SAFEGUARD_MODE_SIMPLIFIED: "simplified",
-    bitstream_pb2.SAFEGUARD_MODE_SYNDROME: "syndrome",
-}
-
-
-def safeguard_mode(value: int) -> Any:
-    from reprocodec.safeguard import Mode
-
-    if value not in _MODES:
-        raise InputError(f"unknown safeguard mode {value}; use none, flags, simplified or syndrome")
-    return Mode(_MODES[value])
-
-
-def safeguard_level(value: int) -> str:
-    if value not in _LEVELS:
-        raise InputError(f"unknown safeguard level {value}; use decoding, reconstruction or both")
-    return _LEVELS[value]
-
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -217,8 +188,8 @@ def encode_image(codecs: Codecs, request: service_pb2.EncodeImageRequest, pixels
                  profile: str) -> service_pb2.EncodeResponse:
     kind = bitstream_pb2.CODEC_KIND_IMAGE
     entry = codecs.resolve(request.model, request.quality, kind)
-    mode = safeguard_mode(request.safeguard_mode)
-    level = safeguard_level(request.level)
+    mode = options.mode_of(request.safeguard_mode)
+    level = options.level_of(request.level)
     codec = codecs.codec(entry)
     started = time.perf_counter()
     msg = codec.encode(pixels, mode=mode, level=level)
@@ -282,7 +253,7 @@ def encode_point_cloud(codecs: Codecs, request: service_pb2.EncodePointCloudRequ
                        points: np.ndarray, profile: str) -> service_pb2.EncodeResponse:
     kind = bitstream_pb2.CODEC_KIND_POINT_CLOUD
     entry = codecs.resolve(request.model, 0, kind)
-    mode = safeguard_mode(request.safeguard_mode)
+    mode = options.mode_of(request.safeguard_mode)
     codec = codecs.codec(entry)
     started = time.perf_counter()
     kwargs = {"depth": request.depth} if request.depth else {}

@@ -15,7 +15,7 @@ import platform
 import grpc
 
 import reprocodec
-from reprocodec import cancel, container
+from reprocodec import cancel, container, options
 from reprocodec.errors import InputError, TooLargeError, UnknownModelError
 from reprocodec.image import io as imageio
 from reprocodec.pointcloud import ply
@@ -100,9 +100,9 @@ class EncoderServicer(_Common, service_pb2_grpc.EncoderServicer):
     def _check_parameters(self, request, kind: int, quality: int) -> None:
         """Model, safeguard mode and level: refused before the request waits or runs."""
         self.codecs.resolve(request.model, quality, kind)
-        backend.safeguard_mode(request.safeguard_mode)
+        options.mode_of(request.safeguard_mode)
         if kind == _IMAGE:
-            backend.safeguard_level(request.level)
+            options.level_of(request.level)
 
 
 class DecoderServicer(_Common, service_pb2_grpc.DecoderServicer):

@@ -124,14 +124,3 @@ def load_weights(path: str) -> tuple[OccupancyMLP, np.ndarray, dict]:
     if table.shape != (grid_size(), 4):
         raise ValueError(f"{path} has a CDF table of shape {table.shape}")
     return model, table, blob
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, features: np.ndarray, dtype: torch.dtype,
-                   device: str = "cpu") -> np.ndarray:
-    """float64 logits of (M, N_FEATURES) uint8 features, evaluated in fixed-size chunks."""
-    out = np.empty(features.shape[0], dtype=np.float64)
-    for start in range(0, features.shape[0], CHUNK_ROWS):
-        x = torch.from_numpy(features[start:start + CHUNK_ROWS]).to(device=device, dtype=dtype)
-        out[start:start + CHUNK_ROWS] = model(x).double().cpu().numpy()
-    return out

@@ -111,12 +111,6 @@ def best_rice_parameter(values: np.ndarray) -> int:
     return int(np.argmin(costs))
 
 
-def rice_bits(values: np.ndarray) -> int:
-    """Exact size in bits of write_rice(values)."""
-    k = best_rice_parameter(values)
-    return 6 + int((values >> k).sum()) + values.size * (1 + k)
-
-
 class BitReader:
     def __init__(self, data: bytes) -> None:
         self._bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from reprocodec.image.io import psnr
 from reprocodec.train.export import load_shipped, round_through_fp16
 from reprocodec.train.models import build_model
 
@@ -38,11 +38,6 @@ def load_checkpoint_model(path: Path) -> torch.nn.Module:
     round_through_fp16(model)
     model.update(force=True)
     return model.eval()
-
-
-def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 @torch.no_grad()
@@ -68,7 +63,7 @@ def evaluate(model: torch.nn.Module, images: list[Path], log=None) -> dict:
             pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
         nbytes, rec = code_image(model, pixels)
         bpps.append(8 * nbytes / (pixels.shape[0] * pixels.shape[1]))
-        psnrs.append(psnr_uint8(pixels, rec))
+        psnrs.append(psnr(pixels, rec))
         if log:
             log(f"{path.name}: {bpps[-1]:.4f} bpp {psnrs[-1]:.2f} dB")
     return {"images": len(images), "bpp": round(float(np.mean(bpps)), 4),
@@ -93,7 +88,7 @@ def jpeg_curve(images: list[Path], qualities=range(5, 96, 5)) -> list[dict]:
             with Image.open(io.BytesIO(buf.getvalue())) as dec:
                 rec = np.asarray(dec.convert("RGB"), dtype=np.uint8)
             bpps.append(8 * buf.tell() / (img.width * img.height))
-            psnrs.append(psnr_uint8(np.asarray(img, dtype=np.uint8), rec))
+            psnrs.append(psnr(np.asarray(img, dtype=np.uint8), rec))
         curve.append({"quality": q, "bpp": float(np.mean(bpps)), "psnr_rgb": float(np.mean(psnrs))})
     return curve
 
