@@ -74,9 +74,15 @@ _DECODE = {"image": lambda dec, data, raw: dec.decode_image(data, raw=raw),
 _OUTPUT_FILE = {"image": lambda r: r.png, "point_cloud": lambda r: r.ply}
 
 
-def _encode_one(enc: EncoderClient, path: Path, args: argparse.Namespace) -> Any:
+def encode_file(enc: EncoderClient, path: Path, args: argparse.Namespace) -> Any:
+    """Encode one input file on the service its codec kind uses (args: model, quality,
+    safeguard, level, depth; absent ones take the service's defaults)."""
     kind = registry.kind_of_input(path)
     return _ENCODE[kind.name](enc, path.read_bytes(), args)
+
+
+def decode_stream(dec: DecoderClient, data: Any, kind: registry.CodecKind, raw: bool) -> Any:
+    return _DECODE[kind.name](dec, data, raw)
 
 
 def _describe(stats: Any) -> str:
@@ -91,7 +97,7 @@ def remote_encode(args: argparse.Namespace) -> int:
     with EncoderClient(args.encoder, **connection_options(args)) as enc:
         for path in inputs:
             try:
-                response = _encode_one(enc, path, args)
+                response = encode_file(enc, path, args)
                 target = output_path(path, args.output, len(inputs) > 1, ".rpc")
                 target.write_bytes(response.bitstream.SerializeToString(deterministic=True))
                 print(f"{path} -> {target}: {_describe(response.stats)}")
@@ -109,7 +115,7 @@ def remote_decode(args: argparse.Namespace) -> int:
             try:
                 data = path.read_bytes()
                 kind = _stream_kind(data)
-                response = _DECODE[kind.name](dec, data, False)
+                response = decode_stream(dec, data, kind, raw=False)
                 target = output_path(path, args.output, len(inputs) > 1, kind.output_suffix)
                 target.write_bytes(_OUTPUT_FILE[kind.name](response))
                 exact = "bit-exact" if response.bit_exact else "NOT bit-exact"
@@ -130,7 +136,7 @@ def roundtrip(args: argparse.Namespace) -> int:
         for name in args.inputs:
             path = Path(name)
             try:
-                encoded = _encode_one(enc, path, args)
+                encoded = encode_file(enc, path, args)
                 if registry.kind_of_input(path).name == "point_cloud":
                     decoded = dec.decode_point_cloud(encoded.bitstream, raw=True)
                     voxels = cloud_voxels(decoded)

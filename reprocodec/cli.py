@@ -95,16 +95,11 @@ class _LocalCodecs:
 
     def codec(self, kind: Any, name: str | None = None) -> Any:
         a = self.args
-        if kind.name == "image" and getattr(a, "checkpoint", None):
-            from reprocodec.image import ImageCodec
-
-            key = f"checkpoint:{a.checkpoint}"
-            if key not in self._codecs:
-                self._codecs[key] = ImageCodec.from_checkpoint(a.checkpoint, a.architecture)
-            return self._codecs[key]
-        name = name or kind.resolve_model(getattr(a, "model", None), getattr(a, "quality", None))
+        weights_dir = Path(a.weights_dir) if getattr(a, "weights_dir", None) else None
+        name = name or kind.resolve_model(getattr(a, "model", None), getattr(a, "quality", None),
+                                          weights_dir)
         if name not in self._codecs:
-            self._codecs[name] = kind.load(name)
+            self._codecs[name] = kind.load(name, weights_dir)
         return self._codecs[name]
 
 
@@ -267,6 +262,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return calibrate.main(args)
 
 
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    from reprocodec.image.models import import_checkpoint
+
+    info = import_checkpoint(args.checkpoint, args.architecture, args.name, args.quality,
+                             Path(args.out_dir) if args.out_dir else None)
+    print(f"imported {args.checkpoint} as {info.name} ({info.architecture}, N={info.N}, "
+          f"M={info.M}, weights {info.weights_sha256[:12]}..); calibrate its bounds with "
+          f"`reprocodec calibrate --model {info.name} --inputs IMAGES`")
+    return EXIT_OK
+
+
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     return _delegate("roundtrip", args)
 
@@ -293,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--local", action="store_true", help="run the codec in this process")
         g.add_argument(f"--{remote_flag}", metavar="HOST:PORT", help=f"use a {remote_flag} service")
         sp.add_argument("--profile", default="cpu", help="numerics profile for --local")
-        sp.add_argument("--checkpoint", help=argparse.SUPPRESS)  # official CompressAI file
-        sp.add_argument("--architecture", default="bmshj2018-hyperprior", help=argparse.SUPPRESS)
+        sp.add_argument("--weights-dir", metavar="DIR",
+                        help="--local: models from this folder (e.g. written by "
+                             "`reprocodec import-checkpoint`) instead of the shipped ones")
         sp.add_argument("--capture", help=argparse.SUPPRESS)  # benchmarks: dump indices
         sp.add_argument("--timeout", type=float, default=60.0, help="remote deadline (s)")
 
@@ -327,6 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(c)
     c.set_defaults(func=cmd_calibrate)
+
+    im = sub.add_parser("import-checkpoint",
+                        help="bring an official CompressAI checkpoint into the shipped form once "
+                             "(fp16 weights, integer CDF tables, SHA-256)")
+    im.add_argument("checkpoint", help="CompressAI state_dict file (.pth, .pth.tar)")
+    im.add_argument("--architecture", required=True,
+                    choices=("bmshj2018-hyperprior", "mbt2018-mean"))
+    im.add_argument("--name", required=True, help="model name to ship it as")
+    im.add_argument("--quality", type=int, default=0, help="quality rank (default: %(default)s)")
+    im.add_argument("--out-dir", help="folder to write NAME.pt/.json (default: the shipped "
+                                      "weights folder)")
+    im.set_defaults(func=cmd_import_checkpoint)
 
     r = sub.add_parser("roundtrip", help="encode on one service, decode on another, compare")
     r.add_argument("inputs", nargs="+", metavar="IN")

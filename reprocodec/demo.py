@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from reprocodec import registry
 from reprocodec.image.io import psnr
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEMO_MODES = ("none", "syndrome")
 
 
@@ -46,25 +46,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _through_services(encoder, decoder, path: Path, mode: str) -> Row:
+    from reprocodec import registry
     from reprocodec.client import ServiceError, image_pixels
+    from reprocodec.client.commands import decode_stream, encode_file
     from reprocodec.image.io import decode_image_bytes
 
-    data = path.read_bytes()
-    cloud = path.suffix.lower() == ".ply"
-    if cloud:
-        encoded = encoder.encode_point_cloud(data, mode=mode)
-    else:
-        encoded = encoder.encode_image(data, mode=mode, level="both")
+    kind = registry.kind_of_input(path)
+    encoded = encode_file(encoder, path, argparse.Namespace(safeguard=mode, level="both"))
     stats = encoded.stats
     row = Row(path.name, mode, "ok", False, stats.bits_per_element, None, stats.overhead_ratio)
     try:
-        if cloud:
-            decoded = decoder.decode_point_cloud(encoded.bitstream, raw=True)
-            row.bit_exact = decoded.bit_exact
-        else:
-            decoded = decoder.decode_image(encoded.bitstream, raw=True)
-            row.bit_exact = decoded.bit_exact
-            row.psnr = psnr(decode_image_bytes(data), image_pixels(decoded))
+        decoded = decode_stream(decoder, encoded.bitstream, kind, raw=True)
+        row.bit_exact = decoded.bit_exact
+        if kind.name == "image":  # PSNR is an image measure; clouds are lossless
+            row.psnr = psnr(decode_image_bytes(path.read_bytes()), image_pixels(decoded))
     except ServiceError as exc:
         row.outcome = exc.code.name
     return row
@@ -74,8 +69,7 @@ def _table(rows: list[Row]) -> str:
     lines = [f"{'file':<18} {'safeguard':<9} {'decode':<10} {'bit-exact':<9} "
              f"{'rate':>8} {'PSNR dB':>8} {'overhead':>9}"]
     for r in rows:
-        unit = "bpp" if r.psnr is not None or r.outcome != "ok" and r.file.endswith(
-            IMAGE_SUFFIXES) else "b/pt"
+        unit = "bpp" if registry.kind_of_input(Path(r.file)).name == "image" else "b/pt"
         p = f"{r.psnr:8.2f}" if r.psnr is not None else f"{'-':>8}"
         lines.append(f"{r.file:<18} {r.mode:<9} {r.outcome:<10} {str(r.bit_exact):<9} "
                      f"{r.rate:>5.3f}{unit:>3} {p} {100 * r.overhead:>8.3f}%")
@@ -207,8 +201,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     out = args.output or Path(tempfile.mkdtemp(prefix="reprocodec-demo-"))
     out.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in args.samples.iterdir()
-                   if p.suffix.lower() in IMAGE_SUFFIXES + (".ply",))
+    readable = {s for k in registry.KINDS.values() for s in k.input_suffixes}
+    files = sorted(p for p in args.samples.iterdir() if p.suffix.lower() in readable)
     if not files:
         print(f"no images or .ply files in {args.samples}", file=sys.stderr)
         return 2
@@ -234,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         for s in servers:
             s.stop()
         print("\nwriting report (rate-distortion, overhead vs error bound) ...", flush=True)
-        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        images = [p for p in files if registry.kind_of_input(p).name == "image"]
         _write_report(out, rows, (args.encoder_profile, args.decoder_profile),
                       _rate_distortion(images), _overhead_vs_bound(images[0]))
     except KeyboardInterrupt:

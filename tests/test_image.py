@@ -186,27 +186,33 @@ def test_any_pillow_format_and_greyscale_modes():
     assert decode_image_bytes(buf.getvalue()).shape == rgb.shape
 
 
-def test_official_checkpoint_state_dict_loads(tmp_path):
+def test_official_checkpoint_is_imported_once_then_loads_like_shipped_weights(tmp_path):
     import torch
     from compressai.models import MeanScaleHyperprior
+
+    from reprocodec.image.models import import_checkpoint
 
     torch.manual_seed(3)
     net = MeanScaleHyperprior(8, 12)
     raw = tmp_path / "before_update.pth.tar"
-    torch.save(net.state_dict(), raw)  # a training checkpoint: no CDF tables yet
+    torch.save({"state_dict": net.state_dict()}, raw)  # a training checkpoint: no tables yet
     net.update(force=True)
     updated = tmp_path / "mbt2018-mean-official.pth"
     torch.save(net.state_dict(), updated)  # what CompressAI's zoo ships
-    for path in (raw, updated):
-        codec = ImageCodec.from_checkpoint(str(path), "mbt2018-mean")
-        assert (codec.info.N, codec.info.M) == (8, 12)
-        import hashlib
-
-        assert codec.info.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    out = tmp_path / "weights"
+    calls: list = []
+    for i, path in enumerate((raw, updated)):
+        info = import_checkpoint(path, "mbt2018-mean", f"imported-{i}", out_dir=out)
+        assert (info.N, info.M) == (8, 12)
+        codec = ImageCodec.load(info.name, str(out))  # verifies the written file's SHA-256
+        codec.model.update = lambda *a, **k: calls.append(a)  # decoding never recomputes
         decoded, enc = roundtrip(codec, sample_crop(height=40, width=50))
         assert decoded.bit_exact and np.array_equal(decoded.pixels, enc["output"])
+    assert calls == []
     with pytest.raises(InputError):
-        ImageCodec.from_checkpoint(str(raw), "bmshj2018-hyperprior")  # wrong architecture
+        import_checkpoint(raw, "bmshj2018-hyperprior", "wrong", out_dir=out)  # architecture
+    with pytest.raises(InputError):
+        import_checkpoint(tmp_path / "missing.pth", "mbt2018-mean", "x", out_dir=out)
 
 
 def test_list_models_reads_the_weights_folder(models):

@@ -38,7 +38,7 @@ from reprocodec.v1 import bitstream_pb2 as pb
 
 from .io import DEFAULT_MAX_PIXELS, check_pixels
 from .latents import HyperLatent, Latent
-from .models import DEFAULT_BOUNDS, ModelInfo, load_checkpoint, load_shipped
+from .models import DEFAULT_BOUNDS, ModelInfo, load_shipped
 
 # Means are snapped to multiples of 1/32 (a power of two, so symbol + mean stays exact in
 # float32 for |y| < 2^18). Against unit quantization of y the snapping error (<= 1/64) costs
@@ -100,11 +100,6 @@ class ImageCodec:
     @classmethod
     def load(cls, name: str, weights_dir: str | None = None) -> ImageCodec:
         model, info = load_shipped(name, Path(weights_dir) if weights_dir else None)
-        return cls(model, info)
-
-    @classmethod
-    def from_checkpoint(cls, path: str, architecture: str) -> ImageCodec:
-        model, info = load_checkpoint(path, architecture)
         return cls(model, info)
 
     @classmethod

@@ -158,13 +158,21 @@ def load_shipped(name: str, weights_dir: Path | None = None) -> tuple[Any, Model
     return model, info
 
 
-def load_checkpoint(path: str | Path, architecture: str) -> tuple[Any, ModelInfo]:
-    """An official CompressAI checkpoint (a state_dict, optionally wrapped in {"state_dict"})
-    from a local file. Its CDF tables are computed here once with `update(force=True)`; the
-    stream identifies it by the file's SHA-256."""
+def import_checkpoint(path: str | Path, architecture: str, name: str, quality: int = 0,
+                      out_dir: Path | None = None) -> ModelInfo:
+    """Bring an official CompressAI checkpoint (a state_dict, optionally wrapped in
+    {"state_dict"}, before or after its `update()`) into the shipped form, once: parameters
+    rounded through fp16, then the integer CDF tables computed from exactly those (the only
+    `update()` in reprocodec's codec paths), written as out_dir/NAME.pt + NAME.json with the
+    file's SHA-256 and default bounds until `reprocodec calibrate` measures them. Encoders and
+    decoders then load it like any shipped model and never recompute a table."""
     import torch
 
+    from reprocodec.train.export import load_shipped as load_exported
+    from reprocodec.train.export import round_through_fp16, shipped_state_dict
+
     path = Path(path)
+    out_dir = Path(out_dir or WEIGHTS_DIR)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
     try:
@@ -174,22 +182,27 @@ def load_checkpoint(path: str | Path, architecture: str) -> tuple[Any, ModelInfo
     state_dict = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state_dict, dict):
         raise InputError(f"{path} does not contain a state_dict")
-    state_dict = _to_float32(state_dict)
-    model = _build_with_update(architecture, state_dict)
-    info = ModelInfo(
-        name=path.stem,
-        architecture=architecture,
-        quality=0,
-        weights_sha256=sha256_file(path),
-        N=model.N,
-        M=model.M,
-    )
-    return model, info
+    model = _build_with_empty_tables(architecture, _to_float32(state_dict))
+    round_through_fp16(model)
+    model.update(force=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pt_path = out_dir / f"{name}.pt"
+    torch.save({"architecture": architecture, "N": int(model.N), "M": int(model.M),
+                "state_dict": shipped_state_dict(model)}, pt_path)
+    reloaded = load_exported(pt_path).state_dict()
+    for key, value in model.state_dict().items():
+        if not torch.equal(reloaded[key], value):
+            raise InputError(f"imported {key} does not round-trip; {pt_path} not usable")
+    meta = {"name": name, "architecture": architecture, "N": int(model.N), "M": int(model.M),
+            "quality": quality, "weights_sha256": sha256_file(pt_path),
+            "imported_from": {"file": path.name, "sha256": sha256_file(path)}, "bounds": {}}
+    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return read_info(out_dir / f"{name}.json")
 
 
-def _build_with_update(architecture: str, state_dict: dict[str, Any]) -> Any:
+def _build_with_empty_tables(architecture: str, state_dict: dict[str, Any]) -> Any:
     """Checkpoints saved before `update()` lack the CDF buffers; give them empty ones so the
-    state_dict loads, then compute every table once."""
+    state_dict loads (the caller computes every table once)."""
     import torch
 
     state_dict = dict(state_dict)
@@ -198,6 +211,4 @@ def _build_with_update(architecture: str, state_dict: dict[str, Any]) -> Any:
             state_dict.setdefault(f"{module}.{buf}", torch.zeros(0, dtype=torch.int32))
     state_dict.setdefault("gaussian_conditional.scale_table", torch.zeros(0))
     state_dict.setdefault("gaussian_conditional.scale_bound", torch.tensor([0.11]))
-    model = build_model(architecture, state_dict)
-    model.update(force=True)
-    return model
+    return build_model(architecture, state_dict)
