@@ -828,6 +828,16 @@ def test_compose_encoder_and_decoder_run_different_valid_profiles():
     assert profiles["encoder"] != profiles["decoder"]
 
 
+def test_compose_build_arguments_are_the_dockerfiles():
+    args = compose()["x-reprocodec-build"]["args"]
+    declared = {a.split("=")[0] for w, a in dockerfile_instructions() if w == "ARG"}
+    assert set(args) <= declared, set(args) - declared
+    # The base image and the package index come from the environment when set there, and are
+    # otherwise not passed at all (the Dockerfile's defaults): never a host written here.
+    assert {k for k, v in args.items() if v is None} == {
+        "BASE_IMAGE", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"}
+
+
 def test_compose_mounts_exist_and_prometheus_scrapes_both_services():
     services = compose()["services"]
     for name in ("prometheus", "grafana"):
