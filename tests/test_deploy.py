@@ -471,6 +471,17 @@ def test_build_verifies_the_shipped_weights_against_their_sha256(tmp_path):
     victim.with_suffix(".json").unlink()
     with pytest.raises(AssertionError, match="without metadata"):
         verify.check_weights(copy_dir)
+    # The build's round trip uses the command line as it is (a renamed flag fails here, not
+    # in a 4-minute image build), on a sample that ships and under two real profiles.
+    from reprocodec.cli import build_parser
+
+    commands = verify.round_trip_commands(REPO / "reprocodec" / "samples" / "coffee.png",
+                                          tmp_path / "x.rpc", tmp_path / "x.png")
+    assert (REPO / "reprocodec" / "samples" / "coffee.png").exists()
+    for argv in commands:
+        args = build_parser().parse_args(argv)
+        assert args.local and valid_profile(args.profile)
+    assert {build_parser().parse_args(a).profile for a in commands} == {"cpu", "cpu-nomkldnn"}
 
 
 def test_runtime_stage_is_non_root_with_grpc_healthcheck_and_entrypoint():

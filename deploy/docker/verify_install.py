@@ -50,6 +50,12 @@ def check_cpu_only() -> None:
     assert not torch.cuda.is_available(), "the cpu variant must not see a GPU"
 
 
+def round_trip_commands(sample: Path, rpc: Path, png: Path) -> list[list[str]]:
+    """`reprocodec` arguments: encode under one profile, decode (verified) under another."""
+    return [["encode", str(sample), "-o", str(rpc), "--local", "--profile", "cpu"],
+            ["decode", str(rpc), "-o", str(png), "--local", "--profile", "cpu-nomkldnn"]]
+
+
 def check_round_trip() -> None:
     sample = Path(str(files("reprocodec").joinpath("samples", "coffee.png")))
     reprocodec = Path(sys.executable).with_name("reprocodec")
@@ -57,9 +63,7 @@ def check_round_trip() -> None:
         # Numba's kernel cache goes to the temporary folder, not into the image.
         env = {**os.environ, "NUMBA_CACHE_DIR": tmp}
         rpc, png = Path(tmp, "coffee.rpc"), Path(tmp, "coffee.png")
-        for args in (["encode", str(sample), "-o", str(rpc), "--local", "--profile", "cpu"],
-                     ["decode", str(rpc), "-o", str(png), "--local", "--profile",
-                      "cpu-nomkldnn"]):
+        for args in round_trip_commands(sample, rpc, png):
             result = subprocess.run([str(reprocodec), *args], env=env, capture_output=True,
                                     text=True, timeout=600)
             assert result.returncode == 0, (args, result.stdout, result.stderr)
