@@ -49,7 +49,7 @@ ENV PATH=/opt/reprocodec/bin:$PATH
 
 WORKDIR /src
 COPY pyproject.toml ./
-COPY deploy/docker/requirements.py deploy/docker/cuda_stubs.py deploy/docker/verify_install.py /tmp/build/
+COPY deploy/docker/requirements.py deploy/docker/cuda_stubs.py /tmp/build/
 
 # Dependencies first, in their own layer (gigabytes for cuda): rebuilt only when pyproject.toml
 # changes. cpu: resolve exactly as cuda would, install that minus the CUDA runtime packages
@@ -72,6 +72,7 @@ COPY README.md ./
 COPY reprocodec ./reprocodec
 COPY server ./server
 COPY client ./client
+COPY deploy/docker/verify_install.py /tmp/build/
 # A regular (not editable) install: the venv is self-contained and /src stays behind. Its
 # dependencies are all in place (pip check proves it), then the weights, the cpu variant's
 # CPU-only state and an encode + verified decode of a sample are checked.
