@@ -1331,6 +1331,10 @@ class Run:
         print("\nmost frequent refusal reasons:")
         for (o, r), n in s.reasons.most_common(a.reasons):
             print(f"  {n:>7,}  {o:<20} {r}")
+        print("decoded, not bit-exact (the stream's own output checksum differs):")
+        for (o, r), n in s.reasons.most_common():
+            if o == OK_INEXACT:
+                print(f"  {n:>7,}  {r}")
         print("\n| batch | cases | workers | seconds | peak RSS MB |")
         print("|---:|---:|---:|---:|---:|")
         for b in s.batches:
@@ -1375,7 +1379,7 @@ class Run:
                 "truncations": len(self.plan.truncations) if self.plan else 0,
                 "counts": {k: dict(v) for k, v in s.counts.items()},
                 "totals": dict(totals), "status": dict(status),
-                "reasons": [[o, r, n] for (o, r), n in s.reasons.most_common(50)],
+                "reasons": [[o, r, n] for (o, r), n in s.reasons.most_common()],
                 "defect_types": dict(s.defect_types), "defects": s.defects,
                 "failures": s.failures, "batches": s.batches, "hostile": s.hostile,
                 "slowest": [{"ms": t * 1e3, "case": i, "kind": k, "seed": self.seeds[si].desc,
