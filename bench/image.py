@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 MODES = [m.value for m in Mode]
-CPU_PROFILES = ["cpu-nomkldnn", "cpu-channels-last", "cpu-fp64", "cpu-1thread"]
+CPU_PROFILES = ["cpu-nomkldnn", "cpu-channels-last", "cpu-1thread", "emulate-splitk",
+                "emulate-tf32"]
 KODAK = Path("/work/shared/data/kodak")
 SAMPLES = REPO / "reprocodec" / "samples"
 

@@ -35,8 +35,9 @@ import numpy as np
 from reprocodec.pointcloud import octree
 from reprocodec.pointcloud.ply import read_ply
 
-ENCODERS = "cpu,cpu-fp64"
-DECODERS = "cpu,cpu-nomkldnn,cpu-fp64,cpu-1thread,cpu-channels-last,noise:HALF,noise:1e-3"
+ENCODERS = "cpu,emulate-splitk"
+DECODERS = ("cpu,cpu-nomkldnn,emulate-splitk,emulate-tf32,cpu-1thread,cpu-channels-last,"
+            "noise:HALF,noise:1e-3")
 MODES = ("none", "syndrome")
 
 

@@ -22,6 +22,7 @@ protect that fails on the encoder's own values (NaN from the networks) -> Encode
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,6 +182,32 @@ def verification_message(name: str, detail: str) -> str:
         "the encoder's by more than the stream's error bound; re-encode with a protected "
         "--safeguard mode or calibrated bounds, or decode on a platform matching the encoder"
     )
+
+
+_warned: set[tuple[str, ...]] = set()
+
+
+def coverage_note(bounds: dict[str, dict[str, Any]], encoder_profile: str,
+                  decoder_profile: str) -> str:
+    """Empty when both profiles are among those every calibrated bound covers (or no bound
+    records its profiles); else a sentence naming the uncovered ones. The decoder decodes
+    anyway (the checksums still refuse a wrong result) and logs this once per pair; a
+    verification failure carries it, since it is the likely cause."""
+    recorded = [set(b["profiles"]) for b in bounds.values() if b.get("profiles")]
+    if not recorded:
+        return ""
+    covered = set.intersection(*recorded)
+    outside = sorted({p for p in (encoder_profile, decoder_profile) if p and p not in covered})
+    if not outside:
+        return ""
+    note = (f"numerics profile(s) {', '.join(outside)} are outside the set the model's bounds "
+            f"were calibrated on ({', '.join(sorted(covered))}); run `reprocodec calibrate` "
+            "with them")
+    key = (encoder_profile, decoder_profile)
+    if key not in _warned:
+        _warned.add(key)
+        logging.getLogger("reprocodec").warning(note)
+    return note
 
 
 def bound_from_info(bounds: dict[str, dict[str, Any]], name: str) -> ErrorBound:

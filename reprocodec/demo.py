@@ -41,7 +41,9 @@ class Row:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, help="report directory (default: a new temp dir)")
     p.add_argument("--encoder-profile", default="cpu")
-    p.add_argument("--decoder-profile", default="cpu-nomkldnn")
+    p.add_argument("--decoder-profile", default="emulate-splitk",
+                   help="the decoder's numerics: by default a GPU-like summation order "
+                        "(default: %(default)s)")
     p.add_argument("--samples", type=Path, default=SAMPLES, help="folder of images / .ply files")
 
 

@@ -88,11 +88,10 @@ class CdfTables:
     @classmethod
     def from_entropy_model(cls, module) -> CdfTables:
         """The tables a CompressAI entropy model holds (loaded from the weights file)."""
-        return cls.from_arrays(
-            module._quantized_cdf.detach().cpu().numpy(),
-            module._cdf_length.detach().cpu().numpy(),
-            module._offset.detach().cpu().numpy(),
-        )
+        from .numerics import to_host
+
+        return cls.from_arrays(to_host(module._quantized_cdf), to_host(module._cdf_length),
+                               to_host(module._offset))
 
     @property
     def count(self) -> int:

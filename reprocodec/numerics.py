@@ -1,4 +1,4 @@
-"""Numerics profiles: named ways of running the networks (DESIGN.md section 3).
+"""Numerics profiles: named ways of running the networks (README, "Numerics profiles and GPUs").
 
 A profile changes process-global torch settings (oneDNN on/off, thread count, TF32), so a
 process runs exactly one: `apply_profile(name)` once, early; a second call with another name
@@ -35,8 +35,9 @@ PROFILES = (
     "cpu",
     "cpu-nomkldnn",
     "cpu-channels-last",
-    "cpu-fp64",
     "cpu-1thread",
+    "emulate-tf32",
+    "emulate-splitk",
     "noise:EPS",
     "cuda",
     "cuda-tf32",
@@ -50,7 +51,7 @@ class Profile:
     name: str
     device: str = "cpu"
     channels_last: bool = False
-    synthesis_float64: bool = False  # h_s and g_s in float64 (the analysis side stays float32)
+    emulate: str = ""  # GPU numerics on the CPU: "tf32" or "splitk" (reprocodec.gpu_emulation)
     noise_eps: float = 0.0
     mkldnn: bool = True
     threads: int | None = None
@@ -76,8 +77,9 @@ def parse_profile(name: str) -> Profile:
         "cpu": Profile("cpu"),
         "cpu-nomkldnn": Profile("cpu-nomkldnn", mkldnn=False),
         "cpu-channels-last": Profile("cpu-channels-last", channels_last=True),
-        "cpu-fp64": Profile("cpu-fp64", synthesis_float64=True),
         "cpu-1thread": Profile("cpu-1thread", threads=1),
+        "emulate-tf32": Profile("emulate-tf32", emulate="tf32"),
+        "emulate-splitk": Profile("emulate-splitk", emulate="splitk"),
         "cuda": Profile("cuda", device="cuda"),
         "cuda-tf32": Profile("cuda-tf32", device="cuda", tf32=True),
     }
@@ -109,8 +111,17 @@ def apply_profile(name: str) -> Profile:
     if profile.threads is not None:
         torch.set_num_threads(profile.threads)
     if profile.is_cuda:
+        # `cuda` pins TF32 off and cuDNN to deterministic, non-benchmarked algorithms: the
+        # float32 networks (point-cloud logits, the encoder's analysis) then see one summation
+        # order per shape. The image decision networks run in float64, where TF32 never applies.
         torch.backends.cuda.matmul.allow_tf32 = profile.tf32
         torch.backends.cudnn.allow_tf32 = profile.tf32
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    if profile.emulate:
+        from reprocodec import gpu_emulation
+
+        gpu_emulation.install(profile.emulate)
     if profile.noise_eps > 0:
         _noise_rng = np.random.default_rng(NOISE_SEED)
     _applied = profile
@@ -160,7 +171,8 @@ def prepare_input(tensor: Any) -> Any:
     return tensor
 
 
-def synthesis_dtype() -> Any:
-    import torch
-
-    return torch.float64 if current_profile().synthesis_float64 else torch.float32
+def to_host(tensor: Any, dtype: Any = None) -> np.ndarray:
+    """The one way a network's output reaches numpy: moved to host memory first (a CUDA
+    tensor has no .numpy()), optionally converted, contiguous."""
+    t = tensor.detach().to("cpu", dtype) if dtype is not None else tensor.detach().to("cpu")
+    return t.contiguous().numpy()

@@ -50,14 +50,15 @@ def build_parser(service: str) -> argparse.ArgumentParser:
     port, metrics_port = DEFAULT_PORTS[service]
     p = argparse.ArgumentParser(
         prog=f"reprocodec-{service}",
-        description=f"The reprocodec {service} gRPC service (see DESIGN.md section 5).",
+        description=f"The reprocodec {service} gRPC service (statuses, flags and metrics: "
+                    "README.md, sections gRPC API and Metrics).",
     )
     p.add_argument("--port", type=int, default=port, help=f"gRPC port (default {port}; 0: any)")
     p.add_argument("--metrics-port", type=int, default=metrics_port,
                    help=f"Prometheus HTTP port (default {metrics_port}; 0: any)")
     p.add_argument("--profile", default="cpu",
-                   help="numerics profile: cpu, cpu-nomkldnn, cpu-channels-last, cpu-fp64, "
-                        "cpu-1thread, cuda, cuda-tf32, noise:EPS (default cpu)")
+                   help="numerics profile: cpu, cpu-nomkldnn, cpu-channels-last, cpu-1thread, "
+                        "emulate-tf32, emulate-splitk, cuda, cuda-tf32, noise:EPS (default cpu)")
     p.add_argument("--device", default=None,
                    help="cpu | cuda | cuda:N; must agree with the profile (default: the profile's)")
     p.add_argument("--host", default="127.0.0.1",

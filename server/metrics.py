@@ -79,7 +79,7 @@ class ServiceMetrics:
         )
         self.overhead_ratio = Histogram(
             "reprocodec_safeguard_overhead_ratio", "Safeguard protection bytes / payload bytes",
-            ("service", "codec", "mode"), buckets=_RATIO_BUCKETS, registry=r,
+            ("service", "codec", "mode", "level", "model"), buckets=_RATIO_BUCKETS, registry=r,
         )
         self.risky = Histogram(
             "reprocodec_safeguard_risky_elements",
@@ -139,7 +139,8 @@ class ServiceMetrics:
             bitstream_pb2.CODEC_KIND_POINT_CLOUD: "point_cloud",
         }.get(stats.codec, "unknown")
         mode = mode_label(stats.mode)
-        self.overhead_ratio.labels(self.service, codec, mode).observe(stats.overhead_ratio)
+        self.overhead_ratio.labels(self.service, codec, mode, level_label(stats),
+                                   stats.model).observe(stats.overhead_ratio)
         for tensor in stats.tensors:
             self.risky.labels(self.service, tensor.name).observe(tensor.risky_count)
             self.candidates.labels(self.service, tensor.name).observe(tensor.candidate_count)
@@ -147,6 +148,17 @@ class ServiceMetrics:
     def serve(self, port: int, host: str):
         """Start the HTTP exporter thread; returns (http server, thread)."""
         return start_http_server(port, addr=host, registry=self.registry)
+
+
+def level_label(stats) -> str:
+    """The levels a stream protects: decoding, reconstruction, both, or none."""
+    from reprocodec.v1 import bitstream_pb2
+
+    levels = {t.level for t in stats.tensors if t.mode != bitstream_pb2.SAFEGUARD_MODE_NONE}
+    names = {bitstream_pb2.PROTECTION_LEVEL_DECODING: "decoding",
+             bitstream_pb2.PROTECTION_LEVEL_RECONSTRUCTION: "reconstruction"}
+    found = sorted(names[x] for x in levels if x in names)
+    return "both" if len(found) == 2 else (found[0] if found else "none")
 
 
 def mode_label(mode: int) -> str:

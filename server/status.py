@@ -1,6 +1,6 @@
 """Exceptions -> gRPC status code, failure-metric reason and the message the caller sees.
 
-The mapping lives on the exception classes (reprocodec/errors.py, DESIGN.md section 5; the
+The mapping lives on the exception classes (reprocodec/errors.py, README "gRPC API"; the
 chunking errors of reprocodec.chunking and reprocodec.cancel.CancelledError are
 ReprocodecErrors too); this module adds the refusals of the core (queue, deadline, shutdown)
 and the few exceptions raised outside reprocodec's own hierarchy.

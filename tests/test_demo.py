@@ -42,9 +42,13 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
     lines = run.stdout.splitlines()
     protected = [ln for ln in lines if " syndrome " in ln]
     assert len(protected) == 2 and all(" ok " in ln and " True " in ln for ln in protected)
-    # cpu vs cpu-nomkldnn: unprotected pixel rounding differs and is caught, never returned.
-    unprotected_image = [ln for ln in lines if ln.startswith("chelsea.png") and " none " in ln]
-    assert unprotected_image and "DATA_LOSS" in unprotected_image[0]
+    # Unprotected decodes are reported either bit-exact or refused (DATA_LOSS), never as a
+    # different output; protecting the float64 image decisions costs next to nothing.
+    unprotected = [ln for ln in lines if " none " in ln]
+    assert len(unprotected) == 2
+    assert all((" ok " in ln and " True " in ln) or "DATA_LOSS" in ln for ln in unprotected)
+    image_row = next(ln for ln in protected if ln.startswith("chelsea.png"))
+    assert float(image_row.split()[-1].rstrip("%")) < 0.1
     for name in ("report.md", "results.json", "overhead_vs_bound.png", "rate_distortion.png",
                  "failures.png"):
         assert (out / name).stat().st_size > 0, name

@@ -16,7 +16,7 @@ pytest.importorskip("compressai")
 from reprocodec.image.io import write_png  # noqa: E402
 from reprocodec.image.testing import sample_crop, write_random_model  # noqa: E402
 
-DECODER_PROFILES = ["cpu-nomkldnn", "cpu-channels-last", "cpu-fp64"]
+DECODER_PROFILES = ["cpu-nomkldnn", "cpu-channels-last", "emulate-splitk", "emulate-tf32"]
 
 
 def cli(args: list[str], weights: Path) -> subprocess.CompletedProcess:

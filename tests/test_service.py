@@ -117,7 +117,7 @@ def test_cross_profile_roundtrip_is_byte_identical(servers, encoder, decoder, we
         "dec_ok": _counter(dec_proc, "reprocodec_requests_total", method="DecodeImage", code="OK"),
         "recv": _counter(dec_proc, "reprocodec_received_bytes_total", method="DecodeImage"),
         "ratio": _counter(dec_proc, "reprocodec_safeguard_overhead_ratio_count",
-                          codec="image", mode=mode),
+                          codec="image", mode=mode, level=level, model=model),
         "risky": _counter(enc_proc, "reprocodec_safeguard_risky_elements_sum",
                           tensor="scale_index"),
     }
@@ -157,7 +157,7 @@ def test_cross_profile_roundtrip_is_byte_identical(servers, encoder, decoder, we
     assert _counter(dec_proc, "reprocodec_received_bytes_total",
                     method="DecodeImage") >= before["recv"] + 2 * len(file_bytes)
     assert _counter(dec_proc, "reprocodec_safeguard_overhead_ratio_count", codec="image",
-                    mode=mode) == before["ratio"] + 2
+                    mode=mode, level=level, model=model) == before["ratio"] + 2
     assert _counter(enc_proc, "reprocodec_safeguard_risky_elements_sum",
                     tensor="scale_index") == before["risky"] + risky
 

@@ -31,8 +31,15 @@ import numpy as np
 
 from reprocodec import cancel, container, numerics
 from reprocodec.checksum import checksum
-from reprocodec.decision import LEVELS, DecisionStats, ProtectedDecision, bound_from_info
-from reprocodec.errors import ContainerError, InputError, ModelMismatchError
+from reprocodec.decision import (
+    LEVELS,
+    DecisionStats,
+    ProtectedDecision,
+    bound_from_info,
+    coverage_note,
+)
+from reprocodec.errors import ContainerError, InputError, ModelMismatchError, VerificationError
+from reprocodec.numerics import to_host
 from reprocodec.safeguard import DecisionQuantizer, Mode
 from reprocodec.v1 import bitstream_pb2 as pb
 
@@ -72,9 +79,13 @@ class ImageCodec:
         self.max_pixels = max_pixels
         self.profile = numerics.current_profile()
         self.model = numerics.prepare_module(model.eval())
-        if self.profile.synthesis_float64:
-            self.model.h_s.double()
-            self.model.g_s.double()
+        # The decision networks (h_s: scales and means; g_s: pixels) run in float64 on every
+        # device: two platforms' float64 results differ by ~1e-13 relative, so the calibrated
+        # bounds and the risky zones they imply are ~10^7 times smaller than in float32 and
+        # protection costs almost nothing; TF32 never applies to them. The analysis transforms
+        # only run on the encoder, so they keep the device's float32 (and its speed).
+        self.model.h_s.double()
+        self.model.g_s.double()
         self.has_means = info.architecture == "mbt2018-mean"
         self.weights_sha256 = bytes.fromhex(info.weights_sha256)
         self.hyper = HyperLatent(self.model.entropy_bottleneck)
@@ -85,7 +96,7 @@ class ImageCodec:
             # build_indexes: index = #{s in table[:-1] : sigma > s}
             "scale_index": ProtectedDecision(
                 "scale_index", "decoding",
-                DecisionQuantizer.from_thresholds(table.numpy()[:-1]),
+                DecisionQuantizer.from_thresholds(to_host(table)[:-1]),
                 bound_from_info(bounds, "scale_index")),
             "mean_grid": ProtectedDecision(
                 "mean_grid", "decoding", DecisionQuantizer.uniform(MEAN_STEP),
@@ -129,9 +140,8 @@ class ImageCodec:
         """h_s on the exact z_hat -> (sigma, mean) as float64 numpy; mean is None for bmshj."""
         import torch
 
-        dtype = numerics.synthesis_dtype()
         with torch.no_grad():
-            params = self.model.h_s(numerics.prepare_input(z_hat.to(dtype)))
+            params = self.model.h_s(numerics.prepare_input(z_hat.to(torch.float64)))
         if self.has_means:
             sigma, mean = params.chunk(2, 1)
             return _numpy64(sigma), _numpy64(mean)
@@ -141,9 +151,8 @@ class ImageCodec:
         """255 * clamp(g_s(y_hat), 0, 1), cropped, float64 H x W x C (greyscale: mean of 3)."""
         import torch
 
-        dtype = numerics.synthesis_dtype()
         with torch.no_grad():
-            x_hat = self.model.g_s(numerics.prepare_input(y_hat.to(dtype)))
+            x_hat = self.model.g_s(numerics.prepare_input(y_hat.to(torch.float64)))
             # Crop, then float64: the same IEEE operations as on the whole padded tensor, on
             # fewer elements, and H x W x C contiguous for the safeguard's single pass.
             v = x_hat[0, :, :height, :width].permute(1, 2, 0).to(torch.float64) * 255.0
@@ -227,8 +236,9 @@ class ImageCodec:
         for name, t in records.items():
             self.decisions[name].check_record(t, shapes[name])
 
+        note = coverage_note(self.info.bounds, msg.encoder_profile, self.profile.name)
         stats: list[DecisionStats] = []
-        resolve = _Resolver(self.decisions, records, verify, stats, capture)
+        resolve = _Resolver(self.decisions, records, verify, stats, capture, note)
         z_symbols, z_hat = self.hyper.decode(z_rec.data, pad_h // 64, pad_w // 64, not verify)
         _check_symbols(z_rec, z_symbols, verify)
         sigma, mean = self._params(z_hat)
@@ -267,7 +277,7 @@ class ImageCodec:
         on every platform, from which `network_floats` recomputes the protected floats."""
         capture: dict[str, Any] = {}
         self.encode(pixels, Mode.NONE, "both", capture=capture)
-        return {"z_hat": capture["z_hat"].numpy(), "y_hat": capture["y_hat"].numpy(),
+        return {"z_hat": to_host(capture["z_hat"]), "y_hat": to_host(capture["y_hat"]),
                 "hwc": np.array(pixels.shape)}
 
     def network_floats(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -309,16 +319,21 @@ class _Resolver:
     """Decoder side: the encoder's indices of every recorded decision."""
 
     def __init__(self, decisions: dict[str, ProtectedDecision], records: dict, verify: bool,
-                 stats: list[DecisionStats], capture: dict | None):
+                 stats: list[DecisionStats], capture: dict | None, note: str):
         self.decisions, self.records, self.verify = decisions, records, verify
-        self.stats, self.capture = stats, capture
+        self.stats, self.capture, self.note = stats, capture, note
 
     def __call__(self, name: str, values: np.ndarray) -> np.ndarray:
         d = self.decisions[name]
         if name not in self.records:  # unprotected pixels: this decoder's own rounding
             indices = d.quantizer.index(numerics.perturb(name, values, d.bound))
         else:
-            indices = d.resolve(self.records[name], values, self.verify, self.stats)
+            try:
+                indices = d.resolve(self.records[name], values, self.verify, self.stats)
+            except VerificationError as exc:
+                if not self.note:
+                    raise
+                raise VerificationError(f"{exc} ({self.note})") from exc
         _capture(self.capture, **{name: values, f"{name}_indices": indices})
         return indices
 
@@ -343,10 +358,9 @@ def _capture(capture: dict | None, **items: Any) -> None:
 
 
 def _numpy64(t: Any) -> np.ndarray:
-    """The one place image tensors come to host memory (any device), as float64."""
     import torch
 
-    return t.detach().to("cpu", torch.float64).contiguous().numpy()
+    return to_host(t, torch.float64)
 
 
 def _padded(n: int) -> int:

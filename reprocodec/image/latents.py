@@ -19,13 +19,14 @@ import numpy as np
 
 from .. import entropy
 from ..errors import EncoderError
+from ..numerics import to_host
 
 
 def _symbols(values: Any, means: Any | None) -> np.ndarray:
     """CompressAI's quantize(..., "symbols"): round half to even of (values - means)."""
     import torch
 
-    out = values.detach().to("cpu", torch.float32).clone()
+    out = torch.from_numpy(to_host(values, torch.float32))
     if means is not None:
         out -= means
     if not bool(torch.isfinite(out).all()):
@@ -44,9 +45,11 @@ class HyperLatent:
     """z: one CDF table per channel, symbols offset by the channel's median."""
 
     def __init__(self, entropy_bottleneck: Any):
+        import torch
+
         self.tables = entropy.CdfTables.from_entropy_model(entropy_bottleneck)
         # quantiles[:, :, 1] is the median, float32 as loaded from the (fp16) weights.
-        medians = entropy_bottleneck.quantiles[:, 0, 1].detach().to("cpu").float()
+        medians = torch.from_numpy(to_host(entropy_bottleneck.quantiles[:, 0, 1], torch.float32))
         self.medians = medians.reshape(1, -1, 1, 1)
         self.channels = int(medians.numel())
 

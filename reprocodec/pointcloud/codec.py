@@ -64,7 +64,9 @@ class PointCloudCodec:
         self.tables = coder.cdf_tables(table)
         self.weights_sha256 = bytes.fromhex(info.weights_sha256)
         self.profile = numerics.current_profile()
-        self.dtype = numerics.synthesis_dtype()
+        # float32 logits: an MLP per coded bit, float64 would double the coding time; the
+        # calibrated bound covers float32 differences (cuda pins TF32 off for it).
+        self.dtype = torch.float32
         self.networks = PassNetworks(self.model, self.dtype, self.profile.device)
         self._torch = torch
         b = info.tensor_bound(TENSOR)

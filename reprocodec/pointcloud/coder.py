@@ -6,9 +6,10 @@ Per level l and sub-pass k (child k of every level-l node, all nodes at once):
 
 The decoder runs the same steps with its own floats; the occupancy decision's `resolve_pass`
 turns them into the encoder's indices as long as they are within the error bound. The side
-information of all passes is one record: per pass a varint length and that pass's safeguard
-body (`Protected.body`; the record's mode and the pass size are its header, so a pass with
-nothing risky, most of them, costs one byte). Mode none has no side information at all.
+information of all passes is one record: a bitmap of the passes that have a safeguard body
+(depth x 8 bits), then for each such pass a varint length and the body (`Protected.body`; the
+record's mode and the pass size are its header). A pass with nothing risky, most of them on a
+small cloud, costs one bit. Mode none has no side information at all.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def compress(
     tables: entropy.CdfTables, mode: Mode, decision: ProtectedDecision,
 ) -> CodedOccupancy:
     encoder = entropy.Encoder(tables)
-    side = bytearray()
+    bodies: list[bytes] = []
     all_indices, risky, candidates = [], 0, 0
     for level in range(depth):
         neighbours = octree.neighbour_table(codes[level], level)
@@ -71,13 +72,13 @@ def compress(
             protected = decision.protect_pass(logits, mode)
             index = _grid_index(protected.indices)
             encoder.encode(bits[level][:, k].astype(np.int32), index + GRID_K)
-            if mode is not Mode.NONE:
-                side += encode_varint(len(protected.body)) + protected.body
+            bodies.append(protected.body)
             all_indices.append(index)
             risky += protected.risky_count
             candidates += protected.candidate_count
+    side = _pack_bodies(bodies) if mode is not Mode.NONE else b""
     return CodedOccupancy(
-        data=encoder.flush(), side_info=bytes(side), indices=np.concatenate(all_indices),
+        data=encoder.flush(), side_info=side, indices=np.concatenate(all_indices),
         risky_count=risky, candidate_count=candidates,
         per_level_nodes=[c.size for c in codes],
     )
@@ -99,7 +100,7 @@ def decompress(
     desynchronisation (VerificationError: corrupt, or numerics beyond the bound), not as
     malformed: the decoder cannot tell the two apart."""
     decoder = entropy.Decoder(data, tables, lenient=not verify)
-    side = _SideReader(side_info, mode)
+    side = _SideReader(side_info, mode, depth * N_PASSES)
     codes = np.zeros(1, dtype=np.int64)
     all_indices, all_bits, used = [], [], 0
     for level in range(depth):
@@ -147,21 +148,46 @@ def _desync(detail: str) -> str:
             "(decode with a matching profile or re-encode with protection)")
 
 
-class _SideReader:
-    """Splits the side information back into per-pass safeguard bodies."""
+def _pack_bodies(bodies: list[bytes]) -> bytes:
+    present = np.array([bool(b) for b in bodies])
+    out = bytearray(np.packbits(present, bitorder="little").tobytes())
+    for body in bodies:
+        if body:
+            out += encode_varint(len(body)) + body
+    return bytes(out)
 
-    def __init__(self, stream: bytes, mode: Mode):
-        self.stream, self.mode, self.pos = stream, mode, 0
+
+class _SideReader:
+    """Splits the side information back into per-pass safeguard bodies (see _pack_bodies)."""
+
+    def __init__(self, stream: bytes, mode: Mode, passes: int):
+        self.stream, self.mode = stream, mode
+        self.present = np.zeros(passes, dtype=bool)
+        self.pos, self.index = 0, 0
+        if mode is not Mode.NONE:
+            size = (passes + 7) // 8
+            if len(stream) < size:
+                raise ContainerError("malformed bitstream: occupancy side information is "
+                                     "shorter than its pass bitmap")
+            bits = np.unpackbits(np.frombuffer(stream[:size], np.uint8), bitorder="little")
+            if bits[passes:].any():
+                raise ContainerError("malformed bitstream: occupancy pass bitmap has bits set "
+                                     "past the last pass")
+            self.present, self.pos = bits[:passes].astype(bool), size
 
     def next(self) -> bytes:
         if self.mode is Mode.NONE:
+            return b""
+        present = bool(self.present[self.index]) if self.index < self.present.size else False
+        self.index += 1
+        if not present:
             return b""
         try:
             length, pos = decode_varint(self.stream, self.pos)
         except (ValueError, IndexError) as exc:
             raise ContainerError("malformed bitstream: occupancy side information is "
                                  "truncated") from exc
-        if pos + length > len(self.stream):
+        if length == 0 or pos + length > len(self.stream):
             raise ContainerError("malformed bitstream: occupancy side information is truncated")
         self.pos = pos + length
         return self.stream[pos:self.pos]

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..numerics import prepare_input, to_host
 from .context import N_CELLS, N_FEATURES, N_HEIGHTS, N_PASSES, active_columns
 
 ARCHITECTURE = "octree-context"
@@ -65,9 +66,9 @@ class PassNetworks:
         weight, bias = self.weights[k], self.biases[k, min(height, N_HEIGHTS - 1)]
         out = np.empty(inputs.shape[0], dtype=np.float64)
         for start in range(0, inputs.shape[0], CHUNK_ROWS):
-            x = torch.from_numpy(inputs[start:start + CHUNK_ROWS]).to(self.device, self.dtype)
+            x = prepare_input(torch.from_numpy(inputs[start:start + CHUNK_ROWS]).to(self.dtype))
             h = torch.nn.functional.linear(x, weight, bias)
-            out[start:start + CHUNK_ROWS] = self.rest(h).squeeze(-1).double().cpu().numpy()
+            out[start:start + CHUNK_ROWS] = to_host(self.rest(h).squeeze(-1), torch.float64)
         return out
 
 
