@@ -21,7 +21,15 @@ from typing import Any
 import grpc
 
 from reprocodec import registry
-from reprocodec.batch import EXIT_FAILED, EXIT_OK, EXIT_VERIFICATION, fail, output_path, worse
+from reprocodec.batch import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_VERIFICATION,
+    batch_summary,
+    fail,
+    output_path,
+    worse,
+)
 from reprocodec.image import io as imageio
 from reprocodec.v1 import bitstream_pb2
 
@@ -94,24 +102,27 @@ def _describe(stats: Any) -> str:
 def remote_encode(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.inputs]
     status = EXIT_OK
+    failed = 0
     with EncoderClient(args.encoder, **connection_options(args)) as enc:
-        for path in inputs:
+        for i, path in enumerate(inputs, 1):
             try:
                 response = encode_file(enc, path, args)
                 target = output_path(path, args.output, len(inputs) > 1, ".rpc")
                 target.write_bytes(response.bitstream.SerializeToString(deterministic=True))
-                print(f"{path} -> {target}: {_describe(response.stats)}")
+                print(f"[{i}/{len(inputs)}] {path} -> {target}: {_describe(response.stats)}",
+                      flush=True)
             except (ServiceError, OSError, ValueError) as exc:
-                fail(f"{path}: {exc}")
-                status = _status_of(exc, status)
+                fail(f"[{i}/{len(inputs)}] {path}: {exc}")
+                status, failed = _status_of(exc, status), failed + 1
+    print(batch_summary("encode", len(inputs), failed))
     return status
 
 
 def remote_decode(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.inputs]
-    status = EXIT_OK
+    status, failed = EXIT_OK, 0
     with DecoderClient(args.decoder, **connection_options(args)) as dec:
-        for path in inputs:
+        for i, path in enumerate(inputs, 1):
             try:
                 data = path.read_bytes()
                 kind = _stream_kind(data)
@@ -119,10 +130,11 @@ def remote_decode(args: argparse.Namespace) -> int:
                 target = output_path(path, args.output, len(inputs) > 1, kind.output_suffix)
                 target.write_bytes(_OUTPUT_FILE[kind.name](response))
                 exact = "bit-exact" if response.bit_exact else "NOT bit-exact"
-                print(f"{path} -> {target}: {exact}")
+                print(f"[{i}/{len(inputs)}] {path} -> {target}: {exact}", flush=True)
             except (ServiceError, OSError, ValueError) as exc:
-                fail(f"{path}: {exc}")
-                status = _status_of(exc, status)
+                fail(f"[{i}/{len(inputs)}] {path}: {exc}")
+                status, failed = _status_of(exc, status), failed + 1
+    print(batch_summary("decode", len(inputs), failed))
     return status
 
 
@@ -155,6 +167,36 @@ def roundtrip(args: argparse.Namespace) -> int:
                 fail(f"{path}: {exc}")
                 status = _status_of(exc, status)
     return status
+
+
+def models(args: argparse.Namespace) -> int:
+    """The models a service offers, with readiness, weights, bounds and calibration."""
+    import json
+
+    with DecoderClient(args.target, **connection_options(args)) as client:
+        response = client.list_models()
+        info = client.server_info()
+    rows = [{
+        "name": m.name, "codec": bitstream_pb2.CodecKind.Name(m.codec), "loaded": m.loaded,
+        "default": m.is_default, "architecture": m.architecture, "quality": m.quality,
+        "weights_sha256": m.weights_sha256.hex(),
+        "bounds": {b.tensor: b.bound.value for b in m.bounds},
+        "calibrated_profiles": list(m.calibrated_profiles), "format_version": m.format_version,
+    } for m in response.models]
+    if getattr(args, "json", False):
+        print(json.dumps({"server": {"service": info.service, "version": info.version,
+                                     "profile": info.profile, "device": info.device,
+                                     "format_version": info.format_version},
+                          "models": rows}, indent=2))
+        return EXIT_OK
+    print(f"{args.target}: {info.service} {info.version}, profile {info.profile} on "
+          f"{info.device_name or info.device}, bitstream format {info.format_version}")
+    for r in rows:
+        state = "loaded" if r["loaded"] else "not loaded"
+        print(f"  {r['name']:26s} {r['codec']:22s} q{r['quality']} {state:10s} "
+              f"{r['weights_sha256'][:12]}..  calibrated on {len(r['calibrated_profiles'])} "
+              f"profiles{'  (default)' if r['default'] else ''}")
+    return EXIT_OK
 
 
 def health(args: argparse.Namespace) -> int:

@@ -6,4 +6,4 @@ Codecs (need the `server` extra): `reprocodec.image`, `reprocodec.pointcloud`.
 Services: `reprocodec.server`; light client: `reprocodec.client`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # bitstream format 2

@@ -30,6 +30,12 @@ def worse(status: int, new: int) -> int:
     return max(status, new)
 
 
+def batch_summary(verb: str, total: int, failed: int) -> str:
+    """The line every batch ends with, local or remote."""
+    return (f"{verb}: {total - failed} of {total} input{'s' if total != 1 else ''} done"
+            + (f", {failed} failed" if failed else ""))
+
+
 def failure_line(message: str) -> str:
     return f"reprocodec: error: {' '.join(str(message).split())}"
 

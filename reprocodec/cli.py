@@ -19,6 +19,7 @@ from reprocodec.batch import (
     EXIT_OK,
     EXIT_USAGE,
     EXIT_VERIFICATION,
+    batch_summary,
     failure_line,
     output_path,
     worse,
@@ -58,20 +59,21 @@ def _run_batch(inputs: list[str], what: str, handle: Callable[[Path], None]) -> 
     from reprocodec.errors import ReprocodecError, VerificationError
 
     global _bar
-    status = EXIT_OK
+    status, failed = EXIT_OK, 0
     for name in _progress(inputs, what):
         path = Path(name)
         try:
             handle(path)
         except VerificationError as exc:
             _fail(_with_path(path, exc))
-            status = EXIT_VERIFICATION
+            status, failed = EXIT_VERIFICATION, failed + 1
         except (ReprocodecError, OSError, ValueError) as exc:
             _fail(_with_path(path, exc))
-            status = worse(status, EXIT_FAILED)
+            status, failed = worse(status, EXIT_FAILED), failed + 1
     if _bar is not None:
         _bar.close()
         _bar = None
+    print(batch_summary(what, len(inputs), failed))
     return status
 
 
@@ -273,6 +275,34 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """The models a service offers (HOST:PORT), or the shipped ones (no argument)."""
+    if args.target:
+        return _delegate("models", args)
+    from reprocodec import container, registry
+
+    rows = []
+    for kind in registry.KINDS.values():
+        for info in kind.list_models():
+            bounds = kind.effective_bounds(info)
+            recorded = [set(b["profiles"]) for b in bounds.values() if b.get("profiles")]
+            rows.append({
+                "name": info.name, "codec": kind.name, "architecture": info.architecture,
+                "quality": info.quality, "weights_sha256": info.weights_sha256,
+                "bounds": {t: {"kind": b["kind"], "value": b["value"]} for t, b in bounds.items()},
+                "calibrated_profiles": sorted(set.intersection(*recorded)) if recorded else [],
+                "format_version": container.FORMAT_VERSION,
+            })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for r in rows:
+        bounds = ", ".join(f"{t} {b['kind'][:3]} {b['value']:.1g}" for t, b in r["bounds"].items())
+        print(f"{r['name']:26s} {r['codec']:11s} q{r['quality']}  {r['weights_sha256'][:12]}..  "
+              f"{bounds}  calibrated on {len(r['calibrated_profiles'])} profiles")
+    return EXIT_OK
+
+
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     return _delegate("roundtrip", args)
 
@@ -290,14 +320,30 @@ def cmd_health(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------- parser
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, examples kept as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reprocodec", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="verb", required=True)
+    from reprocodec import __version__
+
+    p = argparse.ArgumentParser(prog="reprocodec", description=__doc__.splitlines()[0],
+                                epilog=EXAMPLES, formatter_class=_Help)
+    p.add_argument("--version", action="version",
+                   version=f"reprocodec {__version__} (bitstream format 2)")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add(name, formatter_class=_Help, epilog=VERB_EXAMPLES.get(name), **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     def where(sp: argparse.ArgumentParser, remote_flag: str) -> None:
         g = sp.add_mutually_exclusive_group(required=True)
         g.add_argument("--local", action="store_true", help="run the codec in this process")
-        g.add_argument(f"--{remote_flag}", metavar="HOST:PORT", help=f"use a {remote_flag} service")
+        g.add_argument(f"--{remote_flag}", metavar="HOST:PORT",
+                       help=f"use the {remote_flag} service")
         sp.add_argument("--profile", default="cpu", help="numerics profile for --local")
         sp.add_argument("--weights-dir", metavar="DIR",
                         help="--local: models from this folder (e.g. written by "
@@ -306,19 +352,23 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--timeout", type=float, default=60.0, help="remote deadline (s)")
 
     e = sub.add_parser("encode", help="compress images (.png, .jpg, ...) or point clouds (.ply)")
-    e.add_argument("inputs", nargs="+", metavar="IN")
-    e.add_argument("-o", "--output", required=True, metavar="OUT_OR_DIR")
+    e.add_argument("inputs", nargs="+", metavar="IN", help="images (.png, .jpg, ...) or .ply")
+    e.add_argument("-o", "--output", required=True, metavar="OUT_OR_DIR",
+                   help="the .rpc file, or a folder (several inputs, or a trailing /)")
     where(e, "encoder")
-    e.add_argument("--model", help="model name or architecture (default: best shipped)")
+    e.add_argument("--model", help="model name or architecture; absent: the best shipped")
     e.add_argument("--quality", type=int, help="quality rank of the architecture (1 = lowest)")
-    e.add_argument("--safeguard", choices=MODES, default="syndrome")
-    e.add_argument("--level", choices=LEVELS, default="both")
-    e.add_argument("--depth", type=int, help="octree depth for point clouds")
+    e.add_argument("--safeguard", choices=MODES, default="syndrome",
+                   help="how decisions are protected (none: the decoder's own floats decide)")
+    e.add_argument("--level", choices=LEVELS, default="both",
+                   help="decoding: entropy-decoding decisions; reconstruction: output pixels")
+    e.add_argument("--depth", type=int, help="octree depth for point clouds; absent: 10")
     e.set_defaults(func=cmd_encode)
 
     d = sub.add_parser("decode", help="decompress .rpc files to .png / .ply")
-    d.add_argument("inputs", nargs="+", metavar="IN")
-    d.add_argument("-o", "--output", required=True, metavar="OUT_OR_DIR")
+    d.add_argument("inputs", nargs="+", metavar="IN", help=".rpc files")
+    d.add_argument("-o", "--output", required=True, metavar="OUT_OR_DIR",
+                   help="the .png/.ply file, or a folder (several inputs, or a trailing /)")
     where(d, "decoder")
     d.add_argument("--no-verify", action="store_true", help=argparse.SUPPRESS)
     d.add_argument("--report", help=argparse.SUPPRESS)  # benchmarks: per-file JSON
@@ -366,11 +416,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(dm)
     dm.set_defaults(func=cmd_demo)
 
+    m = sub.add_parser("models", help="list the models of a service, or the shipped ones")
+    m.add_argument("target", nargs="?", metavar="HOST:PORT",
+                   help="a running encoder or decoder (default: the shipped models, locally)")
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.add_argument("--timeout", type=float, default=10.0, help="remote deadline (s)")
+    m.set_defaults(func=cmd_models)
+
     h = sub.add_parser("health", help="check a service's gRPC health")
     h.add_argument("target", metavar="HOST:PORT")
     h.add_argument("--timeout", type=float, default=5.0)
     h.set_defaults(func=cmd_health)
     return p
+
+
+EXAMPLES = """examples:
+  reprocodec encode photo.png -o photo.rpc --local             # in this process
+  reprocodec decode photo.rpc -o photo.png --local --profile cpu-nomkldnn
+  reprocodec encode *.png -o out/ --encoder enc.example:50051  # through the encoder service
+  reprocodec models dec.example:50052                          # what a service offers
+  reprocodec demo                                              # the whole story, locally
+"""
+VERB_EXAMPLES = {
+    "encode": "example: reprocodec encode a.png b.ply -o out/ --local --safeguard syndrome",
+    "decode": "example: reprocodec decode out/*.rpc -o decoded/ --decoder HOST:50052",
+    "inspect": "example: reprocodec inspect photo.rpc --json",
+    "calibrate": "example: reprocodec calibrate --model bmshj2018-hyperprior-q2 --inputs DIR",
+    "roundtrip": "example: reprocodec roundtrip *.png --encoder A:50051 --decoder B:50052",
+    "models": "example: reprocodec models localhost:50052 --json",
+    "health": "example: reprocodec health localhost:50051",
+    "import-checkpoint": "example: reprocodec import-checkpoint bmshj2018-hyperprior-3.pth "
+                         "--architecture bmshj2018-hyperprior --name cai-q3",
+}
+
+# Modules only the server install has: a light-client user gets an install hint, not a trace.
+_SERVER_EXTRA = {"torch", "torchvision", "compressai", "numba", "prometheus_client", "tqdm",
+                 "matplotlib", "grpc_reflection"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,6 +460,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _SERVER_EXTRA:
+            raise
+        _fail(f"`reprocodec {args.verb}` needs the codecs, which this install lacks "
+              f"({exc.name}): pip install 'reprocodec[server]', or use a service with "
+              "--encoder/--decoder HOST:PORT")
+        return EXIT_USAGE
     except Exception as exc:  # a last-resort one-line reason instead of a traceback
         from reprocodec.errors import ReprocodecError
 

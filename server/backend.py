@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from reprocodec import options, registry
+from reprocodec import container, options, registry
 from reprocodec.checksum import checksum
 from reprocodec.errors import InputError, ModelMismatchError, UnknownModelError
 from reprocodec.image import io as imageio
@@ -144,10 +144,13 @@ class Codecs:
             ]
             modes = [bitstream_pb2.SafeguardMode.Value(f"SAFEGUARD_MODE_{x.upper()}")
                      for x in m.modes]
+            recorded = [set(b["profiles"]) for b in m.bounds.values() if b.get("profiles")]
+            profiles = sorted(set.intersection(*recorded)) if recorded else []
             out.append(service_pb2.ModelInfo(
                 name=m.name, codec=m.codec, architecture=m.architecture, quality=m.quality,
                 weights_sha256=m.weights_sha256, bounds=bounds, modes=modes,
-                is_default=m.name in default_names,
+                is_default=m.name in default_names, loaded=m.name in self._loaded,
+                calibrated_profiles=profiles, format_version=container.FORMAT_VERSION,
             ))
         return out
 

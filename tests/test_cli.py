@@ -12,6 +12,8 @@ import pytest
 
 from reprocodec import cli
 
+SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+
 
 def run_cli(args: list[str], weights: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
@@ -117,3 +119,44 @@ def test_decode_with_other_weights_is_a_one_line_failure(batch, tmp_path):
     assert done.returncode == cli.EXIT_FAILED
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("reprocodec: error:")]
     assert len(errors) == 1 and "weights" in errors[0]
+
+
+def test_version_and_module_entry_point():
+    done = subprocess.run([sys.executable, "-m", "reprocodec", "--version"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "bitstream format 2" in done.stdout
+
+
+def test_help_shows_defaults_and_an_example():
+    done = run_cli(["encode", "--help"])
+    assert done.returncode == 0
+    assert "(default: syndrome)" in done.stdout and "example: reprocodec encode" in done.stdout
+
+
+def test_light_install_gets_an_install_hint_not_a_traceback(tmp_path):
+    # Simulate the light client: torch cannot be imported at all.
+    code = ("import sys; sys.modules['torch'] = None; from reprocodec.cli import main; "
+            f"sys.exit(main(['encode', {str(SAMPLES / 'coffee.png')!r}, '-o', "
+            f"{str(tmp_path / 'x.rpc')!r}, '--local']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "pip install 'reprocodec[server]'" in done.stderr
+
+
+def test_trailing_slash_means_a_directory(tmp_path):
+    out = tmp_path / "newdir"
+    done = run_cli(["encode", str(SAMPLES / "coffee.png"), "-o", f"{out}/", "--local",
+                    "--model", "bmshj2018-hyperprior-q1"])
+    assert done.returncode == 0, done.stderr
+    assert (out / "coffee.rpc").is_file()
+    assert "encode: 1 of 1 input done" in done.stdout
+
+
+def test_models_lists_the_shipped_models_with_their_calibration():
+    done = run_cli(["models", "--json"])
+    assert done.returncode == 0, done.stderr
+    rows = {r["name"]: r for r in json.loads(done.stdout)}
+    assert {"bmshj2018-hyperprior-q2", "octree-ctx-v1"} <= rows.keys()
+    assert "cpu" in rows["bmshj2018-hyperprior-q2"]["calibrated_profiles"]

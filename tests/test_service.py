@@ -9,6 +9,7 @@ does not matter.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from pathlib import Path
 
 import grpc
@@ -444,6 +445,16 @@ def test_cli_remote_verbs(servers, tmp_path, capsys):
     assert decoded.shape == decode_image_bytes(Path(inputs[0]).read_bytes()).shape
     out = capsys.readouterr().out
     assert out.count("bit-exact") == 2 and "NOT" not in out
+    assert "encode: 2 of 2 inputs done" in out and "decode: 2 of 2 inputs done" in out
+    assert "[2/2]" in out  # remote batches show progress
+
+    assert main(["models", dec_proc.target, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["server"]["service"] == "decoder" and listed["server"]["format_version"] == 2
+    by_name = {m["name"]: m for m in listed["models"]}
+    assert by_name[MEAN_SCALE]["loaded"]  # it just decoded with it
+    assert all(len(m["weights_sha256"]) == 64 and m["format_version"] == 2
+               for m in listed["models"])
 
     assert main(["roundtrip", *inputs, "--encoder", enc_proc.target,
                  "--decoder", dec_proc.target, "--model", HYPERPRIOR]) == 0

@@ -205,7 +205,7 @@ class ModelBound(_message.Message):
     def __init__(self, tensor: _Optional[str] = ..., bound: _Optional[_Union[_bitstream_pb2.ErrorBound, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "codec", "architecture", "quality", "weights_sha256", "bounds", "modes", "is_default")
+    __slots__ = ("name", "codec", "architecture", "quality", "weights_sha256", "bounds", "modes", "is_default", "loaded", "calibrated_profiles", "format_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +214,9 @@ class ModelInfo(_message.Message):
     BOUNDS_FIELD_NUMBER: _ClassVar[int]
     MODES_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_PROFILES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     codec: _bitstream_pb2.CodecKind
     architecture: str
@@ -222,7 +225,10 @@ class ModelInfo(_message.Message):
     bounds: _containers.RepeatedCompositeFieldContainer[ModelBound]
     modes: _containers.RepeatedScalarFieldContainer[_bitstream_pb2.SafeguardMode]
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., codec: _Optional[_Union[_bitstream_pb2.CodecKind, str]] = ..., architecture: _Optional[str] = ..., quality: _Optional[int] = ..., weights_sha256: _Optional[bytes] = ..., bounds: _Optional[_Iterable[_Union[ModelBound, _Mapping]]] = ..., modes: _Optional[_Iterable[_Union[_bitstream_pb2.SafeguardMode, str]]] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    loaded: bool
+    calibrated_profiles: _containers.RepeatedScalarFieldContainer[str]
+    format_version: int
+    def __init__(self, name: _Optional[str] = ..., codec: _Optional[_Union[_bitstream_pb2.CodecKind, str]] = ..., architecture: _Optional[str] = ..., quality: _Optional[int] = ..., weights_sha256: _Optional[bytes] = ..., bounds: _Optional[_Iterable[_Union[ModelBound, _Mapping]]] = ..., modes: _Optional[_Iterable[_Union[_bitstream_pb2.SafeguardMode, str]]] = ..., is_default: _Optional[bool] = ..., loaded: _Optional[bool] = ..., calibrated_profiles: _Optional[_Iterable[str]] = ..., format_version: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -235,7 +241,7 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("service", "version", "profile", "device", "torch_version", "max_message_bytes", "max_concurrency", "tls", "auth", "device_name")
+    __slots__ = ("service", "version", "profile", "device", "torch_version", "max_message_bytes", "max_concurrency", "tls", "auth", "device_name", "format_version")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +252,7 @@ class ServerInfo(_message.Message):
     TLS_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     service: str
     version: str
     profile: str
@@ -256,4 +263,5 @@ class ServerInfo(_message.Message):
     tls: bool
     auth: bool
     device_name: str
-    def __init__(self, service: _Optional[str] = ..., version: _Optional[str] = ..., profile: _Optional[str] = ..., device: _Optional[str] = ..., torch_version: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., tls: _Optional[bool] = ..., auth: _Optional[bool] = ..., device_name: _Optional[str] = ...) -> None: ...
+    format_version: int
+    def __init__(self, service: _Optional[str] = ..., version: _Optional[str] = ..., profile: _Optional[str] = ..., device: _Optional[str] = ..., torch_version: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., tls: _Optional[bool] = ..., auth: _Optional[bool] = ..., device_name: _Optional[str] = ..., format_version: _Optional[int] = ...) -> None: ...
