@@ -26,9 +26,12 @@ server's extra threads) requests of at most --max-message-mb each may be held at
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import statistics
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -42,6 +45,9 @@ from reprocodec.errors import InputError
 
 from . import status
 from .metrics import DECODE_FAILURE_REASONS, ServiceMetrics
+
+request_log = logging.getLogger("reprocodec.requests")
+_CODEC_NAMES = {1: "image", 2: "point_cloud"}  # bitstream_pb2.CodecKind
 
 # Defaults of the --queue-length / --max-queue-wait flags: 16 clients against the default
 # 4 workers wait (12 queued) instead of being refused.
@@ -419,28 +425,32 @@ class ServiceCore:
               work: Callable[[Message, grpc.ServicerContext], Message]) -> Message:
         started = time.perf_counter()
         self.metrics.received_bytes.labels(self.config.service, method).inc(request.ByteSize())
-        code = "OK"
+        code, reason, response = "OK", "", None
         try:
             response = work(request, context)
             self.metrics.sent_bytes.labels(self.config.service, method).inc(response.ByteSize())
             return response
         except Exception as exc:  # every failure becomes a status, a metric and a message
             failure = status.classify(exc)
-            code = failure.code.name
+            code, reason = failure.code.name, failure.reason
             self._count_failure(failure)
             context.abort(failure.code, failure.message)
             raise  # unreachable: abort raises
         finally:
-            self.metrics.observe_request(method, code, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(method, code, seconds)
+            self._log_request(context, method, request.ByteSize(), response, code, reason,
+                              seconds)
 
     def chunked(self, method: str, chunks: Iterable[Any], context: grpc.ServicerContext,
                 request_type: type[Message],
                 work: Callable[[Message, grpc.ServicerContext], Message]) -> Iterator[Any]:
         """The ...Stream twin: same request and response messages, cut into chunks."""
         started = time.perf_counter()
-        code = "OK"
+        code, reason, response_message, size_in = "OK", "", None, 0
         try:
             data = chunking.join(chunks, self.config.max_message_bytes)
+            size_in = len(data)
             self.metrics.received_bytes.labels(self.config.service, method).inc(len(data))
             request = request_type()
             try:
@@ -451,18 +461,42 @@ class ServiceCore:
                     "request message cut into chunks"
                 ) from exc
             del data
-            response = work(request, context).SerializeToString()
+            response_message = work(request, context)
+            response = response_message.SerializeToString()
             self.metrics.sent_bytes.labels(self.config.service, method).inc(len(response))
             yield from chunking.split(response)
         except Exception as exc:
             failure = status.classify(exc)
-            code = failure.code.name
+            code, reason = failure.code.name, failure.reason
             self._count_failure(failure)
             context.abort(failure.code, failure.message)
         finally:
-            self.metrics.observe_request(method, code, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(method, code, seconds)
+            self._log_request(context, method, size_in, response_message, code, reason, seconds)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _log_request(self, context: grpc.ServicerContext, method: str, bytes_in: int,
+                     response: Message | None, code: str, reason: str, seconds: float) -> None:
+        """One structured line per request (logger reprocodec.requests, INFO; failures WARNING):
+        request id (the client's x-request-id metadata, else generated), method, model,
+        codec, bytes in/out, protection bytes, status, reason, milliseconds."""
+        if not request_log.isEnabledFor(logging.INFO):
+            return
+        metadata = dict(context.invocation_metadata() or ())
+        stats = getattr(response, "stats", None) if response is not None else None
+        record = {
+            "request_id": metadata.get("x-request-id") or uuid.uuid4().hex[:16],
+            "service": self.config.service, "method": method,
+            "model": getattr(stats, "model", "") or "",
+            "codec": _CODEC_NAMES.get(getattr(stats, "codec", 0), ""),
+            "bytes_in": bytes_in, "bytes_out": response.ByteSize() if response is not None else 0,
+            "protection_bytes": int(getattr(stats, "protection_bytes", 0) or 0),
+            "status": code, "reason": reason, "ms": round(seconds * 1000, 1),
+        }
+        level = logging.INFO if code == "OK" else logging.WARNING
+        request_log.log(level, json.dumps(record, sort_keys=True), extra={"request": record})
 
     def _count_failure(self, failure: status.Failure) -> None:
         if self._count_decode_failures and failure.reason in DECODE_FAILURE_REASONS:

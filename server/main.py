@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -95,7 +96,10 @@ def build_parser(service: str) -> argparse.ArgumentParser:
     p.add_argument("--cancel-wait", type=float, default=5.0,
                    help="on SIGTERM, after --shutdown-grace: seconds cancelled work may take to "
                         "stop before the process exits anyway (default 5)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO",
+                   help="DEBUG, INFO (one line per request), WARNING (failures only), ERROR")
+    p.add_argument("--log-format", choices=("json", "text"), default="json",
+                   help="json: one JSON object per line (for log collectors); text: for people")
     return p
 
 
@@ -139,12 +143,39 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class _JsonLines(logging.Formatter):
+    """One JSON object per record: time, service, level, logger, message, and a request
+    record's fields at the top level."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "service": self.service,
+               "level": record.levelname, "logger": record.name}
+        request = getattr(record, "request", None)
+        if isinstance(request, dict):
+            out |= request
+        else:
+            out["msg"] = record.getMessage()
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, sort_keys=False)
+
+
+def _configure_logging(service: str, level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonLines(service) if fmt == "json" else logging.Formatter(
+        f"%(asctime)s {service} %(levelname)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
 def serve(service: str, argv: list[str] | None = None) -> int:
     parser = build_parser(service)
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format=f"%(asctime)s {service} %(levelname)s %(message)s")
+    _configure_logging(service, args.log_level, args.log_format)
     device = _resolve_device(parser, args)
 
     from reprocodec.numerics import apply_profile

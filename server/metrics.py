@@ -9,6 +9,9 @@ dashboards against it). Each service process owns one registry, served on its ow
 from __future__ import annotations
 
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -65,6 +68,11 @@ class ServiceMetrics:
         self.service = service
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        if registry is None:
+            # The standard process_* (CPU seconds, RSS, open fds) and python_* (GC, version)
+            # families, which a custom registry does not get by itself.
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                r.register(collector)
         self.requests = Counter(
             "reprocodec_requests", "RPCs finished, by method and gRPC status code",
             ("service", "method", "code"), registry=r,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -469,3 +470,36 @@ def test_cli_remote_verbs(servers, tmp_path, capsys):
     assert main(["decode", str(bad), "-o", str(tmp_path / "x.png"),
                  "--decoder", dec_proc.target]) == 1
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
+def test_every_request_writes_one_structured_log_line(servers, encoder, decoder, encoded):
+    import grpc as _grpc
+
+    enc_proc, dec_proc = servers
+    decoder.decode_image(encoded)
+    bad = bitstream_pb2.Bitstream()
+    bad.CopyFrom(encoded)
+    bad.protected[0].indices_checksum ^= 1  # DATA_LOSS
+    with pytest.raises(ServiceError) as info:
+        decoder.decode_image(bad)
+    assert info.value.code == _grpc.StatusCode.DATA_LOSS
+    deadline = time.monotonic() + 10
+    lines: list[dict] = []
+    while time.monotonic() < deadline:
+        lines = [json.loads(ln) for ln in dec_proc.log.read_text().splitlines()
+                 if ln.startswith("{") and '"method"' in ln]
+        if any(r["status"] == "DATA_LOSS" for r in lines):
+            break
+        time.sleep(0.2)
+    ok = [r for r in lines if r["method"] == "DecodeImage" and r["status"] == "OK"]
+    lost = [r for r in lines if r["status"] == "DATA_LOSS"]
+    assert ok and lost
+    assert lost[-1]["reason"] == "verification" and lost[-1]["level"] == "WARNING"
+    for key in ("request_id", "service", "method", "model", "codec", "bytes_in", "bytes_out",
+                "protection_bytes", "status", "reason", "ms"):
+        assert key in ok[-1], key
+    assert ok[-1]["model"] and ok[-1]["codec"] == "image" and ok[-1]["bytes_in"] > 0
+    # the standard process and Python families are scraped too
+    scraped = dec_proc.scrape()
+    assert scraped[("process_resident_memory_bytes", frozenset())] > 0
+    assert any(name.startswith("python_gc_") for name, _ in scraped)
