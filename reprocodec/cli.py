@@ -264,6 +264,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return calibrate.main(args)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from reprocodec import evaluate
+
+    return evaluate.main(args)
+
+
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from reprocodec.image.models import import_checkpoint
 
@@ -385,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(c)
     c.set_defaults(func=cmd_calibrate)
 
+    ev = sub.add_parser("evaluate", help="bpp, PSNR, MS-SSIM, timings and protection of a model "
+                                         "on a folder of images (JSON with --json)")
+    from reprocodec.evaluate import add_arguments as add_evaluate_arguments
+
+    add_evaluate_arguments(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
     im = sub.add_parser("import-checkpoint",
                         help="bring an official CompressAI checkpoint into the shipped form once "
                              "(fp16 weights, integer CDF tables, SHA-256)")
@@ -444,6 +457,8 @@ VERB_EXAMPLES = {
     "calibrate": "example: reprocodec calibrate --model bmshj2018-hyperprior-q2 --inputs DIR",
     "roundtrip": "example: reprocodec roundtrip *.png --encoder A:50051 --decoder B:50052",
     "models": "example: reprocodec models localhost:50052 --json",
+    "evaluate": "example: reprocodec evaluate --model bmshj2018-hyperprior-q2 --images kodak/ "
+                "--json q2.json",
     "health": "example: reprocodec health localhost:50051",
     "import-checkpoint": "example: reprocodec import-checkpoint bmshj2018-hyperprior-3.pth "
                          "--architecture bmshj2018-hyperprior --name cai-q3",

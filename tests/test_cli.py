@@ -160,3 +160,21 @@ def test_models_lists_the_shipped_models_with_their_calibration():
     rows = {r["name"]: r for r in json.loads(done.stdout)}
     assert {"bmshj2018-hyperprior-q2", "octree-ctx-v1"} <= rows.keys()
     assert "cpu" in rows["bmshj2018-hyperprior-q2"]["calibrated_profiles"]
+
+
+def test_evaluate_writes_rate_quality_timing_and_protection(tmp_path):
+    from reprocodec.image.io import read_image, write_png
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    write_png(folder / "a.png", read_image(SAMPLES / "coffee.png")[:176, :200])
+    out = tmp_path / "eval.json"
+    done = run_cli(["evaluate", "--model", "bmshj2018-hyperprior-q1", "--images", str(folder),
+                    "--json", str(out)])
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    row = result["per_image"][0]
+    assert result["all_bit_exact"] and row["bit_exact"]
+    assert row["bpp"] == pytest.approx(8 * row["bytes"] / (176 * 200))
+    assert 15 < row["psnr"] < 60 and 0.5 < row["ms_ssim"] <= 1.0
+    assert row["encode_s"] > 0 and row["decode_s"] > 0 and 0 <= row["overhead_ratio"] < 0.01
