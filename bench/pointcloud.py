@@ -7,7 +7,7 @@ coder on held-out clouds, and the cross-profile decode matrix.
 
 Rate table: every held-out test cloud of data/pc/manifest.json (never used in training) at its
 depth; bits per occupied voxel of each coder, each checked lossless against the voxel set
-(the non-learned coder's size comes from its encoder only: see reprocodec/pointcloud/baseline.py).
+(the non-learned coder's size comes from its encoder only: see bench/octree_baseline.py).
 Seconds per million points are wall-clock on this machine with one torch thread, and the
 process's CPU seconds beside them (the wall time on an idle core; the machine may be shared).
 
@@ -84,10 +84,11 @@ def laz_bits(voxels: np.ndarray) -> tuple[int, bool]:
 
 
 def rate_table(data: Path, skip_others: bool) -> list[dict]:
+    import octree_baseline as baseline  # bench/, beside this script
     import torch
 
     from reprocodec import container
-    from reprocodec.pointcloud import PointCloudCodec, baseline
+    from reprocodec.pointcloud import PointCloudCodec
 
     torch.set_num_threads(1)
     codec = PointCloudCodec.load("octree-ctx-v1")

@@ -1,4 +1,4 @@
-"""The non-learned reference coder the benchmark compares against (not used by the codec).
+"""The non-learned reference coder bench/pointcloud.py compares against (not product code).
 
 Breadth-first octree occupancy bytes, each coded with a context-adaptive binary arithmetic
 coder: the byte is binarized MSB first (8 binary decisions, a binary tree), and each decision's
@@ -15,10 +15,11 @@ decisions only), so a sequential decoder reproduces them; the benchmark needs th
 from __future__ import annotations
 
 import numpy as np
-from compressai.ans import BufferedRansEncoder
 
-from . import octree
-from .networks import LOGIT_LIMIT, LOGIT_STEP, build_cdf_table
+from reprocodec import entropy
+from reprocodec.pointcloud import octree
+from reprocodec.pointcloud.coder import cdf_tables
+from reprocodec.pointcloud.networks import LOGIT_LIMIT, LOGIT_STEP, build_cdf_table
 
 
 def _rank_within_groups(keys: np.ndarray) -> np.ndarray:
@@ -80,8 +81,4 @@ def encoded_size(voxels: np.ndarray, depth: int) -> int:
     p1 = np.clip(adaptive_probabilities(contexts, bits), 1e-9, 1 - 1e-9)
     k = int(round(LOGIT_LIMIT / LOGIT_STEP))
     index = np.clip(np.rint(np.log(p1 / (1 - p1)) / LOGIT_STEP), -k, k).astype(np.int64) + k
-    table = build_cdf_table()
-    encoder = BufferedRansEncoder()
-    encoder.encode_with_indexes(bits.astype(np.int32).tolist(), index.tolist(), table.tolist(),
-                                [4] * table.shape[0], [0] * table.shape[0])
-    return len(encoder.flush())
+    return len(entropy.encode(bits.astype(np.int32), index, cdf_tables(build_cdf_table())))
