@@ -17,6 +17,7 @@ import numpy as np
 from .checksum import checksum, crc32
 from .errors import ContainerError
 from .safeguard import ErrorBound, Mode, Protected
+from .shipped import MODEL_NAME
 from .v1 import bitstream_pb2 as pb
 
 MAGIC = 0x44435052  # b"RPCD" read as a little-endian uint32
@@ -186,7 +187,8 @@ def validate(message: pb.Bitstream) -> None:
     _check(message.codec in _HEADER_FOR_CODEC, f"unknown codec kind {message.codec}")
     _check(message.WhichOneof("header") == _HEADER_FOR_CODEC[message.codec],
            "header does not match the codec kind")
-    _check(0 < len(message.model) <= MAX_NAME and message.model.isprintable(), "bad model name")
+    _check(MODEL_NAME.fullmatch(message.model) is not None,
+           "bad model name (letters, digits, '.', '_', '-'; no paths)")
     _check(len(message.weights_sha256) == 32, "weights SHA-256 must be 32 bytes")
     if message.codec == pb.CODEC_KIND_IMAGE:
         image = message.image

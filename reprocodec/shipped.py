@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,9 +27,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 def model_files(name: str, weights_dir: Path, kind: str,
                 available: Callable[[], list[str]]) -> tuple[Path, Path]:
-    """(json, pt) of a shipped model; UnknownModelError naming the alternatives if absent."""
+    """(json, pt) of a shipped model; UnknownModelError naming the alternatives if absent.
+    A name is a file stem in weights_dir, never a path: a stream names its model, and a
+    stream must not choose which file on the decoding host gets loaded."""
+    if not MODEL_NAME.fullmatch(name):
+        raise UnknownModelError(f"{name!r} is not a model name (letters, digits, '.', '_', "
+                                "'-'; no paths)")
     json_path, pt_path = Path(weights_dir) / f"{name}.json", Path(weights_dir) / f"{name}.pt"
     if not (json_path.exists() and pt_path.exists()):
         known = ", ".join(available()) or "none shipped"

@@ -15,6 +15,7 @@ from reprocodec.errors import (  # noqa: E402
     InputError,
     ModelMismatchError,
     TooLargeError,
+    UnknownModelError,
     VerificationError,
 )
 from reprocodec.image import ImageCodec, list_models  # noqa: E402
@@ -226,3 +227,23 @@ def test_bad_parameters_are_input_errors(models):
         models["bmshj"].encode(sample_crop(), "paranoid")
     with pytest.raises(InputError, match="level"):
         models["bmshj"].encode(sample_crop(), "syndrome", "everything")
+
+
+def test_a_stream_cannot_name_a_weights_file_outside_the_weights_folder(models):
+    msg = models["bmshj"].encode(sample_crop(), "syndrome")
+    for name in ("/tmp/elsewhere/planted", "../weights/x", "a b"):
+        msg.model = name
+        with pytest.raises(ContainerError, match="model name"):
+            container.unpack(msg.SerializeToString())
+        with pytest.raises(UnknownModelError):
+            ImageCodec.load(name, str(models["dir"]))
+
+
+def test_protected_pixels_with_an_altered_output_checksum_are_refused(models):
+    msg = models["bmshj"].encode(sample_crop(), "syndrome", "both")
+    msg.output_checksum ^= 1
+    with pytest.raises(ContainerError, match="output checksum"):
+        models["bmshj"].decode(container.unpack(container.pack(msg)))
+    decoding_only = models["bmshj"].encode(sample_crop(), "syndrome", "decoding")
+    decoding_only.output_checksum ^= 1  # unprotected pixels: exactness is reported
+    assert not models["bmshj"].decode(container.unpack(container.pack(decoding_only))).bit_exact

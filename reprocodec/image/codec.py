@@ -40,7 +40,7 @@ from reprocodec.decision import (
 )
 from reprocodec.errors import ContainerError, InputError, ModelMismatchError, VerificationError
 from reprocodec.numerics import to_host
-from reprocodec.safeguard import DecisionQuantizer, Mode
+from reprocodec.safeguard import DecisionQuantizer, Mode, SafeguardError
 from reprocodec.v1 import bitstream_pb2 as pb
 
 from .io import DEFAULT_MAX_PIXELS, check_pixels
@@ -252,6 +252,11 @@ class ImageCodec:
         _capture(capture, z_hat=z_hat, y_hat=y_hat, output=output)
 
         bit_exact = checksum(output) == msg.output_checksum
+        if verify and "pixels" in records and not bit_exact:
+            # The pixel indices reproduced their checksum, so these are the encoder's pixels:
+            # a different output checksum means the stream itself was altered.
+            raise ContainerError("malformed bitstream: the output checksum disagrees with the "
+                                 "verified pixels")
         return DecodedImage(output, bit_exact, stats, time.perf_counter() - start)
 
     def _check_header(self, msg: pb.Bitstream) -> tuple[int, int, int]:
@@ -326,7 +331,10 @@ class _Resolver:
     def __call__(self, name: str, values: np.ndarray) -> np.ndarray:
         d = self.decisions[name]
         if name not in self.records:  # unprotected pixels: this decoder's own rounding
-            indices = d.quantizer.index(numerics.perturb(name, values, d.bound))
+            try:
+                indices = d.quantizer.index(numerics.perturb(name, values, d.bound))
+            except SafeguardError as exc:  # an encoder's latents never synthesize NaN / inf
+                raise ContainerError(f"malformed bitstream: its latents decode to {exc}") from exc
         else:
             try:
                 indices = d.resolve(self.records[name], values, self.verify, self.stats)
