@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -185,3 +186,27 @@ def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
         dc.parse_args(argv)
     assert exc.value.code == 2
+
+
+def test_a_hung_worker_is_killed_at_the_budget_and_the_rest_is_recorded_as_skipped(tmp_path):
+    """A worker that never returns (here: reading an input that is a FIFO nobody writes) is
+    killed with its process group when the time budget runs out; what could not run is
+    recorded, the JSON is still written, and the exit status says it failed."""
+    fifo = tmp_path / "never.png"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out), "--budget", "28",
+         "--models", "bmshj2018-hyperprior-q1", "--inputs", str(fifo)],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert time.monotonic() - start < 60
+    result = json.loads((out / "device_check.json").read_text())
+    workers = result["workers"]
+    assert workers["encode emulate-splitk"]["end"].startswith("timeout after")
+    assert workers["encode cpu"]["end"] == "skipped"
+    assert "time budget" in result["calibration"]["error"]
+    assert result["cells"] and all(c["outcome"] in ("encode_failed", "worker_skipped")
+                                   for c in result["cells"])
+    assert "PROBLEMS" in (out / "device_check.txt").read_text()
