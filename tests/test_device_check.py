@@ -210,3 +210,13 @@ def test_a_hung_worker_is_killed_at_the_budget_and_the_rest_is_recorded_as_skipp
     assert result["cells"] and all(c["outcome"] in ("encode_failed", "worker_skipped")
                                    for c in result["cells"])
     assert "PROBLEMS" in (out / "device_check.txt").read_text()
+
+
+def test_an_unknown_model_is_a_usage_error_before_any_worker(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--out",
+                           str(tmp_path), "--models", "no-such-model"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "no-such-model" in done.stdout
+    result = json.loads((tmp_path / "device_check.json").read_text())
+    assert not result["workers"] and not result["cells"]
