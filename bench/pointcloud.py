@@ -1,7 +1,7 @@
 """Point-cloud codec benchmark: rate and speed against Draco, LAZ and a non-learned octree
 coder on held-out clouds, and the cross-profile decode matrix.
 
-    python -m reprocodec.pointcloud.data --out data/pc          # once: the test clouds
+    python -m reprocodec.train.pointcloud_data --out data/pc          # once: the test clouds
     pip install -e '.[bench]'                                    # DracoPy, laspy, lazrs
     python bench/pointcloud.py [--data data/pc] [--matrix-depth 8] [--json out.json]
 
@@ -237,7 +237,7 @@ def main() -> int:
         return _worker(args)
     data = Path(args.data)
     if not (data / "manifest.json").exists():
-        print(f"{data}/manifest.json missing: run python -m reprocodec.pointcloud.data first",
+        print(f"{data}/manifest.json missing: run python -m reprocodec.train.pointcloud_data first",
               file=sys.stderr)
         return 2
     rows = [] if args.skip_rates else rate_table(data, args.skip_others)

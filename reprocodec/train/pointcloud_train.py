@@ -1,9 +1,9 @@
 """Train the occupancy model and ship it as reprocodec/weights/<name>.pt + .json:
 
-    nice python -m reprocodec.pointcloud.train --data data/pc --name octree-ctx-v1
+    nice python -m reprocodec.train.pointcloud_train --data data/pc --name octree-ctx-v1
 
 Samples are the (features, bit) pairs the codec itself codes, taken from the training clouds
-of `python -m reprocodec.pointcloud.data`; fine levels are subsampled to keep memory small.
+of `python -m reprocodec.train.pointcloud_data`; fine levels are subsampled to keep memory small.
 Runs on CPU with one thread (the machine is shared). The error bound is calibrated afterwards
 by `reprocodec calibrate --model NAME --inputs CLOUDS`.
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import octree
-from .context import N_FEATURES, N_PASSES, pass_features
-from .networks import OccupancyMLP, save_weights
-from .ply import read_ply
+from reprocodec.pointcloud import octree
+from reprocodec.pointcloud.context import N_FEATURES, N_PASSES, pass_features
+from reprocodec.pointcloud.networks import OccupancyMLP, save_weights
+from reprocodec.pointcloud.ply import read_ply
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "hidden": list(model.hidden),
         "n_features": N_FEATURES,
         "training": {
-            "data": "python -m reprocodec.pointcloud.data: CGAL libcgal-demo meshes (CC0) "
+            "data": "python -m reprocodec.train.pointcloud_data: CGAL libcgal-demo meshes (CC0) "
                     "sampled and voxelized; held out: lion-head, refined_elephant, "
                     "fandisk_large, glmark2 bunny",
             "files": [p.name for p in files],

@@ -1,6 +1,6 @@
 """Build the point-cloud training and test sets (one documented command):
 
-    python -m reprocodec.pointcloud.data --out data/pc [--debs DIR]
+    python -m reprocodec.train.pointcloud_data --out data/pc [--debs DIR]
 
 Sources (Debian packages, fetched with `apt-get download` unless --debs holds them):
   * libcgal-demo: /usr/share/doc/libcgal-dev/data.tar.gz, CGAL's sample meshes (CC0 per CGAL);
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .octree import sort_voxels
-from .ply import write_ply
+from reprocodec.pointcloud.octree import sort_voxels
+from reprocodec.pointcloud.ply import write_ply
 
 TRAIN_MESHES = (
     "armadillo", "camel", "cow", "dino", "homer", "man", "mannequin-devil", "bull", "bear",
