@@ -130,12 +130,24 @@ def _count_items(symbols, indexes, cdfs, lengths, offsets):  # pragma: no cover 
 
 
 @_jit
+def _emit(out, pos, x, x_max):  # pragma: no cover - compiled
+    """Rans64's renormalisation before a put: at or above x_max the state's low 32-bit word
+    goes out (the stream is written from the end)."""
+    if x >= x_max:
+        pos -= 1
+        out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
+        x >>= np.uint64(32)
+    return x, pos
+
+
+@_jit
 def _encode_kernel(symbols, indexes, cdfs, lengths, offsets, out):  # pragma: no cover
     """rANS-encode symbols in reverse into out (uint32 words, filled from the end); returns
     the index of the first word written. Items of one symbol, in decoding order: the table
     symbol, then (out of range) the nibble count in runs of BYPASS_MAX, then the nibbles."""
     x = np.uint64(_RANS_L)
     pos = out.size
+    bits_max = np.uint64((_RANS_L >> BYPASS_BITS) << 32)  # Rans64EncPutBits' bound
     for i in range(symbols.size - 1, -1, -1):
         t = indexes[i]
         max_value = lengths[t] - 2
@@ -148,32 +160,21 @@ def _encode_kernel(symbols, indexes, cdfs, lengths, offsets, out):  # pragma: no
                 n_bypass += 1
             for j in range(n_bypass - 1, -1, -1):
                 v = (raw >> (j * BYPASS_BITS)) & BYPASS_MAX
-                x_max = np.uint64((_RANS_L >> BYPASS_BITS) << 32)
-                if x >= x_max:
-                    pos -= 1
-                    out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
-                    x >>= np.uint64(32)
-                x = (x << np.uint64(BYPASS_BITS)) | np.uint64(v)
+                x, pos = _emit(out, pos, x, bits_max)
+                x = (np.uint64(x) << np.uint64(BYPASS_BITS)) | np.uint64(v)
             # The count: n_bypass // BYPASS_MAX full runs, then the remainder, decoded in that
             # order, so encoded remainder first.
             runs = n_bypass // BYPASS_MAX
             count_items = runs + 1
             for j in range(count_items - 1, -1, -1):
                 v = BYPASS_MAX if j < runs else n_bypass - runs * BYPASS_MAX
-                x_max = np.uint64((_RANS_L >> BYPASS_BITS) << 32)
-                if x >= x_max:
-                    pos -= 1
-                    out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
-                    x >>= np.uint64(32)
-                x = (x << np.uint64(BYPASS_BITS)) | np.uint64(v)
+                x, pos = _emit(out, pos, x, bits_max)
+                x = (np.uint64(x) << np.uint64(BYPASS_BITS)) | np.uint64(v)
             value = max_value
         start = np.uint64(cdfs[t, value])
         freq = np.uint64(cdfs[t, value + 1] - cdfs[t, value])
-        x_max = np.uint64((_RANS_L >> PRECISION) << 32) * freq
-        if x >= x_max:
-            pos -= 1
-            out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
-            x >>= np.uint64(32)
+        x, pos = _emit(out, pos, x, np.uint64((_RANS_L >> PRECISION) << 32) * freq)
+        x = np.uint64(x)
         x = ((x // freq) << np.uint64(PRECISION)) + (x % freq) + start
     pos -= 2
     out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
@@ -189,14 +190,25 @@ def _store(state, x, pos, code):  # pragma: no cover - compiled
 
 
 @_jit
+def _renormalize(words, x, pos):  # pragma: no cover - compiled
+    """Rans64's refill: below 2^31 the state takes the next 32-bit word. pos -1: the stream
+    ended first (never read past it)."""
+    if x < np.uint64(_RANS_L):
+        if pos >= words.size:
+            return x, np.int64(-1)
+        x = (x << np.uint64(32)) | np.uint64(words[pos])
+        pos += 1
+    return x, pos
+
+
+@_jit
 def _decode_kernel(words, state, indexes, cdfs, lengths, offsets, out):  # pragma: no cover
     """Decode out.size symbols from words starting at state = [x, pos]; updates state.
     Returns _OK or the first error code; never reads outside words."""
     x = np.uint64(state[0])
     pos = np.int64(state[1])
-    n_words = words.size
     mask = np.uint64((1 << PRECISION) - 1)
-    low = np.uint64(_RANS_L)
+    nibble = np.uint64(BYPASS_MAX)
     for i in range(out.size):
         t = indexes[i]
         if t < 0 or t >= lengths.size:
@@ -214,38 +226,32 @@ def _decode_kernel(words, state, indexes, cdfs, lengths, offsets, out):  # pragm
         s = lo
         start = np.uint64(cdfs[t, s])
         freq = np.uint64(cdfs[t, s + 1] - cdfs[t, s])
-        x = freq * (x >> np.uint64(PRECISION)) + (x & mask) - start
-        if x < low:
-            if pos >= n_words:
-                return _store(state, x, pos, _EARLY_END)
-            x = (x << np.uint64(32)) | np.uint64(words[pos])
-            pos += 1
+        x, pos = _renormalize(words, freq * (x >> np.uint64(PRECISION)) + (x & mask) - start,
+                              pos)
+        x = np.uint64(x)  # a no-op compiled; keeps the Python reference in uint64
+        if pos < 0:
+            return _store(state, x, words.size, _EARLY_END)
         value = np.int64(s)
         max_value = length - 2
-        if value == max_value:
+        if value == max_value:  # escape: nibble count (runs of BYPASS_MAX), then the nibbles
             n_bypass = 0
             v = BYPASS_MAX
-            while v == BYPASS_MAX:  # runs of BYPASS_MAX continue the count
-                v = np.int64(x & np.uint64(BYPASS_MAX))
-                x >>= np.uint64(BYPASS_BITS)
-                if x < low:
-                    if pos >= n_words:
-                        return _store(state, x, pos, _EARLY_END)
-                    x = (x << np.uint64(32)) | np.uint64(words[pos])
-                    pos += 1
+            while v == BYPASS_MAX:
+                v = np.int64(x & nibble)
+                x, pos = _renormalize(words, x >> np.uint64(BYPASS_BITS), pos)
+                x = np.uint64(x)
+                if pos < 0:
+                    return _store(state, x, words.size, _EARLY_END)
                 n_bypass += v
                 if n_bypass > MAX_BYPASS_NIBBLES:
                     return _store(state, x, pos, _BYPASS_RUN)
             raw = np.int64(0)
             for j in range(n_bypass):
-                v = np.int64(x & np.uint64(BYPASS_MAX))
-                x >>= np.uint64(BYPASS_BITS)
-                if x < low:
-                    if pos >= n_words:
-                        return _store(state, x, pos, _EARLY_END)
-                    x = (x << np.uint64(32)) | np.uint64(words[pos])
-                    pos += 1
-                raw |= v << (j * BYPASS_BITS)
+                raw |= np.int64(x & nibble) << (j * BYPASS_BITS)
+                x, pos = _renormalize(words, x >> np.uint64(BYPASS_BITS), pos)
+                x = np.uint64(x)
+                if pos < 0:
+                    return _store(state, x, words.size, _EARLY_END)
             value = raw >> 1
             if raw & 1:
                 value = -value - 1

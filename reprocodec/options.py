@@ -19,18 +19,26 @@ assert set(_LEVEL_TO_PROTO) == set(LEVELS)
 _LEVEL_FROM_PROTO = {v: k for k, v in _LEVEL_TO_PROTO.items()}
 
 
-def mode_proto(mode: Mode | str) -> int:
+def parse_mode(mode: Mode | str) -> Mode:
     try:
-        return mode_to_proto(Mode(mode))
+        return Mode(mode)
     except ValueError:
         raise InputError(f"unknown safeguard mode {mode!r}; use one of "
                          f"{', '.join(m.value for m in Mode)}") from None
 
 
-def level_proto(level: str) -> int:
-    if level not in _LEVEL_TO_PROTO:
+def parse_level(level: str) -> str:
+    if level not in LEVELS:
         raise InputError(f"unknown safeguard level {level!r}; use one of {', '.join(LEVELS)}")
-    return _LEVEL_TO_PROTO[level]
+    return level
+
+
+def mode_proto(mode: Mode | str) -> int:
+    return mode_to_proto(parse_mode(mode))
+
+
+def level_proto(level: str) -> int:
+    return _LEVEL_TO_PROTO[parse_level(level)]
 
 
 def mode_of(value: int) -> Mode:

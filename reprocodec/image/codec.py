@@ -29,16 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from reprocodec import cancel, container, numerics
+from reprocodec import cancel, container, numerics, options
 from reprocodec.checksum import checksum
 from reprocodec.decision import (
-    LEVELS,
     DecisionStats,
     ProtectedDecision,
     bound_from_info,
     coverage_note,
 )
-from reprocodec.errors import ContainerError, InputError, ModelMismatchError, VerificationError
+from reprocodec.errors import ContainerError, ModelMismatchError, VerificationError
 from reprocodec.numerics import to_host
 from reprocodec.safeguard import DecisionQuantizer, Mode, SafeguardError
 from reprocodec.v1 import bitstream_pb2 as pb
@@ -176,7 +175,7 @@ class ImageCodec:
         import torch
         import torch.nn.functional as F
 
-        mode, level = _check_mode(mode), _check_level(level)
+        mode, level = options.parse_mode(mode), options.parse_level(level)
         pixels = check_pixels(pixels, self.max_pixels)
         height, width, channels = pixels.shape
         x = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 255.0
@@ -344,20 +343,6 @@ class _Resolver:
                 raise VerificationError(f"{exc} ({self.note})") from exc
         _capture(self.capture, **{name: values, f"{name}_indices": indices})
         return indices
-
-
-def _check_mode(mode: Mode | str) -> Mode:
-    try:
-        return Mode(mode)
-    except ValueError:
-        raise InputError(f"unknown safeguard mode {mode!r}; use one of "
-                         f"{', '.join(m.value for m in Mode)}") from None
-
-
-def _check_level(level: str) -> str:
-    if level not in LEVELS:
-        raise InputError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
-    return level
 
 
 def _capture(capture: dict | None, **items: Any) -> None:
