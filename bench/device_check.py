@@ -31,8 +31,8 @@ package index:
      row marked CHANGES WHAT SHIPS means the GPU needs a larger bound than the model's json
      holds (the JSON has the value to ship).
 
-Here, the same flow on the CPU, stand-in profiles (measured on this 2-core machine under a
-load of about 5: 324 s with the defaults; tests/test_device_check.py runs a one-pair slice):
+Here, the same flow on the CPU, stand-in profiles (with the defaults, on this 2-core machine
+under a load of 4 to 5: 245 to 324 s; tests/test_device_check.py runs a one-pair slice):
 
     python bench/device_check.py --device cpu [--out out/device_check]
 
