@@ -166,7 +166,7 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
         for sample, depth, mode in CLOUD_SEEDS:
             points = (read_ply(SAMPLES / f"{sample}.ply") if sample
                       else np.zeros((0, 3), np.float64))
-            msg = codec.encode(points, depth, mode)
+            msg = codec.encode(points, mode, depth=depth)
             i = len(meta)
             (out / f"seed_{i:02d}.rpc").write_bytes(container.pack(msg))
             meta.append({"kind": "point_cloud", "model": name, "scale_index": False,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import container, numerics
+from .. import container, numerics, options
 from ..checksum import checksum
 from ..errors import (
     ContainerError,
@@ -90,9 +90,10 @@ class PointCloudCodec:
 
     # ----------------------------------------------------------------------------- encode
 
-    def encode(self, points: np.ndarray, depth: int = octree.DEFAULT_DEPTH,
-               mode: Mode | str = Mode.SYNDROME) -> pb.Bitstream:
-        mode = Mode(mode)
+    def encode(self, points: np.ndarray, mode: Mode | str = Mode.SYNDROME,
+               depth: int = octree.DEFAULT_DEPTH) -> pb.Bitstream:
+        """(data, mode, **options) as every codec (reprocodec.registry.Codec)."""
+        mode = options.parse_mode(mode)
         vox = octree.voxelize(points, depth)
         n = vox.voxels.shape[0]
         if n > MAX_POINTS:
