@@ -6,10 +6,16 @@ Per level l and sub-pass k (child k of every level-l node, all nodes at once):
 
 The decoder runs the same steps with its own floats; the occupancy decision's `resolve_pass`
 turns them into the encoder's indices as long as they are within the error bound. The side
-information of all passes is one record: a bitmap of the passes that have a safeguard body
-(depth x 8 bits), then for each such pass a varint length and the body (`Protected.body`; the
-record's mode and the pass size are its header). A pass with nothing risky, most of them on a
-small cloud, costs one bit. Mode none has no side information at all.
+information of all passes is one record (the record's mode and each pass's size are its
+header; mode none has none):
+
+* syndrome (the default): one bit stream, per pass a presence bit, then for a pass with
+  candidates its block count and each block's row count as Elias-gamma codes and the
+  syndrome bits, with no byte alignment or lengths: a pass with a few candidates, the common
+  case, costs a few bits more than its syndrome (its `Protected.body`, whose own framing is
+  about 3 bytes, is rebuilt from these numbers before `resolve_body` checks it);
+* flags, simplified: a bitmap of the passes that have a body, then per such pass a varint
+  length and the body.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ import numpy as np
 from .. import entropy
 from ..decision import ProtectedDecision
 from ..errors import ContainerError, VerificationError
-from ..safeguard import DecisionQuantizer, ErrorBound, Mode
-from ..safeguard.bitio import decode_varint, encode_varint
+from ..safeguard import DecisionQuantizer, ErrorBound, Mode, SafeguardError
+from ..safeguard.bitio import BitReader, BitWriter, decode_varint, encode_varint
 from . import octree
 from .context import N_PASSES
 from .networks import LOGIT_LIMIT, LOGIT_STEP
@@ -76,7 +82,8 @@ def compress(
             all_indices.append(index)
             risky += protected.risky_count
             candidates += protected.candidate_count
-    side = _pack_bodies(bodies) if mode is not Mode.NONE else b""
+    pack = {Mode.NONE: lambda _: b"", Mode.SYNDROME: _pack_syndromes}.get(mode, _pack_bodies)
+    side = pack(bodies)
     return CodedOccupancy(
         data=encoder.flush(), side_info=side, indices=np.concatenate(all_indices),
         risky_count=risky, candidate_count=candidates,
@@ -100,7 +107,8 @@ def decompress(
     desynchronisation (VerificationError: corrupt, or numerics beyond the bound), not as
     malformed: the decoder cannot tell the two apart."""
     decoder = entropy.Decoder(data, tables, lenient=not verify)
-    side = _SideReader(side_info, mode, depth * N_PASSES)
+    reader = _SyndromeReader if mode is Mode.SYNDROME else _SideReader
+    side = reader(side_info, mode, depth * N_PASSES)
     codes = np.zeros(1, dtype=np.int64)
     all_indices, all_bits, used = [], [], 0
     for level in range(depth):
@@ -114,7 +122,7 @@ def decompress(
         for k in range(N_PASSES):
             logits = predict(neighbours, bits, k, level, depth)
             try:
-                indices = decision.resolve_pass(logits, side.next(), mode, bound, verify)
+                indices = decision.resolve_pass(logits, side.next(m), mode, bound, verify)
                 index = _grid_index(indices)
                 bits[:, k] = decoder.decode(index + GRID_K) == 1
             except ContainerError as exc:
@@ -157,6 +165,84 @@ def _pack_bodies(bodies: list[bytes]) -> bytes:
     return bytes(out)
 
 
+_GAMMA_MAX = 40  # bits of an Elias-gamma value: any honest count is far below 2^40
+
+
+def _write_gamma(writer: BitWriter, n: int) -> None:
+    """Elias gamma of n >= 1: floor(log2 n) in unary, then n's bits below its top one."""
+    width = n.bit_length() - 1
+    writer.write_unary(np.array([width]))
+    if width:
+        writer.write_int(n - (1 << width), width)
+
+
+def _read_gamma(reader: BitReader) -> int:
+    width = int(reader.read_unary(1)[0])
+    if width > _GAMMA_MAX:
+        raise ContainerError("malformed bitstream: occupancy side information has an "
+                             "oversized count")
+    return (1 << width) + (reader.read_int(width) if width else 0)
+
+
+def _pack_syndromes(bodies: list[bytes]) -> bytes:
+    """The syndrome bodies of all passes as one bit stream (see the module docstring)."""
+    writer = BitWriter()
+    for body in bodies:
+        writer.write_int(1 if body else 0, 1)
+        if not body:
+            continue
+        n_blocks, pos = decode_varint(body, 0)
+        reader = BitReader(body[pos:])
+        rows = reader.read_rice(n_blocks)
+        _write_gamma(writer, n_blocks)
+        for m in rows.tolist():
+            _write_gamma(writer, m + 1)
+        for m in rows.tolist():
+            writer.write_int(reader.read_int(m), m)
+    return writer.getvalue()
+
+
+class _SyndromeReader:
+    """Rebuilds each pass's syndrome body from the packed bit stream (_pack_syndromes)."""
+
+    def __init__(self, stream: bytes, mode: Mode, passes: int):
+        del mode  # syndrome only
+        self.reader, self.passes, self.index = BitReader(stream), passes, 0
+
+    def next(self, size: int) -> bytes:
+        self.index += 1
+        if self.index > self.passes:
+            raise ContainerError("malformed bitstream: more occupancy passes than the depth")
+        try:
+            if not self.reader.read_int(1):
+                return b""
+            n_blocks = _read_gamma(self.reader)
+            if n_blocks > size:
+                raise ContainerError("malformed bitstream: more syndrome blocks than bits in "
+                                     "an occupancy pass")
+            rows = [_read_gamma(self.reader) - 1 for _ in range(n_blocks)]
+            if sum(rows) > self.reader.remaining:
+                raise ContainerError("malformed bitstream: occupancy side information is "
+                                     "truncated")
+            writer = BitWriter()
+            writer.write_rice(np.asarray(rows, dtype=np.int64))
+            for m in rows:
+                writer.write_int(self.reader.read_int(m), m)
+        except ContainerError:
+            raise
+        except SafeguardError as exc:  # the bit reader's truncation and overrun errors
+            raise ContainerError(f"malformed bitstream: occupancy side information: {exc}"
+                                 ) from exc
+        return encode_varint(n_blocks) + writer.getvalue()
+
+    def finish(self) -> None:
+        try:
+            self.reader.finish()  # only zero padding after the last pass
+        except SafeguardError as exc:
+            raise ContainerError(f"malformed bitstream: occupancy side information: {exc}"
+                                 ) from exc
+
+
 class _SideReader:
     """Splits the side information back into per-pass safeguard bodies (see _pack_bodies)."""
 
@@ -175,7 +261,8 @@ class _SideReader:
                                      "past the last pass")
             self.present, self.pos = bits[:passes].astype(bool), size
 
-    def next(self) -> bytes:
+    def next(self, size: int) -> bytes:
+        del size  # the bodies carry their own counts
         if self.mode is Mode.NONE:
             return b""
         present = bool(self.present[self.index]) if self.index < self.present.size else False
