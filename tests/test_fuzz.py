@@ -123,7 +123,7 @@ def _image_stream(codec) -> pb.Bitstream:
 def _cloud_stream(codec) -> pb.Bitstream:
     from reprocodec.pointcloud.ply import read_ply
 
-    return codec.encode(read_ply(SAMPLES / "camel_d6.ply"), 3, "syndrome")
+    return codec.encode(read_ply(SAMPLES / "camel_d6.ply"), "syndrome", depth=3)
 
 
 def _with_bounds(msg: pb.Bitstream, factor: float, only: str | None = None) -> bytes:
