@@ -59,6 +59,10 @@ MEAN_STEP = 1.0 / 32
 # about 10x faster than a 255-threshold search on a million pixels.
 PIXEL_STEP = 1.0
 
+# Synthesis tiles for large images (see ImageCodec._synthesis): 48 latents = 768 px, with 4
+# latents of context (2 needed). Images up to 2 tiles' area (1.2 MP) run whole.
+SYNTHESIS_TILE, SYNTHESIS_HALO = 48, 4
+
 
 @dataclass
 class DecodedImage:
@@ -147,18 +151,42 @@ class ImageCodec:
         return _numpy64(params), None
 
     def _synthesis(self, y_hat: Any, height: int, width: int, channels: int) -> np.ndarray:
-        """255 * clamp(g_s(y_hat), 0, 1), cropped, float64 H x W x C (greyscale: mean of 3)."""
+        """255 * clamp(g_s(y_hat), 0, 1), cropped, float64 H x W x C (greyscale: mean of 3).
+
+        Large images go through g_s in tiles of SYNTHESIS_TILE latents with SYNTHESIS_HALO
+        latents of context on each side, so memory stays bounded (float64 activations at full
+        resolution take ~1 KB per pixel). Every output pixel depends on latents within 2 of
+        its own (four stride-2 transposed 5x5 convolutions: 1 + 1/2 + 1/4 + 1/8 latents; GDN
+        is 1x1), so a tile computes the same expression as the whole image; only the order of
+        float64 additions may differ (~1e-13), far inside the pixel bound: encoder and
+        decoder need not even tile alike."""
         import torch
 
+        h, w = y_hat.shape[-2:]
+        step = SYNTHESIS_TILE
+        if h * w <= 2 * step * step:
+            tiles = [(0, h, 0, w)]
+        else:
+            tiles = [(r, min(h, r + step), c, min(w, c + step))
+                     for r in range(0, h, step) for c in range(0, w, step)]
+        out = np.empty((height, width, 3), dtype=np.float64)
         with torch.no_grad():
-            x_hat = self.model.g_s(numerics.prepare_input(y_hat.to(torch.float64)))
-            # Crop, then float64: the same IEEE operations as on the whole padded tensor, on
-            # fewer elements, and H x W x C contiguous for the safeguard's single pass.
-            v = x_hat[0, :, :height, :width].permute(1, 2, 0).to(torch.float64) * 255.0
-            v = _numpy64(v.clamp_(0, 255))
+            for r0, r1, c0, c1 in tiles:
+                oy0, oy1, ox0, ox1 = 16 * r0, min(16 * r1, height), 16 * c0, min(16 * c1, width)
+                if oy0 >= oy1 or ox0 >= ox1:  # a tile of padding only
+                    continue
+                a0, a1 = max(0, r0 - SYNTHESIS_HALO), min(h, r1 + SYNTHESIS_HALO)
+                b0, b1 = max(0, c0 - SYNTHESIS_HALO), min(w, c1 + SYNTHESIS_HALO)
+                x_hat = self.model.g_s(numerics.prepare_input(
+                    y_hat[..., a0:a1, b0:b1].to(torch.float64)))
+                # Crop, then scale: the same IEEE operations as on the whole tensor, on fewer
+                # elements, H x W x C for the safeguard's single pass.
+                v = x_hat[0, :, oy0 - 16 * a0:oy1 - 16 * a0, ox0 - 16 * b0:ox1 - 16 * b0]
+                v = v.permute(1, 2, 0).to(torch.float64) * 255.0
+                out[oy0:oy1, ox0:ox1] = _numpy64(v.clamp_(0, 255))
         if channels == 1:
-            v = v.mean(axis=2, keepdims=True)
-        return v
+            out = out.mean(axis=2, keepdims=True)
+        return out
 
     def _grid_means(self, mean_index: np.ndarray) -> Any:
         import torch
