@@ -122,7 +122,8 @@ class PointCloudCodec:
 
     def decode(self, msg: pb.Bitstream, verify: bool = True) -> DecodedPointCloud:
         """Decode a container. verify=False (benchmarks only) returns whatever the decoder
-        produced even if the checksums disagree, so real failures can be counted."""
+        produced even if the checksums disagree, so real failures can be counted; a decode that
+        loses sync (more nodes than the stream codes) still raises VerificationError."""
         start = time.perf_counter()
         container.validate(msg)  # framing, CRCs, ranges: before any byte reaches rANS
         depth, n = self._check_header(msg)
