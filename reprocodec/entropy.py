@@ -266,10 +266,13 @@ def _decode_kernel(words, state, indexes, cdfs, lengths, offsets, out):  # pragm
 # ------------------------------------------------------------------------------ API
 
 def _flat_int32(a, what: str) -> np.ndarray:
-    arr = np.asarray(a)
+    arr = np.asarray(a).reshape(-1)
     if arr.dtype.kind not in "iu":
         raise InputError(f"{what} must be integers, not {arr.dtype}")
-    return np.ascontiguousarray(arr.reshape(-1), dtype=np.int32)
+    # A silent wrap to int32 would turn an out-of-range index into a valid-looking one.
+    if arr.size and (arr.min() < -(1 << 31) or arr.max() >= 1 << 31):
+        raise InputError(f"{what} are beyond the 32-bit range the coder works in")
+    return np.ascontiguousarray(arr, dtype=np.int32)
 
 
 class Encoder:

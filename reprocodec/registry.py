@@ -109,11 +109,16 @@ def kind(name: str) -> CodecKind:
         raise InputError(f"unknown codec kind {name!r}; one of {', '.join(KINDS)}") from None
 
 
-def kind_of_stream(msg: pb.Bitstream) -> CodecKind:
+def kind_of_proto(codec: int) -> CodecKind:
+    """The codec kind of a bitstream_pb2.CodecKind value."""
     try:
-        return _BY_PROTO[msg.codec]
+        return _BY_PROTO[codec]
     except KeyError:
-        raise InputError(f"stream has an unknown codec kind {msg.codec}") from None
+        raise InputError(f"unknown codec kind {codec}") from None
+
+
+def kind_of_stream(msg: pb.Bitstream) -> CodecKind:
+    return kind_of_proto(msg.codec)
 
 
 def kind_of_input(path: Path) -> CodecKind:
@@ -125,15 +130,6 @@ def kind_of_input(path: Path) -> CodecKind:
     known = ", ".join(s for k in KINDS.values() for s in k.input_suffixes)
     raise InputError(f"{path}: no codec reads {suffix or 'files without a suffix'} "
                      f"(known: {known})")
-
-
-def architectures() -> dict[tuple[str, str], CodecKind]:
-    """(kind, architecture) of every shipped model -> its codec kind."""
-    out: dict[tuple[str, str], CodecKind] = {}
-    for k in KINDS.values():
-        for info in k.list_models():
-            out[(k.name, info.architecture)] = k
-    return out
 
 
 def find_model(name: str, weights_dir: Path | None = None) -> tuple[CodecKind, Any]:

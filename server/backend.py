@@ -122,8 +122,7 @@ class Codecs:
             codec = self._loaded.get(entry.name)
             if codec is None:
                 started = time.perf_counter()
-                kind = registry.kind_of_stream(bitstream_pb2.Bitstream(codec=entry.codec))
-                codec = kind.load(entry.name, self.weights_dir)
+                codec = registry.kind_of_proto(entry.codec).load(entry.name, self.weights_dir)
                 self._loaded[entry.name] = codec
                 log.info("loaded %s in %.2f s", entry.name, time.perf_counter() - started)
         return codec

@@ -186,3 +186,16 @@ def test_python_reference_kernels_agree_with_the_compiled_ones():
                                           tables.offsets, decoded)
     assert code == 0 and int(state[1]) == words.size
     np.testing.assert_array_equal(decoded, symbols)
+
+
+def test_indexes_beyond_32_bits_are_refused_not_wrapped():
+    rng = np.random.default_rng(8)
+    tables = random_tables(rng)
+    symbols, indexes = random_message(rng, tables, 20)
+    data = entropy.encode(symbols, indexes, tables)
+    wrapped = indexes.astype(np.int64)
+    wrapped[3] += 1 << 32  # would wrap back onto a valid table as int32
+    with pytest.raises(InputError, match="32-bit"):
+        entropy.decode(data, wrapped, tables)
+    with pytest.raises(InputError, match="32-bit"):
+        entropy.encode(symbols, wrapped, tables)
