@@ -75,6 +75,11 @@ def lineage(checkpoint: Path) -> list[dict]:
     path: Path | None = checkpoint
     while path is not None and path.exists() and len(stages) < 16:
         ck = torch.load(path, map_location="cpu", weights_only=False)
+        if "config" not in ck:  # a shipped model: its own json holds the stages before it
+            meta = path.with_suffix(".json")
+            before = json.loads(meta.read_text()) if meta.exists() else {}
+            shipped = [{"shipped": path.name, "weights_sha256": sha256_file(path)}]
+            return before.get("training", {}).get("lineage", []) + shipped + stages[::-1]
         cfg = ck["config"]
         stages.append({
             "run": cfg["name"], "architecture": cfg["arch"], "lambda": cfg["lmbda"],

@@ -62,6 +62,35 @@ def stages(scale: float, minutes: float) -> list[tuple[TrainConfig, str, int]]:
     ]
 
 
+def continuation(minutes: float) -> list[tuple[TrainConfig, str, int]]:
+    """Chain v3: continue from the shipped weights (``--chain v3``).
+
+    Two new rate points first, fine-tuned from the neighbouring shipped model (lambda 0.0012
+    from q1 for about 0.12 bpp, 0.08 from q3 for about 1.2 bpp), then the three shipped
+    bmshj models continued at their own lambdas on 256 px patches (batch 4: the same pixels
+    per step, more context for the hyperprior). Budgets are shares of ``minutes``.
+    """
+    def budget(share: float) -> float:
+        return share * minutes * 60
+
+    shipped = "reprocodec/weights/bmshj2018-hyperprior-q{}.pt".format
+    tune = dict(N=64, M=128, lr=1e-4, lr_decay_at=0.7, threads=1, precision="bf16",
+                channels_last=True)
+    long = dict(tune, patch=256, batch=4, lr=5e-5)
+    return [
+        (TrainConfig(name="bmshj-low-v3", lmbda=0.0012, steps=100_000, init=shipped(1),
+                     budget_s=budget(0.18), **tune), "bmshj2018-hyperprior-low", 0),
+        (TrainConfig(name="bmshj-high-v3", lmbda=0.08, steps=100_000, init=shipped(3),
+                     budget_s=budget(0.18), **tune), "bmshj2018-hyperprior-high", 4),
+        (TrainConfig(name="bmshj-q2-v3", lmbda=0.013, steps=100_000, init=shipped(2),
+                     budget_s=budget(0.24), **long), "bmshj2018-hyperprior-q2", 2),
+        (TrainConfig(name="bmshj-q1-v3", lmbda=0.0025, steps=100_000, init=shipped(1),
+                     budget_s=budget(0.2), **long), "bmshj2018-hyperprior-q1", 1),
+        (TrainConfig(name="bmshj-q3-v3", lmbda=0.032, steps=100_000, init=shipped(3),
+                     budget_s=budget(0.2), **long), "bmshj2018-hyperprior-q3", 3),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps")
@@ -70,9 +99,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", help="run only these shipped names")
+    ap.add_argument("--chain", choices=("v2", "v3"), default="v2",
+                    help="v2: the shipped weights' chain from scratch; v3: continue from them")
+    ap.add_argument("--out-dir", type=Path, default=None,
+                    help="export here instead of reprocodec/weights (evaluate before shipping)")
     args = ap.parse_args(argv)
     data_desc = training_data_description()
-    for cfg, name, quality in stages(args.scale, args.minutes):
+    chain = (stages(args.scale, args.minutes) if args.chain == "v2"
+             else continuation(args.minutes or 150))
+    for cfg, name, quality in chain:
         if args.only and name not in args.only:
             continue
         cfg = replace(cfg, device=args.device, threads=args.threads)
@@ -85,8 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         result = train(cfg, log=lambda s: print(s, flush=True))
         if not name:  # the base is only a starting point
             continue
+        out = {"out_dir": args.out_dir} if args.out_dir else {}
         meta = export(Path(result["checkpoint"]), name, quality,
-                      extra={"training_data": data_desc})
+                      extra={"training_data": data_desc}, **out)
         print(f"[schedule] exported {name} ({result['steps']} steps, "
               f"{time.time() - t0:.0f}s this stage) sha256 {meta['weights_sha256'][:12]}",
               flush=True)

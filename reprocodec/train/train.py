@@ -104,7 +104,10 @@ def load_init(model: torch.nn.Module, path: str) -> tuple[list[str], int]:
     Returns the copied names and the source checkpoint's step (recorded for reproducibility).
     """
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    src = ck["model"]
+    # A training checkpoint holds "model"; a shipped reprocodec/weights/NAME.pt holds
+    # "state_dict" (fp16 parameters), which continues training from what users have now.
+    src = ck["model"] if "model" in ck else {
+        k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
     own = model.state_dict()
     copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape
               and not k.endswith(("_quantized_cdf", "_offset", "_cdf_length"))]
