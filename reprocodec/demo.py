@@ -79,13 +79,14 @@ def _table(rows: list[Row]) -> str:
 
 
 def _rate_distortion(images: list[Path]) -> dict[str, list[tuple[float, float]]]:
-    """bpp/PSNR of each shipped image model and of Pillow JPEG/WebP on the samples."""
+    """bpp/PSNR of each shipped image model and of Pillow JPEG/WebP/AVIF on the samples."""
     import io
 
     from PIL import Image
 
     from reprocodec.image import ImageCodec, list_models
     from reprocodec.image.io import decode_image_bytes
+    from reprocodec.train.evaluate import pillow_writes
 
     curves: dict[str, list[tuple[float, float]]] = {}
     pixels = [decode_image_bytes(p.read_bytes()) for p in images]
@@ -98,12 +99,17 @@ def _rate_distortion(images: list[Path]) -> dict[str, list[tuple[float, float]]]
             bits = 8 * msg.ByteSize()
             points.append((bits / (px.shape[0] * px.shape[1]), psnr(px, out)))
         curves.setdefault(info.architecture, []).append(tuple(np.mean(points, axis=0)))
-    for fmt, qualities in (("JPEG", (10, 20, 35, 50, 70, 85)), ("WEBP", (5, 20, 40, 60, 80))):
+    # The reference formats as train.evaluate sweeps them (WebP method 6, AVIF speed 6).
+    for fmt, options, qualities in (("JPEG", {}, (10, 20, 35, 50, 70, 85)),
+                                    ("WEBP", {"method": 6}, (5, 20, 40, 60, 80)),
+                                    ("AVIF", {"speed": 6}, (10, 30, 50, 65, 80))):
+        if not pillow_writes(fmt):  # a Pillow built without it: no curve
+            continue
         for q in qualities:
             points = []
             for px in pixels:
                 buf = io.BytesIO()
-                Image.fromarray(px.squeeze()).save(buf, format=fmt, quality=q)
+                Image.fromarray(px.squeeze()).save(buf, format=fmt, quality=q, **options)
                 out = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
                 points.append((8 * buf.tell() / (px.shape[0] * px.shape[1]),
                                psnr(px.squeeze(), out)))

@@ -135,16 +135,36 @@ def test_grid_crops_and_jpeg_downscale():
     assert jpeg_downscale_factor(5120, 2880) == 4 and jpeg_downscale_factor(800, 600) == 2
 
 
-def test_jpeg_baseline_curve_is_monotone_and_interpolates(tmp_path):
+@pytest.mark.parametrize("fmt", ["JPEG", "WebP", "AVIF"])
+def test_reference_format_curve_is_monotone_and_interpolates(fmt):
+    from reprocodec.train.evaluate import pillow_writes, psnr_at, reference_points
+
+    if not pillow_writes(fmt):
+        pytest.fail(f"the pinned Pillow must write {fmt}: train.evaluate compares against it")
+    pixels = smooth_images(1, 80, seed=5)[0]
+    points = reference_points(pixels, fmt)
+    bpps = [b for b, _ in points]
+    assert bpps == sorted(bpps) and bpps[0] < bpps[-1]
+    assert points[0][1] < points[-1][1]  # more bits, higher PSNR at the ends
+    mid = (points[0][0] + points[-1][0]) / 2
+    assert min(p for _, p in points) <= psnr_at(points, mid) <= max(p for _, p in points)
+    assert np.isnan(psnr_at(points, bpps[-1] * 2)) and np.isnan(psnr_at(points, bpps[0] / 2))
+
+
+def test_shipped_evaluation_table_compares_at_the_same_bpp(tmp_path):
     from PIL import Image
 
-    from reprocodec.train.evaluate import jpeg_curve, jpeg_psnr_at
+    from reprocodec.image.testing import sample_crop, write_test_models
+    from reprocodec.train.evaluate import evaluate_shipped, markdown_table
 
-    for i, img in enumerate(smooth_images(2, 80, seed=5)):
-        Image.fromarray(img).save(tmp_path / f"{i}.png")
-    curve = jpeg_curve(sorted(tmp_path.glob("*.png")), qualities=(20, 60, 95))
-    assert [c["bpp"] for c in curve] == sorted(c["bpp"] for c in curve)
-    assert curve[0]["psnr_rgb"] < curve[-1]["psnr_rgb"]
-    mid = (curve[0]["bpp"] + curve[1]["bpp"]) / 2
-    assert curve[0]["psnr_rgb"] < jpeg_psnr_at(curve, mid) < curve[1]["psnr_rgb"]
-    assert np.isnan(jpeg_psnr_at(curve, curve[-1]["bpp"] * 2))
+    names = write_test_models(tmp_path / "w")
+    Image.fromarray(sample_crop(height=96, width=128)).save(tmp_path / "a.png")
+    first = sorted(names.values())[0]
+    result = evaluate_shipped([tmp_path / "a.png"], [first], tmp_path / "w", log=lambda s: None)
+    (row,) = result["models"]
+    assert row["model"] == first and row["all_bit_exact"] and row["bpp"] > 0
+    # A random model is far worse than JPEG at its own (high) bpp, or outside JPEG's range.
+    assert row["gain_over_jpeg_db"] is None or row["gain_over_jpeg_db"] < 0
+    assert row["jpeg_images_out_of_range"] in (0, 1)
+    table = markdown_table(result)
+    assert table.count("\n") == 3 and f"| {first} |" in table

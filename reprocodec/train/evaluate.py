@@ -65,8 +65,9 @@ def code_image(model: torch.nn.Module, pixels: np.ndarray) -> tuple[int, np.ndar
     return nbytes, rec
 
 
-def evaluate(model: torch.nn.Module, images: list[Path], log=None) -> dict:
-    bpps, psnrs = [], []
+def evaluate(model: torch.nn.Module, images: list[Path], log=None, jpeg: bool = False) -> dict:
+    """Mean bpp / RGB PSNR; with jpeg, also Pillow JPEG's PSNR at each image's bpp (mean)."""
+    bpps, psnrs, jpegs = [], [], []
     t0 = time.time()
     for path in images:
         with Image.open(path) as img:
@@ -74,42 +75,18 @@ def evaluate(model: torch.nn.Module, images: list[Path], log=None) -> dict:
         nbytes, rec = code_image(model, pixels)
         bpps.append(8 * nbytes / (pixels.shape[0] * pixels.shape[1]))
         psnrs.append(psnr(pixels, rec))
+        if jpeg:
+            jpegs.append(psnr_at(reference_points(pixels, "JPEG"), bpps[-1]))
         if log:
             log(f"{path.name}: {bpps[-1]:.4f} bpp {psnrs[-1]:.2f} dB")
-    return {"images": len(images), "bpp": round(float(np.mean(bpps)), 4),
-            "psnr_rgb": round(float(np.mean(psnrs)), 3),
-            "seconds": round(time.time() - t0, 1)}
-
-
-def jpeg_curve(images: list[Path], qualities=range(5, 96, 5)) -> list[dict]:
-    """Pillow JPEG (4:2:0, default settings) mean bpp / RGB PSNR per quality: the baseline."""
-    import io
-
-    curve = []
-    loaded = []
-    for path in images:
-        with Image.open(path) as img:
-            loaded.append(img.convert("RGB"))
-    for q in qualities:
-        bpps, psnrs = [], []
-        for img in loaded:
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=q)
-            with Image.open(io.BytesIO(buf.getvalue())) as dec:
-                rec = np.asarray(dec.convert("RGB"), dtype=np.uint8)
-            bpps.append(8 * buf.tell() / (img.width * img.height))
-            psnrs.append(psnr(np.asarray(img, dtype=np.uint8), rec))
-        curve.append({"quality": q, "bpp": float(np.mean(bpps)), "psnr_rgb": float(np.mean(psnrs))})
-    return curve
-
-
-def jpeg_psnr_at(curve: list[dict], bpp: float) -> float:
-    """The JPEG curve's PSNR at a given bpp (linear interpolation; nan outside its range)."""
-    pts = sorted((c["bpp"], c["psnr_rgb"]) for c in curve)
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    if not xs[0] <= bpp <= xs[-1]:
-        return float("nan")
-    return float(np.interp(bpp, xs, ys))
+    result = {"images": len(images), "bpp": round(float(np.mean(bpps)), 4),
+              "psnr_rgb": round(float(np.mean(psnrs)), 3),
+              "seconds": round(time.time() - t0, 1)}
+    if jpeg:
+        gains = [p - j for p, j in zip(psnrs, jpegs, strict=True) if np.isfinite(j)]
+        result["jpeg_psnr_rgb_at_same_bpp"] = round(float(np.nanmean(jpegs)), 3)
+        result["gain_over_jpeg_db"] = round(float(np.mean(gains)), 3) if gains else None
+    return result
 
 
 # CompressAI's published Kodak results for its pretrained bmshj2018-hyperprior (MSE), bpp /
@@ -122,6 +99,12 @@ REFERENCE_FORMATS = {
     "WebP": ({"method": 6}, range(0, 101, 5)),
     "AVIF": ({"speed": 6}, range(0, 101, 5)),
 }
+
+
+def pillow_writes(fmt: str) -> bool:
+    """Whether this Pillow has an encoder for fmt (AVIF needs Pillow 11.2+ wheels)."""
+    Image.init()
+    return fmt.upper() in Image.SAVE
 
 
 def reference_points(pixels: np.ndarray, fmt: str) -> list[tuple[float, float]]:
@@ -149,7 +132,7 @@ def psnr_at(points: list[tuple[float, float]], bpp: float) -> float:
 
 
 def evaluate_shipped(images: list[Path], models: list[str] | None = None,
-                     log=print) -> dict:
+                     weights_dir: Path | None = None, log=print) -> dict:
     """Every shipped image model (or `models`) on `images`, with the reference formats at the
     same bpp per image."""
     from reprocodec import evaluate as product_evaluate
@@ -157,21 +140,24 @@ def evaluate_shipped(images: list[Path], models: list[str] | None = None,
     from reprocodec.image.io import read_image
 
     kind = registry.kind("image")
-    names = models or [m.name for m in sorted(kind.list_models(),
+    names = models or [m.name for m in sorted(kind.list_models(weights_dir),
                                                key=lambda m: (m.architecture, m.quality))]
     pixels = {p.name: read_image(p, 1 << 30) for p in images}
+    formats = [f for f in REFERENCE_FORMATS if pillow_writes(f)]
+    if len(formats) < len(REFERENCE_FORMATS):
+        log(f"this Pillow cannot write {set(REFERENCE_FORMATS) - set(formats)}: left out")
     refs = {fmt: {name: reference_points(px, fmt) for name, px in pixels.items()}
-            for fmt in REFERENCE_FORMATS}
+            for fmt in formats}
     # The formats' own curves (mean over images per quality) for the plot.
     curves = {fmt: [tuple(np.mean([refs[fmt][n][i] for n in pixels], axis=0))
                     for i in range(len(REFERENCE_FORMATS[fmt][1]))] for fmt in refs}
     rows = []
     for name in names:
-        codec = kind.load(name)
+        codec = kind.load(name, weights_dir)
         result = product_evaluate.evaluate(codec, images, "syndrome", "both")
         row = {"model": name, **{k: round(v, 5) for k, v in result["mean"].items()},
                "all_bit_exact": result["all_bit_exact"]}
-        for fmt in REFERENCE_FORMATS:
+        for fmt in formats:
             at = [psnr_at(refs[fmt][r["image"]], r["bpp"]) for r in result["per_image"]]
             ok = [a for a in at if np.isfinite(a)]
             row[f"{fmt.lower()}_psnr_at_same_bpp"] = round(float(np.mean(ok)), 3) if ok else None
@@ -180,8 +166,8 @@ def evaluate_shipped(images: list[Path], models: list[str] | None = None,
                      if np.isfinite(a)]
             row[f"gain_over_{fmt.lower()}_db"] = round(float(np.mean(gains)), 3) if gains else None
         rows.append(row)
-        log(f"{name}: {row['bpp']:.4f} bpp {row['psnr']:.2f} dB, vs WebP "
-            f"{row['gain_over_webp_db']:+.2f} dB, vs AVIF {row['gain_over_avif_db']:+.2f} dB")
+        log(f"{name}: {row['bpp']:.4f} bpp {row['psnr']:.2f} dB, " + ", ".join(
+            f"vs {f} {row[f'gain_over_{f.lower()}_db'] or float('nan'):+.2f} dB" for f in formats))
     return {"images": len(images), "models": rows,
             "reference_curves": {k: [list(map(float, p)) for p in v] for k, v in curves.items()},
             "compressai_bmshj2018_hyperprior": COMPRESSAI_BMSHJ_KODAK}
@@ -191,13 +177,13 @@ def markdown_table(result: dict) -> str:
     head = ("| model | bpp | PSNR dB | MS-SSIM | vs JPEG | vs WebP | vs AVIF | encode s | "
             "decode s | protection |\n|---|---|---|---|---|---|---|---|---|---|\n")
 
-    def gain(v) -> str:
+    def gain(v: float | None) -> str:
         return "n/a" if v is None else f"{v:+.2f} dB"
 
     return head + "".join(
         f"| {r['model']} | {r['bpp']:.3f} | {r['psnr']:.2f} | {r['ms_ssim']:.4f} | "
-        f"{gain(r['gain_over_jpeg_db'])} | {gain(r['gain_over_webp_db'])} | "
-        f"{gain(r['gain_over_avif_db'])} | {r['encode_s']:.2f} | {r['decode_s']:.2f} | "
+        f"{gain(r.get('gain_over_jpeg_db'))} | {gain(r.get('gain_over_webp_db'))} | "
+        f"{gain(r.get('gain_over_avif_db'))} | {r['encode_s']:.2f} | {r['decode_s']:.2f} | "
         f"{100 * r['overhead_ratio']:.3f} % |\n" for r in result["models"])
 
 
@@ -264,11 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     model = (load_shipped(args.weights) if args.weights
              else load_checkpoint_model(args.checkpoint))
     images = list_images(args.images, args.limit)
-    result = evaluate(model, images, log=print if args.verbose else None)
-    if args.jpeg:
-        jpeg = jpeg_psnr_at(jpeg_curve(images), result["bpp"])
-        result["jpeg_psnr_rgb_at_same_bpp"] = round(jpeg, 3)
-        result["gain_over_jpeg_db"] = round(result["psnr_rgb"] - jpeg, 3)
+    result = evaluate(model, images, log=print if args.verbose else None, jpeg=args.jpeg)
     print(json.dumps(result))
     if args.record:
         if not args.weights:
