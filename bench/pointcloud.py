@@ -7,7 +7,7 @@ coder on held-out clouds, and the cross-profile decode matrix.
 
 Rate table: every held-out test cloud of data/pc/manifest.json (never used in training) at its
 depth; bits per occupied voxel of each coder, each checked lossless against the voxel set
-(the non-learned coder's size comes from its encoder only: see bench/octree_baseline.py).
+(the non-learned coder is the product's adaptive context coder, reprocodec/pointcloud/adaptive.py).
 Seconds per million points are wall-clock on this machine with one torch thread, and the
 process's CPU seconds beside them (the wall time on an idle core; the machine may be shared).
 
@@ -84,11 +84,10 @@ def laz_bits(voxels: np.ndarray) -> tuple[int, bool]:
 
 
 def rate_table(data: Path, skip_others: bool) -> list[dict]:
-    import octree_baseline as baseline  # bench/, beside this script
     import torch
 
     from reprocodec import container
-    from reprocodec.pointcloud import PointCloudCodec
+    from reprocodec.pointcloud import PointCloudCodec, adaptive
 
     torch.set_num_threads(1)
     codec = PointCloudCodec.load("octree-ctx-v1")
@@ -112,7 +111,7 @@ def rate_table(data: Path, skip_others: bool) -> list[dict]:
             # CPU seconds of this process: what the wall time would be on an idle core.
             "encode_cpu_s_per_mpt": (c1 - c0) / n * 1e6,
             "decode_cpu_s_per_mpt": (c2 - c1) / n * 1e6,
-            "octree_baseline_bpp": 8 * baseline.encoded_size(voxels, depth) / n,
+            "octree_baseline_bpp": 8 * adaptive.encoded_size(voxels, depth) / n,
         }
         row["reduction_vs_baseline"] = 1 - row["learned_bpp"] / row["octree_baseline_bpp"]
         if not skip_others:

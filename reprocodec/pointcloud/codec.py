@@ -3,11 +3,28 @@
     encode                                       decode
     voxels = voxelize(points, depth)
     octree levels (codes, bits)                  codes = [root]
-    per level, per pass k:                       per level, per pass k:
+    per level, the coder the stream names:       per level, the coder the stream names:
+    learned: per pass k                          learned: per pass k
       logit = MLP(features)                        logit = MLP(features)        (own floats)
       index = protect(logit)                       index = resolve(logit)       (exact)
       rANS encode bit with CDF[index]              bit = rANS decode with CDF[index]
-                                                 voxels = leaves; checksums of indices, voxels
+    adaptive: per node, per child                adaptive: per node, per child
+      f0 = counts[context] (integers)              f0 = counts[context]         (exact)
+      rANS encode bit; update counts               bit = rANS decode; update counts
+                                                 voxels = leaves; checksums of bits, indices,
+                                                 voxels
+
+The encoder picks the coder of each level (coders="auto"): the learned model wins on the dense
+surfaces it was trained on, the adaptive context coder (adaptive.py) on sparse, noisy or
+unusual clouds, where the model is confidently wrong. The stream is never larger than the
+adaptive coder's alone plus the few bytes that say which levels it codes.
+
+Stream layout (container format 2, additive): payload "occupancy" (the learned levels' rANS
+stream, shape [their coded bits], with the protected tensor "occupancy_logit"), payload
+"occupancy_adaptive" (ceil(depth / 8) bytes of level flags, bit l set when level l is
+adaptive, then that coder's rANS stream; shape [its coded bits]; its symbols checksum covers
+the flags and the bits), or both, in that order. A stream with every level learned is exactly
+the earlier layout, so streams written before the adaptive coder existed still decode.
 
 With mode `none` each side uses its own floats; a flipped index desynchronises rANS, and the
 checksums (or the node-count guard) report it instead of returning a wrong cloud.
@@ -32,13 +49,15 @@ from ..errors import (
 )
 from ..safeguard import ErrorBound, Mode
 from ..v1 import bitstream_pb2 as pb
-from . import coder, octree
+from . import adaptive, coder, octree
 from .coder import TENSOR
 from .context import N_PASSES, pass_features
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
 from .networks import PassNetworks, load_weights
 
 PAYLOAD = "occupancy"
+ADAPTIVE_PAYLOAD = "occupancy_adaptive"
+CODERS = ("auto", "learned", "adaptive")
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
 # Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8.
 MAX_CODED_BITS = 1 << 28
@@ -91,9 +110,18 @@ class PointCloudCodec:
     # ----------------------------------------------------------------------------- encode
 
     def encode(self, points: np.ndarray, mode: Mode | str = Mode.SYNDROME,
-               depth: int = octree.DEFAULT_DEPTH) -> pb.Bitstream:
-        """(data, mode, **options) as every codec (reprocodec.registry.Codec)."""
+               depth: int = octree.DEFAULT_DEPTH, coders: str = "auto") -> pb.Bitstream:
+        """(data, mode, **options) as every codec (reprocodec.registry.Codec).
+
+        Each octree level is coded by the learned model or by the adaptive context coder
+        (adaptive.py). coders="auto" (the default) picks, per level, whichever the encoder
+        finds cheaper, and keeps the smallest of that choice, all levels adaptive and all levels
+        learned: the stream is never larger than the adaptive coder's stream plus the few bytes
+        that signal it. "learned" and "adaptive" force one coder on every level (tests and
+        benchmarks)."""
         mode = options.parse_mode(mode)
+        if coders not in CODERS:
+            raise InputError(f"coders must be one of {', '.join(CODERS)}, got {coders!r}")
         vox = octree.voxelize(points, depth)
         n = vox.voxels.shape[0]
         if n > MAX_POINTS:
@@ -109,14 +137,51 @@ class PointCloudCodec:
         if n == 0:
             return msg
         codes, bits = octree.build_levels(vox.voxels, depth)
-        coded = coder.compress(codes, bits, depth, self._predict, self.tables, mode,
-                               self.decision)
-        total = coded.indices.size
-        occupancy = np.concatenate([b.T.reshape(-1) for b in bits])  # coding order
-        msg.payloads.append(container.make_payload(PAYLOAD, coded.data, [total], occupancy))
-        msg.protected.append(self.decision.record(coded.indices, coded.side_info, mode,
-                                                  coded.risky_count, coded.candidate_count))
-        return msg
+        learned = [] if coders == "adaptive" else coder.learned_levels(
+            codes, bits, depth, self._predict, self.tables, mode, self.decision)
+        model = adaptive.Model()
+        adaptive_bits, adaptive_f0, adaptive_cost = [], [], []
+        for level_bits in bits:
+            occupancy = adaptive.occupancy_bytes(level_bits)
+            adaptive_f0.append(model.observe(occupancy, want_f0=True))
+            adaptive_bits.append(adaptive.decision_bits(occupancy))
+            adaptive_cost.append(adaptive.cost_bits(adaptive_bits[-1], adaptive_f0[-1]))
+        # Ties go to the adaptive coder: exact integers, nothing to protect.
+        if coders == "auto":
+            choice = tuple(a <= lv.cost_bits for a, lv in zip(adaptive_cost, learned,
+                                                               strict=True))
+            candidates = [choice, (True,) * depth, (False,) * depth]
+        else:
+            candidates = [(coders == "adaptive",) * depth]
+        best = None
+        for levels in dict.fromkeys(candidates):
+            candidate = pb.Bitstream()
+            candidate.CopyFrom(msg)
+            self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
+                               mode)
+            if best is None or candidate.ByteSize() < best.ByteSize():
+                best = candidate
+        return best
+
+    def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0, mode):
+        """The payloads and protected record of one per-level choice (levels[l]: adaptive)."""
+        depth = len(levels)
+        chosen = [lv for lv in range(depth) if not levels[lv]]
+        if chosen:
+            coded = coder.pack_learned([learned[lv] for lv in chosen],
+                                       [bits[lv] for lv in chosen], self.tables, mode)
+            total = coded.indices.size
+            occupancy = np.concatenate([bits[lv].T.reshape(-1) for lv in chosen])  # coding order
+            msg.payloads.append(container.make_payload(PAYLOAD, coded.data, [total], occupancy))
+            msg.protected.append(self.decision.record(coded.indices, coded.side_info, mode,
+                                                      coded.risky_count, coded.candidate_count))
+        chosen = [lv for lv in range(depth) if levels[lv]]
+        if chosen:
+            decisions = np.concatenate([adaptive_bits[lv] for lv in chosen])
+            data = adaptive.encode(decisions, np.concatenate([adaptive_f0[lv] for lv in chosen]))
+            msg.payloads.append(container.make_payload(
+                ADAPTIVE_PAYLOAD, _level_mask(levels) + data, [decisions.size],
+                _adaptive_symbols(levels, decisions)))
 
     # ----------------------------------------------------------------------------- decode
 
@@ -132,28 +197,54 @@ class PointCloudCodec:
                 raise ContainerError("an empty point cloud stream carries no payload")
             voxels = np.zeros((0, 3), np.int64)
             return self._result(msg, voxels, depth, True, start)
-        if len(msg.payloads) != 1 or len(msg.protected) != 1:
-            raise ContainerError("a point cloud stream has one payload and one protected tensor")
-        data = container.payload_bytes(msg, PAYLOAD)
-        t = container.protected_tensor(msg, TENSOR)
-        total = int(t.shape[0])
-        if len(t.shape) != 1 or list(msg.payloads[0].shape) != [total] or total % N_PASSES:
-            raise ContainerError("occupancy payload and protected tensor shapes disagree")
-        if total > N_PASSES * n * depth:
-            raise ContainerError(f"{total} coded bits is impossible for {n} points")
-        if total > MAX_CODED_BITS:
-            raise TooLargeError(f"{total} coded occupancy bits exceed this decoder's limit of "
-                                f"{MAX_CODED_BITS}; decode on a larger deployment")
-        mode, bound = self.decision.check_record(t, [total])
+        names = [p.name for p in msg.payloads]
+        if names not in ([PAYLOAD], [PAYLOAD, ADAPTIVE_PAYLOAD], [ADAPTIVE_PAYLOAD]) or \
+                len(msg.protected) != (PAYLOAD in names):
+            raise ContainerError("a point cloud stream has an occupancy payload with one "
+                                 "protected tensor, an adaptive occupancy payload, or both")
+        levels, adaptive_data, adaptive_total = (False,) * depth, b"", 0
+        if ADAPTIVE_PAYLOAD in names:
+            payload = msg.payloads[names.index(ADAPTIVE_PAYLOAD)]
+            levels, adaptive_data = _read_level_mask(payload.data, depth)
+            adaptive_total = int(payload.shape[0])
+            if len(payload.shape) != 1 or adaptive_total % N_PASSES:
+                raise ContainerError("adaptive occupancy payload has a bad shape")
+            if all(levels) == (PAYLOAD in names):
+                raise ContainerError("the adaptive occupancy payload's levels and the learned "
+                                     "payload disagree")
+            if adaptive_total > N_PASSES * n * depth:
+                raise ContainerError(f"{adaptive_total} coded bits is impossible for {n} points")
+        total, mode, bound, t = 0, Mode.NONE, self.bound, None
+        data = b""
+        if PAYLOAD in names:
+            data = container.payload_bytes(msg, PAYLOAD)
+            t = container.protected_tensor(msg, TENSOR)
+            total = int(t.shape[0])
+            if len(t.shape) != 1 or list(msg.payloads[0].shape) != [total] or total % N_PASSES:
+                raise ContainerError("occupancy payload and protected tensor shapes disagree")
+            if total > N_PASSES * n * depth:
+                raise ContainerError(f"{total} coded bits is impossible for {n} points")
+            mode, bound = self.decision.check_record(t, [total])
+        if total + adaptive_total > MAX_CODED_BITS:
+            raise TooLargeError(f"{total + adaptive_total} coded occupancy bits exceed this "
+                                f"decoder's limit of {MAX_CODED_BITS}; decode on a larger "
+                                "deployment")
 
-        leaves, indices, occupancy = coder.decompress(
-            data, t.side_info, total, depth, self._predict, self.tables, mode, bound,
-            self.decision, verify=verify,
+        out = coder.decompress(
+            data, t.side_info if t is not None else b"", total, depth, self._predict,
+            self.tables, mode, bound, self.decision, verify=verify, adaptive_levels=levels,
+            adaptive_data=adaptive_data, adaptive_total=adaptive_total, max_nodes=n,
         )
-        if verify and checksum(occupancy) != msg.payloads[0].symbols_checksum:
-            raise VerificationError(_failure("its occupancy bits fail their checksum"))
-        if verify and checksum(indices) != t.indices_checksum:
-            raise VerificationError(_failure("its occupancy indices do not match the encoder's"))
+        if verify and t is not None:
+            if checksum(out.occupancy) != msg.payloads[0].symbols_checksum:
+                raise VerificationError(_failure("its occupancy bits fail their checksum"))
+            if checksum(out.indices) != t.indices_checksum:
+                raise VerificationError(_failure("its occupancy indices do not match the "
+                                                 "encoder's"))
+        if verify and ADAPTIVE_PAYLOAD in names and checksum(_adaptive_symbols(
+                levels, out.adaptive_occupancy)) != msg.payloads[-1].symbols_checksum:
+            raise VerificationError(_failure("its adaptive occupancy bits fail their checksum"))
+        leaves = out.leaves
         if verify and leaves.size != n:
             raise VerificationError(_failure(f"it decoded {leaves.size} points, not {n}"))
         voxels = octree.sort_voxels(octree.morton_decode(leaves))
@@ -210,3 +301,28 @@ def _failure(detail: str) -> str:
     return (f"point cloud verification failed: {detail}. The decoder's numerics differ from the "
             "encoder's beyond the stream's error bound (or the stream was not protected); "
             "decode under the encoder's profile or re-encode with --safeguard syndrome")
+
+
+def _level_mask(levels: tuple[bool, ...]) -> bytes:
+    """The per-level coder flags at the head of the adaptive payload: bit l of a little-endian
+    integer of ceil(depth / 8) bytes is set when level l is coded adaptively."""
+    value = sum(1 << lv for lv, a in enumerate(levels) if a)
+    return value.to_bytes((len(levels) + 7) // 8, "little")
+
+
+def _read_level_mask(data: bytes, depth: int) -> tuple[tuple[bool, ...], bytes]:
+    size = (depth + 7) // 8
+    if len(data) < size:
+        raise ContainerError("malformed bitstream: adaptive occupancy payload is shorter than "
+                             "its level flags")
+    value = int.from_bytes(data[:size], "little")
+    if value >> depth or value == 0:
+        raise ContainerError("malformed bitstream: adaptive occupancy level flags name no "
+                             "level or levels past the depth")
+    return tuple(bool(value >> lv & 1) for lv in range(depth)), bytes(data[size:])
+
+
+def _adaptive_symbols(levels: tuple[bool, ...], decisions: np.ndarray) -> np.ndarray:
+    """What the adaptive payload's symbols checksum covers: its level flags, then its bits."""
+    return np.concatenate([np.asarray(levels, dtype=np.uint8),
+                           np.asarray(decisions, dtype=np.uint8)])

@@ -30,7 +30,7 @@ from ..decision import ProtectedDecision
 from ..errors import ContainerError, VerificationError
 from ..safeguard import DecisionQuantizer, ErrorBound, Mode, SafeguardError
 from ..safeguard.bitio import BitReader, BitWriter, decode_varint, encode_varint
-from . import octree
+from . import adaptive, octree
 from .context import N_PASSES
 from .networks import LOGIT_LIMIT, LOGIT_STEP
 
@@ -64,59 +64,139 @@ def _grid_index(indices: np.ndarray) -> np.ndarray:
     return np.clip(indices, -GRID_K, GRID_K)
 
 
+@dataclass
+class LearnedLevel:
+    """The learned model's coding of one octree level (encoder side), before the per-level
+    choice: what it would code and an estimate of what it would cost."""
+
+    indices: np.ndarray  # clamped grid index of each bit, pass-major (child k of every node)
+    bodies: list[bytes]  # per pass safeguard body
+    risky: int
+    candidates: int
+    cost_bits: float  # rANS code length of the bits plus the side information of the passes
+
+
+def learned_levels(
+    codes: list[np.ndarray], bits: list[np.ndarray], depth: int, predict: Predict,
+    tables: entropy.CdfTables, mode: Mode, decision: ProtectedDecision,
+) -> list[LearnedLevel]:
+    """Run the model and the safeguard on every level (the encoder's float work)."""
+    f0 = tables.cdfs[:, 1].astype(np.int64)
+    side_bits = _SIDE_BITS.get(mode, _body_bits)
+    out = []
+    for level in range(depth):
+        neighbours = octree.neighbour_table(codes[level], level)
+        indices, bodies, risky, candidates = [], [], 0, 0
+        for k in range(N_PASSES):
+            logits = predict(neighbours, bits[level], k, level, depth)
+            protected = decision.protect_pass(logits, mode)
+            indices.append(_grid_index(protected.indices).astype(np.int16))
+            bodies.append(protected.body)
+            risky += protected.risky_count
+            candidates += protected.candidate_count
+        index = np.concatenate(indices)
+        coded = bits[level].T.reshape(-1)
+        p0 = f0[index.astype(np.int64) + GRID_K]
+        freq = np.where(coded, (1 << entropy.PRECISION) - p0, p0)
+        cost = float(np.sum(entropy.PRECISION - np.log2(freq)))
+        cost += sum(side_bits(b) for b in bodies)
+        out.append(LearnedLevel(index, bodies, risky, candidates, cost))
+    return out
+
+
+def pack_learned(levels: list[LearnedLevel], bits: list[np.ndarray], tables: entropy.CdfTables,
+                 mode: Mode) -> CodedOccupancy:
+    """One rANS stream and one side-information record for the levels the learned model
+    codes (in level order; `bits` are those levels' occupancy)."""
+    encoder = entropy.Encoder(tables)
+    bodies: list[bytes] = []
+    for level, level_bits in zip(levels, bits, strict=True):
+        encoder.encode(level_bits.T.reshape(-1).astype(np.int32),
+                       level.indices.astype(np.int32) + GRID_K)
+        bodies.extend(level.bodies)
+    pack = {Mode.NONE: lambda _: b"", Mode.SYNDROME: _pack_syndromes}.get(mode, _pack_bodies)
+    return CodedOccupancy(
+        data=encoder.flush(), side_info=pack(bodies),
+        indices=np.concatenate([lv.indices for lv in levels]).astype(np.int64),
+        risky_count=sum(lv.risky for lv in levels),
+        candidate_count=sum(lv.candidates for lv in levels),
+        per_level_nodes=[b.shape[0] for b in bits],
+    )
+
+
 def compress(
     codes: list[np.ndarray], bits: list[np.ndarray], depth: int, predict: Predict,
     tables: entropy.CdfTables, mode: Mode, decision: ProtectedDecision,
 ) -> CodedOccupancy:
-    encoder = entropy.Encoder(tables)
-    bodies: list[bytes] = []
-    all_indices, risky, candidates = [], 0, 0
-    for level in range(depth):
-        neighbours = octree.neighbour_table(codes[level], level)
-        for k in range(N_PASSES):
-            logits = predict(neighbours, bits[level], k, level, depth)
-            protected = decision.protect_pass(logits, mode)
-            index = _grid_index(protected.indices)
-            encoder.encode(bits[level][:, k].astype(np.int32), index + GRID_K)
-            bodies.append(protected.body)
-            all_indices.append(index)
-            risky += protected.risky_count
-            candidates += protected.candidate_count
-    pack = {Mode.NONE: lambda _: b"", Mode.SYNDROME: _pack_syndromes}.get(mode, _pack_bodies)
-    side = pack(bodies)
-    return CodedOccupancy(
-        data=encoder.flush(), side_info=side, indices=np.concatenate(all_indices),
-        risky_count=risky, candidate_count=candidates,
-        per_level_nodes=[c.size for c in codes],
-    )
+    """Every level with the learned model (one rANS stream)."""
+    levels = learned_levels(codes, bits, depth, predict, tables, mode, decision)
+    return pack_learned(levels, bits, tables, mode)
+
+
+@dataclass
+class Decompressed:
+    leaves: np.ndarray  # Morton codes of the decoded voxels
+    indices: np.ndarray  # learned levels: the clamped grid indices used, coding order
+    occupancy: np.ndarray  # learned levels: decoded bits, coding order
+    adaptive_occupancy: np.ndarray  # adaptive levels: decoded bits, coding order
 
 
 def decompress(
     data: bytes, side_info: bytes, total_bits: int, depth: int, predict: Predict,
     tables: entropy.CdfTables, mode: Mode, bound: ErrorBound, decision: ProtectedDecision,
-    verify: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Leaf Morton codes, the clamped indices used and the decoded bits in coding order.
-    Never decodes more than `total_bits` symbols (the encoder's count): a desynchronised
-    decoder stops with VerificationError. verify=False (benchmarks only) falls back to the
-    decoder's own indices where the safeguard reports a disagreement, to measure what an
-    unprotected decoder would return.
+    verify: bool = True, adaptive_levels: tuple[bool, ...] | None = None,
+    adaptive_data: bytes = b"", adaptive_total: int = 0, max_nodes: int | None = None,
+) -> Decompressed:
+    """Leaf Morton codes, the clamped indices used and the decoded bits of each coder in
+    coding order. Levels with adaptive_levels[l] set come from the adaptive stream
+    (adaptive.py), the others from the learned one. Never decodes more than `total_bits`
+    learned and `adaptive_total` adaptive decisions (the encoder's counts) nor a level of more
+    than `max_nodes` nodes (a level never has more nodes than the cloud has points): a
+    decoder that goes past them stops with an error. verify=False (benchmarks only) falls
+    back to the decoder's own indices where the safeguard reports a disagreement, to measure
+    what an unprotected decoder would return.
 
-    Each pass's node count depends on every bit decoded before it, so once the first pass is
-    through, a stream that stops making sense (side information or rANS) is reported as a
-    desynchronisation (VerificationError: corrupt, or numerics beyond the bound), not as
-    malformed: the decoder cannot tell the two apart."""
-    decoder = entropy.Decoder(data, tables, lenient=not verify)
+    Each learned pass's node count depends on every bit decoded before it, so once the first
+    learned pass is through, a stream that stops making sense (side information, either rANS
+    stream, node counts) is reported as a desynchronisation (VerificationError: corrupt, or
+    numerics beyond the bound), not as malformed: the decoder cannot tell the two apart. Before
+    it, everything decoded is exact integer work, so a stream that breaks is malformed."""
+    adaptive_levels = tuple(adaptive_levels or (False,) * depth)
+    use_adaptive = any(adaptive_levels)
+    last_adaptive = max((lv for lv in range(depth) if adaptive_levels[lv]), default=-1)
+    decoder = entropy.Decoder(data, tables, lenient=not verify) if total_bits else None
     reader = _SyndromeReader if mode is Mode.SYNDROME else _SideReader
-    side = reader(side_info, mode, depth * N_PASSES)
+    side = reader(side_info, mode, (depth - sum(adaptive_levels)) * N_PASSES)
+    model = adaptive.Model() if use_adaptive else None
+    adaptive_decoder = adaptive.Decoder(adaptive_data) if use_adaptive else None
     codes = np.zeros(1, dtype=np.int64)
-    all_indices, all_bits, used = [], [], 0
+    all_indices, all_bits, adaptive_bits, used, used_adaptive = [], [], [], 0, 0
+    learned_seen = False  # a learned pass decoded: later failures may be desynchronisation
+
+    def fail(detail: str, exc: Exception | None = None) -> Exception:
+        if learned_seen:
+            return VerificationError(_desync(detail))
+        return exc if exc is not None else ContainerError(f"malformed bitstream: {detail}")
+
     for level in range(depth):
         m = codes.size
+        if max_nodes is not None and m > max_nodes:
+            raise fail(f"{m} nodes at octree level {level}, more than the cloud's points")
+        if adaptive_levels[level]:
+            used_adaptive += N_PASSES * m
+            if used_adaptive > adaptive_total:
+                raise fail(f"more nodes than the adaptive stream codes at octree level {level}")
+            try:
+                occupancy = model.decode_level(adaptive_decoder)
+            except ContainerError as exc:
+                raise fail(str(exc), exc) from exc
+            bits = adaptive.byte_bits(occupancy)
+            adaptive_bits.append(bits.reshape(-1))
+            codes = octree.children(codes, bits)
+            continue
         used += N_PASSES * m
         if used > total_bits:
-            raise VerificationError(_desync(f"more nodes than the stream codes at octree level "
-                                            f"{level}"))
+            raise fail(f"more nodes than the stream codes at octree level {level}")
         neighbours = octree.neighbour_table(codes, level)
         bits = np.zeros((m, N_PASSES), dtype=bool)
         for k in range(N_PASSES):
@@ -126,21 +206,54 @@ def decompress(
                 index = _grid_index(indices)
                 bits[:, k] = decoder.decode(index + GRID_K) == 1
             except ContainerError as exc:
-                raise _stream_error(exc, mode, first_pass=level == 0 and k == 0) from exc
+                raise _stream_error(exc, mode, first_pass=not learned_seen) from exc
+            learned_seen = True
             all_indices.append(index)
             all_bits.append(bits[:, k].copy())
+        if level < last_adaptive:
+            model.observe(adaptive.occupancy_bytes(bits))
         codes = octree.children(codes, bits)
     if used != total_bits:
-        raise VerificationError(_desync(f"decoded {used} occupancy bits but the stream codes "
-                                        f"{total_bits}"))
+        raise fail(f"decoded {used} occupancy bits but the stream codes {total_bits}")
+    if used_adaptive != adaptive_total:
+        raise fail(f"decoded {used_adaptive} adaptive occupancy bits but the stream codes "
+                   f"{adaptive_total}")
     try:
         side.finish()
-        decoder.finish()
+        if decoder is not None:
+            decoder.finish()
+        if adaptive_decoder is not None:
+            adaptive_decoder.finish()
     except ContainerError as exc:
-        raise _stream_error(exc, mode, first_pass=False) from exc
-    indices = np.concatenate(all_indices) if all_indices else np.zeros(0, np.int64)
-    occupancy = np.concatenate(all_bits) if all_bits else np.zeros(0, bool)
-    return codes, indices, occupancy
+        raise fail(str(exc), exc) from exc
+    return Decompressed(
+        leaves=codes,
+        indices=np.concatenate(all_indices) if all_indices else np.zeros(0, np.int64),
+        occupancy=np.concatenate(all_bits) if all_bits else np.zeros(0, bool),
+        adaptive_occupancy=(np.concatenate(adaptive_bits) if adaptive_bits
+                            else np.zeros(0, bool)),
+    )
+
+
+def _syndrome_bits(body: bytes) -> int:
+    """Bits of one pass in _pack_syndromes: presence bit, gamma counts, syndrome bits."""
+    if not body:
+        return 1
+    n_blocks, pos = decode_varint(body, 0)
+    rows = BitReader(body[pos:]).read_rice(n_blocks)
+    return 1 + _gamma_bits(n_blocks) + sum(_gamma_bits(m + 1) + m for m in rows.tolist())
+
+
+def _gamma_bits(n: int) -> int:
+    return 2 * (n.bit_length() - 1) + 1
+
+
+def _body_bits(body: bytes) -> int:
+    """Bits of one pass in _pack_bodies: its bitmap bit, then its length and body."""
+    return 1 + (8 * (len(encode_varint(len(body))) + len(body)) if body else 0)
+
+
+_SIDE_BITS = {Mode.NONE: lambda _: 0, Mode.SYNDROME: _syndrome_bits}
 
 
 def _stream_error(exc: Exception, mode: Mode, first_pass: bool) -> Exception:

@@ -1,0 +1,270 @@
+"""The adaptive context coder: the learned model's exact, float-free fallback, per octree level.
+
+Each node's occupancy byte is binarized child 0 first (8 binary decisions); a decision's
+context is (the parent's occupancy byte, the node's position in its parent, the bits of this
+byte decoded so far), 2^19 contexts in all. Each context keeps two counts; P(bit = 0) is the
+Krichevsky-Trofimov estimate (n0 + 1/2) / (n0 + n1 + 1) in 1/2^16 units, computed by integer
+division:
+
+    f0 = clamp(((2 n0 + 1) << 16) // (2 (n0 + n1) + 2), 1, 2^16 - 1)
+
+and the counts are halved (rounding up) when their sum passes MAX_TOTAL. Every step is integer
+arithmetic on int64 (no float anywhere in the decision path), so any machine that runs this
+code computes the same CDFs bit for bit: no safeguard protection is needed, and none is sent.
+
+Counts update after every decision in coding order (node by node, within a level in Morton
+order, levels top-down) and persist across levels. Levels coded by the learned model still
+update the counts (both sides know their bits), so the adaptive cost of a level does not
+depend on which coder the other levels use: the encoder can pick, per level, the cheaper of
+the two (codec.py), and the result is never larger than coding every level adaptively.
+
+The bits go through a binary 64-bit rANS with the same word format, renormalisation and
+end-of-stream rule as reprocodec.entropy (its kernels do the state updates): the decoder is
+memory-safe on any bytes (every word read bounds-checked, a node whose byte decodes to zero is
+refused, the caller bounds the number of decisions before decoding) and the stream must end
+exactly where its last decision does. Kernels are numba-compiled; without numba the same
+functions run as plain Python (slow, identical).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import entropy
+from ..errors import ContainerError
+
+try:
+    import numba
+except ImportError:  # the light client install
+    numba = None  # type: ignore[assignment]
+
+N_CONTEXTS = 256 * 8 * 256  # (parent byte, position in parent, byte prefix with a marker bit)
+MAX_TOTAL = 1 << 13  # counts of a context are halved when n0 + n1 exceeds this
+_PRECISION = entropy.PRECISION
+_ONE = 1 << _PRECISION
+_RANS_L = entropy._RANS_L
+
+_OK, _EARLY_END, _EMPTY_NODE = 0, 1, 2
+_MESSAGES = {_EARLY_END: "adaptive occupancy data ends before its last decision",
+             _EMPTY_NODE: "adaptive occupancy data decodes a node without children"}
+
+
+class AdaptiveStreamError(ContainerError):
+    """The adaptive occupancy bytes are not a stream this coder wrote."""
+
+
+def _jit(fn):
+    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
+
+
+@_jit
+def _probability(counts, ctx):  # pragma: no cover - compiled
+    """KT estimate of P(bit = 0) in 1/2^16 units, integers only."""
+    n0 = np.int64(counts[ctx, 0])
+    n1 = np.int64(counts[ctx, 1])
+    f0 = ((2 * n0 + 1) << _PRECISION) // (2 * (n0 + n1) + 2)
+    return min(max(f0, np.int64(1)), np.int64(_ONE - 1))
+
+
+@_jit
+def _update(counts, ctx, bit):  # pragma: no cover - compiled
+    counts[ctx, bit] += 1
+    if counts[ctx, 0] + counts[ctx, 1] > MAX_TOTAL:
+        counts[ctx, 0] = (counts[ctx, 0] + 1) >> 1
+        counts[ctx, 1] = (counts[ctx, 1] + 1) >> 1
+
+
+@_jit
+def _model_kernel(occupancy, parent_byte, position, counts, f0_out):  # pragma: no cover
+    """Walk one level's decisions in coding order: f0 of each (if f0_out has room) and the
+    count updates. occupancy[i] is node i's byte, MSB = child 0."""
+    k = 0
+    store = f0_out.size > 0
+    for i in range(occupancy.size):
+        base = (np.int64(parent_byte[i]) * 8 + np.int64(position[i])) << 8
+        byte = np.int64(occupancy[i])
+        prefix = np.int64(0)
+        for j in range(8):
+            ctx = base | prefix | (np.int64(1) << j)
+            bit = (byte >> (7 - j)) & 1
+            if store:
+                f0_out[k] = _probability(counts, ctx)
+            k += 1
+            _update(counts, ctx, bit)
+            prefix |= bit << j
+
+
+@_jit
+def _encode_kernel(bits, f0, out):  # pragma: no cover - compiled
+    """Binary rANS of bits (P(0) = f0 / 2^16) in reverse into out (filled from the end);
+    returns the index of the first word written. entropy's word format."""
+    x = np.uint64(_RANS_L)
+    pos = out.size
+    for i in range(bits.size - 1, -1, -1):
+        if bits[i]:
+            start, freq = np.uint64(f0[i]), np.uint64(_ONE - f0[i])
+        else:
+            start, freq = np.uint64(0), np.uint64(f0[i])
+        x, pos = entropy._emit(out, pos, x, np.uint64((_RANS_L >> _PRECISION) << 32) * freq)
+        x = np.uint64(x)
+        x = ((x // freq) << np.uint64(_PRECISION)) + (x % freq) + start
+    pos -= 2
+    out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
+    out[pos + 1] = np.uint32(x >> np.uint64(32))
+    return pos
+
+
+@_jit
+def _decode_kernel(words, state, parent_byte, position, counts, out):  # pragma: no cover
+    """Decode out.size node bytes from words at state = [x, pos], updating the counts as the
+    encoder did; updates state. Returns _OK or the first error; never reads outside words."""
+    x = np.uint64(state[0])
+    pos = np.int64(state[1])
+    mask = np.uint64(_ONE - 1)
+    for i in range(out.size):
+        base = (np.int64(parent_byte[i]) * 8 + np.int64(position[i])) << 8
+        prefix = np.int64(0)
+        byte = np.int64(0)
+        for j in range(8):
+            ctx = base | prefix | (np.int64(1) << j)
+            f0 = np.uint64(_probability(counts, ctx))
+            cum = x & mask
+            if cum < f0:
+                bit, start, freq = np.int64(0), np.uint64(0), f0
+            else:
+                bit, start, freq = np.int64(1), f0, np.uint64(_ONE) - f0
+            x, pos = entropy._renormalize(words, freq * (x >> np.uint64(_PRECISION)) + cum
+                                          - start, pos)
+            x = np.uint64(x)
+            if pos < 0:
+                state[0] = x
+                state[1] = np.uint64(words.size)
+                return _EARLY_END
+            _update(counts, ctx, bit)
+            prefix |= bit << j
+            byte |= bit << (7 - j)
+        if byte == 0:
+            state[0] = x
+            state[1] = np.uint64(pos)
+            return _EMPTY_NODE
+        out[i] = byte
+    state[0] = x
+    state[1] = np.uint64(pos)
+    return _OK
+
+
+# ------------------------------------------------------------------------------ API
+
+_BYTE_WEIGHTS = (1 << np.arange(7, -1, -1)).astype(np.uint8)  # child 0 is the MSB
+
+
+def occupancy_bytes(bits: np.ndarray) -> np.ndarray:
+    """(M, 8) child occupancy -> (M,) uint8 bytes, child 0 the most significant bit."""
+    return np.packbits(np.asarray(bits, dtype=bool), axis=1)[:, 0]
+
+
+def byte_bits(occupancy: np.ndarray) -> np.ndarray:
+    """(M,) bytes -> (M, 8) bool child occupancy (inverse of occupancy_bytes)."""
+    return np.unpackbits(np.asarray(occupancy, dtype=np.uint8)[:, None], axis=1).astype(bool)
+
+
+class Model:
+    """The adaptive model's state: the counts and where the current level's nodes sit in
+    their parents. Both sides walk every level through it, top-down, in the same order."""
+
+    def __init__(self):
+        self.counts = np.zeros((N_CONTEXTS, 2), dtype=np.int32)
+        self.parent_byte = np.zeros(1, dtype=np.uint8)  # the root: no parent, context byte 0
+        self.position = np.zeros(1, dtype=np.uint8)
+
+    def _advance(self, occupancy: np.ndarray) -> None:
+        """The next level's nodes: each occupied child, in Morton order, with its parent's
+        byte and its own child index."""
+        bits = byte_bits(occupancy)
+        rows, cols = np.nonzero(bits)
+        self.parent_byte = occupancy[rows]
+        self.position = cols.astype(np.uint8)
+
+    def observe(self, occupancy: np.ndarray, want_f0: bool = False) -> np.ndarray:
+        """Update the counts with one level's bytes (coded by either coder) and move to the
+        next level; with want_f0, the probability of every decision (node-major order)."""
+        occupancy = np.ascontiguousarray(occupancy, dtype=np.uint8)
+        if occupancy.shape != self.parent_byte.shape:
+            raise ValueError(f"{occupancy.size} node bytes for a level of "
+                             f"{self.parent_byte.size} nodes")
+        f0 = np.zeros(8 * occupancy.size if want_f0 else 0, dtype=np.int64)
+        _model_kernel(occupancy, self.parent_byte, self.position, self.counts, f0)
+        self._advance(occupancy)
+        return f0
+
+    def decode_level(self, decoder: Decoder) -> np.ndarray:
+        """Decode this level's node bytes from the adaptive stream and move to the next."""
+        out = np.zeros(self.parent_byte.size, dtype=np.uint8)
+        code = _decode_kernel(decoder.words, decoder.state, self.parent_byte, self.position,
+                              self.counts, out)
+        if code != _OK:
+            raise AdaptiveStreamError(f"malformed bitstream: {_MESSAGES[code]}")
+        self._advance(out)
+        return out
+
+
+def decision_bits(occupancy: np.ndarray) -> np.ndarray:
+    """The coded bits of node bytes in coding order (node-major, child 0 first)."""
+    return byte_bits(occupancy).reshape(-1)
+
+
+def cost_bits(bits: np.ndarray, f0: np.ndarray) -> float:
+    """Ideal code length of the decisions in bits (the encoder's choice only: never decoded)."""
+    freq = np.where(bits, _ONE - f0, f0)
+    return float(np.sum(_PRECISION - np.log2(freq)))
+
+
+def encode(bits: np.ndarray, f0: np.ndarray) -> bytes:
+    """rANS bytes of the decisions (bits in coding order, f0 their probabilities of 0)."""
+    b = np.ascontiguousarray(bits, dtype=np.uint8)
+    f = np.ascontiguousarray(f0, dtype=np.int64)
+    if b.shape != f.shape or (f.size and (f.min() < 1 or f.max() >= _ONE)):
+        raise ValueError("adaptive coder: bits and probabilities disagree")
+    out = np.zeros(b.size + 2, dtype=np.uint32)
+    first = _encode_kernel(b, f, out)
+    return out[first:].astype("<u4").tobytes()
+
+
+class Decoder:
+    """The adaptive rANS stream being decoded (Model.decode_level reads it level by level)."""
+
+    def __init__(self, data: bytes):
+        data = bytes(data)
+        if len(data) < 8 or len(data) % 4:
+            raise AdaptiveStreamError(f"malformed bitstream: adaptive occupancy data of "
+                                      f"{len(data)} bytes is not a whole rANS stream")
+        self.words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        x = int(self.words[0]) | (int(self.words[1]) << 32)
+        if x < _RANS_L:
+            raise AdaptiveStreamError("malformed bitstream: adaptive occupancy data has an "
+                                      "invalid initial state")
+        self.state = np.array([x, 2], dtype=np.uint64)
+
+    def finish(self) -> None:
+        x, pos = int(self.state[0]), int(self.state[1])
+        if pos != self.words.size or x != _RANS_L:
+            raise AdaptiveStreamError("malformed bitstream: adaptive occupancy data does not "
+                                      f"end at its last decision ({self.words.size - pos} "
+                                      "words left over)")
+
+
+def encoded_size(voxels: np.ndarray, depth: int) -> int:
+    """Bytes of the rANS stream that codes every level of a voxel set adaptively (what the
+    benchmarks call the adaptive octree coder)."""
+    from . import octree
+
+    if voxels.shape[0] == 0:
+        return 0
+    _, bits = octree.build_levels(voxels, depth)
+    model = Model()
+    all_bits, all_f0 = [], []
+    for level_bits in bits:
+        occupancy = occupancy_bytes(level_bits)
+        all_f0.append(model.observe(occupancy, want_f0=True))
+        all_bits.append(decision_bits(occupancy))
+    return len(encode(np.concatenate(all_bits), np.concatenate(all_f0)))
