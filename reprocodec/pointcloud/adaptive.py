@@ -39,7 +39,7 @@ except ImportError:  # the light client install
     numba = None  # type: ignore[assignment]
 
 N_CONTEXTS = 256 * 8 * 256  # (parent byte, position in parent, byte prefix with a marker bit)
-MAX_TOTAL = 1 << 13  # counts of a context are halved when n0 + n1 exceeds this
+MAX_TOTAL = 1 << 10  # counts of a context are halved when n0 + n1 exceeds this
 _PRECISION = entropy.PRECISION
 _ONE = 1 << _PRECISION
 _RANS_L = entropy._RANS_L

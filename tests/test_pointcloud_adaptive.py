@@ -1,0 +1,355 @@
+"""The per-level choice between the learned occupancy model and the adaptive context coder.
+
+Round trips on dense, sparse, random and outlier clouds; the size guarantee against the
+adaptive coder alone; which coder each level gets; the adaptive coder against an independent
+numpy reference of its counts and against its own pure-Python kernels; hostile adaptive
+payloads (CRCs recomputed, as an attacker would) refused with the documented errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reprocodec import container, numerics
+from reprocodec.errors import ContainerError, InputError, TooLargeError, VerificationError
+from reprocodec.pointcloud import PointCloudCodec, adaptive, octree
+from reprocodec.pointcloud.codec import ADAPTIVE_PAYLOAD, PAYLOAD, _read_level_mask
+from reprocodec.pointcloud.ply import read_ply
+from reprocodec.safeguard import Mode
+
+SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return PointCloudCodec.load("octree-ctx-v1")
+
+
+def _surface(n: int, seed: int) -> np.ndarray:
+    """A torus: a closed surface like the training data."""
+    rng = np.random.default_rng(seed)
+    u, v = rng.uniform(0, 2 * np.pi, n), rng.uniform(0, 2 * np.pi, n)
+    return np.stack([(1 + 0.35 * np.cos(v)) * np.cos(u), (1 + 0.35 * np.cos(v)) * np.sin(u),
+                     0.35 * np.sin(v)], 1)
+
+
+def _clouds() -> dict[str, tuple[np.ndarray, int]]:
+    rng = np.random.default_rng(5)
+    camel = read_ply(SAMPLES / "camel_d6.ply")
+    sparse = _surface(60000, 1)[rng.random(60000) < 0.05]  # ~3k points, far apart at depth 10
+    outliers = np.concatenate([camel.astype(np.float64), rng.uniform(-200, 260, (40, 3))])
+    return {
+        "dense": (camel, 6),
+        "sparse": (sparse, 10),
+        "random": (rng.integers(0, 1 << 10, (3000, 3)), 10),
+        "outliers": (outliers, 9),
+    }
+
+
+CLOUDS = _clouds()
+
+
+def _levels(msg, depth: int) -> str:
+    """'L'/'A' per level, as the stream signals it."""
+    names = [p.name for p in msg.payloads]
+    if ADAPTIVE_PAYLOAD not in names:
+        return "L" * depth
+    flags, _ = _read_level_mask(msg.payloads[-1].data, depth)
+    return "".join("A" if a else "L" for a in flags)
+
+
+def _roundtrip(codec, points, depth, mode=Mode.SYNDROME, **kw):
+    msg = container.unpack(container.pack(codec.encode(points, mode, depth=depth, **kw)))
+    return msg, codec.decode(msg)
+
+
+@pytest.fixture(scope="module")
+def streams(codec):
+    return {name: container.unpack(container.pack(codec.encode(pts, "syndrome", depth=d)))
+            for name, (pts, d) in CLOUDS.items()}
+
+
+@pytest.mark.parametrize("name", list(CLOUDS))
+def test_lossless_and_never_larger_than_the_adaptive_coder(codec, streams, name):
+    points, depth = CLOUDS[name]
+    msg = streams[name]
+    out = codec.decode(msg)
+    voxels = octree.voxelize(points, depth).voxels
+    np.testing.assert_array_equal(out.voxels, voxels)
+    assert out.bit_exact
+    # The adaptive coder alone, as a stream: the guarantee compares whole streams.
+    alone = codec.encode(points, "syndrome", depth=depth, coders="adaptive")
+    assert _levels(alone, depth) == "A" * depth and not alone.protected
+    assert msg.ByteSize() <= alone.ByteSize()
+    # ... and that stream is the adaptive rANS bytes plus the signalling: the level flags and
+    # the payload's framing (name, shape, CRC, symbols checksum).
+    payload = alone.payloads[0]
+    assert len(payload.data) == adaptive.encoded_size(voxels, depth) + (depth + 7) // 8
+    assert payload.ByteSize() - len(payload.data) + (depth + 7) // 8 <= 48
+
+
+def test_dense_surface_is_coded_by_the_learned_model(streams, codec):
+    msg = streams["dense"]
+    assert _levels(msg, 6) == "LLLLLL"
+    # Every level learned is the earlier layout: one payload, one protected tensor.
+    assert [p.name for p in msg.payloads] == [PAYLOAD] and len(msg.protected) == 1
+    camel = CLOUDS["dense"][0]
+    alone = codec.encode(camel, "syndrome", depth=6, coders="adaptive")
+    assert msg.ByteSize() < 0.75 * alone.ByteSize()  # the learned model earns its place
+
+
+@pytest.mark.parametrize("name", ["sparse", "random"])
+def test_sparse_clouds_use_the_adaptive_coder_where_it_is_cheaper(codec, streams, name):
+    points, depth = CLOUDS[name]
+    msg = streams[name]
+    levels = _levels(msg, depth)
+    assert levels.endswith("AAA"), levels  # the finest, sparse levels
+    learned = codec.encode(points, "syndrome", depth=depth, coders="learned")
+    assert _levels(learned, depth) == "L" * depth
+    assert msg.ByteSize() < learned.ByteSize()
+
+
+def test_mixed_stream_is_protected_and_exact_under_noise_within_the_bound(codec, monkeypatch):
+    points, depth = CLOUDS["outliers"]
+    msg = container.unpack(container.pack(codec.encode(points, "syndrome", depth=depth)))
+    levels = _levels(msg, depth)
+    assert "L" in levels and "A" in levels, levels
+    rng = np.random.default_rng(3)
+    eps = 0.9 * codec.bound.value
+    monkeypatch.setattr(numerics, "perturb",
+                        lambda name, v, b: v + rng.uniform(-eps, eps, size=v.shape))
+    out = codec.decode(msg)
+    np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
+    # Unprotected, the same noise well past the bound is caught, never returned.
+    unprotected = container.unpack(container.pack(codec.encode(points, "none", depth=depth)))
+    monkeypatch.setattr(numerics, "perturb",
+                        lambda name, v, b: v + rng.uniform(-0.03, 0.03, size=v.shape))
+    if "L" in _levels(unprotected, depth):
+        with pytest.raises(VerificationError):
+            codec.decode(unprotected)
+
+
+@pytest.mark.parametrize("coders", ["adaptive", "learned"])
+@pytest.mark.parametrize("mode", [Mode.NONE, Mode.FLAGS])
+def test_forced_coders_round_trip(codec, coders, mode):
+    points, depth = CLOUDS["sparse"]
+    msg, out = _roundtrip(codec, points, depth, mode, coders=coders)
+    np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
+    assert bool(msg.protected) == (coders == "learned")
+
+
+def test_single_point_and_bad_coders_option(codec):
+    msg, out = _roundtrip(codec, np.array([[5, 6, 7]]), 10)
+    np.testing.assert_array_equal(out.voxels, [[5, 6, 7]])
+    with pytest.raises(InputError):
+        codec.encode(np.array([[1, 2, 3]]), depth=4, coders="gzip")
+
+
+# ------------------------------------------------------------------ the adaptive coder itself
+
+def _reference_f0(bits: list[np.ndarray]) -> np.ndarray:
+    """Independent numpy reference: KT counts of each decision's context over all earlier
+    decisions (no halving), vectorized by ranking within contexts."""
+    ctx_all, bit_all = [], []
+    parent = np.zeros(1, np.int64)
+    position = np.zeros(1, np.int64)
+    for occupancy in bits:
+        occ = occupancy.astype(np.int64)
+        prefix = np.zeros(occ.shape[0], np.int64)
+        ctx = np.zeros(occ.shape, np.int64)
+        for j in range(8):
+            ctx[:, j] = ((parent * 8 + position) << 8) | prefix | (1 << j)
+            prefix |= occ[:, j] << j
+        ctx_all.append(ctx.reshape(-1))
+        bit_all.append(occ.reshape(-1))
+        parent = np.repeat(occ @ (1 << np.arange(7, -1, -1)), occ.sum(axis=1))
+        position = np.nonzero(occ)[1]
+    ctx, bit = np.concatenate(ctx_all), np.concatenate(bit_all)
+    order = np.argsort(ctx, kind="stable")
+    n0 = np.zeros(ctx.size, np.int64)
+    n1 = np.zeros(ctx.size, np.int64)
+    sorted_ctx, sorted_bit = ctx[order], bit[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_ctx)) + 1]
+    group = np.repeat(starts, np.diff(np.r_[starts, ctx.size]))
+    ones = np.cumsum(sorted_bit) - sorted_bit  # ones before, within the whole sorted array
+    ones_before = ones - ones[group]
+    n1[order] = ones_before
+    n0[order] = (np.arange(ctx.size) - group) - ones_before
+    f0 = ((2 * n0 + 1) << 16) // (2 * (n0 + n1) + 2)
+    return np.clip(f0, 1, (1 << 16) - 1), np.bincount(ctx).max()
+
+
+def _model_f0(bits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    model = adaptive.Model()
+    f0, decisions, occupancy = [], [], []
+    for level in bits:
+        occ = adaptive.occupancy_bytes(level)
+        occupancy.append(occ)
+        f0.append(model.observe(occ, want_f0=True))
+        decisions.append(adaptive.decision_bits(occ))
+    return np.concatenate(f0), np.concatenate(decisions), occupancy
+
+
+def test_adaptive_probabilities_match_an_independent_reference():
+    voxels = octree.sort_voxels(read_ply(SAMPLES / "camel_d6.ply"))
+    _, bits = octree.build_levels(voxels, 6)
+    f0, decisions, _ = _model_f0(bits)
+    reference, busiest = _reference_f0(bits)
+    assert busiest <= adaptive.MAX_TOTAL  # no halving here: the reference has none
+    np.testing.assert_array_equal(f0, reference)
+    np.testing.assert_array_equal(decisions, np.concatenate([b.reshape(-1) for b in bits]))
+
+
+def test_adaptive_counts_halve_and_stay_exact():
+    """A cloud whose busiest context passes MAX_TOTAL: halving kicks in, and the coder still
+    round-trips (encoder and decoder halve at the same decision)."""
+    rng = np.random.default_rng(2)
+    # Deep and sparse: below level ~4 every node has one child, so a few contexts see most
+    # decisions.
+    voxels = octree.sort_voxels(rng.integers(0, 1 << 16, (3000, 3)))
+    _, bits = octree.build_levels(voxels, 16)
+    f0, decisions, occupancy = _model_f0(bits)
+    _, busiest = _reference_f0(bits)
+    assert busiest > adaptive.MAX_TOTAL
+    data = adaptive.encode(decisions, f0)
+    decoder, model = adaptive.Decoder(data), adaptive.Model()
+    for occ in occupancy:
+        np.testing.assert_array_equal(model.decode_level(decoder), occ)
+    decoder.finish()
+
+
+def test_compiled_kernels_match_their_python_reference():
+    if not hasattr(adaptive._model_kernel, "py_func"):
+        pytest.skip("numba is not installed: the Python functions are the kernels")
+    voxels = octree.sort_voxels(read_ply(SAMPLES / "camel_d6.ply"))[::7]
+    _, bits = octree.build_levels(voxels, 6)
+    f0, decisions, occupancy = _model_f0(bits)
+    model, f0_py = adaptive.Model(), []
+    for occ in occupancy:
+        out = np.zeros(8 * occ.size, np.int64)
+        adaptive._model_kernel.py_func(occ, model.parent_byte, model.position, model.counts,
+                                       out)
+        model._advance(occ)
+        f0_py.append(out)
+    np.testing.assert_array_equal(np.concatenate(f0_py), f0)
+    data = adaptive.encode(decisions, f0)
+    out = np.zeros(decisions.size + 2, np.uint32)
+    first = adaptive._encode_kernel.py_func(decisions.astype(np.uint8), f0, out)
+    assert out[first:].astype("<u4").tobytes() == data
+    decoder, model = adaptive.Decoder(data), adaptive.Model()
+    for occ in occupancy:
+        got = np.zeros(occ.size, np.uint8)
+        code = adaptive._decode_kernel.py_func(decoder.words, decoder.state, model.parent_byte,
+                                               model.position, model.counts, got)
+        assert code == adaptive._OK
+        model._advance(got)
+        np.testing.assert_array_equal(got, occ)
+    decoder.finish()
+
+
+# ------------------------------------------------------------------------- hostile streams
+
+def _reframed(msg, edit) -> bytes:
+    """The stream after `edit`, with every CRC recomputed (as an attacker would)."""
+    out = container.unpack(container.pack(msg))
+    edit(out)
+    for p in out.payloads:
+        p.crc32 = container.crc32(p.data)
+    return out.SerializeToString(deterministic=True)
+
+
+def _refused_or_exact(codec, data: bytes, expected: np.ndarray) -> str:
+    try:
+        out = codec.decode(container.unpack(data))
+    except (ContainerError, VerificationError, TooLargeError) as exc:
+        return type(exc).__name__
+    np.testing.assert_array_equal(out.voxels, expected)
+    return "exact"
+
+
+def _set_data(data: bytes):
+    def edit(m):
+        m.payloads[-1].data = data
+    return edit
+
+
+def test_hostile_adaptive_payloads_are_refused(codec, streams):
+    points, depth = CLOUDS["random"]
+    msg = streams["random"]
+    assert _levels(msg, depth) == "A" * depth and [p.name for p in msg.payloads] == [
+        ADAPTIVE_PAYLOAD]
+    expected = octree.voxelize(points, depth).voxels
+    good = bytes(msg.payloads[-1].data)
+    flags, rans = good[:2], good[2:]
+    rng = np.random.default_rng(9)
+    variants = [b"", good[:1], flags, flags + rans[:4], flags + rans[:8], good[:-4], good[:-1],
+                good + b"\x00" * 4, good + b"\x01", b"\x00\x00" + rans, b"\xff\xff" + rans,
+                b"\x00\x04" + rans, flags + b"\x00" * len(rans), flags + b"\xff" * len(rans),
+                flags + b"\xff" * (1 << 16)]
+    for _ in range(30):
+        edit = bytearray(good)
+        edit[int(rng.integers(2, len(edit)))] ^= 1 << int(rng.integers(8))
+        variants.append(bytes(edit))
+    outcomes = [_refused_or_exact(codec, _reframed(msg, _set_data(v)), expected)
+                for v in variants]
+    # Before any learned level, nothing but this payload's bytes decides: all are malformed.
+    assert "VerificationError" not in outcomes[:15], outcomes
+    assert outcomes.count("exact") <= 2, outcomes  # an edit of padding-like bits at most
+
+
+def test_hostile_adaptive_shapes_and_layouts_are_refused(codec, streams):
+    points, depth = CLOUDS["outliers"]
+    msg = streams["outliers"]
+    assert [p.name for p in msg.payloads] == [PAYLOAD, ADAPTIVE_PAYLOAD]
+    expected = octree.voxelize(points, depth).voxels
+    n = int(msg.point_cloud.num_points)
+    total = int(msg.payloads[-1].shape[0])
+
+    def shape(value):
+        def edit(m):
+            m.payloads[-1].shape[:] = [value]
+        return edit
+
+    def drop(index):
+        def edit(m):
+            del m.payloads[index]
+        return edit
+
+    def swap(m):
+        a, b = m.payloads[0], m.payloads[1]
+        a_copy = type(a)()
+        a_copy.CopyFrom(a)
+        a.CopyFrom(b)
+        b.CopyFrom(a_copy)
+
+    def all_adaptive_flags(m):
+        m.payloads[-1].data = b"\xff\x01" + bytes(m.payloads[-1].data)[2:]
+
+    def no_protected(m):
+        del m.protected[0]
+
+    def rename(m):
+        m.payloads[-1].name = "occupancy_other"
+
+    edits = [shape(total + 8), shape(total - 8), shape(total + 3), shape(8 * n * depth + 8),
+             shape((1 << 31) - 8), drop(0), drop(1), swap, all_adaptive_flags, no_protected,
+             rename]
+    for edit in edits:
+        outcome = _refused_or_exact(codec, _reframed(msg, edit), expected)
+        assert outcome != "exact", edit
+
+
+def test_more_nodes_than_points_is_refused_before_decoding_them(codec, streams):
+    """A level never has more nodes than the cloud has points: a header that claims fewer
+    points than the stream's levels hold stops the decoder at that level."""
+    msg = streams["random"]
+
+    def fewer(m):
+        m.point_cloud.num_points = 5
+        m.point_cloud.checksum = container.point_cloud_header_checksum(m.point_cloud)
+
+    with pytest.raises(ContainerError, match="nodes|impossible"):
+        codec.decode(container.unpack(_reframed(msg, fewer)))
