@@ -258,7 +258,7 @@ def test_large_images_synthesize_in_tiles_within_the_pixel_bound(models, monkeyp
     from reprocodec.image import codec as codec_module
 
     codec = models["bmshj"]
-    y_hat = torch.randn(1, codec.model.M, 70, 68) * 3  # 70 x 68 latents: 4 tiles of 48
+    y_hat = torch.randn(1, codec.model.M, 70, 68) * 3  # 70 x 68 latents: 9 tiles of 32
     tiled = codec._synthesis(y_hat, 1110, 1080, 3)
     monkeypatch.setattr(codec_module, "SYNTHESIS_TILE", 10_000)
     whole = codec._synthesis(y_hat, 1110, 1080, 3)

@@ -59,9 +59,18 @@ MEAN_STEP = 1.0 / 32
 # about 10x faster than a 255-threshold search on a million pixels.
 PIXEL_STEP = 1.0
 
-# Synthesis tiles for large images (see ImageCodec._synthesis): 48 latents = 768 px, with 4
-# latents of context (2 needed). Images up to 2 tiles' area (1.2 MP) run whole.
-SYNTHESIS_TILE, SYNTHESIS_HALO = 48, 4
+# Synthesis tiles for large images (see ImageCodec._synthesis): 32 latents = 512 px, with 4
+# latents of context (2 needed). Images up to 2 tiles' area (0.5 MP) run whole. A tile's
+# float64 transposed convolutions take about 0.5 GB (their column buffers: 64 x 25 doubles per
+# input element), whatever the image size.
+SYNTHESIS_TILE, SYNTHESIS_HALO = 32, 4
+# Analysis tiles (encoder only, see ImageCodec._analysis): 64 latents = 1024 px, 4 latents of
+# context (every latent depends on pixels within 30 of its 16 x 16 block: 2 latents needed).
+# A float32 tile takes about 0.4 GB; images up to 2 tiles' area (2.1 MP) run whole.
+ANALYSIS_TILE, ANALYSIS_HALO = 64, 4
+# Pixel arrays are clipped, converted and hashed this many rows at a time, so that no
+# full-image int64 or float64 temporary exists beside the ones the safeguard needs.
+_ROWS_PER_CHUNK = 256
 
 
 @dataclass
@@ -159,19 +168,15 @@ class ImageCodec:
         its own (four stride-2 transposed 5x5 convolutions: 1 + 1/2 + 1/4 + 1/8 latents; GDN
         is 1x1), so a tile computes the same expression as the whole image; only the order of
         float64 additions may differ (~1e-13), far inside the pixel bound: encoder and
-        decoder need not even tile alike."""
+        decoder need not even tile alike. The only full-size array is the result (8 bytes per
+        pixel and channel); each tile writes its part of it directly."""
         import torch
 
         h, w = y_hat.shape[-2:]
-        step = SYNTHESIS_TILE
-        if h * w <= 2 * step * step:
-            tiles = [(0, h, 0, w)]
-        else:
-            tiles = [(r, min(h, r + step), c, min(w, c + step))
-                     for r in range(0, h, step) for c in range(0, w, step)]
-        out = np.empty((height, width, 3), dtype=np.float64)
+        out = np.empty((height, width, channels), dtype=np.float64)
+        out_t = torch.from_numpy(out)
         with torch.no_grad():
-            for r0, r1, c0, c1 in tiles:
+            for r0, r1, c0, c1 in _tiles(h, w, SYNTHESIS_TILE):
                 oy0, oy1, ox0, ox1 = 16 * r0, min(16 * r1, height), 16 * c0, min(16 * c1, width)
                 if oy0 >= oy1 or ox0 >= ox1:  # a tile of padding only
                     continue
@@ -182,11 +187,42 @@ class ImageCodec:
                 # Crop, then scale: the same IEEE operations as on the whole tensor, on fewer
                 # elements, H x W x C for the safeguard's single pass.
                 v = x_hat[0, :, oy0 - 16 * a0:oy1 - 16 * a0, ox0 - 16 * b0:ox1 - 16 * b0]
-                v = v.permute(1, 2, 0).to(torch.float64) * 255.0
-                out[oy0:oy1, ox0:ox1] = _numpy64(v.clamp_(0, 255))
-        if channels == 1:
-            out = out.mean(axis=2, keepdims=True)
+                del x_hat
+                v = torch.from_numpy(_numpy64(v.permute(1, 2, 0).to(torch.float64) * 255.0))
+                v.clamp_(0, 255)
+                if channels == 1:  # the mean of each pixel's 3 values, as numpy computes it
+                    v = torch.from_numpy(v.numpy().mean(axis=2, keepdims=True))
+                out_t[oy0:oy1, ox0:ox1] = v
         return out
+
+    def _analysis(self, pixels: np.ndarray) -> Any:
+        """y = g_a(x) for uint8 H x W x C pixels, x = pixels / 255 in float32, replicate-padded
+        to the 64-pixel grid (greyscale as 3 equal channels), in tiles of ANALYSIS_TILE
+        latents with ANALYSIS_HALO latents of context, so that no full-resolution float
+        activation exists (g_a's first layer alone would take 1 KB per pixel).
+
+        Encoder only: y is the encoder's choice, the decoder never recomputes it, so the
+        tiles need not agree bit for bit with a whole-image g_a (they compute the same
+        expression: every latent depends on the pixels within 30 of its 16 x 16 block, inside
+        the halo; only float32 summation order may differ)."""
+        import torch
+
+        height, width, _ = pixels.shape
+        h, w = _padded(height) // 16, _padded(width) // 16
+        y = None
+        with torch.no_grad():
+            for r0, r1, c0, c1 in _tiles(h, w, ANALYSIS_TILE):
+                a0, a1 = max(0, r0 - ANALYSIS_HALO), min(h, r1 + ANALYSIS_HALO)
+                b0, b1 = max(0, c0 - ANALYSIS_HALO), min(w, c1 + ANALYSIS_HALO)
+                x = _input_tile(pixels, 16 * a0, 16 * a1, 16 * b0, 16 * b1)
+                y_tile = self.model.g_a(numerics.prepare_input(x))
+                del x
+                if y is None:
+                    y = torch.empty((1, y_tile.shape[1], h, w), dtype=y_tile.dtype,
+                                    device=y_tile.device)
+                y[..., r0:r1, c0:c1] = y_tile[..., r0 - a0:r1 - a0, c0 - b0:c1 - b0]
+                del y_tile
+        return y
 
     def _grid_means(self, mean_index: np.ndarray) -> Any:
         import torch
@@ -201,19 +237,12 @@ class ImageCodec:
         """capture (benchmarks, calibration): filled with each decision's float values and
         indices, and the exact latents z_hat / y_hat."""
         import torch
-        import torch.nn.functional as F
 
         mode, level = options.parse_mode(mode), options.parse_level(level)
         pixels = check_pixels(pixels, self.max_pixels)
         height, width, channels = pixels.shape
-        x = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 255.0
-        if channels == 1:
-            x = x.expand(1, 3, height, width)
-        pad_h, pad_w = _padded(height), _padded(width)
-        # Replicate padding codes cheaper than zeros (no artificial edge); cropped away later.
-        x = F.pad(x, (0, pad_w - width, 0, pad_h - height), mode="replicate")
+        y = self._analysis(pixels)
         with torch.no_grad():
-            y = self.model.g_a(numerics.prepare_input(x))
             z = self.model.h_a(y if self.has_means else torch.abs(y))
 
         records: list[pb.ProtectedTensor] = []
@@ -223,9 +252,9 @@ class ImageCodec:
         scale_index = protect("scale_index", sigma)
         mean_q = self._grid_means(protect("mean_grid", mean)) if self.has_means else None
         y_bytes, y_symbols, y_hat = self.latent.encode(y, scale_index, mean_q)
+        del y, z, sigma, mean, scale_index
         cancel.check()
-        output = protect("pixels", self._synthesis(y_hat, height, width, channels))
-        output = np.clip(output, 0, 255).astype(np.uint8)  # noise profile can step outside
+        output = _to_uint8(protect("pixels", self._synthesis(y_hat, height, width, channels)))
         _capture(capture, z_hat=z_hat, y_hat=y_hat, output=output)
 
         msg = pb.Bitstream(
@@ -235,7 +264,7 @@ class ImageCodec:
             model=self.info.name,
             weights_sha256=self.weights_sha256,
             image=pb.ImageHeader(height=height, width=width, channels=channels),
-            output_checksum=checksum(output),
+            output_checksum=pixel_checksum(output),
             encoder_profile=self.profile.name,
         )
         msg.payloads.append(container.make_payload("z", z_bytes, z_symbols.shape, z_symbols))
@@ -273,12 +302,12 @@ class ImageCodec:
         mean_q = self._grid_means(resolve("mean_grid", mean)) if self.has_means else None
         y_symbols, y_hat = self.latent.decode(y_rec.data, scale_index, mean_q, not verify)
         _check_symbols(y_rec, y_symbols, verify)
+        del sigma, mean, scale_index
         cancel.check()
-        output = resolve("pixels", self._synthesis(y_hat, height, width, channels))
-        output = np.clip(output, 0, 255).astype(np.uint8)  # noise profile can step outside
+        output = _to_uint8(resolve("pixels", self._synthesis(y_hat, height, width, channels)))
         _capture(capture, z_hat=z_hat, y_hat=y_hat, output=output)
 
-        bit_exact = checksum(output) == msg.output_checksum
+        bit_exact = pixel_checksum(output) == msg.output_checksum
         if verify and "pixels" in records and not bit_exact:
             # The pixel indices reproduced their checksum, so these are the encoder's pixels:
             # a different output checksum means the stream itself was altered.
@@ -382,6 +411,58 @@ def _numpy64(t: Any) -> np.ndarray:
     import torch
 
     return to_host(t, torch.float64)
+
+
+def _tiles(h: int, w: int, step: int) -> list[tuple[int, int, int, int]]:
+    """(r0, r1, c0, c1) latent tiles of at most step x step covering h x w, row-major; one
+    tile when the whole fits in twice a tile's area."""
+    if h * w <= 2 * step * step:
+        return [(0, h, 0, w)]
+    return [(r, min(h, r + step), c, min(w, c + step))
+            for r in range(0, h, step) for c in range(0, w, step)]
+
+
+def _input_tile(pixels: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> Any:
+    """Rows y0:y1, columns x0:x1 of the image replicate-padded to any size (replicate padding
+    codes cheaper than zeros: no artificial edge; it is cropped away after decoding), as the
+    networks' 1 x 3 x h x w float32 input pixels / 255."""
+    import torch
+
+    height, width, channels = pixels.shape
+    if y1 <= height and x1 <= width:
+        tile = pixels[y0:y1, x0:x1]
+    else:
+        rows = np.minimum(np.arange(y0, y1), height - 1)
+        cols = np.minimum(np.arange(x0, x1), width - 1)
+        tile = pixels[rows[:, None], cols[None, :]]
+    x = torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1)[None].float() / 255.0
+    return x.expand(1, 3, y1 - y0, x1 - x0) if channels == 1 else x
+
+
+def _to_uint8(indices: np.ndarray) -> np.ndarray:
+    """Pixel indices (int64; the noise profile can step outside 0..255) clipped to uint8, a
+    few rows at a time (no full-size int64 temporary)."""
+    out = np.empty(indices.shape, dtype=np.uint8)
+    for r in range(0, indices.shape[0], _ROWS_PER_CHUNK):
+        out[r:r + _ROWS_PER_CHUNK] = np.clip(indices[r:r + _ROWS_PER_CHUNK], 0, 255)
+    return out
+
+
+def pixel_checksum(pixels: np.ndarray) -> int:
+    """reprocodec.checksum.checksum(pixels) for uint8 H x W x C pixels, equal to it bit for bit
+    (the same xxHash3 stream: shape, dtype, then the values as little-endian int64), fed a
+    few rows at a time instead of from one 8-bytes-per-value copy of the image."""
+    import xxhash
+
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.dtype != np.uint8 or pixels.size == 0:
+        return checksum(pixels)
+    h = xxhash.xxh3_64()
+    h.update(np.asarray(pixels.shape, dtype="<u8").tobytes())
+    h.update(np.dtype("<i8").str.encode())
+    for r in range(0, pixels.shape[0], _ROWS_PER_CHUNK):
+        h.update(np.ascontiguousarray(pixels[r:r + _ROWS_PER_CHUNK], dtype="<i8").tobytes())
+    return h.intdigest()
 
 
 def _padded(n: int) -> int:
