@@ -23,8 +23,10 @@
 # version) without the ~3 GB of CUDA runtime packages, and deploy/docker/cuda_stubs.py builds
 # stand-ins for the CUDA libraries torch's binaries name, which report "no GPU". Its CPU
 # kernels are then exactly those of the cuda image, the test environment and the calibration.
-# All pins live in pyproject.toml. The shipped weights are package data (reprocodec/weights),
-# checked against the SHA-256 in their json at build time; nothing is downloaded at run time.
+# All pins live in pyproject.toml. The shipped weights are their own distribution,
+# reprocodec-weights (reprocodec/weights/pyproject.toml; the reprocodec wheel is the light client
+# and has none), installed here from the build context and checked against the SHA-256 in their
+# json at build time; nothing is downloaded at run time.
 
 ARG VARIANT=cuda
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -73,10 +75,11 @@ COPY reprocodec ./reprocodec
 COPY server ./server
 COPY client ./client
 COPY deploy/docker/verify_install.py /tmp/build/
-# A regular (not editable) install: the venv is self-contained and /src stays behind. Its
-# dependencies are all in place (pip check proves it), then the weights, the cpu variant's
-# CPU-only state and an encode + verified decode of a sample are checked.
-RUN pip install --no-deps . \
+# A regular (not editable) install of the package and of its weights: the venv is
+# self-contained and /src stays behind. Its dependencies are all in place (pip check proves it),
+# then the weights, the cpu variant's CPU-only state and an encode + verified decode of a sample
+# are checked.
+RUN pip install --no-deps . ./reprocodec/weights \
  && python /tmp/build/requirements.py check "$VARIANT" \
  && python -P /tmp/build/verify_install.py "$VARIANT"
 

@@ -1,12 +1,21 @@
 """Shipped model files: `<name>.pt` beside `<name>.json` in the weights folder, hash-checked.
 
-Shared by the image and point-cloud codecs. REPROCODEC_WEIGHTS_DIR points the loaders at
-another folder (tests, deployments).
+Shared by the image and point-cloud codecs. The weights are not part of the `reprocodec`
+distribution (the light client has no use for them): they live in reprocodec/weights/ of the
+source tree, which is also its own small distribution, `reprocodec-weights` (import name
+`reprocodec_weights`, reprocodec/weights/pyproject.toml), that every server set-up installs
+from the checkout (scripts/venv.sh, the Dockerfile). The folder, first match wins:
+
+1. REPROCODEC_WEIGHTS_DIR (tests, deployments, imported checkpoints);
+2. the installed `reprocodec_weights` package;
+3. reprocodec/weights beside this file: a source checkout (an editable install without the
+   weights distribution, or the sources on sys.path).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 from collections.abc import Callable
@@ -14,9 +23,27 @@ from pathlib import Path
 
 from .errors import UnknownModelError
 
-WEIGHTS_DIR = Path(
-    os.environ.get("REPROCODEC_WEIGHTS_DIR") or Path(__file__).resolve().parent / "weights"
-)
+WEIGHTS_DISTRIBUTION = "reprocodec-weights"
+WEIGHTS_PACKAGE = "reprocodec_weights"
+CHECKOUT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def find_weights_dir() -> Path:
+    """The weights folder (see the module docstring for the order). Nothing is listed or
+    downloaded here: models are whatever NAME.pt + NAME.json pairs the folder holds."""
+    override = os.environ.get("REPROCODEC_WEIGHTS_DIR")
+    if override:
+        return Path(override)
+    try:
+        spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    return CHECKOUT_WEIGHTS_DIR
+
+
+WEIGHTS_DIR = find_weights_dir()
 
 
 def sha256_file(path: Path) -> str:
@@ -40,7 +67,11 @@ def model_files(name: str, weights_dir: Path, kind: str,
                                 "'-'; no paths)")
     json_path, pt_path = Path(weights_dir) / f"{name}.json", Path(weights_dir) / f"{name}.pt"
     if not (json_path.exists() and pt_path.exists()):
-        known = ", ".join(available()) or "none shipped"
+        known = ", ".join(available()) or (
+            "none shipped" if Path(weights_dir).is_dir() else
+            f"no weights folder at {weights_dir} (the weights come with the server install: "
+            f"`pip install ./reprocodec/weights` from a checkout installs {WEIGHTS_DISTRIBUTION}"
+            "; or set REPROCODEC_WEIGHTS_DIR)")
         raise UnknownModelError(f"unknown {kind} model {name!r}; available: {known}")
     return json_path, pt_path
 

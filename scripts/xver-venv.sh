@@ -15,8 +15,9 @@
 # other codec-core packages constrained to the main venv's versions (so torch is what differs);
 # everything but the CUDA runtime packages is installed with --no-deps
 # (deploy/docker/requirements.py without-cuda); deploy/docker/cuda_stubs.py compiles stand-ins
-# for the CUDA libraries torch links, into $VENV/cuda-stubs; the project is installed editable
-# from this checkout with --no-deps. Run the venv's Python through $VENV/bin/xver-python, which
+# for the CUDA libraries torch links, into $VENV/cuda-stubs; the project and its weights
+# (reprocodec/weights, the reprocodec-weights distribution) are installed editable from this
+# checkout with --no-deps. Run the venv's Python through $VENV/bin/xver-python, which
 # puts the stand-ins on LD_LIBRARY_PATH (nothing is registered system-wide).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,7 +61,7 @@ if [ ! -x "$venv/bin/xver-python" ] || [ ! -f "$venv/.complete" ]; then
 LD_LIBRARY_PATH="$venv/cuda-stubs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$venv/bin/python" "\$@"
 EOF
   chmod +x "$venv/bin/xver-python"
-  "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2
+  "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" -e "$root/reprocodec/weights" >&2
   "$venv/bin/xver-python" - "$torch_version" >&2 <<'PY'
 import sys
 
@@ -78,6 +79,6 @@ PY
 elif [ "$("$venv/bin/python" -I -c 'import reprocodec; print(reprocodec.__file__)' 2>/dev/null)" \
        != "$root/reprocodec/__init__.py" ]; then
   # Reused from another checkout: point the editable install at this one.
-  "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2
+  "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" -e "$root/reprocodec/weights" >&2
 fi
 echo "$venv"

@@ -172,6 +172,9 @@ def test_dockerfile_is_multistage_with_a_variant_argument():
     last_run = [a for w, a in build_stages[0] if w == "RUN"][-1]
     assert 'requirements.py check "$VARIANT"' in last_run
     assert 'python -P /tmp/build/verify_install.py "$VARIANT"' in last_run
+    # The weights are their own distribution (the package's wheel has none), installed from
+    # the build context before they are verified.
+    assert "pip install --no-deps . ./reprocodec/weights" in last_run
     # Nothing fetched outside the package indexes: no downloaded binaries.
     assert not re.search(r"\b(curl|wget)\b", runs)
     assert not any(w == "ADD" for w, _ in dockerfile_instructions())
@@ -594,7 +597,8 @@ def test_every_copied_path_is_in_the_build_context():
                 assert (REPO / src).exists(), f"COPY {src}: no such path"
                 assert not dockerignored(src), f"COPY {src}: excluded by .dockerignore"
     # What pip needs to build the package from the context.
-    for needed in ("pyproject.toml", "README.md", "reprocodec/weights", "reprocodec/v1"):
+    for needed in ("pyproject.toml", "README.md", "reprocodec/weights",
+                   "reprocodec/weights/pyproject.toml", "reprocodec/v1"):
         assert not dockerignored(needed), needed
 
 
@@ -619,38 +623,10 @@ def test_image_install_contains_every_python_package_of_the_source_tree():
             rel = init.parent.relative_to(REPO / folder)
             if "__pycache__" in rel.parts or dockerignored(str(init.relative_to(REPO))):
                 continue
+            if (init.parent / "pyproject.toml").exists():
+                continue  # its own distribution (reprocodec/weights: tests/test_packaging.py)
             found.add(".".join((import_root, *rel.parts)))
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
-
-
-def test_wheel_declares_its_data_folders_and_ships_weights_and_samples(tmp_path):
-    """What the image (and `pip install`) gets: a wheel built from the tree, offline with this
-    environment's setuptools. weights/ and samples/ are data folders that Python would import
-    as namespace packages; undeclared, setuptools warns "Package would be ignored" (46 lines
-    each) on every install, including the editable one scripts/venv.sh runs."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    for folder in ("reprocodec", "server", "client"):
-        shutil.copytree(REPO / folder, src / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps",
-                             "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    output = result.stdout + result.stderr
-    assert "would be ignored" not in output, output[output.find("would be ignored") - 500:][:1500]
-    import zipfile
-
-    (wheel,) = (tmp_path / "dist").glob("reprocodec-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
-    for folder in ("weights", "samples"):
-        shipped = {f"reprocodec/{folder}/{p.name}" for p in (REPO / "reprocodec" / folder).iterdir()
-                   if p.is_file() and not p.name.startswith(".")}
-        assert shipped and shipped <= names, sorted(shipped - names)
-    assert {"reprocodec/server/main.py", "reprocodec/client/__init__.py", "reprocodec/py.typed",
-            "reprocodec/v1/service_pb2.pyi"} <= names
 
 
 # ------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ installed package is checked, not the sources in the build context):
 
     python -P verify_install.py VARIANT
 
-- the shipped weights: every reprocodec/weights/NAME.json has its NAME.pt, and the file's
+- the shipped weights (the installed reprocodec-weights distribution, where
+  reprocodec.shipped.WEIGHTS_DIR finds them): every NAME.json has its NAME.pt, and the file's
   SHA-256 is the json's `weights_sha256` (what every stream names and every decoder checks);
 - VARIANT=cpu: no CUDA runtime distribution is installed, and torch reports no GPU;
 - an in-process encode (profile cpu) and a verified decode (profile cpu-nomkldnn, other float
@@ -27,9 +28,9 @@ from pathlib import Path
 def check_weights(weights: Path | None = None) -> list[str]:
     """The model names whose weights match their metadata; AssertionError or
     UnknownModelError (the package's own hash check) otherwise."""
-    from reprocodec.shipped import check_weights_hash
+    from reprocodec.shipped import WEIGHTS_DIR, check_weights_hash
 
-    weights = weights or Path(str(files("reprocodec").joinpath("weights")))
+    weights = weights or WEIGHTS_DIR
     metas = sorted(weights.glob("*.json"))
     assert metas, f"no model metadata in {weights}"
     orphans = {p.stem for p in weights.glob("*.pt")} - {p.stem for p in metas}
