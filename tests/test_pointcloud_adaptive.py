@@ -353,3 +353,31 @@ def test_more_nodes_than_points_is_refused_before_decoding_them(codec, streams):
 
     with pytest.raises(ContainerError, match="nodes|impossible"):
         codec.decode(container.unpack(_reframed(msg, fewer)))
+
+
+# -------------------------------------------------------------- compiled feature computation
+
+def test_compiled_features_equal_the_numpy_reference(monkeypatch):
+    """The codec's compiled feature kernel returns the numpy code's exact uint8 features, for
+    whole levels and for the encoder's sampled rows."""
+    from reprocodec.pointcloud import context
+
+    if context.numba is None:
+        pytest.skip("numba is not installed: the numpy code is the only path")
+    voxels = octree.sort_voxels(read_ply(SAMPLES / "elephant_d7.ply"))
+    codes, bits = octree.build_levels(voxels, 7)
+    cases = []
+    for level in (2, 5, 6):
+        table = octree.neighbour_table(codes[level], level)
+        rows = np.arange(0, codes[level].size, 3)
+        sampled = octree.neighbour_table(codes[level], level, rows)
+        np.testing.assert_array_equal(sampled, table[rows])
+        cases += [(table, level), (sampled, level)]
+    compiled = [[context.pass_features(t, bits[lv], k, lv, 7, compact=True)
+                 for k in range(8)] for t, lv in cases]
+    monkeypatch.setattr(context, "numba", None)
+    for (t, lv), got in zip(cases, compiled, strict=True):
+        for k in range(8):
+            want = context.pass_features(t, bits[lv], k, lv, 7, compact=True)
+            assert got[k].dtype == want.dtype == np.uint8
+            np.testing.assert_array_equal(got[k], want)

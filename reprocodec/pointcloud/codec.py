@@ -58,6 +58,12 @@ from .networks import PassNetworks, load_weights
 PAYLOAD = "occupancy"
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
 CODERS = ("auto", "learned", "adaptive")
+# The encoder estimates the model's cost of a level of at least 4 * ESTIMATE_NODES nodes from
+# ESTIMATE_NODES of them, and runs it on the whole level only if that estimate is within
+# ESTIMATE_MARGIN of the adaptive coder's exact cost (an encoder-side choice: any rule keeps
+# streams decodable and never larger than the adaptive coder's).
+ESTIMATE_NODES = 1 << 13
+ESTIMATE_MARGIN = 1.1
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
 # Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8.
 MAX_CODED_BITS = 1 << 28
@@ -137,8 +143,6 @@ class PointCloudCodec:
         if n == 0:
             return msg
         codes, bits = octree.build_levels(vox.voxels, depth)
-        learned = [] if coders == "adaptive" else coder.learned_levels(
-            codes, bits, depth, self._predict, self.tables, mode, self.decision)
         model = adaptive.Model()
         adaptive_bits, adaptive_f0, adaptive_cost = [], [], []
         for level_bits in bits:
@@ -146,11 +150,29 @@ class PointCloudCodec:
             adaptive_f0.append(model.observe(occupancy, want_f0=True))
             adaptive_bits.append(adaptive.decision_bits(occupancy))
             adaptive_cost.append(adaptive.cost_bits(adaptive_bits[-1], adaptive_f0[-1]))
-        # Ties go to the adaptive coder: exact integers, nothing to protect.
+        learned: list[coder.LearnedLevel | None] = [None] * depth
+        for level in range(depth if coders != "adaptive" else 0):
+            m = codes[level].size
+            if coders == "auto" and m >= 4 * ESTIMATE_NODES:
+                # A large level: the model's cost from a sample of nodes first, and the whole
+                # level only if it may beat the adaptive coder (the encoder's time is mostly
+                # the model's, and sparse clouds' large levels are adaptive).
+                rows = np.linspace(0, m - 1, ESTIMATE_NODES).astype(np.int64)
+                estimate = coder.estimate_level_cost(codes[level], bits[level], level, depth,
+                                                     self._predict, self.tables, self.decision,
+                                                     rows)
+                if estimate > ESTIMATE_MARGIN * adaptive_cost[level]:
+                    continue
+            learned[level] = coder.learned_level(
+                octree.neighbour_table(codes[level], level), bits[level], level, depth,
+                self._predict, self.tables, mode, self.decision)
         if coders == "auto":
-            choice = tuple(a <= lv.cost_bits for a, lv in zip(adaptive_cost, learned,
-                                                               strict=True))
-            candidates = [choice, (True,) * depth, (False,) * depth]
+            # Ties go to the adaptive coder: exact integers, nothing to protect.
+            choice = tuple(lv is None or a <= lv.cost_bits
+                           for a, lv in zip(adaptive_cost, learned, strict=True))
+            candidates = [choice, (True,) * depth]
+            if all(lv is not None for lv in learned):
+                candidates.append((False,) * depth)
         else:
             candidates = [(coders == "adaptive",) * depth]
         best = None

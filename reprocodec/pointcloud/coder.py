@@ -76,32 +76,54 @@ class LearnedLevel:
     cost_bits: float  # rANS code length of the bits plus the side information of the passes
 
 
+def learned_level(
+    neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int, predict: Predict,
+    tables: entropy.CdfTables, mode: Mode, decision: ProtectedDecision,
+) -> LearnedLevel:
+    """Run the model and the safeguard on one level (the encoder's float work)."""
+    side_bits = _SIDE_BITS.get(mode, _body_bits)
+    indices, bodies, risky, candidates = [], [], 0, 0
+    for k in range(N_PASSES):
+        logits = predict(neighbours, bits, k, level, depth)
+        protected = decision.protect_pass(logits, mode)
+        indices.append(_grid_index(protected.indices).astype(np.int16))
+        bodies.append(protected.body)
+        risky += protected.risky_count
+        candidates += protected.candidate_count
+    index = np.concatenate(indices)
+    cost = _code_length(bits.T.reshape(-1), index, tables)
+    cost += sum(side_bits(b) for b in bodies)
+    return LearnedLevel(index, bodies, risky, candidates, cost)
+
+
+def estimate_level_cost(
+    codes: np.ndarray, bits: np.ndarray, level: int, depth: int, predict: Predict,
+    tables: entropy.CdfTables, decision: ProtectedDecision, rows: np.ndarray,
+) -> float:
+    """The learned model's code length of a level estimated from some of its nodes (the
+    encoder's choice only: a level it then codes is computed in full)."""
+    neighbours = octree.neighbour_table(codes, level, rows)
+    index = np.concatenate([_grid_index(decision.protect_pass(
+        predict(neighbours, bits, k, level, depth), Mode.NONE).indices)
+        for k in range(N_PASSES)])
+    sample_bits = bits[rows].T.reshape(-1)
+    return _code_length(sample_bits, index, tables) * bits.shape[0] / rows.size
+
+
+def _code_length(coded: np.ndarray, index: np.ndarray, tables: entropy.CdfTables) -> float:
+    """Ideal rANS code length in bits of coded bits under their grid indices."""
+    p0 = tables.cdfs[index.astype(np.int64) + GRID_K, 1].astype(np.int64)
+    freq = np.where(coded, (1 << entropy.PRECISION) - p0, p0)
+    return float(np.sum(entropy.PRECISION - np.log2(freq)))
+
+
 def learned_levels(
     codes: list[np.ndarray], bits: list[np.ndarray], depth: int, predict: Predict,
     tables: entropy.CdfTables, mode: Mode, decision: ProtectedDecision,
 ) -> list[LearnedLevel]:
-    """Run the model and the safeguard on every level (the encoder's float work)."""
-    f0 = tables.cdfs[:, 1].astype(np.int64)
-    side_bits = _SIDE_BITS.get(mode, _body_bits)
-    out = []
-    for level in range(depth):
-        neighbours = octree.neighbour_table(codes[level], level)
-        indices, bodies, risky, candidates = [], [], 0, 0
-        for k in range(N_PASSES):
-            logits = predict(neighbours, bits[level], k, level, depth)
-            protected = decision.protect_pass(logits, mode)
-            indices.append(_grid_index(protected.indices).astype(np.int16))
-            bodies.append(protected.body)
-            risky += protected.risky_count
-            candidates += protected.candidate_count
-        index = np.concatenate(indices)
-        coded = bits[level].T.reshape(-1)
-        p0 = f0[index.astype(np.int64) + GRID_K]
-        freq = np.where(coded, (1 << entropy.PRECISION) - p0, p0)
-        cost = float(np.sum(entropy.PRECISION - np.log2(freq)))
-        cost += sum(side_bits(b) for b in bodies)
-        out.append(LearnedLevel(index, bodies, risky, candidates, cost))
-    return out
+    """Every level with the learned model."""
+    return [learned_level(octree.neighbour_table(codes[level], level), bits[level], level, depth,
+                          predict, tables, mode, decision) for level in range(depth)]
 
 
 def pack_learned(levels: list[LearnedLevel], bits: list[np.ndarray], tables: entropy.CdfTables,

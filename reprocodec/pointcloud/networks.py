@@ -52,6 +52,9 @@ class PassNetworks:
         w = first.weight.detach().double()
         b = first.bias.detach().double()
         self.rest = model.net[1:].to(device=device, dtype=dtype)
+        for layer in self.rest:  # in place on the fresh activations: same values, no copies
+            if isinstance(layer, nn.ReLU):
+                layer.inplace = True
         self.weights, self.biases = [], {}
         for k in range(N_PASSES):
             self.weights.append(w[:, active_columns(k)].to(device=device, dtype=dtype))

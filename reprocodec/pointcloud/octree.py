@@ -133,15 +133,17 @@ def children(codes: np.ndarray, occupancy: np.ndarray) -> np.ndarray:
     return all_children[occupancy]
 
 
-def neighbour_table(codes: np.ndarray, level: int) -> np.ndarray:
-    """(M, 27) index of each node's parent-level neighbour in `codes`, or M where empty."""
-    coords = morton_decode(codes)
+def neighbour_table(codes: np.ndarray, level: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """(M, 27) index of each node's parent-level neighbour in `codes`, or M where empty; with
+    rows, only those nodes' rows (R, 27)."""
     m = codes.size
-    table = np.full((m, 27), m, dtype=np.int64)
+    rows = np.arange(m) if rows is None else np.asarray(rows, dtype=np.int64)
+    coords = morton_decode(codes[rows])
+    table = np.full((rows.size, 27), m, dtype=np.int64)
     side = 1 << level
     for j, offset in enumerate(NEIGHBOUR_OFFSETS):
         if j == 13:
-            table[:, j] = np.arange(m)
+            table[:, j] = rows
             continue
         q = coords + offset
         inside = np.all((q >= 0) & (q < side), axis=1)
