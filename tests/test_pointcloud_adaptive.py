@@ -381,3 +381,22 @@ def test_compiled_features_equal_the_numpy_reference(monkeypatch):
             want = context.pass_features(t, bits[lv], k, lv, 7, compact=True)
             assert got[k].dtype == want.dtype == np.uint8
             np.testing.assert_array_equal(got[k], want)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_chunked_float_features_give_the_same_logits(codec, monkeypatch, compiled):
+    """The codec makes features chunk by chunk in float32: bit-identical logits to the whole
+    uint8 feature array converted per chunk (the earlier path), so streams do not change."""
+    from reprocodec.pointcloud import context, networks
+
+    if not compiled:
+        monkeypatch.setattr(context, "numba", None)
+    monkeypatch.setattr(networks, "CHUNK_ROWS", 1000)  # several chunks per pass
+    voxels = octree.sort_voxels(read_ply(SAMPLES / "elephant_d7.ply"))
+    codes, bits = octree.build_levels(voxels, 7)
+    for level in (4, 6):
+        table = octree.neighbour_table(codes[level], level)
+        for k in (0, 3, 7):
+            want = codec.networks.logits(context.pass_features(
+                table, bits[level], k, level, 7, compact=True), k, 6 - level)
+            np.testing.assert_array_equal(codec._predict(table, bits[level], k, level, 7), want)

@@ -51,7 +51,7 @@ from ..safeguard import ErrorBound, Mode
 from ..v1 import bitstream_pb2 as pb
 from . import adaptive, coder, octree
 from .coder import TENSOR
-from .context import N_PASSES, pass_features
+from .context import N_PASSES, CompactFeatures
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
 from .networks import PassNetworks, load_weights
 
@@ -110,8 +110,8 @@ class PointCloudCodec:
 
     def _predict(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
                  depth: int) -> np.ndarray:
-        inputs = pass_features(neighbours, bits, k, level, depth, compact=True)
-        return self.networks.logits(inputs, k, depth - 1 - level)
+        features = CompactFeatures(neighbours, bits, k, level, depth)
+        return self.networks.logits_of(features, k, depth - 1 - level)
 
     # ----------------------------------------------------------------------------- encode
 

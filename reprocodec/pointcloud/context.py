@@ -99,15 +99,40 @@ def _known_bytes(bits: np.ndarray, k: int) -> np.ndarray:
     return np.packbits(known_bits, axis=1)[:, 0]
 
 
+class CompactFeatures:
+    """pass_features(..., compact=True) of one pass, made a chunk of rows at a time in the
+    dtype the network reads (0/1 are exact in any dtype): the codec never holds a whole
+    level's features, nor a uint8 copy to convert. Compiled with numba; the numpy code of
+    pass_features otherwise (tests check that both give the same values)."""
+
+    def __init__(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
+                 depth: int):
+        self.neighbours, self.bits, self.k, self.level, self.depth = (
+            neighbours, bits, k, level, depth)
+        self.rows = neighbours.shape[0]
+        if numba is not None:
+            self.node_byte = _known_bytes(bits, k)
+            self.occupied_cells = np.flatnonzero(WINDOW_CHILD[k] < k)
+            self.shift = (7 - WINDOW_CHILD[k]).astype(np.uint8)
+            self.decoded = (WINDOW_CHILD[k] < k).astype(np.uint8)
+        self.columns = int(np.count_nonzero(WINDOW_CHILD[k] < k)) + N_CELLS
+
+    def chunk(self, start: int, stop: int, dtype=np.uint8) -> np.ndarray:
+        rows = self.neighbours[start:stop]
+        if numba is None:
+            return pass_features(rows, self.bits, self.k, self.level, self.depth,
+                                 compact=True).astype(dtype, copy=False)
+        out = np.empty((rows.shape[0], self.columns), dtype=dtype)
+        _features_kernel(np.ascontiguousarray(rows, dtype=np.int64), self.node_byte,
+                         self.bits.shape[0], WINDOW_NEIGHBOUR[self.k], self.shift, self.decoded,
+                         self.occupied_cells, out)
+        return out
+
+
 def _compact_features(neighbours: np.ndarray, bits: np.ndarray, k: int) -> np.ndarray:
     """pass_features(..., compact=True) in one compiled pass over the rows: the same uint8
     array (tests check it against the numpy code above), without its (R, 125) temporaries."""
-    occupied_cells = np.flatnonzero(WINDOW_CHILD[k] < k)
-    out = np.empty((neighbours.shape[0], occupied_cells.size + N_CELLS), dtype=np.uint8)
-    _features_kernel(np.ascontiguousarray(neighbours, dtype=np.int64), _known_bytes(bits, k),
-                     bits.shape[0], WINDOW_NEIGHBOUR[k], (7 - WINDOW_CHILD[k]).astype(np.uint8),
-                     (WINDOW_CHILD[k] < k).astype(np.uint8), occupied_cells, out)
-    return out
+    return CompactFeatures(neighbours, bits, k, 0, 1).chunk(0, neighbours.shape[0])
 
 
 if numba is not None:

@@ -74,6 +74,19 @@ class PassNetworks:
             out[start:start + CHUNK_ROWS] = to_host(self.rest(h).squeeze(-1), torch.float64)
         return out
 
+    @torch.no_grad()
+    def logits_of(self, features, k: int, height: int) -> np.ndarray:
+        """logits() of a context.CompactFeatures, its rows made chunk by chunk in the working
+        dtype: the same chunks, so the same values, without the whole uint8 array."""
+        weight, bias = self.weights[k], self.biases[k, min(height, N_HEIGHTS - 1)]
+        out = np.empty(features.rows, dtype=np.float64)
+        dtype = torch.empty(0, dtype=self.dtype).numpy().dtype
+        for start in range(0, features.rows, CHUNK_ROWS):
+            x = prepare_input(torch.from_numpy(features.chunk(start, start + CHUNK_ROWS, dtype)))
+            h = torch.nn.functional.linear(x, weight, bias)
+            out[start:start + CHUNK_ROWS] = to_host(self.rest(h).squeeze(-1), torch.float64)
+        return out
+
 
 def grid_size() -> int:
     """Number of grid indices: -K..K with K = LOGIT_LIMIT / LOGIT_STEP."""
