@@ -4,6 +4,15 @@ coder on held-out clouds, and the cross-profile decode matrix.
     python -m reprocodec.train.pointcloud_data --out data/pc          # once: the test clouds
     pip install -e '.[bench]'                                    # DracoPy, laspy, lazrs
     python bench/pointcloud.py [--data data/pc] [--matrix-depth 8] [--json out.json]
+    python bench/pointcloud.py --clouds [--scale 1] [--runs 3] [--learned] [--threads 1]
+
+--clouds needs no data: the shipped samples and synthetic clouds (a dense torus+sphere surface,
+1/4 and 1/20 samplings of it, a one-sided partial view, 1% uniform outliers, one sweep of a
+64-beam spinning LiDAR in a street scene), each encoded and decoded in a fresh process: median
+seconds of --runs runs, peak RSS, bits per point of ours (whole stream), of the adaptive coder
+alone (its rANS bytes), of the learned model alone (--learned), Draco and LAZ (when the bench
+extra is installed; otherwise a note says they were skipped), the coder of each octree level
+(L learned, A adaptive) and a lossless check.
 
 Rate table: every held-out test cloud of data/pc/manifest.json (never used in training) at its
 depth; bits per occupied voxel of each coder, each checked lossless against the voxel set
@@ -124,6 +133,181 @@ def rate_table(data: Path, skip_others: bool) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- synthetic and sample clouds
+
+SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+
+
+def _torus_sphere(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points and outward normals on a torus and a sphere (n each): a closed surface."""
+    rng = np.random.default_rng(seed)
+    u, v = rng.uniform(0, 2 * np.pi, n), rng.uniform(0, 2 * np.pi, n)
+    torus = np.stack([(1 + 0.35 * np.cos(v)) * np.cos(u), (1 + 0.35 * np.cos(v)) * np.sin(u),
+                      0.35 * np.sin(v)], 1)
+    torus_n = np.stack([np.cos(v) * np.cos(u), np.cos(v) * np.sin(u), np.sin(v)], 1)
+    s = rng.normal(size=(n, 3))
+    s /= np.linalg.norm(s, axis=1, keepdims=True)
+    return np.concatenate([torus, s * 0.6 + [0, 0, 0.9]]), np.concatenate([torus_n, s])
+
+
+def lidar_sweep(seed: int = 0, beams: int = 64, azimuths: int = 2048) -> np.ndarray:
+    """One sweep of a spinning multi-beam sensor 1.8 m above a street: ground, building
+    walls (boxes), poles (cylinders), ranges to 80 m with 2 cm noise. Rings on the ground,
+    density falling with range: the distribution of outdoor LiDAR, nothing like a mesh."""
+    rng = np.random.default_rng(seed)
+    elevation = np.deg2rad(np.linspace(-25.0, 3.0, beams))
+    azimuth = np.linspace(0, 2 * np.pi, azimuths, endpoint=False)
+    el, az = np.meshgrid(elevation, azimuth, indexing="ij")
+    d = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1).reshape(-1, 3)
+    origin = np.array([0.0, 0.0, 1.8])
+    t = np.full(d.shape[0], np.inf)
+    down = d[:, 2] < 0
+    t[down] = origin[2] / -d[down, 2]  # the ground z = 0
+    boxes = [((8, -30, 0), (20, -9, 12)), ((-25, 6, 0), (-7, 30, 9)), ((10, 7, 0), (40, 25, 15)),
+             ((-40, -35, 0), (-12, -8, 20)), ((3, -4, 0), (5.5, -2, 1.5))]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for lo, hi in boxes:  # slab test
+            t1, t2 = (np.array(lo) - origin) / d, (np.array(hi) - origin) / d
+            near = np.nanmax(np.minimum(t1, t2), axis=1)
+            far = np.nanmin(np.maximum(t1, t2), axis=1)
+            hit = (near <= far) & (near > 0)
+            t[hit] = np.minimum(t[hit], near[hit])
+        for cx, cy, r in [(4, 3, 0.15), (-3, -5, 0.2), (12, 0, 0.3), (-6, 2, 0.15), (6, -6, 0.4)]:
+            ox, oy = origin[0] - cx, origin[1] - cy
+            a = d[:, 0] ** 2 + d[:, 1] ** 2
+            b = 2 * (ox * d[:, 0] + oy * d[:, 1])
+            disc = b * b - 4 * a * (ox * ox + oy * oy - r * r)
+            tc = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
+            hit = (disc >= 0) & (tc > 0) & (origin[2] + tc * d[:, 2] < 6)
+            t[hit] = np.minimum(t[hit], tc[hit])
+    keep = t < 80.0
+    r = t[keep] + rng.normal(0, 0.02, keep.sum())
+    return origin + d[keep] * r[:, None]
+
+
+def synthetic_clouds(scale: float = 1.0) -> list[tuple[str, np.ndarray, int]]:
+    """(name, points, depth): shipped samples, a dense surface, sparser samplings of it, a
+    partial (one-sided) view, outliers, a LiDAR sweep. `scale` multiplies the point counts."""
+    n = int(300_000 * scale)
+    surface, normals = _torus_sphere(n, 0)
+    rng = np.random.default_rng(1)
+    view = np.array([1.0, -0.6, 0.8]) / np.linalg.norm([1.0, -0.6, 0.8])
+    outliers = np.concatenate([surface, rng.uniform(-1.4, 1.6, (n // 100, 3))])
+    return [
+        ("camel (sample)", read_ply(SAMPLES / "camel_d6.ply"), 6),
+        ("elephant (sample)", read_ply(SAMPLES / "elephant_d7.ply"), 7),
+        ("surface dense", surface, 9),
+        ("surface 1/4 sampled", surface[rng.random(2 * n) < 0.25], 10),
+        ("surface 1/20 sampled", surface[rng.random(2 * n) < 0.05], 10),
+        ("partial view", surface[normals @ view > 0.2], 9),
+        ("surface + 1% outliers", outliers, 9),
+        ("lidar 64x2048", lidar_sweep(0, 64, max(256, int(2048 * scale))), 12),
+    ]
+
+
+def _measure_worker(args: argparse.Namespace) -> int:
+    """One cloud in a fresh process: encode and decode `runs` times (medians), peak RSS."""
+    import resource
+
+    import torch
+
+    from reprocodec import container
+    from reprocodec.pointcloud import PointCloudCodec, adaptive
+
+    torch.set_num_threads(args.threads)
+    voxels = np.load(args.cloud)
+    depth = args.depth
+    codec = PointCloudCodec.load("octree-ctx-v1")
+    codec.decode(container.unpack(container.pack(codec.encode(voxels[:500], depth=depth))))
+    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    enc, dec = [], []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        msg = codec.encode(voxels, depth=depth)
+        packed = container.pack(msg)
+        t1 = time.perf_counter()
+        out = codec.decode(container.unpack(packed))
+        t2 = time.perf_counter()
+        enc.append(t1 - t0)
+        dec.append(t2 - t1)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    names = [p.name for p in msg.payloads]
+    levels = "L" * depth
+    if "occupancy_adaptive" in names:
+        from reprocodec.pointcloud.codec import _read_level_mask
+
+        flags, _ = _read_level_mask(msg.payloads[-1].data, depth)
+        levels = "".join("A" if a else "L" for a in flags)
+    n = voxels.shape[0]
+    row = {"points": n, "depth": depth, "ours_bpp": 8 * len(packed) / n,
+           "ours_payload_bpp": 8 * sum(len(p.data) for p in msg.payloads) / n,
+           "protection_bpp": 8 * container.protection_bytes(msg) / n, "levels": levels,
+           "ours_lossless": bool(np.array_equal(out.voxels, voxels)),
+           "adaptive_bpp": 8 * adaptive.encoded_size(voxels, depth) / n,
+           "encode_s": float(np.median(enc)), "decode_s": float(np.median(dec)),
+           "peak_rss_mb": peak_mb, "loaded_rss_mb": base_mb, "runs": args.runs}
+    if args.learned:
+        learned = container.pack(codec.encode(voxels, depth=depth, coders="learned"))
+        row["learned_only_bpp"] = 8 * len(learned) / n
+    Path(args.result).write_text(json.dumps(row))
+    return 0
+
+
+def _others(voxels: np.ndarray, depth: int, row: dict, notes: set[str]) -> None:
+    coders = (("draco", lambda: draco_bits(voxels, depth)), ("laz", lambda: laz_bits(voxels)))
+    for name, fn in coders:
+        try:
+            bits, ok = fn()
+        except ImportError as exc:
+            notes.add(f"{name}: skipped ({exc.name} is not installed: pip install -e '.[bench]')")
+            continue
+        row[f"{name}_bpp"], row[f"{name}_lossless"] = bits / voxels.shape[0], ok
+
+
+def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: int,
+                learned: bool, skip_others: bool) -> tuple[list[dict], list[str]]:
+    rows, notes = [], set()
+    me = [sys.executable, str(Path(__file__).resolve())]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, points, depth in clouds:
+            voxels = octree.voxelize(points, depth).voxels
+            path, result = Path(tmp) / "cloud.npy", Path(tmp) / "result.json"
+            np.save(path, voxels)
+            cmd = me + ["--measure-worker", "--cloud", str(path), "--depth", str(depth),
+                        "--runs", str(runs), "--threads", str(threads), "--result", str(result)]
+            subprocess.run(cmd + (["--learned"] if learned else []), check=True)
+            row = {"cloud": name, **json.loads(result.read_text())}
+            if not skip_others:
+                _others(voxels, depth, row, notes)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows, sorted(notes)
+
+
+def print_cloud_table(rows: list[dict], notes: list[str]) -> None:
+    nan = float("nan")
+    print("\nbits per occupied voxel: ours = whole stream (container header included), payl. = "
+          "its payloads only, adapt. = the adaptive coder's rANS bytes, learned = the learned "
+          "model alone (whole stream);\nlevels: coder of each octree level, L learned, A "
+          "adaptive; enc/dec: median seconds; RSS: peak of the measuring process")
+    print(f"{'cloud':22s} {'D':>2s} {'points':>8s} {'ours':>7s} {'(payl.)':>7s} {'adapt.':>7s} "
+          f"{'learned':>7s} "
+          f"{'Draco':>6s} {'LAZ':>6s} {'levels':>13s} {'enc s':>6s} {'dec s':>6s} "
+          f"{'s/Mpt':>11s} {'RSS MB':>7s} lossless")
+    for r in rows:
+        mpt = r["points"] / 1e6
+        lossless = all(r.get(f"{c}_lossless", True) for c in ("ours", "draco", "laz"))
+        print(f"{r['cloud']:22s} {r['depth']:2d} {r['points']:8d} {r['ours_bpp']:7.3f} "
+              f"{r['ours_payload_bpp']:7.3f} "
+              f"{r['adaptive_bpp']:7.3f} {r.get('learned_only_bpp', nan):7.3f} "
+              f"{r.get('draco_bpp', nan):6.2f} {r.get('laz_bpp', nan):6.2f} {r['levels']:>13s} "
+              f"{r['encode_s']:6.2f} {r['decode_s']:6.2f} "
+              f"{r['encode_s'] / mpt:5.1f}/{r['decode_s'] / mpt:<5.1f} {r['peak_rss_mb']:7.0f} "
+              f"{lossless}")
+    for note in notes:
+        print(f"note: {note}")
+
+
 # ---------------------------------------------------------------------------------- matrix
 
 
@@ -227,6 +411,17 @@ def main() -> int:
     ap.add_argument("--skip-rates", action="store_true")
     ap.add_argument("--skip-matrix", action="store_true")
     ap.add_argument("--skip-others", action="store_true", help="no Draco / LAZ")
+    ap.add_argument("--clouds", action="store_true",
+                    help="the synthetic and sample cloud table (no data needed)")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="--clouds: point counts times this (1: about 10^5-10^6 points)")
+    ap.add_argument("--runs", type=int, default=3, help="--clouds: runs per cloud (medians)")
+    ap.add_argument("--threads", type=int, default=1, help="--clouds: torch threads")
+    ap.add_argument("--learned", action="store_true",
+                    help="--clouds: also the learned model alone on every level")
+    ap.add_argument("--measure-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--cloud", help=argparse.SUPPRESS)
+    ap.add_argument("--depth", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=["encode", "decode"], help=argparse.SUPPRESS)
     ap.add_argument("--profile", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -234,6 +429,15 @@ def main() -> int:
     args = ap.parse_args()
     if args.worker:
         return _worker(args)
+    if args.measure_worker:
+        return _measure_worker(args)
+    if args.clouds:
+        rows, notes = cloud_table(synthetic_clouds(args.scale), args.runs, args.threads,
+                                  args.learned, args.skip_others)
+        print_cloud_table(rows, notes)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"clouds": rows, "notes": notes}, indent=1))
+        return 0
     data = Path(args.data)
     if not (data / "manifest.json").exists():
         print(f"{data}/manifest.json missing: run python -m reprocodec.train.pointcloud_data first",
