@@ -185,6 +185,12 @@ def lidar_sweep(seed: int = 0, beams: int = 64, azimuths: int = 2048) -> np.ndar
     return origin + d[keep] * r[:, None]
 
 
+def large_clouds() -> list[tuple[str, np.ndarray, int]]:
+    """1-2 million points: the speed and memory rows (--large)."""
+    return [("surface 3M samples", _torus_sphere(1_500_000, 2)[0], 9),
+            ("surface 2M samples", _torus_sphere(1_000_000, 3)[0], 10)]
+
+
 def synthetic_clouds(scale: float = 1.0) -> list[tuple[str, np.ndarray, int]]:
     """(name, points, depth): shipped samples, a dense surface, sparser samplings of it, a
     partial (one-sided) view, outliers, a LiDAR sweep. `scale` multiplies the point counts."""
@@ -234,9 +240,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
     names = [p.name for p in msg.payloads]
     levels = "L" * depth
     if "occupancy_adaptive" in names:
-        from reprocodec.pointcloud.codec import _read_level_mask
-
-        flags, _ = _read_level_mask(msg.payloads[-1].data, depth)
+        flags, _ = adaptive.read_level_flags(msg.payloads[-1].data, depth)
         levels = "".join("A" if a else "L" for a in flags)
     n = voxels.shape[0]
     row = {"points": n, "depth": depth, "ours_bpp": 8 * len(packed) / n,
@@ -416,6 +420,8 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0,
                     help="--clouds: point counts times this (1: about 10^5-10^6 points)")
     ap.add_argument("--runs", type=int, default=3, help="--clouds: runs per cloud (medians)")
+    ap.add_argument("--large", action="store_true",
+                    help="--clouds: only the 1-2 million point clouds (speed, memory)")
     ap.add_argument("--threads", type=int, default=1, help="--clouds: torch threads")
     ap.add_argument("--learned", action="store_true",
                     help="--clouds: also the learned model alone on every level")
@@ -432,7 +438,8 @@ def main() -> int:
     if args.measure_worker:
         return _measure_worker(args)
     if args.clouds:
-        rows, notes = cloud_table(synthetic_clouds(args.scale), args.runs, args.threads,
+        clouds = large_clouds() if args.large else synthetic_clouds(args.scale)
+        rows, notes = cloud_table(clouds, args.runs, args.threads,
                                   args.learned, args.skip_others)
         print_cloud_table(rows, notes)
         if args.json:

@@ -15,8 +15,8 @@ import pytest
 
 from reprocodec import container, numerics
 from reprocodec.errors import ContainerError, InputError, TooLargeError, VerificationError
-from reprocodec.pointcloud import PointCloudCodec, adaptive, octree
-from reprocodec.pointcloud.codec import ADAPTIVE_PAYLOAD, PAYLOAD, _read_level_mask
+from reprocodec.pointcloud import PointCloudCodec, adaptive, inspect_fields, octree
+from reprocodec.pointcloud.codec import ADAPTIVE_PAYLOAD, PAYLOAD
 from reprocodec.pointcloud.ply import read_ply
 from reprocodec.safeguard import Mode
 
@@ -57,7 +57,7 @@ def _levels(msg, depth: int) -> str:
     names = [p.name for p in msg.payloads]
     if ADAPTIVE_PAYLOAD not in names:
         return "L" * depth
-    flags, _ = _read_level_mask(msg.payloads[-1].data, depth)
+    flags, _ = adaptive.read_level_flags(msg.payloads[-1].data, depth)
     return "".join("A" if a else "L" for a in flags)
 
 
@@ -93,7 +93,7 @@ def test_lossless_and_never_larger_than_the_adaptive_coder(codec, streams, name)
 
 def test_dense_surface_is_coded_by_the_learned_model(streams, codec):
     msg = streams["dense"]
-    assert _levels(msg, 6) == "LLLLLL"
+    assert _levels(msg, 6) == "LLLLLL" == inspect_fields(msg)["level_coders"]
     # Every level learned is the earlier layout: one payload, one protected tensor.
     assert [p.name for p in msg.payloads] == [PAYLOAD] and len(msg.protected) == 1
     camel = CLOUDS["dense"][0]
@@ -107,6 +107,8 @@ def test_sparse_clouds_use_the_adaptive_coder_where_it_is_cheaper(codec, streams
     msg = streams[name]
     levels = _levels(msg, depth)
     assert levels.endswith("AAA"), levels  # the finest, sparse levels
+    fields = inspect_fields(msg)
+    assert fields["level_coders"] == levels and fields["adaptive_occupancy_bits"] > 0
     learned = codec.encode(points, "syndrome", depth=depth, coders="learned")
     assert _levels(learned, depth) == "L" * depth
     assert msg.ByteSize() < learned.ByteSize()

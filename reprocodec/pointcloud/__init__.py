@@ -73,11 +73,24 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
     as the services' stats do (reprocodec.streamstats, the one definition)."""
     from reprocodec.streamstats import stream_stats
 
+    from .adaptive import read_level_flags
+
     cloud = msg.point_cloud
     stats = stream_stats(msg)
+    levels = "L" * int(cloud.depth) if msg.payloads else ""
+    adaptive = [p for p in msg.payloads if p.name == "occupancy_adaptive"]
+    if adaptive:
+        try:
+            flags, _ = read_level_flags(adaptive[0].data, int(cloud.depth))
+            levels = "".join("A" if a else "L" for a in flags)
+        except ValueError:  # ContainerError: inspect describes, the decoder refuses
+            levels = "malformed"
     return {
         "depth": int(cloud.depth), "num_points": int(cloud.num_points),
         "origin": list(cloud.origin), "scale": cloud.scale,
         "coded_occupancy_bits": int(msg.protected[0].shape[0]) if msg.protected else 0,
+        "adaptive_occupancy_bits": int(adaptive[0].shape[0]) if adaptive else 0,
+        # the coder of each octree level, root first: L learned model, A adaptive context coder
+        "level_coders": levels,
         "bits_per_point": stats.bits_per_element,
     }

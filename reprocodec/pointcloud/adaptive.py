@@ -268,3 +268,23 @@ def encoded_size(voxels: np.ndarray, depth: int) -> int:
         all_f0.append(model.observe(occupancy, want_f0=True))
         all_bits.append(decision_bits(occupancy))
     return len(encode(np.concatenate(all_bits), np.concatenate(all_f0)))
+
+
+def level_flags(levels: tuple[bool, ...]) -> bytes:
+    """The per-level coder flags at the head of the adaptive payload: bit l of a little-endian
+    integer of ceil(depth / 8) bytes is set when level l is coded adaptively."""
+    value = sum(1 << lv for lv, a in enumerate(levels) if a)
+    return value.to_bytes((len(levels) + 7) // 8, "little")
+
+
+def read_level_flags(data: bytes, depth: int) -> tuple[tuple[bool, ...], bytes]:
+    size = (depth + 7) // 8
+    if len(data) < size:
+        raise ContainerError("malformed bitstream: adaptive occupancy payload is shorter than "
+                             "its level flags")
+    value = int.from_bytes(data[:size], "little")
+    if value >> depth or value == 0:
+        raise ContainerError("malformed bitstream: adaptive occupancy level flags name no "
+                             "level or levels past the depth")
+    return tuple(bool(value >> lv & 1) for lv in range(depth)), bytes(data[size:])
+

@@ -202,7 +202,7 @@ class PointCloudCodec:
             decisions = np.concatenate([adaptive_bits[lv] for lv in chosen])
             data = adaptive.encode(decisions, np.concatenate([adaptive_f0[lv] for lv in chosen]))
             msg.payloads.append(container.make_payload(
-                ADAPTIVE_PAYLOAD, _level_mask(levels) + data, [decisions.size],
+                ADAPTIVE_PAYLOAD, adaptive.level_flags(levels) + data, [decisions.size],
                 _adaptive_symbols(levels, decisions)))
 
     # ----------------------------------------------------------------------------- decode
@@ -227,7 +227,7 @@ class PointCloudCodec:
         levels, adaptive_data, adaptive_total = (False,) * depth, b"", 0
         if ADAPTIVE_PAYLOAD in names:
             payload = msg.payloads[names.index(ADAPTIVE_PAYLOAD)]
-            levels, adaptive_data = _read_level_mask(payload.data, depth)
+            levels, adaptive_data = adaptive.read_level_flags(payload.data, depth)
             adaptive_total = int(payload.shape[0])
             if len(payload.shape) != 1 or adaptive_total % N_PASSES:
                 raise ContainerError("adaptive occupancy payload has a bad shape")
@@ -323,25 +323,6 @@ def _failure(detail: str) -> str:
     return (f"point cloud verification failed: {detail}. The decoder's numerics differ from the "
             "encoder's beyond the stream's error bound (or the stream was not protected); "
             "decode under the encoder's profile or re-encode with --safeguard syndrome")
-
-
-def _level_mask(levels: tuple[bool, ...]) -> bytes:
-    """The per-level coder flags at the head of the adaptive payload: bit l of a little-endian
-    integer of ceil(depth / 8) bytes is set when level l is coded adaptively."""
-    value = sum(1 << lv for lv, a in enumerate(levels) if a)
-    return value.to_bytes((len(levels) + 7) // 8, "little")
-
-
-def _read_level_mask(data: bytes, depth: int) -> tuple[tuple[bool, ...], bytes]:
-    size = (depth + 7) // 8
-    if len(data) < size:
-        raise ContainerError("malformed bitstream: adaptive occupancy payload is shorter than "
-                             "its level flags")
-    value = int.from_bytes(data[:size], "little")
-    if value >> depth or value == 0:
-        raise ContainerError("malformed bitstream: adaptive occupancy level flags name no "
-                             "level or levels past the depth")
-    return tuple(bool(value >> lv & 1) for lv in range(depth)), bytes(data[size:])
 
 
 def _adaptive_symbols(levels: tuple[bool, ...], decisions: np.ndarray) -> np.ndarray:

@@ -123,7 +123,7 @@ class CompactFeatures:
             return pass_features(rows, self.bits, self.k, self.level, self.depth,
                                  compact=True).astype(dtype, copy=False)
         out = np.empty((rows.shape[0], self.columns), dtype=dtype)
-        _features_kernel(np.ascontiguousarray(rows, dtype=np.int64), self.node_byte,
+        _features_kernel(np.ascontiguousarray(rows), self.node_byte,
                          self.bits.shape[0], WINDOW_NEIGHBOUR[self.k], self.shift, self.decoded,
                          self.occupied_cells, out)
         return out

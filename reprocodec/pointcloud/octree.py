@@ -134,12 +134,13 @@ def children(codes: np.ndarray, occupancy: np.ndarray) -> np.ndarray:
 
 
 def neighbour_table(codes: np.ndarray, level: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """(M, 27) index of each node's parent-level neighbour in `codes`, or M where empty; with
-    rows, only those nodes' rows (R, 27)."""
+    """(M, 27) index of each node's parent-level neighbour in `codes` (sorted, unique), or M
+    where empty; with rows, only those nodes' rows (R, 27). int32 (M <= 2^25 here): half the
+    memory of the largest array a level needs."""
     m = codes.size
     rows = np.arange(m) if rows is None else np.asarray(rows, dtype=np.int64)
     coords = morton_decode(codes[rows])
-    table = np.full((rows.size, 27), m, dtype=np.int64)
+    table = np.full((rows.size, 27), m, dtype=np.int32)
     side = 1 << level
     for j, offset in enumerate(NEIGHBOUR_OFFSETS):
         if j == 13:
