@@ -6,7 +6,9 @@ each measurement in a fresh subprocess (getrusage's ru_maxrss is a process-lifet
     python bench/memory.py --sizes 6000x4000 --json out.json
     python bench/memory.py --budget                 # also the services' per-request
                                                     # estimate (server.core.request_memory)
-    python bench/memory.py --sizes --clouds 100000 1000000 --depth 12 --budget
+    python bench/memory.py --service --budget       # through the services' request
+                                                    # handling (PNG in and out)
+    python bench/memory.py --sizes --clouds 100000 1000000 --budget
 
 Images are a shipped sample photo resized (bicubic) to each size, so the entropy coder sees
 photo-like statistics; point clouds are N points on a sphere and a plane (distinct voxels at
@@ -63,6 +65,8 @@ def worker(args: argparse.Namespace) -> None:
     codec = ImageCodec.load(args.model)
     warm_up()
     codec.decode(codec.encode(np.full((64, 64, 3), 128, np.uint8), args.mode, args.level))
+    if args.service:
+        return service_worker(args, codec)
     if args.op == "encode":
         width, height = (int(v) for v in args.size.split("x"))
         pixels = _image(width, height, args.channels)
@@ -80,6 +84,42 @@ def worker(args: argparse.Namespace) -> None:
         if not out.bit_exact and args.level != "decoding":
             raise SystemExit("decode not bit-exact")
     print(json.dumps({"base": base, "peak": _peak(), "seconds": seconds}))
+
+
+def service_worker(args: argparse.Namespace, codec) -> None:
+    """What a service does with one request beyond the codec: the PNG file decoded to pixels
+    (encode), the PNG written (decode), the response serialized."""
+    from reprocodec import container, options
+    from reprocodec.image.io import encode_png
+    from reprocodec.server import backend
+    from reprocodec.v1 import service_pb2
+
+    codecs = backend.Codecs()
+    codecs._loaded[args.model] = codec
+    if args.op == "encode":
+        width, height = (int(v) for v in args.size.split("x"))
+        request = service_pb2.EncodeImageRequest(
+            image_file=encode_png(_image(width, height, args.channels)), model=args.model,
+            safeguard_mode=options.mode_proto(args.mode), level=options.level_proto(args.level))
+        base = _rss_now()
+        started = time.perf_counter()
+        pixels = backend.image_pixels(request, 10**9)
+        response = backend.encode_image(codecs, request, pixels, args.profile)
+        del pixels
+        size = len(response.SerializeToString())
+        seconds = time.perf_counter() - started
+        Path(args.stream).write_bytes(container.pack(response.bitstream))
+    else:
+        msg = container.unpack(Path(args.stream).read_bytes())
+        base = _rss_now()
+        started = time.perf_counter()
+        response = backend.decode_image(codecs, msg, service_pb2.OUTPUT_FORMAT_ENCODED,
+                                        args.profile)
+        size = len(response.SerializeToString())
+        seconds = time.perf_counter() - started
+        if not response.bit_exact and args.level != "decoding":
+            raise SystemExit("decode not bit-exact")
+    print(json.dumps({"base": base, "peak": _peak(), "seconds": seconds, "bytes": size}))
 
 
 def _cloud(n: int):
@@ -127,10 +167,13 @@ def measure(size: str, args: argparse.Namespace, work: Path, cloud: bool = False
                "--depth", str(args.depth), "--cloud-model", args.cloud_model]
         if cloud:
             cmd.append("--cloud")
+        if args.service:
+            cmd.append("--service")
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode:
             raise SystemExit(f"{op} {size} failed:\n{res.stderr[-2000:]}")
         r = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"  {op} {size}: {json.dumps(r)}", file=sys.stderr, flush=True)
         row[op] = {"extra_mb": (r["peak"] - r["base"]) / 1e6, "base_mb": r["base"] / 1e6,
                    "seconds": r["seconds"]}
         if "voxels" in r:
@@ -162,7 +205,11 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=10, help="octree depth of the clouds")
     ap.add_argument("--cloud-model", default="octree-ctx-v1")
     ap.add_argument("--cloud", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--budget", action="store_true", help="compare with server/budget.py")
+    ap.add_argument("--budget", action="store_true",
+                    help="compare with the services' estimate (server.core.request_memory)")
+    ap.add_argument("--service", action="store_true",
+                    help="images as a service handles them: PNG file in (decoded to pixels), "
+                         "PNG out, the response serialized")
     ap.add_argument("--json")
     ap.add_argument("--worker", choices=("encode", "decode"), help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
@@ -174,7 +221,8 @@ def main() -> None:
         return
     rows = []
     print(f"model {args.model}, profile {args.profile}, mode {args.mode}, level {args.level}, "
-          f"{args.channels} channel(s); extra peak RSS in MB")
+          f"{args.channels} channel(s){', as a service (PNG in/out)' if args.service else ''}; "
+          "extra peak RSS in MB")
     head = f"{'size':>10} {'MP':>6} {'enc MB':>8} {'dec MB':>8} {'enc s':>7} {'dec s':>7}"
     print(head + ("  budget enc/dec MB" if args.budget else ""))
     with tempfile.TemporaryDirectory() as tmp:

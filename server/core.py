@@ -18,9 +18,14 @@ INVALID_ARGUMENT / FAILED_PRECONDITION and never a deadline or overload refusal.
    The codecs poll it (`reprocodec.cancel.check()`); the core polls it after the queue and
    after the work, so a request whose client is gone never answers OK.
 
-Memory held by requests: a unary request is fully received by gRPC before its handler runs, a
-chunked one is joined before admission, so up to (max_concurrency + queue_length + the
-server's extra threads) requests of at most --max-message-mb each may be held at once.
+Memory: before anything else, `admitted` refuses a request whose estimated extra memory
+(`request_memory`: a documented fixed + per-pixel / per-point cost per method, an upper bound
+of measurements) is over `max_request_memory` (--max-request-memory-mb) with
+RESOURCE_EXHAUSTED, reason too_large; so the work of at most max_concurrency requests of at
+most that much each runs at once. Messages held by requests: a unary request is fully
+received by gRPC before its handler runs, a chunked one is joined before admission, so up to
+(max_concurrency + queue_length + the server's extra threads) requests of at most
+--max-message-mb each may be held at once.
 """
 
 from __future__ import annotations
@@ -58,6 +63,52 @@ DEFAULT_MAX_QUEUE_WAIT = 30.0
 _DEADLINE_SLACK = 0.25
 
 
+# ------------------------------------------------------------------------ memory budget
+
+
+@dataclass(frozen=True)
+class MemoryCost:
+    """Upper bound of the extra resident memory one request of a method takes:
+    `fixed + per_element * elements` bytes (elements: pixels, points), over the server's
+    resident size with its models loaded. Measured with `bench/memory.py --budget` (peak RSS
+    of each call in a fresh process) and set above every measurement, see MEMORY_COSTS."""
+
+    fixed: int
+    per_element: float
+    unit: str
+
+    def estimate(self, elements: int) -> int:
+        return int(self.fixed + self.per_element * max(elements, 0))
+
+
+# Images (N=64, M=128 models): the full-size arrays are the float64 synthesis output and the
+# safeguard's int64 pixel indices (8 bytes per pixel and channel each), the uint8 pixels, the
+# PNG and the response; g_a and g_s run in tiles of fixed size (reprocodec/image/codec.py),
+# which with the allocators' caches make the fixed part. Measured through the services'
+# request handling (`bench/memory.py --service`, PNG in and out, bmshj2018 q3, syndrome,
+# level both, profile cpu), extra peak MB encode / decode: 0.26 MP 294 / 277, 0.52 MP 368 /
+# 361, 1.05 MP 434 / 426, 2.07 MP 529 / 535, 4.19 MP 585 / 555, 24 MP 1538 / 1427; estimate
+# 551, 566, 596, 653, 772, 1881 (at least 22 % above each).
+# Point clouds: octree levels and per-node features, per input point; the worst case is the
+# deepest octree (16). Measured at depth 16 (`bench/memory.py --clouds ... --depth 16`):
+# 1M points 1277 / 680 MB, 3M points 3265 / 1584 MB (depth 10, 1M: 259 / 118); estimate
+# 1503 / 818 and 3703 / 1918.
+MEMORY_COSTS = {
+    "EncodeImage": MemoryCost(fixed=512 << 20, per_element=56.0, unit="pixels"),
+    "DecodeImage": MemoryCost(fixed=512 << 20, per_element=56.0, unit="pixels"),
+    "EncodePointCloud": MemoryCost(fixed=384 << 20, per_element=1100.0, unit="points"),
+    "DecodePointCloud": MemoryCost(fixed=256 << 20, per_element=550.0, unit="points"),
+}
+# Default of --max-request-memory-mb: a 50 MP image (the default --max-pixels) fits.
+DEFAULT_MAX_REQUEST_MEMORY = 4096 << 20
+
+
+def request_memory(method: str, elements: int) -> int:
+    """The memory budget check's estimate for one request, in bytes (0 for cheap methods)."""
+    cost = MEMORY_COSTS.get(method.removesuffix("Stream"))
+    return cost.estimate(elements) if cost else 0
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     service: str  # "encoder" | "decoder"
@@ -70,6 +121,7 @@ class ServeConfig:
     auth: bool = False
     queue_length: int = DEFAULT_QUEUE_LENGTH
     max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT
+    max_request_memory: int = DEFAULT_MAX_REQUEST_MEMORY  # bytes; see MEMORY_COSTS
 
 
 # ------------------------------------------------------------------------------ admission
@@ -336,6 +388,7 @@ class ServiceCore:
         Call it after the request's cheap validation, with the number of elements (pixels,
         points) the work is about. The block's time teaches the cost model when it succeeds.
         """
+        self.check_memory(method, elements)
         token = self._token(context)
         remaining = token.remaining()
         estimate = self.costs.estimate(method, elements)
@@ -366,6 +419,15 @@ class ServiceCore:
             self._unregister(token)
             gauge.dec()
             self.admission.release()
+
+    def check_memory(self, method: str, elements: int) -> None:
+        """Refuse (RESOURCE_EXHAUSTED, reason too_large) a request whose memory estimate
+        (`request_memory`) is over --max-request-memory-mb, before it waits or allocates."""
+        estimate = request_memory(method, elements)
+        if estimate > self.config.max_request_memory:
+            unit = MEMORY_COSTS[method.removesuffix("Stream")].unit
+            raise status.over_memory_budget(method, elements, unit, estimate,
+                                            self.config.max_request_memory)
 
     def observe_stream(self, stats: Any) -> None:
         self.metrics.observe_stream(stats)

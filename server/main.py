@@ -35,7 +35,13 @@ import reprocodec
 
 from . import security
 from .backend import Codecs
-from .core import DEFAULT_MAX_QUEUE_WAIT, DEFAULT_QUEUE_LENGTH, ServeConfig, ServiceCore
+from .core import (
+    DEFAULT_MAX_QUEUE_WAIT,
+    DEFAULT_MAX_REQUEST_MEMORY,
+    DEFAULT_QUEUE_LENGTH,
+    ServeConfig,
+    ServiceCore,
+)
 from .metrics import ServiceMetrics
 from .servicers import add_to_server
 
@@ -79,6 +85,13 @@ def build_parser(service: str) -> argparse.ArgumentParser:
                    help="largest request accepted, unary or chunked, in MiB (default 64)")
     p.add_argument("--max-pixels", type=int, default=50_000_000,
                    help="largest image accepted, in pixels (default 50 MP)")
+    p.add_argument("--max-request-memory-mb", type=float,
+                   default=DEFAULT_MAX_REQUEST_MEMORY / 2**20,
+                   help="memory budget of one encode/decode in MiB: a request whose estimate "
+                        "(fixed + per pixel / per point, README) is larger is refused with "
+                        "RESOURCE_EXHAUSTED before it starts; the work of --max-concurrency "
+                        f"requests takes at most that many times it (default "
+                        f"{DEFAULT_MAX_REQUEST_MEMORY / 2**20:.0f}: a 50 MP image fits)")
     p.add_argument("--tls-cert", type=Path, help="PEM server certificate (enables TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", type=Path,
@@ -114,6 +127,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--max-queue-wait must be in [0, 3600] seconds")
     if not 0 < args.max_message_mb <= 2047:
         p.error("--max-message-mb must be in (0, 2047] (gRPC's limit is 2 GiB)")
+    if not args.max_request_memory_mb > 0:
+        p.error("--max-request-memory-mb must be more than 0")
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
@@ -195,6 +210,7 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         max_concurrency=args.max_concurrency, max_message_bytes=max_message_bytes,
         max_pixels=args.max_pixels, tls=args.tls_cert is not None, auth=token is not None,
         queue_length=args.queue_length, max_queue_wait=args.max_queue_wait,
+        max_request_memory=int(args.max_request_memory_mb * 2**20),
     )
     codecs = Codecs(args.weights_dir, args.max_pixels)
     _preload(codecs, args.preload)

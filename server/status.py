@@ -51,6 +51,17 @@ def busy_past_deadline(waited: float) -> Failure:
     )
 
 
+def over_memory_budget(method: str, elements: int, what: str, estimate: int,
+                       budget: int) -> Failure:
+    return Failure(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large",
+        f"request over this server's memory budget: {method} of {elements} {what} needs up to "
+        f"{estimate / 2**20:.0f} MiB, the budget is {budget / 2**20:.0f} MiB per request "
+        "(--max-request-memory-mb); send a smaller input or use a server with a larger "
+        "budget. The request was not started",
+    )
+
+
 def shutting_down() -> Failure:
     return Failure(
         grpc.StatusCode.UNAVAILABLE, "shutdown",

@@ -1,0 +1,207 @@
+"""Bounded memory (issue 17): the per-request memory budget refuses before any work, and the
+image codec's tiled analysis / synthesis keep the stream bit-exact.
+
+The budget tests run the real Encoder and Decoder servicers in an in-process gRPC server on
+tiny random models; a refused request never loads a model or decodes a pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import zlib
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+
+pytest.importorskip("compressai")
+
+from reprocodec import container  # noqa: E402
+from reprocodec.checksum import checksum  # noqa: E402
+from reprocodec.image import ImageCodec  # noqa: E402
+from reprocodec.image import codec as codec_module  # noqa: E402
+from reprocodec.image.testing import sample_crop, write_test_models  # noqa: E402
+from reprocodec.server import backend  # noqa: E402
+from reprocodec.server.core import (  # noqa: E402
+    DEFAULT_MAX_REQUEST_MEMORY,
+    MEMORY_COSTS,
+    ServeConfig,
+    ServiceCore,
+    request_memory,
+)
+from reprocodec.server.main import build_parser  # noqa: E402
+from reprocodec.server.metrics import ServiceMetrics  # noqa: E402
+from reprocodec.server.servicers import add_to_server  # noqa: E402
+from reprocodec.v1 import service_pb2, service_pb2_grpc  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    d = tmp_path_factory.mktemp("weights")
+    return d, write_test_models(d)
+
+
+@pytest.fixture(scope="module")
+def codec(weights):
+    d, names = weights
+    return ImageCodec.load(names["bmshj"], str(d))
+
+
+# ---------------------------------------------------------------------------- the formula
+
+
+def test_the_estimate_is_the_documented_formula():
+    for method, cost in MEMORY_COSTS.items():
+        for n in (0, 1, 10**6, 24 * 10**6):
+            assert request_memory(method, n) == int(cost.fixed + cost.per_element * n)
+            assert request_memory(method + "Stream", n) == request_memory(method, n)
+    assert request_memory("ListModels", 10**9) == 0
+    # The issue's target: a 24 MP photo within 2 GB, and the default budget admits an image
+    # at the default --max-pixels (50 MP).
+    for method in ("EncodeImage", "DecodeImage"):
+        assert request_memory(method, 6000 * 4000) <= 2e9
+        assert request_memory(method, 50_000_000) <= DEFAULT_MAX_REQUEST_MEMORY
+    args = build_parser("encoder").parse_args(["--max-request-memory-mb", "1500"])
+    assert args.max_request_memory_mb == 1500
+
+
+# ------------------------------------------------------------------ refusals through gRPC
+
+
+class _Service:
+    def __init__(self, service: str, weights_dir, budget: int) -> None:
+        self.metrics = ServiceMetrics(service)
+        self.core = ServiceCore(ServeConfig(service, "cpu", "cpu", max_request_memory=budget),
+                                self.metrics)
+        self.codecs = backend.Codecs(weights_dir)
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        add_to_server(self.server, service, self.core, self.codecs)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(None)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A valid PNG header for a width x height RGB image whose pixel data is not there: a
+    server that decoded pixels before refusing would fail differently."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b""))
+
+
+def _reasons(caplog) -> list[tuple[str, str]]:
+    return [(json.loads(r.getMessage())["status"], json.loads(r.getMessage())["reason"])
+            for r in caplog.records if r.name == "reprocodec.requests"]
+
+
+def test_an_encode_over_the_budget_is_refused_before_any_work(weights, caplog):
+    d, names = weights
+    budget = request_memory("EncodeImage", 1000 * 1000)  # admits 1 MP, not 24 MP
+    svc = _Service("encoder", d, budget)
+    stub = service_pb2_grpc.EncoderStub(svc.channel)
+    caplog.set_level(logging.INFO, logger="reprocodec.requests")
+    try:
+        for method in (stub.EncodeImage,):
+            with pytest.raises(grpc.RpcError) as err:
+                method(service_pb2.EncodeImageRequest(image_file=_png_header(6000, 4000),
+                                                      model=names["bmshj"]), timeout=30)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            message = err.value.details()
+            assert "memory budget" in message and "--max-request-memory-mb" in message
+            assert "24000000 pixels" in message and "not started" in message
+            assert f"{request_memory('EncodeImage', 24_000_000) / 2**20:.0f} MiB" in message
+        assert not svc.codecs._loaded  # refused before the model was even loaded
+        assert _reasons(caplog) == [("RESOURCE_EXHAUSTED", "too_large")]
+        # Under the budget the same server encodes.
+        pixels = sample_crop(height=48, width=64)
+        raw = service_pb2.RawImage(height=48, width=64, channels=3, pixels=pixels.tobytes())
+        response = stub.EncodeImage(service_pb2.EncodeImageRequest(raw=raw, model=names["bmshj"]),
+                                    timeout=60)
+        assert response.bitstream.image.height == 48
+    finally:
+        svc.close()
+
+
+def test_a_decode_over_the_budget_is_refused_with_its_reason(weights, codec, caplog):
+    d, _ = weights
+    small = container.pack(codec.encode(sample_crop(height=32, width=32)))
+    large = container.pack(codec.encode(sample_crop(height=96, width=128)))
+    budget = (request_memory("DecodeImage", 32 * 32)
+              + request_memory("DecodeImage", 96 * 128)) // 2
+    svc = _Service("decoder", d, budget)
+    stub = service_pb2_grpc.DecoderStub(svc.channel)
+    caplog.set_level(logging.INFO, logger="reprocodec.requests")
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.DecodeImage(service_pb2.DecodeRequest(container=large), timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "memory budget" in err.value.details()
+        assert "12288 pixels" in err.value.details()
+        assert not svc.codecs._loaded
+        failures = svc.metrics.registry.get_sample_value(
+            "reprocodec_decode_failures_total", {"service": "decoder", "reason": "too_large"})
+        assert failures == 1
+        ok = stub.DecodeImage(service_pb2.DecodeRequest(container=small), timeout=60)
+        assert ok.bit_exact
+        assert _reasons(caplog) == [("RESOURCE_EXHAUSTED", "too_large"), ("OK", "")]
+    finally:
+        svc.close()
+
+
+# ------------------------------------------------------------------- tiles in the codec
+
+
+def test_tiled_analysis_codes_bit_exactly_at_a_size_that_is_no_multiple_of_a_tile(
+        codec, monkeypatch):
+    """Tiny tiles (5 latents, halo 4) on a 333 x 250 image (16 x 24 latents once
+    replicate-padded to the 64-pixel grid, so edge tiles are partial and reach into the
+    padding): the stream decodes bit-exactly, and the tiled y is the whole-image y up to
+    float32 summation order (the halo covers g_a's receptive field)."""
+    import torch
+
+    pixels = np.tile(sample_crop(height=100, width=120), (4, 3, 1))[:250, :333]
+    whole_y = codec._analysis(pixels)
+    monkeypatch.setattr(codec_module, "ANALYSIS_TILE", 5)
+    monkeypatch.setattr(codec_module, "SYNTHESIS_TILE", 6)
+    assert len(codec_module._tiles(16, 24, 5)) == 20
+    tiled_y = codec._analysis(pixels)
+    assert tiled_y.shape == whole_y.shape == (1, codec.model.M, 16, 24)
+    assert float(torch.abs(tiled_y - whole_y).max()) < 1e-3
+    for px in (pixels, pixels[:, :, :1]):  # RGB and greyscale
+        msg = container.unpack(container.pack(codec.encode(px, "syndrome", "both")))
+        decoded = codec.decode(msg)
+        assert decoded.bit_exact and decoded.pixels.shape == px.shape
+
+
+def test_tiled_and_whole_synthesis_decode_identically(codec, monkeypatch):
+    pixels = np.tile(sample_crop(height=100, width=120), (3, 3, 1))[:270, :301]
+    msg = container.unpack(container.pack(codec.encode(pixels, "syndrome", "both")))
+    monkeypatch.setattr(codec_module, "SYNTHESIS_TILE", 10_000)
+    whole = codec.decode(msg)
+    monkeypatch.setattr(codec_module, "SYNTHESIS_TILE", 7)
+    tiled = codec.decode(msg)
+    assert whole.bit_exact and tiled.bit_exact
+    assert np.array_equal(whole.pixels, tiled.pixels)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (300, 7, 3), (513, 260, 1), (0, 4, 3)])
+def test_chunked_pixel_checksum_and_clip_equal_the_whole_array_ones(shape):
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    assert codec_module.pixel_checksum(pixels) == checksum(pixels)
+    indices = rng.integers(-3, 260, size=shape, dtype=np.int64)
+    clipped = codec_module._to_uint8(indices)
+    assert clipped.dtype == np.uint8
+    assert np.array_equal(clipped, np.clip(indices, 0, 255).astype(np.uint8))
