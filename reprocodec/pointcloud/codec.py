@@ -62,8 +62,8 @@ CODERS = ("auto", "learned", "adaptive")
 # ESTIMATE_NODES of them, and runs it on the whole level only if that estimate is within
 # ESTIMATE_MARGIN of the adaptive coder's exact cost (an encoder-side choice: any rule keeps
 # streams decodable and never larger than the adaptive coder's).
-ESTIMATE_NODES = 1 << 11
-ESTIMATE_MARGIN = 1.1
+ESTIMATE_NODES = 1 << 12
+ESTIMATE_MARGIN = 1.03
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
 # Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8.
 MAX_CODED_BITS = 1 << 28
