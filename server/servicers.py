@@ -4,8 +4,10 @@ Each heavy method has a unary form and a chunked `...Stream` twin that share one
 function, so large payloads take exactly the code path small ones do. A `_work` function first
 runs the checks that need no heavy work (image header, PLY header, container framing, model,
 weights, parameters), so a malformed request is answered INVALID_ARGUMENT or
-FAILED_PRECONDITION, never a deadline or overload refusal; then `core.admitted` (deadline,
-queue, cancel token) wraps the heavy part.
+FAILED_PRECONDITION, never a deadline or overload refusal; then `core.admitted` (memory
+budget, deadline, queue, cancel token) wraps the heavy part: the element counts it gets
+(pixels from the image or stream header, points from the PLY header or packed count) are
+known before a pixel or point is decoded.
 """
 
 from __future__ import annotations
