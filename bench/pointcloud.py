@@ -92,6 +92,37 @@ def laz_bits(voxels: np.ndarray) -> tuple[int, bool]:
     return 8 * size, np.array_equal(octree.sort_voxels(decoded), voxels)
 
 
+GPCC_FLAGS = [  # cfg/octree-*-ctc-lossless-geom-*.yaml, geometry only (no attributes)
+    "--mergeDuplicatedPoints=0", "--positionQuantizationScale=1", "--trisoupNodeSizeLog2=0",
+    "--neighbourAvailBoundaryLog2=8", "--intra_pred_max_node_size_log2=6",
+    "--inferredDirectCodingMode=1", "--maxNumQtBtBeforeOt=4", "--minQtbtSizeLog2=0",
+    "--planarEnabled=1", "--planarModeIdcmUse=0", "--disableAttributeCoding=1"]
+
+
+def gpcc_bits(voxels: np.ndarray, tmc3: str) -> tuple[int, bool, float, float]:
+    """MPEG G-PCC (TMC13's tmc3, lossless octree geometry, the CTC flags): bits, lossless,
+    encode and decode seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, bin_, rec = (str(Path(tmp) / n) for n in ("in.ply", "out.bin", "rec.ply"))
+        header = (f"ply\nformat ascii 1.0\nelement vertex {voxels.shape[0]}\n"
+                  "property float x\nproperty float y\nproperty float z\nend_header\n")
+        with open(src, "w") as f:
+            f.write(header)
+            np.savetxt(f, voxels, fmt="%d")
+        t0 = time.perf_counter()
+        subprocess.run([tmc3, "--mode=0", f"--uncompressedDataPath={src}",
+                        f"--compressedStreamPath={bin_}", *GPCC_FLAGS], check=True,
+                       stdout=subprocess.DEVNULL)
+        t1 = time.perf_counter()
+        subprocess.run([tmc3, "--mode=1", f"--compressedStreamPath={bin_}",
+                        f"--reconstructedDataPath={rec}", "--outputBinaryPly=0"], check=True,
+                       stdout=subprocess.DEVNULL)
+        t2 = time.perf_counter()
+        back = read_ply(Path(rec))
+        lossless = np.array_equal(octree.sort_voxels(np.rint(back).astype(np.int64)), voxels)
+        return 8 * Path(bin_).stat().st_size, lossless, t1 - t0, t2 - t1
+
+
 def rate_table(data: Path, skip_others: bool) -> list[dict]:
     import torch
 
@@ -257,7 +288,15 @@ def _measure_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _others(voxels: np.ndarray, depth: int, row: dict, notes: set[str]) -> None:
+def _others(voxels: np.ndarray, depth: int, row: dict, notes: set[str], tmc3: str | None
+            ) -> None:
+    if tmc3:
+        bits, ok, enc_s, dec_s = gpcc_bits(voxels, tmc3)
+        row["gpcc_bpp"], row["gpcc_lossless"] = bits / voxels.shape[0], ok
+        row["gpcc_encode_s"], row["gpcc_decode_s"] = enc_s, dec_s
+    else:
+        notes.add("G-PCC: skipped (no tmc3: pass --tmc3 PATH or set TMC3; build it from "
+                  "github.com/MPEGGroup/mpeg-pcc-tmc13 with cmake)")
     coders = (("draco", lambda: draco_bits(voxels, depth)), ("laz", lambda: laz_bits(voxels)))
     for name, fn in coders:
         try:
@@ -269,7 +308,8 @@ def _others(voxels: np.ndarray, depth: int, row: dict, notes: set[str]) -> None:
 
 
 def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: int,
-                learned: bool, skip_others: bool) -> tuple[list[dict], list[str]]:
+                learned: bool, skip_others: bool, tmc3: str | None = None
+                ) -> tuple[list[dict], list[str]]:
     rows, notes = [], set()
     me = [sys.executable, str(Path(__file__).resolve())]
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,7 +322,7 @@ def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: i
             subprocess.run(cmd + (["--learned"] if learned else []), check=True)
             row = {"cloud": name, **json.loads(result.read_text())}
             if not skip_others:
-                _others(voxels, depth, row, notes)
+                _others(voxels, depth, row, notes, tmc3)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     return rows, sorted(notes)
@@ -295,15 +335,16 @@ def print_cloud_table(rows: list[dict], notes: list[str]) -> None:
           "model alone (whole stream);\nlevels: coder of each octree level, L learned, A "
           "adaptive; enc/dec: median seconds; RSS: peak of the measuring process")
     print(f"{'cloud':22s} {'D':>2s} {'points':>8s} {'ours':>7s} {'(payl.)':>7s} {'adapt.':>7s} "
-          f"{'learned':>7s} "
+          f"{'learned':>7s} {'G-PCC':>6s} "
           f"{'Draco':>6s} {'LAZ':>6s} {'levels':>13s} {'enc s':>6s} {'dec s':>6s} "
           f"{'s/Mpt':>11s} {'RSS MB':>7s} lossless")
     for r in rows:
         mpt = r["points"] / 1e6
-        lossless = all(r.get(f"{c}_lossless", True) for c in ("ours", "draco", "laz"))
+        lossless = all(r.get(f"{c}_lossless", True) for c in ("ours", "gpcc", "draco", "laz"))
         print(f"{r['cloud']:22s} {r['depth']:2d} {r['points']:8d} {r['ours_bpp']:7.3f} "
               f"{r['ours_payload_bpp']:7.3f} "
               f"{r['adaptive_bpp']:7.3f} {r.get('learned_only_bpp', nan):7.3f} "
+              f"{r.get('gpcc_bpp', nan):6.2f} "
               f"{r.get('draco_bpp', nan):6.2f} {r.get('laz_bpp', nan):6.2f} {r['levels']:>13s} "
               f"{r['encode_s']:6.2f} {r['decode_s']:6.2f} "
               f"{r['encode_s'] / mpt:5.1f}/{r['decode_s'] / mpt:<5.1f} {r['peak_rss_mb']:7.0f} "
@@ -425,6 +466,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="--clouds: torch threads")
     ap.add_argument("--learned", action="store_true",
                     help="--clouds: also the learned model alone on every level")
+    ap.add_argument("--tmc3", default=os.environ.get("TMC3"),
+                    help="--clouds: MPEG G-PCC's tmc3 binary (TMC13) for a G-PCC column")
     ap.add_argument("--measure-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cloud", help=argparse.SUPPRESS)
     ap.add_argument("--depth", type=int, help=argparse.SUPPRESS)
@@ -440,7 +483,7 @@ def main() -> int:
     if args.clouds:
         clouds = large_clouds() if args.large else synthetic_clouds(args.scale)
         rows, notes = cloud_table(clouds, args.runs, args.threads,
-                                  args.learned, args.skip_others)
+                                  args.learned, args.skip_others, args.tmc3)
         print_cloud_table(rows, notes)
         if args.json:
             Path(args.json).write_text(json.dumps({"clouds": rows, "notes": notes}, indent=1))
