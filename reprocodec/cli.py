@@ -479,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         if (exc.name or "").split(".")[0] not in _SERVER_EXTRA:
             raise
         _fail(f"`reprocodec {args.verb}` needs the codecs, which this install lacks "
-              f"({exc.name}): pip install 'reprocodec[server]', or use a service with "
+              f"({exc.name}): pip install 'reprocodec[server]' (plus the shipped weights, "
+              "./reprocodec/weights from a checkout), or use a service with "
               "--encoder/--decoder HOST:PORT")
         return EXIT_USAGE
     except Exception as exc:  # a last-resort one-line reason instead of a traceback
