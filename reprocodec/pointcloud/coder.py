@@ -1,12 +1,17 @@
 """Occupancy coding: octree levels -> rANS bytes (compress) and back (decompress), mirrored.
 
-Per level l and sub-pass k (child k of every level-l node, all nodes at once):
+Per learned level l and sub-pass k (child k of every level-l node, all nodes at once):
 
     features -> MLP logit (float, protected) -> safeguard index -> clamp -> CDF table -> rANS
 
+Levels the stream gives to the adaptive context coder (adaptive.py: integer counts, its own
+rANS stream, decoded node by node) skip all of this; both coders' levels walk the same
+octree, and the adaptive model's counts see every level's bits. The encoder prices each level
+both ways (learned_level / estimate_level_cost against adaptive.cost_bits; codec.py picks).
+
 The decoder runs the same steps with its own floats; the occupancy decision's `resolve_pass`
 turns them into the encoder's indices as long as they are within the error bound. The side
-information of all passes is one record (the record's mode and each pass's size are its
+information of all learned passes is one record (the record's mode and each pass's size are its
 header; mode none has none):
 
 * syndrome (the default): one bit stream, per pass a presence bit, then for a pass with
