@@ -402,3 +402,21 @@ def test_chunked_float_features_give_the_same_logits(codec, monkeypatch, compile
             want = codec.networks.logits(context.pass_features(
                 table, bits[level], k, level, 7, compact=True), k, 6 - level)
             np.testing.assert_array_equal(codec._predict(table, bits[level], k, level, 7), want)
+
+
+@pytest.mark.parametrize("name", ["dense", "outliers"])
+def test_sampled_level_estimates_keep_the_guarantee(codec, monkeypatch, name):
+    """With levels priced from a sample of their nodes (as large clouds are), the encoder
+    still round-trips, stays within the adaptive coder's size and keeps the learned model
+    where it wins by far (the dense surface)."""
+    from reprocodec.pointcloud import codec as codec_module
+
+    points, depth = CLOUDS[name]
+    exact = codec.encode(points, "syndrome", depth=depth)
+    monkeypatch.setattr(codec_module, "ESTIMATE_NODES", 64)  # levels of >= 256 nodes
+    msg, out = _roundtrip(codec, points, depth)
+    np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
+    alone = codec.encode(points, "syndrome", depth=depth, coders="adaptive")
+    assert msg.ByteSize() <= alone.ByteSize()
+    if name == "dense":
+        assert _levels(msg, depth) == _levels(exact, depth) == "L" * depth
