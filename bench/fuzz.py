@@ -113,13 +113,16 @@ IMAGE_SEEDS = [
     ("coffee", 100, 100, 40, 40, True, "flags", "reconstruction"),
 ]
 # (sample or None for an empty cloud, depth, mode)
+# (sample, depth, mode, coders): "auto" as users encode (small clouds at shallow depths go
+# all adaptive), "learned" so protected occupancy logits are always among the seeds.
 CLOUD_SEEDS = [
-    ("camel_d6", 3, "syndrome"),
-    ("camel_d6", 4, "flags"),
-    ("camel_d6", 5, "none"),
-    ("elephant_d7", 4, "simplified"),
-    ("elephant_d7", 3, "syndrome"),
-    (None, 4, "syndrome"),
+    ("camel_d6", 3, "syndrome", "learned"),
+    ("camel_d6", 3, "syndrome", "auto"),
+    ("camel_d6", 4, "flags", "learned"),
+    ("camel_d6", 5, "none", "auto"),
+    ("elephant_d7", 4, "simplified", "learned"),
+    ("elephant_d7", 3, "syndrome", "auto"),
+    (None, 4, "syndrome", "auto"),
 ]
 
 
@@ -163,14 +166,14 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
                     (("z", codec.hyper.tables), ("y", codec.latent.tables))
                     for k in ("cdfs", "lengths", "offsets")})
     for name, codec in codecs.cloud.items():
-        for sample, depth, mode in CLOUD_SEEDS:
+        for sample, depth, mode, coders in CLOUD_SEEDS:
             points = (read_ply(SAMPLES / f"{sample}.ply") if sample
                       else np.zeros((0, 3), np.float64))
-            msg = codec.encode(points, mode, depth=depth)
+            msg = codec.encode(points, mode, depth=depth, coders=coders)
             i = len(meta)
             (out / f"seed_{i:02d}.rpc").write_bytes(container.pack(msg))
             meta.append({"kind": "point_cloud", "model": name, "scale_index": False,
-                         "desc": f"{name} {sample or 'empty'} depth {depth} {mode}"})
+                         "desc": f"{name} {sample or 'empty'} depth {depth} {mode} {coders}"})
     (out / "seeds.json").write_text(json.dumps(meta, indent=1))
 
 
@@ -994,13 +997,13 @@ class _Counted:
             self.hooks = [m.register_forward_pre_hook(self._count)
                           for m in (self.codec.model.h_s, self.codec.model.g_s)]
         else:
-            real = self.real = self.codec.networks.logits
+            real = self.real = self.codec.networks.logits_of  # what decode calls
 
             def counted(*a: Any, **k: Any) -> Any:
                 self.calls += 1
                 return real(*a, **k)
 
-            self.codec.networks.logits = counted
+            self.codec.networks.logits_of = counted
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -1008,8 +1011,8 @@ class _Counted:
             for h in self.hooks:
                 h.remove()
         else:
-            del self.codec.networks.logits  # the class's method again
-            assert self.codec.networks.logits == self.real
+            del self.codec.networks.logits_of  # the class's method again
+            assert self.codec.networks.logits_of == self.real
 
 
 def hostile_bound_timing(codecs: Codecs, seeds: list[Seed], reps: int = 15) -> list[dict]:

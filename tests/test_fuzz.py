@@ -123,7 +123,9 @@ def _image_stream(codec) -> pb.Bitstream:
 def _cloud_stream(codec) -> pb.Bitstream:
     from reprocodec.pointcloud.ply import read_ply
 
-    return codec.encode(read_ply(SAMPLES / "camel_d6.ply"), "syndrome", depth=3)
+    # Learned on every level: a stream with protected occupancy logits whose bound to tamper.
+    return codec.encode(read_ply(SAMPLES / "camel_d6.ply"), "syndrome", depth=3,
+                        coders="learned")
 
 
 def _with_bounds(msg: pb.Bitstream, factor: float, only: str | None = None) -> bytes:
@@ -143,7 +145,8 @@ def _block_networks(monkeypatch, codec) -> None:
         for name in ("h_s", "g_s"):
             monkeypatch.setattr(getattr(codec.model, name), "forward", _fail)
     else:
-        monkeypatch.setattr(codec.networks, "logits", _fail)
+        for name in ("logits", "logits_of"):  # logits_of is what decode calls
+            monkeypatch.setattr(codec.networks, name, _fail)
 
 
 @pytest.mark.parametrize("factor", [1e6, 17.0])
