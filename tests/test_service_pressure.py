@@ -442,3 +442,12 @@ def test_queue_flag_defaults():
     with pytest.raises(status.Failure, match="queue is full"):
         admission.acquire()
     admission.release()
+
+
+def test_deadline_slack_grows_with_the_timeout():
+    """A client's cancel at its own deadline reaches a starved server before the server's copy
+    of the deadline (which starts when the server reads the headers): counted as a deadline."""
+    from reprocodec.server.core import deadline_slack
+
+    assert deadline_slack(0.5) == 0.25 and deadline_slack(2.5) == 0.25
+    assert deadline_slack(120.0) == pytest.approx(12.0)
