@@ -141,6 +141,23 @@ def _emit(out, pos, x, x_max):  # pragma: no cover - compiled
 
 
 @_jit
+def _put(out, pos, x, start, freq):  # pragma: no cover - compiled
+    """Rans64EncPut of one symbol (start, freq out of 2^PRECISION): returns (x, pos)."""
+    x, pos = _emit(out, pos, x, np.uint64((_RANS_L >> PRECISION) << 32) * freq)
+    x = np.uint64(x)
+    return ((x // freq) << np.uint64(PRECISION)) + (x % freq) + start, pos
+
+
+@_jit
+def _flush(out, pos, x):  # pragma: no cover - compiled
+    """Rans64EncFlush: the final state as two words in front; returns the first word's index."""
+    pos -= 2
+    out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
+    out[pos + 1] = np.uint32(x >> np.uint64(32))
+    return pos
+
+
+@_jit
 def _encode_kernel(symbols, indexes, cdfs, lengths, offsets, out):  # pragma: no cover
     """rANS-encode symbols in reverse into out (uint32 words, filled from the end); returns
     the index of the first word written. Items of one symbol, in decoding order: the table
@@ -173,13 +190,8 @@ def _encode_kernel(symbols, indexes, cdfs, lengths, offsets, out):  # pragma: no
             value = max_value
         start = np.uint64(cdfs[t, value])
         freq = np.uint64(cdfs[t, value + 1] - cdfs[t, value])
-        x, pos = _emit(out, pos, x, np.uint64((_RANS_L >> PRECISION) << 32) * freq)
-        x = np.uint64(x)
-        x = ((x // freq) << np.uint64(PRECISION)) + (x % freq) + start
-    pos -= 2
-    out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
-    out[pos + 1] = np.uint32(x >> np.uint64(32))
-    return pos
+        x, pos = _put(out, pos, x, start, freq)
+    return _flush(out, pos, x)
 
 
 @_jit

@@ -105,13 +105,8 @@ def _encode_kernel(bits, f0, out):  # pragma: no cover - compiled
             start, freq = np.uint64(f0[i]), np.uint64(_ONE - f0[i])
         else:
             start, freq = np.uint64(0), np.uint64(f0[i])
-        x, pos = entropy._emit(out, pos, x, np.uint64((_RANS_L >> _PRECISION) << 32) * freq)
-        x = np.uint64(x)
-        x = ((x // freq) << np.uint64(_PRECISION)) + (x % freq) + start
-    pos -= 2
-    out[pos] = np.uint32(x & np.uint64(0xFFFFFFFF))
-    out[pos + 1] = np.uint32(x >> np.uint64(32))
-    return pos
+        x, pos = entropy._put(out, pos, x, start, freq)
+    return entropy._flush(out, pos, x)
 
 
 @_jit
