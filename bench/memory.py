@@ -230,13 +230,7 @@ def main() -> None:
             row = measure(size, args, Path(tmp))
             rows.append(row)
             w, h = (int(v) for v in size.split("x"))
-            line = (f"{size:>10} {w * h / 1e6:6.2f} {row['encode']['extra_mb']:8.0f} "
-                    f"{row['decode']['extra_mb']:8.0f} {row['encode']['seconds']:7.1f} "
-                    f"{row['decode']['seconds']:7.1f}")
-            if args.budget:
-                b = row["budget_mb"]
-                line += f"  {b['encode']:8.0f} {b['decode']:8.0f}"
-            print(line, flush=True)
+            print(f"{size:>10} {w * h / 1e6:6.2f} " + _columns(row, args.budget), flush=True)
         if args.clouds:
             print(f"point clouds, depth {args.depth}, model {args.cloud_model}")
             print(f"{'points':>10} {'voxels':>9} {'enc MB':>8} {'dec MB':>8} {'enc s':>7} "
@@ -244,15 +238,18 @@ def main() -> None:
         for n in args.clouds:
             row = measure(n, args, Path(tmp), cloud=True)
             rows.append(row)
-            line = (f"{int(n):>10} {row['voxels']:>9} {row['encode']['extra_mb']:8.0f} "
-                    f"{row['decode']['extra_mb']:8.0f} {row['encode']['seconds']:7.1f} "
-                    f"{row['decode']['seconds']:7.1f}")
-            if args.budget:
-                b = row["budget_mb"]
-                line += f"  {b['encode']:8.0f} {b['decode']:8.0f}"
-            print(line, flush=True)
+            print(f"{int(n):>10} {row['voxels']:>9} " + _columns(row, args.budget), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def _columns(row: dict, budget: bool) -> str:
+    """enc/dec extra MB and seconds (and the budget's estimates) of one measured row."""
+    line = (f"{row['encode']['extra_mb']:8.0f} {row['decode']['extra_mb']:8.0f} "
+            f"{row['encode']['seconds']:7.1f} {row['decode']['seconds']:7.1f}")
+    if budget:
+        line += f"  {row['budget_mb']['encode']:8.0f} {row['budget_mb']['decode']:8.0f}"
+    return line
 
 
 if __name__ == "__main__":
