@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .models import DEFAULT_BOUNDS, ModelInfo, list_models, resolve_model_name
+from .models import DEFAULT_BOUNDS, MEAN_ARCHITECTURES, ModelInfo, list_models, resolve_model_name
 
 if TYPE_CHECKING:
     from .codec import DecodedImage, ImageCodec
@@ -52,8 +52,11 @@ def write_output(path: Path, decoded: Any, msg: Any) -> None:
 
 
 def effective_bounds(info: ModelInfo) -> dict[str, dict[str, Any]]:
-    """Calibrated bounds from the json, else the defaults, for the tensors this model has."""
-    tensors = [t for t in DEFAULT_BOUNDS if t != "mean_grid" or info.architecture == "mbt2018-mean"]
+    """Calibrated bounds from the json, else the defaults, for the tensors this model has (a
+    checkerboard model's per-pass decisions scale_index.* / mean_grid.* use the bounds of
+    scale_index / mean_grid: the same networks' floats, calibrated over both passes)."""
+    tensors = [t for t in DEFAULT_BOUNDS
+               if t != "mean_grid" or info.architecture in MEAN_ARCHITECTURES]
     return {t: info.tensor_bound(t) for t in tensors} | dict(info.bounds)
 
 

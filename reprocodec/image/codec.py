@@ -16,6 +16,11 @@ the encoder's symbol checksum before any output exists:
     y_hat = latent.encode(y, scale_index, mean_q) y_hat = latent.decode(y, ...)      (+ checksum)
     pixels = protect(255 g_s(y_hat))              pixels = resolve(255 g_s(y_hat))   (+ checksum)
 
+mbt2018-mean-checkerboard replaces the scale_index / mean_grid / y lines with two passes
+(checkerboard.py): anchors, then non-anchors from the anchors' context, each pass's decisions
+(scale_index.<pass>, mean_grid.<pass>) protected and resolved before that pass's payload
+(y.<pass>) is entropy-coded or decoded.
+
 With mode `none` the decisions are CompressAI's own (each side thresholds its own floats);
 the checksums still catch a flip, so the failure is reported rather than returned.
 """
@@ -44,7 +49,13 @@ from reprocodec.v1 import bitstream_pb2 as pb
 
 from .io import DEFAULT_MAX_PIXELS, check_pixels
 from .latents import HyperLatent, Latent
-from .models import DEFAULT_BOUNDS, ModelInfo, load_shipped
+from .models import (
+    CHECKERBOARD_ARCHITECTURES,
+    DEFAULT_BOUNDS,
+    MEAN_ARCHITECTURES,
+    ModelInfo,
+    load_shipped,
+)
 
 # Means are snapped to multiples of 1/32 (a power of two, so symbol + mean stays exact in
 # float32 for |y| < 2^18). Against unit quantization of y the snapping error (<= 1/64) costs
@@ -98,7 +109,16 @@ class ImageCodec:
         # only run on the encoder, so they keep the device's float32 (and its speed).
         self.model.h_s.double()
         self.model.g_s.double()
-        self.has_means = info.architecture == "mbt2018-mean"
+        self.has_means = info.architecture in MEAN_ARCHITECTURES
+        self.checkerboard: Any = None
+        if info.architecture in CHECKERBOARD_ARCHITECTURES:
+            from .checkerboard import CheckerboardY
+
+            # the context networks feed the same decisions as h_s: float64 as well
+            self.model.context_prediction.double()
+            self.model.entropy_parameters.double()
+            self.checkerboard = CheckerboardY(self.model, Latent(self.model.gaussian_conditional),
+                                              self._grid_means)
         self.weights_sha256 = bytes.fromhex(info.weights_sha256)
         self.hyper = HyperLatent(self.model.entropy_bottleneck)
         self.latent = Latent(self.model.gaussian_conditional)
@@ -117,6 +137,17 @@ class ImageCodec:
                 "pixels", "reconstruction", DecisionQuantizer.uniform(PIXEL_STEP),
                 bound_from_info(bounds, "pixels")),
         }
+        if self.checkerboard is not None:
+            from .checkerboard import PASSES
+
+            # One decision per pass and kind, on the bounds of scale_index / mean_grid (the
+            # same networks' floats: `network_floats` reports both passes under those names,
+            # so calibration measures one bound that covers both passes).
+            for tag in PASSES:
+                for kind in ("scale_index", "mean_grid"):
+                    d = self.decisions[kind]
+                    self.decisions[f"{kind}.{tag}"] = ProtectedDecision(
+                        f"{kind}.{tag}", d.level, d.quantizer, d.bound)
 
     # ----------------------------------------------------------------------------- loading
 
@@ -136,10 +167,10 @@ class ImageCodec:
     ) -> ImageCodec:
         """Wrap an in-memory CompressAI model (its CDF tables must be built already)."""
         if architecture is None:
-            architecture = (
-                "mbt2018-mean" if type(model).__name__ == "MeanScaleHyperprior"
-                else "bmshj2018-hyperprior"
-            )
+            architecture = {
+                "MeanScaleHyperprior": "mbt2018-mean",
+                "MeanScaleCheckerboard": "mbt2018-mean-checkerboard",
+            }.get(type(model).__name__, "bmshj2018-hyperprior")
         info = ModelInfo(
             name=name, architecture=architecture, quality=0, weights_sha256=weights_sha256,
             bounds=dict(bounds or {}), N=int(model.N), M=int(model.M),
@@ -148,12 +179,16 @@ class ImageCodec:
 
     # ----------------------------------------------------------------------- shared steps
 
-    def _params(self, z_hat: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        """h_s on the exact z_hat -> (sigma, mean) as float64 numpy; mean is None for bmshj."""
+    def _hyper(self, z_hat: Any) -> Any:
+        """h_s on the exact z_hat, float64 (a tensor on the profile's device)."""
         import torch
 
         with torch.no_grad():
-            params = self.model.h_s(numerics.prepare_input(z_hat.to(torch.float64)))
+            return self.model.h_s(numerics.prepare_input(z_hat.to(torch.float64)))
+
+    def _params(self, z_hat: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """h_s on the exact z_hat -> (sigma, mean) as float64 numpy; mean is None for bmshj."""
+        params = self._hyper(z_hat)
         if self.has_means:
             sigma, mean = params.chunk(2, 1)
             return _numpy64(sigma), _numpy64(mean)
@@ -248,11 +283,16 @@ class ImageCodec:
         records: list[pb.ProtectedTensor] = []
         protect = _Protector(self.decisions, mode, level, records, capture)
         z_bytes, z_symbols, z_hat = self.hyper.encode(z)
-        sigma, mean = self._params(z_hat)
-        scale_index = protect("scale_index", sigma)
-        mean_q = self._grid_means(protect("mean_grid", mean)) if self.has_means else None
-        y_bytes, y_symbols, y_hat = self.latent.encode(y, scale_index, mean_q)
-        del y, z, sigma, mean, scale_index
+        if self.checkerboard is not None:
+            y_payloads, y_hat = self._encode_checkerboard(y, z_hat, protect)
+        else:
+            sigma, mean = self._params(z_hat)
+            scale_index = protect("scale_index", sigma)
+            mean_q = self._grid_means(protect("mean_grid", mean)) if self.has_means else None
+            y_bytes, y_symbols, y_hat = self.latent.encode(y, scale_index, mean_q)
+            y_payloads = [("y", y_bytes, y_symbols)]
+            del sigma, mean, scale_index
+        del y, z
         cancel.check()
         output = _to_uint8(protect("pixels", self._synthesis(y_hat, height, width, channels)))
         _capture(capture, z_hat=z_hat, y_hat=y_hat, output=output)
@@ -268,7 +308,8 @@ class ImageCodec:
             encoder_profile=self.profile.name,
         )
         msg.payloads.append(container.make_payload("z", z_bytes, z_symbols.shape, z_symbols))
-        msg.payloads.append(container.make_payload("y", y_bytes, y_symbols.shape, y_symbols))
+        for name, data, symbols in y_payloads:
+            msg.payloads.append(container.make_payload(name, data, symbols.shape, symbols))
         msg.protected.extend(records)
         return msg
 
@@ -282,13 +323,24 @@ class ImageCodec:
         container.validate(msg)  # framing, CRCs, ranges: before any byte reaches rANS
         height, width, channels = self._check_header(msg)
         pad_h, pad_w = _padded(height), _padded(width)
-        z_rec = _payload(msg, "z", [self.hyper.channels, pad_h // 64, pad_w // 64])
-        y_rec = _payload(msg, "y", [self.model.M, pad_h // 16, pad_w // 16])
-        records = _records(msg, self.has_means)
+        h, w, m = pad_h // 16, pad_w // 16, self.model.M
+        if self.checkerboard is not None:
+            from .checkerboard import PASSES, pass_mask
+
+            counts = [int(pass_mask(h, w, step).sum()) for step in (0, 1)]
+            y_shapes = {f"y.{tag}": [m, 1, n] for tag, n in zip(PASSES, counts, strict=True)}
+            shapes = {f"{kind}.{tag}": [1, m, 1, n] for tag, n in zip(PASSES, counts, strict=True)
+                      for kind in ("scale_index", "mean_grid")}
+        else:
+            y_shapes = {"y": [m, h, w]}
+            shapes = {"scale_index": [1, m, h, w], "mean_grid": [1, m, h, w]}
+        shapes["pixels"] = [height, width, channels]
+        payloads = _payloads(msg, {"z": [self.hyper.channels, pad_h // 64, pad_w // 64]}
+                             | y_shapes)
+        z_rec = payloads["z"]
+        records = _records(msg, {n for n in shapes if n != "pixels"
+                                 and (self.has_means or not n.startswith("mean_grid"))})
         # Every record is checked (shape, level, bound) before any network runs.
-        latent_shape = [1, *y_rec.shape]
-        shapes = {"scale_index": latent_shape, "mean_grid": latent_shape,
-                  "pixels": [height, width, channels]}
         for name, t in records.items():
             self.decisions[name].check_record(t, shapes[name])
 
@@ -297,12 +349,16 @@ class ImageCodec:
         resolve = _Resolver(self.decisions, records, verify, stats, capture, note)
         z_symbols, z_hat = self.hyper.decode(z_rec.data, pad_h // 64, pad_w // 64, not verify)
         _check_symbols(z_rec, z_symbols, verify)
-        sigma, mean = self._params(z_hat)
-        scale_index = resolve("scale_index", sigma)
-        mean_q = self._grid_means(resolve("mean_grid", mean)) if self.has_means else None
-        y_symbols, y_hat = self.latent.decode(y_rec.data, scale_index, mean_q, not verify)
-        _check_symbols(y_rec, y_symbols, verify)
-        del sigma, mean, scale_index
+        if self.checkerboard is not None:
+            y_hat = self._decode_checkerboard(payloads, z_hat, (h, w), resolve, verify)
+        else:
+            y_rec = payloads["y"]
+            sigma, mean = self._params(z_hat)
+            scale_index = resolve("scale_index", sigma)
+            mean_q = self._grid_means(resolve("mean_grid", mean)) if self.has_means else None
+            y_symbols, y_hat = self.latent.decode(y_rec.data, scale_index, mean_q, not verify)
+            _check_symbols(y_rec, y_symbols, verify)
+            del sigma, mean, scale_index
         cancel.check()
         output = _to_uint8(resolve("pixels", self._synthesis(y_hat, height, width, channels)))
         _capture(capture, z_hat=z_hat, y_hat=y_hat, output=output)
@@ -314,6 +370,40 @@ class ImageCodec:
             raise ContainerError("malformed bitstream: the output checksum disagrees with the "
                                  "verified pixels")
         return DecodedImage(output, bit_exact, stats, time.perf_counter() - start)
+
+    # ---------------------------------------------------------------- checkerboard passes
+
+    def _encode_checkerboard(self, y: Any, z_hat: Any, protect: _Protector
+                             ) -> tuple[list[tuple[str, bytes, np.ndarray]], Any]:
+        """Both passes: each pass's decisions protected, then its symbols coded."""
+        from .checkerboard import PASSES, gather, pass_mask
+
+        h, w = y.shape[-2:]
+        payloads: list[tuple[str, bytes, np.ndarray]] = []
+
+        def code(step: int, scale_index: np.ndarray, mean_q: Any) -> Any:
+            data, symbols, y_hat = self.checkerboard.latent.encode(
+                gather(y, pass_mask(h, w, step)), scale_index, mean_q)
+            payloads.append((f"y.{PASSES[step]}", data, symbols))
+            return y_hat
+
+        y_hat = self.checkerboard.run(self._hyper(z_hat), (h, w), protect, code)
+        return payloads, y_hat
+
+    def _decode_checkerboard(self, payloads: dict[str, pb.Payload], z_hat: Any,
+                             shape: tuple[int, int], resolve: _Resolver, verify: bool) -> Any:
+        """Both passes: each pass's indices resolved (and checked against their checksum)
+        before its payload is entropy-decoded (and checked against its symbol checksum)."""
+        from .checkerboard import PASSES
+
+        def code(step: int, scale_index: np.ndarray, mean_q: Any) -> Any:
+            rec = payloads[f"y.{PASSES[step]}"]
+            symbols, y_hat = self.checkerboard.latent.decode(rec.data, scale_index, mean_q,
+                                                             not verify)
+            _check_symbols(rec, symbols, verify)
+            return y_hat
+
+        return self.checkerboard.run(self._hyper(z_hat), shape, resolve, code)
 
     def _check_header(self, msg: pb.Bitstream) -> tuple[int, int, int]:
         if msg.codec != pb.CODEC_KIND_IMAGE:
@@ -347,8 +437,12 @@ class ImageCodec:
         import torch
 
         height, width, channels = (int(v) for v in sample["hwc"])
-        sigma, mean = self._params(torch.from_numpy(sample["z_hat"]))
         y_hat = torch.from_numpy(sample["y_hat"])
+        if self.checkerboard is not None:  # both passes, each position from its own pass
+            sigma, mean = self.checkerboard.floats(
+                self._hyper(torch.from_numpy(sample["z_hat"])), y_hat)
+        else:
+            sigma, mean = self._params(torch.from_numpy(sample["z_hat"]))
         out = {"scale_index": sigma, "pixels": self._synthesis(y_hat, height, width, channels)}
         if mean is not None:
             out["mean_grid"] = mean
@@ -470,16 +564,19 @@ def _padded(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _payload(msg: pb.Bitstream, name: str, shape: list[int]) -> pb.Payload:
-    """The payload record after checking its shape against the header (its CRC-32 was
-    checked by container.validate)."""
-    found = [p for p in msg.payloads if p.name == name]
-    if len(found) != 1 or len(msg.payloads) != 2:
-        raise ContainerError("image bitstream must carry payloads 'z' and 'y' once each")
-    p = found[0]
-    if list(p.shape) != shape:
-        raise ContainerError(f"payload {name!r} has shape {list(p.shape)}, header implies {shape}")
-    return p
+def _payloads(msg: pb.Bitstream, shapes: dict[str, list[int]]) -> dict[str, pb.Payload]:
+    """The payload records, exactly the named ones, after checking their shapes against the
+    header (their CRC-32 was checked by container.validate)."""
+    found = {p.name: p for p in msg.payloads}
+    if found.keys() != shapes.keys() or len(msg.payloads) != len(shapes):
+        names = " and ".join(repr(n) for n in shapes)
+        raise ContainerError(f"image bitstream must carry payloads {names} once each")
+    for name, shape in shapes.items():
+        p = found[name]
+        if list(p.shape) != shape:
+            raise ContainerError(
+                f"payload {name!r} has shape {list(p.shape)}, header implies {shape}")
+    return found
 
 
 def _check_symbols(p: pb.Payload, symbols: np.ndarray, verify: bool) -> None:
@@ -490,9 +587,8 @@ def _check_symbols(p: pb.Payload, symbols: np.ndarray, verify: bool) -> None:
                              "that fail their checksum")
 
 
-def _records(msg: pb.Bitstream, has_means: bool) -> dict[str, pb.ProtectedTensor]:
+def _records(msg: pb.Bitstream, need: set[str]) -> dict[str, pb.ProtectedTensor]:
     records = {t.name: t for t in msg.protected}
-    need = {"scale_index"} | ({"mean_grid"} if has_means else set())
     if not need <= records.keys() or not records.keys() <= need | {"pixels"}:
         raise ContainerError(
             f"image bitstream protects {sorted(records)}, expected {sorted(need)} (+ pixels)")

@@ -21,7 +21,11 @@ from reprocodec.shipped import WEIGHTS_DIR, check_weights_hash, model_files, sha
 # compressai's import emits a torch.jit deprecation warning that is noise to CLI users.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
-ARCHITECTURES = ("bmshj2018-hyperprior", "mbt2018-mean")
+ARCHITECTURES = ("bmshj2018-hyperprior", "mbt2018-mean", "mbt2018-mean-checkerboard")
+# Architectures whose y has means (the mean_grid decision) / a checkerboard context (two
+# decoding passes, each with its own scale_index.* and mean_grid.* records: checkerboard.py).
+MEAN_ARCHITECTURES = ("mbt2018-mean", "mbt2018-mean-checkerboard")
+CHECKERBOARD_ARCHITECTURES = ("mbt2018-mean-checkerboard",)
 
 # Error bounds used until `reprocodec calibrate` writes measured ones into a model's json:
 # 100x the calibrator's floors. The decision networks run in float64, where two platforms
@@ -56,6 +60,10 @@ def _model_class(architecture: str) -> Any:
         return ScaleHyperprior
     if architecture == "mbt2018-mean":
         return MeanScaleHyperprior
+    if architecture == "mbt2018-mean-checkerboard":
+        from .checkerboard import MeanScaleCheckerboard
+
+        return MeanScaleCheckerboard
     raise InputError(
         f"unsupported image architecture {architecture!r}; use one of {', '.join(ARCHITECTURES)}"
     )

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from .models import sha256_file
 
+# Checkerboard models: gain of entropy_parameters' last layer, which yields sigma and means.
+EP_GAIN = 30.0
+
 
 def write_random_model(
     weights_dir: str | Path,
@@ -24,12 +27,12 @@ def write_random_model(
 ) -> str:
     """Write <name>.pt/.json into weights_dir; returns the model name."""
     import torch
-    from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 
-    cls = MeanScaleHyperprior if architecture == "mbt2018-mean" else ScaleHyperprior
+    from .models import _model_class
+
     name = name or f"{architecture}-random{seed}"
     torch.manual_seed(seed)
-    model = cls(n, m).eval()
+    model = _model_class(architecture)(n, m).eval()
     with torch.no_grad():
         # A fresh init codes everything to zero (tiny y, sigma below the first table entry,
         # black output). Rescale the last layers so latents span several integers, sigma spans
@@ -41,6 +44,11 @@ def write_random_model(
         h_s_last.bias.add_(1.0)
         model.g_s[-1].weight.mul_(5.0)
         model.g_s[-1].bias.fill_(0.5)
+        if hasattr(model, "entropy_parameters"):  # checkerboard: the params come from here
+            model.context_prediction.weight.mul_(4.0)
+            last = model.entropy_parameters[-1]
+            last.weight.mul_(EP_GAIN)
+            last.bias.add_(1.0)
         for p in model.parameters():
             p.copy_(p.half().float())
     model.update(force=True)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from compressai.models import CompressionModel, MeanScaleHyperprior, ScaleHyperprior
 
+from reprocodec.image.checkerboard import MeanScaleCheckerboard
+
+# mbt2018-mean-checkerboard shares every tensor of mbt2018-mean (load_init copies them) and
+# adds context_prediction / entropy_parameters; its forward is the two-pass checkerboard one.
 ARCHITECTURES: dict[str, type[CompressionModel]] = {
     "bmshj2018-hyperprior": ScaleHyperprior,
     "mbt2018-mean": MeanScaleHyperprior,
+    "mbt2018-mean-checkerboard": MeanScaleCheckerboard,
 }
 
 
