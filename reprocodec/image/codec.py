@@ -110,6 +110,9 @@ class ImageCodec:
         self.model.h_s.double()
         self.model.g_s.double()
         self.has_means = info.architecture in MEAN_ARCHITECTURES
+        self.weights_sha256 = bytes.fromhex(info.weights_sha256)
+        self.hyper = HyperLatent(self.model.entropy_bottleneck)
+        self.latent = Latent(self.model.gaussian_conditional)
         self.checkerboard: Any = None
         if info.architecture in CHECKERBOARD_ARCHITECTURES:
             from .checkerboard import CheckerboardY
@@ -117,11 +120,7 @@ class ImageCodec:
             # the context networks feed the same decisions as h_s: float64 as well
             self.model.context_prediction.double()
             self.model.entropy_parameters.double()
-            self.checkerboard = CheckerboardY(self.model, Latent(self.model.gaussian_conditional),
-                                              self._grid_means)
-        self.weights_sha256 = bytes.fromhex(info.weights_sha256)
-        self.hyper = HyperLatent(self.model.entropy_bottleneck)
-        self.latent = Latent(self.model.gaussian_conditional)
+            self.checkerboard = CheckerboardY(self.model, self.latent, self._grid_means)
         table = self.model.gaussian_conditional.scale_table.detach().cpu().to(torch.float64)
         bounds = DEFAULT_BOUNDS | info.bounds
         self.decisions = {
