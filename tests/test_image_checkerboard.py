@@ -151,12 +151,24 @@ def test_pass_two_side_information_is_needed_and_tampering_never_returns_an_imag
     assert all(records[n].risky_count > 0 for n in PASS_RECORDS), \
         {n: records[n].risky_count for n in PASS_RECORDS}
 
-    def flip_directions(out: pb.Bitstream) -> None:  # the flags' direction bits sit last
-        t = next(t for t in out.protected if t.name == "scale_index.non_anchors")
-        t.side_info = t.side_info[:-1] + bytes([t.side_info[-1] ^ 0xFF])
+    # Every single-bit change of pass 2's side information (the flags' direction bits sit at
+    # its end) is refused: malformed (INVALID_ARGUMENT) or wrong indices (DATA_LOSS, caught
+    # by pass 2's index checksum before its symbols are decoded); never an image.
+    for name in ("scale_index.non_anchors", "mean_grid.non_anchors"):
+        outcomes = set()
+        size = len(records[name].side_info)
+        for bit in range(8 * max(0, size - 2), 8 * size):
+            def flip(out: pb.Bitstream, name=name, bit=bit) -> None:
+                t = next(t for t in out.protected if t.name == name)
+                data = bytearray(t.side_info)
+                data[bit // 8] ^= 1 << (bit % 8)
+                t.side_info = bytes(data)
 
-    with pytest.raises((ContainerError, VerificationError)):
-        wide.decode(_reframed(msg, flip_directions))
+            with pytest.raises((ContainerError, VerificationError)) as exc:
+                wide.decode(_reframed(msg, flip))
+            assert name in str(exc.value)
+            outcomes.add(exc.type)
+        assert VerificationError in outcomes, (name, outcomes)
 
     def drop_pass_two(out: pb.Bitstream) -> None:
         keep = [t for t in out.protected if not t.name.endswith(".non_anchors")]
