@@ -162,10 +162,10 @@ def print_matrix(m: dict) -> None:
 
 
 def section_noise(model: str, images: list[str], args, env) -> dict:
-    from reprocodec.image.models import WEIGHTS_DIR, read_info
+    from reprocodec.image.models import MEAN_ARCHITECTURES, WEIGHTS_DIR, read_info
 
     info = read_info(WEIGHTS_DIR / f"{model}.json")
-    names = ["scale_index", "pixels"] + (["mean_grid"] if info.architecture == "mbt2018-mean"
+    names = ["scale_index", "pixels"] + (["mean_grid"] if info.architecture in MEAN_ARCHITECTURES
                                          else [])
     bounds = [float(info.tensor_bound(n)["value"]) for n in names]
     eps_list = [0.5 * min(bounds), 10 * max(bounds), 0.01]

@@ -25,6 +25,7 @@ from reprocodec.batch import (
     worse,
 )
 from reprocodec.decision import LEVELS
+from reprocodec.image.models import ARCHITECTURES as IMAGE_ARCHITECTURES  # no torch
 from reprocodec.safeguard import Mode
 
 MODES = tuple(m.value for m in Mode)
@@ -402,8 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bring an official CompressAI checkpoint into the shipped form once "
                              "(fp16 weights, integer CDF tables, SHA-256)")
     im.add_argument("checkpoint", help="CompressAI state_dict file (.pth, .pth.tar)")
-    im.add_argument("--architecture", required=True,
-                    choices=("bmshj2018-hyperprior", "mbt2018-mean"))
+    im.add_argument("--architecture", required=True, choices=IMAGE_ARCHITECTURES)
     im.add_argument("--name", required=True, help="model name to ship it as")
     im.add_argument("--quality", type=int, default=0, help="quality rank (default: %(default)s)")
     im.add_argument("--out-dir", help="folder to write NAME.pt/.json (default: the shipped "
