@@ -528,7 +528,9 @@ def _input_tile(pixels: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> Any:
         rows = np.minimum(np.arange(y0, y1), height - 1)
         cols = np.minimum(np.arange(x0, x1), width - 1)
         tile = pixels[rows[:, None], cols[None, :]]
-    x = torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1)[None].float() / 255.0
+    # np.array copies (a whole-image tile of a read-only input would be a view torch warns
+    # about: "The given NumPy array is not writable").
+    x = torch.from_numpy(np.array(tile, order="C")).permute(2, 0, 1)[None].float() / 255.0
     return x.expand(1, 3, y1 - y0, x1 - x0) if channels == 1 else x
 
 
