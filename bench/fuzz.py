@@ -158,8 +158,12 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
             msg = codec.encode(np.ascontiguousarray(px), mode, level, capture=capture)
             i = len(meta)
             (out / f"seed_{i:02d}.rpc").write_bytes(container.pack(msg))
-            np.save(out / f"seed_{i:02d}.scale.npy", capture["scale_index_indices"])
-            meta.append({"kind": "image", "model": name, "scale_index": True,
+            # One y payload coded with one scale-index grid (the hyperprior models); the
+            # checkerboard's two passes get crafted latents only in z.
+            one_pass = "scale_index_indices" in capture
+            if one_pass:
+                np.save(out / f"seed_{i:02d}.scale.npy", capture["scale_index_indices"])
+            meta.append({"kind": "image", "model": name, "scale_index": one_pass,
                          "desc": f"{name} {sample} {h}x{w}x{px.shape[2]} {mode}/{level}"})
         np.savez(out / f"tables_{name}.npz",
                  **{f"{t}_{k}": getattr(tables, k) for t, tables in
@@ -197,6 +201,8 @@ DOUBLE_EDGE = [0.0, -0.0, 5e-324, 1e-300, 1e-12, 1e-6, 1e-3, 0.1, 0.5, 1.0, 16.0
                1e6, 1e30, 1e300, 1.7976931348623157e308, math.inf, -math.inf, math.nan,
                -1e-3, -1.0, -1e300]
 NAMES = ["", "z", "y", "occupancy", "scale_index", "mean_grid", "pixels", "occupancy_logit",
+         "y.anchors", "y.non_anchors", "scale_index.anchors", "scale_index.non_anchors",
+         "mean_grid.anchors", "mean_grid.non_anchors", "occupancy_adaptive",
          "Y", "z ", "x" * 128, "x" * 129, "\u00e9", "a\tb", "y\x00"]
 ENUMS = [0, 1, 2, 3, 4, 5, 99, 1 << 20, -1]
 
@@ -768,7 +774,8 @@ def g_latents(plan: Plan, seed: Seed, rng: random.Random) -> bytes:
     z_tables, y_tables = plan.tables(seed.model)
     limit = entropy.MAX_MAGNITUDE - 1024  # offsets are small: every value stays codable
     payloads = {p.name: p for p in msg.payloads}
-    for name in rng.choice([["z"], ["y"], ["z", "y"]]):
+    choices = [["z"], ["y"], ["z", "y"]] if seed.scale_index is not None else [["z"]]
+    for name in rng.choice(choices):
         p = payloads[name]
         shape = tuple(p.shape)
         if name == "z":
