@@ -275,7 +275,8 @@ def test_malformed_streams_are_never_deadline_exceeded(servers, encoder, decoder
 
 def test_work_past_the_shutdown_grace_does_not_block_exit(weights):
     """SIGTERM while an encode runs (it takes several seconds): after the 0.5 s grace it is
-    cancelled, and after 0.5 s more the process exits even though the codec did not stop."""
+    cancelled, and after 0.5 s more the process exits whether or not the codec has stopped
+    (the tiled encoder now checks for cancellation between tiles, so it usually has)."""
     proc = ServerProcess("encoder", "--weights-dir", str(weights), "--shutdown-grace", "0.5",
                          "--cancel-wait", "0.5").ready()
     result: dict = {}
@@ -300,7 +301,12 @@ def test_work_past_the_shutdown_grace_does_not_block_exit(weights):
         worker.join(60)
         assert "response" not in result
         assert result["error"].code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-        assert "did not stop" in proc.log_tail()
+        # However far the request got (still uploading or queued, cancelled while coding, or
+        # coding past the cancel wait), it was answered for the shutdown and the exit above
+        # did not wait for it.
+        log = proc.log_tail()
+        assert ("did not stop" in log or "cancelled 1 running request" in log
+                or '"status": "UNAVAILABLE", "reason": "shutdown"' in log), log
     finally:
         proc.stop(signal.SIGKILL)
         worker.join(60)
