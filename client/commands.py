@@ -191,9 +191,10 @@ def models(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{args.target}: {info.service} {info.version}, profile {info.profile} on "
           f"{info.device_name or info.device}, bitstream format {info.format_version}")
+    width = max((len(r["name"]) for r in rows), default=0)
     for r in rows:
         state = "loaded" if r["loaded"] else "not loaded"
-        print(f"  {r['name']:26s} {r['codec']:22s} q{r['quality']} {state:10s} "
+        print(f"  {r['name']:{width}s} {r['codec']:22s} q{r['quality']} {state:10s} "
               f"{r['weights_sha256'][:12]}..  calibrated on {len(r['calibrated_profiles'])} "
               f"profiles{'  (default)' if r['default'] else ''}")
     return EXIT_OK

@@ -303,9 +303,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
+    width = max((len(r["name"]) for r in rows), default=0)
     for r in rows:
         bounds = ", ".join(f"{t} {b['kind'][:3]} {b['value']:.1g}" for t, b in r["bounds"].items())
-        print(f"{r['name']:26s} {r['codec']:11s} q{r['quality']}  {r['weights_sha256'][:12]}..  "
+        print(f"{r['name']:{width}s} {r['codec']:11s} q{r['quality']}  {r['weights_sha256'][:12]}..  "
               f"{bounds}  calibrated on {len(r['calibrated_profiles'])} profiles")
     return EXIT_OK
 
