@@ -306,8 +306,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     width = max((len(r["name"]) for r in rows), default=0)
     for r in rows:
         bounds = ", ".join(f"{t} {b['kind'][:3]} {b['value']:.1g}" for t, b in r["bounds"].items())
-        print(f"{r['name']:{width}s} {r['codec']:11s} q{r['quality']}  {r['weights_sha256'][:12]}..  "
-              f"{bounds}  calibrated on {len(r['calibrated_profiles'])} profiles")
+        print(f"{r['name']:{width}s} {r['codec']:11s} q{r['quality']}  "
+              f"{r['weights_sha256'][:12]}..  {bounds}  calibrated on {len(r['calibrated_profiles'])} profiles")
     return EXIT_OK
 
 
