@@ -307,7 +307,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         bounds = ", ".join(f"{t} {b['kind'][:3]} {b['value']:.1g}" for t, b in r["bounds"].items())
         print(f"{r['name']:{width}s} {r['codec']:11s} q{r['quality']}  "
-              f"{r['weights_sha256'][:12]}..  {bounds}  calibrated on {len(r['calibrated_profiles'])} profiles")
+              f"{r['weights_sha256'][:12]}..  {bounds}  "
+              f"calibrated on {len(r['calibrated_profiles'])} profiles")
     return EXIT_OK
 
 
