@@ -165,6 +165,11 @@ def test_shipped_evaluation_table_compares_at_the_same_bpp(tmp_path):
     assert row["model"] == first and row["all_bit_exact"] and row["bpp"] > 0
     # A random model is far worse than JPEG at its own (high) bpp, or outside JPEG's range.
     assert row["gain_over_jpeg_db"] is None or row["gain_over_jpeg_db"] < 0
-    assert row["jpeg_images_out_of_range"] in (0, 1)
+    for fmt in ("jpeg", "webp", "avif"):  # one image: the gain is PSNR minus the format's
+        if row[f"{fmt}_images_out_of_range"] == 0:
+            assert row[f"gain_over_{fmt}_db"] == pytest.approx(
+                row["psnr"] - row[f"{fmt}_psnr_at_same_bpp"], abs=2e-3)
+        else:
+            assert row[f"gain_over_{fmt}_db"] is None and row[f"{fmt}_psnr_at_same_bpp"] is None
     table = markdown_table(result)
     assert table.count("\n") == 3 and f"| {first} |" in table
