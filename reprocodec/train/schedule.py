@@ -109,6 +109,26 @@ def continuation(minutes: float) -> list[tuple[TrainConfig, str, int]]:
     ]
 
 
+def checkerboard_rates(minutes: float) -> list[tuple[TrainConfig, str, int]]:
+    """Chain v4: the checkerboard model at a lower and a higher rate (``--chain v4``).
+
+    The checkerboard context is the best model per rate (+0.7 dB over its mbt parent at 0.6
+    bpp), so it is fine-tuned from the shipped checkerboard weights at lambda 0.0035 (about 0.3
+    bpp) and 0.04 (about 1.0 bpp). Step caps, not wall-clock budgets: the job runs at the lowest
+    CPU priority beside other work and may be paused for benchmarks.
+    """
+    del minutes  # step caps only
+    cb = dict(arch="mbt2018-mean-checkerboard", N=64, M=128, lr=3e-4, lr_decay_at=0.7,
+              threads=1, precision="bf16", channels_last=True, steps=12_000,
+              init="reprocodec/weights/mbt2018-mean-checkerboard-q1.pt")
+    return [
+        (TrainConfig(name="mbt-cb-low-v4", lmbda=0.0035, **cb),
+         "mbt2018-mean-checkerboard-low", 0),
+        (TrainConfig(name="mbt-cb-high-v4", lmbda=0.04, **cb),
+         "mbt2018-mean-checkerboard-high", 2),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps")
@@ -117,14 +137,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", help="run only these shipped names")
-    ap.add_argument("--chain", choices=("v2", "v3"), default="v2",
-                    help="v2: the shipped weights' chain from scratch; v3: continue from them")
+    ap.add_argument("--chain", choices=("v2", "v3", "v4"), default="v2",
+                    help="v2: the shipped weights' chain from scratch; v3: continue from them; "
+                         "v4: the checkerboard model at two more rates")
     ap.add_argument("--out-dir", type=Path, default=None,
                     help="export here instead of reprocodec/weights (evaluate before shipping)")
     args = ap.parse_args(argv)
     data_desc = training_data_description()
-    chain = (stages(args.scale, args.minutes) if args.chain == "v2"
-             else continuation(args.minutes or 150))
+    chain = {"v2": lambda: stages(args.scale, args.minutes),
+             "v3": lambda: continuation(args.minutes or 150),
+             "v4": lambda: checkerboard_rates(args.minutes)}[args.chain]()
     for cfg, name, quality in chain:
         if args.only and name not in args.only:
             continue
