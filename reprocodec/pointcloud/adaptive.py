@@ -211,7 +211,18 @@ def decision_bits(occupancy: np.ndarray) -> np.ndarray:
 def cost_bits(bits: np.ndarray, f0: np.ndarray) -> float:
     """Ideal code length of the decisions in bits (the encoder's choice only: never decoded)."""
     freq = np.where(bits, _ONE - f0, f0)
-    return float(np.sum(_PRECISION - np.log2(freq)))
+    return float(np.sum(_cost_table()[freq]))
+
+
+_COST: list[np.ndarray] = []
+
+
+def _cost_table() -> np.ndarray:
+    """PRECISION - log2(f) of every frequency f (a lookup instead of a log per decision)."""
+    if not _COST:
+        with np.errstate(divide="ignore"):
+            _COST.append(_PRECISION - np.log2(np.arange(_ONE + 1, dtype=np.float64)))
+    return _COST[0]
 
 
 def encode(bits: np.ndarray, f0: np.ndarray) -> bytes:

@@ -51,9 +51,9 @@ from ..safeguard import ErrorBound, Mode
 from ..v1 import bitstream_pb2 as pb
 from . import adaptive, coder, octree
 from .coder import TENSOR
-from .context import N_PASSES, CompactFeatures
+from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
-from .networks import PassNetworks, load_weights
+from .networks import GatherNetworks, PassNetworks, load_weights
 
 PAYLOAD = "occupancy"
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
@@ -85,14 +85,18 @@ class PointCloudCodec:
         import torch
 
         self.info = info
-        self.model, table, _ = load_weights(str(pt_path))
+        self.model, table, blob = load_weights(str(pt_path))
         self.tables = coder.cdf_tables(table)
         self.weights_sha256 = bytes.fromhex(info.weights_sha256)
         self.profile = numerics.current_profile()
         # float32 logits: an MLP per coded bit, float64 would double the coding time; the
         # calibrated bound covers float32 differences (cuda pins TF32 off for it).
         self.dtype = torch.float32
-        self.networks = PassNetworks(self.model, self.dtype, self.profile.device)
+        if blob.get("first_layer", "float") == "gather":
+            self.networks = GatherNetworks(self.model, self.dtype, self.profile.device,
+                                           int(blob["first_layer_bits"]))
+        else:
+            self.networks = PassNetworks(self.model, self.dtype, self.profile.device)
         self._torch = torch
         b = info.tensor_bound(TENSOR)
         self.bound = ErrorBound(b["kind"], float(b["value"]))
@@ -110,8 +114,8 @@ class PointCloudCodec:
 
     def _predict(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
                  depth: int) -> np.ndarray:
-        features = CompactFeatures(neighbours, bits, k, level, depth)
-        return self.networks.logits_of(features, k, depth - 1 - level)
+        inputs = self.networks.inputs(neighbours, bits, k, level, depth)
+        return self.networks.logits_of(inputs, k, depth - 1 - level)
 
     # ----------------------------------------------------------------------------- encode
 
@@ -151,21 +155,23 @@ class PointCloudCodec:
             adaptive_bits.append(adaptive.decision_bits(occupancy))
             adaptive_cost.append(adaptive.cost_bits(adaptive_bits[-1], adaptive_f0[-1]))
         learned: list[coder.LearnedLevel | None] = [None] * depth
+        tables = octree.LevelTables()
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
+            neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
             if coders == "auto" and m >= 4 * ESTIMATE_NODES:
                 # A large level: the model's cost from a sample of nodes first, and the whole
                 # level only if it may beat the adaptive coder (the encoder's time is mostly
                 # the model's, and sparse clouds' large levels are adaptive).
                 rows = np.linspace(0, m - 1, ESTIMATE_NODES).astype(np.int64)
-                estimate = coder.estimate_level_cost(codes[level], bits[level], level, depth,
+                estimate = coder.estimate_level_cost(neighbours, bits[level], level, depth,
                                                      self._predict, self.tables, self.decision,
                                                      rows)
                 if estimate > ESTIMATE_MARGIN * adaptive_cost[level]:
                     continue
             learned[level] = coder.learned_level(
-                octree.neighbour_table(codes[level], level), bits[level], level, depth,
-                self._predict, self.tables, mode, self.decision)
+                neighbours, bits[level], level, depth, self._predict, self.tables, mode,
+                self.decision)
         if coders == "auto":
             # Ties go to the adaptive coder: exact integers, nothing to protect.
             choice = tuple(lv is None or a <= lv.cost_bits
@@ -287,9 +293,9 @@ class PointCloudCodec:
         """The encoder's float logits for every coded bit, in coding order."""
         depth = int(sample["depth"][0])
         codes, bits = octree.build_levels(sample["voxels"], depth)
-        out = []
+        out, tables = [], octree.LevelTables()
         for level in range(depth):
-            neighbours = octree.neighbour_table(codes[level], level)
+            neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
             for k in range(N_PASSES):
                 out.append(self._predict(neighbours, bits[level], k, level, depth))
         return {TENSOR: np.concatenate(out)}

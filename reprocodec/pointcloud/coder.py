@@ -102,12 +102,13 @@ def learned_level(
 
 
 def estimate_level_cost(
-    codes: np.ndarray, bits: np.ndarray, level: int, depth: int, predict: Predict,
+    table: np.ndarray, bits: np.ndarray, level: int, depth: int, predict: Predict,
     tables: entropy.CdfTables, decision: ProtectedDecision, rows: np.ndarray,
 ) -> float:
-    """The learned model's code length of a level estimated from some of its nodes (the
-    encoder's choice only: a level it then codes is computed in full)."""
-    neighbours = octree.neighbour_table(codes, level, rows)
+    """The learned model's code length of a level estimated from some of its nodes (rows of
+    its neighbour table; the encoder's choice only: a level it then codes is computed in
+    full)."""
+    neighbours = table[rows]
     index = np.concatenate([_grid_index(decision.protect_pass(
         predict(neighbours, bits, k, level, depth), Mode.NONE).indices)
         for k in range(N_PASSES)])
@@ -117,9 +118,11 @@ def estimate_level_cost(
 
 def _code_length(coded: np.ndarray, index: np.ndarray, tables: entropy.CdfTables) -> float:
     """Ideal rANS code length in bits of coded bits under their grid indices."""
-    p0 = tables.cdfs[index.astype(np.int64) + GRID_K, 1].astype(np.int64)
-    freq = np.where(coded, (1 << entropy.PRECISION) - p0, p0)
-    return float(np.sum(entropy.PRECISION - np.log2(freq)))
+    p0 = tables.cdfs[:, 1].astype(np.int64)  # per grid index, then a lookup per bit
+    cost = np.stack([entropy.PRECISION - np.log2(p0),
+                     entropy.PRECISION - np.log2((1 << entropy.PRECISION) - p0)])
+    row = index.astype(np.intp) + GRID_K
+    return float(np.sum(cost[coded.astype(np.intp), row]))
 
 
 def learned_levels(
@@ -127,8 +130,11 @@ def learned_levels(
     tables: entropy.CdfTables, mode: Mode, decision: ProtectedDecision,
 ) -> list[LearnedLevel]:
     """Every level with the learned model."""
-    return [learned_level(octree.neighbour_table(codes[level], level), bits[level], level, depth,
-                          predict, tables, mode, decision) for level in range(depth)]
+    level_tables = octree.LevelTables()
+    return [learned_level(level_tables.table_of(codes[level], level,
+                                                bits[level - 1] if level else None),
+                          bits[level], level, depth, predict, tables, mode, decision)
+            for level in range(depth)]
 
 
 def pack_learned(levels: list[LearnedLevel], bits: list[np.ndarray], tables: entropy.CdfTables,
@@ -197,6 +203,7 @@ def decompress(
     model = adaptive.Model() if use_adaptive else None
     adaptive_decoder = adaptive.Decoder(adaptive_data) if use_adaptive else None
     codes = np.zeros(1, dtype=np.int64)
+    level_tables, parent_bits = octree.LevelTables(), None
     all_indices, all_bits, adaptive_bits, used, used_adaptive = [], [], [], 0, 0
     learned_seen = False  # a learned pass decoded: later failures may be desynchronisation
 
@@ -219,12 +226,14 @@ def decompress(
                 raise fail(str(exc), exc) from exc
             bits = adaptive.byte_bits(occupancy)
             adaptive_bits.append(bits.reshape(-1))
-            codes = octree.children(codes, bits)
+            codes, parent_bits = octree.children(codes, bits), None
             continue
         used += N_PASSES * m
         if used > total_bits:
             raise fail(f"more nodes than the stream codes at octree level {level}")
-        neighbours = octree.neighbour_table(codes, level)
+        # Made from the previous level's table when that level was learned too (the same
+        # integers as octree.neighbour_table, without its binary searches).
+        neighbours = level_tables.table_of(codes, level, parent_bits)
         bits = np.zeros((m, N_PASSES), dtype=bool)
         for k in range(N_PASSES):
             logits = predict(neighbours, bits, k, level, depth)
@@ -239,7 +248,7 @@ def decompress(
             all_bits.append(bits[:, k].copy())
         if level < last_adaptive:
             model.observe(adaptive.occupancy_bytes(bits))
-        codes = octree.children(codes, bits)
+        codes, parent_bits = octree.children(codes, bits), bits
     if used != total_bits:
         raise fail(f"decoded {used} occupancy bits but the stream codes {total_bits}")
     if used_adaptive != adaptive_total:

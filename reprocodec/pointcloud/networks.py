@@ -9,12 +9,24 @@ integer function of protected indices.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
 
 from ..numerics import prepare_input, to_host
-from .context import N_CELLS, N_FEATURES, N_HEIGHTS, N_PASSES, active_columns
+from .context import (
+    N_CELLS,
+    N_FEATURES,
+    N_HEIGHTS,
+    N_PASSES,
+    WINDOW_CHILD,
+    WINDOW_NEIGHBOUR,
+    CompactFeatures,
+    active_columns,
+    numba,
+)
 
 ARCHITECTURE = "octree-context"
 LOGIT_STEP = 1.0 / 16.0
@@ -63,6 +75,10 @@ class PassNetworks:
                 self.biases[k, h] = bias.to(device=device, dtype=dtype)
         self.dtype, self.device = dtype, device
 
+    def inputs(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int, depth: int):
+        """What logits_of reads for pass k of a level: its compact features, made per chunk."""
+        return CompactFeatures(neighbours, bits, k, level, depth)
+
     @torch.no_grad()
     def logits(self, inputs: np.ndarray, k: int, height: int) -> np.ndarray:
         """float64 logits of compact uint8 inputs, evaluated in fixed-size chunks."""
@@ -86,6 +102,169 @@ class PassNetworks:
             h = torch.nn.functional.linear(x, weight, bias)
             out[start:start + CHUNK_ROWS] = to_host(self.rest(h).squeeze(-1), torch.float64)
         return out
+
+
+# The integer first layer ("first_layer": "gather" in a weights file): weights and bias on a
+# 2^-bits grid, so a row's pre-activations are integers.
+GATHER_STATES = 257  # a neighbour's decoded-children byte (0..255), or 256: no such node
+
+
+class GatherNetworks:
+    """The MLP with an exact integer first layer (models whose weights file says
+    "first_layer": "gather"). The features are binary and come from 27 neighbour nodes, each
+    in one of 257 states for a pass (its byte of decoded children, or absent), so the first
+    layer is the sum over the 27 neighbours of a table row: the sum of the weight columns of
+    that neighbour's cells in that state. With weights and bias rounded to the 2^-bits grid
+    (done once at load, exactly, from the stored values) the rows hold integers and the sum is
+    exact whatever order or hardware adds it: no features are made and 27 row additions
+    replace ~190 multiply-adds per hidden unit. The integer ReLU output is exact in float32
+    (checked at load: |pre-activation| < 2^24); the 2^-bits scale folds into the second layer,
+    whose float work (and the last layer's) the safeguard protects as before, in the same
+    fixed-size chunks on both sides."""
+
+    def __init__(self, model: OccupancyMLP, dtype: torch.dtype, device: str = "cpu",
+                 bits: int = 12):
+        first = model.net[0]
+        w = np.rint(np.ldexp(first.weight.detach().double().numpy(), bits)).astype(np.int64)
+        b = np.rint(np.ldexp(first.bias.detach().double().numpy(), bits)).astype(np.int64)
+        self.bits, self.hidden = bits, w.shape[0]
+        rest = copy.deepcopy(model.net[2:])  # after the first ReLU
+        with torch.no_grad():
+            rest[0].weight.mul_(2.0 ** -bits)  # exact: a power of two
+        self.rest = rest.to(device=device, dtype=dtype)
+        for layer in self.rest:
+            if isinstance(layer, nn.ReLU):
+                layer.inplace = True
+        self.tables, self.active, self.biases, self.full_biases = [], [], {}, {}
+        limit = 0
+        for k in range(N_PASSES):
+            # Relative to "no node": the absent state's rows go into the bias and become zero,
+            # so the sum skips absent neighbours (most of them, on a surface).
+            table = gather_table(w, k).reshape(27, GATHER_STATES, -1)
+            absent = table[:, GATHER_STATES - 1].copy()
+            table -= absent[:, None, :]
+            self.tables.append(table.reshape(27 * GATHER_STATES, -1).astype(np.int32))
+            self.active.append(w[:, active_columns(k)].astype(np.float64))
+            reach = np.abs(table).max(axis=1).sum(axis=0)  # per unit, the largest row sum
+            for h in range(N_HEIGHTS):
+                bias = (b + w[:, 2 * N_CELLS + k] + w[:, 2 * N_CELLS + N_PASSES + h]
+                        + absent.sum(axis=0))
+                self.biases[k, h] = bias.astype(np.int32)
+                self.full_biases[k, h] = (bias - absent.sum(axis=0)).astype(np.float64)
+                limit = max(limit, int((np.abs(bias) + reach).max()))
+        if limit >= 1 << 24:
+            raise ValueError(f"first-layer sums up to {limit} are not exact in float32")
+        self.dtype, self.device = dtype, device
+        self.np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+
+    def inputs(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int, depth: int):
+        return GatherInputs(neighbours, bits, k)
+
+    def _rest(self, hidden: np.ndarray) -> np.ndarray:
+        h = prepare_input(torch.from_numpy(hidden))
+        return to_host(self.rest(h).squeeze(-1), torch.float64)
+
+    @torch.no_grad()
+    def logits_of(self, inputs: GatherInputs, k: int, height: int) -> np.ndarray:
+        """float64 logits of a pass's GatherInputs, in fixed-size chunks."""
+        table, bias = self.tables[k], self.biases[k, min(height, N_HEIGHTS - 1)]
+        out = np.empty(inputs.rows, dtype=np.float64)
+        for start in range(0, inputs.rows, CHUNK_ROWS):
+            rows = inputs.neighbours[start:start + CHUNK_ROWS]
+            out[start:start + CHUNK_ROWS] = self._rest(
+                gather_first_layer(rows, inputs.state, table, bias, self.np_dtype))
+        return out
+
+    @torch.no_grad()
+    def logits(self, inputs: np.ndarray, k: int, height: int) -> np.ndarray:
+        """The same logits from compact uint8 features (context.pass_features, compact=True),
+        the first layer as a float64 matrix product of the integer weights (exact: the
+        reference the gather is tested against)."""
+        weight, bias = self.active[k], self.full_biases[k, min(height, N_HEIGHTS - 1)]
+        out = np.empty(inputs.shape[0], dtype=np.float64)
+        for start in range(0, inputs.shape[0], CHUNK_ROWS):
+            x = inputs[start:start + CHUNK_ROWS].astype(np.float64)
+            hidden = np.maximum(x @ weight.T + bias, 0).astype(self.np_dtype)
+            out[start:start + CHUNK_ROWS] = self._rest(hidden)
+        return out
+
+
+def gather_bits(model: OccupancyMLP, most: int = 14) -> int:
+    """The finest 2^-bits grid (bits <= most) on which GatherNetworks' sums of `model` stay
+    exact in float32."""
+    for bits in range(most, 0, -1):
+        try:
+            GatherNetworks(model, torch.float32, "cpu", bits)
+        except ValueError:
+            continue
+        return bits
+    raise ValueError("no grid keeps this model's first-layer sums exact")
+
+
+class GatherInputs:
+    """A pass's neighbour rows and each node's state (its decoded-children byte, 256 for the
+    empty sentinel row M): all GatherNetworks reads."""
+
+    def __init__(self, neighbours: np.ndarray, bits: np.ndarray, k: int):
+        m = bits.shape[0]
+        self.state = np.empty(m + 1, dtype=np.int32)
+        self.state[:m] = np.packbits(bits, axis=1)[:, 0] & ((0xFF00 >> k) & 0xFF)  # children < k
+        self.state[m] = GATHER_STATES - 1
+        self.neighbours, self.rows = neighbours, neighbours.shape[0]
+
+
+def gather_table(w: np.ndarray, k: int) -> np.ndarray:
+    """(27 * 257, H) int64: row 257 t + s is the first-layer contribution (weights w, (H,
+    N_FEATURES)) of the window cells in neighbour t when that neighbour is in state s: its
+    decoded-children byte s (MSB = child 0; a cell of child c < k is occupied or known empty,
+    a later one unknown and contributes nothing), or s = 256, no node (all its cells known
+    empty)."""
+    table = np.zeros((27, GATHER_STATES, w.shape[0]), dtype=np.int64)
+    states = np.arange(GATHER_STATES - 1)
+    for cell in range(N_CELLS):
+        t, c = WINDOW_NEIGHBOUR[k, cell], WINDOW_CHILD[k, cell]
+        occupied, empty = w[:, cell], w[:, N_CELLS + cell]
+        table[t, GATHER_STATES - 1] += empty
+        if c < k:
+            bit = ((states >> (7 - c)) & 1).astype(bool)
+            table[t, :GATHER_STATES - 1] += np.where(bit[:, None], occupied, empty)
+    return table.reshape(27 * GATHER_STATES, -1)
+
+
+def gather_first_layer(rows: np.ndarray, state: np.ndarray, table: np.ndarray,
+                       bias: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """ReLU of the integer first layer of each row: bias + the table rows of its 27
+    neighbours' states (compiled with numba; numpy otherwise, the same integers)."""
+    out = np.empty((rows.shape[0], table.shape[1]), dtype=dtype)
+    if numba is not None:
+        _gather_kernel(np.ascontiguousarray(rows), state, table, bias, out)
+        return out
+    acc = np.broadcast_to(bias, out.shape).copy()
+    for t in range(27):
+        acc += table[t * GATHER_STATES + state[rows[:, t]]]  # absent: a zero row
+    np.maximum(acc, 0, out=acc)
+    out[:] = acc
+    return out
+
+
+if numba is not None:
+    @numba.njit(cache=True, nogil=True)
+    def _gather_kernel(rows, state, table, bias, out):  # pragma: no cover - compiled
+        hidden = bias.size
+        absent = state.size - 1  # the sentinel row M: its table rows are zero
+        acc = np.empty(hidden, np.int32)
+        for r in range(rows.shape[0]):
+            for u in range(hidden):
+                acc[u] = bias[u]
+            for t in range(27):
+                j = rows[r, t]
+                if j == absent:
+                    continue
+                row = t * 257 + state[j]
+                for u in range(hidden):
+                    acc[u] += table[row, u]
+            for u in range(hidden):
+                out[r, u] = max(acc[u], 0)
 
 
 def grid_size() -> int:

@@ -14,6 +14,11 @@ import numpy as np
 
 from ..errors import InputError
 
+try:
+    import numba
+except ImportError:  # the light client install
+    numba = None  # type: ignore[assignment]
+
 MIN_DEPTH, MAX_DEPTH, DEFAULT_DEPTH = 1, 16, 10
 CHILD_OFFSETS = np.array([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)], dtype=np.int64)
 # The 27 parent-level neighbour offsets (self at index 13), in a fixed order.
@@ -153,3 +158,83 @@ def neighbour_table(codes: np.ndarray, level: int, rows: np.ndarray | None = Non
         found = inside & (codes[pos] == qc)
         table[found, j] = pos[found]
     return table
+
+
+def _child_maps() -> tuple[np.ndarray, np.ndarray]:
+    """For child c of a node and neighbour offset j: which of the parent's 27 neighbours holds
+    that neighbour (map_j) and which child of it it is (map_b)."""
+    map_j = np.zeros((8, 27), np.int64)
+    map_b = np.zeros((8, 27), np.int64)
+    for c in range(8):
+        s = CHILD_OFFSETS[c] + NEIGHBOUR_OFFSETS  # child-level offset from the parent's child 0
+        d = np.floor_divide(s, 2)  # parent-level offset, -1..1
+        b = s - 2 * d
+        map_j[c] = (d[:, 0] + 1) * 9 + (d[:, 1] + 1) * 3 + (d[:, 2] + 1)
+        map_b[c] = b[:, 0] * 4 + b[:, 1] * 2 + b[:, 2]
+    return map_j, map_b
+
+
+CHILD_NEIGHBOUR, CHILD_POSITION = _child_maps()
+
+
+def child_neighbour_table(table: np.ndarray, occupancy: np.ndarray, codes: np.ndarray,
+                          level: int) -> np.ndarray:
+    """neighbour_table(codes, level) of the children `codes` of a level, made from that level's
+    own table and occupancy instead of 26 binary searches: a child's neighbour is a child of one
+    of its parent's neighbours, and its index is that node's first child index plus the
+    occupied children before it. Exact integer work; tests check it equals neighbour_table."""
+    m = codes.size
+    if numba is None or table.shape[0] != occupancy.shape[0]:
+        return neighbour_table(codes, level)
+    out = np.empty((m, 27), dtype=np.int32)
+    if m:
+        _child_table_kernel(table, np.ascontiguousarray(occupancy, dtype=np.uint8),
+                            CHILD_NEIGHBOUR, CHILD_POSITION, out)
+    return out
+
+
+class LevelTables:
+    """The neighbour table of each level in turn, each made from the previous level's when the
+    caller asks for consecutive levels (child_neighbour_table), else by neighbour_table."""
+
+    def __init__(self) -> None:
+        self.level, self.table, self.codes = -2, None, None
+
+    def table_of(self, codes: np.ndarray, level: int, parent_bits: np.ndarray | None
+                 ) -> np.ndarray:
+        if self.table is not None and self.level == level - 1 and parent_bits is not None:
+            table = child_neighbour_table(self.table, parent_bits, codes, level)
+        else:
+            table = neighbour_table(codes, level)
+        self.level, self.table = level, table
+        return table
+
+
+if numba is not None:
+    @numba.njit(cache=True, nogil=True)
+    def _child_table_kernel(table, occupancy, map_j, map_b, out):  # pragma: no cover - compiled
+        mp = occupancy.shape[0]
+        first = np.empty(mp + 1, np.int64)
+        total = 0
+        for p in range(mp):
+            first[p] = total
+            for c in range(8):
+                total += occupancy[p, c]
+        first[mp] = total
+        m = total
+        n = 0
+        for p in range(mp):
+            for c in range(8):
+                if not occupancy[p, c]:
+                    continue
+                for j in range(27):
+                    q = table[p, map_j[c, j]]
+                    b = map_b[c, j]
+                    if q >= mp or not occupancy[q, b]:
+                        out[n, j] = m
+                    else:
+                        r = first[q]
+                        for i in range(b):
+                            r += occupancy[q, i]
+                        out[n, j] = r
+                n += 1

@@ -21,7 +21,7 @@ import torch
 
 from reprocodec.pointcloud import octree
 from reprocodec.pointcloud.context import N_FEATURES, N_PASSES, pass_features
-from reprocodec.pointcloud.networks import OccupancyMLP, save_weights
+from reprocodec.pointcloud.networks import OccupancyMLP, gather_bits, load_weights, save_weights
 from reprocodec.pointcloud.ply import read_ply
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -44,6 +44,16 @@ def cloud_samples(voxels: np.ndarray, depth: int, keep: float, rng: np.random.Ge
     return np.concatenate(feats), np.concatenate(targets)
 
 
+def sparse_variants(voxels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Sparser and partial versions of a dense cloud (data preparation; a fixed seed): 1/4
+    and 1/16 random samplings and the half seen from a random direction."""
+    view = rng.normal(size=3)
+    centred = voxels - voxels.mean(axis=0)
+    return [voxels[rng.random(voxels.shape[0]) < 0.25],
+            voxels[rng.random(voxels.shape[0]) < 1 / 16],
+            voxels[centred @ view > 0]]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default="data/pc")
@@ -56,7 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--max-seconds", type=float, default=900)
+    ap.add_argument("--sparse", type=float, default=0.0,
+                    help="also train on sparse variants of each cloud (1/4 and 1/16 random "
+                         "samplings, a one-sided partial view), their fine levels kept at this "
+                         "fraction of --keep: the model then sees clouds unlike closed meshes")
+    ap.add_argument("--first-layer", choices=["float", "gather"], default="gather",
+                    help="gather: the codec runs the first layer as exact integer table sums "
+                         "(networks.GatherNetworks; octree-ctx-v2 on), float: as v1")
+    ap.add_argument("--from-weights", help="no training: re-ship this .pt (its .json beside it "
+                    "gives the training record) under --name with --first-layer")
     args = ap.parse_args(argv)
+    if args.from_weights:
+        model, _, _ = load_weights(args.from_weights)
+        record = json.loads(Path(args.from_weights).with_suffix(".json").read_text())
+        ship(model, args, record["training"])
+        return 0
     torch.set_num_threads(1)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -68,10 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     for p in files:
         depth = int(p.stem.rsplit("_d", 1)[1])
         keep = args.keep if depth <= 9 else args.keep / 4
-        x, y = cloud_samples(octree.sort_voxels(read_ply(p)), depth, keep, rng)
-        xs.append(x)
-        ys.append(y)
-        print(f"{p.name}: {y.size} samples ({time.time() - start:.0f} s)", flush=True)
+        voxels = octree.sort_voxels(read_ply(p))
+        for variant in [voxels] + (sparse_variants(voxels, rng) if args.sparse else []):
+            x, y = cloud_samples(variant, depth, keep if variant is voxels else
+                                 keep * args.sparse, rng)
+            xs.append(x)
+            ys.append(y)
+        print(f"{p.name}: {y.size} samples in its last variant ({time.time() - start:.0f} s)",
+              flush=True)
     x_all, y_all = np.concatenate(xs), np.concatenate(ys).astype(np.float32)
     n = y_all.size
     print(f"{n} samples, {y_all.mean():.3f} occupied", flush=True)
@@ -104,18 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             print("time budget reached", flush=True)
             break
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pt = out / f"{args.name}.pt"
-    save_weights(str(pt), model)
-    sha = hashlib.sha256(pt.read_bytes()).hexdigest()
-    meta = {
-        "name": args.name,
-        "architecture": "octree-context",
-        "weights_sha256": sha,
-        "hidden": list(model.hidden),
-        "n_features": N_FEATURES,
-        "training": {
+    ship(model, args, {
             "data": "python -m reprocodec.train.pointcloud_data: CGAL libcgal-demo meshes (CC0) "
                     "sampled and voxelized; held out: lion-head, refined_elephant, "
                     "fandisk_large, glmark2 bunny",
@@ -127,12 +144,34 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": args.epochs,
             "seconds": round(time.time() - start, 1),
             "final_bits_per_coded_bit": float(np.mean(log_bits[-500:])),
-        },
+            "hidden": list(model.hidden),
+            "sparse": args.sparse,
+        })
+    return 0
+
+
+def ship(model: OccupancyMLP, args: argparse.Namespace, training: dict) -> None:
+    """Write <out>/<name>.pt and .json (bounds empty: calibrate next)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pt = out / f"{args.name}.pt"
+    extra = {}
+    if args.first_layer == "gather":
+        extra = {"first_layer": "gather", "first_layer_bits": gather_bits(model)}
+    save_weights(str(pt), model, extra)
+    sha = hashlib.sha256(pt.read_bytes()).hexdigest()
+    meta = {
+        "name": args.name,
+        "architecture": "octree-context",
+        "weights_sha256": sha,
+        "hidden": list(model.hidden),
+        "n_features": N_FEATURES,
+        **extra,
+        "training": training,
         "bounds": {},
     }
     (out / f"{args.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {pt} sha256 {sha[:12]}..", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
