@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from reprocodec.pointcloud import octree
+from reprocodec.pointcloud.models import DEFAULT_MODEL
 from reprocodec.pointcloud.ply import read_ply
 
 ENCODERS = "cpu,emulate-splitk"
@@ -123,14 +124,14 @@ def gpcc_bits(voxels: np.ndarray, tmc3: str) -> tuple[int, bool, float, float]:
         return 8 * Path(bin_).stat().st_size, lossless, t1 - t0, t2 - t1
 
 
-def rate_table(data: Path, skip_others: bool) -> list[dict]:
+def rate_table(data: Path, skip_others: bool, model: str) -> list[dict]:
     import torch
 
     from reprocodec import container
     from reprocodec.pointcloud import PointCloudCodec, adaptive
 
     torch.set_num_threads(1)
-    codec = PointCloudCodec.load("octree-ctx-v1")
+    codec = PointCloudCodec.load(model)
     rows = []
     for name, voxels, depth in test_clouds(data):
         n = voxels.shape[0]
@@ -254,19 +255,21 @@ def _measure_worker(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     voxels = np.load(args.cloud)
     depth = args.depth
-    codec = PointCloudCodec.load("octree-ctx-v1")
+    codec = PointCloudCodec.load(args.model)
     codec.decode(container.unpack(container.pack(codec.encode(voxels[:500], depth=depth))))
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    enc, dec = [], []
+    enc, dec, enc_cpu, dec_cpu = [], [], [], []
     for _ in range(args.runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         msg = codec.encode(voxels, depth=depth)
         packed = container.pack(msg)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         out = codec.decode(container.unpack(packed))
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         enc.append(t1 - t0)
         dec.append(t2 - t1)
+        enc_cpu.append(c1 - c0)
+        dec_cpu.append(c2 - c1)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     names = [p.name for p in msg.payloads]
     levels = "L" * depth
@@ -280,6 +283,8 @@ def _measure_worker(args: argparse.Namespace) -> int:
            "ours_lossless": bool(np.array_equal(out.voxels, voxels)),
            "adaptive_bpp": 8 * adaptive.encoded_size(voxels, depth) / n,
            "encode_s": float(np.median(enc)), "decode_s": float(np.median(dec)),
+           "encode_cpu_s": float(np.median(enc_cpu)), "decode_cpu_s": float(np.median(dec_cpu)),
+           "model": args.model,
            "peak_rss_mb": peak_mb, "loaded_rss_mb": base_mb, "runs": args.runs}
     if args.learned:
         learned = container.pack(codec.encode(voxels, depth=depth, coders="learned"))
@@ -308,8 +313,8 @@ def _others(voxels: np.ndarray, depth: int, row: dict, notes: set[str], tmc3: st
 
 
 def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: int,
-                learned: bool, skip_others: bool, tmc3: str | None = None
-                ) -> tuple[list[dict], list[str]]:
+                learned: bool, skip_others: bool, tmc3: str | None = None,
+                model: str = DEFAULT_MODEL) -> tuple[list[dict], list[str]]:
     rows, notes = [], set()
     me = [sys.executable, str(Path(__file__).resolve())]
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,7 +323,8 @@ def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: i
             path, result = Path(tmp) / "cloud.npy", Path(tmp) / "result.json"
             np.save(path, voxels)
             cmd = me + ["--measure-worker", "--cloud", str(path), "--depth", str(depth),
-                        "--runs", str(runs), "--threads", str(threads), "--result", str(result)]
+                        "--runs", str(runs), "--threads", str(threads), "--result", str(result),
+                        "--model", model]
             subprocess.run(cmd + (["--learned"] if learned else []), check=True)
             row = {"cloud": name, **json.loads(result.read_text())}
             if not skip_others:
@@ -333,11 +339,13 @@ def print_cloud_table(rows: list[dict], notes: list[str]) -> None:
     print("\nbits per occupied voxel: ours = whole stream (container header included), payl. = "
           "its payloads only, adapt. = the adaptive coder's rANS bytes, learned = the learned "
           "model alone (whole stream);\nlevels: coder of each octree level, L learned, A "
-          "adaptive; enc/dec: median seconds; RSS: peak of the measuring process")
+          "adaptive; enc/dec: median seconds (wall; cpu: the process's CPU seconds, what the wall "
+          "time would be on an idle core); RSS: peak of the measuring process; model: " +
+          ", ".join(sorted({r.get("model", "?") for r in rows})))
     print(f"{'cloud':22s} {'D':>2s} {'points':>8s} {'ours':>7s} {'(payl.)':>7s} {'adapt.':>7s} "
           f"{'learned':>7s} {'G-PCC':>6s} "
           f"{'Draco':>6s} {'LAZ':>6s} {'levels':>13s} {'enc s':>6s} {'dec s':>6s} "
-          f"{'s/Mpt':>11s} {'RSS MB':>7s} lossless")
+          f"{'s/Mpt':>11s} {'cpu s/Mpt':>11s} {'RSS MB':>7s} lossless")
     for r in rows:
         mpt = r["points"] / 1e6
         lossless = all(r.get(f"{c}_lossless", True) for c in ("ours", "gpcc", "draco", "laz"))
@@ -347,7 +355,9 @@ def print_cloud_table(rows: list[dict], notes: list[str]) -> None:
               f"{r.get('gpcc_bpp', nan):6.2f} "
               f"{r.get('draco_bpp', nan):6.2f} {r.get('laz_bpp', nan):6.2f} {r['levels']:>13s} "
               f"{r['encode_s']:6.2f} {r['decode_s']:6.2f} "
-              f"{r['encode_s'] / mpt:5.1f}/{r['decode_s'] / mpt:<5.1f} {r['peak_rss_mb']:7.0f} "
+              f"{r['encode_s'] / mpt:5.2f}/{r['decode_s'] / mpt:<5.2f} "
+              f"{r['encode_cpu_s'] / mpt:5.2f}/{r['decode_cpu_s'] / mpt:<5.2f} "
+              f"{r['peak_rss_mb']:7.0f} "
               f"{lossless}")
     for note in notes:
         print(f"note: {note}")
@@ -362,7 +372,7 @@ def _worker(args: argparse.Namespace) -> int:
     from reprocodec.pointcloud import PointCloudCodec
 
     numerics.apply_profile(args.profile)
-    codec = PointCloudCodec.load("octree-ctx-v1")
+    codec = PointCloudCodec.load(args.model)
     folder = Path(args.folder)
     clouds = {p.stem: np.load(p) for p in sorted(folder.glob("*.npy"))}
     if args.worker == "encode":
@@ -386,12 +396,14 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def matrix(data: Path, depth: int, encoders: list[str], decoders: list[str]) -> dict:
+def matrix(data: Path, depth: int, encoders: list[str], decoders: list[str], model: str
+           ) -> dict:
     from reprocodec.pointcloud.models import list_models
 
-    bound = {i.name: i for i in list_models()}["octree-ctx-v1"].tensor_bound("occupancy_logit")
+    bound = {i.name: i for i in list_models()}[model].tensor_bound("occupancy_logit")
     decoders = [d.replace("HALF", f"{bound['value'] / 2:g}") for d in decoders]
-    me = [sys.executable, str(Path(__file__).resolve()), "--matrix-depth", str(depth)]
+    me = [sys.executable, str(Path(__file__).resolve()), "--matrix-depth", str(depth),
+          "--model", model]
     # Workers keep torch's default thread count (the rate table uses one thread), so that the
     # `cpu` and `cpu-1thread` profiles really differ.
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
@@ -449,6 +461,9 @@ def print_tables(rows: list[dict], mat: dict | None) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default="data/pc")
+    ap.add_argument("--model", default=DEFAULT_MODEL,
+                    help="point-cloud model (default: the default model; octree-ctx-v1 for the "
+                         "earlier one)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--matrix-depth", type=int, default=8)
     ap.add_argument("--encoders", default=ENCODERS)
@@ -483,7 +498,7 @@ def main() -> int:
     if args.clouds:
         clouds = large_clouds() if args.large else synthetic_clouds(args.scale)
         rows, notes = cloud_table(clouds, args.runs, args.threads,
-                                  args.learned, args.skip_others, args.tmc3)
+                                  args.learned, args.skip_others, args.tmc3, args.model)
         print_cloud_table(rows, notes)
         if args.json:
             Path(args.json).write_text(json.dumps({"clouds": rows, "notes": notes}, indent=1))
@@ -493,9 +508,9 @@ def main() -> int:
         print(f"{data}/manifest.json missing: run python -m reprocodec.train.pointcloud_data first",
               file=sys.stderr)
         return 2
-    rows = [] if args.skip_rates else rate_table(data, args.skip_others)
-    mat = None if args.skip_matrix else matrix(data, args.matrix_depth,
-                                              args.encoders.split(","), args.decoders.split(","))
+    rows = [] if args.skip_rates else rate_table(data, args.skip_others, args.model)
+    mat = None if args.skip_matrix else matrix(data, args.matrix_depth, args.encoders.split(","),
+                                              args.decoders.split(","), args.model)
     print_tables(rows, mat)
     if args.json:
         Path(args.json).write_text(json.dumps({"rates": rows, "matrix": mat}, indent=1))
