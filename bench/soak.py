@@ -24,7 +24,10 @@ servers' own requests_total by code (to compare), and every call that ended othe
 expected: LOST (an unexpected status: INTERNAL, UNKNOWN, UNAVAILABLE, a RESOURCE_EXHAUSTED or
 DEADLINE_EXCEEDED for a good request within its deadline) and WRONG (OK with a wrong result).
 RSS of both servers every --rss-interval seconds (10) with the least-squares slope in MB/min
-over the whole run and over its second half (after the allocator's warm-up). At the end both
+over the whole run and over its second half (after the allocator's warm-up). Those samples
+include whatever is in flight (a large encode holds hundreds of MB), so every --rest-every
+seconds (60) the clients also pause between calls until nothing runs, and both servers' RSS
+is sampled at rest: the slope of those samples is the memory the services keep. At the end both
 services get SIGTERM; their exit status and time to exit are reported.
 """
 
@@ -205,12 +208,42 @@ def bad_call(where: str, payload, enc, dec, dec_stub, model: str, cloud_model: s
     return (lambda: list(dec_stub.DecodeImageStream(iter(chunks), timeout=timeout))), "decoder"
 
 
-def client_loop(k: int, args, targets, images, streams, clouds, bads, model, cloud_model,
-                rec: Recorder, stop_at: float) -> None:
-    import grpc
+class RestGate:
+    """Lets the monitor stop the clients between calls to sample RSS with nothing in flight."""
 
-    from reprocodec.client import DecoderClient, EncoderClient, cloud_voxels
-    from reprocodec.v1 import service_pb2, service_pb2_grpc
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.paused = False
+        self.active = 0
+
+    def enter(self) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: not self.paused)
+            self.active += 1
+
+    def leave(self) -> None:
+        with self.cond:
+            self.active -= 1
+            self.cond.notify_all()
+
+    def rest(self, sample, settle: float = 2.0) -> float:
+        """Pause the clients, wait for running calls to end, sample; returns seconds paused."""
+        started = time.monotonic()
+        with self.cond:
+            self.paused = True
+            self.cond.wait_for(lambda: self.active == 0)
+        time.sleep(settle)  # the servers finish their bookkeeping after the last answer
+        sample()
+        with self.cond:
+            self.paused = False
+            self.cond.notify_all()
+        return time.monotonic() - started
+
+
+def client_loop(k: int, args, targets, images, streams, clouds, bads, model, cloud_model,
+                rec: Recorder, stop_at: float, gate: RestGate) -> None:
+    from reprocodec.client import DecoderClient, EncoderClient
+    from reprocodec.v1 import service_pb2_grpc
 
     rng = random.Random(args.seed * 1000 + k)
     mix = [(name, float(w)) for name, w in (p.split("=") for p in args.mix.split(","))]
@@ -220,77 +253,96 @@ def client_loop(k: int, args, targets, images, streams, clouds, bads, model, clo
     dec_stub = service_pb2_grpc.DecoderStub(dec.channel)
     try:
         while time.monotonic() < stop_at:
-            op = rng.choices(names, weights)[0]
-            if op == "image":
-                size = rng.choice(list(SIZES))
-                png = rng.choice(images[size])
-                r, code, t = timed(lambda png=png: enc.encode_image(png, model=model))
-                if not rec.record(f"encode_{size}", "encoder", code, t):
-                    continue
-                stream = r.bitstream
-                r, code, t = timed(lambda s=stream: dec.decode_image(s, raw=True))
-                if rec.record(f"decode_{size}", "decoder", code, t):
-                    if not r.bit_exact or r.output_checksum != stream.output_checksum:
-                        rec.mark_wrong(f"decode_{size}: not bit-exact")
-            elif op == "cloud":
-                cloud, depth, expected = rng.choice(clouds)
-                r, code, t = timed(lambda c=cloud, d=depth: enc.encode_point_cloud(
-                    c, model=cloud_model, depth=d))
-                if not rec.record("encode_cloud", "encoder", code, t):
-                    continue
-                stream = r.bitstream
-                r, code, t = timed(lambda s=stream: dec.decode_point_cloud(s, raw=True))
-                if rec.record("decode_cloud", "decoder", code, t):
-                    if not r.bit_exact or not np.array_equal(cloud_voxels(r), expected):
-                        rec.mark_wrong("decode_cloud: voxels differ from the input's")
-            elif op == "bad":
-                name, where, payload, want = rng.choice(bads)
-                call, service = bad_call(where, payload, enc, dec, dec_stub, model,
-                                         cloud_model, args.timeout)
-                _, code, t = timed(call)
-                rec.record(f"bad_{name}", service, code, t, expected=(want,))
-            elif op == "cancel":
-                if rng.random() < 0.5:  # the client gives up on a large encode
-                    request = service_pb2.EncodeImageRequest(
-                        image_file=rng.choice(images["large"]), model=model)
-                    started = time.perf_counter()
-                    future = enc._stub.EncodeImage.future(request, timeout=args.timeout)
-                    time.sleep(rng.uniform(0.05, 0.5))
-                    future.cancel()
-                    try:
-                        future.result()
-                        code = "OK"  # finished before the cancel
-                    except grpc.FutureCancelledError:
-                        code = "CANCELLED"
-                    except grpc.RpcError as exc:
-                        code = exc.code().name
-                    rec.record("cancelled_encode", "encoder", code,
-                               time.perf_counter() - started, expected=("CANCELLED", "OK"))
-                else:  # a deadline too short for a large decode
-                    stream = rng.choice(streams)
-                    _, code, t = timed(lambda s=stream: dec.decode_image(
-                        s, timeout=rng.uniform(0.05, 0.3)))
-                    rec.record("short_deadline_decode", "decoder", code, t,
-                               expected=("DEADLINE_EXCEEDED", "OK"))
+            gate.enter()
+            try:
+                one_call(rng.choices(names, weights)[0], rng, args, images, streams, clouds,
+                         bads, model, cloud_model, rec, enc, dec, dec_stub)
+            finally:
+                gate.leave()
     finally:
         enc.close()
         dec.close()
 
 
-def rss_sampler(pids: dict[str, int], interval: float, stop: threading.Event,
-                samples: list) -> None:
+def one_call(op, rng, args, images, streams, clouds, bads, model, cloud_model, rec, enc, dec,
+             dec_stub) -> None:
+    """One call (or an encode + decode pair) of kind op, recorded in rec."""
+    import grpc
+
+    from reprocodec.client import cloud_voxels
+    from reprocodec.v1 import service_pb2
+
+    if op == "image":
+        size = rng.choice(list(SIZES))
+        png = rng.choice(images[size])
+        r, code, t = timed(lambda png=png: enc.encode_image(png, model=model))
+        if not rec.record(f"encode_{size}", "encoder", code, t):
+            return
+        stream = r.bitstream
+        r, code, t = timed(lambda s=stream: dec.decode_image(s, raw=True))
+        if rec.record(f"decode_{size}", "decoder", code, t):
+            if not r.bit_exact or r.output_checksum != stream.output_checksum:
+                rec.mark_wrong(f"decode_{size}: not bit-exact")
+    elif op == "cloud":
+        cloud, depth, expected = rng.choice(clouds)
+        r, code, t = timed(lambda c=cloud, d=depth: enc.encode_point_cloud(
+            c, model=cloud_model, depth=d))
+        if not rec.record("encode_cloud", "encoder", code, t):
+            return
+        stream = r.bitstream
+        r, code, t = timed(lambda s=stream: dec.decode_point_cloud(s, raw=True))
+        if rec.record("decode_cloud", "decoder", code, t):
+            if not r.bit_exact or not np.array_equal(cloud_voxels(r), expected):
+                rec.mark_wrong("decode_cloud: voxels differ from the input's")
+    elif op == "bad":
+        name, where, payload, want = rng.choice(bads)
+        call, service = bad_call(where, payload, enc, dec, dec_stub, model,
+                                 cloud_model, args.timeout)
+        _, code, t = timed(call)
+        rec.record(f"bad_{name}", service, code, t, expected=(want,))
+    elif op == "cancel":
+        if rng.random() < 0.5:  # the client gives up on a large encode
+            request = service_pb2.EncodeImageRequest(
+                image_file=rng.choice(images["large"]), model=model)
+            started = time.perf_counter()
+            future = enc._stub.EncodeImage.future(request, timeout=args.timeout)
+            time.sleep(rng.uniform(0.05, 0.5))
+            future.cancel()
+            try:
+                future.result()
+                code = "OK"  # finished before the cancel
+            except grpc.FutureCancelledError:
+                code = "CANCELLED"
+            except grpc.RpcError as exc:
+                code = exc.code().name
+            rec.record("cancelled_encode", "encoder", code,
+                       time.perf_counter() - started, expected=("CANCELLED", "OK"))
+        else:  # a deadline too short for a large decode
+            stream = rng.choice(streams)
+            _, code, t = timed(lambda s=stream: dec.decode_image(
+                s, timeout=rng.uniform(0.05, 0.3)))
+            rec.record("short_deadline_decode", "decoder", code, t,
+                       expected=("DEADLINE_EXCEEDED", "OK"))
+
+
+def rss_now(pids: dict[str, int]) -> dict[str, float]:
+    """RSS in MiB of each process (NaN when it is gone)."""
     import psutil
 
-    procs = {k: psutil.Process(pid) for k, pid in pids.items()}
+    row = {}
+    for k, pid in pids.items():
+        try:
+            row[k] = psutil.Process(pid).memory_info().rss / MIB
+        except psutil.Error:
+            row[k] = float("nan")
+    return row
+
+
+def rss_sampler(pids: dict[str, int], interval: float, stop: threading.Event,
+                samples: list) -> None:
     started = time.monotonic()
     while True:
-        row = {"t": time.monotonic() - started}
-        for k, p in procs.items():
-            try:
-                row[k] = p.memory_info().rss / MIB
-            except psutil.Error:
-                row[k] = float("nan")
-        samples.append(row)
+        samples.append({"t": time.monotonic() - started, **rss_now(pids)})
         if stop.wait(interval):
             return
 
@@ -333,6 +385,8 @@ def main() -> int:
     p.add_argument("--decoder-flags", default="")
     p.add_argument("--timeout", type=float, default=120.0, help="deadline of a call (s)")
     p.add_argument("--rss-interval", type=float, default=10.0)
+    p.add_argument("--rest-every", type=float, default=60.0,
+                   help="pause the clients this often to sample RSS at rest (0: never)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     args = p.parse_args()
@@ -362,6 +416,7 @@ def main() -> int:
     results: dict = {"clients": args.clients, "minutes": args.minutes, "mix": args.mix,
                      "images": source, "weights": note}
     rss: list[dict] = []
+    rest: list[dict] = []  # RSS with nothing in flight
     stop = threading.Event()
     try:
         enc_proc.ready()
@@ -385,20 +440,36 @@ def main() -> int:
         before = {"encoder": server_counts(enc_proc), "decoder": server_counts(dec_proc)}
 
         rec = Recorder()
-        sampler = threading.Thread(target=rss_sampler, daemon=True, args=(
-            {"encoder": enc_proc.proc.pid, "decoder": dec_proc.proc.pid},
-            args.rss_interval, stop, rss))
+        pids = {"encoder": enc_proc.proc.pid, "decoder": dec_proc.proc.pid}
+        sampler = threading.Thread(target=rss_sampler, daemon=True,
+                                   args=(pids, args.rss_interval, stop, rss))
         sampler.start()
         started = time.monotonic()
         stop_at = started + 60 * args.minutes
+        gate = RestGate()
+
+        def sample_at_rest() -> None:
+            row = rss_now(pids)
+            row["t"] = time.monotonic() - started
+            rest.append(row)
+
+        sample_at_rest()  # after the warm-up: models loaded, allocator primed
         threads = [threading.Thread(target=client_loop, args=(
-            k, args, targets, images, streams, clouds, bads, model, cloud_model, rec, stop_at))
-            for k in range(args.clients)]
+            k, args, targets, images, streams, clouds, bads, model, cloud_model, rec, stop_at,
+            gate)) for k in range(args.clients)]
         for t in threads:
             t.start()
-        last = started
+        last = last_rest = started
+        paused = 0.0
         while any(t.is_alive() for t in threads):
             time.sleep(1)
+            if args.rest_every > 0 and time.monotonic() - last_rest >= args.rest_every \
+                    and time.monotonic() < stop_at:
+                paused += gate.rest(sample_at_rest)
+                last_rest = time.monotonic()
+                print(f"  {last_rest - started:5.0f} s: at rest, RSS encoder "
+                      f"{rest[-1]['encoder']:.0f} MB decoder {rest[-1]['decoder']:.0f} MB",
+                      flush=True)
             if time.monotonic() - last >= 30:
                 last = time.monotonic()
                 done = sum(len(v) for v in rec.latency.values())
@@ -409,6 +480,7 @@ def main() -> int:
         wall = time.monotonic() - started
         stop.set()
         sampler.join(5)
+        gate.rest(sample_at_rest)
 
         after = {"encoder": server_counts(enc_proc), "decoder": server_counts(dec_proc)}
         server = {svc: {code: after[svc].get(code, 0) - before[svc].get(code, 0)
@@ -450,6 +522,12 @@ def main() -> int:
         "rss_slope_second_half_mb_per_min": {
             k: slope_mb_per_min([s for s in rss if s["t"] >= wall / 2], k)
             for k in ("encoder", "decoder")},
+        "rss_at_rest": rest, "paused_seconds": paused,
+        "rss_at_rest_slope_mb_per_min": {k: slope_mb_per_min(rest, k)
+                                         for k in ("encoder", "decoder")},
+        # The first minute loads what is loaded lazily (the cloud model, kernels per size).
+        "rss_at_rest_slope_after_first_pause_mb_per_min": {
+            k: slope_mb_per_min(rest[1:], k) for k in ("encoder", "decoder")},
     })
     print_report(results)
     if args.json:
@@ -480,6 +558,13 @@ def print_report(r: dict) -> None:
     sl, s2 = r["rss_slope_mb_per_min"], r["rss_slope_second_half_mb_per_min"]
     print(f"RSS slope MB/min: encoder {sl['encoder']:+.1f} (second half {s2['encoder']:+.1f}), "
           f"decoder {sl['decoder']:+.1f} (second half {s2['decoder']:+.1f})")
+    print(f"\nat rest (clients paused {r['paused_seconds']:.0f} s in all):")
+    for s in r["rss_at_rest"]:
+        print(f"{s['t']:>7.0f}{s['encoder']:>12.0f}{s['decoder']:>12.0f}")
+    sr = r["rss_at_rest_slope_mb_per_min"]
+    sw = r["rss_at_rest_slope_after_first_pause_mb_per_min"]
+    print(f"RSS at rest slope MB/min: encoder {sr['encoder']:+.1f}, decoder {sr['decoder']:+.1f}; "
+          f"after the first pause: encoder {sw['encoder']:+.1f}, decoder {sw['decoder']:+.1f}")
     print(f"health after: {r['health_after']}; SIGTERM exit: {r['exit']}")
 
 

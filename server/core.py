@@ -48,7 +48,7 @@ from google.protobuf.message import DecodeError, Message
 from reprocodec import cancel, chunking
 from reprocodec.errors import InputError
 
-from . import status
+from . import allocator, status
 from .metrics import DECODE_FAILURE_REASONS, ServiceMetrics
 
 request_log = logging.getLogger("reprocodec.requests")
@@ -132,6 +132,7 @@ class ServeConfig:
     queue_length: int = DEFAULT_QUEUE_LENGTH
     max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT
     max_request_memory: int = DEFAULT_MAX_REQUEST_MEMORY  # bytes; see MEMORY_COSTS
+    trim_memory: bool = True  # malloc_trim after each request (allocator.py)
 
 
 # ------------------------------------------------------------------------------ admission
@@ -429,6 +430,10 @@ class ServiceCore:
             self._unregister(token)
             gauge.dec()
             self.admission.release()
+            # The request's buffers are free now; hand their pages back to the OS so that RSS
+            # tracks the work in flight, not the high-water mark of every arena (allocator.py).
+            if self.config.trim_memory:
+                allocator.trim()
 
     def check_memory(self, method: str, elements: int) -> None:
         """Refuse (RESOURCE_EXHAUSTED, reason too_large) a request whose memory estimate

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 import zlib
 from concurrent import futures
@@ -24,7 +25,7 @@ from reprocodec.checksum import checksum  # noqa: E402
 from reprocodec.image import ImageCodec  # noqa: E402
 from reprocodec.image import codec as codec_module  # noqa: E402
 from reprocodec.image.testing import sample_crop, write_test_models  # noqa: E402
-from reprocodec.server import backend  # noqa: E402
+from reprocodec.server import allocator, backend  # noqa: E402
 from reprocodec.server.core import (  # noqa: E402
     DEFAULT_MAX_REQUEST_MEMORY,
     MEMORY_COSTS,
@@ -72,10 +73,10 @@ def test_the_estimate_is_the_documented_formula():
 
 
 class _Service:
-    def __init__(self, service: str, weights_dir, budget: int) -> None:
+    def __init__(self, service: str, weights_dir, budget: int, **config) -> None:
         self.metrics = ServiceMetrics(service)
-        self.core = ServiceCore(ServeConfig(service, "cpu", "cpu", max_request_memory=budget),
-                                self.metrics)
+        self.core = ServiceCore(ServeConfig(service, "cpu", "cpu", max_request_memory=budget,
+                                            **config), self.metrics)
         self.codecs = backend.Codecs(weights_dir)
         self.server = grpc.server(futures.ThreadPoolExecutor(4))
         add_to_server(self.server, service, self.core, self.codecs)
@@ -205,3 +206,59 @@ def test_chunked_pixel_checksum_and_clip_equal_the_whole_array_ones(shape):
     clipped = codec_module._to_uint8(indices)
     assert clipped.dtype == np.uint8
     assert np.array_equal(clipped, np.clip(indices, 0, 255).astype(np.uint8))
+
+
+# ------------------------------------------------------------- freed memory goes back
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(allocator._LIBC is None, reason="glibc's malloc_trim (Linux) only")
+def test_trim_returns_freed_heap_holes_that_free_alone_keeps():
+    # 96 KiB blocks come from the heap (under glibc's 128 KiB mmap threshold). Keeping every
+    # 16th block alive leaves the freed ones as holes below the heap top, which free() never
+    # returns: this is how RSS crept up in the soak. malloc_trim hands the holes back.
+    blocks = [np.ones(96 * 1024 // 8) for _ in range(2048)]  # 192 MiB
+    kept = blocks[::16]
+    del blocks
+    before = _rss_bytes()
+    assert allocator.trim()
+    freed = before - _rss_bytes()
+    assert freed > 100 * 2**20, f"trim returned only {freed / 2**20:.0f} MiB"
+    assert all(float(b[0]) == 1.0 for b in kept)  # live blocks untouched
+
+
+def test_arena_limit_leaves_an_operators_malloc_arena_max_alone(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert allocator.limit_arenas(2) is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert allocator.limit_arenas(0) is False  # 0: keep glibc's default
+    args = build_parser("decoder").parse_args([])
+    assert args.malloc_arenas == allocator.DEFAULT_ARENAS and args.malloc_trim is True
+    args = build_parser("decoder").parse_args(["--malloc-arenas", "0", "--no-malloc-trim"])
+    assert args.malloc_arenas == 0 and args.malloc_trim is False
+
+
+@pytest.mark.parametrize("trim_memory", [True, False])
+def test_each_finished_request_trims_the_heap_unless_disabled(weights, monkeypatch,
+                                                              trim_memory):
+    d, names = weights
+    calls = []
+    monkeypatch.setattr(allocator, "trim", lambda: calls.append(1) or True)
+    svc = _Service("encoder", d, DEFAULT_MAX_REQUEST_MEMORY, trim_memory=trim_memory)
+    stub = service_pb2_grpc.EncoderStub(svc.channel)
+    try:
+        pixels = sample_crop(height=32, width=48)
+        raw = service_pb2.RawImage(height=32, width=48, channels=3, pixels=pixels.tobytes())
+        for _ in range(2):
+            stub.EncodeImage(service_pb2.EncodeImageRequest(raw=raw, model=names["bmshj"]),
+                             timeout=60)
+        with pytest.raises(grpc.RpcError):  # refused before admission: nothing to trim
+            stub.EncodeImage(service_pb2.EncodeImageRequest(image_file=b"not an image"),
+                             timeout=60)
+    finally:
+        svc.close()
+    assert len(calls) == (2 if trim_memory else 0)
