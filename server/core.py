@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import statistics
 import threading
 import time
@@ -40,6 +41,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -113,6 +115,28 @@ MEMORY_COSTS = {
 DEFAULT_MAX_REQUEST_MEMORY = 4096 << 20
 
 
+# Default of --max-memory-mb: this share of the memory the process may use (its cgroup's limit
+# in a container, else the machine's), leaving the rest to the resident models, the messages
+# held and the allocator's slack.
+MEMORY_POOL_SHARE = 0.75
+
+
+def memory_available(cgroup: Path = Path("/sys/fs/cgroup"),
+                     physical: int | None = None) -> int:
+    """Bytes this process may use: the cgroup v2 (memory.max) or v1
+    (memory/memory.limit_in_bytes) limit when there is one, else physical memory."""
+    if physical is None:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+        try:
+            text = (cgroup / name).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < physical:  # "max" or v1's huge "no limit"
+            return int(text)
+    return physical
+
+
 def request_memory(method: str, elements: int) -> int:
     """The memory budget check's estimate for one request, in bytes (0 for cheap methods)."""
     cost = MEMORY_COSTS.get(method.removesuffix("Stream"))
@@ -132,6 +156,7 @@ class ServeConfig:
     queue_length: int = DEFAULT_QUEUE_LENGTH
     max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT
     max_request_memory: int = DEFAULT_MAX_REQUEST_MEMORY  # bytes; see MEMORY_COSTS
+    max_memory: int | None = None  # bytes all running requests share (None: no pool)
     trim_memory: bool = True  # malloc_trim after each request (allocator.py)
 
 
@@ -139,11 +164,12 @@ class ServeConfig:
 
 
 class _Waiter:
-    __slots__ = ("event", "granted")
+    __slots__ = ("event", "granted", "memory")
 
-    def __init__(self) -> None:
+    def __init__(self, memory: int = 0) -> None:
         self.event = threading.Event()
         self.granted = False
+        self.memory = memory
 
 
 class Admission:
@@ -152,6 +178,12 @@ class Admission:
     `slot(...)` blocks until a slot is free, the queue wait passes `max_wait`, the time
     budget passes, or the request's cancel token is cancelled. Free slots are handed to the
     head of the queue directly, so a newcomer cannot overtake a waiting request.
+
+    With `memory` (bytes, --max-memory-mb) the running requests also share one memory pool:
+    a request holds its estimate (`request_memory`) while it runs, and the head of the queue
+    starts only when a slot is free and the pool has room for it, so the process's work never
+    needs more than the pool however large the requests that arrive together. Requests larger
+    than the pool are refused before they queue (ServiceCore.check_memory).
     """
 
     # How often a waiter re-checks its token and budget: the longest a cancelled or timed-out
@@ -159,14 +191,17 @@ class Admission:
     POLL_SECONDS = 0.05
 
     def __init__(self, limit: int, queue_length: int = DEFAULT_QUEUE_LENGTH,
-                 max_wait: float = DEFAULT_MAX_QUEUE_WAIT) -> None:
-        if limit < 1 or queue_length < 0 or max_wait < 0:
-            raise ValueError("need limit >= 1, queue_length >= 0 and max_wait >= 0")
+                 max_wait: float = DEFAULT_MAX_QUEUE_WAIT, memory: int | None = None) -> None:
+        if limit < 1 or queue_length < 0 or max_wait < 0 or (memory is not None
+                                                             and memory <= 0):
+            raise ValueError("need limit >= 1, queue_length >= 0, max_wait >= 0, memory > 0")
         self.limit = limit
         self.queue_length = queue_length
         self.max_wait = max_wait
+        self.memory = memory
         self._lock = threading.Lock()
         self._free = limit
+        self._memory_free = memory
         self._queue: deque[_Waiter] = deque()
         self._closed = False
 
@@ -180,6 +215,12 @@ class Admission:
         with self._lock:
             return len(self._queue)
 
+    @property
+    def memory_held(self) -> int:
+        """Bytes of the pool the running requests hold (0 without a pool)."""
+        with self._lock:
+            return 0 if self.memory is None else self.memory - self._memory_free
+
     def close(self) -> None:
         """Refuse every later request and wake the waiting ones (shutdown)."""
         with self._lock:
@@ -189,16 +230,19 @@ class Admission:
             w.event.set()
 
     def acquire(self, token: cancel.CancelToken | None = None,
-                budget: float | None = None) -> float:
-        """Wait for a slot; returns the seconds waited. Raises status.Failure (queue full,
-        waited too long, budget gone, server closing) or cancel.CancelledError."""
+                budget: float | None = None, memory: int = 0) -> float:
+        """Wait for a slot (and `memory` bytes of the pool); returns the seconds waited.
+        Raises status.Failure (queue full, waited too long, budget gone, server closing) or
+        cancel.CancelledError. Release with the same `memory`."""
+        if self.memory is not None and memory > self.memory:
+            raise ValueError(f"{memory} bytes can never fit a pool of {self.memory}")
         started = time.monotonic()
-        waiter = _Waiter()
+        waiter = _Waiter(memory)
         with self._lock:
             if self._closed:
                 raise status.shutting_down()
-            if self._free > 0 and not self._queue:
-                self._free -= 1
+            if not self._queue and self._fits_locked(memory):
+                self._take_locked(memory)
                 return 0.0
             if len(self._queue) >= self.queue_length:
                 raise status.queue_full(self.limit, self.queue_length)
@@ -222,31 +266,47 @@ class Admission:
         except BaseException:
             with self._lock:
                 if waiter.granted:  # granted while giving up: pass the slot on
-                    self._release_locked()
+                    self._release_locked(memory)
                 else:
                     self._queue.remove(waiter)
+                    self._grant_locked()  # a head that waited for memory may leave room
             raise
 
-    def release(self) -> None:
+    def release(self, memory: int = 0) -> None:
         with self._lock:
-            self._release_locked()
+            self._release_locked(memory)
 
-    def _release_locked(self) -> None:
-        if self._queue:
+    def _fits_locked(self, memory: int) -> bool:
+        return self._free > 0 and (self._memory_free is None or memory <= self._memory_free)
+
+    def _take_locked(self, memory: int) -> None:
+        self._free -= 1
+        if self._memory_free is not None:
+            self._memory_free -= memory
+
+    def _release_locked(self, memory: int) -> None:
+        self._free += 1
+        if self._memory_free is not None:
+            self._memory_free += memory
+        self._grant_locked()
+
+    def _grant_locked(self) -> None:
+        """Start queued requests in order while the head fits (FIFO: a small request never
+        overtakes a large head waiting for memory, so the large one cannot starve)."""
+        while self._queue and self._fits_locked(self._queue[0].memory):
             waiter = self._queue.popleft()
+            self._take_locked(waiter.memory)
             waiter.granted = True
             waiter.event.set()
-        else:
-            self._free += 1
 
     @contextlib.contextmanager
     def slot(self, token: cancel.CancelToken | None = None,
-             budget: float | None = None) -> Iterator[float]:
-        waited = self.acquire(token, budget)
+             budget: float | None = None, memory: int = 0) -> Iterator[float]:
+        waited = self.acquire(token, budget, memory)
         try:
             yield waited
         finally:
-            self.release()
+            self.release(memory)
 
 
 # ------------------------------------------------------------------------------ cost model
@@ -381,8 +441,9 @@ class ServiceCore:
         self.config = config
         self.metrics = metrics
         self.admission = Admission(config.max_concurrency, config.queue_length,
-                                   config.max_queue_wait)
+                                   config.max_queue_wait, config.max_memory)
         self.costs = costs if costs is not None else CostModel()
+        metrics.memory_pool.labels(config.service).set(config.max_memory or 0)
         self._count_decode_failures = config.service == "decoder"
         self._tokens: set[cancel.CancelToken] = set()
         self._tokens_lock = threading.Lock()
@@ -399,7 +460,7 @@ class ServiceCore:
         Call it after the request's cheap validation, with the number of elements (pixels,
         points) the work is about. The block's time teaches the cost model when it succeeds.
         """
-        self.check_memory(method, elements)
+        memory = self.check_memory(method, elements)
         token = self._token(context)
         remaining = token.remaining()
         estimate = self.costs.estimate(method, elements)
@@ -412,10 +473,12 @@ class ServiceCore:
         queued.inc()
         arrived = time.monotonic()
         try:
-            self.admission.acquire(token, budget)
+            self.admission.acquire(token, budget, memory)
         finally:  # refused or cancelled requests count with the time they waited, too
             queued.dec()
             self.metrics.queue_wait.labels(service, method).observe(time.monotonic() - arrived)
+        reserved = self.metrics.memory_reserved.labels(service)
+        reserved.set(self.admission.memory_held)
         gauge = self.metrics.in_flight.labels(service)
         gauge.inc()
         self._register(token)
@@ -429,20 +492,25 @@ class ServiceCore:
         finally:
             self._unregister(token)
             gauge.dec()
-            self.admission.release()
+            self.admission.release(memory)
+            reserved.set(self.admission.memory_held)
             # The request's buffers are free now; hand their pages back to the OS so that RSS
             # tracks the work in flight, not the high-water mark of every arena (allocator.py).
             if self.config.trim_memory:
                 allocator.trim()
 
-    def check_memory(self, method: str, elements: int) -> None:
-        """Refuse (RESOURCE_EXHAUSTED, reason too_large) a request whose memory estimate
-        (`request_memory`) is over --max-request-memory-mb, before it waits or allocates."""
+    def check_memory(self, method: str, elements: int) -> int:
+        """The request's memory estimate (`request_memory`); refuses it (RESOURCE_EXHAUSTED,
+        reason too_large) before it waits or allocates when the estimate is over
+        --max-request-memory-mb or over the whole pool (--max-memory-mb)."""
         estimate = request_memory(method, elements)
-        if estimate > self.config.max_request_memory:
+        budget, flag = self.config.max_request_memory, "--max-request-memory-mb"
+        if self.config.max_memory is not None and self.config.max_memory < budget:
+            budget, flag = self.config.max_memory, "--max-memory-mb"
+        if estimate > budget:
             unit = MEMORY_COSTS[method.removesuffix("Stream")].unit
-            raise status.over_memory_budget(method, elements, unit, estimate,
-                                            self.config.max_request_memory)
+            raise status.over_memory_budget(method, elements, unit, estimate, budget, flag)
+        return estimate
 
     def observe_stream(self, stats: Any) -> None:
         self.metrics.observe_stream(stats)

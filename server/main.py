@@ -39,8 +39,10 @@ from .core import (
     DEFAULT_MAX_QUEUE_WAIT,
     DEFAULT_MAX_REQUEST_MEMORY,
     DEFAULT_QUEUE_LENGTH,
+    MEMORY_POOL_SHARE,
     ServeConfig,
     ServiceCore,
+    memory_available,
 )
 from .metrics import ServiceMetrics
 from .servicers import add_to_server
@@ -92,6 +94,11 @@ def build_parser(service: str) -> argparse.ArgumentParser:
                         "RESOURCE_EXHAUSTED before it starts; the work of --max-concurrency "
                         f"requests takes at most that many times it (default "
                         f"{DEFAULT_MAX_REQUEST_MEMORY / 2**20:.0f}: a 50 MP image fits)")
+    p.add_argument("--max-memory-mb", type=float, default=None,
+                   help="memory all running encodes/decodes share, in MiB: a request holds its "
+                        "estimate while it runs and waits in the queue until it fits (default: "
+                        f"{MEMORY_POOL_SHARE:.0%} of the container's memory limit, else of the "
+                        "machine's memory; 0: no shared limit)")
     p.add_argument("--malloc-arenas", type=int, default=allocator.DEFAULT_ARENAS,
                    help="glibc malloc arenas shared by the worker threads (default "
                         f"{allocator.DEFAULT_ARENAS}; 0 keeps glibc's 8 per core; the "
@@ -136,6 +143,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--max-message-mb must be in (0, 2047] (gRPC's limit is 2 GiB)")
     if not args.max_request_memory_mb > 0:
         p.error("--max-request-memory-mb must be more than 0")
+    if args.max_memory_mb is not None and args.max_memory_mb < 0:
+        p.error("--max-memory-mb must be 0 (no shared limit) or more")
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
@@ -193,6 +202,13 @@ def _configure_logging(service: str, level: str, fmt: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
+def memory_pool(max_memory_mb: float | None) -> int | None:
+    """--max-memory-mb in bytes: None (no pool) for 0, the documented default for None."""
+    if max_memory_mb is None:
+        return int(MEMORY_POOL_SHARE * memory_available())
+    return int(max_memory_mb * 2**20) if max_memory_mb > 0 else None
+
+
 def serve(service: str, argv: list[str] | None = None) -> int:
     parser = build_parser(service)
     args = parser.parse_args(argv)
@@ -219,7 +235,7 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         max_pixels=args.max_pixels, tls=args.tls_cert is not None, auth=token is not None,
         queue_length=args.queue_length, max_queue_wait=args.max_queue_wait,
         max_request_memory=int(args.max_request_memory_mb * 2**20),
-        trim_memory=args.malloc_trim,
+        trim_memory=args.malloc_trim, max_memory=memory_pool(args.max_memory_mb),
     )
     codecs = Codecs(args.weights_dir, args.max_pixels)
     _preload(codecs, args.preload)
@@ -265,7 +281,8 @@ def serve(service: str, argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     print(f"READY service={service} grpc={args.host}:{port} "
-          f"metrics={metrics_host}:{httpd.server_port} profile={args.profile} device={device}",
+          f"metrics={metrics_host}:{httpd.server_port} profile={args.profile} device={device} "
+          f"memory_pool_mb={(config.max_memory or 0) / 2**20:.0f}",
           flush=True)
     while not stop.wait(3600):
         pass

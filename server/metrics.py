@@ -36,6 +36,8 @@ METRIC_NAMES = (
     "reprocodec_in_flight_requests",
     "reprocodec_queued_requests",
     "reprocodec_queue_wait_seconds",
+    "reprocodec_memory_reserved_bytes",
+    "reprocodec_memory_pool_bytes",
     "reprocodec_build_info",
 )
 
@@ -121,6 +123,17 @@ class ServiceMetrics:
             "method: the unary name, the ...Stream twin counts under it",
             ("service", "method"), buckets=_WAIT_BUCKETS, registry=r,
         )
+        self.memory_reserved = Gauge(
+            "reprocodec_memory_reserved_bytes",
+            "Memory estimates (--max-request-memory-mb's formula) of the running encodes/decodes",
+            ("service",), registry=r,
+        )
+        self.memory_pool = Gauge(
+            "reprocodec_memory_pool_bytes",
+            "Memory the running encodes/decodes may reserve together (--max-memory-mb; 0: no "
+            "shared limit)",
+            ("service",), registry=r,
+        )
         self.build_info = Gauge(
             "reprocodec_build_info", "Constant 1; the labels describe the running server",
             ("service", "version", "profile", "device"), registry=r,
@@ -130,6 +143,8 @@ class ServiceMetrics:
             self.decode_failures.labels(service, reason)
         self.in_flight.labels(service).set(0)
         self.queued.labels(service).set(0)
+        self.memory_reserved.labels(service).set(0)
+        self.memory_pool.labels(service).set(0)
 
     def set_build_info(self, version: str, profile: str, device: str) -> None:
         self.build_info.labels(self.service, version, profile, device).set(1)

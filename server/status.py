@@ -52,12 +52,13 @@ def busy_past_deadline(waited: float) -> Failure:
 
 
 def over_memory_budget(method: str, elements: int, what: str, estimate: int,
-                       budget: int) -> Failure:
+                       budget: int, flag: str = "--max-request-memory-mb") -> Failure:
+    scope = "per request" if flag == "--max-request-memory-mb" else "for all requests"
     return Failure(
         grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large",
         f"request over this server's memory budget: {method} of {elements} {what} needs up to "
-        f"{estimate / 2**20:.0f} MiB, the budget is {budget / 2**20:.0f} MiB per request "
-        "(--max-request-memory-mb); send a smaller input or use a server with a larger "
+        f"{estimate / 2**20:.0f} MiB, the budget is {budget / 2**20:.0f} MiB {scope} "
+        f"({flag}); send a smaller input or use a server with a larger "
         "budget. The request was not started",
     )
 

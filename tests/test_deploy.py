@@ -63,6 +63,8 @@ SPEC_METRICS = {
     "reprocodec_in_flight_requests": ("gauge", {"service"}),
     "reprocodec_queued_requests": ("gauge", {"service"}),
     "reprocodec_queue_wait_seconds": ("histogram", {"service", "method"}),
+    "reprocodec_memory_reserved_bytes": ("gauge", {"service"}),
+    "reprocodec_memory_pool_bytes": ("gauge", {"service"}),
     "reprocodec_build_info": ("gauge", {"service", "version", "profile", "device"}),
 }
 # Labels Prometheus itself adds to every scraped series.

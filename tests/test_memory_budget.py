@@ -262,3 +262,25 @@ def test_each_finished_request_trims_the_heap_unless_disabled(weights, monkeypat
     finally:
         svc.close()
     assert len(calls) == (2 if trim_memory else 0)
+
+
+def test_a_request_larger_than_the_shared_pool_is_refused_naming_the_pool(weights):
+    d, names = weights
+    pool = request_memory("EncodeImage", 1000 * 1000)
+    svc = _Service("encoder", d, DEFAULT_MAX_REQUEST_MEMORY, max_memory=pool)
+    stub = service_pb2_grpc.EncoderStub(svc.channel)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.EncodeImage(service_pb2.EncodeImageRequest(image_file=_png_header(3000, 2000),
+                                                            model=names["bmshj"]), timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "for all requests (--max-memory-mb)" in err.value.details()
+        pixels = sample_crop(height=48, width=64)  # under the pool: encoded
+        raw = service_pb2.RawImage(height=48, width=64, channels=3, pixels=pixels.tobytes())
+        stub.EncodeImage(service_pb2.EncodeImageRequest(raw=raw, model=names["bmshj"]),
+                         timeout=60)
+        scrape = {s.name: s.value for m in svc.metrics.registry.collect() for s in m.samples}
+        assert scrape["reprocodec_memory_pool_bytes"] == pool
+        assert scrape["reprocodec_memory_reserved_bytes"] == 0  # returned after the request
+    finally:
+        svc.close()

@@ -25,12 +25,15 @@ from reprocodec import cancel, chunking
 from reprocodec.server import status
 from reprocodec.server.core import (
     DEFAULT_QUEUE_LENGTH,
+    MEMORY_POOL_SHARE,
     PRIORS,
     Admission,
     CostModel,
     ServeConfig,
     ServiceCore,
+    memory_available,
 )
+from reprocodec.server.main import memory_pool
 from reprocodec.server.metrics import ServiceMetrics
 from reprocodec.v1 import service_pb2
 
@@ -104,15 +107,16 @@ def test_the_first_request_has_a_nonzero_prior():
 
 
 def _hold(admission: Admission, results: list, release: threading.Event, name: str,
-          token: cancel.CancelToken | None = None, budget: float | None = None) -> None:
+          token: cancel.CancelToken | None = None, budget: float | None = None,
+          memory: int = 0) -> None:
     try:
-        admission.acquire(token, budget)
+        admission.acquire(token, budget, memory)
     except (status.Failure, cancel.CancelledError) as exc:
         results.append((name, exc))
         return
     results.append((name, "ran"))
     release.wait(10)
-    admission.release()
+    admission.release(memory)
 
 
 def _start(target, *args) -> threading.Thread:
@@ -221,6 +225,69 @@ def test_cancelled_waiter_leaves_the_queue_and_the_slot_goes_on():
 
 
 # ----------------------------------------------------------------------- cancel tokens
+
+
+def test_the_memory_pool_queues_what_does_not_fit_in_order():
+    # 4 workers but a pool of 10 units: two 6-unit requests never run together; a small
+    # request behind a waiting large one waits too (FIFO), so the large one cannot starve.
+    admission = Admission(4, queue_length=8, max_wait=10, memory=10)
+    results: list = []
+    release = {name: threading.Event() for name in "ABCD"}
+    _start(_hold, admission, results, release["A"], "A", None, None, 6)
+    assert _until(lambda: results == [("A", "ran")])
+    assert admission.memory_held == 6
+    _start(_hold, admission, results, release["B"], "B", None, None, 6)
+    assert _until(lambda: admission.waiting == 1)
+    _start(_hold, admission, results, release["C"], "C", None, None, 1)
+    assert _until(lambda: admission.waiting == 2)
+    time.sleep(0.2)
+    assert [n for n, _ in results] == ["A"]  # C fits the pool but is behind B
+    release["A"].set()
+    assert _until(lambda: [n for n, _ in results] == ["A", "B", "C"])  # 6 + 1 <= 10
+    assert admission.memory_held == 7 and admission.running == 2
+    _start(_hold, admission, results, release["D"], "D", None, None, 3)  # 7 + 3 fits at once
+    assert _until(lambda: ("D", "ran") in results)
+    assert admission.memory_held == 10
+    for event in release.values():
+        event.set()
+    assert _until(lambda: admission.running == 0)
+    assert admission.memory_held == 0 and admission.waiting == 0
+    with pytest.raises(ValueError):
+        admission.acquire(memory=11)  # the service refuses these before (check_memory)
+
+
+def test_a_large_head_that_gives_up_lets_the_requests_behind_it_start():
+    admission = Admission(4, queue_length=8, max_wait=10, memory=10)
+    results: list = []
+    hold = threading.Event()
+    _start(_hold, admission, results, hold, "A", None, None, 8)
+    assert _until(lambda: results == [("A", "ran")])
+    token = cancel.CancelToken()
+    _start(_hold, admission, results, threading.Event(), "B", token, None, 5)
+    assert _until(lambda: admission.waiting == 1)
+    _start(_hold, admission, results, hold, "C", None, None, 2)
+    assert _until(lambda: admission.waiting == 2)
+    token.cancel("cancelled")  # B leaves; C (2 units) fits beside A at once
+    assert _until(lambda: ("C", "ran") in results)
+    hold.set()
+    assert _until(lambda: admission.running == 0 and admission.memory_held == 0)
+
+
+def test_memory_pool_default_follows_the_cgroup_limit(tmp_path):
+    physical = 64 << 30
+    assert memory_available(tmp_path, physical) == physical  # no cgroup files
+    (tmp_path / "memory.max").write_text("max\n")  # v2 without a limit
+    assert memory_available(tmp_path, physical) == physical
+    (tmp_path / "memory.max").write_text(f"{8 << 30}\n")
+    assert memory_available(tmp_path, physical) == 8 << 30
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # no limit
+    assert memory_available(v1, physical) == physical
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{4 << 30}\n")
+    assert memory_available(v1, physical) == 4 << 30
+    assert memory_pool(0) is None and memory_pool(1024) == 1 << 30
+    assert memory_pool(None) == int(MEMORY_POOL_SHARE * memory_available())
 
 
 def test_token_check_deadline_and_context():
@@ -420,6 +487,7 @@ def test_shutdown_cancels_running_work_and_refuses_new(harness):
     ["--queue-length", "-1"],
     ["--max-queue-wait", "-1"],
     ["--cancel-wait", "-1"],
+    ["--max-memory-mb", "-1"],
 ])
 def test_bad_queue_and_shutdown_flags_are_usage_errors(argv, capsys):
     from reprocodec.server.main import serve

@@ -14,6 +14,8 @@
 #   REPROCODEC_PROFILE         numerics profile (cpu, cpu-nomkldnn, cuda, ...)
 #   REPROCODEC_DEVICE          cpu | cuda
 #   REPROCODEC_MAX_CONCURRENCY, REPROCODEC_MAX_MESSAGE_MB, REPROCODEC_AUTH_TOKEN_FILE,
+#   REPROCODEC_MAX_REQUEST_MEMORY_MB, REPROCODEC_MAX_MEMORY_MB (default: 75 % of the
+#   container's memory limit, read from its cgroup),
 #   REPROCODEC_TLS_CERT, REPROCODEC_TLS_KEY, REPROCODEC_TLS_CLIENT_CA   (optional)
 # The gRPC port in use is written to $REPROCODEC_RUN_DIR/reprocodec-grpc-port (default /tmp) for
 # the image's HEALTHCHECK (reprocodec-healthcheck), which runs as a separate process.
@@ -66,6 +68,8 @@ set -- "$@" \
 [ -n "${REPROCODEC_DEVICE:-}" ] && set -- "$@" --device "$REPROCODEC_DEVICE"
 [ -n "${REPROCODEC_MAX_CONCURRENCY:-}" ] && set -- "$@" --max-concurrency "$REPROCODEC_MAX_CONCURRENCY"
 [ -n "${REPROCODEC_MAX_MESSAGE_MB:-}" ] && set -- "$@" --max-message-mb "$REPROCODEC_MAX_MESSAGE_MB"
+[ -n "${REPROCODEC_MAX_REQUEST_MEMORY_MB:-}" ] && set -- "$@" --max-request-memory-mb "$REPROCODEC_MAX_REQUEST_MEMORY_MB"
+[ -n "${REPROCODEC_MAX_MEMORY_MB:-}" ] && set -- "$@" --max-memory-mb "$REPROCODEC_MAX_MEMORY_MB"
 [ -n "${REPROCODEC_AUTH_TOKEN_FILE:-}" ] && set -- "$@" --auth-token-file "$REPROCODEC_AUTH_TOKEN_FILE"
 [ -n "${REPROCODEC_TLS_CERT:-}" ] && set -- "$@" --tls-cert "$REPROCODEC_TLS_CERT"
 [ -n "${REPROCODEC_TLS_KEY:-}" ] && set -- "$@" --tls-key "$REPROCODEC_TLS_KEY"
