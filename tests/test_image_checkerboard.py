@@ -5,9 +5,6 @@ through the real CLI in one process per numerics profile, as for the hyperprior.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +23,13 @@ from reprocodec.image.checkerboard import (  # noqa: E402
     pass_mask,
 )
 from reprocodec.image.codec import ImageCodec  # noqa: E402
-from reprocodec.image.io import write_png  # noqa: E402
-from reprocodec.image.testing import sample_crop, write_random_model  # noqa: E402
+from reprocodec.image.testing import (  # noqa: E402
+    decode_matches_capture,
+    run_cli,
+    sample_crop,
+    write_crossprofile_inputs,
+    write_random_model,
+)
 from reprocodec.v1 import bitstream_pb2 as pb  # noqa: E402
 
 PASS_RECORDS = ["scale_index.anchors", "mean_grid.anchors",
@@ -294,27 +296,14 @@ def test_training_forward_export_and_codec_round_trip(tmp_path):
 
 # ------------------------------------------------------------------ across numerics profiles
 
-def cli(args: list[str], weights: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"REPROCODEC_WEIGHTS_DIR": str(weights)}
-    return subprocess.run([sys.executable, "-m", "reprocodec.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def encoded(weights, tmp_path_factory):
     root = tmp_path_factory.mktemp("cb-xprofile")
-    inputs = []
-    for i, (h, w) in enumerate([(70, 90), (33, 130)]):
-        p = root / f"in{i}.png"
-        write_png(p, sample_crop(height=h, width=w))
-        inputs.append(str(p))
-    grey = root / "grey.png"
-    write_png(grey, sample_crop(height=50, width=40)[:, :, :1])
-    inputs.append(str(grey))
+    inputs = write_crossprofile_inputs(root)
     for model, mode in (("cb", "syndrome"), ("cb-wide", "syndrome"), ("cb-wide", "none")):
-        done = cli(["encode", *inputs, "-o", str(root / f"{model}-{mode}"), "--local",
-                    "--profile", "cpu", "--model", model, "--safeguard", mode, "--level",
-                    "both", "--capture", str(root / f"enc-{model}-{mode}")], weights)
+        done = run_cli(["encode", *inputs, "-o", str(root / f"{model}-{mode}"), "--local",
+                        "--profile", "cpu", "--model", model, "--safeguard", mode, "--level",
+                        "both", "--capture", str(root / f"enc-{model}-{mode}")], weights)
         assert done.returncode == 0, done.stderr
     return root
 
@@ -322,16 +311,8 @@ def encoded(weights, tmp_path_factory):
 def _decoded_equal(root: Path, weights: Path, stem: str, profile: str) -> None:
     streams = sorted((root / stem).glob("*.rpc"))
     assert len(streams) == 3
-    out = root / f"dec-{stem}-{profile.replace(':', '_')}"
-    done = cli(["decode", *map(str, streams), "-o", str(out), "--local", "--profile", profile],
-               weights)
-    assert done.returncode == 0, done.stderr
-    from PIL import Image
-
-    for s in streams:
-        enc = np.load(root / f"enc-{stem}" / f"{s.stem}.npz")["output"]
-        got = np.asarray(Image.open(out / f"{s.stem}.png"))
-        assert np.array_equal(got.reshape(enc.shape), enc), f"{s.stem} under {profile}"
+    decode_matches_capture(streams, root / f"enc-{stem}",
+                           root / f"dec-{stem}-{profile.replace(':', '_')}", profile, weights)
 
 
 @pytest.mark.parametrize("profile", DECODER_PROFILES)
@@ -344,7 +325,7 @@ def test_noise_within_the_bound_decodes_only_with_protection(encoded, weights):
     noise on an unprotected stream is detected (never an image)."""
     _decoded_equal(encoded, weights, "cb-wide-syndrome", "noise:0.0005")
     stream = sorted((encoded / "cb-wide-none").glob("*.rpc"))[0]
-    done = cli(["decode", str(stream), "-o", str(encoded / "plain.png"), "--local",
+    done = run_cli(["decode", str(stream), "-o", str(encoded / "plain.png"), "--local",
                 "--profile", "noise:0.0005"], weights)
     assert done.returncode == 3, done.stderr
     assert not (encoded / "plain.png").exists()
@@ -352,7 +333,7 @@ def test_noise_within_the_bound_decodes_only_with_protection(encoded, weights):
 
 def test_noise_beyond_the_bound_fails_verification_with_one_line(encoded, weights):
     stream = sorted((encoded / "cb-syndrome").glob("*.rpc"))[0]
-    done = cli(["decode", str(stream), "-o", str(encoded / "noisy.png"), "--local",
+    done = run_cli(["decode", str(stream), "-o", str(encoded / "noisy.png"), "--local",
                 "--profile", "noise:0.05"], weights)
     assert done.returncode == 3
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("reprocodec: error:")]

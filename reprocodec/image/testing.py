@@ -89,3 +89,48 @@ def write_test_models(weights_dir: str | Path) -> dict[str, str]:
         "mbt": write_random_model(weights_dir, "mbt2018-mean", seed=0),
         "other": write_random_model(weights_dir, "bmshj2018-hyperprior", seed=1),
     }
+
+
+# -- cross-profile checks through the real CLI (tests/test_image_crossprofile.py and the
+# checkerboard's): each profile is process-global, so every encode and decode is its own process.
+
+def run_cli(args: list[str], weights: str | Path, timeout: float = 300):
+    """`python -m reprocodec.cli ARGS` with REPROCODEC_WEIGHTS_DIR=weights (CompletedProcess)."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"REPROCODEC_WEIGHTS_DIR": str(weights)}
+    return subprocess.run([sys.executable, "-m", "reprocodec.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_crossprofile_inputs(root: Path) -> list[str]:
+    """Two RGB crops whose sizes are no multiple of 64 and one greyscale crop, as PNG files."""
+    from .io import write_png
+
+    inputs = []
+    for i, (h, w) in enumerate([(70, 90), (33, 130)]):
+        p = root / f"in{i}.png"
+        write_png(p, sample_crop(height=h, width=w))
+        inputs.append(str(p))
+    grey = root / "grey.png"
+    write_png(grey, sample_crop(height=50, width=40)[:, :, :1])
+    inputs.append(str(grey))
+    return inputs
+
+
+def decode_matches_capture(streams: list[Path], capture: Path, out: Path, profile: str,
+                           weights: str | Path) -> None:
+    """Decode streams under profile via the CLI; every PNG must equal the encoder's captured
+    output (`encode --capture`) byte for byte (AssertionError otherwise)."""
+    import numpy as np
+    from PIL import Image
+
+    done = run_cli(["decode", *map(str, streams), "-o", str(out), "--local",
+                    "--profile", profile], weights)
+    assert done.returncode == 0, done.stderr
+    for s in streams:
+        enc = np.load(capture / f"{s.stem}.npz")["output"]
+        got = np.asarray(Image.open(out / f"{s.stem}.png"))
+        assert np.array_equal(got.reshape(enc.shape), enc), f"{s.stem} under {profile}"
