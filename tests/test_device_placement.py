@@ -75,11 +75,12 @@ def test_image_codec_encodes_and_decodes_with_device_tensors(device_shim):
     assert set(codec.network_floats(sample)) == {"scale_index", "pixels"}
 
 
-def test_point_cloud_codec_encodes_and_decodes_with_device_tensors(device_shim):
+@pytest.mark.parametrize("model", ["octree-ctx-v2", "octree-ctx-v1"])
+def test_point_cloud_codec_encodes_and_decodes_with_device_tensors(device_shim, model):
     from reprocodec.pointcloud import PointCloudCodec
     from reprocodec.pointcloud.ply import read_ply
 
-    codec = PointCloudCodec.load("octree-ctx-v1")
+    codec = PointCloudCodec.load(model)
     points = read_ply(SAMPLES / "camel_d6.ply")
     msg = container.unpack(container.pack(codec.encode(points, depth=6)))
     out = codec.decode(msg)

@@ -1,6 +1,7 @@
 """The learned point-cloud codec: lossless round trips, protection, verification, bad streams.
 
-Uses the shipped octree-ctx-v1 weights on small clouds (depth <= 8) so the file runs in
+Uses the shipped weights, the default model (octree-ctx-v2: integer first layer) and
+octree-ctx-v1 (old streams still decode), on small clouds (depth <= 8) so the file runs in
 seconds. Numerics differences are injected through `numerics.perturb` (the noise hook the
 codec calls on the decoder's logits), so no profile needs to be applied in this process.
 """
@@ -15,15 +16,19 @@ import pytest
 from reprocodec import container, numerics
 from reprocodec.errors import ContainerError, ModelMismatchError, VerificationError
 from reprocodec.pointcloud import PointCloudCodec, inspect_fields, list_models, octree
+from reprocodec.pointcloud.models import DEFAULT_MODEL
 from reprocodec.pointcloud.ply import read_ply
 from reprocodec.safeguard import Mode
 
 SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
 
 
-@pytest.fixture(scope="module")
-def codec():
-    return PointCloudCodec.load("octree-ctx-v1")
+MODELS = (DEFAULT_MODEL, "octree-ctx-v1")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def codec(request):
+    return PointCloudCodec.load(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,9 @@ def _roundtrip(codec, points, depth, mode=Mode.SYNDROME):
     return msg, codec.decode(msg)
 
 
-def test_model_is_listed_with_a_calibrated_bound():
-    info = {i.name: i for i in list_models()}["octree-ctx-v1"]
+@pytest.mark.parametrize("name", MODELS)
+def test_model_is_listed_with_a_calibrated_bound(name):
+    info = {i.name: i for i in list_models()}[name]
     bound = info.bounds["occupancy_logit"]
     assert bound["kind"] == "absolute" and 0 < bound["value"] < 1.0 / 64
     assert bound["value"] >= bound["measured_max"]
