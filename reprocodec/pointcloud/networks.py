@@ -208,7 +208,10 @@ class GatherInputs:
     def __init__(self, neighbours: np.ndarray, bits: np.ndarray, k: int):
         m = bits.shape[0]
         self.state = np.empty(m + 1, dtype=np.int32)
-        self.state[:m] = np.packbits(bits, axis=1)[:, 0] & ((0xFF00 >> k) & 0xFF)  # children < k
+        if numba is not None:
+            _state_kernel(bits.view(np.uint8), k, self.state)
+        else:
+            self.state[:m] = np.packbits(bits, axis=1)[:, 0] & ((0xFF00 >> k) & 0xFF)
         self.state[m] = GATHER_STATES - 1
         self.neighbours, self.rows = neighbours, neighbours.shape[0]
 
@@ -248,6 +251,14 @@ def gather_first_layer(rows: np.ndarray, state: np.ndarray, table: np.ndarray,
 
 
 if numba is not None:
+    @numba.njit(cache=True, nogil=True)
+    def _state_kernel(bits, k, state):  # pragma: no cover - compiled
+        for i in range(bits.shape[0]):
+            byte = 0
+            for c in range(k):
+                byte |= (bits[i, c] & 1) << (7 - c)  # children < k, MSB = child 0
+            state[i] = byte
+
     @numba.njit(cache=True, nogil=True)
     def _gather_kernel(rows, state, table, bias, out):  # pragma: no cover - compiled
         hidden = bias.size
