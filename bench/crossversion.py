@@ -14,7 +14,7 @@ Not in CI (it builds or reuses a second virtual environment of about 2 GB). Two 
            main venv's versions, and this checkout installed editable with --no-deps (both
            stacks run the same reprocodec code)
 
-Every stack encodes every shipped sample (every shipped image model; the point-cloud model at
+Every stack encodes every shipped sample (every shipped image model; every point-cloud model at
 each --depths) as protected streams (syndrome, at each of --levels for images) and unprotected
 ones (mode none, level both), and the other stack decodes them (main -> other, other -> main;
 main -> main and other -> other as controls unless --no-control). Each decode is verified, and
@@ -65,7 +65,6 @@ sys.path.insert(0, str(REPO))
 
 SAMPLES = REPO / "reprocodec" / "samples"
 DEFAULT_TORCH = "2.11.0"
-POINT_CLOUD_MODEL = "octree-ctx-v1"
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -255,13 +254,14 @@ def code_jobs(images: list[Path], depths: list[int], levels: list[str]) -> list[
                              "model": info.name, "input": str(f), "mode": mode,
                              "level": level, "class": f"image {mode} {level}"})
     clouds = sorted(SAMPLES.glob("*.ply"))
-    for f in clouds:
-        for depth in depths:
-            for mode in ("syndrome", "none"):
-                jobs.append({"id": f"{POINT_CLOUD_MODEL}__{f.stem}@{depth}__{mode}",
-                             "kind": "point_cloud", "model": POINT_CLOUD_MODEL,
-                             "input": str(f), "depth": depth, "mode": mode,
-                             "class": f"point cloud {mode}"})
+    for info in registry.kind("point_cloud").list_models():
+        for f in clouds:
+            for depth in depths:
+                for mode in ("syndrome", "none"):
+                    jobs.append({"id": f"{info.name}__{f.stem}@{depth}__{mode}",
+                                 "kind": "point_cloud", "model": info.name,
+                                 "input": str(f), "depth": depth, "mode": mode,
+                                 "class": f"point cloud {mode}"})
     return jobs
 
 
@@ -271,8 +271,9 @@ def sample_jobs(images: list[Path], depths: list[int]) -> list[dict]:
     jobs = [{"id": f"{info.name}__{f.stem}", "kind": "image", "model": info.name,
              "input": str(f)}
             for info in registry.kind("image").list_models() for f in images]
-    jobs += [{"id": f"{POINT_CLOUD_MODEL}__{f.stem}@{d}", "kind": "point_cloud",
-              "model": POINT_CLOUD_MODEL, "input": str(f), "depth": d}
+    jobs += [{"id": f"{info.name}__{f.stem}@{d}", "kind": "point_cloud",
+              "model": info.name, "input": str(f), "depth": d}
+             for info in registry.kind("point_cloud").list_models()
              for f in sorted(SAMPLES.glob("*.ply")) for d in depths]
     return jobs
 
