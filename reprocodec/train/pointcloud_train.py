@@ -1,6 +1,10 @@
 """Train the occupancy model and ship it as reprocodec/weights/<name>.pt + .json:
 
-    nice python -m reprocodec.train.pointcloud_train --data data/pc --name octree-ctx-v1
+    nice python -m reprocodec.train.pointcloud_train --data data/pc --name octree-ctx-v2 \
+        --hidden 64,32 --sparse 0.2 --epochs 3 --max-seconds 1500
+
+(octree-ctx-v2, ~14 min on one thread of a shared 2-core CPU, most of it making the samples;
+octree-ctx-v1 was --hidden 128,128 --epochs 3 --first-layer float, dense clouds only.)
 
 Samples are the (features, bit) pairs the codec itself codes, taken from the training clouds
 of `python -m reprocodec.train.pointcloud_data`; fine levels are subsampled to keep memory small.
@@ -57,7 +61,7 @@ def sparse_variants(voxels: np.ndarray, rng: np.random.Generator) -> list[np.nda
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default="data/pc")
-    ap.add_argument("--name", default="octree-ctx-v1")
+    ap.add_argument("--name", default="octree-ctx-v2")
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
     ap.add_argument("--hidden", default="128,128")
     ap.add_argument("--keep", type=float, default=0.15, help="fraction of fine-level nodes kept")
@@ -134,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ship(model, args, {
             "data": "python -m reprocodec.train.pointcloud_data: CGAL libcgal-demo meshes (CC0) "
-                    "sampled and voxelized; held out: lion-head, refined_elephant, "
-                    "fandisk_large, glmark2 bunny",
+                    "sampled and voxelized (files below)" + (
+                        ", each also as sparse variants (1/4 and 1/16 random samplings, a "
+                        "one-sided partial view)" if args.sparse else "") +
+                    "; held out for testing: refined_elephant, fandisk_large, turbine (CGAL) "
+                    "and the glmark2-data bunny",
             "files": [p.name for p in files],
             "samples": int(n),
             "steps": step,
