@@ -3,8 +3,8 @@
     nice python -m reprocodec.train.pointcloud_train --data data/pc --name octree-ctx-v2 \
         --hidden 64,32 --sparse 0.2 --epochs 3 --max-seconds 1500
 
-(octree-ctx-v2, ~14 min on one thread of a shared 2-core CPU, most of it making the samples;
-octree-ctx-v1 was --hidden 128,128 --epochs 3 --first-layer float, dense clouds only.)
+(the defaults: octree-ctx-v2, ~14 min on one thread of a shared 2-core CPU, most of it making
+the samples; octree-ctx-v1 was --hidden 128,128 --epochs 3 --sparse 0 --first-layer float.)
 
 Samples are the (features, bit) pairs the codec itself codes, taken from the training clouds
 of `python -m reprocodec.train.pointcloud_data`; fine levels are subsampled to keep memory small.
@@ -63,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="data/pc")
     ap.add_argument("--name", default="octree-ctx-v2")
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
-    ap.add_argument("--hidden", default="128,128")
+    ap.add_argument("--hidden", default="64,32")
     ap.add_argument("--keep", type=float, default=0.15, help="fraction of fine-level nodes kept")
     ap.add_argument("--depths", default="9,10")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--max-seconds", type=float, default=900)
-    ap.add_argument("--sparse", type=float, default=0.0,
+    ap.add_argument("--max-seconds", type=float, default=1500)
+    ap.add_argument("--sparse", type=float, default=0.2,
                     help="also train on sparse variants of each cloud (1/4 and 1/16 random "
                          "samplings, a one-sided partial view), their fine levels kept at this "
                          "fraction of --keep: the model then sees clouds unlike closed meshes")
