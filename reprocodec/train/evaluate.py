@@ -54,7 +54,8 @@ def load_checkpoint_model(path: Path) -> torch.nn.Module:
 def code_image(model: torch.nn.Module, pixels: np.ndarray) -> tuple[int, np.ndarray]:
     """(bitstream bytes, reconstructed uint8 pixels) through compress()/decompress()."""
     h, w = pixels.shape[:2]
-    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
+    # A copy: decoded PNGs can be read-only arrays, which torch warns about.
+    x = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)[None].float() / 255.0
     ph, pw = (-h) % 64, (-w) % 64
     x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
     enc = model.compress(x)
