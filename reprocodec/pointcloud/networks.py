@@ -209,7 +209,7 @@ class GatherInputs:
         m = bits.shape[0]
         self.state = np.empty(m + 1, dtype=np.int32)
         if numba is not None:
-            _state_kernel(bits.view(np.uint8), k, self.state)
+            _state_kernel(np.ascontiguousarray(bits, dtype=bool).view(np.uint8), k, self.state)
         else:
             self.state[:m] = np.packbits(bits, axis=1)[:, 0] & ((0xFF00 >> k) & 0xFF)
         self.state[m] = GATHER_STATES - 1
