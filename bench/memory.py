@@ -203,7 +203,10 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=3, choices=(1, 3))
     ap.add_argument("--clouds", nargs="*", default=[], help="point counts to measure")
     ap.add_argument("--depth", type=int, default=10, help="octree depth of the clouds")
-    ap.add_argument("--cloud-model", default="octree-ctx-v1")
+    from reprocodec.pointcloud.models import DEFAULT_MODEL
+
+    ap.add_argument("--cloud-model", default=DEFAULT_MODEL,
+                    help="point-cloud model (default: %(default)s, the default model)")
     ap.add_argument("--cloud", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--budget", action="store_true",
                     help="compare with the services' estimate (server.core.request_memory)")
