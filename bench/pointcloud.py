@@ -5,6 +5,8 @@ coder on held-out clouds, and the cross-profile decode matrix.
     pip install -e '.[bench]'                                    # DracoPy, laspy, lazrs
     python bench/pointcloud.py [--data data/pc] [--matrix-depth 8] [--json out.json]
     python bench/pointcloud.py --clouds [--scale 1] [--runs 3] [--learned] [--threads 1]
+    python -m reprocodec.train.realscans --out data/real              # once: two real scans
+    python bench/pointcloud.py --clouds --real data/real [--real-depths 10,12]
 
 --clouds needs no data: the shipped samples and synthetic clouds (a dense torus+sphere surface,
 1/4 and 1/20 samplings of it, a one-sided partial view, 1% uniform outliers, one sweep of a
@@ -13,6 +15,9 @@ seconds of --runs runs, peak RSS, bits per point of ours (whole stream), of the 
 alone (its rANS bytes), of the learned model alone (--learned), Draco and LAZ (when the bench
 extra is installed; otherwise a note says they were skipped), the coder of each octree level
 (L learned, A adaptive) and a lossless check.
+
+--real DIR replaces the synthetic clouds by every DIR/*.ply (real scans: an airborne LiDAR tile
+and a statue scan from reprocodec.train.realscans) at each of --real-depths.
 
 Rate table: every held-out test cloud of data/pc/manifest.json (never used in training) at its
 depth; bits per occupied voxel of each coder, each checked lossless against the voxel set
@@ -215,6 +220,14 @@ def lidar_sweep(seed: int = 0, beams: int = 64, azimuths: int = 2048) -> np.ndar
     keep = t < 80.0
     r = t[keep] + rng.normal(0, 0.02, keep.sum())
     return origin + d[keep] * r[:, None]
+
+
+def real_clouds(folder: Path, depths: list[int]) -> list[tuple[str, np.ndarray, int]]:
+    """Every folder/*.ply at each depth (the real scans of reprocodec.train.realscans)."""
+    files = sorted(folder.glob("*.ply"))
+    if not files:
+        raise SystemExit(f"no .ply in {folder}: run python -m reprocodec.train.realscans first")
+    return [(f"{f.stem} d{d}", read_ply(f), d) for f in files for d in depths]
 
 
 def large_clouds() -> list[tuple[str, np.ndarray, int]]:
@@ -481,6 +494,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="--clouds: torch threads")
     ap.add_argument("--learned", action="store_true",
                     help="--clouds: also the learned model alone on every level")
+    ap.add_argument("--real", type=Path,
+                    help="--clouds: the .ply files of this folder instead of the synthetic ones")
+    ap.add_argument("--real-depths", default="10,12", help="--real: octree depths")
     ap.add_argument("--tmc3", default=os.environ.get("TMC3"),
                     help="--clouds: MPEG G-PCC's tmc3 binary (TMC13) for a G-PCC column")
     ap.add_argument("--measure-worker", action="store_true", help=argparse.SUPPRESS)
@@ -496,7 +512,9 @@ def main() -> int:
     if args.measure_worker:
         return _measure_worker(args)
     if args.clouds:
-        clouds = large_clouds() if args.large else synthetic_clouds(args.scale)
+        clouds = (real_clouds(args.real, [int(d) for d in args.real_depths.split(",")])
+                  if args.real else large_clouds() if args.large
+                  else synthetic_clouds(args.scale))
         rows, notes = cloud_table(clouds, args.runs, args.threads,
                                   args.learned, args.skip_others, args.tmc3, args.model)
         print_cloud_table(rows, notes)
