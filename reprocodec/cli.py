@@ -96,14 +96,24 @@ class _LocalCodecs:
         self.args = args
         self._codecs: dict[str, Any] = {}
 
+    def _weights_dir(self) -> Path | None:
+        a = self.args
+        return Path(a.weights_dir) if getattr(a, "weights_dir", None) else None
+
     def codec(self, kind: Any, name: str | None = None) -> Any:
         a = self.args
-        weights_dir = Path(a.weights_dir) if getattr(a, "weights_dir", None) else None
         name = name or kind.resolve_model(getattr(a, "model", None), getattr(a, "quality", None),
-                                          weights_dir)
+                                          self._weights_dir())
         if name not in self._codecs:
-            self._codecs[name] = kind.load(name, weights_dir)
+            self._codecs[name] = kind.load(name, self._weights_dir())
         return self._codecs[name]
+
+    def for_stream(self, kind: Any, msg: Any) -> Any:
+        """The codec of the model holding the stream's weights (registry.model_of_stream)."""
+        from reprocodec import registry
+
+        models = kind.list_models(self._weights_dir())
+        return self.codec(kind, registry.model_of_stream(msg, models))
 
 
 def _save_capture(args: argparse.Namespace, path: Path, capture: dict) -> None:
@@ -151,7 +161,7 @@ def _decode_local(args: argparse.Namespace) -> int:
         report.append(entry)
         msg = container.unpack(path.read_bytes())
         kind = registry.kind_of_stream(msg)
-        codec = local.codec(kind, msg.model)
+        codec = local.for_stream(kind, msg)
         capture: dict = {}
         options = {"capture": capture} if args.capture else {}
         try:

@@ -141,6 +141,26 @@ def find_model(name: str, weights_dir: Path | None = None) -> tuple[CodecKind, A
     raise UnknownModelError(f"unknown model {name!r}; see `reprocodec models`")
 
 
+def _digest(sha: str | bytes) -> bytes:
+    return bytes.fromhex(sha) if isinstance(sha, str) else bytes(sha)
+
+
+def model_of_stream(msg: pb.Bitstream, models: list[Any]) -> str:
+    """The installed model that decodes `msg`, among `models` (infos of its kind, with .name
+    and .weights_sha256): the one the stream names when that one has the stream's weights,
+    else the one with the stream's weights under another name. Names rank models by rate, so
+    a new rate point can rename a model; its weights (SHA-256, which the stream records) stay
+    the same and still decode every stream written with them. Otherwise the stream's own
+    name, so that the codec refuses it with its usual message (unknown model, or weights
+    differ)."""
+    digest = bytes(msg.weights_sha256)
+    named = [m for m in models if m.name == msg.model]
+    if named and _digest(named[0].weights_sha256) == digest:
+        return msg.model
+    same = sorted(m.name for m in models if _digest(m.weights_sha256) == digest)
+    return same[0] if same else msg.model
+
+
 def load(name: str, weights_dir: Path | None = None) -> Codec:
     k, _ = find_model(name, weights_dir)
     return k.load(name, weights_dir)

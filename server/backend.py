@@ -163,7 +163,8 @@ class Codecs:
             raise InputError(
                 f"this is a {bitstream_pb2.CodecKind.Name(msg.codec)} stream; send it to {want}"
             )
-        entry = self.entry(msg.model, codec)
+        entries = [m for m in self.models.values() if m.codec == codec]
+        entry = self.entry(registry.model_of_stream(msg, entries), codec)
         if msg.weights_sha256 != entry.weights_sha256:
             raise ModelMismatchError(
                 f"stream was encoded with weights {msg.weights_sha256.hex()[:16]}.. of "
