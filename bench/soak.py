@@ -427,8 +427,8 @@ def main() -> int:
             infos = enc.list_models().models
             model = args.model or next(m.name for m in infos if m.is_default
                                        and m.codec == bitstream_pb2.CODEC_KIND_IMAGE)
-            cloud_model = next(m.name for m in infos
-                               if m.codec == bitstream_pb2.CODEC_KIND_POINT_CLOUD)
+            cloud_model = next(m.name for m in infos if m.is_default
+                               and m.codec == bitstream_pb2.CODEC_KIND_POINT_CLOUD)
             # Warm-up (lazy initialisation on both sides), and the streams for bad/cancel.
             streams = [enc.encode_image(png, model=model).bitstream for png in images["large"]]
             for s in streams[:2]:
