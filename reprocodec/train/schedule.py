@@ -115,12 +115,15 @@ def checkerboard_rates(minutes: float) -> list[tuple[TrainConfig, str, int]]:
     The checkerboard context is the best model per rate (+0.7 dB over its mbt parent at 0.6
     bpp), so it is fine-tuned from the shipped checkerboard weights at lambda 0.0035 (about 0.3
     bpp) and 0.04 (about 1.0 bpp). Step caps, not wall-clock budgets: the job runs at the lowest
-    CPU priority beside other work and may be paused for benchmarks.
+    CPU priority beside other work and may be paused for benchmarks. Shipped names, ranked by
+    rate: the low stage became mbt2018-mean-checkerboard-q1 and the model it started from
+    (v3's q1) was renamed q2 (its weights unchanged, so its streams still decode); the high
+    stage, stopped at its start in the first run, would be q3.
     """
     del minutes  # step caps only
     cb = dict(arch="mbt2018-mean-checkerboard", N=64, M=128, lr=3e-4, lr_decay_at=0.7,
               threads=1, precision="bf16", channels_last=True, steps=12_000,
-              init="reprocodec/weights/mbt2018-mean-checkerboard-q1.pt")
+              init="reprocodec/weights/mbt2018-mean-checkerboard-q2.pt")
     return [
         (TrainConfig(name="mbt-cb-low-v4", lmbda=0.0035, **cb),
          "mbt2018-mean-checkerboard-low", 0),
