@@ -28,6 +28,8 @@ functions run as plain Python (slow, identical).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import entropy
@@ -214,15 +216,11 @@ def cost_bits(bits: np.ndarray, f0: np.ndarray) -> float:
     return float(np.sum(_cost_table()[freq]))
 
 
-_COST: list[np.ndarray] = []
-
-
+@functools.cache
 def _cost_table() -> np.ndarray:
     """PRECISION - log2(f) of every frequency f (a lookup instead of a log per decision)."""
-    if not _COST:
-        with np.errstate(divide="ignore"):
-            _COST.append(_PRECISION - np.log2(np.arange(_ONE + 1, dtype=np.float64)))
-    return _COST[0]
+    with np.errstate(divide="ignore"):
+        return _PRECISION - np.log2(np.arange(_ONE + 1, dtype=np.float64))
 
 
 def encode(bits: np.ndarray, f0: np.ndarray) -> bytes:

@@ -271,7 +271,7 @@ if numba is not None:
                 j = rows[r, t]
                 if j == absent:
                     continue
-                row = t * 257 + state[j]
+                row = t * GATHER_STATES + state[j]
                 for u in range(hidden):
                     acc[u] += table[row, u]
             for u in range(hidden):

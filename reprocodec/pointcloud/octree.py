@@ -184,7 +184,10 @@ def child_neighbour_table(table: np.ndarray, occupancy: np.ndarray, codes: np.nd
     of its parent's neighbours, and its index is that node's first child index plus the
     occupied children before it. Exact integer work; tests check it equals neighbour_table."""
     m = codes.size
-    if numba is None or table.shape[0] != occupancy.shape[0]:
+    # The compiled kernel writes one row per occupied child without bounds checks: only when
+    # the table, the occupancy and the codes describe the same two levels.
+    if (numba is None or table.shape[0] != occupancy.shape[0]
+            or occupancy.shape[1:] != (8,) or int(np.count_nonzero(occupancy)) != m):
         return neighbour_table(codes, level)
     out = np.empty((m, 27), dtype=np.int32)
     if m:
