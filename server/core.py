@@ -444,6 +444,10 @@ class ServiceCore:
                                    config.max_queue_wait, config.max_memory)
         self.costs = costs if costs is not None else CostModel()
         metrics.memory_pool.labels(config.service).set(config.max_memory or 0)
+        # Read under the pool's lock at each scrape: always the current value, never one that
+        # a request setting it after its release could leave a request old.
+        metrics.memory_reserved.labels(config.service).set_function(
+            lambda: self.admission.memory_held)
         self._count_decode_failures = config.service == "decoder"
         self._tokens: set[cancel.CancelToken] = set()
         self._tokens_lock = threading.Lock()
@@ -477,8 +481,6 @@ class ServiceCore:
         finally:  # refused or cancelled requests count with the time they waited, too
             queued.dec()
             self.metrics.queue_wait.labels(service, method).observe(time.monotonic() - arrived)
-        reserved = self.metrics.memory_reserved.labels(service)
-        reserved.set(self.admission.memory_held)
         gauge = self.metrics.in_flight.labels(service)
         gauge.inc()
         self._register(token)
@@ -493,7 +495,6 @@ class ServiceCore:
             self._unregister(token)
             gauge.dec()
             self.admission.release(memory)
-            reserved.set(self.admission.memory_held)
             # The request's buffers are free now; hand their pages back to the OS so that RSS
             # tracks the work in flight, not the high-water mark of every arena (allocator.py).
             if self.config.trim_memory:

@@ -284,3 +284,23 @@ def test_a_request_larger_than_the_shared_pool_is_refused_naming_the_pool(weight
         assert scrape["reprocodec_memory_reserved_bytes"] == 0  # returned after the request
     finally:
         svc.close()
+
+
+def test_the_reserved_memory_gauge_reads_the_pool_at_each_scrape():
+    """The gauge is the pool's held bytes when scraped (read under its lock), so interleaved
+    requests can never leave it at a value one request old."""
+    metrics = ServiceMetrics("decoder")
+    core = ServiceCore(ServeConfig("decoder", "cpu", "cpu", max_memory=1000), metrics)
+
+    def reserved() -> float:
+        return metrics.registry.get_sample_value("reprocodec_memory_reserved_bytes",
+                                                 {"service": "decoder"})
+
+    assert reserved() == 0
+    core.admission.acquire(memory=300)
+    core.admission.acquire(memory=200)
+    assert reserved() == 500
+    core.admission.release(300)
+    assert reserved() == 200
+    core.admission.release(200)
+    assert reserved() == 0
