@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from reprocodec import container
-from reprocodec.pointcloud import PointCloudCodec, context, networks, octree
+from reprocodec.pointcloud import PointCloudCodec, context, gather, networks, octree
 from reprocodec.pointcloud.models import DEFAULT_MODEL, weights_path
 from reprocodec.pointcloud.ply import read_ply
 from reprocodec.safeguard import Mode
@@ -42,8 +42,10 @@ def v2():
 
 
 def test_default_model_has_the_gather_first_layer():
+    from reprocodec.pointcloud.native import NativeGatherNetworks
+
     codec = PointCloudCodec.load()
-    assert isinstance(codec.networks, networks.GatherNetworks)
+    assert isinstance(codec.networks, NativeGatherNetworks)  # the CPU profiles' path
     assert isinstance(PointCloudCodec.load("octree-ctx-v1").networks, networks.PassNetworks)
 
 
@@ -96,7 +98,7 @@ def test_gather_logits_equal_the_exact_float64_reference(elephant, v2, monkeypat
     """logits_of (the gather, chunked) is bit-identical to logits() of the uint8 features
     (the first layer as an exact float64 product): the integer first layer is exact."""
     if not compiled:
-        monkeypatch.setattr(networks, "numba", None)
+        monkeypatch.setattr(gather, "numba", None)
     monkeypatch.setattr(networks, "CHUNK_ROWS", 700)  # several chunks per pass
     model, _, blob = v2
     net = networks.GatherNetworks(model, torch.float32, "cpu", int(blob["first_layer_bits"]))
@@ -167,7 +169,7 @@ def test_encoder_and_decoder_use_the_same_indices(elephant):
 
 def test_training_ships_a_gather_model_that_round_trips(tmp_path):
     """pointcloud_train --from-weights re-ships trained weights with the gather first layer on
-    the finest exact grid; the codec loads them as GatherNetworks and codes losslessly."""
+    the finest exact grid; the codec loads them with the gather first layer and codes losslessly."""
     from reprocodec.train import pointcloud_train
 
     v1 = weights_path("octree-ctx-v1")[0]
@@ -176,7 +178,7 @@ def test_training_ships_a_gather_model_that_round_trips(tmp_path):
     _, _, blob = networks.load_weights(str(tmp_path / "octree-test-gather.pt"))
     assert blob["first_layer"] == "gather" and 8 <= blob["first_layer_bits"] <= 14
     codec = PointCloudCodec.load("octree-test-gather", tmp_path)
-    assert isinstance(codec.networks, networks.GatherNetworks)
+    assert isinstance(codec.networks.first, networks.GatherFirstLayer)
     camel = octree.sort_voxels(read_ply(SAMPLES / "camel_d6.ply"))
     out = codec.decode(container.unpack(container.pack(codec.encode(camel, depth=6))))
     np.testing.assert_array_equal(out.voxels, camel)

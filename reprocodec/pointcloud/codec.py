@@ -53,7 +53,8 @@ from . import adaptive, coder, octree
 from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
-from .networks import GatherNetworks, PassNetworks, load_weights
+from .native import NativeGatherNetworks, default_threads
+from .weightsfile import read_weights
 
 PAYLOAD = "occupancy"
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
@@ -81,36 +82,40 @@ class DecodedPointCloud:
 class PointCloudCodec:
     kind = "point_cloud"
 
-    def __init__(self, pt_path: Path, info: PointCloudModelInfo):
-        import torch
-
+    def __init__(self, pt_path: Path, info: PointCloudModelInfo, threads: int | None = None):
         self.info = info
-        self.model, table, blob = load_weights(str(pt_path))
+        state, table, blob = read_weights(str(pt_path))
         self.tables = coder.cdf_tables(table)
         self.weights_sha256 = bytes.fromhex(info.weights_sha256)
         self.profile = numerics.current_profile()
-        # float32 logits: an MLP per coded bit, float64 would double the coding time; the
-        # calibrated bound covers float32 differences (cuda pins TF32 off for it).
-        self.dtype = torch.float32
-        if blob.get("first_layer", "float") == "gather":
-            self.networks = GatherNetworks(self.model, self.dtype, self.profile.device,
-                                           int(blob["first_layer_bits"]))
-        else:
-            self.networks = PassNetworks(self.model, self.dtype, self.profile.device)
-        self._torch = torch
+        self.networks = _networks(state, blob, self.profile)
+        self.threads = default_threads() if threads is None else threads
         b = info.tensor_bound(TENSOR)
         self.bound = ErrorBound(b["kind"], float(b["value"]))
         self.decision = coder.occupancy_decision(self.bound)
         self.decisions = {TENSOR: self.decision}
 
+    @property
+    def threads(self) -> int:
+        """Threads the network runs on (native path; results never depend on it)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"threads must be at least 1, got {n}")
+        self._threads = n
+        if isinstance(self.networks, NativeGatherNetworks):
+            self.networks.threads = n
+
     @classmethod
-    def load(cls, name: str = DEFAULT_MODEL, weights_dir: str | Path | None = None
-             ) -> PointCloudCodec:
+    def load(cls, name: str = DEFAULT_MODEL, weights_dir: str | Path | None = None,
+             threads: int | None = None) -> PointCloudCodec:
         if weights_dir is None:
             pt_path, info = weights_path(name)
         else:
             pt_path, info = weights_path(name, Path(weights_dir))
-        return cls(pt_path, info)
+        return cls(pt_path, info, threads)
 
     def _predict(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
                  depth: int) -> np.ndarray:
@@ -323,6 +328,29 @@ class PointCloudCodec:
         if n > MAX_POINTS or n > 8**depth:
             raise ContainerError(f"{n} points cannot be in a depth-{depth} octree here")
         return depth, n
+
+
+def _networks(state: dict[str, np.ndarray], blob: dict, profile: numerics.Profile):
+    """The network of a weights file under a profile. Gather models with two hidden layers run
+    native.py on the CPU profiles (no torch); the GPU profiles and the GPU-emulating ones run
+    torch (its float layers are what those devices change), as do v1 models (float first
+    layer). Both compute the same function within the calibrated bound."""
+    gather = blob.get("first_layer", "float") == "gather"
+    if gather and not profile.is_cuda and not profile.emulate and len(blob["hidden"]) == 2:
+        return NativeGatherNetworks(state, int(blob["first_layer_bits"]))
+    # float32 logits: an MLP per coded bit, float64 would double the coding time; the
+    # calibrated bound covers float32 differences (cuda pins TF32 off for it).
+    import torch
+
+    from .networks import GatherNetworks, OccupancyMLP, PassNetworks
+
+    model = OccupancyMLP(tuple(blob["hidden"]))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    model.eval()
+    if gather:
+        return GatherNetworks(model, torch.float32, profile.device,
+                              int(blob["first_layer_bits"]))
+    return PassNetworks(model, torch.float32, profile.device)
 
 
 def _failure(detail: str) -> str:

@@ -37,7 +37,7 @@ from ..safeguard import DecisionQuantizer, ErrorBound, Mode, SafeguardError
 from ..safeguard.bitio import BitReader, BitWriter, decode_varint, encode_varint
 from . import adaptive, octree
 from .context import N_PASSES
-from .networks import LOGIT_LIMIT, LOGIT_STEP
+from .grid import LOGIT_LIMIT, LOGIT_STEP
 
 # (neighbour table, bits so far, pass k, level, depth) -> float64 logits of child k of each node
 Predict = Callable[[np.ndarray, np.ndarray, int, int, int], np.ndarray]

@@ -1,0 +1,214 @@
+"""The native (numba, no torch) inference path of gather models (pointcloud/native.py) and the
+torch-free weights reader (pointcloud/weightsfile.py).
+
+The kernel equals its numpy reference (the same float64 sums in the same order) bit for bit,
+and its compiled code holds no fast-math flag and no FMA, so it is the same on every CPU;
+streams from the torch path (the previous release) decode on the native path and back; the
+thread count changes nothing; the codec never imports torch for a gather model; the reader
+returns what torch.load does on every shipped point-cloud weights file and runs no other
+pickle global.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reprocodec import container
+from reprocodec.pointcloud import PointCloudCodec, list_models, native, octree
+from reprocodec.pointcloud.gather import gather_first_layer
+from reprocodec.pointcloud.models import DEFAULT_MODEL, weights_path
+from reprocodec.pointcloud.ply import read_ply
+from reprocodec.pointcloud.weightsfile import read_blob, read_weights
+
+SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+
+
+@pytest.fixture(scope="module")
+def elephant():
+    return octree.sort_voxels(read_ply(SAMPLES / "elephant_d7.ply"))
+
+
+@pytest.fixture(scope="module")
+def codec():
+    codec = PointCloudCodec.load()
+    assert isinstance(codec.networks, native.NativeGatherNetworks)
+    return codec
+
+
+def _torch_codec() -> PointCloudCodec:
+    """The default model on the torch path (as the previous release, and the GPU profiles,
+    run it)."""
+    from reprocodec.pointcloud.networks import GatherNetworks, load_weights
+
+    codec = PointCloudCodec.load()
+    model, _, blob = load_weights(str(weights_path(DEFAULT_MODEL)[0]))
+    codec.networks = GatherNetworks(model, torch.float32, "cpu", int(blob["first_layer_bits"]))
+    return codec
+
+
+def _passes(voxels, depth):
+    codes, bits = octree.build_levels(voxels, depth)
+    tables = octree.LevelTables()
+    for level in range(depth):
+        neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
+        for k in range(8):
+            yield neighbours, bits[level], k, level
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_native_logits_equal_the_numpy_reference_bit_for_bit(codec, elephant, monkeypatch,
+                                                             compiled):
+    if not compiled:
+        monkeypatch.setattr(native, "numba", None)
+    net = codec.networks
+    for neighbours, bits, k, level in _passes(elephant, 7):
+        inputs = net.inputs(neighbours, bits, k, level, 7)
+        got = net.logits_of(inputs, k, 6 - level)
+        hidden = gather_first_layer(neighbours, inputs.state, net.first.tables[k],
+                                    net.first.biases[k, 6 - level])
+        want = native.numpy_rest(hidden, net.w2t, net.b2, net.w3, net.b3)
+        assert got.dtype == np.float64 and want.dtype == np.float32
+        np.testing.assert_array_equal(got, want.astype(np.float64))
+        assert np.array_equal(got.view(np.int64), want.astype(np.float64).view(np.int64))
+
+
+def test_the_kernel_has_no_fast_math_and_no_fma(codec, elephant):
+    """How "the same on every CPU" is checked: LLVM may contract or reassociate float
+    operations only under fast-math flags (fmul/fadd 'contract', 'reassoc', 'fast') or an
+    fmuladd intrinsic; none is in the IR, and no FMA instruction is in the machine code."""
+    net = codec.networks
+    *_, (neighbours, bits, k, level) = _passes(elephant, 7)
+    inputs = net.inputs(neighbours, bits, k, level, 7)
+    # a fresh compile (numba does not inspect code loaded from its cache), same options
+    kernel = native.numba.njit(nogil=True)(native._logits_kernel.py_func)
+    out = np.empty(inputs.rows, np.float32)
+    kernel(np.ascontiguousarray(neighbours), inputs.state, net.first.tables[k],
+           net.first.biases[k, 0], net.w2t, net.b2, net.w3, net.b3, out)
+    np.testing.assert_array_equal(out, net.logits_of(inputs, k, 0))
+    for signature in kernel.signatures:
+        ir = kernel.inspect_llvm(signature)
+        float_ops = [line for line in ir.splitlines()
+                     if any(f" {op} " in line for op in ("fadd", "fmul", "fsub"))]
+        assert float_ops, "the IR has no float operations: the check is vacuous"
+        for flag in ("fast", "contract", "reassoc", "afn", "arcp", "nnan", "ninf", "nsz"):
+            assert not any(f" {flag} " in line for line in float_ops), flag
+        assert "fmuladd" not in ir and "llvm.fma" not in ir
+        asm = kernel.inspect_asm(signature).lower()
+        assert not any(op in asm for op in ("vfmadd", "vfmsub", "vfnmadd", "fmla", "fmadd"))
+
+
+def test_torch_path_streams_decode_on_the_native_path_and_back(codec, elephant):
+    """A stream encoded with the torch float layers (the previous release) decodes bit-exactly
+    on the native path, and a native stream on the torch path, all levels learned."""
+    torch_codec = _torch_codec()
+    sparse = octree.sort_voxels(np.random.default_rng(5).integers(0, 1 << 8, (4000, 3)))
+    for voxels, depth in ((elephant, 7), (sparse, 8)):
+        for encoder, decoder in ((torch_codec, codec), (codec, torch_codec)):
+            msg = container.unpack(container.pack(
+                encoder.encode(voxels, depth=depth, coders="learned")))
+            out = decoder.decode(msg)
+            assert out.bit_exact
+            np.testing.assert_array_equal(out.voxels, voxels)
+
+
+def test_native_and_torch_logits_differ_within_the_calibrated_bound(codec, elephant):
+    torch_net, net = _torch_codec().networks, codec.networks
+    worst = 0.0
+    for neighbours, bits, k, level in _passes(elephant, 7):
+        inputs = net.inputs(neighbours, bits, k, level, 7)
+        diff = np.abs(net.logits_of(inputs, k, 6 - level)
+                      - torch_net.logits_of(inputs, k, 6 - level))
+        worst = max(worst, float(diff.max()))
+    assert 0 < worst < codec.bound.value / 2
+
+
+def test_thread_count_changes_nothing(elephant, monkeypatch):
+    monkeypatch.setattr(native, "ROWS_PER_TASK", 256)  # many slices per pass
+    one, two = PointCloudCodec.load(threads=1), PointCloudCodec.load(threads=2)
+    assert one.networks.threads == 1 and two.networks.threads == 2
+    for neighbours, bits, k, level in _passes(elephant, 7):
+        a = one._predict(neighbours, bits, k, level, 7)
+        b = two._predict(neighbours, bits, k, level, 7)
+        assert np.array_equal(a.view(np.int64), b.view(np.int64))
+    streams = [container.pack(c.encode(elephant, depth=7, coders=coders))
+               for coders in ("learned", "auto") for c in (one, two)]
+    assert streams[0] == streams[1] and streams[2] == streams[3]
+    with pytest.raises(ValueError):
+        one.threads = 0
+
+
+def test_gather_models_code_without_torch():
+    script = (
+        "import sys, numpy as np\n"
+        "from reprocodec import container\n"
+        "from reprocodec.pointcloud import PointCloudCodec, octree\n"
+        "from reprocodec.pointcloud.ply import read_ply\n"
+        f"v = octree.sort_voxels(read_ply({str(SAMPLES / 'elephant_d7.ply')!r}))\n"
+        "c = PointCloudCodec.load()\n"
+        "for coders in ('learned', 'auto'):\n"
+        "    out = c.decode(container.unpack(container.pack(c.encode(v, depth=7, "
+        "coders=coders))))\n"
+        "    assert np.array_equal(out.voxels, v)\n"
+        "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def _same(a, b) -> None:
+    if isinstance(b, torch.Tensor):
+        assert isinstance(a, np.ndarray) and a.dtype == b.numpy().dtype
+        np.testing.assert_array_equal(a, b.numpy())
+    elif isinstance(b, dict):
+        assert isinstance(a, dict) and list(a) == list(b)
+        for key in b:
+            _same(a[key], b[key])
+    else:
+        assert type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("name", [m.name for m in list_models()])
+def test_weights_reader_equals_torch_load(name):
+    path = str(weights_path(name)[0])
+    _same(read_blob(path), torch.load(path, map_location="cpu", weights_only=True))
+    state, table, _ = read_weights(path)
+    assert all(v.dtype == np.float32 for v in state.values()) and table.dtype == np.int32
+
+
+def _archive(tmp_path, payload: bytes, storages: dict[str, bytes] | None = None) -> str:
+    path = tmp_path / "w.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("w/data.pkl", payload)
+        z.writestr("w/byteorder", "little")
+        for key, data in (storages or {}).items():
+            z.writestr(f"w/data/{key}", data)
+    return str(path)
+
+
+def test_weights_reader_runs_no_other_global(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with pytest.raises(pickle.UnpicklingError, match="builtins.print is not allowed"):
+        read_blob(_archive(tmp_path, pickle.dumps({"x": Evil()})))
+
+
+def test_weights_reader_checks_storage_sizes(tmp_path):
+    buf = io.BytesIO()
+    torch.save({"t": torch.arange(4, dtype=torch.int32)}, buf)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert read_blob(_archive(tmp_path, pkl, {"0": bytes(16)}))["t"].tolist() == [0] * 4
+    with pytest.raises(ValueError, match="has 12 bytes"):
+        read_blob(_archive(tmp_path, pkl, {"0": bytes(12)}))
