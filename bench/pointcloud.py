@@ -22,8 +22,10 @@ and a statue scan from reprocodec.train.realscans) at each of --real-depths.
 Rate table: every held-out test cloud of data/pc/manifest.json (never used in training) at its
 depth; bits per occupied voxel of each coder, each checked lossless against the voxel set
 (the non-learned coder is the product's adaptive context coder, reprocodec/pointcloud/adaptive.py).
-Seconds per million points are wall-clock on this machine with one torch thread, and the
+Seconds per million points are wall-clock on this machine with one thread, and the
 process's CPU seconds beside them (the wall time on an idle core; the machine may be shared).
+--clouds measures with --threads codec threads; its worker imports torch only for a model
+that needs it (v1; octree-ctx-v2 on run the native path).
 
 Matrix: each cloud (re-voxelized to --matrix-depth) is encoded under each encoder profile with
 and without protection, in its own process, and decoded under each decoder profile in its own
@@ -130,13 +132,15 @@ def gpcc_bits(voxels: np.ndarray, tmc3: str) -> tuple[int, bool, float, float]:
 
 
 def rate_table(data: Path, skip_others: bool, model: str) -> list[dict]:
-    import torch
-
     from reprocodec import container
     from reprocodec.pointcloud import PointCloudCodec, adaptive
+    from reprocodec.pointcloud.native import NativeGatherNetworks
 
-    torch.set_num_threads(1)
-    codec = PointCloudCodec.load(model)
+    codec = PointCloudCodec.load(model, threads=1)
+    if not isinstance(codec.networks, NativeGatherNetworks):  # a torch model (v1)
+        import torch
+
+        torch.set_num_threads(1)
     rows = []
     for name, voxels, depth in test_clouds(data):
         n = voxels.shape[0]
@@ -260,15 +264,17 @@ def _measure_worker(args: argparse.Namespace) -> int:
     """One cloud in a fresh process: encode and decode `runs` times (medians), peak RSS."""
     import resource
 
-    import torch
-
     from reprocodec import container
     from reprocodec.pointcloud import PointCloudCodec, adaptive
+    from reprocodec.pointcloud.native import NativeGatherNetworks
 
-    torch.set_num_threads(args.threads)
     voxels = np.load(args.cloud)
     depth = args.depth
-    codec = PointCloudCodec.load(args.model)
+    codec = PointCloudCodec.load(args.model, threads=args.threads)
+    if not isinstance(codec.networks, NativeGatherNetworks):  # a torch model (v1)
+        import torch
+
+        torch.set_num_threads(args.threads)
     codec.decode(container.unpack(container.pack(codec.encode(voxels[:500], depth=depth))))
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     enc, dec, enc_cpu, dec_cpu = [], [], [], []
@@ -297,7 +303,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
            "adaptive_bpp": 8 * adaptive.encoded_size(voxels, depth) / n,
            "encode_s": float(np.median(enc)), "decode_s": float(np.median(dec)),
            "encode_cpu_s": float(np.median(enc_cpu)), "decode_cpu_s": float(np.median(dec_cpu)),
-           "model": args.model,
+           "model": args.model, "threads": args.threads, "torch": "torch" in sys.modules,
            "peak_rss_mb": peak_mb, "loaded_rss_mb": base_mb, "runs": args.runs}
     if args.learned:
         learned = container.pack(codec.encode(voxels, depth=depth, coders="learned"))
@@ -353,12 +359,14 @@ def print_cloud_table(rows: list[dict], notes: list[str]) -> None:
           "its payloads only, adapt. = the adaptive coder's rANS bytes, learned = the learned "
           "model alone (whole stream);\nlevels: coder of each octree level, L learned, A "
           "adaptive; enc/dec: median seconds (wall; cpu: the process's CPU seconds, what the wall "
-          "time would be on an idle core); RSS: peak of the measuring process; model: " +
-          ", ".join(sorted({r.get("model", "?") for r in rows})))
+          "time would be on idle cores); RSS: peak of the measuring process, +/Mpt: its rise "
+          "over the loaded codec's (after a warm-up) per million points; model: " +
+          ", ".join(sorted({r.get("model", "?") for r in rows})) + "; threads: " +
+          ", ".join(sorted({str(r.get("threads", "?")) for r in rows})))
     print(f"{'cloud':22s} {'D':>2s} {'points':>8s} {'ours':>7s} {'(payl.)':>7s} {'adapt.':>7s} "
           f"{'learned':>7s} {'G-PCC':>6s} "
           f"{'Draco':>6s} {'LAZ':>6s} {'levels':>13s} {'enc s':>6s} {'dec s':>6s} "
-          f"{'s/Mpt':>11s} {'cpu s/Mpt':>11s} {'RSS MB':>7s} lossless")
+          f"{'s/Mpt':>11s} {'cpu s/Mpt':>11s} {'RSS MB':>7s} {'+/Mpt':>6s} lossless")
     for r in rows:
         mpt = r["points"] / 1e6
         lossless = all(r.get(f"{c}_lossless", True) for c in ("ours", "gpcc", "draco", "laz"))
@@ -371,6 +379,7 @@ def print_cloud_table(rows: list[dict], notes: list[str]) -> None:
               f"{r['encode_s'] / mpt:5.2f}/{r['decode_s'] / mpt:<5.2f} "
               f"{r['encode_cpu_s'] / mpt:5.2f}/{r['decode_cpu_s'] / mpt:<5.2f} "
               f"{r['peak_rss_mb']:7.0f} "
+              f"{(r['peak_rss_mb'] - r['loaded_rss_mb']) / mpt:6.0f} "
               f"{lossless}")
     for note in notes:
         print(f"note: {note}")
@@ -491,7 +500,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="--clouds: runs per cloud (medians)")
     ap.add_argument("--large", action="store_true",
                     help="--clouds: only the 1-2 million point clouds (speed, memory)")
-    ap.add_argument("--threads", type=int, default=1, help="--clouds: torch threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="--clouds: the codec's threads (torch's, for a torch model)")
     ap.add_argument("--learned", action="store_true",
                     help="--clouds: also the learned model alone on every level")
     ap.add_argument("--real", type=Path,

@@ -60,9 +60,11 @@ class Codecs:
     """
 
     def __init__(self, weights_dir: Path | None = None,
-                 max_pixels: int = imageio.DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = imageio.DEFAULT_MAX_PIXELS, cloud_threads: int = 1) -> None:
         self.weights_dir = weights_dir
         self.max_pixels = max_pixels
+        # Threads per point-cloud request: the server already runs several requests at once.
+        self.cloud_threads = cloud_threads
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.models: dict[str, ModelEntry] = {}
@@ -122,7 +124,10 @@ class Codecs:
             codec = self._loaded.get(entry.name)
             if codec is None:
                 started = time.perf_counter()
-                codec = registry.kind_of_proto(entry.codec).load(entry.name, self.weights_dir)
+                kind = registry.kind_of_proto(entry.codec)
+                codec = kind.load(entry.name, self.weights_dir)
+                if kind.name == "point_cloud":
+                    codec.threads = self.cloud_threads
                 self._loaded[entry.name] = codec
                 log.info("loaded %s in %.2f s", entry.name, time.perf_counter() - started)
         return codec

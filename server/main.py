@@ -76,6 +76,10 @@ def build_parser(service: str) -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", type=int, default=4,
                    help="encode/decode requests running at once; more wait in the queue "
                         "(default 4)")
+    p.add_argument("--cloud-threads", type=int, default=1,
+                   help="threads each point-cloud request's network runs on (default 1: "
+                        "--max-concurrency requests already run side by side; results never "
+                        "depend on it)")
     p.add_argument("--queue-length", type=int, default=DEFAULT_QUEUE_LENGTH,
                    help="encode/decode requests that may wait for a worker; beyond it they "
                         f"are refused with RESOURCE_EXHAUSTED (default {DEFAULT_QUEUE_LENGTH})")
@@ -135,6 +139,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--max-concurrency must be at least 1")
     if args.queue_length < 0:
         p.error("--queue-length must be 0 (no queue: refuse at once) or more")
+    if args.cloud_threads < 1:
+        p.error("--cloud-threads must be at least 1")
     if args.cancel_wait < 0 or args.shutdown_grace < 0 or args.drain_seconds < 0:
         p.error("--drain-seconds, --shutdown-grace and --cancel-wait cannot be negative")
     if not 0 <= args.max_queue_wait <= 3600:
@@ -237,7 +243,7 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         max_request_memory=int(args.max_request_memory_mb * 2**20),
         trim_memory=args.malloc_trim, max_memory=memory_pool(args.max_memory_mb),
     )
-    codecs = Codecs(args.weights_dir, args.max_pixels)
+    codecs = Codecs(args.weights_dir, args.max_pixels, args.cloud_threads)
     _preload(codecs, args.preload)
     core = ServiceCore(config, metrics)
 

@@ -146,6 +146,17 @@ def test_thread_count_changes_nothing(elephant, monkeypatch):
         one.threads = 0
 
 
+def test_the_server_runs_one_thread_per_cloud_request_unless_told():
+    from server.backend import Codecs
+    from server.main import build_parser
+
+    for argv, threads in (([], 1), (["--cloud-threads", "2"], 2)):
+        args = build_parser("decoder").parse_args(argv)
+        codecs = Codecs(None, args.max_pixels, args.cloud_threads)
+        entry = codecs.models[DEFAULT_MODEL]
+        assert codecs.codec(entry).threads == codecs.codec(entry).networks.threads == threads
+
+
 def test_gather_models_code_without_torch():
     script = (
         "import sys, numpy as np\n"
