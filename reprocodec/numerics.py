@@ -103,10 +103,21 @@ def apply_profile(name: str) -> Profile:
                 f"run profile {profile.name!r} in a separate process"
             )
         return _applied
+    # Profiles that keep torch's defaults leave torch unimported: the point-cloud codec's CPU
+    # path (gather models) runs without it, and importing it costs ~0.5 GB of RSS.
+    if profile.is_cuda or profile.emulate or not profile.mkldnn or profile.threads is not None:
+        _apply_torch_settings(profile)
+    if profile.noise_eps > 0:
+        _noise_rng = np.random.default_rng(NOISE_SEED)
+    _applied = profile
+    return profile
+
+
+def _apply_torch_settings(profile: Profile) -> None:
     import torch
 
     if profile.is_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"profile {name!r} needs a CUDA GPU and none is available")
+        raise RuntimeError(f"profile {profile.name!r} needs a CUDA GPU and none is available")
     torch.backends.mkldnn.enabled = profile.mkldnn
     if profile.threads is not None:
         torch.set_num_threads(profile.threads)
@@ -122,10 +133,6 @@ def apply_profile(name: str) -> Profile:
         from reprocodec import gpu_emulation
 
         gpu_emulation.install(profile.emulate)
-    if profile.noise_eps > 0:
-        _noise_rng = np.random.default_rng(NOISE_SEED)
-    _applied = profile
-    return profile
 
 
 def current_profile() -> Profile:

@@ -160,8 +160,9 @@ def test_the_server_runs_one_thread_per_cloud_request_unless_told():
 def test_gather_models_code_without_torch():
     script = (
         "import sys, numpy as np\n"
-        "from reprocodec import container\n"
+        "from reprocodec import container, numerics\n"
         "from reprocodec.pointcloud import PointCloudCodec, octree\n"
+        "numerics.apply_profile('cpu')\n"  # as the CLI does
         "from reprocodec.pointcloud.ply import read_ply\n"
         f"v = octree.sort_voxels(read_ply({str(SAMPLES / 'elephant_d7.ply')!r}))\n"
         "c = PointCloudCodec.load()\n"

@@ -130,29 +130,13 @@ def numpy_rest(hidden: np.ndarray, w2t: np.ndarray, b2: np.ndarray, w3: np.ndarr
 
 
 if numba is not None:
-    @numba.njit(cache=True, nogil=True, inline="always")
-    def _rest_row(h1, w2t, b2, w3, b3, acc):  # pragma: no cover - compiled
-        for j in range(acc.size):
-            acc[j] = 0.0
-        for i in range(h1.size):
-            x = h1[i]
-            if x == 0:  # a ReLU zero: its products add +-0, no change
-                continue
-            for j in range(acc.size):
-                acc[j] = acc[j] + x * w2t[i, j]
-        total = 0.0
-        for j in range(acc.size):
-            y = acc[j] + b2[j]
-            if y > 0:
-                total = total + y * w3[j]
-        return np.float32(total + b3[0])
-
     @numba.njit(cache=True, nogil=True)
     def _logits_kernel(rows, state, table, bias, w2t, b2, w3, b3, out):  # pragma: no cover
         hidden = bias.size
         absent = state.size - 1  # the sentinel row M: its table rows are zero
         first = np.empty(hidden, np.int32)
-        h1 = np.empty(hidden, np.float64)
+        values = np.empty(hidden, np.float64)
+        units = np.empty(hidden, np.int64)
         acc = np.empty(b2.size, np.float64)
         for r in range(rows.shape[0]):
             for u in range(hidden):
@@ -164,6 +148,20 @@ if numba is not None:
                 row = t * GATHER_STATES + state[j]
                 for u in range(hidden):
                     first[u] += table[row, u]
+            # The ReLU's non-zero units in order, without a branch per unit (about half are
+            # zero, unpredictably): a zero unit's products would add +-0, no change.
+            n = 0
             for u in range(hidden):
-                h1[u] = max(first[u], 0)  # an integer below 2^24: exact
-            out[r] = _rest_row(h1, w2t, b2, w3, b3, acc)
+                units[n] = u
+                values[n] = first[u]  # an integer below 2^24: exact
+                n += first[u] > 0
+            for j in range(acc.size):
+                acc[j] = 0.0
+            for m in range(n):
+                x, i = values[m], units[m]
+                for j in range(acc.size):
+                    acc[j] = acc[j] + x * w2t[i, j]
+            total = 0.0
+            for j in range(acc.size):
+                total = total + max(acc[j] + b2[j], 0.0) * w3[j]
+            out[r] = np.float32(total + b3[0])
