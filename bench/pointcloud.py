@@ -260,10 +260,22 @@ def synthetic_clouds(scale: float = 1.0) -> list[tuple[str, np.ndarray, int]]:
     ]
 
 
-def _measure_worker(args: argparse.Namespace) -> int:
-    """One cloud in a fresh process: encode and decode `runs` times (medians), peak RSS."""
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM where Linux has it: getrusage's ru_maxrss survives exec,
+    so a worker would report its parent's RSS at fork (the --large clouds) as its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _measure_worker(args: argparse.Namespace) -> int:
+    """One cloud in a fresh process: encode and decode `runs` times (medians), peak RSS."""
     from reprocodec import container
     from reprocodec.pointcloud import PointCloudCodec, adaptive
     from reprocodec.pointcloud.native import NativeGatherNetworks
@@ -276,7 +288,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     codec.decode(container.unpack(container.pack(codec.encode(voxels[:500], depth=depth))))
-    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_mb = _peak_rss_mb()
     enc, dec, enc_cpu, dec_cpu = [], [], [], []
     for _ in range(args.runs):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -289,7 +301,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
         dec.append(t2 - t1)
         enc_cpu.append(c1 - c0)
         dec_cpu.append(c2 - c1)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = _peak_rss_mb()
     names = [p.name for p in msg.payloads]
     levels = "L" * depth
     if "occupancy_adaptive" in names:

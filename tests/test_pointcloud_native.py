@@ -73,8 +73,8 @@ def test_native_logits_equal_the_numpy_reference_bit_for_bit(codec, elephant, mo
     for neighbours, bits, k, level in _passes(elephant, 7):
         inputs = net.inputs(neighbours, bits, k, level, 7)
         got = net.logits_of(inputs, k, 6 - level)
-        hidden = gather_first_layer(neighbours, inputs.state, net.first.tables[k],
-                                    net.first.biases[k, 6 - level])
+        hidden = gather_first_layer(neighbours, inputs.state, net.tables[k],
+                                    net.biases[k, 6 - level])
         want = native.numpy_rest(hidden, net.w2t, net.b2, net.w3, net.b3)
         assert got.dtype == np.float64 and want.dtype == np.float32
         np.testing.assert_array_equal(got, want.astype(np.float64))
@@ -91,8 +91,8 @@ def test_the_kernel_has_no_fast_math_and_no_fma(codec, elephant):
     # a fresh compile (numba does not inspect code loaded from its cache), same options
     kernel = native.numba.njit(nogil=True)(native._logits_kernel.py_func)
     out = np.empty(inputs.rows, np.float32)
-    kernel(np.ascontiguousarray(neighbours), inputs.state, net.first.tables[k],
-           net.first.biases[k, 0], net.w2t, net.b2, net.w3, net.b3, out)
+    kernel(np.ascontiguousarray(neighbours), inputs.state, net.tables[k],
+           net.biases[k, 0], net.w2t, net.b2, net.w3, net.b3, out)
     np.testing.assert_array_equal(out, net.logits_of(inputs, k, 0))
     for signature in kernel.signatures:
         ir = kernel.inspect_llvm(signature)

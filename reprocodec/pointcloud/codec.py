@@ -331,12 +331,14 @@ class PointCloudCodec:
 
 
 def _networks(state: dict[str, np.ndarray], blob: dict, profile: numerics.Profile):
-    """The network of a weights file under a profile. Gather models with two hidden layers run
-    native.py on the CPU profiles (no torch); the GPU profiles and the GPU-emulating ones run
-    torch (its float layers are what those devices change), as do v1 models (float first
-    layer). Both compute the same function within the calibrated bound."""
+    """The network of a weights file under a profile. Gather models that fit the native kernel
+    (two hidden layers of at most 64 and 32 units, as octree-ctx-v2's) run native.py on the CPU
+    profiles (no torch); the GPU profiles and the GPU-emulating ones run torch (its float layers
+    are what those devices change), as do v1 models (float first layer) and wider ones. Both
+    compute the same function within the calibrated bound."""
     gather = blob.get("first_layer", "float") == "gather"
-    if gather and not profile.is_cuda and not profile.emulate and len(blob["hidden"]) == 2:
+    cpu = not profile.is_cuda and not profile.emulate
+    if gather and cpu and NativeGatherNetworks.fits(blob["hidden"]):
         return NativeGatherNetworks(state, int(blob["first_layer_bits"]))
     # float32 logits: an MLP per coded bit, float64 would double the coding time; the
     # calibrated bound covers float32 differences (cuda pins TF32 off for it).

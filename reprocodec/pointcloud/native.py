@@ -1,23 +1,24 @@
-"""The CPU inference path of gather models (no torch): one compiled kernel per chunk of rows.
+"""The CPU inference path of gather models (no torch): one compiled kernel per slice of rows.
 
 Per row: the exact integer first layer (gather.py) -> ReLU -> the second layer -> ReLU -> the
 last layer -> logit, rounded to float32 as the torch path's is. The stored weights are float32
 (from fp16) and the activations integers below 2^24, so each second-layer product is exact in
-float64; the sums run in float64 in one fixed source order (the products of inputs 0, 1, ..
-in that order, then the bias) with no fastmath, so the compiler may neither reassociate nor
-contract a multiply and an add into an FMA: each logit is the same on every x86 or ARM CPU,
-whatever the thread count or chunking. Tests check the kernel against numpy_rest (the same
-sums as numpy operations) bit for bit, and its LLVM IR and assembly for fast-math flags and
-FMAs. float64 sums put the logits closer to the exact function than float32 ones: the torch
-path's float32 BLAS differs from them by at most ~4 float32 ulps at |logit| 12, half what a
-float32 sequential sum differs by, well inside the bound that torch-path streams carry.
-Zero activations are skipped: their products are +-0, and adding +-0 to a sum that starts at
-+0 leaves it unchanged bit for bit.
+float64. Every float sum has one fixed order, written in the source: a second-layer unit adds
+the products of the non-zero first-layer units in ascending order (a zero unit's product is
++-0 and would change nothing) to +0; the last layer's products max(acc + b2, 0) * w3 are added
+by halves (vectorops.dense_tail), then the bias. No fast-math: the compiler may neither
+reassociate nor contract a multiply and an add into an FMA, so each logit is the same on every
+x86 or ARM CPU, whatever the thread count or slicing. Tests check the kernel against
+numpy_rest (the same sums as numpy operations) bit for bit, and its LLVM IR and assembly for
+fast-math flags and FMAs. The float64 sums sit closer to the exact function than the torch
+path's float32 BLAS: the two differ by at most ~6 float32 ulps of a logit near 12 (measured
+5.7e-6 on the held-out clouds), inside the bound that torch-path streams carry (1.53e-5).
 
-Rows are split into fixed ROWS_PER_TASK slices and run on a small thread pool (the kernel
-releases the GIL); each row's logit depends on that row alone, so results do not depend on
-the thread count. numba's own parallel loops are not used: their workqueue threading layer
-is unsafe when several server threads call in at once.
+Layers narrower than vectorops' widths are padded with zero units (no value changes); a model
+with wider layers runs the torch path. Rows are split into fixed ROWS_PER_TASK slices and run on
+a small thread pool (the kernel releases the GIL); each row's logit depends on that row alone,
+so results do not depend on the thread count. numba's own parallel loops are not used: their
+workqueue threading layer is unsafe when several server threads call in at once.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .context import N_HEIGHTS, numba
-from .gather import GATHER_STATES, GatherFirstLayer, GatherInputs, gather_first_layer
+from .gather import GatherFirstLayer, GatherInputs, gather_first_layer
+from .vectorops import FIRST_UNITS, SECOND_UNITS
+
+if numba is not None:
+    from .vectorops import dense_tail, gather_sum
 
 ROWS_PER_TASK = 1 << 13
 
@@ -69,27 +74,41 @@ def for_row_slices(work: Callable[[int, int], None], rows: int, threads: int) ->
 
 
 class NativeGatherNetworks:
-    """A gather model with two hidden layers (first_layer "gather", hidden (H1, H2)) from its
-    float32 state dict: the function of networks.GatherNetworks (torch) in one kernel."""
+    """A gather model with two hidden layers (first_layer "gather", hidden (H1, H2), H1 <=
+    FIRST_UNITS, H2 <= SECOND_UNITS) from its float32 state dict: the function of
+    networks.GatherNetworks (torch) in one kernel."""
 
     def __init__(self, state: dict[str, np.ndarray], bits: int, threads: int | None = None):
         self.first = GatherFirstLayer(state["net.0.weight"], state["net.0.bias"], bits)
-        # float32 values held in float64 (exact); the 2^-bits scale of the integer
+        w2 = np.asarray(state["net.2.weight"], np.float32)
+        if not (w2.shape[1] == self.first.hidden <= FIRST_UNITS and w2.shape[0] <= SECOND_UNITS):
+            raise ValueError(f"hidden layers {self.first.hidden}, {w2.shape[0]} exceed the "
+                             f"native kernel's {FIRST_UNITS}, {SECOND_UNITS}")
+        pad = FIRST_UNITS - self.first.hidden
+        self.tables = [np.ascontiguousarray(np.pad(t, ((0, 0), (0, pad))))
+                       for t in self.first.tables]
+        self.biases = {key: np.pad(b, (0, pad)) for key, b in self.first.biases.items()}
+        # float32 values held in float64 (exact), with the 2^-bits scale of the integer
         # activations folded in exactly (a power of two), as the torch path does in float32
-        w2 = np.ldexp(np.asarray(state["net.2.weight"], np.float32), -bits).astype(np.float32)
-        self.w2t = np.ascontiguousarray(w2.T, dtype=np.float64)  # (H1, H2): a row per input
-        self.b2 = np.asarray(state["net.2.bias"], np.float64)
-        self.w3 = np.ascontiguousarray(np.asarray(state["net.4.weight"], np.float64)[0])
+        w2t = np.ldexp(w2, -bits).astype(np.float32).T.astype(np.float64)
+        self.w2t = _padded(w2t, (FIRST_UNITS, SECOND_UNITS))  # a row per first-layer unit
+        self.b2 = _padded(np.asarray(state["net.2.bias"], np.float64), (SECOND_UNITS,))
+        self.w3 = _padded(np.asarray(state["net.4.weight"], np.float64)[0], (SECOND_UNITS,))
         self.b3 = np.asarray(state["net.4.bias"], np.float64).reshape(1)
         self.threads = threads or default_threads()
+
+    @staticmethod
+    def fits(hidden: list[int] | tuple[int, ...]) -> bool:
+        """Whether a gather model with these hidden widths runs natively."""
+        return len(hidden) == 2 and hidden[0] <= FIRST_UNITS and hidden[1] <= SECOND_UNITS
 
     def inputs(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int, depth: int):
         return GatherInputs(neighbours, bits, k)
 
     def logits_of(self, inputs: GatherInputs, k: int, height: int) -> np.ndarray:
         """float64 logits (float32 values) of a pass's GatherInputs."""
-        table = self.first.tables[k]
-        bias = self.first.biases[k, min(height, N_HEIGHTS - 1)]
+        table = self.tables[k]
+        bias = self.biases[k, min(height, N_HEIGHTS - 1)]
         rows = np.ascontiguousarray(inputs.neighbours)
         out = np.empty(inputs.rows, dtype=np.float32)
 
@@ -114,54 +133,40 @@ class NativeGatherNetworks:
 def numpy_rest(hidden: np.ndarray, w2t: np.ndarray, b2: np.ndarray, w3: np.ndarray,
                b3: np.ndarray) -> np.ndarray:
     """float32 logits of first-layer activations (rows, H1) by the kernel's sums, as separate
-    numpy float64 multiplies and adds (no FMA, no reassociation): for each second-layer unit
-    the products of inputs 0, 1, .. H1-1 added in that order, then its bias; ReLU; the last
-    layer likewise; the logit rounded to float32. The kernel's reference, and the path
-    without numba."""
+    numpy float64 multiplies and adds (no FMA, no reassociation): each second-layer unit adds
+    the products of inputs 0, 1, .. H1-1 in that order to +0 (zeros included: they change
+    nothing), then its bias; the last layer's products max(., 0) * w3 are added by halves as
+    vectorops.dense_tail does, then the bias. The kernel's reference, and the path without
+    numba. w2t, b2, w3: NativeGatherNetworks' padded arrays."""
     hidden = hidden.astype(np.float64)
     acc = np.zeros((hidden.shape[0], w2t.shape[1]), np.float64)
-    for i in range(w2t.shape[0]):
+    for i in range(hidden.shape[1]):
         acc += hidden[:, i:i + 1] * w2t[i]
-    h2 = np.maximum(acc + b2, 0.0)
-    total = np.zeros(hidden.shape[0], np.float64)
-    for j in range(w3.size):
-        total += h2[:, j] * w3[j]
-    return (total + b3[0]).astype(np.float32)
+    p = np.maximum(acc + b2, 0.0) * w3
+    while p.shape[1] > 1:
+        half = p.shape[1] // 2
+        p = p[:, :half] + p[:, half:]
+    return (p[:, 0] + b3[0]).astype(np.float32)
+
+
+def _padded(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.ascontiguousarray(np.pad(a, [(0, n - m) for m, n in zip(a.shape, shape,
+                                                                       strict=True)]))
 
 
 if numba is not None:
     @numba.njit(cache=True, nogil=True)
     def _logits_kernel(rows, state, table, bias, w2t, b2, w3, b3, out):  # pragma: no cover
-        hidden = bias.size
-        absent = state.size - 1  # the sentinel row M: its table rows are zero
-        first = np.empty(hidden, np.int32)
-        values = np.empty(hidden, np.float64)
-        units = np.empty(hidden, np.int64)
-        acc = np.empty(b2.size, np.float64)
+        first = np.empty(FIRST_UNITS, np.int32)
+        values = np.empty(FIRST_UNITS, np.float64)
+        units = np.empty(FIRST_UNITS, np.int64)
         for r in range(rows.shape[0]):
-            for u in range(hidden):
-                first[u] = bias[u]
-            for t in range(27):
-                j = rows[r, t]
-                if j == absent:
-                    continue
-                row = t * GATHER_STATES + state[j]
-                for u in range(hidden):
-                    first[u] += table[row, u]
+            gather_sum(rows, r, state, table, bias, first)
             # The ReLU's non-zero units in order, without a branch per unit (about half are
-            # zero, unpredictably): a zero unit's products would add +-0, no change.
+            # zero, unpredictably).
             n = 0
-            for u in range(hidden):
+            for u in range(FIRST_UNITS):
                 units[n] = u
                 values[n] = first[u]  # an integer below 2^24: exact
                 n += first[u] > 0
-            for j in range(acc.size):
-                acc[j] = 0.0
-            for m in range(n):
-                x, i = values[m], units[m]
-                for j in range(acc.size):
-                    acc[j] = acc[j] + x * w2t[i, j]
-            total = 0.0
-            for j in range(acc.size):
-                total = total + max(acc[j] + b2[j], 0.0) * w3[j]
-            out[r] = np.float32(total + b3[0])
+            out[r] = np.float32(dense_tail(values, units, n, w2t, b2, w3) + b3[0])

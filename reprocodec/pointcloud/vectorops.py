@@ -1,0 +1,149 @@
+"""Two numba intrinsics, written as LLVM vector code, for native.py's kernel.
+
+numba leaves LLVM's SLP vectorizer off, so a loop over a short accumulator array keeps the
+array in memory: every step loads and stores it. Here the accumulators are LLVM vector values
+(<64 x i32>, <32 x double>) carried in registers across the loop. The float operations are
+plain fmul / fadd / fcmp without fast-math flags, each vector lane its own sum in a fixed
+order: LLVM may not reassociate them nor contract them into FMAs, so the result is the same on
+every CPU (tests compare with numpy bit for bit and check the code for FMAs).
+
+FIRST_UNITS and SECOND_UNITS are the vector widths: native.py pads smaller layers with zero
+units, which changes no value.
+"""
+
+from __future__ import annotations
+
+from .context import numba
+
+FIRST_UNITS = 64
+SECOND_UNITS = 32
+NEIGHBOURS = 27
+GATHER_STATES = 257  # gather.GATHER_STATES (not imported: this module has no numpy users)
+
+if numba is not None:
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    _I32, _I64, _F64 = ir.IntType(32), ir.IntType(64), ir.DoubleType()
+
+    def _element_address(builder, array, index, stride):
+        """Address of element `index` along an array's first axis (byte stride)."""
+        base = builder.ptrtoint(array.data, _I64)
+        return builder.add(base, builder.mul(index, stride))
+
+    def _load_as(builder, context, array_type, array, offset):
+        """array's element at byte offset, widened to i64."""
+        element = context.get_value_type(array_type.dtype)
+        pointer = builder.inttoptr(offset, element.as_pointer())
+        value = builder.load(pointer)
+        return builder.sext(value, _I64) if element.width < 64 else value
+
+    @intrinsic
+    def gather_sum(typingctx, rows, r, state, table, bias, first):
+        """first[:FIRST_UNITS] = bias + table[257 t + state[rows[r, t]]] over the neighbours
+        t of row r that are present (rows[r, t] != state.size - 1): integer sums, exact in
+        any order."""
+        signature = types.void(rows, r, state, table, bias, first)
+
+        def codegen(context, builder, sig, args):
+            rows_a, _, state_a, table_a, bias_a, first_a = (
+                context.make_array(t)(context, builder, a) if isinstance(t, types.Array)
+                else None for t, a in zip(sig.args, args, strict=True))
+            vector = ir.VectorType(_I32, FIRST_UNITS)
+            absent = builder.sub(builder.extract_value(state_a.shape, 0), ir.Constant(_I64, 1))
+            row = _element_address(builder, rows_a, args[1],
+                                   builder.extract_value(rows_a.strides, 0))
+            column = ir.Constant(_I64, sig.args[0].dtype.bitwidth // 8)
+            table_stride = builder.extract_value(table_a.strides, 0)
+            start = builder.load(builder.bitcast(bias_a.data, vector.as_pointer()), align=4)
+            entry = builder.block
+            head, test, add, step, done = (builder.append_basic_block(f"gather.{n}") for n in
+                                           ("head", "test", "add", "step", "done"))
+            builder.branch(head)
+            builder.position_at_end(head)
+            t, acc = builder.phi(_I64), builder.phi(vector)
+            t.add_incoming(ir.Constant(_I64, 0), entry)
+            acc.add_incoming(start, entry)
+            builder.cbranch(builder.icmp_signed("<", t, ir.Constant(_I64, NEIGHBOURS)), test,
+                            done)
+            builder.position_at_end(test)
+            j = _load_as(builder, context, sig.args[0], rows_a,
+                         builder.add(row, builder.mul(t, column)))
+            builder.cbranch(builder.icmp_signed("==", j, absent), step, add)
+            builder.position_at_end(add)
+            s = _load_as(builder, context, sig.args[2], state_a, _element_address(
+                builder, state_a, j, ir.Constant(_I64, sig.args[2].dtype.bitwidth // 8)))
+            index = builder.add(builder.mul(t, ir.Constant(_I64, GATHER_STATES)), s)
+            pointer = builder.inttoptr(_element_address(builder, table_a, index, table_stride),
+                                       vector.as_pointer())
+            added = builder.add(acc, builder.load(pointer, align=4))
+            builder.branch(step)
+            builder.position_at_end(step)
+            acc_next = builder.phi(vector)
+            acc_next.add_incoming(acc, test)
+            acc_next.add_incoming(added, add)
+            t.add_incoming(builder.add(t, ir.Constant(_I64, 1)), step)
+            acc.add_incoming(acc_next, step)
+            builder.branch(head)
+            builder.position_at_end(done)
+            builder.store(acc, builder.bitcast(first_a.data, vector.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    @intrinsic
+    def dense_tail(typingctx, values, units, n, w2t, b2, w3):
+        """The float64 sum the last layer adds to its bias: second-layer pre-activations
+        acc = sum over m < n, m ascending, of values[m] * w2t[units[m]] (from +0), then
+        p = max(acc + b2, 0) * w3, then p's SECOND_UNITS lanes added by halves (lanes j and
+        j + 16, then j and j + 8, .., then 0 and 1)."""
+        signature = types.float64(values, units, n, w2t, b2, w3)
+
+        def codegen(context, builder, sig, args):
+            values_a, units_a, _, w2t_a, b2_a, w3_a = (
+                context.make_array(t)(context, builder, a) if isinstance(t, types.Array)
+                else None for t, a in zip(sig.args, args, strict=True))
+            vector = ir.VectorType(_F64, SECOND_UNITS)
+            row_stride = builder.extract_value(w2t_a.strides, 0)
+            entry = builder.block
+            head, body, done = (builder.append_basic_block(f"tail.{n}")
+                                for n in ("head", "body", "done"))
+            builder.branch(head)
+            builder.position_at_end(head)
+            m, acc = builder.phi(_I64), builder.phi(vector)
+            m.add_incoming(ir.Constant(_I64, 0), entry)
+            acc.add_incoming(ir.Constant(vector, None), entry)  # +0 in every lane
+            builder.cbranch(builder.icmp_signed("<", m, args[2]), body, done)
+            builder.position_at_end(body)
+            x = builder.load(builder.gep(values_a.data, [m]))
+            unit = builder.load(builder.gep(units_a.data, [m]))
+            row = builder.inttoptr(_element_address(builder, w2t_a, unit, row_stride),
+                                   vector.as_pointer())
+            splat = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(vector, ir.Undefined), x,
+                                       ir.Constant(_I32, 0)),
+                ir.Constant(vector, ir.Undefined),
+                ir.Constant(ir.VectorType(_I32, SECOND_UNITS), [0] * SECOND_UNITS))
+            acc_next = builder.fadd(acc, builder.fmul(splat, builder.load(row, align=8)))
+            m.add_incoming(builder.add(m, ir.Constant(_I64, 1)), body)
+            acc.add_incoming(acc_next, body)
+            builder.branch(head)
+            builder.position_at_end(done)
+            b2v = builder.load(builder.bitcast(b2_a.data, vector.as_pointer()), align=8)
+            w3v = builder.load(builder.bitcast(w3_a.data, vector.as_pointer()), align=8)
+            y = builder.fadd(acc, b2v)
+            zero = ir.Constant(vector, None)
+            relu = builder.select(builder.fcmp_ordered(">", y, zero), y, zero)
+            p = builder.fmul(relu, w3v)
+            width = SECOND_UNITS
+            while width > 1:
+                width //= 2
+                low = builder.shuffle_vector(p, p, ir.Constant(
+                    ir.VectorType(_I32, width), list(range(width))))
+                high = builder.shuffle_vector(p, p, ir.Constant(
+                    ir.VectorType(_I32, width), list(range(width, 2 * width))))
+                p = builder.fadd(low, high)
+            return builder.extract_element(p, ir.Constant(_I32, 0))
+
+        return signature, codegen
