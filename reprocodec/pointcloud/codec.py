@@ -53,7 +53,7 @@ from . import adaptive, coder, octree
 from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
-from .native import NativeGatherNetworks, default_threads, ordered_map
+from .native import NativeGatherNetworks, default_threads
 from .weightsfile import read_weights
 
 PAYLOAD = "occupancy"
@@ -186,17 +186,15 @@ class PointCloudCodec:
                 candidates.append((False,) * depth)
         else:
             candidates = [(coders == "adaptive",) * depth]
-
-        def stream(levels: tuple[bool, ...]) -> pb.Bitstream:
+        best = None
+        for levels in dict.fromkeys(candidates):
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
                                mode)
-            return candidate
-
-        # Independent streams, built side by side; the first smallest in candidate order wins.
-        streams = ordered_map(stream, list(dict.fromkeys(candidates)), self.threads)
-        return min(streams, key=lambda s: s.ByteSize())
+            if best is None or candidate.ByteSize() < best.ByteSize():
+                best = candidate
+        return best
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0, mode):
         """The payloads and protected record of one per-level choice (levels[l]: adaptive)."""

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import numpy as np
 
@@ -39,8 +38,6 @@ if numba is not None:
     from .vectorops import dense_tail, gather_sum
 
 ROWS_PER_TASK = 1 << 13
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 def default_threads() -> int:
@@ -63,20 +60,17 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
-def ordered_map(work: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
-    """[work(item) for item in items] on `threads` threads (on the caller's when one), results
-    in the items' order: independent work whose results do not depend on who ran it."""
-    if threads <= 1 or len(items) <= 1:
-        return [work(item) for item in items]
-    futures = [_pool(threads).submit(work, item) for item in items]
-    return [f.result() for f in futures]
-
-
 def for_row_slices(work: Callable[[int, int], None], rows: int, threads: int) -> None:
-    """work(start, stop) on consecutive ROWS_PER_TASK slices of `rows`, on `threads` threads:
-    the slices must write disjoint outputs."""
-    slices = [(s, min(s + ROWS_PER_TASK, rows)) for s in range(0, rows, ROWS_PER_TASK)]
-    ordered_map(lambda bounds: work(*bounds), slices, threads)
+    """work(start, stop) on consecutive ROWS_PER_TASK slices of `rows`, on `threads` threads
+    (on the caller's when one): the slices must write disjoint outputs."""
+    starts = range(0, rows, ROWS_PER_TASK)
+    if threads <= 1 or rows <= ROWS_PER_TASK:
+        for start in starts:
+            work(start, min(start + ROWS_PER_TASK, rows))
+        return
+    futures = [_pool(threads).submit(work, s, min(s + ROWS_PER_TASK, rows)) for s in starts]
+    for f in futures:
+        f.result()
 
 
 class NativeGatherNetworks:
