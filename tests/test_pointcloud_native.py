@@ -224,3 +224,30 @@ def test_weights_reader_checks_storage_sizes(tmp_path):
     assert read_blob(_archive(tmp_path, pkl, {"0": bytes(16)}))["t"].tolist() == [0] * 4
     with pytest.raises(ValueError, match="has 12 bytes"):
         read_blob(_archive(tmp_path, pkl, {"0": bytes(12)}))
+
+
+def test_narrower_layers_are_padded_with_zero_units(elephant):
+    """A gather model narrower than the kernel's vectors (16, 8 units) runs natively, padded
+    with zero units: the same logits as its numpy reference and, within float rounding, as
+    the torch path of the same weights."""
+    from reprocodec.pointcloud.context import N_FEATURES
+    from reprocodec.pointcloud.networks import GatherNetworks, OccupancyMLP
+
+    rng = np.random.default_rng(1)
+    shapes = {"net.0.weight": (16, N_FEATURES), "net.0.bias": (16,), "net.2.weight": (8, 16),
+              "net.2.bias": (8,), "net.4.weight": (1, 8), "net.4.bias": (1,)}
+    state = {k: rng.normal(0, 0.3, s).astype(np.float16).astype(np.float32)
+             for k, s in shapes.items()}
+    assert native.NativeGatherNetworks.fits((16, 8))
+    net = native.NativeGatherNetworks(state, 10, threads=1)
+    model = OccupancyMLP((16, 8))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    torch_net = GatherNetworks(model, torch.float32, "cpu", 10)
+    for neighbours, bits, k, level in _passes(elephant, 7):
+        inputs = net.inputs(neighbours, bits, k, level, 7)
+        got = net.logits_of(inputs, k, 6 - level)
+        hidden = gather_first_layer(neighbours, inputs.state, net.first.tables[k],
+                                    net.first.biases[k, 6 - level])
+        want = native.numpy_rest(hidden, net.w2t, net.b2, net.w3, net.b3)
+        np.testing.assert_array_equal(got, want.astype(np.float64))
+        np.testing.assert_allclose(got, torch_net.logits_of(inputs, k, 6 - level), atol=1e-5)

@@ -84,10 +84,8 @@ class NativeGatherNetworks:
         if not (w2.shape[1] == self.first.hidden <= FIRST_UNITS and w2.shape[0] <= SECOND_UNITS):
             raise ValueError(f"hidden layers {self.first.hidden}, {w2.shape[0]} exceed the "
                              f"native kernel's {FIRST_UNITS}, {SECOND_UNITS}")
-        pad = FIRST_UNITS - self.first.hidden
-        self.tables = [np.ascontiguousarray(np.pad(t, ((0, 0), (0, pad))))
-                       for t in self.first.tables]
-        self.biases = {key: np.pad(b, (0, pad)) for key, b in self.first.biases.items()}
+        self.tables = [_padded(t, (t.shape[0], FIRST_UNITS)) for t in self.first.tables]
+        self.biases = {key: _padded(b, (FIRST_UNITS,)) for key, b in self.first.biases.items()}
         # float32 values held in float64 (exact), with the 2^-bits scale of the integer
         # activations folded in exactly (a power of two), as the torch path does in float32
         w2t = np.ldexp(w2, -bits).astype(np.float32).T.astype(np.float64)
@@ -150,8 +148,10 @@ def numpy_rest(hidden: np.ndarray, w2t: np.ndarray, b2: np.ndarray, w3: np.ndarr
 
 
 def _padded(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    return np.ascontiguousarray(np.pad(a, [(0, n - m) for m, n in zip(a.shape, shape,
-                                                                       strict=True)]))
+    """`a` with zeros appended up to `shape`, C-contiguous (`a` itself when it already is)."""
+    if a.shape != shape:
+        a = np.pad(a, [(0, n - m) for m, n in zip(a.shape, shape, strict=True)])
+    return np.ascontiguousarray(a)
 
 
 if numba is not None:
