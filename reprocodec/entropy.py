@@ -19,6 +19,7 @@ plain Python, which is slow but identical.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,36 @@ BYPASS_MAX = (1 << BYPASS_BITS) - 1
 MAX_MAGNITUDE = 1 << 26
 MAX_BYPASS_NIBBLES = 7
 _RANS_L = 1 << 31  # lower bound of the normalised state; also the encoder's initial state
+
+# Encoders compare code lengths to choose between coders: in integer units of 2^-COST_FRACTION
+# bits (code_length_table), summed exactly, so the choice and the stream bytes are the same on
+# every machine (a float log2 or a SIMD float sum could break a near tie differently).
+COST_FRACTION = 16
+
+
+@functools.cache
+def code_length_table() -> np.ndarray:
+    """int64 (2^PRECISION + 1,): entry f is the code length of a symbol of frequency f out of
+    2^PRECISION, PRECISION - log2(f), in units of 2^-COST_FRACTION bits (f = 0: a huge cost).
+    Integer arithmetic only: log2 by repeated squaring of the fixed-point mantissa, each
+    result bit exact (truncated), the same on every host."""
+    f = np.arange(1, (1 << PRECISION) + 1, dtype=np.int64)
+    whole = sum((f >> (s + 1) > 0).astype(np.int64) for s in range(PRECISION))  # floor(log2)
+    scale = 1 << 30
+    mantissa = np.left_shift(f, 30 - whole)  # f / 2^whole in [1, 2), 30 fraction bits
+    fraction = np.zeros_like(f)
+    for _ in range(COST_FRACTION):
+        mantissa = (mantissa * mantissa) >> 30  # < 2^62: no overflow
+        carry = mantissa >= 2 * scale
+        fraction = 2 * fraction + carry
+        mantissa = np.where(carry, mantissa >> 1, mantissa)
+    log2_fixed = (whole << COST_FRACTION) + fraction
+    table = np.empty((1 << PRECISION) + 1, dtype=np.int64)
+    table[0] = 1 << 40  # never coded: far more than any real code length
+    table[1:] = (PRECISION << COST_FRACTION) - log2_fixed
+    table.setflags(write=False)
+    return table
+
 
 # Decoder outcomes (kernel return codes).
 _OK, _EARLY_END, _BAD_INDEX, _BYPASS_RUN, _BAD_STATE, _BAD_VALUE = 0, 1, 2, 3, 4, 5

@@ -199,3 +199,18 @@ def test_indexes_beyond_32_bits_are_refused_not_wrapped():
         entropy.decode(data, wrapped, tables)
     with pytest.raises(InputError, match="32-bit"):
         entropy.encode(symbols, wrapped, tables)
+
+
+def test_code_length_table_is_integer_log2_within_one_unit():
+    """The encoders' choice between coders compares these integers: exact powers of two,
+    never under the true length, at most one 2^-16-bit unit over it."""
+    table = entropy.code_length_table()
+    assert table.dtype == np.int64 and table.size == (1 << entropy.PRECISION) + 1
+    unit = 1 << entropy.COST_FRACTION
+    for power in range(entropy.PRECISION + 1):
+        assert table[1 << power] == (entropy.PRECISION - power) * unit
+    f = np.arange(1, table.size)
+    true = (entropy.PRECISION - np.log2(f)) * unit
+    assert np.all(table[1:] >= np.floor(true)) and np.all(table[1:] <= np.ceil(true) + 1)
+    assert np.all(np.diff(table[1:]) <= 0)  # a likelier symbol never costs more
+    assert table[0] > 40 * table[1]  # a zero frequency is never chosen

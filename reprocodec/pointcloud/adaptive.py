@@ -28,8 +28,6 @@ functions run as plain Python (slow, identical).
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from .. import entropy
@@ -210,17 +208,11 @@ def decision_bits(occupancy: np.ndarray) -> np.ndarray:
     return byte_bits(occupancy).reshape(-1)
 
 
-def cost_bits(bits: np.ndarray, f0: np.ndarray) -> float:
-    """Ideal code length of the decisions in bits (the encoder's choice only: never decoded)."""
+def code_length(bits: np.ndarray, f0: np.ndarray) -> int:
+    """Ideal code length of the decisions in units of 2^-entropy.COST_FRACTION bits (the
+    encoder's choice only, never decoded; integers, so the same on every machine)."""
     freq = np.where(bits, _ONE - f0, f0)
-    return float(np.sum(_cost_table()[freq]))
-
-
-@functools.cache
-def _cost_table() -> np.ndarray:
-    """PRECISION - log2(f) of every frequency f (a lookup instead of a log per decision)."""
-    with np.errstate(divide="ignore"):
-        return _PRECISION - np.log2(np.arange(_ONE + 1, dtype=np.float64))
+    return int(np.sum(entropy.code_length_table()[freq]))
 
 
 def encode(bits: np.ndarray, f0: np.ndarray) -> bytes:

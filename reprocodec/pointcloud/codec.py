@@ -64,7 +64,7 @@ CODERS = ("auto", "learned", "adaptive")
 # ESTIMATE_MARGIN of the adaptive coder's exact cost (an encoder-side choice: any rule keeps
 # streams decodable and never larger than the adaptive coder's).
 ESTIMATE_NODES = 1 << 12
-ESTIMATE_MARGIN = 1.03
+ESTIMATE_MARGIN = (103, 100)  # 1.03 as a ratio of integers: an exact comparison
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
 # Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8.
 MAX_CODED_BITS = 1 << 28
@@ -158,7 +158,7 @@ class PointCloudCodec:
             occupancy = adaptive.occupancy_bytes(level_bits)
             adaptive_f0.append(model.observe(occupancy, want_f0=True))
             adaptive_bits.append(adaptive.decision_bits(occupancy))
-            adaptive_cost.append(adaptive.cost_bits(adaptive_bits[-1], adaptive_f0[-1]))
+            adaptive_cost.append(adaptive.code_length(adaptive_bits[-1], adaptive_f0[-1]))
         learned: list[coder.LearnedLevel | None] = [None] * depth
         tables = octree.LevelTables()
         for level in range(depth if coders != "adaptive" else 0):
@@ -172,14 +172,15 @@ class PointCloudCodec:
                 estimate = coder.estimate_level_cost(neighbours, bits[level], level, depth,
                                                      self._predict, self.tables, self.decision,
                                                      rows)
-                if estimate > ESTIMATE_MARGIN * adaptive_cost[level]:
+                over, under = ESTIMATE_MARGIN
+                if estimate * under > over * adaptive_cost[level]:
                     continue
             learned[level] = coder.learned_level(
                 neighbours, bits[level], level, depth, self._predict, self.tables, mode,
                 self.decision)
         if coders == "auto":
             # Ties go to the adaptive coder: exact integers, nothing to protect.
-            choice = tuple(lv is None or a <= lv.cost_bits
+            choice = tuple(lv is None or a <= lv.cost
                            for a, lv in zip(adaptive_cost, learned, strict=True))
             candidates = [choice, (True,) * depth]
             if all(lv is not None for lv in learned):

@@ -7,7 +7,7 @@ Per learned level l and sub-pass k (child k of every level-l node, all nodes at 
 Levels the stream gives to the adaptive context coder (adaptive.py: integer counts, its own
 rANS stream, decoded node by node) skip all of this; both coders' levels walk the same
 octree, and the adaptive model's counts see every level's bits. The encoder prices each level
-both ways (learned_level / estimate_level_cost against adaptive.cost_bits; codec.py picks).
+both ways (learned_level / estimate_level_cost against adaptive.code_length; codec.py picks).
 
 The decoder runs the same steps with its own floats; the occupancy decision's `resolve_pass`
 turns them into the encoder's indices as long as they are within the error bound. The side
@@ -78,7 +78,8 @@ class LearnedLevel:
     bodies: list[bytes]  # per pass safeguard body
     risky: int
     candidates: int
-    cost_bits: float  # rANS code length of the bits plus the side information of the passes
+    cost: int  # rANS code length of the bits plus the side information of the passes, in
+    # units of 2^-entropy.COST_FRACTION bits (exact integers: the same choice on every machine)
 
 
 def learned_level(
@@ -97,32 +98,33 @@ def learned_level(
         candidates += protected.candidate_count
     index = np.concatenate(indices)
     cost = _code_length(bits.T.reshape(-1), index, tables)
-    cost += sum(side_bits(b) for b in bodies)
+    cost += sum(side_bits(b) for b in bodies) << entropy.COST_FRACTION
     return LearnedLevel(index, bodies, risky, candidates, cost)
 
 
 def estimate_level_cost(
     table: np.ndarray, bits: np.ndarray, level: int, depth: int, predict: Predict,
     tables: entropy.CdfTables, decision: ProtectedDecision, rows: np.ndarray,
-) -> float:
-    """The learned model's code length of a level estimated from some of its nodes (rows of
-    its neighbour table; the encoder's choice only: a level it then codes is computed in
-    full)."""
+) -> int:
+    """The learned model's code length of a level (units as LearnedLevel.cost) estimated from
+    some of its nodes (rows of its neighbour table; the encoder's choice only: a level it then
+    codes is computed in full)."""
     neighbours = table[rows]
     index = np.concatenate([_grid_index(decision.protect_pass(
         predict(neighbours, bits, k, level, depth), Mode.NONE).indices)
         for k in range(N_PASSES)])
     sample_bits = bits[rows].T.reshape(-1)
-    return _code_length(sample_bits, index, tables) * bits.shape[0] / rows.size
+    return _code_length(sample_bits, index, tables) * bits.shape[0] // rows.size
 
 
-def _code_length(coded: np.ndarray, index: np.ndarray, tables: entropy.CdfTables) -> float:
-    """Ideal rANS code length in bits of coded bits under their grid indices."""
+def _code_length(coded: np.ndarray, index: np.ndarray, tables: entropy.CdfTables) -> int:
+    """Ideal rANS code length of coded bits under their grid indices, in units of
+    2^-entropy.COST_FRACTION bits (integers: exact sums)."""
     p0 = tables.cdfs[:, 1].astype(np.int64)  # per grid index, then a lookup per bit
-    cost = np.stack([entropy.PRECISION - np.log2(p0),
-                     entropy.PRECISION - np.log2((1 << entropy.PRECISION) - p0)])
+    length = entropy.code_length_table()
+    cost = np.stack([length[p0], length[(1 << entropy.PRECISION) - p0]])
     row = index.astype(np.intp) + GRID_K
-    return float(np.sum(cost[coded.astype(np.intp), row]))
+    return int(np.sum(cost[coded.astype(np.intp), row]))
 
 
 def learned_levels(
