@@ -75,7 +75,7 @@ def test_image_codec_encodes_and_decodes_with_device_tensors(device_shim):
     assert set(codec.network_floats(sample)) == {"scale_index", "pixels"}
 
 
-@pytest.mark.parametrize("model", ["octree-ctx-v2", "octree-ctx-v1"])
+@pytest.mark.parametrize("model", ["octree-ctx-v3", "octree-ctx-v2", "octree-ctx-v1"])
 def test_point_cloud_codec_encodes_and_decodes_with_device_tensors(device_shim, model):
     from reprocodec.pointcloud import PointCloudCodec
     from reprocodec.pointcloud.ply import read_ply

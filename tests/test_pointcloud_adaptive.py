@@ -24,7 +24,8 @@ from reprocodec.safeguard import Mode
 SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
 
 
-@pytest.fixture(scope="module", params=[DEFAULT_MODEL, "octree-ctx-v1"])
+@pytest.fixture(scope="module",
+                params=list(dict.fromkeys([DEFAULT_MODEL, "octree-ctx-v2", "octree-ctx-v1"])))
 def codec(request):
     return PointCloudCodec.load(request.param)
 
@@ -73,6 +74,17 @@ def streams(codec):
             for name, (pts, d) in CLOUDS.items()}
 
 
+@pytest.fixture(scope="module")
+def mixed(streams):
+    """A cloud whose stream mixes both coders under this model: the outlier cloud (v1, v2);
+    octree-ctx-v3 codes it learned on every level, and mixes on the sparse surface."""
+    for name in ("outliers", "sparse"):
+        levels = _levels(streams[name], CLOUDS[name][1])
+        if "L" in levels and "A" in levels:
+            return name
+    raise AssertionError("no cloud mixes the coders")
+
+
 @pytest.mark.parametrize("name", list(CLOUDS))
 def test_lossless_and_never_larger_than_the_adaptive_coder(codec, streams, name):
     points, depth = CLOUDS[name]
@@ -107,7 +119,7 @@ def test_sparse_clouds_use_the_adaptive_coder_where_it_is_cheaper(codec, streams
     points, depth = CLOUDS[name]
     msg = streams[name]
     levels = _levels(msg, depth)
-    assert levels.endswith("AA"), levels  # the finest, sparse levels (v1: the last three)
+    assert levels.endswith("A"), levels  # the finest, sparsest level (v2: two, v1: three)
     fields = inspect_fields(msg)
     assert fields["level_coders"] == levels and fields["adaptive_occupancy_bits"] > 0
     learned = codec.encode(points, "syndrome", depth=depth, coders="learned")
@@ -115,8 +127,9 @@ def test_sparse_clouds_use_the_adaptive_coder_where_it_is_cheaper(codec, streams
     assert msg.ByteSize() < learned.ByteSize()
 
 
-def test_mixed_stream_is_protected_and_exact_under_noise_within_the_bound(codec, monkeypatch):
-    points, depth = CLOUDS["outliers"]
+def test_mixed_stream_is_protected_and_exact_under_noise_within_the_bound(codec, monkeypatch,
+                                                                         mixed):
+    points, depth = CLOUDS[mixed]
     msg = container.unpack(container.pack(codec.encode(points, "syndrome", depth=depth)))
     levels = _levels(msg, depth)
     assert "L" in levels and "A" in levels, levels
@@ -306,9 +319,9 @@ def test_hostile_adaptive_payloads_are_refused(codec):
     assert outcomes.count("exact") <= 2, outcomes  # an edit of padding-like bits at most
 
 
-def test_hostile_adaptive_shapes_and_layouts_are_refused(codec, streams):
-    points, depth = CLOUDS["outliers"]
-    msg = streams["outliers"]
+def test_hostile_adaptive_shapes_and_layouts_are_refused(codec, streams, mixed):
+    points, depth = CLOUDS[mixed]
+    msg = streams[mixed]
     assert [p.name for p in msg.payloads] == [PAYLOAD, ADAPTIVE_PAYLOAD]
     expected = octree.voxelize(points, depth).voxels
     n = int(msg.point_cloud.num_points)

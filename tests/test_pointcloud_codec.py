@@ -1,9 +1,10 @@
 """The learned point-cloud codec: lossless round trips, protection, verification, bad streams.
 
-Uses the shipped weights, the default model (octree-ctx-v2: integer first layer) and
-octree-ctx-v1 (old streams still decode), on small clouds (depth <= 8) so the file runs in
-seconds. Numerics differences are injected through `numerics.perturb` (the noise hook the
-codec calls on the decoder's logits), so no profile needs to be applied in this process.
+Uses the shipped weights, the default model (octree-ctx-v3: integer first layer),
+octree-ctx-v2 and octree-ctx-v1 (old streams still decode), on small clouds (depth <= 8) so
+the file runs in seconds. Numerics differences are injected through `numerics.perturb` (the
+noise hook the codec calls on the decoder's logits), so no profile needs to be applied in this
+process.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from reprocodec.safeguard import Mode
 SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
 
 
-MODELS = (DEFAULT_MODEL, "octree-ctx-v1")
+MODELS = tuple(dict.fromkeys((DEFAULT_MODEL, "octree-ctx-v2", "octree-ctx-v1")))
 
 
 @pytest.fixture(scope="module", params=MODELS)

@@ -1,5 +1,5 @@
 """The exact kernels of the fast point-cloud path: neighbour tables made from the parent
-level's, and the integer gather-sum first layer (networks.GatherNetworks, octree-ctx-v2 on).
+level's, and the integer gather-sum first layer (networks.GatherNetworks, octree-ctx-v2 and v3).
 
 Each is checked against an independent reference: octree.neighbour_table's binary searches;
 the first layer as a float64 matrix product of the same integer weights over the features of
@@ -194,3 +194,19 @@ def test_sparse_training_variants_are_sparser_subsets():
     for v in variants:
         assert 0 < v.shape[0] < 0.6 * voxels.shape[0]
         assert set(map(tuple, v.tolist())) <= keys
+
+
+def test_coarse_training_clouds_are_the_parent_levels():
+    """pointcloud_train --coarse: a cloud re-voxelized at a coarser depth is exactly the octree's
+    occupied nodes at that level (so its samples are what the codec sees coding that depth);
+    fine levels are subsampled 4x less per depth down, never above 1."""
+    from reprocodec.train.pointcloud_train import coarse_clouds, fine_keep
+
+    voxels = octree.sort_voxels(read_ply(SAMPLES / "elephant_d7.ply"))
+    codes, _ = octree.build_levels(voxels, 7)
+    clouds = coarse_clouds(voxels, 7, [4, 6, 7, 9])
+    assert [d for _, d in clouds] == [4, 6]
+    for cloud, d in clouds:
+        assert cloud.max() < (1 << d)
+        np.testing.assert_array_equal(np.sort(octree.morton_encode(cloud)), codes[d])
+    assert fine_keep(9, 0.4) == 0.4 and fine_keep(10, 0.4) == 0.1 and fine_keep(8, 0.4) == 1.0

@@ -14,7 +14,7 @@ from ..errors import UnknownModelError
 from ..shipped import WEIGHTS_DIR, check_weights_hash, model_files
 
 ARCHITECTURE = "octree-context"
-DEFAULT_MODEL = "octree-ctx-v2"
+DEFAULT_MODEL = "octree-ctx-v3"
 # Used until a calibrated bound is in the model's json. Measured CPU-profile differences of
 # the MLP's logits are ~1e-6 or less; 1e-4 keeps a wide margin while the risky zone stays at
 # 2e/step = 0.3 % of coded bits (step 1/16).
