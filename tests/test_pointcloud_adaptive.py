@@ -16,7 +16,7 @@ import pytest
 from reprocodec import container, numerics
 from reprocodec.errors import ContainerError, InputError, TooLargeError, VerificationError
 from reprocodec.pointcloud import PointCloudCodec, adaptive, inspect_fields, octree
-from reprocodec.pointcloud.codec import ADAPTIVE_PAYLOAD, PAYLOAD
+from reprocodec.pointcloud.codec import ADAPTIVE_PAYLOAD, LEARNED_PAYLOADS
 from reprocodec.pointcloud.models import DEFAULT_MODEL
 from reprocodec.pointcloud.ply import read_ply
 from reprocodec.safeguard import Mode
@@ -27,7 +27,12 @@ SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
 @pytest.fixture(scope="module",
                 params=list(dict.fromkeys([DEFAULT_MODEL, "octree-ctx-v2", "octree-ctx-v1"])))
 def codec(request):
-    return PointCloudCodec.load(request.param)
+    # The per-level coder choice is made under the model's own probabilities; refined ones
+    # (test_pointcloud_refine.py) can make all-learned the smallest stream on these small
+    # clouds and hide the mixing this module tests, so its learned payloads stay static.
+    codec = PointCloudCodec.load(request.param)
+    codec.refine = False
+    return codec
 
 
 def _surface(n: int, seed: int) -> np.ndarray:
@@ -107,8 +112,10 @@ def test_lossless_and_never_larger_than_the_adaptive_coder(codec, streams, name)
 def test_dense_surface_is_coded_by_the_learned_model(streams, codec):
     msg = streams["dense"]
     assert _levels(msg, 6) == "LLLLLL" == inspect_fields(msg)["level_coders"]
-    # Every level learned is the earlier layout: one payload, one protected tensor.
-    assert [p.name for p in msg.payloads] == [PAYLOAD] and len(msg.protected) == 1
+    # Every level learned is the earlier layout: one payload (static or refined
+    # probabilities), one protected tensor.
+    assert len(msg.payloads) == 1 and len(msg.protected) == 1
+    assert msg.payloads[0].name in LEARNED_PAYLOADS
     camel = CLOUDS["dense"][0]
     alone = codec.encode(camel, "syndrome", depth=6, coders="adaptive")
     assert msg.ByteSize() < 0.75 * alone.ByteSize()  # the learned model earns its place
@@ -322,7 +329,8 @@ def test_hostile_adaptive_payloads_are_refused(codec):
 def test_hostile_adaptive_shapes_and_layouts_are_refused(codec, streams, mixed):
     points, depth = CLOUDS[mixed]
     msg = streams[mixed]
-    assert [p.name for p in msg.payloads] == [PAYLOAD, ADAPTIVE_PAYLOAD]
+    assert [p.name for p in msg.payloads][1:] == [ADAPTIVE_PAYLOAD]
+    assert msg.payloads[0].name in LEARNED_PAYLOADS
     expected = octree.voxelize(points, depth).voxels
     n = int(msg.point_cloud.num_points)
     total = int(msg.payloads[-1].shape[0])

@@ -92,5 +92,9 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
         "adaptive_occupancy_bits": int(adaptive[0].shape[0]) if adaptive else 0,
         # the coder of each octree level, root first: L learned model, A adaptive context coder
         "level_coders": levels,
+        # the learned levels' probabilities: the model's, or refined per stream (refine.py)
+        "learned_probabilities": ("refined" if any(p.name == "occupancy_refined"
+                                                   for p in msg.payloads)
+                                  else "model" if msg.protected else "none"),
         "bits_per_point": stats.bits_per_element,
     }

@@ -229,24 +229,25 @@ def encode(bits: np.ndarray, f0: np.ndarray) -> bytes:
 class Decoder:
     """The adaptive rANS stream being decoded (Model.decode_level reads it level by level)."""
 
+    label = "adaptive occupancy data"  # what error messages call the stream
+
     def __init__(self, data: bytes):
         data = bytes(data)
         if len(data) < 8 or len(data) % 4:
-            raise AdaptiveStreamError(f"malformed bitstream: adaptive occupancy data of "
-                                      f"{len(data)} bytes is not a whole rANS stream")
+            raise AdaptiveStreamError(f"malformed bitstream: {self.label} of {len(data)} bytes "
+                                      "is not a whole rANS stream")
         self.words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
         x = int(self.words[0]) | (int(self.words[1]) << 32)
         if x < _RANS_L:
-            raise AdaptiveStreamError("malformed bitstream: adaptive occupancy data has an "
-                                      "invalid initial state")
+            raise AdaptiveStreamError(f"malformed bitstream: {self.label} has an invalid "
+                                      "initial state")
         self.state = np.array([x, 2], dtype=np.uint64)
 
     def finish(self) -> None:
         x, pos = int(self.state[0]), int(self.state[1])
         if pos != self.words.size or x != _RANS_L:
-            raise AdaptiveStreamError("malformed bitstream: adaptive occupancy data does not "
-                                      f"end at its last decision ({self.words.size - pos} "
-                                      "words left over)")
+            raise AdaptiveStreamError(f"malformed bitstream: {self.label} does not end at its "
+                                      f"last decision ({self.words.size - pos} words left over)")
 
 
 def encoded_size(voxels: np.ndarray, depth: int) -> int:

@@ -49,7 +49,7 @@ from ..errors import (
 )
 from ..safeguard import ErrorBound, Mode
 from ..v1 import bitstream_pb2 as pb
-from . import adaptive, coder, octree
+from . import adaptive, coder, octree, refine
 from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
@@ -57,6 +57,9 @@ from .native import NativeGatherNetworks, default_threads
 from .weightsfile import read_weights
 
 PAYLOAD = "occupancy"
+# The same learned bits coded under refine.py's per-stream adapted probabilities, when smaller.
+REFINED_PAYLOAD = "occupancy_refined"
+LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD)
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
 CODERS = ("auto", "learned", "adaptive")
 # The encoder estimates the model's cost of a level of at least 4 * ESTIMATE_NODES nodes from
@@ -81,6 +84,9 @@ class DecodedPointCloud:
 
 class PointCloudCodec:
     kind = "point_cloud"
+    # Try refined probabilities for the learned levels (kept when smaller). Off: the model's
+    # own probabilities always (tests of the per-level choice, benchmarks measuring the gain).
+    refine = True
 
     def __init__(self, pt_path: Path, info: PointCloudModelInfo, threads: int | None = None):
         self.info = info
@@ -206,7 +212,13 @@ class PointCloudCodec:
                                        [bits[lv] for lv in chosen], self.tables, mode)
             total = coded.indices.size
             occupancy = np.concatenate([bits[lv].T.reshape(-1) for lv in chosen])  # coding order
-            msg.payloads.append(container.make_payload(PAYLOAD, coded.data, [total], occupancy))
+            name, data = PAYLOAD, coded.data
+            if self.refine:
+                refined = refine.encode(occupancy, coded.indices + coder.GRID_K,
+                                        self.tables.cdfs[:, 1])
+                if len(refined) < len(data):  # ties: the static coding, as before
+                    name, data = REFINED_PAYLOAD, refined
+            msg.payloads.append(container.make_payload(name, data, [total], occupancy))
             msg.protected.append(self.decision.record(coded.indices, coded.side_info, mode,
                                                       coded.risky_count, coded.candidate_count))
         chosen = [lv for lv in range(depth) if levels[lv]]
@@ -232,10 +244,12 @@ class PointCloudCodec:
             voxels = np.zeros((0, 3), np.int64)
             return self._result(msg, voxels, depth, True, start)
         names = [p.name for p in msg.payloads]
-        if names not in ([PAYLOAD], [PAYLOAD, ADAPTIVE_PAYLOAD], [ADAPTIVE_PAYLOAD]) or \
-                len(msg.protected) != (PAYLOAD in names):
-            raise ContainerError("a point cloud stream has an occupancy payload with one "
-                                 "protected tensor, an adaptive occupancy payload, or both")
+        learned_name = names[0] if names and names[0] in LEARNED_PAYLOADS else None
+        if names not in ([learned_name], [learned_name, ADAPTIVE_PAYLOAD], [ADAPTIVE_PAYLOAD]) \
+                or len(msg.protected) != (learned_name is not None):
+            raise ContainerError("a point cloud stream has an occupancy payload (static or "
+                                 "refined) with one protected tensor, an adaptive occupancy "
+                                 "payload, or both")
         levels, adaptive_data, adaptive_total = (False,) * depth, b"", 0
         if ADAPTIVE_PAYLOAD in names:
             payload = msg.payloads[names.index(ADAPTIVE_PAYLOAD)]
@@ -243,15 +257,15 @@ class PointCloudCodec:
             adaptive_total = int(payload.shape[0])
             if len(payload.shape) != 1 or adaptive_total % N_PASSES:
                 raise ContainerError("adaptive occupancy payload has a bad shape")
-            if all(levels) == (PAYLOAD in names):
+            if all(levels) == (learned_name is not None):
                 raise ContainerError("the adaptive occupancy payload's levels and the learned "
                                      "payload disagree")
             if adaptive_total > N_PASSES * n * depth:
                 raise ContainerError(f"{adaptive_total} coded bits is impossible for {n} points")
         total, mode, bound, t = 0, Mode.NONE, self.bound, None
         data = b""
-        if PAYLOAD in names:
-            data = container.payload_bytes(msg, PAYLOAD)
+        if learned_name is not None:
+            data = container.payload_bytes(msg, learned_name)
             t = container.protected_tensor(msg, TENSOR)
             total = int(t.shape[0])
             if len(t.shape) != 1 or list(msg.payloads[0].shape) != [total] or total % N_PASSES:
@@ -268,6 +282,7 @@ class PointCloudCodec:
             data, t.side_info if t is not None else b"", total, depth, self._predict,
             self.tables, mode, bound, self.decision, verify=verify, adaptive_levels=levels,
             adaptive_data=adaptive_data, adaptive_total=adaptive_total, max_nodes=n,
+            refined=learned_name == REFINED_PAYLOAD,
         )
         if verify and t is not None:
             if checksum(out.occupancy) != msg.payloads[0].symbols_checksum:

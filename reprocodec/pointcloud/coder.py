@@ -35,14 +35,13 @@ from ..decision import ProtectedDecision
 from ..errors import ContainerError, VerificationError
 from ..safeguard import DecisionQuantizer, ErrorBound, Mode, SafeguardError
 from ..safeguard.bitio import BitReader, BitWriter, decode_varint, encode_varint
-from . import adaptive, octree
+from . import adaptive, octree, refine
 from .context import N_PASSES
-from .grid import LOGIT_LIMIT, LOGIT_STEP
+from .grid import GRID_K, LOGIT_STEP
 
 # (neighbour table, bits so far, pass k, level, depth) -> float64 logits of child k of each node
 Predict = Callable[[np.ndarray, np.ndarray, int, int, int], np.ndarray]
 LOGIT_QUANTIZER = DecisionQuantizer.uniform(LOGIT_STEP)
-GRID_K = int(round(LOGIT_LIMIT / LOGIT_STEP))
 TENSOR = "occupancy_logit"
 
 
@@ -181,9 +180,11 @@ def decompress(
     tables: entropy.CdfTables, mode: Mode, bound: ErrorBound, decision: ProtectedDecision,
     verify: bool = True, adaptive_levels: tuple[bool, ...] | None = None,
     adaptive_data: bytes = b"", adaptive_total: int = 0, max_nodes: int | None = None,
+    refined: bool = False,
 ) -> Decompressed:
     """Leaf Morton codes, the clamped indices used and the decoded bits of each coder in
-    coding order. Levels with adaptive_levels[l] set come from the adaptive stream
+    coding order. The learned stream is static rANS, or with refined=True refine.py's
+    adapted probabilities. Levels with adaptive_levels[l] set come from the adaptive stream
     (adaptive.py), the others from the learned one. Never decodes more than `total_bits`
     learned and `adaptive_total` adaptive decisions (the encoder's counts) nor a level of more
     than `max_nodes` nodes (a level never has more nodes than the cloud has points): a
@@ -199,7 +200,10 @@ def decompress(
     adaptive_levels = tuple(adaptive_levels or (False,) * depth)
     use_adaptive = any(adaptive_levels)
     last_adaptive = max((lv for lv in range(depth) if adaptive_levels[lv]), default=-1)
-    decoder = entropy.Decoder(data, tables, lenient=not verify) if total_bits else None
+    decoder: entropy.Decoder | refine.Decoder | None = None
+    if total_bits:  # refined: the learned bits under refine.py's adapted probabilities
+        decoder = (refine.Decoder(data, tables.cdfs[:, 1], lenient=not verify) if refined
+                   else entropy.Decoder(data, tables, lenient=not verify))
     reader = _SyndromeReader if mode is Mode.SYNDROME else _SideReader
     side = reader(side_info, mode, (depth - sum(adaptive_levels)) * N_PASSES)
     model = adaptive.Model() if use_adaptive else None

@@ -13,6 +13,7 @@ ARCHITECTURE = "octree-context"
 LOGIT_STEP = 1.0 / 16.0
 LOGIT_LIMIT = 12.0
 CDF_PRECISION = 16
+GRID_K = int(round(LOGIT_LIMIT / LOGIT_STEP))  # grid indices -K..K, CDF table rows 0..2K
 
 
 def grid_size() -> int:

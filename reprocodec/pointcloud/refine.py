@@ -1,0 +1,153 @@
+"""Refined learned probabilities: the model's protected grid index, adapted to this stream.
+
+The learned model is trained once; a given cloud's statistics differ a little (a smoother
+surface, another density). This adaptive probability map (an "APM" / secondary estimation)
+corrects the model's probability per stream, with integers only:
+
+    grid index g (0..2K, protected) -> bucket position g / SPACING, between buckets lo, lo + 1
+    P(bit = 0) = the two buckets' values interpolated with integer weights
+    after the bit: the nearer bucket moves 2^-RATE of the way towards the bit
+
+The buckets start at the shipped CDF table's probabilities (no adaptation = the model's
+own probability at the bucket centres). Encoder and decoder walk the same bits in the same
+coding order (learned levels, pass-major), so the probabilities are equal on both sides by
+construction: nothing here is a float, nothing to protect. The refined bits are coded with
+the adaptive coder's binary rANS (adaptive.encode); the encoder keeps whichever of the static
+and the refined coding is smaller (codec.py), so refining never costs bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import entropy
+from . import adaptive
+from .grid import GRID_K
+
+try:
+    import numba
+except ImportError:  # the light client install
+    numba = None  # type: ignore[assignment]
+
+SPACING = 12  # grid indices between buckets: 2K = 384 = 32 * 12, so 33 buckets
+BUCKETS = 2 * GRID_K // SPACING + 1
+RATE = 6  # each update moves the nearer bucket 1/64 of the way to the bit
+FRACTION = 6  # buckets hold P(0) in 2^-(16 + FRACTION) units
+_ONE = 1 << adaptive._PRECISION
+
+
+def _jit(fn):
+    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
+
+
+def initial_buckets(f0_table: np.ndarray) -> np.ndarray:
+    """(BUCKETS,) int64: the shipped table's P(0) at each bucket's grid index."""
+    f0 = np.asarray(f0_table, dtype=np.int64)
+    if f0.size != 2 * GRID_K + 1:
+        raise ValueError(f"a CDF table of {f0.size} rows, not {2 * GRID_K + 1}")
+    return f0[np.arange(BUCKETS) * SPACING] << FRACTION
+
+
+@_jit
+def _probability(buckets, g):  # pragma: no cover - compiled
+    """P(0) in 1/2^16 of grid row g, and the bucket its bit updates."""
+    lo = min(g // SPACING, BUCKETS - 2)
+    w = g - lo * SPACING
+    p = ((SPACING - w) * buckets[lo] + w * buckets[lo + 1]) // SPACING
+    f0 = min(max(p >> FRACTION, np.int64(1)), np.int64(_ONE - 1))
+    nearer = lo if 2 * w < SPACING else lo + 1
+    return f0, nearer
+
+
+@_jit
+def _update(buckets, j, bit):  # pragma: no cover - compiled
+    target = np.int64(0) if bit else np.int64(_ONE << FRACTION)
+    buckets[j] += (target - buckets[j]) >> RATE  # arithmetic shift: floor, on both sides
+
+
+@_jit
+def _walk_kernel(rows, bits, buckets, f0_out):  # pragma: no cover - compiled
+    """The encoder's walk: each bit's P(0), then the update."""
+    for i in range(rows.size):
+        f0, j = _probability(buckets, np.int64(rows[i]))
+        f0_out[i] = f0
+        _update(buckets, j, bits[i])
+
+
+@_jit
+def _decode_kernel(words, state, rows, buckets, out):  # pragma: no cover - compiled
+    """Decode out.size bits at state = [x, pos] (adaptive.Decoder's), updating the buckets as
+    the encoder did. Returns adaptive._OK or _EARLY_END; never reads outside words."""
+    x = np.uint64(state[0])
+    pos = np.int64(state[1])
+    mask = np.uint64(_ONE - 1)
+    for i in range(rows.size):
+        f0_signed, j = _probability(buckets, np.int64(rows[i]))
+        f0 = np.uint64(f0_signed)
+        cum = x & mask
+        if cum < f0:
+            bit, start, freq = np.int64(0), np.uint64(0), f0
+        else:
+            bit, start, freq = np.int64(1), f0, np.uint64(_ONE) - f0
+        x, pos = entropy._renormalize(
+            words, freq * (x >> np.uint64(adaptive._PRECISION)) + cum - start, pos)
+        x = np.uint64(x)
+        if pos < 0:
+            state[0] = x
+            state[1] = np.uint64(words.size)
+            return adaptive._EARLY_END
+        _update(buckets, j, bit)
+        out[i] = bit
+    state[0] = x
+    state[1] = np.uint64(pos)
+    return adaptive._OK
+
+
+def encode(bits: np.ndarray, rows: np.ndarray, f0_table: np.ndarray) -> bytes:
+    """rANS bytes of the learned bits (coding order) under refined probabilities of their
+    CDF-table rows (grid index + K)."""
+    b = np.ascontiguousarray(bits, dtype=np.uint8)
+    r = np.ascontiguousarray(rows, dtype=np.int64)
+    if b.shape != r.shape or (r.size and (r.min() < 0 or r.max() > 2 * GRID_K)):
+        raise ValueError("refined coding needs one CDF row in 0..2K per bit")
+    f0 = np.empty(r.size, dtype=np.int64)
+    _walk_kernel(r, b, initial_buckets(f0_table), f0)
+    return adaptive.encode(b, f0)
+
+
+class Decoder(adaptive.Decoder):
+    """The refined learned stream being decoded, pass by pass (coder.decompress), with the
+    entropy.Decoder interface: decode(rows) -> bits, finish(), and lenient=True (benchmarks)
+    yields zeros once the stream breaks off instead of raising."""
+
+    label = "refined occupancy data"
+
+    def __init__(self, data: bytes, f0_table: np.ndarray, lenient: bool = False):
+        self.lenient, self.failed = lenient, False
+        try:
+            super().__init__(data)
+        except adaptive.AdaptiveStreamError:
+            if not lenient:
+                raise
+            self.failed = True
+        self.buckets = initial_buckets(f0_table)
+
+    def decode(self, rows) -> np.ndarray:
+        r = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+        out = np.zeros(r.size, dtype=np.int32)
+        if self.failed:
+            return out
+        if r.size and (r.min() < 0 or r.max() > 2 * GRID_K):
+            raise ValueError("a CDF row outside the grid")  # the decoder's own indices: a bug
+        code = _decode_kernel(self.words, self.state, r, self.buckets, out)
+        if code != adaptive._OK:
+            self.failed = True
+            if not self.lenient:
+                raise adaptive.AdaptiveStreamError(
+                    f"malformed bitstream: {self.label} ends before its last decision")
+            out[:] = 0
+        return out
+
+    def finish(self) -> None:
+        if not self.failed:
+            super().finish()

@@ -1,0 +1,152 @@
+"""Refined learned probabilities (pointcloud/refine.py): integer-exact adaptation of the
+model's grid-index probabilities per stream, chosen by the encoder only when smaller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reprocodec import container
+from reprocodec.errors import ContainerError, TooLargeError, VerificationError
+from reprocodec.pointcloud import PointCloudCodec, inspect_fields, octree, refine
+from reprocodec.pointcloud.codec import PAYLOAD, REFINED_PAYLOAD
+from reprocodec.pointcloud.grid import GRID_K
+from reprocodec.pointcloud.ply import read_ply
+from reprocodec.safeguard import Mode
+
+SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return PointCloudCodec.load()
+
+
+@pytest.fixture(scope="module")
+def camel():
+    return read_ply(SAMPLES / "camel_d6.ply")
+
+
+def _reference_f0(rows: np.ndarray, bits: np.ndarray, f0_table: np.ndarray) -> np.ndarray:
+    """The module docstring's rule in plain Python integers (an independent reading)."""
+    buckets = [int(f0_table[j * refine.SPACING]) << refine.FRACTION
+               for j in range(refine.BUCKETS)]
+    out = []
+    for g, bit in zip(rows.tolist(), bits.tolist(), strict=True):
+        lo = min(g // refine.SPACING, refine.BUCKETS - 2)
+        w = g - lo * refine.SPACING
+        p = ((refine.SPACING - w) * buckets[lo] + w * buckets[lo + 1]) // refine.SPACING
+        out.append(min(max(p >> refine.FRACTION, 1), (1 << 16) - 1))
+        j = lo if 2 * w < refine.SPACING else lo + 1
+        target = 0 if bit else 1 << (16 + refine.FRACTION)
+        buckets[j] += (target - buckets[j]) >> refine.RATE
+    return np.array(out, np.int64)
+
+
+def _random_coding(seed: int, n: int, codec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    f0_table = codec.tables.cdfs[:, 1].astype(np.int64)
+    rows = rng.integers(0, 2 * GRID_K + 1, n)
+    bits = (rng.random(n) * (1 << 16) >= f0_table[rows]).astype(np.uint8)  # the model's law
+    return rows, bits, f0_table
+
+
+def test_probabilities_follow_the_rule_and_round_trip(codec):
+    rows, bits, f0_table = _random_coding(3, 20000, codec)
+    f0 = np.empty(rows.size, np.int64)
+    refine._walk_kernel(rows, bits, refine.initial_buckets(f0_table), f0)
+    np.testing.assert_array_equal(f0, _reference_f0(rows, bits, f0_table))
+    data = refine.encode(bits, rows, f0_table)
+    decoder = refine.Decoder(data, f0_table)
+    got = np.concatenate([decoder.decode(rows[:7000]), decoder.decode(rows[7000:])])
+    decoder.finish()
+    np.testing.assert_array_equal(got, bits)
+
+
+def test_truncated_or_overlong_refined_data_is_refused(codec):
+    rows, bits, f0_table = _random_coding(4, 5000, codec)
+    data = refine.encode(bits, rows, f0_table)
+    for bad in (b"", data[:4], data[:-4], data[:8]):
+        with pytest.raises(ContainerError):
+            decoder = refine.Decoder(bad, f0_table)
+            decoder.decode(rows)
+            decoder.finish()
+    with pytest.raises(ContainerError, match="does not end"):
+        decoder = refine.Decoder(data + data[-4:], f0_table)
+        decoder.decode(rows)
+        decoder.finish()
+    lenient = refine.Decoder(data[:8], f0_table, lenient=True)  # benchmarks: zeros, no raise
+    assert not lenient.decode(rows).any() and lenient.failed
+
+
+def test_the_encoder_keeps_the_smaller_coding_and_both_decode(codec, camel, monkeypatch):
+    expected = octree.voxelize(camel, 6).voxels
+    refined = codec.encode(camel, Mode.SYNDROME, depth=6)
+    assert [p.name for p in refined.payloads] == [REFINED_PAYLOAD]
+    monkeypatch.setattr(codec, "refine", False)
+    static = codec.encode(camel, Mode.SYNDROME, depth=6)
+    assert [p.name for p in static.payloads] == [PAYLOAD]
+    assert refined.ByteSize() < static.ByteSize()
+    assert inspect_fields(refined)["learned_probabilities"] == "refined"
+    assert inspect_fields(static)["learned_probabilities"] == "model"
+    for msg in (refined, static):
+        out = codec.decode(container.unpack(container.pack(msg)))
+        assert out.bit_exact
+        np.testing.assert_array_equal(out.voxels, expected)
+    # Same protected indices either way: refinement is after the safeguard, integers only.
+    assert refined.protected[0].indices_checksum == static.protected[0].indices_checksum
+
+
+def _refused_or_exact(codec, msg, data: bytes, expected: np.ndarray) -> str:
+    out = container.unpack(container.pack(msg))
+    out.payloads[0].data = data
+    out.payloads[0].crc32 = container.crc32(data)  # as an attacker would
+    try:
+        got = codec.decode(container.unpack(out.SerializeToString(deterministic=True)))
+    except (ContainerError, VerificationError, TooLargeError) as exc:
+        return type(exc).__name__
+    np.testing.assert_array_equal(got.voxels, expected)
+    return "exact"
+
+
+def test_hostile_refined_payloads_are_refused(codec, camel):
+    msg = codec.encode(camel, Mode.SYNDROME, depth=6)
+    expected = octree.voxelize(camel, 6).voxels
+    good = bytes(msg.payloads[0].data)
+    rng = np.random.default_rng(5)
+    variants = [b"", good[:4], good[:8], good[:-4], good + b"\x00" * 4, b"\x00" * len(good),
+                b"\xff" * len(good), b"\xff" * (1 << 16)]
+    for _ in range(30):
+        edit = bytearray(good)
+        edit[int(rng.integers(0, len(edit)))] ^= 1 << int(rng.integers(8))
+        variants.append(bytes(edit))
+    outcomes = [_refused_or_exact(codec, msg, v, expected) for v in variants]
+    assert outcomes.count("exact") <= 2, outcomes  # an edit of padding-like bits at most
+
+
+def test_a_refined_payload_beside_a_static_one_is_refused(codec, camel):
+    msg = codec.encode(camel, Mode.SYNDROME, depth=6)
+    twice = container.unpack(container.pack(msg))
+    extra = twice.payloads.add()
+    extra.CopyFrom(twice.payloads[0])
+    extra.name = PAYLOAD
+    with pytest.raises(ContainerError):
+        codec.decode(container.unpack(twice.SerializeToString(deterministic=True)))
+
+
+def test_a_mixed_stream_with_refined_learned_levels_round_trips(codec):
+    """Refinement walks the learned levels only, in their coding order, across the adaptive
+    levels between them; both sides agree."""
+    rng = np.random.default_rng(5)
+    u, v = rng.uniform(0, 2 * np.pi, 200000), rng.uniform(0, 2 * np.pi, 200000)
+    surface = np.stack([(1 + 0.35 * np.cos(v)) * np.cos(u), (1 + 0.35 * np.cos(v)) * np.sin(u),
+                        0.35 * np.sin(v)], 1)[rng.random(200000) < 0.05]  # ~10k points, sparse
+    msg = container.unpack(container.pack(codec.encode(surface, Mode.SYNDROME, depth=10)))
+    levels = inspect_fields(msg)["level_coders"]
+    assert [p.name for p in msg.payloads] == [REFINED_PAYLOAD, "occupancy_adaptive"], levels
+    assert "A" in levels and "L" in levels
+    out = codec.decode(msg)
+    assert out.bit_exact
+    np.testing.assert_array_equal(out.voxels, octree.voxelize(surface, 10).voxels)
