@@ -17,25 +17,34 @@ import xxhash
 __all__ = ["checksum", "crc32"]
 
 
-def _canonical(array: np.ndarray) -> np.ndarray:
-    a = np.asarray(array)
+# Values converted to the canonical dtype at a time: hashing a narrow array (int16 indices,
+# bools) never holds an 8-byte-per-value copy of it (the hash is the same: one xxh3 stream).
+_CHUNK = 1 << 20
+
+
+def _canonical_dtype(a: np.ndarray) -> np.dtype:
     if a.dtype == np.bool_:
-        return np.ascontiguousarray(a, dtype=np.uint8)
+        return np.dtype(np.uint8)
     if a.dtype.kind in "iu":
-        return np.ascontiguousarray(a, dtype="<i8")
+        return np.dtype("<i8")
     if a.dtype.kind == "f":
-        return np.ascontiguousarray(a, dtype="<f8")
+        return np.dtype("<f8")
     raise TypeError(f"checksum: unsupported dtype {a.dtype}")
 
 
 def checksum(array: np.ndarray) -> int:
     """64-bit platform-independent checksum of an array's shape and values."""
-    a = _canonical(array)
+    a = np.asarray(array)
+    if a.ndim == 0:  # hashed as shape (1,), as np.ascontiguousarray has always made it
+        a = a.reshape(1)
+    dtype = _canonical_dtype(a)
     h = xxhash.xxh3_64()
     h.update(np.asarray(a.shape, dtype="<u8").tobytes())
-    h.update(a.dtype.str.encode())
-    # An empty array's memoryview cannot be cast; its bytes are empty either way.
-    h.update(a.tobytes() if a.size == 0 or not a.flags.c_contiguous else a.data.cast("B"))
+    h.update(dtype.str.encode())
+    flat = a.reshape(-1)  # C order (a copy only for a non-contiguous array)
+    for start in range(0, flat.size, _CHUNK):
+        part = np.ascontiguousarray(flat[start:start + _CHUNK], dtype=dtype)
+        h.update(part.data.cast("B"))
     return h.intdigest()
 
 

@@ -318,6 +318,14 @@ def _flat_int32(a, what: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
+def _joined(chunks: list[np.ndarray]) -> np.ndarray:
+    """The buffered int32 chunks as one array: a single chunk as it is (no copy of what may be
+    the largest array a caller holds)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
+
+
 class Encoder:
     """Buffers (symbols, indexes) pairs; `flush` codes them all into one stream."""
 
@@ -335,8 +343,7 @@ class Encoder:
 
     def flush(self) -> bytes:
         tables = self.tables
-        s = np.concatenate(self._symbols) if self._symbols else np.zeros(0, np.int32)
-        t = np.concatenate(self._indexes) if self._indexes else np.zeros(0, np.int32)
+        s, t = _joined(self._symbols), _joined(self._indexes)
         self._symbols, self._indexes = [], []
         items = _count_items(s, t, tables.cdfs, tables.lengths, tables.offsets)
         if items < 0:

@@ -208,3 +208,28 @@ def test_packed_syndrome_side_information_is_checked_before_use(codec, camel):
             continue
         np.testing.assert_array_equal(out.voxels, octree.sort_voxels(octree.voxelize(
             camel, 8).voxels))  # an edit that changes nothing that matters
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint16, np.uint64])
+def test_sort_voxels_are_numpys_unique_rows(dtype):
+    """sort_voxels sorts and deduplicates a packed key in place: the same rows and order as
+    np.unique over rows, as int64, whatever integer dtype comes in."""
+    rng = np.random.default_rng(5)
+    for high in (2, 1 << 10, 1 << 16):
+        rows = rng.integers(0, high, (4000, 3)).astype(dtype)
+        rows = np.concatenate([rows, rows[::3]])  # duplicates
+        out = octree.sort_voxels(rows)
+        assert out.dtype == np.int64
+        np.testing.assert_array_equal(out, np.unique(rows.astype(np.int64), axis=0))
+    top = min((1 << 21) - 1, np.iinfo(dtype).max)  # the largest coordinate the dtype holds
+    one = octree.sort_voxels(np.array([[top, 0, top], [top, 0, top]], dtype=dtype))
+    np.testing.assert_array_equal(one, [[top, 0, top]])
+
+
+def test_morton_decode_inverts_encode_at_21_bits():
+    rng = np.random.default_rng(6)
+    coords = np.concatenate([rng.integers(0, 1 << 21, (5000, 3)),
+                             [[0, 0, 0], [(1 << 21) - 1] * 3]])
+    out = octree.morton_decode(octree.morton_encode(coords))
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, coords)

@@ -150,3 +150,29 @@ def test_a_mixed_stream_with_refined_learned_levels_round_trips(codec):
     out = codec.decode(msg)
     assert out.bit_exact
     np.testing.assert_array_equal(out.voxels, octree.voxelize(surface, 10).voxels)
+
+
+def test_narrow_dtypes_hold_their_ranges():
+    """The encoder and decoder keep grid indices (and table rows, index + K) in int16 and the
+    adaptive coder's probabilities of 0 in adaptive.F0_DTYPE: both ranges must fit."""
+    from reprocodec.pointcloud import adaptive
+
+    assert 2 * GRID_K <= np.iinfo(np.int16).max
+    assert adaptive._ONE - 1 <= np.iinfo(adaptive.F0_DTYPE).max
+
+
+def test_learned_code_length_is_the_sum_over_bits(codec):
+    """coder._code_length (counts per bit and table row, weighed) equals the plain sum of each
+    bit's code length under its row's probability."""
+    from reprocodec import entropy
+    from reprocodec.pointcloud import coder
+
+    rng = np.random.default_rng(9)
+    index = rng.integers(-GRID_K, GRID_K + 1, 3000).astype(np.int16)
+    bits = rng.random(3000) < 0.4
+    length = entropy.code_length_table()
+    p0 = codec.tables.cdfs[:, 1].astype(np.int64)
+    expected = sum(int(length[(1 << entropy.PRECISION) - p0[i + GRID_K] if b
+                              else p0[i + GRID_K]])
+                   for i, b in zip(index.tolist(), bits.tolist(), strict=True))
+    assert coder._code_length(bits, index, codec.tables) == expected

@@ -42,6 +42,9 @@ N_CONTEXTS = 256 * 8 * 256  # (parent byte, position in parent, byte prefix with
 MAX_TOTAL = 1 << 10  # counts of a context are halved when n0 + n1 exceeds this
 _PRECISION = entropy.PRECISION
 _ONE = 1 << _PRECISION
+# Probabilities of 0 are 1.._ONE - 1 (16 bits): the encoder keeps one per decision of every
+# level until it has chosen the coders, at 2 bytes each instead of 8.
+F0_DTYPE = np.uint16
 _RANS_L = entropy._RANS_L
 
 _OK, _EARLY_END, _EMPTY_NODE = 0, 1, 2
@@ -187,7 +190,7 @@ class Model:
         if occupancy.shape != self.parent_byte.shape:
             raise ValueError(f"{occupancy.size} node bytes for a level of "
                              f"{self.parent_byte.size} nodes")
-        f0 = np.zeros(8 * occupancy.size if want_f0 else 0, dtype=np.int64)
+        f0 = np.zeros(8 * occupancy.size if want_f0 else 0, dtype=F0_DTYPE)
         _model_kernel(occupancy, self.parent_byte, self.position, self.counts, f0)
         self._advance(occupancy)
         return f0
@@ -211,6 +214,7 @@ def decision_bits(occupancy: np.ndarray) -> np.ndarray:
 def code_length(bits: np.ndarray, f0: np.ndarray) -> int:
     """Ideal code length of the decisions in units of 2^-entropy.COST_FRACTION bits (the
     encoder's choice only, never decoded; integers, so the same on every machine)."""
+    f0 = np.asarray(f0, dtype=np.int32)  # _ONE - f0 needs 17 bits
     freq = np.where(bits, _ONE - f0, f0)
     return int(np.sum(entropy.code_length_table()[freq]))
 
@@ -218,9 +222,10 @@ def code_length(bits: np.ndarray, f0: np.ndarray) -> int:
 def encode(bits: np.ndarray, f0: np.ndarray) -> bytes:
     """rANS bytes of the decisions (bits in coding order, f0 their probabilities of 0)."""
     b = np.ascontiguousarray(bits, dtype=np.uint8)
-    f = np.ascontiguousarray(f0, dtype=np.int64)
+    f = np.asarray(f0)
     if b.shape != f.shape or (f.size and (f.min() < 1 or f.max() >= _ONE)):
         raise ValueError("adaptive coder: bits and probabilities disagree")
+    f = np.ascontiguousarray(f, dtype=F0_DTYPE)  # in range: checked above
     out = np.zeros(b.size + 2, dtype=np.uint32)
     first = _encode_kernel(b, f, out)
     return out[first:].astype("<u4").tobytes()

@@ -158,6 +158,7 @@ class PointCloudCodec:
         if n == 0:
             return msg
         codes, bits = octree.build_levels(vox.voxels, depth)
+        del vox  # the levels say everything the encoder still needs: free the voxel copy
         model = adaptive.Model()
         adaptive_bits, adaptive_f0, adaptive_cost = [], [], []
         for level_bits in bits:
@@ -165,6 +166,34 @@ class PointCloudCodec:
             adaptive_f0.append(model.observe(occupancy, want_f0=True))
             adaptive_bits.append(adaptive.decision_bits(occupancy))
             adaptive_cost.append(adaptive.code_length(adaptive_bits[-1], adaptive_f0[-1]))
+        learned = self._learned_levels(codes, bits, adaptive_cost, mode, coders)
+        del codes  # only the neighbour tables needed them
+        if coders == "auto":
+            # Ties go to the adaptive coder: exact integers, nothing to protect.
+            choice = tuple(lv is None or a <= lv.cost
+                           for a, lv in zip(adaptive_cost, learned, strict=True))
+            candidates = [choice, (True,) * depth]
+            if all(lv is not None for lv in learned):
+                candidates.append((False,) * depth)
+        else:
+            candidates = [(coders == "adaptive",) * depth]
+        best = None
+        for levels in dict.fromkeys(candidates):
+            candidate = pb.Bitstream()
+            candidate.CopyFrom(msg)
+            self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
+                               mode)
+            if best is None or candidate.ByteSize() < best.ByteSize():
+                best = candidate
+        return best
+
+    def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
+                        adaptive_cost: list[int], mode: Mode, coders: str
+                        ) -> list[coder.LearnedLevel | None]:
+        """The learned coding of each level the model may win (None where it cannot or may
+        not). Its own function so that the neighbour tables, the largest arrays of a level,
+        are freed when it returns, before the candidate streams are built."""
+        depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
         tables = octree.LevelTables()
         for level in range(depth if coders != "adaptive" else 0):
@@ -184,24 +213,7 @@ class PointCloudCodec:
             learned[level] = coder.learned_level(
                 neighbours, bits[level], level, depth, self._predict, self.tables, mode,
                 self.decision)
-        if coders == "auto":
-            # Ties go to the adaptive coder: exact integers, nothing to protect.
-            choice = tuple(lv is None or a <= lv.cost
-                           for a, lv in zip(adaptive_cost, learned, strict=True))
-            candidates = [choice, (True,) * depth]
-            if all(lv is not None for lv in learned):
-                candidates.append((False,) * depth)
-        else:
-            candidates = [(coders == "adaptive",) * depth]
-        best = None
-        for levels in dict.fromkeys(candidates):
-            candidate = pb.Bitstream()
-            candidate.CopyFrom(msg)
-            self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
-                               mode)
-            if best is None or candidate.ByteSize() < best.ByteSize():
-                best = candidate
-        return best
+        return learned
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0, mode):
         """The payloads and protected record of one per-level choice (levels[l]: adaptive)."""
@@ -294,9 +306,13 @@ class PointCloudCodec:
                 levels, out.adaptive_occupancy)) != msg.payloads[-1].symbols_checksum:
             raise VerificationError(_failure("its adaptive occupancy bits fail their checksum"))
         leaves = out.leaves
+        del out  # the bits and indices were only for the checksums: free them before the sort
         if verify and leaves.size != n:
             raise VerificationError(_failure(f"it decoded {leaves.size} points, not {n}"))
-        voxels = octree.sort_voxels(octree.morton_decode(leaves))
+        coords = octree.morton_decode(leaves)
+        del leaves
+        voxels = octree.sort_voxels(coords)
+        del coords
         bit_exact = checksum(voxels) == msg.output_checksum
         if verify and not bit_exact:
             raise VerificationError(_failure("the decoded voxel set fails its checksum"))

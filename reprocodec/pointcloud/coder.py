@@ -49,7 +49,7 @@ TENSOR = "occupancy_logit"
 class CodedOccupancy:
     data: bytes  # rANS stream
     side_info: bytes  # per-pass safeguard bodies (empty for mode none)
-    indices: np.ndarray  # clamped grid index of every coded bit, coding order
+    indices: np.ndarray  # clamped grid index of every coded bit, coding order (int16: |i| <= K)
     risky_count: int = 0
     candidate_count: int = 0
     per_level_nodes: list[int] = field(default_factory=list)
@@ -119,11 +119,16 @@ def estimate_level_cost(
 def _code_length(coded: np.ndarray, index: np.ndarray, tables: entropy.CdfTables) -> int:
     """Ideal rANS code length of coded bits under their grid indices, in units of
     2^-entropy.COST_FRACTION bits (integers: exact sums)."""
-    p0 = tables.cdfs[:, 1].astype(np.int64)  # per grid index, then a lookup per bit
+    p0 = tables.cdfs[:, 1].astype(np.int64)  # per grid index
     length = entropy.code_length_table()
-    cost = np.stack([length[p0], length[(1 << entropy.PRECISION) - p0]])
-    row = index.astype(np.intp) + GRID_K
-    return int(np.sum(cost[coded.astype(np.intp), row]))
+    cost = np.concatenate([length[p0], length[(1 << entropy.PRECISION) - p0]])
+    # Count the bits of each (bit, table row) pair and weigh the counts: the same integer as
+    # a cost lookup per bit, with one int32 per bit instead of several int64 arrays.
+    rows = index.astype(np.int32)
+    rows += GRID_K
+    rows[np.asarray(coded, dtype=bool)] += p0.size  # a 1 bit: the second half of `cost`
+    counts = np.bincount(rows, minlength=cost.size)
+    return int(np.sum(counts * cost))
 
 
 def learned_levels(
@@ -142,16 +147,27 @@ def pack_learned(levels: list[LearnedLevel], bits: list[np.ndarray], tables: ent
                  mode: Mode) -> CodedOccupancy:
     """One rANS stream and one side-information record for the levels the learned model
     codes (in level order; `bits` are those levels' occupancy)."""
-    encoder = entropy.Encoder(tables)
+    # One int32 array of symbols and one of table rows, filled level by level: the coder
+    # buffers what it is given until flush, and per-level arrays would be joined there, a
+    # second copy of the largest arrays of the encode.
+    total = sum(lv.indices.size for lv in levels)
+    symbols, rows = np.empty(total, np.int32), np.empty(total, np.int32)
+    start = 0
     bodies: list[bytes] = []
     for level, level_bits in zip(levels, bits, strict=True):
-        encoder.encode(level_bits.T.reshape(-1).astype(np.int32),
-                       level.indices.astype(np.int32) + GRID_K)
+        stop = start + level.indices.size
+        symbols[start:stop] = level_bits.T.reshape(-1)
+        rows[start:stop] = level.indices
+        start = stop
         bodies.extend(level.bodies)
+    rows += GRID_K
+    encoder = entropy.Encoder(tables)
+    encoder.encode(symbols, rows)
+    del symbols, rows  # the encoder's reference is dropped at flush
     pack = {Mode.NONE: lambda _: b"", Mode.SYNDROME: _pack_syndromes}.get(mode, _pack_bodies)
     return CodedOccupancy(
         data=encoder.flush(), side_info=pack(bodies),
-        indices=np.concatenate([lv.indices for lv in levels]).astype(np.int64),
+        indices=np.concatenate([lv.indices for lv in levels]),
         risky_count=sum(lv.risky for lv in levels),
         candidate_count=sum(lv.candidates for lv in levels),
         per_level_nodes=[b.shape[0] for b in bits],
@@ -170,7 +186,7 @@ def compress(
 @dataclass
 class Decompressed:
     leaves: np.ndarray  # Morton codes of the decoded voxels
-    indices: np.ndarray  # learned levels: the clamped grid indices used, coding order
+    indices: np.ndarray  # learned levels: the clamped grid indices used, coding order (int16)
     occupancy: np.ndarray  # learned levels: decoded bits, coding order
     adaptive_occupancy: np.ndarray  # adaptive levels: decoded bits, coding order
 
@@ -250,10 +266,13 @@ def decompress(
             except ContainerError as exc:
                 raise _stream_error(exc, mode, first_pass=not learned_seen) from exc
             learned_seen = True
-            all_indices.append(index)
+            all_indices.append(index.astype(np.int16))  # |index| <= GRID_K
             all_bits.append(bits[:, k].copy())
         if level < last_adaptive:
             model.observe(adaptive.occupancy_bytes(bits))
+        del neighbours
+        if level == depth - 1:  # no next level: free the largest table before the leaves
+            level_tables.release()
         codes, parent_bits = octree.children(codes, bits), bits
     if used != total_bits:
         raise fail(f"decoded {used} occupancy bits but the stream codes {total_bits}")
@@ -270,7 +289,7 @@ def decompress(
         raise fail(str(exc), exc) from exc
     return Decompressed(
         leaves=codes,
-        indices=np.concatenate(all_indices) if all_indices else np.zeros(0, np.int64),
+        indices=np.concatenate(all_indices) if all_indices else np.zeros(0, np.int16),
         occupancy=np.concatenate(all_bits) if all_bits else np.zeros(0, bool),
         adaptive_occupancy=(np.concatenate(adaptive_bits) if adaptive_bits
                             else np.zeros(0, bool)),

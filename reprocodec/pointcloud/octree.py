@@ -39,12 +39,13 @@ def _spread(v: np.ndarray) -> np.ndarray:
 
 
 def _compact(v: np.ndarray) -> np.ndarray:
-    v = v & np.uint64(0x1249249249249249)
-    v = (v | (v >> np.uint64(2))) & np.uint64(0x10C30C30C30C30C3)
-    v = (v | (v >> np.uint64(4))) & np.uint64(0x100F00F00F00F00F)
-    v = (v | (v >> np.uint64(8))) & np.uint64(0x1F0000FF0000FF)
-    v = (v | (v >> np.uint64(16))) & np.uint64(0x1F00000000FFFF)
-    v = (v | (v >> np.uint64(32))) & np.uint64(0x1FFFFF)
+    """The inverse of _spread: every third bit of uint64 values, in place (v is overwritten:
+    one temporary at a time instead of a new array per step)."""
+    v &= np.uint64(0x1249249249249249)
+    for shift, mask in ((2, 0x10C30C30C30C30C3), (4, 0x100F00F00F00F00F),
+                        (8, 0x1F0000FF0000FF), (16, 0x1F00000000FFFF), (32, 0x1FFFFF)):
+        v |= v >> np.uint64(shift)
+        v &= np.uint64(mask)
     return v
 
 
@@ -58,10 +59,13 @@ def morton_encode(coords: np.ndarray) -> np.ndarray:
 
 
 def morton_decode(codes: np.ndarray) -> np.ndarray:
-    u = np.asarray(codes, dtype=np.int64).astype(np.uint64)
-    return np.stack(
-        [_compact(u >> np.uint64(2)), _compact(u >> np.uint64(1)), _compact(u)], axis=1
-    ).astype(np.int64)
+    """(N,) Morton codes -> (N, 3) int64 coordinates, written a column at a time (no stacked
+    uint64 copy to convert)."""
+    u = np.asarray(codes, dtype=np.int64).view(np.uint64)  # codes are non-negative: same bits
+    coords = np.empty((u.size, 3), dtype=np.int64)
+    for axis, shift in enumerate((2, 1, 0)):
+        coords[:, axis] = _compact(u >> np.uint64(shift))  # < 2^21: exact in int64
+    return coords
 
 
 def check_depth(depth: int) -> int:
@@ -92,7 +96,7 @@ def voxelize(points: np.ndarray, depth: int) -> Voxelized:
     if pts.shape[0] == 0:
         return Voxelized(np.zeros((0, 3), np.int64), (0.0, 0.0, 0.0), 1.0)
     if pts.dtype.kind in "iu" and pts.min() >= 0 and pts.max() < side:
-        return Voxelized(sort_voxels(pts.astype(np.int64)), (0.0, 0.0, 0.0), 1.0)
+        return Voxelized(sort_voxels(pts), (0.0, 0.0, 0.0), 1.0)  # int64 rows, no copy first
     pts = pts.astype(np.float64)
     if not np.all(np.isfinite(pts)):
         raise InputError("points contain NaN or infinite coordinates")
@@ -104,13 +108,27 @@ def voxelize(points: np.ndarray, depth: int) -> Voxelized:
 
 
 def sort_voxels(voxels: np.ndarray) -> np.ndarray:
-    """Unique rows, sorted by (x, y, z): the canonical voxel-set order."""
+    """Unique rows, sorted by (x, y, z): the canonical voxel-set order, as int64 (integer
+    coordinates in [0, 2^21) of any integer dtype)."""
     if voxels.shape[0] == 0:
         return voxels.reshape(0, 3).astype(np.int64)
-    key = (voxels[:, 0] << 42) | (voxels[:, 1] << 21) | voxels[:, 2]
-    key = np.unique(key)
+    # The key built, sorted and deduplicated in place, the rows written a column at a time:
+    # at most two key-sized arrays besides the input (np.unique and np.stack copy more).
+    key = voxels[:, 0].astype(np.int64) << 42
+    key |= voxels[:, 1].astype(np.int64) << 21
+    key |= voxels[:, 2].astype(np.int64)
+    key.sort()
+    first = np.empty(key.size, dtype=bool)
+    first[0] = True
+    np.not_equal(key[1:], key[:-1], out=first[1:])
+    key = key[first]
+    del first
     mask = (1 << 21) - 1
-    return np.stack([key >> 42, (key >> 21) & mask, key & mask], axis=1)
+    out = np.empty((key.size, 3), dtype=np.int64)
+    out[:, 0] = key >> 42
+    out[:, 1] = (key >> 21) & mask
+    out[:, 2] = key & mask
+    return out
 
 
 def build_levels(voxels: np.ndarray, depth: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -211,6 +229,10 @@ class LevelTables:
             table = neighbour_table(codes, level)
         self.level, self.table = level, table
         return table
+
+    def release(self) -> None:
+        """Drop the last table (a level's largest array) once no further level needs it."""
+        self.level, self.table = -2, None
 
 
 if numba is not None:

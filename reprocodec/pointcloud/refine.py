@@ -107,10 +107,11 @@ def encode(bits: np.ndarray, rows: np.ndarray, f0_table: np.ndarray) -> bytes:
     """rANS bytes of the learned bits (coding order) under refined probabilities of their
     CDF-table rows (grid index + K)."""
     b = np.ascontiguousarray(bits, dtype=np.uint8)
-    r = np.ascontiguousarray(rows, dtype=np.int64)
+    r = np.asarray(rows)
     if b.shape != r.shape or (r.size and (r.min() < 0 or r.max() > 2 * GRID_K)):
         raise ValueError("refined coding needs one CDF row in 0..2K per bit")
-    f0 = np.empty(r.size, dtype=np.int64)
+    r = np.ascontiguousarray(r, dtype=np.int16)  # 0..2K: checked above
+    f0 = np.empty(r.size, dtype=adaptive.F0_DTYPE)
     _walk_kernel(r, b, initial_buckets(f0_table), f0)
     return adaptive.encode(b, f0)
 
