@@ -339,7 +339,10 @@ class PointCloudCodec:
 
     def _result(self, msg, voxels, depth, bit_exact, start) -> DecodedPointCloud:
         cloud = msg.point_cloud
-        points = np.asarray(cloud.origin, np.float64) + voxels * float(cloud.scale)
+        # voxels * scale + origin, the sum in place (a + b == b + a exactly: the same floats
+        # as origin + voxels * scale, without a second (N, 3) float64 array)
+        points = voxels * float(cloud.scale)
+        points += np.asarray(cloud.origin, np.float64)
         return DecodedPointCloud(voxels, points, depth, bit_exact, time.perf_counter() - start)
 
     def _check_header(self, msg: pb.Bitstream) -> tuple[int, int]:

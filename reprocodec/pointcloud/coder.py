@@ -87,16 +87,19 @@ def learned_level(
 ) -> LearnedLevel:
     """Run the model and the safeguard on one level (the encoder's float work)."""
     side_bits = _SIDE_BITS.get(mode, _body_bits)
-    indices, bodies, risky, candidates = [], [], 0, 0
+    m = bits.shape[0]
+    # Pass k's indices go to rows k*m.. of one array, and each pass is priced as it comes
+    # (integer sums: the same total): no per-pass list to join, no whole-level temporaries.
+    index = np.empty(N_PASSES * m, dtype=np.int16)  # |index| <= GRID_K
+    bodies, risky, candidates, cost = [], 0, 0, 0
     for k in range(N_PASSES):
         logits = predict(neighbours, bits, k, level, depth)
         protected = decision.protect_pass(logits, mode)
-        indices.append(_grid_index(protected.indices).astype(np.int16))
+        index[k * m:(k + 1) * m] = _grid_index(protected.indices)
+        cost += _code_length(bits[:, k], index[k * m:(k + 1) * m], tables)
         bodies.append(protected.body)
         risky += protected.risky_count
         candidates += protected.candidate_count
-    index = np.concatenate(indices)
-    cost = _code_length(bits.T.reshape(-1), index, tables)
     cost += sum(side_bits(b) for b in bodies) << entropy.COST_FRACTION
     return LearnedLevel(index, bodies, risky, candidates, cost)
 
