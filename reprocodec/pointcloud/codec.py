@@ -196,6 +196,10 @@ class PointCloudCodec:
         depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
         tables = octree.LevelTables()
+        # Refined probabilities can make the model the cheaper coder of a level where its own
+        # are not (a cloud unlike the training data): price both, walking refine's state over
+        # the learned levels as if each were chosen.
+        buckets = refine.initial_buckets(self.tables.cdfs[:, 1]) if self.refine else None
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
@@ -206,13 +210,13 @@ class PointCloudCodec:
                 rows = np.linspace(0, m - 1, ESTIMATE_NODES).astype(np.int64)
                 estimate = coder.estimate_level_cost(neighbours, bits[level], level, depth,
                                                      self._predict, self.tables, self.decision,
-                                                     rows)
+                                                     rows, buckets)
                 over, under = ESTIMATE_MARGIN
                 if estimate * under > over * adaptive_cost[level]:
                     continue
             learned[level] = coder.learned_level(
                 neighbours, bits[level], level, depth, self._predict, self.tables, mode,
-                self.decision)
+                self.decision, buckets)
         return learned
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0, mode):

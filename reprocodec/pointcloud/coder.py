@@ -77,29 +77,38 @@ class LearnedLevel:
     bodies: list[bytes]  # per pass safeguard body
     risky: int
     candidates: int
-    cost: int  # rANS code length of the bits plus the side information of the passes, in
-    # units of 2^-entropy.COST_FRACTION bits (exact integers: the same choice on every machine)
+    cost: int  # code length of the bits (the cheaper of the model's and, when priced, the
+    # refined probabilities) plus the side information of the passes, in units of
+    # 2^-entropy.COST_FRACTION bits (exact integers: the same choice on every machine)
 
 
 def learned_level(
     neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int, predict: Predict,
     tables: entropy.CdfTables, mode: Mode, decision: ProtectedDecision,
+    buckets: np.ndarray | None = None,
 ) -> LearnedLevel:
-    """Run the model and the safeguard on one level (the encoder's float work)."""
+    """Run the model and the safeguard on one level (the encoder's float work). With
+    `buckets` (refine.py's state after the levels before, walked on) the level is also priced
+    under refined probabilities."""
     side_bits = _SIDE_BITS.get(mode, _body_bits)
     m = bits.shape[0]
     # Pass k's indices go to rows k*m.. of one array, and each pass is priced as it comes
     # (integer sums: the same total): no per-pass list to join, no whole-level temporaries.
     index = np.empty(N_PASSES * m, dtype=np.int16)  # |index| <= GRID_K
-    bodies, risky, candidates, cost = [], 0, 0, 0
+    bodies, risky, candidates, cost, refined = [], 0, 0, 0, 0
     for k in range(N_PASSES):
         logits = predict(neighbours, bits, k, level, depth)
         protected = decision.protect_pass(logits, mode)
         index[k * m:(k + 1) * m] = _grid_index(protected.indices)
         cost += _code_length(bits[:, k], index[k * m:(k + 1) * m], tables)
+        if buckets is not None:
+            refined += refine.code_length(bits[:, k], index[k * m:(k + 1) * m] + GRID_K,
+                                          buckets)
         bodies.append(protected.body)
         risky += protected.risky_count
         candidates += protected.candidate_count
+    if buckets is not None:
+        cost = min(cost, refined)
     cost += sum(side_bits(b) for b in bodies) << entropy.COST_FRACTION
     return LearnedLevel(index, bodies, risky, candidates, cost)
 
@@ -107,16 +116,21 @@ def learned_level(
 def estimate_level_cost(
     table: np.ndarray, bits: np.ndarray, level: int, depth: int, predict: Predict,
     tables: entropy.CdfTables, decision: ProtectedDecision, rows: np.ndarray,
+    buckets: np.ndarray | None = None,
 ) -> int:
     """The learned model's code length of a level (units as LearnedLevel.cost) estimated from
     some of its nodes (rows of its neighbour table; the encoder's choice only: a level it then
-    codes is computed in full)."""
+    codes is computed in full). With `buckets`, the cheaper of the model's and the refined
+    probabilities (walked on a copy: a sample does not advance the state)."""
     neighbours = table[rows]
     index = np.concatenate([_grid_index(decision.protect_pass(
         predict(neighbours, bits, k, level, depth), Mode.NONE).indices)
         for k in range(N_PASSES)])
     sample_bits = bits[rows].T.reshape(-1)
-    return _code_length(sample_bits, index, tables) * bits.shape[0] // rows.size
+    cost = _code_length(sample_bits, index, tables)
+    if buckets is not None:
+        cost = min(cost, refine.code_length(sample_bits, index + GRID_K, buckets.copy()))
+    return cost * bits.shape[0] // rows.size
 
 
 def _code_length(coded: np.ndarray, index: np.ndarray, tables: entropy.CdfTables) -> int:

@@ -75,6 +75,17 @@ def _walk_kernel(rows, bits, buckets, f0_out):  # pragma: no cover - compiled
 
 
 @_jit
+def _cost_kernel(rows, bits, buckets, length):  # pragma: no cover - compiled
+    """The walk, summing each bit's code length (entropy.code_length_table) instead."""
+    total = np.int64(0)
+    for i in range(rows.size):
+        f0, j = _probability(buckets, np.int64(rows[i]))
+        total += length[_ONE - f0] if bits[i] else length[f0]
+        _update(buckets, j, bits[i])
+    return total
+
+
+@_jit
 def _decode_kernel(words, state, rows, buckets, out):  # pragma: no cover - compiled
     """Decode out.size bits at state = [x, pos] (adaptive.Decoder's), updating the buckets as
     the encoder did. Returns adaptive._OK or _EARLY_END; never reads outside words."""
@@ -114,6 +125,15 @@ def encode(bits: np.ndarray, rows: np.ndarray, f0_table: np.ndarray) -> bytes:
     f0 = np.empty(r.size, dtype=adaptive.F0_DTYPE)
     _walk_kernel(r, b, initial_buckets(f0_table), f0)
     return adaptive.encode(b, f0)
+
+
+def code_length(bits: np.ndarray, rows: np.ndarray, buckets: np.ndarray) -> int:
+    """Ideal code length of bits (coding order) under refined probabilities of their CDF-table
+    rows, in units of 2^-entropy.COST_FRACTION bits, walking `buckets` (updated in place, as
+    coding them would): the encoder's choice only, exact integers."""
+    b = np.ascontiguousarray(bits, dtype=np.uint8)
+    r = np.ascontiguousarray(rows, dtype=np.int64)
+    return int(_cost_kernel(r, b, buckets, entropy.code_length_table()))
 
 
 class Decoder(adaptive.Decoder):
