@@ -32,6 +32,12 @@ if numba is not None:
         base = builder.ptrtoint(array.data, _I64)
         return builder.add(base, builder.mul(index, stride))
 
+    def _arrays(context, builder, sig, args):
+        """An intrinsic's arguments, each array as its numba array structure (None for the
+        scalars)."""
+        return [context.make_array(t)(context, builder, a) if isinstance(t, types.Array)
+                else None for t, a in zip(sig.args, args, strict=True)]
+
     def _load_as(builder, context, array_type, array, offset):
         """array's element at byte offset, widened to i64."""
         element = context.get_value_type(array_type.dtype)
@@ -47,9 +53,7 @@ if numba is not None:
         signature = types.void(rows, r, state, table, bias, first)
 
         def codegen(context, builder, sig, args):
-            rows_a, _, state_a, table_a, bias_a, first_a = (
-                context.make_array(t)(context, builder, a) if isinstance(t, types.Array)
-                else None for t, a in zip(sig.args, args, strict=True))
+            rows_a, _, state_a, table_a, bias_a, first_a = _arrays(context, builder, sig, args)
             vector = ir.VectorType(_I32, FIRST_UNITS)
             absent = builder.sub(builder.extract_value(state_a.shape, 0), ir.Constant(_I64, 1))
             row = _element_address(builder, rows_a, args[1],
@@ -101,9 +105,7 @@ if numba is not None:
         signature = types.float64(values, units, n, w2t, b2, w3)
 
         def codegen(context, builder, sig, args):
-            values_a, units_a, _, w2t_a, b2_a, w3_a = (
-                context.make_array(t)(context, builder, a) if isinstance(t, types.Array)
-                else None for t, a in zip(sig.args, args, strict=True))
+            values_a, units_a, _, w2t_a, b2_a, w3_a = _arrays(context, builder, sig, args)
             vector = ir.VectorType(_F64, SECOND_UNITS)
             row_stride = builder.extract_value(w2t_a.strides, 0)
             entry = builder.block
