@@ -120,6 +120,31 @@ def test_torch_path_streams_decode_on_the_native_path_and_back(codec, elephant):
             np.testing.assert_array_equal(out.voxels, voxels)
 
 
+def test_unprotected_torch_path_streams_get_a_torch_retry(elephant, monkeypatch):
+    """Mode-none streams of the previous release ran torch's float layers; an unprotected index
+    can sit within the two paths' ~6e-6 of a grid boundary, so a stream the native path cannot
+    verify is decoded once more on the torch path. Forced here by moving the native logits by
+    half a logit (no unprotected stream survives that); protected streams never take the retry."""
+    from reprocodec.errors import VerificationError
+    from reprocodec.safeguard import Mode
+
+    torch_codec = _torch_codec()
+    torch_codec.refine = False  # the previous release's static payload
+    unprotected = container.pack(torch_codec.encode(elephant, Mode.NONE, depth=7))
+    protected = container.pack(torch_codec.encode(elephant, Mode.SYNDROME, depth=7))
+    codec = PointCloudCodec.load()
+    real = codec.networks.logits_of
+    monkeypatch.setattr(codec.networks, "logits_of", lambda *a: real(*a) + 0.5)
+    out = codec.decode(container.unpack(unprotected))
+    assert out.bit_exact
+    np.testing.assert_array_equal(out.voxels, elephant)
+    with pytest.raises(VerificationError):
+        codec.decode(container.unpack(protected))
+    monkeypatch.setattr(codec, "_torch_predict", lambda msg: None)  # without the retry
+    with pytest.raises(VerificationError):
+        codec.decode(container.unpack(unprotected))
+
+
 def test_native_and_torch_logits_differ_within_the_calibrated_bound(codec, elephant):
     torch_net, net = _torch_codec().networks, codec.networks
     worst = 0.0

@@ -91,6 +91,7 @@ class PointCloudCodec:
     def __init__(self, pt_path: Path, info: PointCloudModelInfo, threads: int | None = None):
         self.info = info
         state, table, blob = read_weights(str(pt_path))
+        self._state, self._blob = state, blob  # a few hundred KB: kept for _torch_predict
         self.tables = coder.cdf_tables(table)
         self.weights_sha256 = bytes.fromhex(info.weights_sha256)
         self.profile = numerics.current_profile()
@@ -250,7 +251,44 @@ class PointCloudCodec:
     def decode(self, msg: pb.Bitstream, verify: bool = True) -> DecodedPointCloud:
         """Decode a container. verify=False (benchmarks only) returns whatever the decoder
         produced even if the checksums disagree, so real failures can be counted; a decode that
-        loses sync (more nodes than the stream codes) still raises VerificationError."""
+        loses sync (more nodes than the stream codes) still raises VerificationError.
+
+        Unprotected (mode none) streams of a gather model written before the native path ran
+        its float layers in torch on the CPU too; the two differ by up to ~6e-6, which can
+        move an unprotected index. When such a stream fails to verify on the native path, it
+        is decoded once more with the torch layers (verified as strictly)."""
+        try:
+            return self._decode(msg, verify, self._predict)
+        except VerificationError:
+            predict = self._torch_predict(msg) if verify else None
+            if predict is None:
+                raise
+            return self._decode(msg, verify, predict)
+
+    def _torch_predict(self, msg: pb.Bitstream) -> coder.Predict | None:
+        """The torch path's predict for an unprotected static-payload stream decoded natively
+        (what an earlier release's encoder ran on the CPU); None for any other stream."""
+        if not isinstance(self.networks, NativeGatherNetworks) or \
+                [p.name for p in msg.payloads][:1] != [PAYLOAD]:
+            return None  # refined payloads and other paths are this release's own streams
+        try:
+            t = container.protected_tensor(msg, TENSOR)
+            mode, _ = self.decision.check_record(t, [int(t.shape[0])])
+            if mode is not Mode.NONE:
+                return None
+            import torch  # noqa: F401  (the light install has none: nothing to retry with)
+        except (ContainerError, ImportError):
+            return None
+        networks = _torch_networks(self._state, self._blob, "cpu")
+
+        def predict(neighbours, bits, k, level, depth):
+            inputs = networks.inputs(neighbours, bits, k, level, depth)
+            return networks.logits_of(inputs, k, depth - 1 - level)
+
+        return predict
+
+    def _decode(self, msg: pb.Bitstream, verify: bool, predict: coder.Predict
+                ) -> DecodedPointCloud:
         start = time.perf_counter()
         container.validate(msg)  # framing, CRCs, ranges: before any byte reaches rANS
         depth, n = self._check_header(msg)
@@ -295,7 +333,7 @@ class PointCloudCodec:
                                 "deployment")
 
         out = coder.decompress(
-            data, t.side_info if t is not None else b"", total, depth, self._predict,
+            data, t.side_info if t is not None else b"", total, depth, predict,
             self.tables, mode, bound, self.decision, verify=verify, adaptive_levels=levels,
             adaptive_data=adaptive_data, adaptive_total=adaptive_total, max_nodes=n,
             refined=learned_name == REFINED_PAYLOAD,
@@ -379,6 +417,11 @@ def _networks(state: dict[str, np.ndarray], blob: dict, profile: numerics.Profil
     cpu = not profile.is_cuda and not profile.emulate
     if gather and cpu and NativeGatherNetworks.fits(blob["hidden"]):
         return NativeGatherNetworks(state, int(blob["first_layer_bits"]))
+    return _torch_networks(state, blob, profile.device)
+
+
+def _torch_networks(state: dict[str, np.ndarray], blob: dict, device: str):
+    """The torch form of a weights file's network on `device`."""
     # float32 logits: an MLP per coded bit, float64 would double the coding time; the
     # calibrated bound covers float32 differences (cuda pins TF32 off for it).
     import torch
@@ -388,10 +431,9 @@ def _networks(state: dict[str, np.ndarray], blob: dict, profile: numerics.Profil
     model = OccupancyMLP(tuple(blob["hidden"]))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     model.eval()
-    if gather:
-        return GatherNetworks(model, torch.float32, profile.device,
-                              int(blob["first_layer_bits"]))
-    return PassNetworks(model, torch.float32, profile.device)
+    if blob.get("first_layer", "float") == "gather":
+        return GatherNetworks(model, torch.float32, device, int(blob["first_layer_bits"]))
+    return PassNetworks(model, torch.float32, device)
 
 
 def _failure(detail: str) -> str:
