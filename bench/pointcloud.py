@@ -131,16 +131,25 @@ def gpcc_bits(voxels: np.ndarray, tmc3: str) -> tuple[int, bool, float, float]:
         return 8 * Path(bin_).stat().st_size, lossless, t1 - t0, t2 - t1
 
 
-def rate_table(data: Path, skip_others: bool, model: str) -> list[dict]:
-    from reprocodec import container
-    from reprocodec.pointcloud import PointCloudCodec, adaptive
+def _load_codec(model: str, threads: int):
+    """The codec on `threads` threads; torch's too for a torch model (v1), the only case
+    that imports torch (octree-ctx-v2 on run the native path)."""
+    from reprocodec.pointcloud import PointCloudCodec
     from reprocodec.pointcloud.native import NativeGatherNetworks
 
-    codec = PointCloudCodec.load(model, threads=1)
-    if not isinstance(codec.networks, NativeGatherNetworks):  # a torch model (v1)
+    codec = PointCloudCodec.load(model, threads=threads)
+    if not isinstance(codec.networks, NativeGatherNetworks):
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
+    return codec
+
+
+def rate_table(data: Path, skip_others: bool, model: str) -> list[dict]:
+    from reprocodec import container
+    from reprocodec.pointcloud import adaptive
+
+    codec = _load_codec(model, threads=1)
     rows = []
     for name, voxels, depth in test_clouds(data):
         n = voxels.shape[0]
@@ -277,16 +286,11 @@ def _peak_rss_mb() -> float:
 def _measure_worker(args: argparse.Namespace) -> int:
     """One cloud in a fresh process: encode and decode `runs` times (medians), peak RSS."""
     from reprocodec import container
-    from reprocodec.pointcloud import PointCloudCodec, adaptive
-    from reprocodec.pointcloud.native import NativeGatherNetworks
+    from reprocodec.pointcloud import adaptive
 
     voxels = np.load(args.cloud)
     depth = args.depth
-    codec = PointCloudCodec.load(args.model, threads=args.threads)
-    if not isinstance(codec.networks, NativeGatherNetworks):  # a torch model (v1)
-        import torch
-
-        torch.set_num_threads(args.threads)
+    codec = _load_codec(args.model, args.threads)
     codec.decode(container.unpack(container.pack(codec.encode(voxels[:500], depth=depth))))
     base_mb = _peak_rss_mb()
     enc, dec, enc_cpu, dec_cpu = [], [], [], []

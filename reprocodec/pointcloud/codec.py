@@ -32,6 +32,7 @@ checksums (or the node-count guard) report it instead of returning a wrong cloud
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +127,7 @@ class PointCloudCodec:
 
     def _predict(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
                  depth: int) -> np.ndarray:
-        inputs = self.networks.inputs(neighbours, bits, k, level, depth)
-        return self.networks.logits_of(inputs, k, depth - 1 - level)
+        return _pass_logits(self.networks, neighbours, bits, k, level, depth)
 
     # ----------------------------------------------------------------------------- encode
 
@@ -279,13 +279,7 @@ class PointCloudCodec:
             import torch  # noqa: F401  (the light install has none: nothing to retry with)
         except (ContainerError, ImportError):
             return None
-        networks = _torch_networks(self._state, self._blob, "cpu")
-
-        def predict(neighbours, bits, k, level, depth):
-            inputs = networks.inputs(neighbours, bits, k, level, depth)
-            return networks.logits_of(inputs, k, depth - 1 - level)
-
-        return predict
+        return functools.partial(_pass_logits, _torch_networks(self._state, self._blob, "cpu"))
 
     def _decode(self, msg: pb.Bitstream, verify: bool, predict: coder.Predict
                 ) -> DecodedPointCloud:
@@ -405,6 +399,13 @@ class PointCloudCodec:
         if n > MAX_POINTS or n > 8**depth:
             raise ContainerError(f"{n} points cannot be in a depth-{depth} octree here")
         return depth, n
+
+
+def _pass_logits(networks, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
+                 depth: int) -> np.ndarray:
+    """float64 logits of child k of every node of a level (coder.Predict, given networks)."""
+    inputs = networks.inputs(neighbours, bits, k, level, depth)
+    return networks.logits_of(inputs, k, depth - 1 - level)
 
 
 def _networks(state: dict[str, np.ndarray], blob: dict, profile: numerics.Profile):
