@@ -16,6 +16,7 @@ import pytest
 from reprocodec import container, numerics
 from reprocodec.errors import ContainerError, InputError, TooLargeError, VerificationError
 from reprocodec.pointcloud import PointCloudCodec, adaptive, inspect_fields, octree
+from reprocodec.pointcloud import codec as codec_module
 from reprocodec.pointcloud.codec import ADAPTIVE_PAYLOAD, LEARNED_PAYLOADS
 from reprocodec.pointcloud.models import DEFAULT_MODEL
 from reprocodec.pointcloud.ply import read_ply
@@ -30,8 +31,10 @@ def codec(request):
     # The per-level coder choice is made under the model's own probabilities; refined ones
     # (test_pointcloud_refine.py) can make all-learned the smallest stream on these small
     # clouds and hide the mixing this module tests, so its learned payloads stay static.
+    # The choice is by bits alone here (no price on network rows): test_row_price_* below.
     codec = PointCloudCodec.load(request.param)
     codec.refine = False
+    codec.row_price = (0, 1)
     return codec
 
 
@@ -434,8 +437,6 @@ def test_sampled_level_estimates_keep_the_guarantee(codec, monkeypatch, name):
     """With levels priced from a sample of their nodes (as large clouds are), the encoder
     still round-trips, stays within the adaptive coder's size and keeps the learned model
     where it wins by far (the dense surface)."""
-    from reprocodec.pointcloud import codec as codec_module
-
     points, depth = CLOUDS[name]
     exact = codec.encode(points, "syndrome", depth=depth)
     monkeypatch.setattr(codec_module, "ESTIMATE_NODES", 64)  # levels of >= 256 nodes
@@ -445,3 +446,57 @@ def test_sampled_level_estimates_keep_the_guarantee(codec, monkeypatch, name):
     assert msg.ByteSize() <= alone.ByteSize()
     if name == "dense":
         assert _levels(msg, depth) == _levels(exact, depth) == "L" * depth
+
+
+# ---------------------------------------------------------------- the price of network rows
+
+
+def _learned_rows(msg, points, depth: int) -> int:
+    """Network rows a decoder of `msg` runs: 8 per node of each learned level."""
+    codes, _ = octree.build_levels(octree.voxelize(points, depth).voxels, depth)
+    return sum(8 * codes[lv].size for lv, c in enumerate(_levels(msg, depth)) if c == "L")
+
+
+def test_row_price_moves_low_value_levels_to_the_adaptive_coder():
+    """As shipped (refined probabilities, ROW_PRICE): a quarter-sampled surface's finest
+    level saves too little per network row and goes adaptive; the stream is a little larger
+    than the smallest one, bits plus priced rows are lower, and it is still lossless and never
+    larger than the adaptive coder's."""
+    codec = PointCloudCodec.load()
+    points = _surface(60000, 1)[np.random.default_rng(5).random(60000) < 0.25]
+    depth = 9
+    priced = container.unpack(container.pack(codec.encode(points, depth=depth)))
+    codec.row_price = (0, 1)
+    by_bits = codec.encode(points, depth=depth)
+    alone = codec.encode(points, depth=depth, coders="adaptive")
+    levels = _levels(priced, depth)
+    assert levels[-1] == "A" and _levels(by_bits, depth)[-1] == "L", levels
+    rows = [_learned_rows(m, points, depth) for m in (priced, by_bits)]
+    assert rows[0] < 0.7 * rows[1]
+    assert by_bits.ByteSize() < priced.ByteSize() <= alone.ByteSize()
+    price, per = codec_module.ROW_PRICE
+    cost = [8 * m.ByteSize() * per + r * price
+            for m, r in zip((priced, by_bits), rows, strict=True)]
+    assert cost[0] < cost[1]
+    out = PointCloudCodec.load().decode(priced)
+    np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
+
+
+@pytest.mark.parametrize("name", list(CLOUDS))
+def test_the_adaptive_stream_floor_is_below_the_stream(codec, name):
+    """The encoder skips building the all-adaptive stream when this floor is above its best
+    candidate: the floor must never exceed the real stream."""
+    points, depth = CLOUDS[name]
+    alone = codec.encode(points, "syndrome", depth=depth, coders="adaptive")
+    header = container.unpack(container.pack(alone))
+    del header.payloads[:]
+    _, bits = octree.build_levels(octree.voxelize(points, depth).voxels, depth)
+    model, cost, rows = adaptive.Model(), 0, 0
+    for level_bits in bits:
+        occupancy = adaptive.occupancy_bytes(level_bits)
+        f0 = model.observe(occupancy, want_f0=True)
+        cost += adaptive.code_length(adaptive.decision_bits(occupancy), f0)
+        rows += level_bits.size
+    floor = codec_module.adaptive_stream_floor(header.ByteSize(), cost, rows)
+    stream = alone.ByteSize() << (3 + 16)
+    assert 0.9 * stream < floor <= stream

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import container, numerics, options
+from .. import container, entropy, numerics, options
 from ..checksum import checksum
 from ..errors import (
     ContainerError,
@@ -69,6 +69,12 @@ CODERS = ("auto", "learned", "adaptive")
 # streams decodable and never larger than the adaptive coder's).
 ESTIMATE_NODES = 1 << 12
 ESTIMATE_MARGIN = (103, 100)  # 1.03 as a ratio of integers: an exact comparison
+# The encoder prices the model's time beside its bits: each network row (a bit the model
+# predicts; decoding runs the same rows) counts as ROW_PRICE bits when it picks a level's coder
+# and the stream (J = bits + ROW_PRICE * rows). Dense surfaces save 0.13-0.6 bits a row and
+# stay learned; the finest levels of sparse clouds save 0.03-0.05 for half of all rows, and go
+# adaptive for about half the time at a cost of ~3 % of their bits. A ratio of integers: exact.
+ROW_PRICE = (1, 16)
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
 # Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8.
 MAX_CODED_BITS = 1 << 28
@@ -88,6 +94,9 @@ class PointCloudCodec:
     # Try refined probabilities for the learned levels (kept when smaller). Off: the model's
     # own probabilities always (tests of the per-level choice, benchmarks measuring the gain).
     refine = True
+    # Bits a network row is worth to the encoder's choice (ROW_PRICE; (0, 1): bits alone, the
+    # smallest stream whatever the decoding time).
+    row_price = ROW_PRICE
 
     def __init__(self, pt_path: Path, info: PointCloudModelInfo, threads: int | None = None):
         self.info = info
@@ -169,24 +178,38 @@ class PointCloudCodec:
             adaptive_cost.append(adaptive.code_length(adaptive_bits[-1], adaptive_f0[-1]))
         learned = self._learned_levels(codes, bits, adaptive_cost, mode, coders)
         del codes  # only the neighbour tables needed them
+        rows = [level_bits.size for level_bits in bits]
+        all_adaptive = (True,) * depth
         if coders == "auto":
             # Ties go to the adaptive coder: exact integers, nothing to protect.
-            choice = tuple(lv is None or a <= lv.cost
-                           for a, lv in zip(adaptive_cost, learned, strict=True))
-            candidates = [choice, (True,) * depth]
+            choice = tuple(lv is None or a <= lv.cost + self._row_cost(r)
+                           for a, lv, r in zip(adaptive_cost, learned, rows, strict=True))
+            candidates = [choice, all_adaptive]
             if all(lv is not None for lv in learned):
                 candidates.append((False,) * depth)
         else:
             candidates = [(coders == "adaptive",) * depth]
-        best = None
+        # The all-adaptive stream is built only when it may win.
+        adaptive_floor = adaptive_stream_floor(msg.ByteSize(), sum(adaptive_cost), sum(rows))
+        best, best_cost = None, 0
         for levels in dict.fromkeys(candidates):
+            if best is not None and levels == all_adaptive and adaptive_floor >= best_cost:
+                continue
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
                                mode)
-            if best is None or candidate.ByteSize() < best.ByteSize():
-                best = candidate
+            cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + self._row_cost(
+                sum(r for r, adaptive_level in zip(rows, levels, strict=True)
+                    if not adaptive_level))
+            if best is None or cost < best_cost:
+                best, best_cost = candidate, cost
         return best
+
+    def _row_cost(self, rows: int) -> int:
+        """What `rows` network rows count as in the encoder's choice, in code-length units."""
+        price, per = self.row_price
+        return (rows * price << entropy.COST_FRACTION) // per
 
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
                         adaptive_cost: list[int], mode: Mode, coders: str
@@ -213,7 +236,8 @@ class PointCloudCodec:
                                                      self._predict, self.tables, self.decision,
                                                      rows, buckets)
                 over, under = ESTIMATE_MARGIN
-                if estimate * under > over * adaptive_cost[level]:
+                priced = estimate + self._row_cost(bits[level].size)
+                if priced * under > over * adaptive_cost[level]:
                     continue
             learned[level] = coder.learned_level(
                 neighbours, bits[level], level, depth, self._predict, self.tables, mode,
@@ -399,6 +423,15 @@ class PointCloudCodec:
         if n > MAX_POINTS or n > 8**depth:
             raise ContainerError(f"{n} points cannot be in a depth-{depth} octree here")
         return depth, n
+
+
+def adaptive_stream_floor(header_bytes: int, code_length: int, decisions: int) -> int:
+    """A lower bound of an all-adaptive stream's size, in code-length units, from its header's
+    size and its decisions' summed adaptive.code_length: the rANS payload holds at least their
+    ideal code length less 64 bits (what its final state may carry), and the integer table
+    states each decision at most one unit long (entropy.code_length_table, measured)."""
+    return ((header_bytes << (3 + entropy.COST_FRACTION)) + code_length - decisions
+            - (64 << entropy.COST_FRACTION))
 
 
 def _pass_logits(networks, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
