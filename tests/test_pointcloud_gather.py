@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from reprocodec import container
-from reprocodec.pointcloud import PointCloudCodec, context, gather, networks, octree
+from reprocodec.pointcloud import PointCloudCodec, context, gather, networks, octree, rowslices
 from reprocodec.pointcloud.models import DEFAULT_MODEL, weights_path
 from reprocodec.pointcloud.ply import read_ply
 from reprocodec.safeguard import Mode
@@ -51,14 +51,16 @@ def test_default_model_has_the_gather_first_layer():
 
 @pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("cloud", ["elephant", "sparse"])
+@pytest.mark.parametrize("threads", [1, 3])
 def test_child_neighbour_tables_equal_the_binary_searches(elephant, monkeypatch, compiled,
-                                                          cloud):
+                                                          cloud, threads):
     if not compiled:
         monkeypatch.setattr(octree, "numba", None)
     elif octree.numba is None:
         pytest.skip("numba is not installed")
+    monkeypatch.setattr(rowslices, "ROWS_PER_TASK", 100)  # many slices of parents
     codes, bits = elephant if cloud == "elephant" else _sparse_levels()
-    tables = octree.LevelTables()
+    tables = octree.LevelTables(threads)
     for level in range(len(codes)):
         got = tables.table_of(codes[level], level, bits[level - 1] if level else None)
         want = octree.neighbour_table(codes[level], level)

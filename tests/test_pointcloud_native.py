@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from reprocodec import container
-from reprocodec.pointcloud import PointCloudCodec, list_models, native, octree
+from reprocodec.pointcloud import PointCloudCodec, list_models, native, octree, rowslices
 from reprocodec.pointcloud.gather import gather_first_layer
 from reprocodec.pointcloud.models import DEFAULT_MODEL, weights_path
 from reprocodec.pointcloud.ply import read_ply
@@ -159,7 +159,7 @@ def test_native_and_torch_logits_differ_within_the_calibrated_bound(codec, eleph
 
 
 def test_thread_count_changes_nothing(elephant, monkeypatch):
-    monkeypatch.setattr(native, "ROWS_PER_TASK", 256)  # many slices per pass
+    monkeypatch.setattr(rowslices, "ROWS_PER_TASK", 256)  # many slices per pass and table
     one, two = PointCloudCodec.load(threads=1), PointCloudCodec.load(threads=2)
     assert one.networks.threads == 1 and two.networks.threads == 2
     for neighbours, bits, k, level in _passes(elephant, 7):
@@ -169,6 +169,9 @@ def test_thread_count_changes_nothing(elephant, monkeypatch):
     streams = [container.pack(c.encode(elephant, depth=7, coders=coders))
                for coders in ("learned", "auto") for c in (one, two)]
     assert streams[0] == streams[1] and streams[2] == streams[3]
+    for decoder, stream in ((one, streams[1]), (two, streams[0]), (two, streams[2])):
+        out = decoder.decode(container.unpack(stream))
+        np.testing.assert_array_equal(out.voxels, octree.voxelize(elephant, 7).voxels)
     with pytest.raises(ValueError):
         one.threads = 0
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,8 @@ from . import adaptive, coder, octree, refine
 from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
-from .native import NativeGatherNetworks, default_threads
+from .native import NativeGatherNetworks
+from .rowslices import beside, default_threads
 from .weightsfile import read_weights
 
 PAYLOAD = "occupancy"
@@ -169,15 +171,12 @@ class PointCloudCodec:
             return msg
         codes, bits = octree.build_levels(vox.voxels, depth)
         del vox  # the levels say everything the encoder still needs: free the voxel copy
-        model = adaptive.Model()
-        adaptive_bits, adaptive_f0, adaptive_cost = [], [], []
-        for level_bits in bits:
-            occupancy = adaptive.occupancy_bytes(level_bits)
-            adaptive_f0.append(model.observe(occupancy, want_f0=True))
-            adaptive_bits.append(adaptive.decision_bits(occupancy))
-            adaptive_cost.append(adaptive.code_length(adaptive_bits[-1], adaptive_f0[-1]))
-        learned = self._learned_levels(codes, bits, adaptive_cost, mode, coders)
+        # The adaptive coder's side runs beside the model's (exact integer work, the same
+        # result on any thread); the model's waits for its costs only to skip a large level.
+        adaptive_side = beside(functools.partial(_adaptive_levels, bits), self.threads)
+        learned = self._learned_levels(codes, bits, adaptive_side, mode, coders)
         del codes  # only the neighbour tables needed them
+        adaptive_bits, adaptive_f0, adaptive_cost = adaptive_side.result()
         rows = [level_bits.size for level_bits in bits]
         all_adaptive = (True,) * depth
         if coders == "auto":
@@ -212,14 +211,14 @@ class PointCloudCodec:
         return (rows * price << entropy.COST_FRACTION) // per
 
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
-                        adaptive_cost: list[int], mode: Mode, coders: str
+                        adaptive_side: Future[AdaptiveLevels], mode: Mode, coders: str
                         ) -> list[coder.LearnedLevel | None]:
         """The learned coding of each level the model may win (None where it cannot or may
         not). Its own function so that the neighbour tables, the largest arrays of a level,
         are freed when it returns, before the candidate streams are built."""
         depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
-        tables = octree.LevelTables()
+        tables = octree.LevelTables(self.threads)
         # Refined probabilities can make the model the cheaper coder of a level where its own
         # are not (a cloud unlike the training data): price both, walking refine's state over
         # the learned levels as if each were chosen.
@@ -237,7 +236,7 @@ class PointCloudCodec:
                                                      rows, buckets)
                 over, under = ESTIMATE_MARGIN
                 priced = estimate + self._row_cost(bits[level].size)
-                if priced * under > over * adaptive_cost[level]:
+                if priced * under > over * adaptive_side.result()[2][level]:
                     continue
             learned[level] = coder.learned_level(
                 neighbours, bits[level], level, depth, self._predict, self.tables, mode,
@@ -354,7 +353,7 @@ class PointCloudCodec:
             data, t.side_info if t is not None else b"", total, depth, predict,
             self.tables, mode, bound, self.decision, verify=verify, adaptive_levels=levels,
             adaptive_data=adaptive_data, adaptive_total=adaptive_total, max_nodes=n,
-            refined=learned_name == REFINED_PAYLOAD,
+            refined=learned_name == REFINED_PAYLOAD, threads=self.threads,
         )
         if verify and t is not None:
             if checksum(out.occupancy) != msg.payloads[0].symbols_checksum:
@@ -390,7 +389,7 @@ class PointCloudCodec:
         """The encoder's float logits for every coded bit, in coding order."""
         depth = int(sample["depth"][0])
         codes, bits = octree.build_levels(sample["voxels"], depth)
-        out, tables = [], octree.LevelTables()
+        out, tables = [], octree.LevelTables(self.threads)
         for level in range(depth):
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
             for k in range(N_PASSES):
@@ -423,6 +422,21 @@ class PointCloudCodec:
         if n > MAX_POINTS or n > 8**depth:
             raise ContainerError(f"{n} points cannot be in a depth-{depth} octree here")
         return depth, n
+
+
+AdaptiveLevels = tuple[list[np.ndarray], list[np.ndarray], list[int]]
+
+
+def _adaptive_levels(bits: list[np.ndarray]) -> AdaptiveLevels:
+    """The adaptive coder's decisions, their probabilities and code length, level by level."""
+    model = adaptive.Model()
+    decisions, f0, cost = [], [], []
+    for level_bits in bits:
+        occupancy = adaptive.occupancy_bytes(level_bits)
+        f0.append(model.observe(occupancy, want_f0=True))
+        decisions.append(adaptive.decision_bits(occupancy))
+        cost.append(adaptive.code_length(decisions[-1], f0[-1]))
+    return decisions, f0, cost
 
 
 def adaptive_stream_floor(header_bytes: int, code_length: int, decisions: int) -> int:

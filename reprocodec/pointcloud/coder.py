@@ -213,7 +213,7 @@ def decompress(
     tables: entropy.CdfTables, mode: Mode, bound: ErrorBound, decision: ProtectedDecision,
     verify: bool = True, adaptive_levels: tuple[bool, ...] | None = None,
     adaptive_data: bytes = b"", adaptive_total: int = 0, max_nodes: int | None = None,
-    refined: bool = False,
+    refined: bool = False, threads: int = 1,
 ) -> Decompressed:
     """Leaf Morton codes, the clamped indices used and the decoded bits of each coder in
     coding order. The learned stream is static rANS, or with refined=True refine.py's
@@ -223,7 +223,8 @@ def decompress(
     than `max_nodes` nodes (a level never has more nodes than the cloud has points): a
     decoder that goes past them stops with an error. verify=False (benchmarks only) falls
     back to the decoder's own indices where the safeguard reports a disagreement, to measure
-    what an unprotected decoder would return.
+    what an unprotected decoder would return. `threads`: for the neighbour tables (the
+    network's own threads are its own); no result depends on it.
 
     Each learned pass's node count depends on every bit decoded before it, so once the first
     learned pass is through, a stream that stops making sense (side information, either rANS
@@ -242,7 +243,7 @@ def decompress(
     model = adaptive.Model() if use_adaptive else None
     adaptive_decoder = adaptive.Decoder(adaptive_data) if use_adaptive else None
     codes = np.zeros(1, dtype=np.int64)
-    level_tables, parent_bits = octree.LevelTables(), None
+    level_tables, parent_bits = octree.LevelTables(threads), None
     all_indices, all_bits, adaptive_bits, used, used_adaptive = [], [], [], 0, 0
     learned_seen = False  # a learned pass decoded: later failures may be desynchronisation
 

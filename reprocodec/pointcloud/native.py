@@ -15,63 +15,23 @@ path's float32 BLAS: the two differ by at most ~6 float32 ulps of a logit near 1
 5.7e-6 on the held-out clouds), inside the bound that torch-path streams carry (1.53e-5).
 
 Layers narrower than vectorops' widths are padded with zero units (no value changes); a model
-with wider layers runs the torch path. Rows are split into fixed ROWS_PER_TASK slices and run on
-a small thread pool (the kernel releases the GIL); each row's logit depends on that row alone,
+with wider layers runs the torch path. Rows are split into fixed slices (rowslices.py) and run
+on a small thread pool (the kernel releases the GIL); each row's logit depends on that row alone,
 so results do not depend on the thread count. numba's own parallel loops are not used: their
 workqueue threading layer is unsafe when several server threads call in at once.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from .context import N_HEIGHTS, numba
 from .gather import GatherFirstLayer, GatherInputs, gather_first_layer
+from .rowslices import default_threads, for_row_slices
 from .vectorops import FIRST_UNITS, SECOND_UNITS
 
 if numba is not None:
     from .vectorops import dense_tail, gather_sum
-
-ROWS_PER_TASK = 1 << 13
-
-
-def default_threads() -> int:
-    """The cores this process may run on (the CLI's and in-process default)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    with _pools_lock:
-        pool = _pools.get(threads)
-        if pool is None:
-            pool = _pools[threads] = ThreadPoolExecutor(threads, "reprocodec-rows")
-        return pool
-
-
-def for_row_slices(work: Callable[[int, int], None], rows: int, threads: int) -> None:
-    """work(start, stop) on consecutive ROWS_PER_TASK slices of `rows`, on `threads` threads
-    (on the caller's when one): the slices must write disjoint outputs."""
-    starts = range(0, rows, ROWS_PER_TASK)
-    if threads <= 1 or rows <= ROWS_PER_TASK:
-        for start in starts:
-            work(start, min(start + ROWS_PER_TASK, rows))
-        return
-    futures = [_pool(threads).submit(work, s, min(s + ROWS_PER_TASK, rows)) for s in starts]
-    for f in futures:
-        f.result()
-
 
 class NativeGatherNetworks:
     """A gather model with two hidden layers (first_layer "gather", hidden (H1, H2), H1 <=

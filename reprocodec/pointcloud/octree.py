@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from .rowslices import for_row_slices
 
 try:
     import numba
@@ -195,12 +196,18 @@ def _child_maps() -> tuple[np.ndarray, np.ndarray]:
 CHILD_NEIGHBOUR, CHILD_POSITION = _child_maps()
 
 
+# How many occupied children of a node byte (bit c: child c) come before child b.
+OCCUPIED_BEFORE = np.array([[bin(byte & ((1 << b) - 1)).count("1") for b in range(8)]
+                            for byte in range(256)], dtype=np.int64)
+
+
 def child_neighbour_table(table: np.ndarray, occupancy: np.ndarray, codes: np.ndarray,
-                          level: int) -> np.ndarray:
+                          level: int, threads: int = 1) -> np.ndarray:
     """neighbour_table(codes, level) of the children `codes` of a level, made from that level's
     own table and occupancy instead of 26 binary searches: a child's neighbour is a child of one
     of its parent's neighbours, and its index is that node's first child index plus the
-    occupied children before it. Exact integer work; tests check it equals neighbour_table."""
+    occupied children before it. Exact integer work; tests check it equals neighbour_table.
+    Slices of parents run on `threads` threads (each writes its own children's rows)."""
     m = codes.size
     # The compiled kernel writes one row per occupied child without bounds checks: only when
     # the table, the occupancy and the codes describe the same two levels.
@@ -209,22 +216,32 @@ def child_neighbour_table(table: np.ndarray, occupancy: np.ndarray, codes: np.nd
         return neighbour_table(codes, level)
     out = np.empty((m, 27), dtype=np.int32)
     if m:
-        _child_table_kernel(table, np.ascontiguousarray(occupancy, dtype=np.uint8),
-                            CHILD_NEIGHBOUR, CHILD_POSITION, out)
+        occupancy = np.ascontiguousarray(occupancy, dtype=np.uint8)
+        node_bytes = np.packbits(occupancy, axis=1, bitorder="little")[:, 0]
+        first = np.zeros(occupancy.shape[0] + 1, dtype=np.int64)
+        np.cumsum(occupancy.sum(axis=1, dtype=np.int64), out=first[1:])
+
+        def work(start: int, stop: int) -> None:
+            _child_table_kernel(table, node_bytes, first, start, stop, CHILD_NEIGHBOUR,
+                                CHILD_POSITION, OCCUPIED_BEFORE, out)
+
+        for_row_slices(work, occupancy.shape[0], threads)
     return out
 
 
 class LevelTables:
     """The neighbour table of each level in turn, each made from the previous level's when the
-    caller asks for consecutive levels (child_neighbour_table), else by neighbour_table."""
+    caller asks for consecutive levels (child_neighbour_table, on `threads` threads), else by
+    neighbour_table."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 1) -> None:
         self.level, self.table, self.codes = -2, None, None
+        self.threads = threads
 
     def table_of(self, codes: np.ndarray, level: int, parent_bits: np.ndarray | None
                  ) -> np.ndarray:
         if self.table is not None and self.level == level - 1 and parent_bits is not None:
-            table = child_neighbour_table(self.table, parent_bits, codes, level)
+            table = child_neighbour_table(self.table, parent_bits, codes, level, self.threads)
         else:
             table = neighbour_table(codes, level)
         self.level, self.table = level, table
@@ -237,29 +254,23 @@ class LevelTables:
 
 if numba is not None:
     @numba.njit(cache=True, nogil=True)
-    def _child_table_kernel(table, occupancy, map_j, map_b, out):  # pragma: no cover - compiled
-        mp = occupancy.shape[0]
-        first = np.empty(mp + 1, np.int64)
-        total = 0
-        for p in range(mp):
-            first[p] = total
+    def _child_table_kernel(table, node_bytes, first, start, stop, map_j, map_b, before,
+                            out):  # pragma: no cover - compiled
+        """Rows first[start] .. first[stop] - 1 of out: the children of parents start..stop-1
+        (first: each parent's first child index, first[-1] the children's count)."""
+        mp = node_bytes.shape[0]
+        m = first[mp]
+        n = first[start]
+        for p in range(start, stop):
+            byte = node_bytes[p]
             for c in range(8):
-                total += occupancy[p, c]
-        first[mp] = total
-        m = total
-        n = 0
-        for p in range(mp):
-            for c in range(8):
-                if not occupancy[p, c]:
+                if not (byte >> c) & 1:
                     continue
                 for j in range(27):
                     q = table[p, map_j[c, j]]
                     b = map_b[c, j]
-                    if q >= mp or not occupancy[q, b]:
+                    if q >= mp or not (node_bytes[q] >> b) & 1:
                         out[n, j] = m
                     else:
-                        r = first[q]
-                        for i in range(b):
-                            r += occupancy[q, i]
-                        out[n, j] = r
+                        out[n, j] = first[q] + before[node_bytes[q], b]
                 n += 1
