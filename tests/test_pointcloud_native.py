@@ -27,7 +27,7 @@ from reprocodec.pointcloud import PointCloudCodec, list_models, native, octree, 
 from reprocodec.pointcloud.gather import gather_first_layer
 from reprocodec.pointcloud.models import DEFAULT_MODEL, weights_path
 from reprocodec.pointcloud.ply import read_ply
-from reprocodec.pointcloud.weightsfile import read_blob, read_weights
+from reprocodec.pointcloud.weightsfile import WeightsFileError, read_blob, read_weights
 
 SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
 
@@ -242,8 +242,43 @@ def test_weights_reader_runs_no_other_global(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    with pytest.raises(pickle.UnpicklingError, match="builtins.print is not allowed"):
+    with pytest.raises(WeightsFileError, match="builtins.print is not allowed"):
         read_blob(_archive(tmp_path, pickle.dumps({"x": Evil()})))
+
+
+def test_crafted_weights_files_give_one_error_type(tmp_path):
+    """Whatever part of a crafted archive is wrong, the reader says WeightsFileError (a
+    ValueError), never KeyError, EOFError or the like from zipfile or the unpickler."""
+    buf = io.BytesIO()
+    torch.save({"t": torch.arange(4, dtype=torch.int32)}, buf)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    not_zip = tmp_path / "x.pt"
+    not_zip.write_bytes(b"PK\x03\x04 not really a zip archive")
+    cases = {
+        "no storage entry": _archive(tmp_path, pkl),  # data/0 missing: KeyError in zipfile
+        "truncated pickle": _archive(tmp_path, pkl[:len(pkl) // 2], {"0": bytes(16)}),
+        "not a zip": str(not_zip),
+    }
+    for path in cases.values():
+        with pytest.raises(WeightsFileError):
+            read_blob(path)
+        with pytest.raises(WeightsFileError):
+            read_weights(path)
+    # a well-formed archive whose dict is not a model: read_weights refuses it by name
+    with pytest.raises(WeightsFileError, match="is not an octree-context model"):
+        read_weights(_archive(tmp_path, pkl, {"0": bytes(16)}))
+    path = str(weights_path(DEFAULT_MODEL)[0])
+    blob = read_blob(path)
+    for key in ("state_dict", "cdf_table", "logit_step"):
+        broken = dict(blob)
+        del broken[key]
+        crafted = tmp_path / f"no_{key}.pt"
+        torch.save({k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else
+                        {n: torch.from_numpy(t) for n, t in v.items()} if k == "state_dict"
+                        else v) for k, v in broken.items()}, crafted)
+        with pytest.raises(WeightsFileError):
+            read_weights(str(crafted))
 
 
 def test_weights_reader_checks_storage_sizes(tmp_path):
