@@ -131,13 +131,14 @@ def gpcc_bits(voxels: np.ndarray, tmc3: str) -> tuple[int, bool, float, float]:
         return 8 * Path(bin_).stat().st_size, lossless, t1 - t0, t2 - t1
 
 
-def _load_codec(model: str, threads: int):
+def _load_codec(model: str, threads: int, weights_dir: str | None = None):
     """The codec on `threads` threads; torch's too for a torch model (v1), the only case
-    that imports torch (octree-ctx-v2 on run the native path)."""
+    that imports torch (octree-ctx-v2 on run the native path). `weights_dir`: a folder holding
+    <model>.pt/.json instead of the shipped weights (a model being evaluated)."""
     from reprocodec.pointcloud import PointCloudCodec
     from reprocodec.pointcloud.native import NativeGatherNetworks
 
-    codec = PointCloudCodec.load(model, threads=threads)
+    codec = PointCloudCodec.load(model, weights_dir=weights_dir, threads=threads)
     if not isinstance(codec.networks, NativeGatherNetworks):
         import torch
 
@@ -145,11 +146,12 @@ def _load_codec(model: str, threads: int):
     return codec
 
 
-def rate_table(data: Path, skip_others: bool, model: str) -> list[dict]:
+def rate_table(data: Path, skip_others: bool, model: str,
+               weights_dir: str | None = None) -> list[dict]:
     from reprocodec import container
     from reprocodec.pointcloud import adaptive
 
-    codec = _load_codec(model, threads=1)
+    codec = _load_codec(model, threads=1, weights_dir=weights_dir)
     rows = []
     for name, voxels, depth in test_clouds(data):
         n = voxels.shape[0]
@@ -290,7 +292,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
 
     voxels = np.load(args.cloud)
     depth = args.depth
-    codec = _load_codec(args.model, args.threads)
+    codec = _load_codec(args.model, args.threads, args.weights_dir)
     codec.decode(container.unpack(container.pack(codec.encode(voxels[:500], depth=depth))))
     base_mb = _peak_rss_mb()
     enc, dec, enc_cpu, dec_cpu = [], [], [], []
@@ -349,7 +351,8 @@ def _others(voxels: np.ndarray, depth: int, row: dict, notes: set[str], tmc3: st
 
 def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: int,
                 learned: bool, skip_others: bool, tmc3: str | None = None,
-                model: str = DEFAULT_MODEL) -> tuple[list[dict], list[str]]:
+                model: str = DEFAULT_MODEL, weights_dir: str | None = None
+                ) -> tuple[list[dict], list[str]]:
     rows, notes = [], set()
     me = [sys.executable, str(Path(__file__).resolve())]
     with tempfile.TemporaryDirectory() as tmp:
@@ -359,7 +362,7 @@ def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: i
             np.save(path, voxels)
             cmd = me + ["--measure-worker", "--cloud", str(path), "--depth", str(depth),
                         "--runs", str(runs), "--threads", str(threads), "--result", str(result),
-                        "--model", model]
+                        "--model", model] + (["--weights-dir", weights_dir] if weights_dir else [])
             subprocess.run(cmd + (["--learned"] if learned else []), check=True)
             row = {"cloud": name, **json.loads(result.read_text())}
             if not skip_others:
@@ -502,6 +505,9 @@ def main() -> int:
     ap.add_argument("--model", default=DEFAULT_MODEL,
                     help="point-cloud model (default: the default model; octree-ctx-v1 for the "
                          "earlier one)")
+    ap.add_argument("--weights-dir",
+                    help="load --model from this folder (<model>.pt and .json) instead of the "
+                         "shipped weights: a model not shipped yet (rate table and --clouds)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--matrix-depth", type=int, default=8)
     ap.add_argument("--encoders", default=ENCODERS)
@@ -542,7 +548,8 @@ def main() -> int:
                   if args.real else large_clouds() if args.large
                   else synthetic_clouds(args.scale))
         rows, notes = cloud_table(clouds, args.runs, args.threads,
-                                  args.learned, args.skip_others, args.tmc3, args.model)
+                                  args.learned, args.skip_others, args.tmc3, args.model,
+                                  args.weights_dir)
         print_cloud_table(rows, notes)
         if args.json:
             Path(args.json).write_text(json.dumps({"clouds": rows, "notes": notes}, indent=1))
@@ -552,7 +559,8 @@ def main() -> int:
         print(f"{data}/manifest.json missing: run python -m reprocodec.train.pointcloud_data first",
               file=sys.stderr)
         return 2
-    rows = [] if args.skip_rates else rate_table(data, args.skip_others, args.model)
+    rows = [] if args.skip_rates else rate_table(data, args.skip_others, args.model,
+                                                 args.weights_dir)
     mat = None if args.skip_matrix else matrix(data, args.matrix_depth, args.encoders.split(","),
                                               args.decoders.split(","), args.model)
     print_tables(rows, mat)
