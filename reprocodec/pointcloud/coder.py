@@ -234,6 +234,7 @@ def decompress(
     adaptive_levels = tuple(adaptive_levels or (False,) * depth)
     use_adaptive = any(adaptive_levels)
     last_adaptive = max((lv for lv in range(depth) if adaptive_levels[lv]), default=-1)
+    last_learned = max((lv for lv in range(depth) if not adaptive_levels[lv]), default=-1)
     decoder: entropy.Decoder | refine.Decoder | None = None
     if total_bits:  # refined: the learned bits under refine.py's adapted probabilities
         decoder = (refine.Decoder(data, tables.cdfs[:, 1], lenient=not verify) if refined
@@ -266,7 +267,13 @@ def decompress(
                 raise fail(str(exc), exc) from exc
             bits = adaptive.byte_bits(occupancy)
             adaptive_bits.append(bits.reshape(-1))
-            codes, parent_bits = octree.children(codes, bits), None
+            chain = level < last_learned
+            if chain:
+                # A learned level follows: keep the chain of neighbour tables, each made from
+                # the last (a learned level after a table-less one would need 26 binary
+                # searches per node, several times this).
+                level_tables.table_of(codes, level, parent_bits)
+            codes, parent_bits = octree.children(codes, bits), bits if chain else None
             continue
         used += N_PASSES * m
         if used > total_bits:
