@@ -213,10 +213,22 @@ def decision_bits(occupancy: np.ndarray) -> np.ndarray:
 
 def code_length(bits: np.ndarray, f0: np.ndarray) -> int:
     """Ideal code length of the decisions in units of 2^-entropy.COST_FRACTION bits (the
-    encoder's choice only, never decoded; integers, so the same on every machine)."""
-    f0 = np.asarray(f0, dtype=np.int32)  # _ONE - f0 needs 17 bits
-    freq = np.where(bits, _ONE - f0, f0)
-    return int(np.sum(entropy.code_length_table()[freq]))
+    encoder's choice only, never decoded; integers, so the same on every machine). One pass,
+    no temporaries: it runs beside the model's largest arrays (codec.py)."""
+    b = np.ascontiguousarray(bits, dtype=np.uint8)
+    f = np.ascontiguousarray(f0)
+    if b.shape != f.shape:
+        raise ValueError("adaptive coder: bits and probabilities disagree")
+    return int(_code_length_kernel(b, f, entropy.code_length_table()))
+
+
+@_jit
+def _code_length_kernel(bits, f0, length):  # pragma: no cover - compiled
+    total = np.int64(0)
+    for i in range(bits.size):
+        f = np.int64(f0[i])
+        total += length[_ONE - f] if bits[i] else length[f]
+    return total
 
 
 def encode(bits: np.ndarray, f0: np.ndarray) -> bytes:

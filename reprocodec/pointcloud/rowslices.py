@@ -7,10 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
-
-T = TypeVar("T")
+from concurrent.futures import ThreadPoolExecutor
 
 ROWS_PER_TASK = 1 << 13
 
@@ -47,12 +44,3 @@ def for_row_slices(work: Callable[[int, int], None], rows: int, threads: int) ->
     for f in futures:
         f.result()
 
-
-def beside(work: Callable[[], T], threads: int) -> Future[T]:
-    """work() on the pool beside the caller's own work when threads > 1 (it must not wait on
-    the pool itself), else at once on the caller's thread; its result from .result()."""
-    if threads > 1:
-        return _pool(threads).submit(work)
-    done: Future[T] = Future()
-    done.set_result(work())
-    return done
