@@ -16,8 +16,9 @@
 
 The encoder picks the coder of each level (coders="auto"): the learned model wins on the dense
 surfaces it was trained on, the adaptive context coder (adaptive.py) on sparse, noisy or
-unusual clouds, where the model is confidently wrong. The stream is never larger than the
-adaptive coder's alone plus the few bytes that say which levels it codes.
+unusual clouds, where the model is confidently wrong, and on levels where the model saves
+less than ROW_PRICE bits per network row. The stream is never larger than the adaptive coder's
+alone plus the few bytes that say which levels it codes.
 
 Stream layout (container format 2, additive): payload "occupancy" (the learned levels' rANS
 stream, shape [their coded bits], with the protected tensor "occupancy_logit"), payload
@@ -147,10 +148,10 @@ class PointCloudCodec:
 
         Each octree level is coded by the learned model or by the adaptive context coder
         (adaptive.py). coders="auto" (the default) picks, per level, whichever the encoder
-        finds cheaper, and keeps the smallest of that choice, all levels adaptive and all levels
-        learned: the stream is never larger than the adaptive coder's stream plus the few bytes
-        that signal it. "learned" and "adaptive" force one coder on every level (tests and
-        benchmarks)."""
+        finds cheaper, counting each network row at row_price bits, and keeps the cheapest of
+        that choice, all levels adaptive and all levels learned: the stream is never larger
+        than the adaptive coder's stream plus the few bytes that signal it. "learned" and
+        "adaptive" force one coder on every level (tests and benchmarks)."""
         mode = options.parse_mode(mode)
         if coders not in CODERS:
             raise InputError(f"coders must be one of {', '.join(CODERS)}, got {coders!r}")
