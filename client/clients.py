@@ -164,11 +164,13 @@ class EncoderClient(_Client):
                                       request, service_pb2.EncodeResponse, timeout)
 
     def encode_point_cloud(self, cloud: bytes | np.ndarray, *, model: str = "", depth: int = 0,
-                           mode: str = "syndrome",
+                           mode: str = "syndrome", smallest: bool = False,
                            timeout: float | None = None) -> service_pb2.EncodeResponse:
-        """cloud: PLY file bytes or an (N, 3) array of coordinates."""
+        """cloud: PLY file bytes or an (N, 3) array of coordinates. smallest: each octree
+        level's coder chosen by bits alone (slower to decode on sparse clouds)."""
         request = service_pb2.EncodePointCloudRequest(
-            model=model, depth=depth, safeguard_mode=options.mode_proto(mode))
+            model=model, depth=depth, safeguard_mode=options.mode_proto(mode),
+            smallest=smallest)
         if isinstance(cloud, np.ndarray):
             xyz = np.ascontiguousarray(cloud, dtype="<f4").reshape(-1, 3)
             request.points.CopyFrom(service_pb2.PackedPoints(count=len(xyz),

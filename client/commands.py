@@ -73,7 +73,8 @@ def _encode_image(enc: EncoderClient, data: bytes, args: argparse.Namespace) -> 
 def _encode_cloud(enc: EncoderClient, data: bytes, args: argparse.Namespace) -> Any:
     return enc.encode_point_cloud(data, model=getattr(args, "model", None) or "",
                                   depth=getattr(args, "depth", None) or 0,
-                                  mode=getattr(args, "safeguard", None) or "syndrome")
+                                  mode=getattr(args, "safeguard", None) or "syndrome",
+                                  smallest=bool(getattr(args, "smallest", False)))
 
 
 _ENCODE = {"image": _encode_image, "point_cloud": _encode_cloud}
@@ -84,7 +85,7 @@ _OUTPUT_FILE = {"image": lambda r: r.png, "point_cloud": lambda r: r.ply}
 
 def encode_file(enc: EncoderClient, path: Path, args: argparse.Namespace) -> Any:
     """Encode one input file on the service its codec kind uses (args: model, quality,
-    safeguard, level, depth; absent ones take the service's defaults)."""
+    safeguard, level, depth, smallest; absent ones take the service's defaults)."""
     kind = registry.kind_of_input(path)
     return _ENCODE[kind.name](enc, path.read_bytes(), args)
 

@@ -134,7 +134,8 @@ def _encode_local(args: argparse.Namespace) -> int:
 
     local = _LocalCodecs(args)
     many = len(args.inputs) > 1
-    given = {"level": args.level, "depth": args.depth}
+    given = {"level": args.level, "depth": args.depth,
+             "coders": "smallest" if args.smallest else None}
 
     def handle(path: Path) -> None:
         kind = registry.kind_of_input(path)
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--level", choices=LEVELS, default="both",
                    help="decoding: entropy-decoding decisions; reconstruction: output pixels")
     e.add_argument("--depth", type=int, help="octree depth for point clouds; absent: 10")
+    e.add_argument("--smallest", action="store_true",
+                   help="point clouds: choose each octree level's coder by bits alone (the "
+                        "smallest stream; sparse clouds decode slower)")
     e.set_defaults(func=cmd_encode)
 
     d = sub.add_parser("decode", help="decompress .rpc files to .png / .ply")
@@ -431,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--safeguard", choices=MODES, default="syndrome")
     r.add_argument("--level", choices=LEVELS, default="both")
     r.add_argument("--depth", type=int)
+    r.add_argument("--smallest", action="store_true")
     r.add_argument("--timeout", type=float, default=60.0)
     r.set_defaults(func=cmd_roundtrip)
 

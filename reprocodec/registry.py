@@ -97,7 +97,7 @@ KINDS: dict[str, CodecKind] = {
     "image": CodecKind("image", pb.CODEC_KIND_IMAGE, "reprocodec.image", IMAGE_SUFFIXES,
                        ".png", "pixel", ("level",)),
     "point_cloud": CodecKind("point_cloud", pb.CODEC_KIND_POINT_CLOUD, "reprocodec.pointcloud",
-                             (".ply",), ".ply", "point", ("depth",)),
+                             (".ply",), ".ply", "point", ("depth", "coders")),
 }
 _BY_PROTO = {k.proto: k for k in KINDS.values()}
 

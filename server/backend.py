@@ -264,7 +264,9 @@ def encode_point_cloud(codecs: Codecs, request: service_pb2.EncodePointCloudRequ
     mode = options.mode_of(request.safeguard_mode)
     codec = codecs.codec(entry)
     started = time.perf_counter()
-    kwargs = {"depth": request.depth} if request.depth else {}
+    kwargs: dict[str, Any] = {"depth": request.depth} if request.depth else {}
+    if request.smallest:
+        kwargs["coders"] = "smallest"
     msg = codec.encode(points, mode=mode, **kwargs)
     seconds = time.perf_counter() - started
     return service_pb2.EncodeResponse(bitstream=msg, stats=stream_stats(msg, profile, seconds))

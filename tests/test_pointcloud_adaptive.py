@@ -23,6 +23,9 @@ from reprocodec.pointcloud.ply import read_ply
 from reprocodec.safeguard import Mode
 
 SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+# The per-level choice by bits alone: what most of this module tests (the price of network
+# rows: test_row_price_* at the end).
+BY_BITS = "smallest"
 
 
 @pytest.fixture(scope="module",
@@ -31,10 +34,8 @@ def codec(request):
     # The per-level coder choice is made under the model's own probabilities; refined ones
     # (test_pointcloud_refine.py) can make all-learned the smallest stream on these small
     # clouds and hide the mixing this module tests, so its learned payloads stay static.
-    # The choice is by bits alone here (no price on network rows): test_row_price_* below.
     codec = PointCloudCodec.load(request.param)
     codec.refine = False
-    codec.row_price = (0, 1)
     return codec
 
 
@@ -71,14 +72,16 @@ def _levels(msg, depth: int) -> str:
     return "".join("A" if a else "L" for a in flags)
 
 
-def _roundtrip(codec, points, depth, mode=Mode.SYNDROME, **kw):
-    msg = container.unpack(container.pack(codec.encode(points, mode, depth=depth, **kw)))
+def _roundtrip(codec, points, depth, mode=Mode.SYNDROME, coders=BY_BITS):
+    msg = container.unpack(container.pack(codec.encode(points, mode, depth=depth,
+                                                       coders=coders)))
     return msg, codec.decode(msg)
 
 
 @pytest.fixture(scope="module")
 def streams(codec):
-    return {name: container.unpack(container.pack(codec.encode(pts, "syndrome", depth=d)))
+    return {name: container.unpack(container.pack(codec.encode(pts, "syndrome", depth=d,
+                                                               coders=BY_BITS)))
             for name, (pts, d) in CLOUDS.items()}
 
 
@@ -140,7 +143,8 @@ def test_sparse_clouds_use_the_adaptive_coder_where_it_is_cheaper(codec, streams
 def test_mixed_stream_is_protected_and_exact_under_noise_within_the_bound(codec, monkeypatch,
                                                                          mixed):
     points, depth = CLOUDS[mixed]
-    msg = container.unpack(container.pack(codec.encode(points, "syndrome", depth=depth)))
+    msg = container.unpack(container.pack(codec.encode(points, "syndrome", depth=depth,
+                                                       coders=BY_BITS)))
     levels = _levels(msg, depth)
     assert "L" in levels and "A" in levels, levels
     rng = np.random.default_rng(3)
@@ -150,7 +154,8 @@ def test_mixed_stream_is_protected_and_exact_under_noise_within_the_bound(codec,
     out = codec.decode(msg)
     np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
     # Unprotected, the same noise well past the bound is caught, never returned.
-    unprotected = container.unpack(container.pack(codec.encode(points, "none", depth=depth)))
+    unprotected = container.unpack(container.pack(codec.encode(points, "none", depth=depth,
+                                                               coders=BY_BITS)))
     monkeypatch.setattr(numerics, "perturb",
                         lambda name, v, b: v + rng.uniform(-0.03, 0.03, size=v.shape))
     if "L" in _levels(unprotected, depth):
@@ -438,7 +443,7 @@ def test_sampled_level_estimates_keep_the_guarantee(codec, monkeypatch, name):
     still round-trips, stays within the adaptive coder's size and keeps the learned model
     where it wins by far (the dense surface)."""
     points, depth = CLOUDS[name]
-    exact = codec.encode(points, "syndrome", depth=depth)
+    exact = codec.encode(points, "syndrome", depth=depth, coders=BY_BITS)
     monkeypatch.setattr(codec_module, "ESTIMATE_NODES", 64)  # levels of >= 256 nodes
     msg, out = _roundtrip(codec, points, depth)
     np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
@@ -466,8 +471,7 @@ def test_row_price_moves_low_value_levels_to_the_adaptive_coder():
     points = _surface(60000, 1)[np.random.default_rng(5).random(60000) < 0.25]
     depth = 9
     priced = container.unpack(container.pack(codec.encode(points, depth=depth)))
-    codec.row_price = (0, 1)
-    by_bits = codec.encode(points, depth=depth)
+    by_bits = codec.encode(points, depth=depth, coders="smallest")
     alone = codec.encode(points, depth=depth, coders="adaptive")
     levels = _levels(priced, depth)
     assert levels[-1] == "A" and _levels(by_bits, depth)[-1] == "L", levels
@@ -500,3 +504,31 @@ def test_the_adaptive_stream_floor_is_below_the_stream(codec, name):
     floor = codec_module.adaptive_stream_floor(header.ByteSize(), cost, rows)
     stream = alone.ByteSize() << (3 + 16)
     assert 0.9 * stream < floor <= stream
+
+
+def test_smallest_reaches_the_codec_from_the_service_and_the_cli(tmp_path):
+    """The encoder service's `smallest` request field and `reprocodec encode --smallest` ask
+    for the choice by bits alone; without them the row price applies."""
+    from reprocodec import cli
+    from reprocodec.pointcloud.ply import write_ply
+    from reprocodec.v1 import service_pb2
+    from server.backend import Codecs, encode_point_cloud
+
+    points = _surface(60000, 1)[np.random.default_rng(5).random(60000) < 0.25]
+    depth = 9
+    codecs = Codecs(None)  # the shipped models
+    served = {smallest: encode_point_cloud(
+        codecs, service_pb2.EncodePointCloudRequest(depth=depth, smallest=smallest), points,
+        "cpu").bitstream for smallest in (False, True)}
+    ply = tmp_path / "cloud.ply"
+    write_ply(ply, points)
+    written = {}
+    for smallest in (False, True):
+        out = tmp_path / f"{smallest}.rpc"
+        argv = ["encode", str(ply), "-o", str(out), "--local", "--depth", str(depth)]
+        assert cli.main(argv + (["--smallest"] if smallest else [])) == 0
+        written[smallest] = container.unpack(out.read_bytes())
+    for streams in (served, written):
+        assert _levels(streams[False], depth)[-1] == "A"
+        assert _levels(streams[True], depth)[-1] == "L"
+        assert streams[True].ByteSize() < streams[False].ByteSize()

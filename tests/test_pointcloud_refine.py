@@ -197,10 +197,9 @@ def test_the_per_level_choice_prices_refined_probabilities(codec, monkeypatch):
     r = 1.8 / np.tan(-elevation) + rng.normal(0, 0.02, elevation.shape)
     rings = np.stack([r * np.cos(azimuth), r * np.sin(azimuth),
                       rng.normal(0, 0.02, r.shape)], -1).reshape(-1, 3)
-    monkeypatch.setattr(codec, "row_price", (0, 1))  # the choice by bits alone
-    refined = codec.encode(rings, Mode.SYNDROME, depth=12)
+    refined = codec.encode(rings, Mode.SYNDROME, depth=12, coders="smallest")
     monkeypatch.setattr(codec, "refine", False)
-    static = codec.encode(rings, Mode.SYNDROME, depth=12)
+    static = codec.encode(rings, Mode.SYNDROME, depth=12, coders="smallest")
     learned_levels = [inspect_fields(m)["level_coders"].count("L") for m in (refined, static)]
     assert learned_levels[0] > learned_levels[1], learned_levels
     assert refined.ByteSize() < static.ByteSize()

@@ -64,7 +64,10 @@ PAYLOAD = "occupancy"
 REFINED_PAYLOAD = "occupancy_refined"
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD)
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
-CODERS = ("auto", "learned", "adaptive")
+# "auto": the per-level choice with network rows priced (ROW_PRICE); "smallest": by bits alone
+# (the smallest stream, slower to decode on sparse clouds); "learned" / "adaptive": one coder on
+# every level (tests and benchmarks).
+CODERS = ("auto", "smallest", "learned", "adaptive")
 # The encoder estimates the model's cost of a level of at least 4 * ESTIMATE_NODES nodes from
 # ESTIMATE_NODES of them, and runs it on the whole level only if that estimate is within
 # ESTIMATE_MARGIN of the adaptive coder's exact cost (an encoder-side choice: any rule keeps
@@ -96,9 +99,6 @@ class PointCloudCodec:
     # Try refined probabilities for the learned levels (kept when smaller). Off: the model's
     # own probabilities always (tests of the per-level choice, benchmarks measuring the gain).
     refine = True
-    # Bits a network row is worth to the encoder's choice (ROW_PRICE; (0, 1): bits alone, the
-    # smallest stream whatever the decoding time).
-    row_price = ROW_PRICE
 
     def __init__(self, pt_path: Path, info: PointCloudModelInfo, threads: int | None = None):
         self.info = info
@@ -148,13 +148,16 @@ class PointCloudCodec:
 
         Each octree level is coded by the learned model or by the adaptive context coder
         (adaptive.py). coders="auto" (the default) picks, per level, whichever the encoder
-        finds cheaper, counting each network row at row_price bits, and keeps the cheapest of
+        finds cheaper, counting each network row at ROW_PRICE bits, and keeps the cheapest of
         that choice, all levels adaptive and all levels learned: the stream is never larger
-        than the adaptive coder's stream plus the few bytes that signal it. "learned" and
-        "adaptive" force one coder on every level (tests and benchmarks)."""
+        than the adaptive coder's stream plus the few bytes that signal it. "smallest" makes
+        the same choice by bits alone. "learned" and "adaptive" force one coder on every level
+        (tests and benchmarks)."""
         mode = options.parse_mode(mode)
         if coders not in CODERS:
             raise InputError(f"coders must be one of {', '.join(CODERS)}, got {coders!r}")
+        price = (0, 1) if coders == "smallest" else ROW_PRICE
+        choose = coders in ("auto", "smallest")
         vox = octree.voxelize(points, depth)
         n = vox.voxels.shape[0]
         if n > MAX_POINTS:
@@ -175,13 +178,13 @@ class PointCloudCodec:
         # cent it saved came with ~90 MB more peak RSS on 1.3 M points, freed arrays kept in
         # that thread's malloc arena.)
         adaptive_bits, adaptive_f0, adaptive_cost = _adaptive_levels(bits)
-        learned = self._learned_levels(codes, bits, adaptive_cost, mode, coders)
+        learned = self._learned_levels(codes, bits, adaptive_cost, mode, coders, price)
         del codes  # only the neighbour tables needed them
         rows = [level_bits.size for level_bits in bits]
         all_adaptive = (True,) * depth
-        if coders == "auto":
+        if choose:
             # Ties go to the adaptive coder: exact integers, nothing to protect.
-            choice = tuple(lv is None or a <= lv.cost + self._row_cost(r)
+            choice = tuple(lv is None or a <= lv.cost + _row_cost(r, price)
                            for a, lv, r in zip(adaptive_cost, learned, rows, strict=True))
             candidates = [choice, all_adaptive]
             if all(lv is not None for lv in learned):
@@ -198,21 +201,16 @@ class PointCloudCodec:
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
                                mode)
-            cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + self._row_cost(
+            cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _row_cost(
                 sum(r for r, adaptive_level in zip(rows, levels, strict=True)
-                    if not adaptive_level))
+                    if not adaptive_level), price)
             if best is None or cost < best_cost:
                 best, best_cost = candidate, cost
         return best
 
-    def _row_cost(self, rows: int) -> int:
-        """What `rows` network rows count as in the encoder's choice, in code-length units."""
-        price, per = self.row_price
-        return (rows * price << entropy.COST_FRACTION) // per
-
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
-                        adaptive_cost: list[int], mode: Mode, coders: str
-                        ) -> list[coder.LearnedLevel | None]:
+                        adaptive_cost: list[int], mode: Mode, coders: str,
+                        price: tuple[int, int]) -> list[coder.LearnedLevel | None]:
         """The learned coding of each level the model may win (None where it cannot or may
         not). Its own function so that the neighbour tables, the largest arrays of a level,
         are freed when it returns, before the candidate streams are built."""
@@ -226,7 +224,7 @@ class PointCloudCodec:
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
-            if coders == "auto" and m >= 4 * ESTIMATE_NODES:
+            if coders in ("auto", "smallest") and m >= 4 * ESTIMATE_NODES:
                 # A large level: the model's cost from a sample of nodes first, and the whole
                 # level only if it may beat the adaptive coder (the encoder's time is mostly
                 # the model's, and sparse clouds' large levels are adaptive).
@@ -235,7 +233,7 @@ class PointCloudCodec:
                                                      self._predict, self.tables, self.decision,
                                                      rows, buckets)
                 over, under = ESTIMATE_MARGIN
-                priced = estimate + self._row_cost(bits[level].size)
+                priced = estimate + _row_cost(bits[level].size, price)
                 if priced * under > over * adaptive_cost[level]:
                     continue
             learned[level] = coder.learned_level(
@@ -422,6 +420,13 @@ class PointCloudCodec:
         if n > MAX_POINTS or n > 8**depth:
             raise ContainerError(f"{n} points cannot be in a depth-{depth} octree here")
         return depth, n
+
+
+def _row_cost(rows: int, price: tuple[int, int]) -> int:
+    """What `rows` network rows count as in the encoder's choice at `price` (bits per row, a
+    ratio of integers), in code-length units."""
+    bits, per = price
+    return (rows * bits << entropy.COST_FRACTION) // per
 
 
 AdaptiveLevels = tuple[list[np.ndarray], list[np.ndarray], list[int]]
