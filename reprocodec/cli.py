@@ -384,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoding: entropy-decoding decisions; reconstruction: output pixels")
     e.add_argument("--depth", type=int, help="octree depth for point clouds; absent: 10")
     e.add_argument("--smallest", action="store_true",
-                   help="point clouds: choose each octree level's coder by bits alone (the "
-                        "smallest stream; sparse clouds decode slower)")
+                   help="point clouds: choose each octree level's coder by bits alone "
+                        "(smaller streams; sparse clouds decode slower)")
     e.set_defaults(func=cmd_encode)
 
     d = sub.add_parser("decode", help="decompress .rpc files to .png / .ply")
@@ -435,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--safeguard", choices=MODES, default="syndrome")
     r.add_argument("--level", choices=LEVELS, default="both")
     r.add_argument("--depth", type=int)
-    r.add_argument("--smallest", action="store_true")
+    r.add_argument("--smallest", action="store_true",
+                   help="point clouds: each octree level's coder chosen by bits alone")
     r.add_argument("--timeout", type=float, default=60.0)
     r.set_defaults(func=cmd_roundtrip)
 

@@ -150,3 +150,24 @@ def test_stream_stats_from_fields():
     assert stats.bits_per_element == pytest.approx(8 * msg.ByteSize() / 200)
     assert stats.mode == bitstream_pb2.SAFEGUARD_MODE_FLAGS  # NONE tensors do not count
     assert [t.elements for t in stats.tensors] == [6, 1]
+
+
+def test_encode_point_cloud_sends_smallest_and_the_cli_passes_it(monkeypatch):
+    """The client's smallest=True (and `reprocodec encode --smallest --encoder ...`) set the
+    request's smallest field; absent, it is false (the service prices network rows)."""
+    import argparse
+
+    from reprocodec.client import commands
+
+    sent = []
+    client = EncoderClient("127.0.0.1:1")
+    monkeypatch.setattr(client, "_unary_or_chunked",
+                        lambda unary, stream, request, response, timeout: sent.append(request))
+    points = np.zeros((4, 3), np.float32)
+    client.encode_point_cloud(points, smallest=True)
+    client.encode_point_cloud(points)
+    for smallest in (True, False):
+        args = argparse.Namespace(model=None, depth=None, safeguard=None, smallest=smallest)
+        commands._encode_cloud(client, b"ply", args)
+    client.close()
+    assert [r.smallest for r in sent] == [True, False, True, False]

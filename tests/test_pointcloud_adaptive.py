@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reprocodec import container, numerics
+from reprocodec import container, entropy, numerics
 from reprocodec.errors import ContainerError, InputError, TooLargeError, VerificationError
 from reprocodec.pointcloud import PointCloudCodec, adaptive, inspect_fields, octree
 from reprocodec.pointcloud import codec as codec_module
@@ -502,7 +502,7 @@ def test_the_adaptive_stream_floor_is_below_the_stream(codec, name):
         cost += adaptive.code_length(adaptive.decision_bits(occupancy), f0)
         rows += level_bits.size
     floor = codec_module.adaptive_stream_floor(header.ByteSize(), cost, rows)
-    stream = alone.ByteSize() << (3 + 16)
+    stream = alone.ByteSize() << (3 + entropy.COST_FRACTION)
     assert 0.9 * stream < floor <= stream
 
 
@@ -532,3 +532,41 @@ def test_smallest_reaches_the_codec_from_the_service_and_the_cli(tmp_path):
         assert _levels(streams[False], depth)[-1] == "A"
         assert _levels(streams[True], depth)[-1] == "L"
         assert streams[True].ByteSize() < streams[False].ByteSize()
+
+
+def test_adaptive_levels_before_a_learned_one_keep_the_table_chain(monkeypatch):
+    """Ground rings at depth 10 code levels 5-8 adaptive and 9 learned: the decoder makes
+    every neighbour table after the root's from the one before (the chain through the adaptive
+    levels), never by the binary searches, and decodes exactly."""
+    rng = np.random.default_rng(0)
+    elevation, azimuth = np.meshgrid(np.deg2rad(np.linspace(-25, -2, 16)),
+                                     np.linspace(0, 2 * np.pi, 512, endpoint=False),
+                                     indexing="ij")
+    r = 1.8 / np.tan(-elevation) + rng.normal(0, 0.02, elevation.shape)
+    rings = np.stack([r * np.cos(azimuth), r * np.sin(azimuth),
+                      rng.normal(0, 0.02, r.shape)], -1).reshape(-1, 3)
+    codec = PointCloudCodec.load()
+    msg = container.unpack(container.pack(codec.encode(rings, depth=10)))
+    levels = _levels(msg, 10)
+    assert "AL" in levels[1:], levels  # a learned level after an adaptive one, past the root
+    searched = []
+    binary_searches = octree.neighbour_table
+
+    def spy(codes, level, rows=None):
+        searched.append(level)
+        return binary_searches(codes, level, rows)
+
+    monkeypatch.setattr(octree, "neighbour_table", spy)
+    out = codec.decode(msg)
+    np.testing.assert_array_equal(out.voxels, octree.voxelize(rings, 10).voxels)
+    assert searched == [0]
+
+
+def test_code_length_refuses_probabilities_outside_its_table():
+    """adaptive.code_length's compiled sum reads the length table unchecked: out-of-range
+    probabilities (or a shape mismatch) are refused before it runs."""
+    bits = np.array([0, 1], np.uint8)
+    assert adaptive.code_length(bits, np.array([1 << 15, 1 << 15], np.uint16)) == 2 << 16
+    for f0 in (np.array([1 << 20, 5]), np.array([-5, 5]), np.array([0, 5]), np.array([5])):
+        with pytest.raises(ValueError):
+            adaptive.code_length(bits, f0)

@@ -49,28 +49,41 @@ def test_default_model_has_the_gather_first_layer():
     assert isinstance(PointCloudCodec.load("octree-ctx-v1").networks, networks.PassNetworks)
 
 
-@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("cloud", ["elephant", "sparse"])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_child_neighbour_tables_equal_the_binary_searches(elephant, monkeypatch, compiled,
-                                                          cloud, threads):
-    if not compiled:
-        monkeypatch.setattr(octree, "numba", None)
-    elif octree.numba is None:
-        pytest.skip("numba is not installed")
+def test_child_neighbour_tables_equal_the_binary_searches(elephant, monkeypatch, cloud,
+                                                          threads):
+    if octree.numba is None:
+        pytest.skip("numba is not installed")  # a dependency: only a light install lacks it
     monkeypatch.setattr(rowslices, "ROWS_PER_TASK", 100)  # many slices of parents
     codes, bits = elephant if cloud == "elephant" else _sparse_levels()
+    binary_searches, searched = octree.neighbour_table, []
+
+    def spy(codes, level, rows=None):
+        searched.append(level)
+        return binary_searches(codes, level, rows)
+
+    monkeypatch.setattr(octree, "neighbour_table", spy)
     tables = octree.LevelTables(threads)
     for level in range(len(codes)):
         got = tables.table_of(codes[level], level, bits[level - 1] if level else None)
-        want = octree.neighbour_table(codes[level], level)
+        want = binary_searches(codes[level], level)
         assert got.dtype == want.dtype == np.int32
         np.testing.assert_array_equal(got, want)
+    assert searched == [0]  # every later table came from the kernel
     # a level whose parent was not the last one asked falls back to the searches
     level = len(codes) - 2
     np.testing.assert_array_equal(
         octree.LevelTables().table_of(codes[level], level, bits[level - 1]),
-        octree.neighbour_table(codes[level], level))
+        binary_searches(codes[level], level))
+    assert searched == [0, level]
+    # an occupancy whose non-zero entries are not all 1 counts each as one child
+    level = len(codes) - 1
+    parent = binary_searches(codes[level - 1], level - 1)
+    np.testing.assert_array_equal(
+        octree.child_neighbour_table(parent, bits[level - 1].astype(np.uint8) * 2,
+                                     codes[level], level, threads),
+        binary_searches(codes[level], level))
 
 
 def test_gather_table_rows_are_the_weight_column_sums(v2):

@@ -216,9 +216,10 @@ def code_length(bits: np.ndarray, f0: np.ndarray) -> int:
     encoder's choice only, never decoded; integers, so the same on every machine). One pass,
     no temporaries: it runs beside the model's largest arrays (codec.py)."""
     b = np.ascontiguousarray(bits, dtype=np.uint8)
-    f = np.ascontiguousarray(f0)
-    if b.shape != f.shape:
+    f = np.asarray(f0)
+    if b.shape != f.shape or (f.size and (f.min() < 1 or f.max() >= _ONE)):
         raise ValueError("adaptive coder: bits and probabilities disagree")
+    f = np.ascontiguousarray(f, dtype=F0_DTYPE)  # in range: checked above (the kernel is not)
     return int(_code_length_kernel(b, f, entropy.code_length_table()))
 
 

@@ -296,7 +296,7 @@ def decompress(
         if level < last_adaptive:
             model.observe(adaptive.occupancy_bytes(bits))
         del neighbours
-        if level == depth - 1:  # no next level: free the largest table before the leaves
+        if level == last_learned:  # no table needed after: free the largest one early
             level_tables.release()
         codes, parent_bits = octree.children(codes, bits), bits
     if used != total_bits:

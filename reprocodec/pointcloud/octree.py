@@ -209,6 +209,7 @@ def child_neighbour_table(table: np.ndarray, occupancy: np.ndarray, codes: np.nd
     occupied children before it. Exact integer work; tests check it equals neighbour_table.
     Slices of parents run on `threads` threads (each writes its own children's rows)."""
     m = codes.size
+    occupancy = np.asarray(occupancy, dtype=bool)  # any nonzero is a child, as counted below
     # The compiled kernel writes one row per occupied child without bounds checks: only when
     # the table, the occupancy and the codes describe the same two levels.
     if (numba is None or table.shape[0] != occupancy.shape[0]
@@ -216,7 +217,7 @@ def child_neighbour_table(table: np.ndarray, occupancy: np.ndarray, codes: np.nd
         return neighbour_table(codes, level)
     out = np.empty((m, 27), dtype=np.int32)
     if m:
-        occupancy = np.ascontiguousarray(occupancy, dtype=np.uint8)
+        occupancy = np.ascontiguousarray(occupancy).view(np.uint8)  # bool: 0 or 1
         node_bytes = np.packbits(occupancy, axis=1, bitorder="little")[:, 0]
         first = np.zeros(occupancy.shape[0] + 1, dtype=np.int64)
         np.cumsum(occupancy.sum(axis=1, dtype=np.int64), out=first[1:])

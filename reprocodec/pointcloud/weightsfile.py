@@ -82,8 +82,8 @@ class _Unpickler(pickle.Unpickler):
         if key not in self.storages:
             info = self.archive.getinfo(f"{self.prefix}data/{key}")
             if numel < 0 or info.file_size != numel * dtype.itemsize:
-                raise WeightsFileError(f"weights file: storage {key} has {info.file_size} bytes, "
-                                 f"not {numel} x {dtype.itemsize}")
+                raise WeightsFileError(f"weights file: storage {key} has {info.file_size} "
+                                       f"bytes, not {numel} x {dtype.itemsize}")
             self.storages[key] = np.frombuffer(self.archive.read(info), dtype=dtype)
         storage = self.storages[key]
         if storage.dtype != dtype or storage.size != numel:
@@ -96,8 +96,8 @@ def read_blob(path: str) -> dict[str, Any]:
     anything else, whatever part of the archive or pickle is wrong."""
     try:
         return _read_blob(path)
-    except WeightsFileError:
-        raise
+    except (WeightsFileError, OSError, MemoryError):
+        raise  # ours, or the file system's (a missing file is not a malformed one)
     except Exception as exc:  # noqa: BLE001 - a crafted archive can fail anywhere in zipfile
         # or the unpickler (KeyError, TypeError, EOFError, ...): one error type for callers
         raise WeightsFileError(f"{path} is not a readable weights file: "
