@@ -487,10 +487,20 @@ def test_row_price_moves_low_value_levels_to_the_adaptive_coder():
 
 
 @pytest.mark.parametrize("name", list(CLOUDS))
-def test_the_adaptive_stream_floor_is_below_the_stream(codec, name):
+def test_the_adaptive_stream_floor_is_below_the_stream(codec, name, monkeypatch):
     """The encoder skips building the all-adaptive stream when this floor is above its best
-    candidate: the floor must never exceed the real stream."""
+    candidate: the floor must never exceed the real stream, and the encoder computes it from
+    the stream's own header, code length and decisions."""
     points, depth = CLOUDS[name]
+    floors = []
+    real_floor = codec_module.adaptive_stream_floor
+
+    def spy(*args):
+        floors.append(real_floor(*args))
+        return floors[-1]
+
+    monkeypatch.setattr(codec_module, "adaptive_stream_floor", spy)
+    codec.encode(points, "syndrome", depth=depth)
     alone = codec.encode(points, "syndrome", depth=depth, coders="adaptive")
     header = container.unpack(container.pack(alone))
     del header.payloads[:]
@@ -501,9 +511,10 @@ def test_the_adaptive_stream_floor_is_below_the_stream(codec, name):
         f0 = model.observe(occupancy, want_f0=True)
         cost += adaptive.code_length(adaptive.decision_bits(occupancy), f0)
         rows += level_bits.size
-    floor = codec_module.adaptive_stream_floor(header.ByteSize(), cost, rows)
+    floor = real_floor(header.ByteSize(), cost, rows)
     stream = alone.ByteSize() << (3 + entropy.COST_FRACTION)
     assert 0.9 * stream < floor <= stream
+    assert floors[-1] == floor  # what encode compared its candidates with
 
 
 def test_smallest_reaches_the_codec_from_the_service_and_the_cli(tmp_path):
@@ -534,17 +545,11 @@ def test_smallest_reaches_the_codec_from_the_service_and_the_cli(tmp_path):
         assert streams[True].ByteSize() < streams[False].ByteSize()
 
 
-def test_adaptive_levels_before_a_learned_one_keep_the_table_chain(monkeypatch):
+def test_adaptive_levels_before_a_learned_one_keep_the_table_chain(monkeypatch, ground_rings):
     """Ground rings at depth 10 code levels 5-8 adaptive and 9 learned: the decoder makes
     every neighbour table after the root's from the one before (the chain through the adaptive
     levels), never by the binary searches, and decodes exactly."""
-    rng = np.random.default_rng(0)
-    elevation, azimuth = np.meshgrid(np.deg2rad(np.linspace(-25, -2, 16)),
-                                     np.linspace(0, 2 * np.pi, 512, endpoint=False),
-                                     indexing="ij")
-    r = 1.8 / np.tan(-elevation) + rng.normal(0, 0.02, elevation.shape)
-    rings = np.stack([r * np.cos(azimuth), r * np.sin(azimuth),
-                      rng.normal(0, 0.02, r.shape)], -1).reshape(-1, 3)
+    rings = ground_rings
     codec = PointCloudCodec.load()
     msg = container.unpack(container.pack(codec.encode(rings, depth=10)))
     levels = _levels(msg, 10)

@@ -186,17 +186,11 @@ def test_learned_code_length_is_the_sum_over_bits(codec):
     assert coder._code_length(bits, index, codec.tables) == expected
 
 
-def test_the_per_level_choice_prices_refined_probabilities(codec, monkeypatch):
+def test_the_per_level_choice_prices_refined_probabilities(codec, monkeypatch, ground_rings):
     """Ground rings of a spinning sensor (nothing like the training meshes): the model's own
     probabilities lose most levels to the adaptive coder, refined ones win them back, and the
     stream is smaller for it; decoded exactly either way."""
-    rng = np.random.default_rng(0)
-    elevation, azimuth = np.meshgrid(np.deg2rad(np.linspace(-25, -2, 16)),
-                                     np.linspace(0, 2 * np.pi, 512, endpoint=False),
-                                     indexing="ij")
-    r = 1.8 / np.tan(-elevation) + rng.normal(0, 0.02, elevation.shape)
-    rings = np.stack([r * np.cos(azimuth), r * np.sin(azimuth),
-                      rng.normal(0, 0.02, r.shape)], -1).reshape(-1, 3)
+    rings = ground_rings
     refined = codec.encode(rings, Mode.SYNDROME, depth=12, coders="smallest")
     monkeypatch.setattr(codec, "refine", False)
     static = codec.encode(rings, Mode.SYNDROME, depth=12, coders="smallest")

@@ -211,15 +211,21 @@ def decision_bits(occupancy: np.ndarray) -> np.ndarray:
     return byte_bits(occupancy).reshape(-1)
 
 
-def code_length(bits: np.ndarray, f0: np.ndarray) -> int:
-    """Ideal code length of the decisions in units of 2^-entropy.COST_FRACTION bits (the
-    encoder's choice only, never decoded; integers, so the same on every machine). One pass,
-    no temporaries: it runs beside the model's largest arrays (codec.py)."""
+def _checked_decisions(bits: np.ndarray, f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bits and their probabilities of 0 as the compiled kernels take them (uint8, F0_DTYPE),
+    checked first: the kernels index tables with them unchecked."""
     b = np.ascontiguousarray(bits, dtype=np.uint8)
     f = np.asarray(f0)
     if b.shape != f.shape or (f.size and (f.min() < 1 or f.max() >= _ONE)):
         raise ValueError("adaptive coder: bits and probabilities disagree")
-    f = np.ascontiguousarray(f, dtype=F0_DTYPE)  # in range: checked above (the kernel is not)
+    return b, np.ascontiguousarray(f, dtype=F0_DTYPE)  # in range: checked above
+
+
+def code_length(bits: np.ndarray, f0: np.ndarray) -> int:
+    """Ideal code length of the decisions in units of 2^-entropy.COST_FRACTION bits (the
+    encoder's choice only, never decoded; integers, so the same on every machine). One pass,
+    no temporaries beside the encoder's largest arrays."""
+    b, f = _checked_decisions(bits, f0)
     return int(_code_length_kernel(b, f, entropy.code_length_table()))
 
 
@@ -234,11 +240,7 @@ def _code_length_kernel(bits, f0, length):  # pragma: no cover - compiled
 
 def encode(bits: np.ndarray, f0: np.ndarray) -> bytes:
     """rANS bytes of the decisions (bits in coding order, f0 their probabilities of 0)."""
-    b = np.ascontiguousarray(bits, dtype=np.uint8)
-    f = np.asarray(f0)
-    if b.shape != f.shape or (f.size and (f.min() < 1 or f.max() >= _ONE)):
-        raise ValueError("adaptive coder: bits and probabilities disagree")
-    f = np.ascontiguousarray(f, dtype=F0_DTYPE)  # in range: checked above
+    b, f = _checked_decisions(bits, f0)
     out = np.zeros(b.size + 2, dtype=np.uint32)
     first = _encode_kernel(b, f, out)
     return out[first:].astype("<u4").tobytes()

@@ -68,6 +68,7 @@ ADAPTIVE_PAYLOAD = "occupancy_adaptive"
 # (smaller streams, slower to decode on sparse clouds); "learned" / "adaptive": one coder on
 # every level (tests and benchmarks).
 CODERS = ("auto", "smallest", "learned", "adaptive")
+CHOOSING = ("auto", "smallest")  # the coders options that choose per level
 # The encoder estimates the model's cost of a level of at least 4 * ESTIMATE_NODES nodes from
 # ESTIMATE_NODES of them, and runs it on the whole level only if that estimate is within
 # ESTIMATE_MARGIN of the adaptive coder's exact cost (an encoder-side choice: any rule keeps
@@ -76,9 +77,10 @@ ESTIMATE_NODES = 1 << 12
 ESTIMATE_MARGIN = (103, 100)  # 1.03 as a ratio of integers: an exact comparison
 # The encoder prices the model's time beside its bits: each network row (a bit the model
 # predicts; decoding runs the same rows) counts as ROW_PRICE bits when it picks a level's coder
-# and the stream (J = bits + ROW_PRICE * rows). Dense surfaces save 0.13-0.6 bits a row and
-# stay learned; the finest levels of sparse clouds save 0.03-0.05 for half of all rows, and go
-# adaptive for about half the time at a cost of ~3 % of their bits. A ratio of integers: exact.
+# and the stream (J = bits + ROW_PRICE * rows). Dense surfaces save 0.2-0.6 bits a row and
+# stay learned; the finest levels of sparse clouds save 0.0-0.05 for about half of all rows,
+# and go adaptive for about half the time at a cost of ~3 % of their bits
+# (bench/pointcloud_levels.py). A ratio of integers: exact.
 ROW_PRICE = (1, 16)
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
 # Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8.
@@ -157,7 +159,6 @@ class PointCloudCodec:
         if coders not in CODERS:
             raise InputError(f"coders must be one of {', '.join(CODERS)}, got {coders!r}")
         price = (0, 1) if coders == "smallest" else ROW_PRICE
-        choose = coders in ("auto", "smallest")
         vox = octree.voxelize(points, depth)
         n = vox.voxels.shape[0]
         if n > MAX_POINTS:
@@ -174,15 +175,14 @@ class PointCloudCodec:
             return msg
         codes, bits = octree.build_levels(vox.voxels, depth)
         del vox  # the levels say everything the encoder still needs: free the voxel copy
-        # (The adaptive side is not run on a second thread beside the model's: the few per
-        # cent it saved came with ~90 MB more peak RSS on 1.3 M points, freed arrays kept in
-        # that thread's malloc arena.)
+        # Before the model's levels, on this thread: beside them on a pool thread it saved a
+        # few per cent but kept ~90 MB more at 1.3 M points (that thread's malloc arena).
         adaptive_bits, adaptive_f0, adaptive_cost = _adaptive_levels(bits)
         learned = self._learned_levels(codes, bits, adaptive_cost, mode, coders, price)
         del codes  # only the neighbour tables needed them
         rows = [level_bits.size for level_bits in bits]
         all_adaptive = (True,) * depth
-        if choose:
+        if coders in CHOOSING:
             # Ties go to the adaptive coder: exact integers, nothing to protect.
             choice = tuple(lv is None or a <= lv.cost + _row_cost(r, price)
                            for a, lv, r in zip(adaptive_cost, learned, rows, strict=True))
@@ -224,7 +224,7 @@ class PointCloudCodec:
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
-            if coders in ("auto", "smallest") and m >= 4 * ESTIMATE_NODES:
+            if coders in CHOOSING and m >= 4 * ESTIMATE_NODES:
                 # A large level: the model's cost from a sample of nodes first, and the whole
                 # level only if it may beat the adaptive coder (the encoder's time is mostly
                 # the model's, and sparse clouds' large levels are adaptive).

@@ -236,7 +236,7 @@ class LevelTables:
     neighbour_table."""
 
     def __init__(self, threads: int = 1) -> None:
-        self.level, self.table, self.codes = -2, None, None
+        self.level, self.table = -2, None
         self.threads = threads
 
     def table_of(self, codes: np.ndarray, level: int, parent_bits: np.ndarray | None
