@@ -411,7 +411,8 @@ def f_top(msg: pb.Bitstream, rng: random.Random, plan: Plan, seed: Seed) -> None
     if which == 0:
         msg.magic = rng.choice([0, container.MAGIC ^ 1, 0xFFFFFFFF, 0x52504344])
     elif which == 1:
-        msg.format_version = rng.choice([0, 1, 3, 255, (1 << 32) - 1])
+        # 2 and 3 are both read: the placement a version may omit is checked against it
+        msg.format_version = rng.choice([0, 1, 2, 3, 4, 255, (1 << 32) - 1])
     elif which == 2:
         msg.codec = rng.choice(ENUMS)
     elif which == 3:
@@ -455,7 +456,9 @@ def f_header(msg: pb.Bitstream, rng: random.Random, plan: Plan, seed: Seed) -> N
         elif name == "num_points":
             c.num_points = pick_u64(c.num_points, rng)
         elif name == "origin":
-            if rng.random() < 0.3:
+            if rng.random() < 0.1:
+                del c.origin[:]  # format 3's omitted placement (a scale must go too)
+            elif rng.random() < 0.3:
                 if rng.random() < 0.5 and c.origin:
                     c.origin.pop()
                 else:

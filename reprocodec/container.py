@@ -21,8 +21,11 @@ from .shipped import MODEL_NAME
 from .v1 import bitstream_pb2 as pb
 
 MAGIC = 0x44435052  # b"RPCD" read as a little-endian uint32
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = frozenset({2})
+# The newest version this writer knows. `pack` writes each stream at the lowest version that
+# can express it (a decoder upgraded later still reads what it can): 3 only for a point cloud
+# whose placement is the identity and so omitted (_IDENTITY_PLACEMENT).
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = frozenset({2, 3})
 # Versions this decoder recognises but no longer reads, with what the user should do.
 _RETIRED_VERSIONS = {
     1: "was written by reprocodec 0.1 (CompressAI's rANS without an end-of-stream check, no "
@@ -73,17 +76,49 @@ def make_payload(name: str, data: bytes, shape: tuple[int, ...] | list[int],
                       symbols_checksum=checksum(symbols))
 
 
+# Integer voxel files (origin 0, scale 1: octree.voxelize) are common and their placement
+# costs 35 bytes written out, a fifth of a small cloud's framing. Format 3 omits it: no origin
+# values and no scale (its proto3 default, +0.0, never a valid scale) mean exactly this.
+_IDENTITY_PLACEMENT = ((0.0, 0.0, 0.0), 1.0)
+
+
+def _is_positive_zero(value: float) -> bool:
+    return value == 0.0 and math.copysign(1.0, value) > 0
+
+
 def point_cloud_header(depth: int, num_points: int, origin, scale: float) -> pb.PointCloudHeader:
-    header = pb.PointCloudHeader(depth=depth, num_points=num_points, origin=list(origin),
-                                 scale=scale)
+    """The header, its placement omitted when it is exactly the identity (+0.0 origin, scale
+    1.0; a -0.0 origin is written out: its sum with a coordinate differs in sign at 0)."""
+    header = pb.PointCloudHeader(depth=depth, num_points=num_points)
+    origin = tuple(float(o) for o in origin)
+    if not (all(_is_positive_zero(o) for o in origin) and len(origin) == 3 and scale == 1.0):
+        header.origin.extend(origin)
+        header.scale = scale
     header.checksum = point_cloud_header_checksum(header)
     return header
 
 
+def placement(header: pb.PointCloudHeader) -> tuple[tuple[float, ...], float]:
+    """(origin, scale) of a validated header: world = origin + voxel * scale."""
+    if not header.origin:
+        return _IDENTITY_PLACEMENT
+    return tuple(header.origin), header.scale
+
+
 def point_cloud_header_checksum(header: pb.PointCloudHeader) -> int:
-    """Checksum of the fields that place decoded points (float64 values are exact)."""
-    return checksum(np.array([header.depth, header.num_points, *header.origin, header.scale],
+    """Checksum of the fields that place decoded points (float64 values are exact), over the
+    placement's values, written out or not."""
+    origin, scale = placement(header)
+    return checksum(np.array([header.depth, header.num_points, *origin, scale],
                              dtype=np.float64))
+
+
+def required_version(message: pb.Bitstream) -> int:
+    """The lowest format version that expresses `message` (its header set): what `pack`
+    writes, and what the codecs put in the messages they return."""
+    if message.WhichOneof("header") == "point_cloud" and not message.point_cloud.origin:
+        return 3
+    return 2
 
 
 def make_protected(
@@ -128,7 +163,7 @@ def protection_bytes(message: pb.Bitstream) -> int:
 def pack(message: pb.Bitstream) -> bytes:
     """Serialize a Bitstream (magic, version and CRCs filled in here), validated."""
     message.magic = MAGIC
-    message.format_version = FORMAT_VERSION
+    message.format_version = required_version(message)
     for payload in message.payloads:
         payload.crc32 = crc32(payload.data)
     for tensor in message.protected:
@@ -198,9 +233,12 @@ def validate(message: pb.Bitstream) -> None:
         cloud = message.point_cloud
         _check(1 <= cloud.depth <= 21, "octree depth out of range")
         _check(cloud.num_points <= MAX_ELEMENTS, "too many points")
-        _check(len(cloud.origin) == 3, "point cloud origin must have 3 values")
-        _check(all(math.isfinite(o) for o in cloud.origin), "non-finite origin")
-        _check(math.isfinite(cloud.scale) and cloud.scale > 0, "bad point cloud scale")
+        if not cloud.origin and message.format_version >= 3:
+            _check(_is_positive_zero(cloud.scale), "a point cloud scale without an origin")
+        else:
+            _check(len(cloud.origin) == 3, "point cloud origin must have 3 values")
+            _check(all(math.isfinite(o) for o in cloud.origin), "non-finite origin")
+            _check(math.isfinite(cloud.scale) and cloud.scale > 0, "bad point cloud scale")
         _check(point_cloud_header_checksum(cloud) == cloud.checksum,
                "point cloud header (depth, point count, origin, scale) fails its checksum")
     names: set[str] = set()

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reprocodec import container
+from reprocodec.checksum import checksum
 from reprocodec.errors import ContainerError
 from reprocodec.safeguard import DecisionQuantizer, ErrorBound, Mode, protect
 from reprocodec.v1 import bitstream_pb2 as pb
@@ -43,6 +44,57 @@ def test_round_trip_preserves_every_field():
     assert container.protection_bytes(parsed) == len(tensor.side_info) > 0
 
 
+def point_cloud_message(origin, scale) -> pb.Bitstream:
+    return pb.Bitstream(codec=pb.CODEC_KIND_POINT_CLOUD, model="octree-ctx-v3",
+                        weights_sha256=bytes(32),
+                        point_cloud=container.point_cloud_header(10, 7, origin, scale))
+
+
+def test_identity_placement_is_omitted_in_format_3():
+    identity = container.pack(point_cloud_message((0, 0, 0), 1.0))
+    placed = container.pack(point_cloud_message((0.5, 0, 0), 1.0))
+    assert len(placed) - len(identity) == 35  # 3 packed doubles and a double
+    parsed = container.unpack(identity)
+    assert parsed.format_version == 3 and not parsed.point_cloud.origin
+    assert container.placement(parsed.point_cloud) == ((0.0, 0.0, 0.0), 1.0)
+    # anything else is written out, at the version an earlier decoder reads
+    for origin, scale in [((0.5, 0, 0), 1.0), ((0, 0, 0), 0.5), ((-0.0, 0, 0), 1.0)]:
+        parsed = container.unpack(container.pack(point_cloud_message(origin, scale)))
+        assert parsed.format_version == 2
+        assert container.placement(parsed.point_cloud) == (origin, scale)
+    # image streams too
+    assert container.unpack(container.pack(sample_message())).format_version == 2
+
+
+def test_an_explicit_identity_placement_of_format_2_still_reads():
+    """Streams of the previous release wrote the identity out: the checksum is over the same
+    values, so they still validate and place points the same."""
+    message = point_cloud_message((0.5, 0, 0), 1.0)
+    header = message.point_cloud
+    del header.origin[:]
+    header.origin.extend([0.0, 0.0, 0.0])
+    # format 2's definition: the checksum of the written values
+    header.checksum = checksum(np.array([10, 7, 0.0, 0.0, 0.0, 1.0]))
+    parsed = container.unpack(container.pack(message))
+    assert parsed.format_version == 2 and list(parsed.point_cloud.origin) == [0.0, 0.0, 0.0]
+    assert container.placement(parsed.point_cloud) == ((0.0, 0.0, 0.0), 1.0)
+    compact = point_cloud_message((0, 0, 0), 1.0)
+    assert parsed.point_cloud.checksum == compact.point_cloud.checksum
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: setattr(m, "format_version", 2), "3 values"),  # version 2 has no omitted form
+    (lambda m: setattr(m.point_cloud, "scale", 2.0), "scale without an origin"),
+    (lambda m: setattr(m.point_cloud, "scale", -0.0), "scale without an origin"),
+    (lambda m: m.point_cloud.origin.extend([0.0, 0.0]), "3 values"),
+])
+def test_a_malformed_omitted_placement_is_refused(mutate, message):
+    parsed = pb.Bitstream.FromString(container.pack(point_cloud_message((0, 0, 0), 1.0)))
+    mutate(parsed)
+    with pytest.raises(ContainerError, match=message):
+        container.unpack(parsed.SerializeToString())
+
+
 def test_pack_is_deterministic():
     assert container.pack(sample_message()) == container.pack(sample_message())
 
@@ -50,7 +102,7 @@ def test_pack_is_deterministic():
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda m: setattr(m, "format_version", 3), "version 3 is not supported"),
+        (lambda m: setattr(m, "format_version", 4), "version 4 is not supported"),
         (lambda m: setattr(m, "format_version", 1), "re-encode"),
         (lambda m: m.payloads[0].__setattr__("data", b"x" + m.payloads[0].data[1:]), "CRC-32"),
         (lambda m: setattr(m.protected[0], "side_info", m.protected[0].side_info[:-1]), "CRC-32"),

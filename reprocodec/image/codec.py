@@ -298,7 +298,6 @@ class ImageCodec:
 
         msg = pb.Bitstream(
             magic=container.MAGIC,
-            format_version=container.FORMAT_VERSION,
             codec=pb.CODEC_KIND_IMAGE,
             model=self.info.name,
             weights_sha256=self.weights_sha256,
@@ -306,6 +305,7 @@ class ImageCodec:
             output_checksum=pixel_checksum(output),
             encoder_profile=self.profile.name,
         )
+        msg.format_version = container.required_version(msg)
         msg.payloads.append(container.make_payload("z", z_bytes, z_symbols.shape, z_symbols))
         for name, data, symbols in y_payloads:
             msg.payloads.append(container.make_payload(name, data, symbols.shape, symbols))

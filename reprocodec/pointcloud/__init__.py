@@ -57,10 +57,12 @@ def read_input(path: Path, max_elements: int | None = None) -> np.ndarray:
 
 def write_output(path: Path, decoded: Any, msg: Any) -> None:
     """Integer voxels when the stream's placement is the identity, else world coordinates."""
+    from reprocodec.container import placement
+
     from .ply import write_ply
 
-    cloud = msg.point_cloud
-    integer = tuple(cloud.origin) == (0.0, 0.0, 0.0) and cloud.scale == 1.0
+    origin, scale = placement(msg.point_cloud)
+    integer = origin == (0.0, 0.0, 0.0) and scale == 1.0
     write_ply(path, decoded.voxels if integer else decoded.points)
 
 
@@ -71,11 +73,13 @@ def effective_bounds(info: PointCloudModelInfo) -> dict[str, dict[str, Any]]:
 def inspect_fields(msg: Any) -> dict[str, Any]:
     """Point-cloud figures for `reprocodec inspect`; bits per point counts the whole stream,
     as the services' stats do (reprocodec.streamstats, the one definition)."""
+    from reprocodec.container import placement
     from reprocodec.streamstats import stream_stats
 
     from .adaptive import read_level_flags
 
     cloud = msg.point_cloud
+    origin, scale = placement(cloud)
     stats = stream_stats(msg)
     levels = "L" * int(cloud.depth) if msg.payloads else ""
     adaptive = [p for p in msg.payloads if p.name == "occupancy_adaptive"]
@@ -87,7 +91,7 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
             levels = "malformed"
     return {
         "depth": int(cloud.depth), "num_points": int(cloud.num_points),
-        "origin": list(cloud.origin), "scale": cloud.scale,
+        "origin": list(origin), "scale": scale,
         "coded_occupancy_bits": int(msg.protected[0].shape[0]) if msg.protected else 0,
         "adaptive_occupancy_bits": int(adaptive[0].shape[0]) if adaptive else 0,
         # the coder of each octree level, root first: L learned model, A adaptive context coder

@@ -165,12 +165,12 @@ class PointCloudCodec:
             raise TooLargeError(f"{n} voxels exceed this codec's limit of {MAX_POINTS}; "
                                 "split the cloud or use a smaller depth")
         msg = pb.Bitstream(
-            magic=container.MAGIC, format_version=container.FORMAT_VERSION,
-            codec=pb.CODEC_KIND_POINT_CLOUD, model=self.info.name,
+            magic=container.MAGIC, codec=pb.CODEC_KIND_POINT_CLOUD, model=self.info.name,
             weights_sha256=self.weights_sha256,
             point_cloud=container.point_cloud_header(depth, n, vox.origin, vox.scale),
             output_checksum=checksum(vox.voxels), encoder_profile=self.profile.name,
         )
+        msg.format_version = container.required_version(msg)
         if n == 0:
             return msg
         codes, bits = octree.build_levels(vox.voxels, depth)
@@ -395,11 +395,11 @@ class PointCloudCodec:
         return {TENSOR: np.concatenate(out)}
 
     def _result(self, msg, voxels, depth, bit_exact, start) -> DecodedPointCloud:
-        cloud = msg.point_cloud
+        origin, scale = container.placement(msg.point_cloud)
         # voxels * scale + origin, the sum in place (a + b == b + a exactly: the same floats
         # as origin + voxels * scale, without a second (N, 3) float64 array)
-        points = voxels * float(cloud.scale)
-        points += np.asarray(cloud.origin, np.float64)
+        points = voxels * float(scale)
+        points += np.asarray(origin, np.float64)
         return DecodedPointCloud(voxels, points, depth, bit_exact, time.perf_counter() - start)
 
     def _check_header(self, msg: pb.Bitstream) -> tuple[int, int]:
