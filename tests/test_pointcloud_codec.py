@@ -55,6 +55,9 @@ def test_lossless_round_trip_every_mode(codec, camel, mode):
     msg, out = _roundtrip(codec, camel, 6, mode)
     np.testing.assert_array_equal(out.voxels, camel)
     assert out.bit_exact
+    # integer voxels: the identity placement is omitted (format 3), the points are the voxels
+    assert msg.format_version == 3 and not msg.point_cloud.origin
+    np.testing.assert_array_equal(out.points, camel.astype(np.float64))
     assert (len(msg.protected[0].side_info) == 0) == (mode is Mode.NONE)
 
 
@@ -63,9 +66,10 @@ def test_lossless_at_several_depths_and_float_input(codec, depth):
     rng = np.random.default_rng(depth)
     pts = rng.normal(size=(500, 3)) * [3.0, 1.0, 0.2] + 10.0
     vox = octree.voxelize(pts, depth)
-    _, out = _roundtrip(codec, pts, depth)
+    msg, out = _roundtrip(codec, pts, depth)
     np.testing.assert_array_equal(out.voxels, vox.voxels)
     np.testing.assert_allclose(out.points, np.asarray(vox.origin) + vox.voxels * vox.scale)
+    assert msg.format_version == 2 and len(msg.point_cloud.origin) == 3  # placed: written out
 
 
 @pytest.mark.parametrize("points", [np.zeros((0, 3)), np.array([[5, 6, 7]]),
