@@ -316,3 +316,19 @@ def test_narrower_layers_are_padded_with_zero_units(elephant):
         want = native.numpy_rest(hidden, net.w2t, net.b2, net.w3, net.b3)
         np.testing.assert_array_equal(got, want.astype(np.float64))
         np.testing.assert_allclose(got, torch_net.logits_of(inputs, k, 6 - level), atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rows", [0, 1, 1023, 3000, 20_000, 93_413, 1 << 20])
+def test_row_slices_cover_every_row_once_in_balanced_rounds(rows, threads):
+    slices = rowslices.row_slices(rows, threads)
+    covered = [i for start, stop in slices for i in range(start, stop)]
+    assert covered == list(range(rows))
+    sizes = [stop - start for start, stop in slices]
+    assert all(0 < s <= rowslices.ROWS_PER_TASK for s in sizes)
+    if sizes:
+        assert max(sizes) - min(sizes) <= 1  # equal slices: no thread waits on a long one
+    if threads > 1 and rows >= threads * rowslices.MIN_ROWS_PER_TASK:
+        assert len(slices) % threads == 0  # whole rounds of the pool
+    if threads == 1:
+        assert len(slices) == -(-rows // rowslices.ROWS_PER_TASK)

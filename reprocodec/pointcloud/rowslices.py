@@ -9,8 +9,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-ROWS_PER_TASK = 1 << 13
-
+ROWS_PER_TASK = 1 << 13  # the most rows of a slice
+MIN_ROWS_PER_TASK = 1 << 10  # the fewest rows worth a task of their own
 
 def default_threads() -> int:
     """The cores this process may run on (the CLI's and in-process default)."""
@@ -32,15 +32,30 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
+def row_slices(rows: int, threads: int) -> list[tuple[int, int]]:
+    """Consecutive (start, stop) slices of `rows`: at most ROWS_PER_TASK rows each, and with
+    several threads whole rounds of equal slices (within a row), down to MIN_ROWS_PER_TASK, so
+    that no thread waits for another's last slice (20,000 rows on 2 threads: 4 slices of
+    5,000, not 8,192 + 8,192 and then 3,616 alone)."""
+    if rows <= 0:
+        return []
+    tasks = -(-rows // ROWS_PER_TASK)
+    if threads > 1:
+        rounds = -(-tasks // threads) * threads
+        tasks = max(tasks, min(rounds, rows // MIN_ROWS_PER_TASK))
+    size, extra = divmod(rows, tasks)
+    bounds = [i * size + min(i, extra) for i in range(tasks + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
 def for_row_slices(work: Callable[[int, int], None], rows: int, threads: int) -> None:
-    """work(start, stop) on consecutive ROWS_PER_TASK slices of `rows`, on `threads` threads
-    (on the caller's when one): the slices must write disjoint outputs."""
-    starts = range(0, rows, ROWS_PER_TASK)
-    if threads <= 1 or rows <= ROWS_PER_TASK:
-        for start in starts:
-            work(start, min(start + ROWS_PER_TASK, rows))
+    """work(start, stop) on the row_slices of `rows`, on `threads` threads (on the caller's
+    when one, or when one slice): the slices must write disjoint outputs."""
+    slices = row_slices(rows, threads)
+    if threads <= 1 or len(slices) <= 1:
+        for start, stop in slices:
+            work(start, stop)
         return
-    futures = [_pool(threads).submit(work, s, min(s + ROWS_PER_TASK, rows)) for s in starts]
+    futures = [_pool(threads).submit(work, start, stop) for start, stop in slices]
     for f in futures:
         f.result()
-
