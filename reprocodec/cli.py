@@ -346,11 +346,13 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
 
 def build_parser() -> argparse.ArgumentParser:
     from reprocodec import __version__
+    from reprocodec.container import FORMAT_VERSION, SUPPORTED_VERSIONS
 
     p = argparse.ArgumentParser(prog="reprocodec", description=__doc__.splitlines()[0],
                                 epilog=EXAMPLES, formatter_class=_Help)
     p.add_argument("--version", action="version",
-                   version=f"reprocodec {__version__} (bitstream format 2)")
+                   version=f"reprocodec {__version__} (bitstream formats "
+                           f"{min(SUPPORTED_VERSIONS)}-{FORMAT_VERSION})")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     _add = sub.add_parser
 
