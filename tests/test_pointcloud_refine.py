@@ -58,11 +58,22 @@ def test_probabilities_follow_the_rule_and_round_trip(codec):
     f0 = np.empty(rows.size, np.int64)
     refine._walk_kernel(rows, bits, refine.initial_buckets(f0_table), f0)
     np.testing.assert_array_equal(f0, _reference_f0(rows, bits, f0_table))
-    # The encoder's price of the same walk: the code lengths of exactly these probabilities.
+    # The encoder's price of the same walk: the code lengths of exactly these probabilities,
+    # and beside them of the static table's
     length = entropy.code_length_table()
     buckets = refine.initial_buckets(f0_table)
-    assert refine.code_length(bits, rows, buckets) == int(
-        np.sum(np.where(bits, length[(1 << 16) - f0], length[f0])))
+    static = f0_table[rows]
+    assert refine.code_lengths(bits, rows - GRID_K, buckets, f0_table) == (
+        int(np.sum(np.where(bits, length[(1 << 16) - static], length[static]))),
+        int(np.sum(np.where(bits, length[(1 << 16) - f0], length[f0]))))
+    # a strided bool column (the encoder passes bits[:, k]) prices the same
+    wide = np.zeros((bits.size, 3), dtype=bool)
+    wide[:, 1] = bits.astype(bool)
+    assert refine.code_lengths(wide[:, 1], rows - GRID_K, refine.initial_buckets(f0_table),
+                               f0_table) == refine.code_lengths(
+        bits, rows - GRID_K, refine.initial_buckets(f0_table), f0_table)
+    with pytest.raises(ValueError):
+        refine.code_lengths(bits, rows, refine.initial_buckets(f0_table), f0_table)  # > K
     walked = refine.initial_buckets(f0_table)
     refine._walk_kernel(rows, bits, walked, f0)
     np.testing.assert_array_equal(buckets, walked)  # and it leaves the state the walk does

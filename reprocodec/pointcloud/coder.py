@@ -100,10 +100,13 @@ def learned_level(
         logits = predict(neighbours, bits, k, level, depth)
         protected = decision.protect_pass(logits, mode)
         index[k * m:(k + 1) * m] = _grid_index(protected.indices)
-        cost += _code_length(bits[:, k], index[k * m:(k + 1) * m], tables)
-        if buckets is not None:
-            refined += refine.code_length(bits[:, k], index[k * m:(k + 1) * m] + GRID_K,
-                                          buckets)
+        if buckets is None:
+            cost += _code_length(bits[:, k], index[k * m:(k + 1) * m], tables)
+        else:
+            static, refined_pass = refine.code_lengths(bits[:, k], index[k * m:(k + 1) * m],
+                                                       buckets, tables.cdfs[:, 1])
+            cost += static
+            refined += refined_pass
         bodies.append(protected.body)
         risky += protected.risky_count
         candidates += protected.candidate_count
@@ -127,9 +130,10 @@ def estimate_level_cost(
         predict(neighbours, bits, k, level, depth), Mode.NONE).indices)
         for k in range(N_PASSES)])
     sample_bits = bits[rows].T.reshape(-1)
-    cost = _code_length(sample_bits, index, tables)
-    if buckets is not None:
-        cost = min(cost, refine.code_length(sample_bits, index + GRID_K, buckets.copy()))
+    if buckets is None:
+        cost = _code_length(sample_bits, index, tables)
+    else:
+        cost = min(refine.code_lengths(sample_bits, index, buckets.copy(), tables.cdfs[:, 1]))
     return cost * bits.shape[0] // rows.size
 
 

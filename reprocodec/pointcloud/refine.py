@@ -34,6 +34,7 @@ BUCKETS = 2 * GRID_K // SPACING + 1
 RATE = 6  # each update moves the nearer bucket 1/64 of the way to the bit
 FRACTION = 6  # buckets hold P(0) in 2^-(16 + FRACTION) units
 _ONE = 1 << adaptive._PRECISION
+_STATIC_ONE = 1 << entropy.PRECISION  # the static CDF table's total
 
 
 def _jit(fn):
@@ -75,14 +76,20 @@ def _walk_kernel(rows, bits, buckets, f0_out):  # pragma: no cover - compiled
 
 
 @_jit
-def _cost_kernel(rows, bits, buckets, length):  # pragma: no cover - compiled
-    """The walk, summing each bit's code length (entropy.code_length_table) instead."""
-    total = np.int64(0)
-    for i in range(rows.size):
-        f0, j = _probability(buckets, np.int64(rows[i]))
-        total += length[_ONE - f0] if bits[i] else length[f0]
-        _update(buckets, j, bits[i])
-    return total
+def _costs_kernel(bits, index, buckets, f0_table, length):  # pragma: no cover - compiled
+    """The walk, summing each bit's code length (entropy.code_length_table) under its refined
+    probability instead, and beside it under the static table's (one pass over the bits)."""
+    static = np.int64(0)
+    refined = np.int64(0)
+    for i in range(index.size):
+        g = np.int64(index[i]) + GRID_K
+        bit = bits[i]
+        p = f0_table[g]
+        static += length[_STATIC_ONE - p] if bit else length[p]
+        f0, j = _probability(buckets, g)
+        refined += length[_ONE - f0] if bit else length[f0]
+        _update(buckets, j, bit)
+    return static, refined
 
 
 @_jit
@@ -127,13 +134,23 @@ def encode(bits: np.ndarray, rows: np.ndarray, f0_table: np.ndarray) -> bytes:
     return adaptive.encode(b, f0)
 
 
-def code_length(bits: np.ndarray, rows: np.ndarray, buckets: np.ndarray) -> int:
-    """Ideal code length of bits (coding order) under refined probabilities of their CDF-table
-    rows, in units of 2^-entropy.COST_FRACTION bits, walking `buckets` (updated in place, as
-    coding them would): the encoder's choice only, exact integers."""
-    b = np.ascontiguousarray(bits, dtype=np.uint8)
-    r = np.ascontiguousarray(rows, dtype=np.int64)
-    return int(_cost_kernel(r, b, buckets, entropy.code_length_table()))
+def code_lengths(bits: np.ndarray, index: np.ndarray, buckets: np.ndarray,
+                 f0_table: np.ndarray) -> tuple[int, int]:
+    """Ideal code lengths of bits (coding order) with clamped grid indices `index` (|i| <= K)
+    under the static CDF table's P(0) (f0_table, 2K + 1 rows) and under refined probabilities,
+    in units of 2^-entropy.COST_FRACTION bits, walking `buckets` (updated in place, as coding
+    them would): the encoder's choice only, exact integers."""
+    b = np.asarray(bits)
+    if b.dtype != np.bool_:
+        b = b.astype(np.uint8)
+    i = np.asarray(index)
+    if b.shape != i.shape or (i.size and (i.min() < -GRID_K or i.max() > GRID_K)):
+        raise ValueError("refined pricing needs one grid index in -K..K per bit")
+    f0 = np.ascontiguousarray(f0_table, dtype=np.int64)
+    if f0.size != 2 * GRID_K + 1:
+        raise ValueError(f"a CDF table of {f0.size} rows, not {2 * GRID_K + 1}")
+    static, refined = _costs_kernel(b, i, buckets, f0, entropy.code_length_table())
+    return int(static), int(refined)
 
 
 class Decoder(adaptive.Decoder):
