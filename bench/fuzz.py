@@ -114,7 +114,9 @@ IMAGE_SEEDS = [
 ]
 # (sample or None for an empty cloud, depth, mode)
 # (sample, depth, mode, coders): "auto" as users encode (small clouds at shallow depths go
-# all adaptive), "learned" so protected occupancy logits are always among the seeds.
+# all adaptive), "learned" so protected occupancy logits are always among the seeds. The "auto"
+# seeds are given as integer voxels (format 3: the identity placement omitted), the others as
+# the rescaled sample (format 2: the placement written out).
 CLOUD_SEEDS = [
     ("camel_d6", 3, "syndrome", "learned"),
     ("camel_d6", 3, "syndrome", "auto"),
@@ -145,6 +147,7 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
     """Encode the seeds (worker side: needs the codecs) and save the entropy tables that the
     'latents' generator codes with."""
     from reprocodec.image.io import read_image
+    from reprocodec.pointcloud import octree
     from reprocodec.pointcloud.ply import read_ply
 
     out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +176,8 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
         for sample, depth, mode, coders in CLOUD_SEEDS:
             points = (read_ply(SAMPLES / f"{sample}.ply") if sample
                       else np.zeros((0, 3), np.float64))
+            if sample and coders == "auto":
+                points = octree.voxelize(points, depth).voxels
             msg = codec.encode(points, mode, depth=depth, coders=coders)
             i = len(meta)
             (out / f"seed_{i:02d}.rpc").write_bytes(container.pack(msg))
@@ -458,6 +463,9 @@ def f_header(msg: pb.Bitstream, rng: random.Random, plan: Plan, seed: Seed) -> N
         elif name == "origin":
             if rng.random() < 0.1:
                 del c.origin[:]  # format 3's omitted placement (a scale must go too)
+                if rng.random() < 0.5:
+                    c.scale = 0.0
+                    msg.format_version = 3
             elif rng.random() < 0.3:
                 if rng.random() < 0.5 and c.origin:
                     c.origin.pop()

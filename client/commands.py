@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from reprocodec import registry
+from reprocodec import container, registry
 from reprocodec.batch import (
     EXIT_FAILED,
     EXIT_OK,
@@ -108,6 +108,8 @@ def remote_encode(args: argparse.Namespace) -> int:
         for i, path in enumerate(inputs, 1):
             try:
                 response = encode_file(enc, path, args)
+                container.at_version(response.bitstream, getattr(
+                    args, "bitstream_format", container.FORMAT_VERSION))
                 target = output_path(path, args.output, len(inputs) > 1, ".rpc")
                 target.write_bytes(response.bitstream.SerializeToString(deterministic=True))
                 print(f"[{i}/{len(inputs)}] {path} -> {target}: {_describe(response.stats)}",

@@ -144,6 +144,7 @@ def _encode_local(args: argparse.Namespace) -> int:
         capture: dict = {}
         options = kind.options(given) | ({"capture": capture} if args.capture else {})
         msg = codec.encode(data, mode=Mode(args.safeguard), **options)
+        container.at_version(msg, args.bitstream_format)
         output_path(path, args.output, many, ".rpc").write_bytes(container.pack(msg))
         _save_capture(args, path, capture)
 
@@ -388,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--smallest", action="store_true",
                    help="point clouds: choose each octree level's coder by bits alone "
                         "(smaller streams; sparse clouds decode slower)")
+    e.add_argument("--bitstream-format", type=int, choices=sorted(SUPPORTED_VERSIONS),
+                   default=FORMAT_VERSION,
+                   help="the newest bitstream format to write: 2 for decoders of reprocodec "
+                        "0.2.0, which refuse format 3 (integer voxel clouds use it)")
     e.set_defaults(func=cmd_encode)
 
     d = sub.add_parser("decode", help="decompress .rpc files to .png / .ply")

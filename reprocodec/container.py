@@ -88,7 +88,7 @@ def _is_positive_zero(value: float) -> bool:
 
 def point_cloud_header(depth: int, num_points: int, origin, scale: float) -> pb.PointCloudHeader:
     """The header, its placement omitted when it is exactly the identity (+0.0 origin, scale
-    1.0; a -0.0 origin is written out: its sum with a coordinate differs in sign at 0)."""
+    1.0; any other origin, -0.0 included, is written out as given)."""
     header = pb.PointCloudHeader(depth=depth, num_points=num_points)
     origin = tuple(float(o) for o in origin)
     if not (all(_is_positive_zero(o) for o in origin) and len(origin) == 3 and scale == 1.0):
@@ -140,6 +140,23 @@ def make_protected(
         risky_count=protected.risky_count,
         candidate_count=protected.candidate_count,
     )
+
+
+def at_version(message: pb.Bitstream, version: int) -> None:
+    """Express `message` for decoders that read bitstream formats up to `version` (one of
+    SUPPORTED_VERSIONS), in place: at 2 an omitted identity placement is written out (the same
+    placement and header checksum). For rolling upgrades that reach encoders before decoders:
+    a decoder of reprocodec 0.2.0 reads format 2 only."""
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"bitstream format {version} is not one this version writes "
+                         f"({', '.join(map(str, sorted(SUPPORTED_VERSIONS)))})")
+    if version < 3 and message.WhichOneof("header") == "point_cloud":
+        header = message.point_cloud
+        if not header.origin:
+            origin, scale = _IDENTITY_PLACEMENT
+            header.origin.extend(origin)
+            header.scale = scale
+    message.format_version = required_version(message)
 
 
 def payload_bytes(message: pb.Bitstream, name: str) -> bytes:
@@ -239,6 +256,12 @@ def validate(message: pb.Bitstream) -> None:
             _check(len(cloud.origin) == 3, "point cloud origin must have 3 values")
             _check(all(math.isfinite(o) for o in cloud.origin), "non-finite origin")
             _check(math.isfinite(cloud.scale) and cloud.scale > 0, "bad point cloud scale")
+            # every voxel's world coordinates finite: origin + v * scale for v in 0..2^depth - 1
+            # (scale > 0: the extremes are the origin and v = 2^depth - 1; a huge scale made
+            # the far end inf)
+            far = ((1 << cloud.depth) - 1) * cloud.scale
+            _check(math.isfinite(far) and all(math.isfinite(o + far) for o in cloud.origin),
+                   "point cloud placement puts voxels at infinite coordinates")
         _check(point_cloud_header_checksum(cloud) == cloud.checksum,
                "point cloud header (depth, point count, origin, scale) fails its checksum")
     names: set[str] = set()

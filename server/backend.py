@@ -60,11 +60,14 @@ class Codecs:
     """
 
     def __init__(self, weights_dir: Path | None = None,
-                 max_pixels: int = imageio.DEFAULT_MAX_PIXELS, cloud_threads: int = 1) -> None:
+                 max_pixels: int = imageio.DEFAULT_MAX_PIXELS, cloud_threads: int = 1,
+                 bitstream_format: int = container.FORMAT_VERSION) -> None:
         self.weights_dir = weights_dir
         self.max_pixels = max_pixels
         # Threads per point-cloud request: the server already runs several requests at once.
         self.cloud_threads = cloud_threads
+        # The newest format the encoder writes (--bitstream-format; container.at_version).
+        self.bitstream_format = bitstream_format
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.models: dict[str, ModelEntry] = {}
@@ -154,7 +157,7 @@ class Codecs:
                 name=m.name, codec=m.codec, architecture=m.architecture, quality=m.quality,
                 weights_sha256=m.weights_sha256, bounds=bounds, modes=modes,
                 is_default=m.name in default_names, loaded=m.name in self._loaded,
-                calibrated_profiles=profiles, format_version=container.FORMAT_VERSION,
+                calibrated_profiles=profiles, format_version=self.bitstream_format,
             ))
         return out
 
@@ -202,6 +205,7 @@ def encode_image(codecs: Codecs, request: service_pb2.EncodeImageRequest, pixels
     started = time.perf_counter()
     msg = codec.encode(pixels, mode=mode, level=level)
     seconds = time.perf_counter() - started
+    container.at_version(msg, codecs.bitstream_format)
     return service_pb2.EncodeResponse(bitstream=msg, stats=stream_stats(msg, profile, seconds))
 
 
@@ -269,6 +273,7 @@ def encode_point_cloud(codecs: Codecs, request: service_pb2.EncodePointCloudRequ
         kwargs["coders"] = "smallest"
     msg = codec.encode(points, mode=mode, **kwargs)
     seconds = time.perf_counter() - started
+    container.at_version(msg, codecs.bitstream_format)
     return service_pb2.EncodeResponse(bitstream=msg, stats=stream_stats(msg, profile, seconds))
 
 

@@ -32,6 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import reprocodec
+from reprocodec import container
 
 from . import allocator, security
 from .backend import Codecs
@@ -101,8 +102,8 @@ def build_parser(service: str) -> argparse.ArgumentParser:
     p.add_argument("--max-memory-mb", type=float, default=None,
                    help="memory all running encodes/decodes share, in MiB: a request holds its "
                         "estimate while it runs and waits in the queue until it fits (default: "
-                        f"{MEMORY_POOL_SHARE:.0%} of the container's memory limit, else of the "
-                        "machine's memory; 0: no shared limit)")
+                        f"{MEMORY_POOL_SHARE * 100:.0f}%% of the container's memory limit, "
+                        "else of the machine's memory; 0: no shared limit)")
     p.add_argument("--malloc-arenas", type=int, default=allocator.DEFAULT_ARENAS,
                    help="glibc malloc arenas shared by the worker threads (default "
                         f"{allocator.DEFAULT_ARENAS}; 0 keeps glibc's 8 per core; the "
@@ -110,6 +111,11 @@ def build_parser(service: str) -> argparse.ArgumentParser:
                         "from creeping up under mixed load")
     p.add_argument("--no-malloc-trim", dest="malloc_trim", action="store_false",
                    help="do not return freed heap pages to the OS after each request")
+    p.add_argument("--bitstream-format", type=int, choices=sorted(container.SUPPORTED_VERSIONS),
+                   default=container.FORMAT_VERSION,
+                   help="encoder: the newest bitstream format it writes (default "
+                        f"{container.FORMAT_VERSION}); 2 while decoders of reprocodec 0.2.0 "
+                        "remain, which refuse format 3 (integer voxel clouds use it)")
     p.add_argument("--tls-cert", type=Path, help="PEM server certificate (enables TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", type=Path,
@@ -242,8 +248,9 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         queue_length=args.queue_length, max_queue_wait=args.max_queue_wait,
         max_request_memory=int(args.max_request_memory_mb * 2**20),
         trim_memory=args.malloc_trim, max_memory=memory_pool(args.max_memory_mb),
+        bitstream_format=args.bitstream_format,
     )
-    codecs = Codecs(args.weights_dir, args.max_pixels, args.cloud_threads)
+    codecs = Codecs(args.weights_dir, args.max_pixels, args.cloud_threads, args.bitstream_format)
     _preload(codecs, args.preload)
     core = ServiceCore(config, metrics)
 

@@ -178,3 +178,22 @@ def test_evaluate_writes_rate_quality_timing_and_protection(tmp_path):
     assert row["bpp"] == pytest.approx(8 * row["bytes"] / (176 * 200))
     assert 15 < row["psnr"] < 60 and 0.5 < row["ms_ssim"] <= 1.0
     assert row["encode_s"] > 0 and row["decode_s"] > 0 and 0 <= row["overhead_ratio"] < 0.01
+
+
+def test_local_encode_writes_the_requested_bitstream_format(tmp_path):
+    """--bitstream-format 2 writes an integer voxel cloud as a 0.2.0 decoder reads it (the
+    identity placement written out); the default, 3, omits it. Both decode to the same cloud."""
+    from reprocodec import container
+
+    camel = str(SAMPLES / "camel_d6.ply")
+    sizes = {}
+    for fmt in ("2", "3"):
+        out = tmp_path / f"{fmt}.rpc"
+        argv = ["encode", camel, "-o", str(out), "--local", "--depth", "6"]
+        assert cli.main(argv + (["--bitstream-format", fmt] if fmt == "2" else [])) == 0
+        msg = container.unpack(out.read_bytes())
+        assert msg.format_version == int(fmt)
+        sizes[fmt] = out.stat().st_size
+        assert cli.main(["decode", str(out), "-o", str(tmp_path / f"{fmt}.ply"), "--local"]) == 0
+    assert sizes["2"] - sizes["3"] == 35
+    assert (tmp_path / "2.ply").read_bytes() == (tmp_path / "3.ply").read_bytes()

@@ -61,7 +61,9 @@ def test_identity_placement_is_omitted_in_format_3():
     for origin, scale in [((0.5, 0, 0), 1.0), ((0, 0, 0), 0.5), ((-0.0, 0, 0), 1.0)]:
         parsed = container.unpack(container.pack(point_cloud_message(origin, scale)))
         assert parsed.format_version == 2
-        assert container.placement(parsed.point_cloud) == (origin, scale)
+        got_origin, got_scale = container.placement(parsed.point_cloud)
+        assert got_scale == scale  # the origin to the bit (== does not tell -0.0 from +0.0)
+        assert np.array(got_origin).tobytes() == np.array(origin, np.float64).tobytes()
     # image streams too
     assert container.unpack(container.pack(sample_message())).format_version == 2
 
@@ -82,11 +84,30 @@ def test_an_explicit_identity_placement_of_format_2_still_reads():
     assert parsed.point_cloud.checksum == compact.point_cloud.checksum
 
 
+def test_at_version_2_writes_the_placement_out_for_earlier_decoders():
+    message = point_cloud_message((0, 0, 0), 1.0)
+    compact_checksum = message.point_cloud.checksum
+    container.at_version(message, 3)  # the newest: as it is
+    assert not message.point_cloud.origin
+    container.at_version(message, 2)
+    parsed = container.unpack(container.pack(message))
+    assert parsed.format_version == 2 and list(parsed.point_cloud.origin) == [0.0, 0.0, 0.0]
+    assert parsed.point_cloud.scale == 1.0 and parsed.point_cloud.checksum == compact_checksum
+    image = sample_message()
+    container.at_version(image, 2)
+    assert image.format_version == 2 and container.unpack(container.pack(image)) == image
+    for version in (1, 4):
+        with pytest.raises(ValueError, match="not one this version writes"):
+            container.at_version(message, version)
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda m: setattr(m, "format_version", 2), "3 values"),  # version 2 has no omitted form
     (lambda m: setattr(m.point_cloud, "scale", 2.0), "scale without an origin"),
     (lambda m: setattr(m.point_cloud, "scale", -0.0), "scale without an origin"),
     (lambda m: m.point_cloud.origin.extend([0.0, 0.0]), "3 values"),
+    (lambda m: (m.point_cloud.origin.extend([0.0, 0.0, 1e308]),
+                setattr(m.point_cloud, "scale", 1e306)), "infinite coordinates"),
 ])
 def test_a_malformed_omitted_placement_is_refused(mutate, message):
     parsed = pb.Bitstream.FromString(container.pack(point_cloud_message((0, 0, 0), 1.0)))

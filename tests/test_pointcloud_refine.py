@@ -74,6 +74,17 @@ def test_probabilities_follow_the_rule_and_round_trip(codec):
         bits, rows - GRID_K, refine.initial_buckets(f0_table), f0_table)
     with pytest.raises(ValueError):
         refine.code_lengths(bits, rows, refine.initial_buckets(f0_table), f0_table)  # > K
+    with pytest.raises(ValueError):  # 2-D: the kernel walks one coding order
+        refine.code_lengths(wide, np.zeros(wide.shape, np.int16),
+                            refine.initial_buckets(f0_table), f0_table)
+    # the static sum is the one coder._code_length computes (the encoder uses either), and
+    # any non-zero value is a 1 bit to both
+    from reprocodec.pointcloud import coder
+
+    index = rows - GRID_K
+    as_int = bits.astype(np.int64) * 256
+    assert refine.code_lengths(as_int, index, refine.initial_buckets(f0_table), f0_table)[0] \
+        == coder._code_length(as_int, index, codec.tables)
     walked = refine.initial_buckets(f0_table)
     refine._walk_kernel(rows, bits, walked, f0)
     np.testing.assert_array_equal(buckets, walked)  # and it leaves the state the walk does

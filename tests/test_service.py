@@ -460,6 +460,20 @@ def test_cli_remote_verbs(servers, tmp_path, capsys):
     assert all(len(m["weights_sha256"]) == 64 and m["format_version"] == 3
                for m in listed["models"])
 
+    # An integer voxel cloud is written in format 3; --bitstream-format 2 writes what a 0.2.0
+    # decoder reads (the placement written out), and both decode to the same points.
+    camel = str(SAMPLES / "camel_d6.ply")
+    for fmt in ("3", "2"):
+        out = tmp_path / f"camel{fmt}.rpc"
+        assert main(["encode", camel, "-o", str(out), "--encoder", enc_proc.target,
+                     "--depth", "6", "--bitstream-format", fmt]) == 0
+        msg = container.unpack(out.read_bytes())
+        assert msg.format_version == int(fmt) and len(msg.point_cloud.origin) == 3 * (fmt == "2")
+        assert main(["decode", str(out), "-o", str(tmp_path / f"camel{fmt}.ply"),
+                     "--decoder", dec_proc.target]) == 0
+    assert (tmp_path / "camel3.ply").read_bytes() == (tmp_path / "camel2.ply").read_bytes()
+    capsys.readouterr()
+
     assert main(["roundtrip", *inputs, "--encoder", enc_proc.target,
                  "--decoder", dec_proc.target, "--model", HYPERPRIOR]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]

@@ -14,6 +14,7 @@ from reprocodec.server.main import build_parser, serve
     ["--tls-client-ca", "ca.pem"],                 # mutual TLS without TLS
     ["--max-concurrency", "0"],
     ["--max-message-mb", "0"],
+    ["--bitstream-format", "4"],                   # a format this version does not write
 ])
 def test_misconfiguration_exits_with_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -27,3 +28,20 @@ def test_defaults_are_loopback_and_the_documented_ports():
         args = build_parser(service).parse_args([])
         assert (args.host, args.port, args.metrics_port) == ("127.0.0.1", port, metrics)
         assert args.tls_cert is None and args.auth_token_file is None
+
+
+@pytest.mark.parametrize("service", ["encoder", "decoder"])
+def test_help_prints_every_flag(service, capsys):
+    """argparse formats help strings with %: a literal percent sign must be written %%."""
+    with pytest.raises(SystemExit) as info:
+        serve(service, ["--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--bitstream-format" in out and "% of the container's memory limit" in out
+
+
+def test_bitstream_format_defaults_to_the_newest_and_reaches_the_config():
+    from reprocodec import container
+
+    assert build_parser("encoder").parse_args([]).bitstream_format == container.FORMAT_VERSION
+    assert build_parser("encoder").parse_args(["--bitstream-format", "2"]).bitstream_format == 2

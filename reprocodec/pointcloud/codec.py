@@ -20,9 +20,9 @@ unusual clouds, where the model is confidently wrong, and on levels where the mo
 less than ROW_PRICE bits per network row. The stream is never larger than the adaptive coder's
 alone plus the few bytes that say which levels it codes.
 
-Stream layout (container format 2, additive): payload "occupancy" (the learned levels' rANS
-stream, shape [their coded bits], with the protected tensor "occupancy_logit"), payload
-"occupancy_adaptive" (ceil(depth / 8) bytes of level flags, bit l set when level l is
+Stream layout (container format 2 and later, additive): payload "occupancy" (the learned
+levels' rANS stream, shape [their coded bits], with the protected tensor "occupancy_logit"),
+payload "occupancy_adaptive" (ceil(depth / 8) bytes of level flags, bit l set when level l is
 adaptive, then that coder's rANS stream; shape [its coded bits]; its symbols checksum covers
 the flags and the bits), or both, in that order. A stream with every level learned is exactly
 the earlier layout, so streams written before the adaptive coder existed still decode.

@@ -15,7 +15,7 @@ path's float32 BLAS: the two differ by at most ~6 float32 ulps of a logit near 1
 5.7e-6 on the held-out clouds), inside the bound that torch-path streams carry (1.53e-5).
 
 Layers narrower than vectorops' widths are padded with zero units (no value changes); a model
-with wider layers runs the torch path. Rows are split into fixed slices (rowslices.py) and run
+with wider layers runs the torch path. Rows are split into slices (rowslices.py) and run
 on a small thread pool (the kernel releases the GIL); each row's logit depends on that row alone,
 so results do not depend on the thread count. numba's own parallel loops are not used: their
 workqueue threading layer is unsafe when several server threads call in at once.

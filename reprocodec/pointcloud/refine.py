@@ -142,10 +142,11 @@ def code_lengths(bits: np.ndarray, index: np.ndarray, buckets: np.ndarray,
     them would): the encoder's choice only, exact integers."""
     b = np.asarray(bits)
     if b.dtype != np.bool_:
-        b = b.astype(np.uint8)
+        b = b != 0  # any non-zero value is a 1 bit, as coder._code_length counts it
     i = np.asarray(index)
-    if b.shape != i.shape or (i.size and (i.min() < -GRID_K or i.max() > GRID_K)):
-        raise ValueError("refined pricing needs one grid index in -K..K per bit")
+    if b.ndim != 1 or b.shape != i.shape or (i.size and (i.min() < -GRID_K
+                                                          or i.max() > GRID_K)):
+        raise ValueError("refined pricing needs one grid index in -K..K per bit (1-D)")
     f0 = np.ascontiguousarray(f0_table, dtype=np.int64)
     if f0.size != 2 * GRID_K + 1:
         raise ValueError(f"a CDF table of {f0.size} rows, not {2 * GRID_K + 1}")

@@ -1,6 +1,6 @@
-"""Work split into fixed slices of rows on a small shared thread pool (the compiled kernels
-release the GIL). Slices write disjoint outputs and each row's result depends on that row
-alone, so no result depends on the thread count."""
+"""Work split into slices of rows on a small shared thread pool (the compiled kernels release
+the GIL). Slices write disjoint outputs and each row's result depends on that row alone, so no
+result depends on the slicing or the thread count."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROWS_PER_TASK = 1 << 13  # the most rows of a slice
 MIN_ROWS_PER_TASK = 1 << 10  # the fewest rows worth a task of their own
+
 
 def default_threads() -> int:
     """The cores this process may run on (the CLI's and in-process default)."""
