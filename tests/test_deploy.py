@@ -670,14 +670,16 @@ def test_entrypoint_maps_environment_to_flags_and_caller_flags_win(stub_bin, tmp
         ENTRYPOINT, ["decoder", "--port", "6000", "--log-level", "DEBUG"], stub_bin, tmp_path,
         REPROCODEC_PROFILE="cpu-nomkldnn", REPROCODEC_MAX_CONCURRENCY="2",
         REPROCODEC_MAX_MESSAGE_MB="16", REPROCODEC_METRICS_PORT="9200",
-        REPROCODEC_MAX_REQUEST_MEMORY_MB="1024", REPROCODEC_MAX_MEMORY_MB="3072")
+        REPROCODEC_MAX_REQUEST_MEMORY_MB="1024", REPROCODEC_MAX_MEMORY_MB="3072",
+        REPROCODEC_BITSTREAM_FORMAT="2")
     assert result.returncode == 0, result.stderr
     argv = result.stdout.splitlines()
-    assert argv[:17] == ["reprocodec-decoder", "--host", "0.0.0.0", "--port", "6000",
+    assert argv[:19] == ["reprocodec-decoder", "--host", "0.0.0.0", "--port", "6000",
                          "--metrics-port", "9200", "--profile", "cpu-nomkldnn",
                          "--max-concurrency", "2", "--max-message-mb", "16",
-                         "--max-request-memory-mb", "1024", "--max-memory-mb", "3072"]
-    assert argv[17:] == ["--port", "6000", "--log-level", "DEBUG"], "caller's flags come last"
+                         "--max-request-memory-mb", "1024", "--max-memory-mb", "3072",
+                         "--bitstream-format", "2"]
+    assert argv[19:] == ["--port", "6000", "--log-level", "DEBUG"], "caller's flags come last"
     # The health check must probe the port the service really listens on.
     assert (tmp_path / "reprocodec-grpc-port").read_text().strip() == "6000"
     health = run_script(HEALTHCHECK, [], stub_bin, tmp_path)

@@ -17,6 +17,8 @@
 #   REPROCODEC_MAX_REQUEST_MEMORY_MB, REPROCODEC_MAX_MEMORY_MB (default: 75 % of the
 #   container's memory limit, read from its cgroup),
 #   REPROCODEC_TLS_CERT, REPROCODEC_TLS_KEY, REPROCODEC_TLS_CLIENT_CA   (optional)
+#   REPROCODEC_BITSTREAM_FORMAT  encoder: the newest format it writes (2 while decoders of
+#                              reprocodec 0.2.0 remain; default the newest)
 # The gRPC port in use is written to $REPROCODEC_RUN_DIR/reprocodec-grpc-port (default /tmp) for
 # the image's HEALTHCHECK (reprocodec-healthcheck), which runs as a separate process.
 set -eu
@@ -74,6 +76,7 @@ set -- "$@" \
 [ -n "${REPROCODEC_TLS_CERT:-}" ] && set -- "$@" --tls-cert "$REPROCODEC_TLS_CERT"
 [ -n "${REPROCODEC_TLS_KEY:-}" ] && set -- "$@" --tls-key "$REPROCODEC_TLS_KEY"
 [ -n "${REPROCODEC_TLS_CLIENT_CA:-}" ] && set -- "$@" --tls-client-ca "$REPROCODEC_TLS_CLIENT_CA"
+[ -n "${REPROCODEC_BITSTREAM_FORMAT:-}" ] && set -- "$@" --bitstream-format "$REPROCODEC_BITSTREAM_FORMAT"
 # Rotate the caller's flags (the first $extra_count words) to the end, so that they win.
 while [ "$extra_count" -gt 0 ]; do
     first="$1"
