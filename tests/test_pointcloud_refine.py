@@ -221,3 +221,50 @@ def test_the_per_level_choice_prices_refined_probabilities(codec, monkeypatch, g
     assert refined.ByteSize() < static.ByteSize()
     for msg in (refined, static):
         assert codec.decode(container.unpack(container.pack(msg))).bit_exact
+
+
+@pytest.mark.parametrize("law", ["model", "against", "certain", "one"])
+def test_static_stream_floor_is_below_every_static_stream(codec, law):
+    """coder.static_stream_floor, the bound the encoder skips the static stream by, against
+    real streams: bits drawn from their rows' probabilities, bits against them (every bit
+    costly: many words out), near-certain rows (many symbols per bit: the per-symbol term),
+    one symbol."""
+    from reprocodec.pointcloud import coder
+
+    rng = np.random.default_rng(len(law))
+    n = 1 if law == "one" else 200_000
+    f0 = codec.tables.cdfs[:, 1].astype(np.int64)
+    if law == "certain":
+        index = np.full(n, -GRID_K, np.int16)  # P(0) at its largest
+        bits = np.zeros((n, 1), bool)
+    else:
+        index = rng.integers(-GRID_K, GRID_K + 1, n).astype(np.int16)
+        p0 = f0[index + GRID_K] / (1 << 16)
+        bits = (rng.random(n) >= p0) if law != "against" else (p0 >= 0.5)
+        bits = bits.reshape(n, 1)
+    static_cost = coder._code_length(bits[:, 0], index, codec.tables)
+    level = coder.LearnedLevel(index, [], 0, 0, static_cost, static_cost)
+    stream = coder.static_stream([level], [bits], codec.tables)
+    floor = coder.static_stream_floor(static_cost, n)
+    real = len(stream) << (3 + entropy.COST_FRACTION)
+    assert floor <= real
+    assert real - floor < (96 << entropy.COST_FRACTION) + 4 * n  # and not far below
+
+
+def test_skipping_the_static_stream_changes_no_byte(codec, camel, monkeypatch, ground_rings):
+    """The encoder codes the static stream only when its floor does not already lose to the
+    refined one: the same streams as coding it always, and skipped where refinement wins."""
+    from reprocodec.pointcloud import coder
+
+    clouds = [(camel, 6), (ground_rings, 12)]
+    coded = []
+    real_static = coder.static_stream
+    monkeypatch.setattr(coder, "static_stream",
+                        lambda *a: coded.append(1) or real_static(*a))
+    skipping = [container.pack(codec.encode(p, depth=d)) for p, d in clouds]
+    skipped = len(coded)
+    monkeypatch.setattr(coder, "static_stream_floor", lambda *a: -(1 << 62))
+    coded.clear()
+    always = [container.pack(codec.encode(p, depth=d)) for p, d in clouds]
+    assert skipping == always
+    assert skipped < len(coded)  # the floor spared some static streams

@@ -80,6 +80,7 @@ class LearnedLevel:
     cost: int  # code length of the bits (the cheaper of the model's and, when priced, the
     # refined probabilities) plus the side information of the passes, in units of
     # 2^-entropy.COST_FRACTION bits (exact integers: the same choice on every machine)
+    static_cost: int  # the bits' code length under the model's own probabilities (same units)
 
 
 def learned_level(
@@ -110,10 +111,11 @@ def learned_level(
         bodies.append(protected.body)
         risky += protected.risky_count
         candidates += protected.candidate_count
+    static_cost = cost
     if buckets is not None:
         cost = min(cost, refined)
     cost += sum(side_bits(b) for b in bodies) << entropy.COST_FRACTION
-    return LearnedLevel(index, bodies, risky, candidates, cost)
+    return LearnedLevel(index, bodies, risky, candidates, cost, static_cost)
 
 
 def estimate_level_cost(
@@ -164,30 +166,50 @@ def learned_levels(
             for level in range(depth)]
 
 
-def pack_learned(levels: list[LearnedLevel], bits: list[np.ndarray], tables: entropy.CdfTables,
-                 mode: Mode) -> CodedOccupancy:
-    """One rANS stream and one side-information record for the levels the learned model
-    codes (in level order; `bits` are those levels' occupancy)."""
+def static_stream(levels: list[LearnedLevel], bits: list[np.ndarray],
+                  tables: entropy.CdfTables) -> bytes:
+    """The static rANS stream of the levels the learned model codes (in level order; `bits`
+    are those levels' occupancy): each bit under its grid index's CDF-table row."""
     # One int32 array of symbols and one of table rows, filled level by level: the coder
     # buffers what it is given until flush, and per-level arrays would be joined there, a
     # second copy of the largest arrays of the encode.
     total = sum(lv.indices.size for lv in levels)
     symbols, rows = np.empty(total, np.int32), np.empty(total, np.int32)
     start = 0
-    bodies: list[bytes] = []
     for level, level_bits in zip(levels, bits, strict=True):
         stop = start + level.indices.size
         symbols[start:stop] = level_bits.T.reshape(-1)
         rows[start:stop] = level.indices
         start = stop
-        bodies.extend(level.bodies)
     rows += GRID_K
     encoder = entropy.Encoder(tables)
     encoder.encode(symbols, rows)
     del symbols, rows  # the encoder's reference is dropped at flush
+    return encoder.flush()
+
+
+def static_stream_floor(code_length: int, symbols: int) -> int:
+    """A lower bound of static_stream's size in code-length units (2^-entropy.COST_FRACTION
+    bits), from its symbols' summed code lengths (the static_cost of its levels; entropy's
+    code_length_table truncates, so never above the true ideal). Rans64: the state x starts at
+    2^31, stays at or above it, and ends as the 64 flushed bits, so the stream's bits are at
+    least log2(x) plus 32 per word out. A put of frequency f maps x to at least
+    (x - f + 1) * 2^16 / f: log2(x) grows by the ideal length less at most log2(1 / (1 -
+    2^-15)) bits (2.885 units); a word out (x >= 2^47) loses at most as much, and a stream
+    below its ideal length has at most ideal / 32 words (2.885 units each: under ideal / 2^19
+    units). The 31 bits of the initial state are the margin."""
+    return code_length - 3 * symbols - (code_length >> 19)
+
+
+def pack_learned(levels: list[LearnedLevel], bits: list[np.ndarray], tables: entropy.CdfTables,
+                 mode: Mode, static: bool = True) -> CodedOccupancy:
+    """The static rANS stream (static_stream; b"" with static=False, for an encoder that
+    codes these bits otherwise) and one side-information record for the levels the learned
+    model codes (in level order; `bits` are those levels' occupancy)."""
+    bodies = [body for level in levels for body in level.bodies]
     pack = {Mode.NONE: lambda _: b"", Mode.SYNDROME: _pack_syndromes}.get(mode, _pack_bodies)
     return CodedOccupancy(
-        data=encoder.flush(), side_info=pack(bodies),
+        data=static_stream(levels, bits, tables) if static else b"", side_info=pack(bodies),
         indices=np.concatenate([lv.indices for lv in levels]),
         risky_count=sum(lv.risky for lv in levels),
         candidate_count=sum(lv.candidates for lv in levels),
