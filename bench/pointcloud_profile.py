@@ -1,0 +1,69 @@
+"""Where a point cloud's encode and decode time goes: cProfile shares of the main steps.
+
+    python bench/pointcloud_profile.py ["surface 1/4 sampled"] [--threads 1] [--runs 2]
+
+One of bench/pointcloud.py's --clouds by name, encoded and decoded once to warm up, then each
+run profiled: the total and each step's share of it (cumulative time, so a step's share
+includes what it calls; the kernel's runs on pool threads are counted only with --threads 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pointcloud import synthetic_clouds  # noqa: E402
+
+from reprocodec import container  # noqa: E402
+from reprocodec.pointcloud.codec import PointCloudCodec  # noqa: E402
+
+ENCODE_STEPS = ["native:_logits_kernel", "codec:_add_payloads", "octree:child_neighbour_table",
+                "codec:_adaptive_levels", "octree:voxelize", "octree:build_levels",
+                "decision:protect_pass", "refine:code_lengths", "coder:estimate_level_cost"]
+DECODE_STEPS = ["native:_logits_kernel", "octree:child_neighbour_table"]
+
+
+def shares(run, steps: list[str]) -> str:
+    """The profiled total of run() and each step's cumulative share (module:function)."""
+    profile = cProfile.Profile()
+    profile.enable()
+    run()
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    total = max(v[3] for v in stats.values())
+    found = dict.fromkeys(steps, 0.0)
+    for (path, _, function), v in stats.items():
+        for step in steps:
+            module, name = step.split(":")
+            if function == name and Path(path).stem == module:
+                found[step] += v[3]
+    return f"{total:.3f} s = " + ", ".join(f"{s.split(':')[1]} {100 * t / total:.0f} %"
+                                           for s, t in found.items())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cloud", nargs="?", default="surface 1/4 sampled")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=2)
+    args = ap.parse_args()
+    clouds = {name: (points, depth) for name, points, depth in synthetic_clouds()}
+    points, depth = clouds[args.cloud]
+    codec = PointCloudCodec.load(threads=args.threads)
+    packed = container.pack(codec.encode(points, depth=depth))
+    codec.decode(container.unpack(packed))
+    for _ in range(args.runs):
+        print("encode", shares(lambda: codec.encode(points, depth=depth), ENCODE_STEPS))
+        print("decode", shares(lambda: codec.decode(container.unpack(packed)), DECODE_STEPS))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
