@@ -241,6 +241,8 @@ def serve(service: str, argv: list[str] | None = None) -> int:
     metrics.set_build_info(reprocodec.__version__, args.profile, device)
     max_message_bytes = int(args.max_message_mb * 2**20)
     token = security.read_token(args.auth_token_file) if args.auth_token_file else None
+    # What the service reports it writes: a decoder writes nothing and reads every format.
+    written = args.bitstream_format if service == "encoder" else container.FORMAT_VERSION
     config = ServeConfig(
         service=service, profile=args.profile, device=device,
         max_concurrency=args.max_concurrency, max_message_bytes=max_message_bytes,
@@ -248,9 +250,9 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         queue_length=args.queue_length, max_queue_wait=args.max_queue_wait,
         max_request_memory=int(args.max_request_memory_mb * 2**20),
         trim_memory=args.malloc_trim, max_memory=memory_pool(args.max_memory_mb),
-        bitstream_format=args.bitstream_format,
+        bitstream_format=written,
     )
-    codecs = Codecs(args.weights_dir, args.max_pixels, args.cloud_threads, args.bitstream_format)
+    codecs = Codecs(args.weights_dir, args.max_pixels, args.cloud_threads, written)
     _preload(codecs, args.preload)
     core = ServiceCore(config, metrics)
 
