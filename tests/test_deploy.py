@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from concurrent import futures
 from importlib.resources import files
 from pathlib import Path
@@ -1072,9 +1073,14 @@ def test_kustomization_lists_every_manifest():
     listed = set(kustomization["resources"])
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == on_disk
-    images = {c["image"].split(":")[0] for o in k8s_objects() if o["kind"] == "Deployment"
+    images = {c["image"] for o in k8s_objects() if o["kind"] == "Deployment"
               for c in o["spec"]["template"]["spec"]["containers"]}
-    assert images == {i["name"] for i in kustomization["images"]}
+    assert {i.split(":")[0] for i in images} == {i["name"] for i in kustomization["images"]}
+    # The tag scripts/build-image.sh gives the cuda image (VERSION-VARIANT): manifests and the
+    # kustomization name the release they ship with (they named 0.1.0 until 0.3.0).
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert {i.split(":")[1] for i in images} == {f"{version}-cuda"}
+    assert {i["newTag"] for i in kustomization["images"]} == {f"{version}-cuda"}
 
 
 def test_builtin_kinds_match_the_kubernetes_schemas():
