@@ -453,6 +453,29 @@ def test_sampled_level_estimates_keep_the_guarantee(codec, monkeypatch, name):
         assert _levels(msg, depth) == _levels(exact, depth) == "L" * depth
 
 
+def test_no_estimate_after_a_level_the_model_wins_by_far(monkeypatch):
+    """After a level where the model saved over CONFIDENT_SAVING x ROW_PRICE bits a row, the
+    next level is computed without a sampled estimate first; the choice stays exact, so the
+    stream is the one estimating every level gives (a quarter-sampled surface: its last
+    level is still estimated, and goes adaptive)."""
+    from reprocodec.pointcloud import coder as coder_module
+
+    codec = PointCloudCodec.load()  # as shipped: refined probabilities, the row price
+    points = _surface(60000, 1)[np.random.default_rng(5).random(60000) < 0.25]
+    monkeypatch.setattr(codec_module, "ESTIMATE_NODES", 64)  # levels of >= 256 nodes
+    estimated, real = [], coder_module.estimate_level_cost
+    monkeypatch.setattr(coder_module, "estimate_level_cost",
+                        lambda *a: estimated.append(a[2]) or real(*a))
+    confident = container.pack(codec.encode(points, depth=9))
+    confident_levels = list(estimated)
+    monkeypatch.setattr(codec_module, "CONFIDENT_SAVING", 1 << 40)  # never confident
+    estimated.clear()
+    assert container.pack(codec.encode(points, depth=9)) == confident
+    assert set(confident_levels) < set(estimated)  # estimates skipped, none added
+    assert max(estimated) in confident_levels  # the finest level is still estimated
+    assert _levels(container.unpack(confident), 9)[-1] == "A"
+
+
 # ---------------------------------------------------------------- the price of network rows
 
 

@@ -75,6 +75,11 @@ CHOOSING = ("auto", "smallest")  # the coders options that choose per level
 # streams decodable and never larger than the adaptive coder's).
 ESTIMATE_NODES = 1 << 12
 ESTIMATE_MARGIN = (103, 100)  # 1.03 as a ratio of integers: an exact comparison
+# No estimate after a level where the model saved more than this many times ROW_PRICE bits a
+# row: its saving falls gradually from level to level (bench/pointcloud_levels.py: 0.33, 0.25,
+# 0.13, 0.03 on the 1/4 sampling's last four), so the next level is nearly always learned and
+# its estimate would be work thrown away. The choice itself stays exact.
+CONFIDENT_SAVING = 3
 # The encoder prices the model's time beside its bits: each network row (a bit the model
 # predicts; decoding runs the same rows) counts as ROW_PRICE bits when it picks a level's coder
 # and the stream (J = bits + ROW_PRICE * rows). Dense surfaces save 0.2-0.6 bits a row and
@@ -221,10 +226,11 @@ class PointCloudCodec:
         # are not (a cloud unlike the training data): price both, walking refine's state over
         # the learned levels as if each were chosen.
         buckets = refine.initial_buckets(self.tables.cdfs[:, 1]) if self.refine else None
+        confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
-            if coders in CHOOSING and m >= 4 * ESTIMATE_NODES:
+            if coders in CHOOSING and m >= 4 * ESTIMATE_NODES and not confident:
                 # A large level: the model's cost from a sample of nodes first, and the whole
                 # level only if it may beat the adaptive coder (the encoder's time is mostly
                 # the model's, and sparse clouds' large levels are adaptive).
@@ -235,10 +241,13 @@ class PointCloudCodec:
                 over, under = ESTIMATE_MARGIN
                 priced = estimate + _row_cost(bits[level].size, price)
                 if priced * under > over * adaptive_cost[level]:
+                    confident = False
                     continue
             learned[level] = coder.learned_level(
                 neighbours, bits[level], level, depth, self._predict, self.tables, mode,
                 self.decision, buckets)
+            saving = adaptive_cost[level] - learned[level].cost
+            confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
         return learned
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0, mode):
