@@ -1,10 +1,13 @@
 """Where a point cloud's encode and decode time goes: cProfile shares of the main steps.
 
     python bench/pointcloud_profile.py ["surface 1/4 sampled"] [--threads 1] [--runs 2]
+    python bench/pointcloud_profile.py --rows
 
 One of bench/pointcloud.py's --clouds by name, encoded and decoded once to warm up, then each
 run profiled: the total and each step's share of it (cumulative time, so a step's share
 includes what it calls; the kernel's runs on pool threads are counted only with --threads 1).
+--rows: for every cloud, the network rows the encoder and the decoder evaluate per point (the
+kernel's work, whatever the machine's speed).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pointcloud import synthetic_clouds  # noqa: E402
 
 from reprocodec import container  # noqa: E402
+from reprocodec.pointcloud import native  # noqa: E402
 from reprocodec.pointcloud.codec import PointCloudCodec  # noqa: E402
 
 ENCODE_STEPS = ["native:_logits_kernel", "codec:_add_payloads", "octree:child_neighbour_table",
@@ -47,13 +51,37 @@ def shares(run, steps: list[str]) -> str:
                                            for s, t in found.items())
 
 
+def rows_per_point(codec: PointCloudCodec) -> None:
+    """Network rows evaluated per point, encoding and decoding each cloud."""
+    count = [0]
+    logits_of = native.NativeGatherNetworks.logits_of
+
+    def counting(self, inputs, k: int, height: int):
+        count[0] += inputs.rows
+        return logits_of(self, inputs, k, height)
+
+    native.NativeGatherNetworks.logits_of = counting  # type: ignore[method-assign]
+    for name, points, depth in synthetic_clouds():
+        count[0] = 0
+        packed = container.pack(codec.encode(points, depth=depth))
+        encoded = count[0]
+        count[0] = 0
+        codec.decode(container.unpack(packed))
+        n = len(points)
+        print(f"{name:24s} rows per point: encode {encoded / n:.2f}, decode {count[0] / n:.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cloud", nargs="?", default="surface 1/4 sampled")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--rows", action="store_true", help="network rows per point, every cloud")
     args = ap.parse_args()
+    if args.rows:
+        rows_per_point(PointCloudCodec.load(threads=args.threads))
+        return 0
     clouds = {name: (points, depth) for name, points, depth in synthetic_clouds()}
     points, depth = clouds[args.cloud]
     codec = PointCloudCodec.load(threads=args.threads)
