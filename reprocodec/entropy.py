@@ -71,6 +71,19 @@ def code_length_table() -> np.ndarray:
     return table
 
 
+def stream_floor(code_length: int, symbols: int) -> int:
+    """A lower bound, in code-length units, of the size of a stream of `symbols` table symbols
+    (no escapes: the point-cloud coders' streams) whose summed code_length_table lengths are
+    `code_length`. The state x starts at _RANS_L = 2^31, never drops below it, and ends as the
+    64 flushed bits, so the stream holds at least log2(x) + 32 bits per word out. A put of
+    frequency f maps x to at least (x - f + 1) * 2^16 / f: log2(x) grows by the true length
+    less at most log2(1 / (1 - 2^-15)) bits (2.885 units), and the table is at most 2 units
+    over the true length (tests/test_entropy.py): 5 units a symbol. A word out (x >= 2^47)
+    loses at most 2.885 units too, and a stream below its ideal length has at most ideal / 32
+    words: under code_length / 2^19 units. The initial state's 31 bits are the margin."""
+    return code_length - 5 * symbols - (code_length >> 19)
+
+
 # Decoder outcomes (kernel return codes).
 _OK, _EARLY_END, _BAD_INDEX, _BYPASS_RUN, _BAD_STATE, _BAD_VALUE = 0, 1, 2, 3, 4, 5
 _MESSAGES = {

@@ -225,7 +225,7 @@ def test_the_per_level_choice_prices_refined_probabilities(codec, monkeypatch, g
 
 @pytest.mark.parametrize("law", ["model", "against", "certain", "one"])
 def test_static_stream_floor_is_below_every_static_stream(codec, law):
-    """coder.static_stream_floor, the bound the encoder skips the static stream by, against
+    """entropy.stream_floor, the bound the encoder skips the static stream by, against
     real streams: bits drawn from their rows' probabilities, bits against them (every bit
     costly: many words out), near-certain rows (many symbols per bit: the per-symbol term),
     one symbol."""
@@ -245,7 +245,7 @@ def test_static_stream_floor_is_below_every_static_stream(codec, law):
     static_cost = coder._code_length(bits[:, 0], index, codec.tables)
     level = coder.LearnedLevel(index, [], 0, 0, static_cost, static_cost)
     stream = coder.static_stream([level], [bits], codec.tables)
-    floor = coder.static_stream_floor(static_cost, n)
+    floor = entropy.stream_floor(static_cost, n)
     real = len(stream) << (3 + entropy.COST_FRACTION)
     assert floor <= real
     assert real - floor < (96 << entropy.COST_FRACTION) + 4 * n  # and not far below
@@ -263,7 +263,7 @@ def test_skipping_the_static_stream_changes_no_byte(codec, camel, monkeypatch, g
                         lambda *a: coded.append(1) or real_static(*a))
     skipping = [container.pack(codec.encode(p, depth=d)) for p, d in clouds]
     skipped = len(coded)
-    monkeypatch.setattr(coder, "static_stream_floor", lambda *a: -(1 << 62))
+    monkeypatch.setattr(entropy, "stream_floor", lambda *a: -(1 << 62))
     coded.clear()
     always = [container.pack(codec.encode(p, depth=d)) for p, d in clouds]
     assert skipping == always

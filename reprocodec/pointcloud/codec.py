@@ -267,8 +267,7 @@ class PointCloudCodec:
                                         self.tables.cdfs[:, 1])
                 # The static stream is coded only when it might not be larger (ties go to
                 # it, as before): the refined one usually wins by a few per cent.
-                floor = coder.static_stream_floor(sum(lv.static_cost for lv in levels_coded),
-                                                  total)
+                floor = entropy.stream_floor(sum(lv.static_cost for lv in levels_coded), total)
                 if (len(refined) << (3 + entropy.COST_FRACTION)) < floor:
                     name, data = REFINED_PAYLOAD, refined
                 else:
@@ -465,12 +464,10 @@ def _adaptive_levels(bits: list[np.ndarray]) -> _AdaptiveLevels:
 
 def adaptive_stream_floor(header_bytes: int, code_length: int, decisions: int) -> int:
     """A lower bound of an all-adaptive stream's size, in code-length units, from its header's
-    size and its decisions' summed adaptive.code_length: the rANS payload holds at least their
-    ideal code length less 64 bits (what its final state may carry), and the integer table
-    states each decision at most ~1 unit long (entropy.code_length_table: measured <= 1.00002;
-    the real streams measured 440-530 bits above this floor)."""
-    return ((header_bytes << (3 + entropy.COST_FRACTION)) + code_length - decisions
-            - (64 << entropy.COST_FRACTION))
+    size and its decisions' summed adaptive.code_length: the header and the rANS payload's
+    entropy.stream_floor (the adaptive coder writes entropy's Rans64 words)."""
+    return (header_bytes << (3 + entropy.COST_FRACTION)) + entropy.stream_floor(code_length,
+                                                                              decisions)
 
 
 def _pass_logits(networks, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,

@@ -188,19 +188,6 @@ def static_stream(levels: list[LearnedLevel], bits: list[np.ndarray],
     return encoder.flush()
 
 
-def static_stream_floor(code_length: int, symbols: int) -> int:
-    """A lower bound of static_stream's size in code-length units (2^-entropy.COST_FRACTION
-    bits), from its symbols' summed code lengths (the static_cost of its levels; entropy's
-    code_length_table truncates, so never above the true ideal). Rans64: the state x starts at
-    2^31, stays at or above it, and ends as the 64 flushed bits, so the stream's bits are at
-    least log2(x) plus 32 per word out. A put of frequency f maps x to at least
-    (x - f + 1) * 2^16 / f: log2(x) grows by the ideal length less at most log2(1 / (1 -
-    2^-15)) bits (2.885 units); a word out (x >= 2^47) loses at most as much, and a stream
-    below its ideal length has at most ideal / 32 words (2.885 units each: under ideal / 2^19
-    units). The 31 bits of the initial state are the margin."""
-    return code_length - 3 * symbols - (code_length >> 19)
-
-
 def pack_learned(levels: list[LearnedLevel], bits: list[np.ndarray], tables: entropy.CdfTables,
                  mode: Mode, static: bool = True) -> CodedOccupancy:
     """The static rANS stream (static_stream; b"" with static=False, for an encoder that
