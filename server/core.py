@@ -47,7 +47,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from reprocodec import cancel, chunking, container
+from reprocodec import cancel, chunking
 from reprocodec.errors import InputError
 
 from . import allocator, status
@@ -158,7 +158,6 @@ class ServeConfig:
     max_request_memory: int = DEFAULT_MAX_REQUEST_MEMORY  # bytes; see MEMORY_COSTS
     max_memory: int | None = None  # bytes all running requests share (None: no pool)
     trim_memory: bool = True  # malloc_trim after each request (allocator.py)
-    bitstream_format: int = container.FORMAT_VERSION  # the newest format an encoder writes
 
 
 # ------------------------------------------------------------------------------ admission

@@ -250,7 +250,6 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         queue_length=args.queue_length, max_queue_wait=args.max_queue_wait,
         max_request_memory=int(args.max_request_memory_mb * 2**20),
         trim_memory=args.malloc_trim, max_memory=memory_pool(args.max_memory_mb),
-        bitstream_format=written,
     )
     codecs = Codecs(args.weights_dir, args.max_pixels, args.cloud_threads, written)
     _preload(codecs, args.preload)

@@ -59,7 +59,7 @@ class _Common:
             device=c.device, torch_version=_torch_version(),
             max_message_bytes=c.max_message_bytes, max_concurrency=c.max_concurrency,
             tls=c.tls, auth=c.auth, device_name=_device_name(c.device),
-            format_version=c.bitstream_format,
+            format_version=self.codecs.bitstream_format,
         )
 
 

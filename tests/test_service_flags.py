@@ -40,8 +40,30 @@ def test_help_prints_every_flag(service, capsys):
     assert "--bitstream-format" in out and "% of the container's memory limit" in out
 
 
-def test_bitstream_format_defaults_to_the_newest_and_reaches_the_config():
+def test_bitstream_format_defaults_to_the_newest():
     from reprocodec import container
 
     assert build_parser("encoder").parse_args([]).bitstream_format == container.FORMAT_VERSION
     assert build_parser("encoder").parse_args(["--bitstream-format", "2"]).bitstream_format == 2
+
+
+def test_an_encoder_at_bitstream_format_2_writes_what_0_2_decoders_read():
+    """The encoder service's --bitstream-format reaches its codecs: at 2 an integer voxel
+    cloud's stream writes its placement out (format 2), and the service reports format 2."""
+    from pathlib import Path
+
+    from reprocodec import container
+    from reprocodec.pointcloud.ply import read_ply
+    from reprocodec.v1 import service_pb2
+    from server.backend import Codecs, encode_point_cloud
+
+    camel = read_ply(Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+                     / "camel_d6.ply")
+    request = service_pb2.EncodePointCloudRequest(depth=6)
+    streams = {fmt: encode_point_cloud(Codecs(None, bitstream_format=fmt), request, camel,
+                                       "cpu").bitstream for fmt in (2, 3)}
+    assert streams[2].format_version == 2 and len(streams[2].point_cloud.origin) == 3
+    assert streams[3].format_version == 3 and not streams[3].point_cloud.origin
+    assert container.placement(streams[2].point_cloud) == container.placement(
+        streams[3].point_cloud)
+    assert all(m.format_version == 2 for m in Codecs(None, bitstream_format=2).model_infos(set()))
