@@ -112,9 +112,9 @@ IMAGE_SEEDS = [
     ("astronaut", 30, 40, 50, 70, False, "simplified", "both"),
     ("coffee", 100, 100, 40, 40, True, "flags", "reconstruction"),
 ]
-# (sample or None for an empty cloud, depth, mode)
-# (sample, depth, mode, coders): "auto" as users encode (small clouds at shallow depths go
-# all adaptive), "learned" so protected occupancy logits are always among the seeds. The "auto"
+# (sample or None for an empty cloud, depth, mode, coders): "auto" as users encode (small
+# clouds at shallow depths go all adaptive), "learned" so protected occupancy logits are always
+# among the seeds. The "auto"
 # seeds are given as integer voxels (format 3: the identity placement omitted), the others as
 # the rescaled sample (format 2: the placement written out).
 CLOUD_SEEDS = [
