@@ -6,4 +6,4 @@ Codecs (need the `server` extra): `reprocodec.image`, `reprocodec.pointcloud`.
 Services: `reprocodec.server`; light client: `reprocodec.client`.
 """
 
-__version__ = "0.3.0"  # writes bitstream formats 2 and 3 (container.py), reads both
+__version__ = "0.4.0"  # writes bitstream formats 2, 3 and 4 (container.py), reads all three

@@ -135,7 +135,8 @@ def _encode_local(args: argparse.Namespace) -> int:
     local = _LocalCodecs(args)
     many = len(args.inputs) > 1
     given = {"level": args.level, "depth": args.depth,
-             "coders": "smallest" if args.smallest else None}
+             "coders": "smallest" if args.smallest else None,
+             "bitstream_format": args.bitstream_format}
 
     def handle(path: Path) -> None:
         kind = registry.kind_of_input(path)

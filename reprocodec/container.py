@@ -24,9 +24,12 @@ MAGIC = 0x44435052  # b"RPCD" read as a little-endian uint32
 # The newest version this writer knows. `pack` writes each stream at the lowest version that
 # can express it (a decoder upgraded later still reads what it can): 3 only for a point cloud
 # whose placement is the identity and so omitted (_IDENTITY_PLACEMENT).
-FORMAT_VERSION = 3
-SUPPORTED_VERSIONS = frozenset({2, 3})
+FORMAT_VERSION = 4
+SUPPORTED_VERSIONS = frozenset({2, 3, 4})
 # Versions this decoder recognises but no longer reads, with what the user should do.
+# Payloads that only format 4 has (reprocodec.pointcloud's occupancy under mixed probabilities,
+# written by its encoder only when asked for format 4): decoders of 0.3.0 would refuse them.
+FORMAT_4_PAYLOADS = frozenset({"occupancy_mixed"})
 _RETIRED_VERSIONS = {
     1: "was written by reprocodec 0.1 (CompressAI's rANS without an end-of-stream check, no "
        "symbol checksums); re-encode the input with this version",
@@ -116,6 +119,8 @@ def point_cloud_header_checksum(header: pb.PointCloudHeader) -> int:
 def required_version(message: pb.Bitstream) -> int:
     """The lowest format version that expresses `message` (its header set): what `pack`
     writes, and what the codecs put in the messages they return."""
+    if any(p.name in FORMAT_4_PAYLOADS for p in message.payloads):
+        return 4
     if message.WhichOneof("header") == "point_cloud" and not message.point_cloud.origin:
         return 3
     return 2
@@ -150,6 +155,12 @@ def at_version(message: pb.Bitstream, version: int) -> None:
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(f"bitstream format {version} is not one this version writes "
                          f"({', '.join(map(str, sorted(SUPPORTED_VERSIONS)))})")
+    mixed = [p.name for p in message.payloads if p.name in FORMAT_4_PAYLOADS]
+    if version < 4 and mixed:
+        # Re-coding the payload needs the model: the encoder must not write it (its
+        # bitstream_format option; the encoder service's --bitstream-format).
+        raise ValueError(f"this stream's {mixed[0]} payload needs bitstream format 4; encode "
+                         f"it with bitstream format {version} instead")
     if version < 3 and message.WhichOneof("header") == "point_cloud":
         header = message.point_cloud
         if not header.origin:
@@ -268,6 +279,8 @@ def validate(message: pb.Bitstream) -> None:
     for payload in message.payloads:
         _check_name(payload.name, names, "payload")
         _check_shape(payload.shape, f"payload {payload.name!r} shape")
+        _check(payload.name not in FORMAT_4_PAYLOADS or message.format_version >= 4,
+               f"payload {payload.name!r} in a format {message.format_version} stream")
         _check(crc32(payload.data) == payload.crc32,
                f"payload {payload.name!r} fails its CRC-32 (corrupted in transit or storage)")
     names = set()

@@ -97,7 +97,8 @@ KINDS: dict[str, CodecKind] = {
     "image": CodecKind("image", pb.CODEC_KIND_IMAGE, "reprocodec.image", IMAGE_SUFFIXES,
                        ".png", "pixel", ("level",)),
     "point_cloud": CodecKind("point_cloud", pb.CODEC_KIND_POINT_CLOUD, "reprocodec.pointcloud",
-                             (".ply",), ".ply", "point", ("depth", "coders")),
+                             (".ply",), ".ply", "point",
+                             ("depth", "coders", "bitstream_format")),
 }
 _BY_PROTO = {k.proto: k for k in KINDS.values()}
 

@@ -271,6 +271,7 @@ def encode_point_cloud(codecs: Codecs, request: service_pb2.EncodePointCloudRequ
     kwargs: dict[str, Any] = {"depth": request.depth} if request.depth else {}
     if request.smallest:
         kwargs["coders"] = "smallest"
+    kwargs["bitstream_format"] = codecs.bitstream_format  # no format-4 payload below 4
     msg = codec.encode(points, mode=mode, **kwargs)
     seconds = time.perf_counter() - started
     container.at_version(msg, codecs.bitstream_format)

@@ -96,9 +96,12 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
         "adaptive_occupancy_bits": int(adaptive[0].shape[0]) if adaptive else 0,
         # the coder of each octree level, root first: L learned model, A adaptive context coder
         "level_coders": levels,
-        # the learned levels' probabilities: the model's, or refined per stream (refine.py)
-        "learned_probabilities": ("refined" if any(p.name == "occupancy_refined"
-                                                   for p in msg.payloads)
-                                  else "model" if msg.protected else "none"),
+        # the learned levels' probabilities: the model's, refined per stream (refine.py) or
+        # mixed with a count model (mixing.py)
+        "learned_probabilities": _LEARNED_PROBABILITIES.get(
+            next((p.name for p in msg.payloads), ""), "model" if msg.protected else "none"),
         "bits_per_point": stats.bits_per_element,
     }
+
+
+_LEARNED_PROBABILITIES = {"occupancy_refined": "refined", "occupancy_mixed": "mixed"}

@@ -51,7 +51,7 @@ from ..errors import (
 )
 from ..safeguard import ErrorBound, Mode
 from ..v1 import bitstream_pb2 as pb
-from . import adaptive, coder, octree, refine
+from . import adaptive, coder, mixing, octree, refine
 from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
@@ -62,7 +62,11 @@ from .weightsfile import read_weights
 PAYLOAD = "occupancy"
 # The same learned bits coded under refine.py's per-stream adapted probabilities, when smaller.
 REFINED_PAYLOAD = "occupancy_refined"
-LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD)
+# ... or under mixing.py's mix of those with a count model of each child's neighbourhood:
+# tried with coders="smallest" at bitstream format 4 (its decode walks a count model and a
+# mixer per bit: about as long as a network row, for 0.2-5 % fewer bits), kept when smaller.
+MIXED_PAYLOAD = "occupancy_mixed"
+LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD)
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
 # "auto": the per-level choice with network rows priced (ROW_PRICE); "smallest": by bits alone
 # (smaller streams, slower to decode on sparse clouds); "learned" / "adaptive": one coder on
@@ -150,7 +154,8 @@ class PointCloudCodec:
     # ----------------------------------------------------------------------------- encode
 
     def encode(self, points: np.ndarray, mode: Mode | str = Mode.SYNDROME,
-               depth: int = octree.DEFAULT_DEPTH, coders: str = "auto") -> pb.Bitstream:
+               depth: int = octree.DEFAULT_DEPTH, coders: str = "auto",
+               bitstream_format: int = container.FORMAT_VERSION) -> pb.Bitstream:
         """(data, mode, **options) as every codec (reprocodec.registry.Codec).
 
         Each octree level is coded by the learned model or by the adaptive context coder
@@ -158,12 +163,18 @@ class PointCloudCodec:
         finds cheaper, counting each network row at ROW_PRICE bits, and keeps the cheapest of
         that choice, all levels adaptive and all levels learned: the stream is never larger
         than the adaptive coder's stream plus the few bytes that signal it. "smallest" makes
-        the same choice by bits alone. "learned" and "adaptive" force one coder on every level
-        (tests and benchmarks)."""
+        the same choice by bits alone, and at bitstream_format 4 also tries mixed probabilities
+        for the learned levels (MIXED_PAYLOAD). "learned" and "adaptive" force one coder on
+        every level (tests and benchmarks). bitstream_format: the newest format the stream may
+        need (container.at_version converts what it can; a mixed payload it cannot)."""
         mode = options.parse_mode(mode)
         if coders not in CODERS:
             raise InputError(f"coders must be one of {', '.join(CODERS)}, got {coders!r}")
+        if bitstream_format not in container.SUPPORTED_VERSIONS:
+            raise InputError(f"bitstream_format must be one of "
+                             f"{sorted(container.SUPPORTED_VERSIONS)}, got {bitstream_format!r}")
         price = (0, 1) if coders == "smallest" else ROW_PRICE
+        mix = coders == "smallest" and self.refine and bitstream_format >= 4
         vox = octree.voxelize(points, depth)
         n = vox.voxels.shape[0]
         if n > MAX_POINTS:
@@ -183,7 +194,8 @@ class PointCloudCodec:
         # Before the model's levels, on this thread: beside them on a pool thread it saved a
         # few per cent but kept ~90 MB more at 1.3 M points (that thread's malloc arena).
         adaptive_bits, adaptive_f0, adaptive_cost = _adaptive_levels(bits)
-        learned = self._learned_levels(codes, bits, adaptive_cost, mode, coders, price)
+        learned = self._learned_levels(codes, bits, adaptive_cost, mode, coders, price,
+                                       n if mix else 0)
         del codes  # only the neighbour tables needed them
         rows = [level_bits.size for level_bits in bits]
         all_adaptive = (True,) * depth
@@ -205,20 +217,23 @@ class PointCloudCodec:
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
-                               mode)
+                               mode, n if mix else 0)
             cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _row_cost(
                 sum(r for r, adaptive_level in zip(rows, levels, strict=True)
                     if not adaptive_level), price)
             if best is None or cost < best_cost:
                 best, best_cost = candidate, cost
+        best.format_version = container.required_version(best)
         return best
 
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
                         adaptive_cost: list[int], mode: Mode, coders: str,
-                        price: tuple[int, int]) -> list[coder.LearnedLevel | None]:
+                        price: tuple[int, int], mix_points: int = 0
+                        ) -> list[coder.LearnedLevel | None]:
         """The learned coding of each level the model may win (None where it cannot or may
         not). Its own function so that the neighbour tables, the largest arrays of a level,
-        are freed when it returns, before the candidate streams are built."""
+        are freed when it returns, before the candidate streams are built. mix_points (the
+        cloud's voxels) > 0: each level also keeps its mixing contexts."""
         depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
         tables = octree.LevelTables(self.threads)
@@ -246,12 +261,19 @@ class PointCloudCodec:
             learned[level] = coder.learned_level(
                 neighbours, bits[level], level, depth, self._predict, self.tables, mode,
                 self.decision, buckets)
+            if mix_points:
+                # Pass-major as the indices; int32: contexts have at most 22 bits
+                learned[level].contexts = np.concatenate([
+                    mixing.pass_contexts(neighbours, bits[level], k, mix_points)
+                    for k in range(N_PASSES)]).astype(np.int32)
             saving = adaptive_cost[level] - learned[level].cost
             confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
         return learned
 
-    def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0, mode):
-        """The payloads and protected record of one per-level choice (levels[l]: adaptive)."""
+    def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0, mode,
+                      mix_points=0):
+        """The payloads and protected record of one per-level choice (levels[l]: adaptive);
+        mix_points > 0: the mixed coding too, when smaller."""
         depth = len(levels)
         chosen = [lv for lv in range(depth) if not levels[lv]]
         if chosen:
@@ -274,6 +296,14 @@ class PointCloudCodec:
                     data = coder.static_stream(levels_coded, bits_coded, self.tables)
                     if len(refined) < len(data):
                         name, data = REFINED_PAYLOAD, refined
+            if mix_points and all(lv.contexts is not None for lv in levels_coded):
+                passes = np.concatenate([np.repeat(np.arange(N_PASSES), b.shape[0])
+                                         for b in bits_coded])
+                mixed = mixing.encode(occupancy, coded.indices + coder.GRID_K,
+                                      np.concatenate([lv.contexts for lv in levels_coded]),
+                                      passes, self.tables.cdfs[:, 1], mix_points)
+                if len(mixed) < len(data):
+                    name, data = MIXED_PAYLOAD, mixed
             msg.payloads.append(container.make_payload(name, data, [total], occupancy))
             msg.protected.append(self.decision.record(coded.indices, coded.side_info, mode,
                                                       coded.risky_count, coded.candidate_count))
@@ -334,8 +364,9 @@ class PointCloudCodec:
         learned_name = names[0] if names and names[0] in LEARNED_PAYLOADS else None
         if names not in ([learned_name], [learned_name, ADAPTIVE_PAYLOAD], [ADAPTIVE_PAYLOAD]) \
                 or len(msg.protected) != (learned_name is not None):
-            raise ContainerError("a point cloud stream has an occupancy payload (static or "
-                                 "refined) with one protected tensor, an adaptive occupancy "
+            raise ContainerError("a point cloud stream has an occupancy payload (static, "
+                                 "refined or mixed) with one protected tensor, an adaptive "
+                                 "occupancy "
                                  "payload, or both")
         levels, adaptive_data, adaptive_total = (False,) * depth, b"", 0
         if ADAPTIVE_PAYLOAD in names:
@@ -370,6 +401,7 @@ class PointCloudCodec:
             self.tables, mode, bound, self.decision, verify=verify, adaptive_levels=levels,
             adaptive_data=adaptive_data, adaptive_total=adaptive_total, max_nodes=n,
             refined=learned_name == REFINED_PAYLOAD, threads=self.threads,
+            mixed_points=n if learned_name == MIXED_PAYLOAD else 0,
         )
         if verify and t is not None:
             if checksum(out.occupancy) != msg.payloads[0].symbols_checksum:

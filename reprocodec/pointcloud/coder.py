@@ -35,7 +35,7 @@ from ..decision import ProtectedDecision
 from ..errors import ContainerError, VerificationError
 from ..safeguard import DecisionQuantizer, ErrorBound, Mode, SafeguardError
 from ..safeguard.bitio import BitReader, BitWriter, decode_varint, encode_varint
-from . import adaptive, octree, refine
+from . import adaptive, mixing, octree, refine
 from .context import N_PASSES
 from .grid import GRID_K, LOGIT_STEP
 
@@ -81,6 +81,7 @@ class LearnedLevel:
     # refined probabilities) plus the side information of the passes, in units of
     # 2^-entropy.COST_FRACTION bits (exact integers: the same choice on every machine)
     static_cost: int  # the bits' code length under the model's own probabilities (same units)
+    contexts: np.ndarray | None = None  # mixing.pass_contexts of each bit (pass-major), if kept
 
 
 def learned_level(
@@ -226,12 +227,13 @@ def decompress(
     tables: entropy.CdfTables, mode: Mode, bound: ErrorBound, decision: ProtectedDecision,
     verify: bool = True, adaptive_levels: tuple[bool, ...] | None = None,
     adaptive_data: bytes = b"", adaptive_total: int = 0, max_nodes: int | None = None,
-    refined: bool = False, threads: int = 1,
+    refined: bool = False, threads: int = 1, mixed_points: int = 0,
 ) -> Decompressed:
     """Leaf Morton codes, the clamped indices used and the decoded bits of each coder in
     coding order. The learned stream is static rANS, or with refined=True refine.py's
-    adapted probabilities. Levels with adaptive_levels[l] set come from the adaptive stream
-    (adaptive.py), the others from the learned one. Never decodes more than `total_bits`
+    adapted probabilities, or with mixed_points > 0 (the cloud's voxels) mixing.py's. Levels
+    with adaptive_levels[l] set come from the adaptive stream (adaptive.py), the others from
+    the learned one. Never decodes more than `total_bits`
     learned and `adaptive_total` adaptive decisions (the encoder's counts) nor a level of more
     than `max_nodes` nodes (a level never has more nodes than the cloud has points): a
     decoder that goes past them stops with an error. verify=False (benchmarks only) falls
@@ -249,7 +251,10 @@ def decompress(
     last_adaptive = max((lv for lv in range(depth) if adaptive_levels[lv]), default=-1)
     last_learned = max((lv for lv in range(depth) if not adaptive_levels[lv]), default=-1)
     decoder: entropy.Decoder | refine.Decoder | None = None
-    if total_bits:  # refined: the learned bits under refine.py's adapted probabilities
+    mixed: mixing.Decoder | None = None
+    if total_bits and mixed_points:
+        mixed = mixing.Decoder(data, tables.cdfs[:, 1], mixed_points, lenient=not verify)
+    elif total_bits:  # refined: the learned bits under refine.py's adapted probabilities
         decoder = (refine.Decoder(data, tables.cdfs[:, 1], lenient=not verify) if refined
                    else entropy.Decoder(data, tables, lenient=not verify))
     reader = _SyndromeReader if mode is Mode.SYNDROME else _SideReader
@@ -300,7 +305,11 @@ def decompress(
             try:
                 indices = decision.resolve_pass(logits, side.next(m), mode, bound, verify)
                 index = _grid_index(indices)
-                bits[:, k] = decoder.decode(index + GRID_K) == 1
+                if mixed is not None:
+                    contexts = mixing.pass_contexts(neighbours, bits, k, mixed_points)
+                    bits[:, k] = mixed.decode(index + GRID_K, contexts, k) == 1
+                else:
+                    bits[:, k] = decoder.decode(index + GRID_K) == 1
             except ContainerError as exc:
                 raise _stream_error(exc, mode, first_pass=not learned_seen) from exc
             learned_seen = True
@@ -319,8 +328,9 @@ def decompress(
                    f"{adaptive_total}")
     try:
         side.finish()
-        if decoder is not None:
-            decoder.finish()
+        for learned_decoder in (decoder, mixed):
+            if learned_decoder is not None:
+                learned_decoder.finish()
         if adaptive_decoder is not None:
             adaptive_decoder.finish()
     except ContainerError as exc:

@@ -1,0 +1,310 @@
+"""Mixed learned probabilities: refine.py's adapted model probability mixed with a count-based
+model of the coded child's 26 child-level neighbours.
+
+The learned model was trained on organic meshes; on machined parts (large flat faces) and
+scan-like clouds a cell's exact neighbourhood repeats far more often than the model expects.
+A count-based context model learns those repeats within the stream, and a small online
+logistic mixer weighs it against the refined model probability, per pass:
+
+    context of child k of a node = k and its 26 child-level neighbours, each empty (its
+        parent-level node is empty, or a child < k that is 0), occupied (a child < k that is 1)
+        or not decoded yet; hashed to CONTEXT_BITS(points) bits
+    count model: P(0) per context, moving 1/(n + 1.5) of the way to each bit (n capped)
+    mixer: P(0) = squash(w_k . (stretch(refined P(0)), stretch(count P(0)), 1)), and the
+        weights w_k of pass k move along the error after each bit
+
+Everything is integer arithmetic: squash interpolates a table of integer literals, stretch is
+its exact integer inverse (computed here from those integers, the same on every machine), and
+every shift is an arithmetic (floor) shift on int64. Encoder and decoder walk the same bits
+in the same coding order (learned levels, pass-major), so the probabilities are equal on both
+sides by construction: nothing here is a float, nothing to protect. The contexts come from
+the decoder's own integers (neighbour tables and bits already decoded), never from stream
+bytes, and index a table of fixed size. The bits are coded with the adaptive coder's binary
+rANS (adaptive.encode). The encoder keeps the mixed coding only when it is smaller than the
+refined one (codec.py), so mixing never costs bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import entropy
+from . import adaptive, refine
+from .grid import GRID_K
+from .octree import CHILD_OFFSETS
+
+try:
+    import numba
+except ImportError:  # the light client install
+    numba = None  # type: ignore[assignment]
+
+# P(0) in 2^-16 at logits -12, -11.5, .. 12 (round(65536 / (1 + e^-x)), written out: a table
+# computed here with the platform's exp could differ by an ulp between machines)
+_SQUASH_KNOTS = np.array([
+    0, 1, 1, 2, 3, 5, 8, 13, 22, 36, 60, 98, 162, 267, 439, 720, 1179, 1921, 3108, 4971, 7812,
+    11955, 17625, 24743, 32768, 40793, 47911, 53581, 57724, 60565, 62428, 63615, 64357, 64816,
+    65097, 65269, 65374, 65438, 65476, 65500, 65514, 65523, 65528, 65531, 65533, 65534, 65535,
+    65535, 65536], dtype=np.int64)
+LOGIT_ONE = 256  # stretch values are logits in 1/256
+_KNOT_SHIFT = 7  # knots every 128 units (half a logit)
+LOGIT_LIMIT = (_SQUASH_KNOTS.size - 1) // 2 << _KNOT_SHIFT  # |logit| <= 12 (3072 units)
+_ONE = 1 << adaptive._PRECISION
+
+COUNT_LIMIT = 15  # the count model's rate stops falling at 1 / (COUNT_LIMIT + 1.5)
+_COUNT_RATE = (131072 // (2 * np.arange(COUNT_LIMIT + 1) + 3)).astype(np.int64)  # 2^16/(n+1.5)
+INPUTS = 3  # stretched refined P(0), stretched count P(0), a constant
+_BIAS_INPUT = LOGIT_ONE
+_WEIGHT_ONE = 1 << 16
+WEIGHT_LIMIT = 1 << 24  # |weight| <= 256: dot products stay far inside int64
+LEARNING_SHIFT = 16  # weight step = input * error >> 16 (weights in 2^-16, errors in 2^-16)
+MIN_CONTEXT_BITS, MAX_CONTEXT_BITS = 12, 22
+_HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of ctx * this
+
+
+def context_bits(points: int) -> int:
+    """Bits of the count model's hashed context of a cloud of `points` voxels (from its
+    header, so the decoder sizes the table as the encoder did): about 8 contexts a point, at
+    most 2^22 (4 M contexts, 20 MB)."""
+    return int(min(max((8 * max(points, 1)).bit_length(), MIN_CONTEXT_BITS), MAX_CONTEXT_BITS))
+
+
+def _squash_all() -> np.ndarray:
+    """squash(x) for x = -LOGIT_LIMIT .. LOGIT_LIMIT (integers: the knots interpolated)."""
+    x = np.arange(-LOGIT_LIMIT, LOGIT_LIMIT + 1, dtype=np.int64) + LOGIT_LIMIT
+    i = np.minimum(x >> _KNOT_SHIFT, _SQUASH_KNOTS.size - 2)
+    lo, hi = _SQUASH_KNOTS[i], _SQUASH_KNOTS[i + 1]
+    return lo + (((hi - lo) * (x - (i << _KNOT_SHIFT))) >> _KNOT_SHIFT)
+
+
+SQUASH = _squash_all()  # index x + LOGIT_LIMIT
+# stretch(p) = the least x with squash(x) >= p: squash's integer inverse, p = 0 .. 2^16
+STRETCH = (np.searchsorted(SQUASH, np.arange(_ONE + 1), side="left") - LOGIT_LIMIT).astype(
+    np.int64)
+
+
+def _cell_maps() -> tuple[np.ndarray, np.ndarray]:
+    """For pass k and each of the 26 child-level neighbours of child k: which of the node's 27
+    parent-level neighbours holds it and which child of that neighbour it is."""
+    offsets = [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)
+               if (x, y, z) != (0, 0, 0)]
+    slot = np.zeros((8, len(offsets)), np.int64)
+    child = np.zeros((8, len(offsets)), np.int64)
+    for k in range(8):
+        cell = CHILD_OFFSETS[k] + np.array(offsets)  # child-level offset, -1..2 per axis
+        parent = np.floor_divide(cell, 2) + 1  # parent-level offset + 1, 0..2
+        inner = cell - 2 * (parent - 1)
+        slot[k] = parent[:, 0] * 9 + parent[:, 1] * 3 + parent[:, 2]
+        child[k] = inner[:, 0] * 4 + inner[:, 1] * 2 + inner[:, 2]
+    return slot, child
+
+
+CELL_SLOT, CELL_CHILD = _cell_maps()
+_POWERS = 3 ** np.arange(27, dtype=np.int64)
+
+
+def _jit(fn):
+    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
+
+
+@_jit
+def _contexts_kernel(neighbours, bits, k, slots, children, shift, out):  # pragma: no cover
+    """Cell c of child k: 0 empty, 1 occupied, 2 not decoded yet, weighted by 3^c (a base-3
+    number < 8 * 3^26 < 2^45 with k on top: exact), then hashed. Branch-free: the state is
+    present * (known * bit + 2 * (1 - known))."""
+    m = neighbours.shape[0]
+    known = np.empty(26, np.int64)
+    unknown = np.empty(26, np.int64)
+    for c in range(26):
+        known[c] = _POWERS[c] if children[c] < k else 0
+        unknown[c] = 0 if children[c] < k else 2 * _POWERS[c]
+    top = np.int64(k) * _POWERS[26]
+    for i in range(m):
+        ctx = top
+        for c in range(26):
+            node = np.int64(neighbours[i, slots[c]])
+            present = np.int64(node != m)
+            bit = np.int64(bits[min(node, m - 1), children[c]])
+            ctx += present * (bit * known[c] + unknown[c])
+        out[i] = np.int64((np.uint64(ctx) * _HASH) >> np.uint64(shift))
+
+
+def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int) -> np.ndarray:
+    """(M,) int64 hashed count-model contexts of child k of every node of a level: its (M, 27)
+    neighbour table (absent = M) and the (M, 8) children decoded so far (only children < k
+    are read). The encoder passes the level's true bits: the same values."""
+    table = np.ascontiguousarray(neighbours)
+    b = np.ascontiguousarray(bits, dtype=np.bool_)
+    if table.ndim != 2 or table.shape[1] != 27 or b.shape != (table.shape[0], 8):
+        raise ValueError("contexts need an (M, 27) neighbour table and (M, 8) bits")
+    if not 0 <= k < 8:
+        raise ValueError(f"pass {k} outside 0..7")
+    out = np.empty(table.shape[0], dtype=np.int64)
+    _contexts_kernel(table, b, np.int64(k), CELL_SLOT[k], CELL_CHILD[k],
+                     np.int64(64 - context_bits(points)), out)
+    return out
+
+
+class Model:
+    """The mixer's whole state (refine's buckets, the count model, the mixer's weights), as
+    flat int64 arrays the kernels update in place."""
+
+    def __init__(self, f0_table: np.ndarray, points: int):
+        self.buckets = refine.initial_buckets(f0_table)
+        size = 1 << context_bits(points)
+        self.counts = np.zeros(size, dtype=np.int64)
+        self.probability = np.full(size, _ONE // 2, dtype=np.int64)
+        self.weights = np.zeros((8, INPUTS), dtype=np.int64)
+        self.weights[:, 0] = _WEIGHT_ONE  # start as the refined probability alone
+
+
+@_jit
+def _squash(x):  # pragma: no cover - compiled
+    return SQUASH[min(max(x, -LOGIT_LIMIT), LOGIT_LIMIT) + LOGIT_LIMIT]
+
+
+@_jit
+def _mixed(buckets, counts, probability, weights, g, ctx, k, inputs):  # pragma: no cover
+    """P(0) in 2^-16 (1 .. 2^16 - 1) of a bit with grid row g, context ctx, in pass k; fills
+    `inputs` and returns the refine bucket its bit updates."""
+    f0, nearer = refine._probability(buckets, g)
+    inputs[0] = STRETCH[f0]
+    inputs[1] = STRETCH[min(max(probability[ctx], np.int64(1)), np.int64(_ONE - 1))]
+    inputs[2] = _BIAS_INPUT
+    dot = np.int64(0)
+    for j in range(INPUTS):
+        dot += weights[k, j] * inputs[j]
+    p = _squash(dot >> 16)
+    return min(max(p, np.int64(1)), np.int64(_ONE - 1)), nearer
+
+
+@_jit
+def _learn(buckets, counts, probability, weights, nearer, ctx, k, inputs, p,
+           bit):  # pragma: no cover - compiled
+    """After a bit: refine's bucket, the context's count model and pass k's weights."""
+    refine._update(buckets, nearer, bit)
+    target = np.int64(0) if bit else np.int64(_ONE)
+    n = counts[ctx]
+    probability[ctx] += ((target - probability[ctx]) * _COUNT_RATE[n]) >> 16
+    counts[ctx] = min(n + 1, COUNT_LIMIT)
+    error = target - p
+    for j in range(INPUTS):
+        w = weights[k, j] + ((inputs[j] * error) >> LEARNING_SHIFT)
+        weights[k, j] = min(max(w, -WEIGHT_LIMIT), WEIGHT_LIMIT)
+
+
+@_jit
+def _walk_kernel(rows, contexts, passes, bits, buckets, counts, probability, weights,
+                 f0_out):  # pragma: no cover - compiled
+    """The encoder's walk: each bit's mixed P(0) into f0_out, then the updates."""
+    inputs = np.zeros(INPUTS, np.int64)
+    for i in range(rows.size):
+        k = np.int64(passes[i])
+        ctx = np.int64(contexts[i])
+        p, nearer = _mixed(buckets, counts, probability, weights, np.int64(rows[i]), ctx, k,
+                           inputs)
+        f0_out[i] = p
+        _learn(buckets, counts, probability, weights, nearer, ctx, k, inputs, p, bits[i])
+
+
+@_jit
+def _decode_kernel(words, state, rows, contexts, k, buckets, counts, probability, weights,
+                   out):  # pragma: no cover - compiled
+    """Decode out.size bits of pass k at state = [x, pos] (adaptive.Decoder's), updating the
+    model as the encoder did. Returns adaptive._OK or _EARLY_END; never reads outside words."""
+    x = np.uint64(state[0])
+    pos = np.int64(state[1])
+    mask = np.uint64(_ONE - 1)
+    inputs = np.zeros(INPUTS, np.int64)
+    for i in range(rows.size):
+        ctx = np.int64(contexts[i])
+        p, nearer = _mixed(buckets, counts, probability, weights, np.int64(rows[i]), ctx, k,
+                           inputs)
+        f0 = np.uint64(p)
+        cum = x & mask
+        if cum < f0:
+            bit, start, freq = np.int64(0), np.uint64(0), f0
+        else:
+            bit, start, freq = np.int64(1), f0, np.uint64(_ONE) - f0
+        x, pos = entropy._renormalize(
+            words, freq * (x >> np.uint64(adaptive._PRECISION)) + cum - start, pos)
+        x = np.uint64(x)
+        if pos < 0:
+            state[0] = x
+            state[1] = np.uint64(words.size)
+            return adaptive._EARLY_END
+        _learn(buckets, counts, probability, weights, nearer, ctx, k, inputs, p, bit)
+        out[i] = bit
+    state[0] = x
+    state[1] = np.uint64(pos)
+    return adaptive._OK
+
+
+def probabilities(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
+                  passes: np.ndarray, f0_table: np.ndarray, points: int) -> np.ndarray:
+    """Each bit's mixed P(0) (uint16, coding order), walking a fresh Model over the bits:
+    what encode() codes them with, and what the encoder prices."""
+    b = np.ascontiguousarray(bits, dtype=np.uint8)
+    r = np.ascontiguousarray(rows, dtype=np.int64)
+    c = np.ascontiguousarray(contexts, dtype=np.int64)
+    k = np.ascontiguousarray(passes, dtype=np.int64)
+    if not b.shape == r.shape == c.shape == k.shape or b.ndim != 1:
+        raise ValueError("mixing needs one row, context and pass per bit (1-D)")
+    size = 1 << context_bits(points)
+    if r.size and (r.min() < 0 or r.max() > 2 * GRID_K or c.min() < 0 or c.max() >= size
+                   or k.min() < 0 or k.max() > 7):
+        raise ValueError("a CDF row, context or pass out of range")
+    model = Model(f0_table, points)
+    f0 = np.empty(r.size, dtype=adaptive.F0_DTYPE)
+    _walk_kernel(r, c, k, b, model.buckets, model.counts, model.probability, model.weights, f0)
+    return f0
+
+
+def encode(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray, passes: np.ndarray,
+           f0_table: np.ndarray, points: int) -> bytes:
+    """rANS bytes of the learned bits (coding order) under mixed probabilities: their CDF-table
+    rows (grid index + K), count-model contexts (pass_contexts) and passes."""
+    f0 = probabilities(bits, rows, contexts, passes, f0_table, points)
+    return adaptive.encode(np.ascontiguousarray(bits, dtype=np.uint8), f0)
+
+
+class Decoder(adaptive.Decoder):
+    """The mixed learned stream being decoded, pass by pass (coder.decompress): decode(rows,
+    contexts, k) -> bits, finish(); lenient=True (benchmarks) yields zeros once the stream
+    breaks off instead of raising."""
+
+    label = "mixed occupancy data"
+
+    def __init__(self, data: bytes, f0_table: np.ndarray, points: int, lenient: bool = False):
+        self.lenient, self.failed = lenient, False
+        try:
+            super().__init__(data)
+        except adaptive.AdaptiveStreamError:
+            if not lenient:
+                raise
+            self.failed = True
+        self.model = Model(f0_table, points)
+        self.size = 1 << context_bits(points)
+
+    def decode(self, rows, contexts, k: int) -> np.ndarray:
+        r = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+        c = np.ascontiguousarray(contexts, dtype=np.int64).reshape(-1)
+        out = np.zeros(r.size, dtype=np.int32)
+        if self.failed:
+            return out
+        if r.size and (r.min() < 0 or r.max() > 2 * GRID_K or c.shape != r.shape
+                       or c.min() < 0 or c.max() >= self.size or not 0 <= k < 8):
+            raise ValueError("a CDF row, context or pass out of range")  # the decoder's own
+        m = self.model
+        code = _decode_kernel(self.words, self.state, r, c, np.int64(k), m.buckets, m.counts,
+                              m.probability, m.weights, out)
+        if code != adaptive._OK:
+            self.failed = True
+            if not self.lenient:
+                raise adaptive.AdaptiveStreamError(
+                    f"malformed bitstream: {self.label} ends before its last decision")
+            out[:] = 0
+        return out
+
+    def finish(self) -> None:
+        if not self.failed:
+            super().finish()
