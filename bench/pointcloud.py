@@ -5,6 +5,7 @@ coder on held-out clouds, and the cross-profile decode matrix.
     pip install -e '.[bench]'                                    # DracoPy, laspy, lazrs
     python bench/pointcloud.py [--data data/pc] [--matrix-depth 8] [--json out.json]
     python bench/pointcloud.py --clouds [--scale 1] [--runs 3] [--learned] [--threads 1]
+                                        [--smallest]
     python -m reprocodec.train.realscans --out data/real              # once: two real scans
     python bench/pointcloud.py --clouds --real data/real [--real-depths 10,12]
 
@@ -14,7 +15,9 @@ coder on held-out clouds, and the cross-profile decode matrix.
 seconds of --runs runs, peak RSS, bits per point of ours (whole stream), of the adaptive coder
 alone (its rANS bytes), of the learned model alone (--learned), Draco and LAZ (when the bench
 extra is installed; otherwise a note says they were skipped), the coder of each octree level
-(L learned, A adaptive) and a lossless check.
+(L learned, A adaptive) and a lossless check. --smallest encodes with coders="smallest" (the
+per-level choice by bits alone, and mixed probabilities at format 4; probs: the learned levels'
+payload, static / refined / mixed).
 
 --real DIR replaces the synthetic clouds by every DIR/*.ply (real scans: an airborne LiDAR tile
 and a statue scan from reprocodec.train.realscans) at each of --real-depths.
@@ -298,7 +301,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
     enc, dec, enc_cpu, dec_cpu = [], [], [], []
     for _ in range(args.runs):
         t0, c0 = time.perf_counter(), time.process_time()
-        msg = codec.encode(voxels, depth=depth)
+        msg = codec.encode(voxels, depth=depth, coders=args.coders)
         packed = container.pack(msg)
         t1, c1 = time.perf_counter(), time.process_time()
         out = codec.decode(container.unpack(packed))
@@ -317,6 +320,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
     row = {"points": n, "depth": depth, "ours_bpp": 8 * len(packed) / n,
            "ours_payload_bpp": 8 * sum(len(p.data) for p in msg.payloads) / n,
            "protection_bpp": 8 * container.protection_bytes(msg) / n, "levels": levels,
+           "probs": _PROBABILITIES.get(names[0], "-") if names else "-", "coders": args.coders,
            "ours_lossless": bool(np.array_equal(out.voxels, voxels)),
            "adaptive_bpp": 8 * adaptive.encoded_size(voxels, depth) / n,
            "encode_s": float(np.median(enc)), "decode_s": float(np.median(dec)),
@@ -328,6 +332,10 @@ def _measure_worker(args: argparse.Namespace) -> int:
         row["learned_only_bpp"] = 8 * len(learned) / n
     Path(args.result).write_text(json.dumps(row))
     return 0
+
+
+_PROBABILITIES = {"occupancy": "static", "occupancy_refined": "refined",
+                  "occupancy_mixed": "mixed"}
 
 
 def _others(voxels: np.ndarray, depth: int, row: dict, notes: set[str], tmc3: str | None
@@ -351,8 +359,8 @@ def _others(voxels: np.ndarray, depth: int, row: dict, notes: set[str], tmc3: st
 
 def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: int,
                 learned: bool, skip_others: bool, tmc3: str | None = None,
-                model: str = DEFAULT_MODEL, weights_dir: str | None = None
-                ) -> tuple[list[dict], list[str]]:
+                model: str = DEFAULT_MODEL, weights_dir: str | None = None,
+                coders: str = "auto") -> tuple[list[dict], list[str]]:
     rows, notes = [], set()
     me = [sys.executable, str(Path(__file__).resolve())]
     with tempfile.TemporaryDirectory() as tmp:
@@ -362,7 +370,8 @@ def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: i
             np.save(path, voxels)
             cmd = me + ["--measure-worker", "--cloud", str(path), "--depth", str(depth),
                         "--runs", str(runs), "--threads", str(threads), "--result", str(result),
-                        "--model", model] + (["--weights-dir", weights_dir] if weights_dir else [])
+                        "--model", model, "--coders", coders] + (
+                            ["--weights-dir", weights_dir] if weights_dir else [])
             subprocess.run(cmd + (["--learned"] if learned else []), check=True)
             row = {"cloud": name, **json.loads(result.read_text())}
             if not skip_others:
@@ -384,7 +393,7 @@ def print_cloud_table(rows: list[dict], notes: list[str]) -> None:
           ", ".join(sorted({str(r.get("threads", "?")) for r in rows})))
     print(f"{'cloud':22s} {'D':>2s} {'points':>8s} {'ours':>7s} {'(payl.)':>7s} {'adapt.':>7s} "
           f"{'learned':>7s} {'G-PCC':>6s} "
-          f"{'Draco':>6s} {'LAZ':>6s} {'levels':>13s} {'enc s':>6s} {'dec s':>6s} "
+          f"{'Draco':>6s} {'LAZ':>6s} {'levels':>13s} {'probs':>7s} {'enc s':>6s} {'dec s':>6s} "
           f"{'s/Mpt':>11s} {'cpu s/Mpt':>11s} {'RSS MB':>7s} {'+/Mpt':>6s} lossless")
     for r in rows:
         mpt = r["points"] / 1e6
@@ -394,6 +403,7 @@ def print_cloud_table(rows: list[dict], notes: list[str]) -> None:
               f"{r['adaptive_bpp']:7.3f} {r.get('learned_only_bpp', nan):7.3f} "
               f"{r.get('gpcc_bpp', nan):6.2f} "
               f"{r.get('draco_bpp', nan):6.2f} {r.get('laz_bpp', nan):6.2f} {r['levels']:>13s} "
+              f"{r.get('probs', '-'):>7s} "
               f"{r['encode_s']:6.2f} {r['decode_s']:6.2f} "
               f"{r['encode_s'] / mpt:5.2f}/{r['decode_s'] / mpt:<5.2f} "
               f"{r['encode_cpu_s'] / mpt:5.2f}/{r['decode_cpu_s'] / mpt:<5.2f} "
@@ -531,6 +541,9 @@ def main() -> int:
     ap.add_argument("--real-depths", default="10,12", help="--real: octree depths")
     ap.add_argument("--tmc3", default=os.environ.get("TMC3"),
                     help="--clouds: MPEG G-PCC's tmc3 binary (TMC13) for a G-PCC column")
+    ap.add_argument("--smallest", action="store_true",
+                    help="--clouds: encode with coders=\"smallest\" (mixed probabilities too)")
+    ap.add_argument("--coders", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--measure-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cloud", help=argparse.SUPPRESS)
     ap.add_argument("--depth", type=int, help=argparse.SUPPRESS)
@@ -549,7 +562,7 @@ def main() -> int:
                   else synthetic_clouds(args.scale))
         rows, notes = cloud_table(clouds, args.runs, args.threads,
                                   args.learned, args.skip_others, args.tmc3, args.model,
-                                  args.weights_dir)
+                                  args.weights_dir, "smallest" if args.smallest else "auto")
         print_cloud_table(rows, notes)
         if args.json:
             Path(args.json).write_text(json.dumps({"clouds": rows, "notes": notes}, indent=1))

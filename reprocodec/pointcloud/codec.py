@@ -297,8 +297,8 @@ class PointCloudCodec:
                     if len(refined) < len(data):
                         name, data = REFINED_PAYLOAD, refined
             if mix_points and all(lv.contexts is not None for lv in levels_coded):
-                passes = np.concatenate([np.repeat(np.arange(N_PASSES), b.shape[0])
-                                         for b in bits_coded])
+                passes = np.concatenate([np.repeat(np.arange(N_PASSES, dtype=np.uint8),
+                                                   b.shape[0]) for b in bits_coded])
                 mixed = mixing.encode(occupancy, coded.indices + coder.GRID_K,
                                       np.concatenate([lv.contexts for lv in levels_coded]),
                                       passes, self.tables.cdfs[:, 1], mix_points)

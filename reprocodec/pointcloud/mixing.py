@@ -146,13 +146,14 @@ def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int)
 
 class Model:
     """The mixer's whole state (refine's buckets, the count model, the mixer's weights), as
-    flat int64 arrays the kernels update in place."""
+    flat integer arrays the kernels update in place (the count model's 5 bytes a context:
+    20 MB at most)."""
 
     def __init__(self, f0_table: np.ndarray, points: int):
         self.buckets = refine.initial_buckets(f0_table)
         size = 1 << context_bits(points)
-        self.counts = np.zeros(size, dtype=np.int64)
-        self.probability = np.full(size, _ONE // 2, dtype=np.int64)
+        self.counts = np.zeros(size, dtype=np.uint8)  # <= COUNT_LIMIT
+        self.probability = np.full(size, _ONE // 2, dtype=np.int32)  # 0 .. 2^16
         self.weights = np.zeros((8, INPUTS), dtype=np.int64)
         self.weights[:, 0] = _WEIGHT_ONE  # start as the refined probability alone
 
@@ -168,7 +169,7 @@ def _mixed(buckets, counts, probability, weights, g, ctx, k, inputs):  # pragma:
     `inputs` and returns the refine bucket its bit updates."""
     f0, nearer = refine._probability(buckets, g)
     inputs[0] = STRETCH[f0]
-    inputs[1] = STRETCH[min(max(probability[ctx], np.int64(1)), np.int64(_ONE - 1))]
+    inputs[1] = STRETCH[min(max(np.int64(probability[ctx]), np.int64(1)), np.int64(_ONE - 1))]
     inputs[2] = _BIAS_INPUT
     dot = np.int64(0)
     for j in range(INPUTS):
@@ -183,8 +184,9 @@ def _learn(buckets, counts, probability, weights, nearer, ctx, k, inputs, p,
     """After a bit: refine's bucket, the context's count model and pass k's weights."""
     refine._update(buckets, nearer, bit)
     target = np.int64(0) if bit else np.int64(_ONE)
-    n = counts[ctx]
-    probability[ctx] += ((target - probability[ctx]) * _COUNT_RATE[n]) >> 16
+    n = np.int64(counts[ctx])
+    q = np.int64(probability[ctx])
+    probability[ctx] = q + (((target - q) * _COUNT_RATE[n]) >> 16)
     counts[ctx] = min(n + 1, COUNT_LIMIT)
     error = target - p
     for j in range(INPUTS):
@@ -244,15 +246,17 @@ def probabilities(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
     """Each bit's mixed P(0) (uint16, coding order), walking a fresh Model over the bits:
     what encode() codes them with, and what the encoder prices."""
     b = np.ascontiguousarray(bits, dtype=np.uint8)
-    r = np.ascontiguousarray(rows, dtype=np.int64)
-    c = np.ascontiguousarray(contexts, dtype=np.int64)
-    k = np.ascontiguousarray(passes, dtype=np.int64)
+    r, c, k = np.asarray(rows), np.asarray(contexts), np.asarray(passes)
     if not b.shape == r.shape == c.shape == k.shape or b.ndim != 1:
         raise ValueError("mixing needs one row, context and pass per bit (1-D)")
     size = 1 << context_bits(points)
     if r.size and (r.min() < 0 or r.max() > 2 * GRID_K or c.min() < 0 or c.max() >= size
                    or k.min() < 0 or k.max() > 7):
         raise ValueError("a CDF row, context or pass out of range")
+    # Narrow types, checked in range above: a 2.4 M-point cloud has ~7 M learned bits
+    r = np.ascontiguousarray(r, dtype=np.int16)
+    c = np.ascontiguousarray(c, dtype=np.int32)
+    k = np.ascontiguousarray(k, dtype=np.uint8)
     model = Model(f0_table, points)
     f0 = np.empty(r.size, dtype=adaptive.F0_DTYPE)
     _walk_kernel(r, c, k, b, model.buckets, model.counts, model.probability, model.weights, f0)
