@@ -1,0 +1,597 @@
+"""Mixed learned probabilities (pointcloud/mixing.py): integer squash/stretch, the hashed
+neighbourhood contexts, the mixer's coder and the codec's format-4 "occupancy_mixed" payload."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reprocodec import container
+from reprocodec.errors import ContainerError, InputError, VerificationError
+from reprocodec.pointcloud import PointCloudCodec, inspect_fields, mixing, octree, refine
+from reprocodec.pointcloud.adaptive import AdaptiveStreamError
+from reprocodec.pointcloud.codec import (
+    ADAPTIVE_PAYLOAD,
+    MIXED_PAYLOAD,
+    PAYLOAD,
+    REFINED_PAYLOAD,
+)
+from reprocodec.pointcloud.grid import GRID_K
+from reprocodec.pointcloud.ply import read_ply
+from reprocodec.safeguard import Mode
+
+SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+ONE = 1 << 16
+# The 26 child-level neighbour offsets in the documented order, and the conventions the
+# reference below assumes (checked against octree's tables in the test that uses them)
+OFFSETS = [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)
+           if (x, y, z) != (0, 0, 0)]
+PARENT_SLOTS = [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)]
+
+
+def _child_index(x: int, y: int, z: int) -> int:
+    return x * 4 + y * 2 + z
+
+
+def _hash(ctx: int, points: int) -> int:
+    bits = mixing.context_bits(points)
+    return ((ctx * 0x9E3779B97F4A7C15) % (1 << 64)) >> (64 - bits)
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return PointCloudCodec.load()
+
+
+@pytest.fixture(scope="module")
+def f0_table(codec):
+    return codec.tables.cdfs[:, 1].astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def camel():
+    return read_ply(SAMPLES / "camel_d6.ply")
+
+
+def _box_surface(n: int) -> np.ndarray:
+    """The six faces of an axis-aligned n^3 box of integer voxels (machined-part-like: large
+    flat faces, the repeats the count model learns)."""
+    g = np.arange(n)
+    u, v = (a.ravel() for a in np.meshgrid(g, g, indexing="ij"))
+    faces = []
+    for c in (0, n - 1):
+        for axis in range(3):
+            p = np.zeros((u.size, 3), np.int64)
+            others = [a for a in range(3) if a != axis]
+            p[:, axis], p[:, others[0]], p[:, others[1]] = c, u, v
+            faces.append(p)
+    return np.unique(np.concatenate(faces), axis=0).astype(np.float64)
+
+
+# ------------------------------------------------------------------------- squash / stretch
+
+
+def test_squash_and_stretch_are_monotone_exact_inverses():
+    limit = mixing.LOGIT_LIMIT
+    squash, stretch = mixing.SQUASH, mixing.STRETCH
+    assert squash.shape == (2 * limit + 1,) and stretch.shape == (ONE + 1,)
+    assert squash.dtype == np.int64 and stretch.dtype == np.int64
+    assert np.all(np.diff(squash) >= 0)
+    assert squash[limit] == 32768  # logit 0
+    assert squash[0] == 0 and squash[-1] == ONE
+    # the knots are round(2^16 / (1 + e^-x)) at x = -12, -11.5, .. 12 and squash meets them
+    knots = [round(ONE / (1 + math.exp(-(-12 + 0.5 * i)))) for i in range(49)]
+    assert mixing._SQUASH_KNOTS.tolist() == knots
+    assert limit == 12 * mixing.LOGIT_ONE
+    np.testing.assert_array_equal(squash[::mixing.LOGIT_ONE // 2], knots)
+    # nearly symmetric (the floor of the interpolation only): squash(-x) ~ 2^16 - squash(x)
+    assert np.abs(squash + squash[::-1] - ONE).max() <= 1
+    # stretch(p) is the least x with squash(x) >= p, for every p = 0 .. 2^16
+    p = np.arange(ONE + 1)
+    assert np.all(np.diff(stretch) >= 0)
+    assert stretch.min() >= -limit and stretch.max() <= limit
+    assert np.all(squash[stretch + limit] >= p)
+    above = stretch > -limit
+    assert np.all(squash[stretch[above] - 1 + limit] < p[above])
+    assert np.all(p[~above] <= squash[0])  # only p = 0 stretches to the bottom
+    assert stretch[32768] == 0
+    # stretch(squash(x)) <= x, and squash(stretch(squash(x))) == squash(x)
+    x = np.arange(-limit, limit + 1)
+    assert np.all(stretch[squash] <= x)
+    np.testing.assert_array_equal(squash[stretch[squash] + limit], squash)
+
+
+def test_context_bits_follow_the_point_count():
+    assert mixing.context_bits(0) == mixing.MIN_CONTEXT_BITS
+    assert mixing.context_bits(1) == mixing.MIN_CONTEXT_BITS
+    assert mixing.context_bits(3000) == (8 * 3000).bit_length() == 15
+    assert mixing.context_bits(1 << 30) == mixing.MAX_CONTEXT_BITS
+    sizes = [mixing.context_bits(n) for n in range(0, 1 << 20, 997)]
+    assert sizes == sorted(sizes)
+
+
+# ------------------------------------------------------------------------------ contexts
+
+
+def _reference_contexts(table: np.ndarray, bits: np.ndarray, k: int, points: int) -> np.ndarray:
+    """The documented context of child k of every node, in plain Python: cell c (offset c of
+    OFFSETS from child k) is 0 empty, 1 occupied, 2 not decoded yet, weighted by 3^c, plus
+    k * 3^26, Fibonacci-hashed to context_bits(points) bits."""
+    m = table.shape[0]
+    ox, oy, oz = ((k >> 2) & 1, (k >> 1) & 1, k & 1)
+    out = []
+    for i in range(m):
+        ctx = k * 3 ** 26
+        for c, (dx, dy, dz) in enumerate(OFFSETS):
+            cell = (ox + dx, oy + dy, oz + dz)  # child-level, from the node's child 0
+            parent = tuple(v // 2 for v in cell)  # floor: -1, 0 or 1
+            inner = tuple(v - 2 * q for v, q in zip(cell, parent, strict=True))
+            node = int(table[i, PARENT_SLOTS.index(parent)])
+            child = _child_index(*inner)
+            if node == m:
+                state = 0
+            elif child < k:
+                state = int(bits[node, child])
+            else:
+                state = 2
+            ctx += state * 3 ** c
+        out.append(_hash(ctx, points))
+    return np.array(out, np.int64)
+
+
+def test_pass_contexts_match_the_documented_rule_on_random_tables():
+    np.testing.assert_array_equal(octree.NEIGHBOUR_OFFSETS, PARENT_SLOTS)
+    assert [_child_index(*o) for o in octree.CHILD_OFFSETS.tolist()] == list(range(8))
+    rng = np.random.default_rng(11)
+    for m, points, dtype in ((1, 1, np.int32), (97, 3000, np.int32), (250, 1 << 21, np.int64)):
+        table = rng.integers(0, m + 1, (m, 27)).astype(dtype)  # m: absent
+        table[rng.random((m, 27)) < 0.3] = m
+        bits = rng.random((m, 8)) < 0.5
+        size = 1 << mixing.context_bits(points)
+        for k in range(8):
+            got = mixing.pass_contexts(table, bits, k, points)
+            assert got.dtype == np.int64 and got.shape == (m,)
+            assert got.min() >= 0 and got.max() < size
+            np.testing.assert_array_equal(got, _reference_contexts(table, bits, k, points))
+
+
+def test_pass_k_reads_no_child_at_or_after_k():
+    rng = np.random.default_rng(12)
+    m, points = 400, 5000
+    table = rng.integers(0, m + 1, (m, 27)).astype(np.int32)
+    bits = rng.random((m, 8)) < 0.5
+    for k in range(8):
+        base = mixing.pass_contexts(table, bits, k, points)
+        changed = bits.copy()
+        changed[:, k:] = rng.random((m, 8 - k)) < 0.5
+        changed[:, k:] ^= True  # every child >= k flipped
+        np.testing.assert_array_equal(mixing.pass_contexts(table, changed, k, points), base)
+        if k:  # and it does read the children before k (not a constant)
+            earlier = bits.copy()
+            earlier[:, :k] ^= True
+            assert np.any(mixing.pass_contexts(table, earlier, k, points) != base)
+
+
+def test_pass_contexts_of_a_real_level_follow_the_geometry(camel):
+    """Against coordinates alone (no neighbour table): the encoder's and decoder's tables of
+    a real octree give each child the states of its 26 child-level neighbour cells."""
+    voxels = octree.voxelize(camel, 6).voxels
+    codes, bits = octree.build_levels(voxels, 6)
+    n = voxels.shape[0]
+    tables = octree.LevelTables(1)
+    for level in range(6):
+        chained = tables.table_of(codes[level], level, bits[level - 1] if level else None)
+        direct = octree.neighbour_table(codes[level], level)
+        np.testing.assert_array_equal(chained, direct)
+        if level < 4:
+            continue
+        coords = octree.morton_decode(codes[level]).tolist()
+        where = {tuple(p): i for i, p in enumerate(coords)}
+        for k in range(8):
+            expected = []
+            off = octree.CHILD_OFFSETS[k].tolist()
+            for p in coords:
+                ctx = k * 3 ** 26
+                for c, d in enumerate(OFFSETS):
+                    q = [2 * p[a] + off[a] + d[a] for a in range(3)]
+                    node = where.get(tuple(v // 2 for v in q))  # floor: -1 is outside
+                    child = _child_index(*(v & 1 for v in q))
+                    state = 0 if node is None else (
+                        int(bits[level][node, child]) if child < k else 2)
+                    ctx += state * 3 ** c
+                expected.append(_hash(ctx, n))
+            np.testing.assert_array_equal(mixing.pass_contexts(chained, bits[level], k, n),
+                                          expected)
+
+
+def test_pass_contexts_refuse_bad_shapes_and_passes():
+    m = 5
+    table = np.full((m, 27), m, np.int32)
+    bits = np.zeros((m, 8), bool)
+    for bad_table, bad_bits in ((table[:, :26], bits), (table, bits[:, :7]),
+                                (table, np.zeros((m + 1, 8), bool)), (table[0], bits),
+                                (table[None], bits)):
+        with pytest.raises(ValueError):
+            mixing.pass_contexts(bad_table, bad_bits, 0, 100)
+    for k in (-1, 8, 100):
+        with pytest.raises(ValueError):
+            mixing.pass_contexts(table, bits, k, 100)
+    assert mixing.pass_contexts(table, bits, 7, 100).shape == (m,)  # the good shapes pass
+
+
+# ------------------------------------------------------------------- coder and decoder
+
+
+def _chunked_coding(seed: int, f0_table: np.ndarray, points: int,
+                    sizes=(1, 7, 60, 400, 1500)):
+    """Bits in pass-major chunks, as the codec codes learned levels: for each level of
+    `sizes[l]` nodes, child k of every node, k = 0..7."""
+    rng = np.random.default_rng(seed)
+    size = 1 << mixing.context_bits(points)
+    chunks = [(m, k) for m in sizes for k in range(8)]
+    n = sum(m for m, _ in chunks)
+    rows = rng.integers(0, 2 * GRID_K + 1, n)
+    rows[:3] = (0, 2 * GRID_K, GRID_K)  # both ends of the table
+    bits = (rng.random(n) * ONE >= f0_table[rows]).astype(np.uint8)
+    contexts = rng.integers(0, size, n)
+    contexts[:2] = (0, size - 1)
+    passes = np.concatenate([np.full(m, k) for m, k in chunks])
+    return bits, rows, contexts, passes, chunks
+
+
+def _decode_chunks(decoder, rows, contexts, chunks):
+    out, start, failed_at = [], 0, None
+    for i, (m, k) in enumerate(chunks):
+        out.append(decoder.decode(rows[start:start + m], contexts[start:start + m], k))
+        if failed_at is None and getattr(decoder, "failed", False):
+            failed_at = i
+        start += m
+    return out, failed_at
+
+
+def test_mixed_coding_round_trips_pass_by_pass(f0_table):
+    points = 3000
+    bits, rows, contexts, passes, chunks = _chunked_coding(1, f0_table, points)
+    data = mixing.encode(bits, rows, contexts, passes, f0_table, points)
+    assert len(data) % 4 == 0 and len(data) >= 8
+    decoder = mixing.Decoder(data, f0_table, points)
+    got, failed_at = _decode_chunks(decoder, rows, contexts, chunks)
+    decoder.finish()
+    assert failed_at is None
+    np.testing.assert_array_equal(np.concatenate(got), bits)
+    # the narrow types the encoder keeps (int16 rows, int32 contexts, uint8 passes) and
+    # int64 give the same probabilities and the same bytes
+    narrow = (rows.astype(np.int16), contexts.astype(np.int32), passes.astype(np.uint8))
+    np.testing.assert_array_equal(
+        mixing.probabilities(bits, *narrow, f0_table, points),
+        mixing.probabilities(bits, rows, contexts, passes, f0_table, points))
+    assert mixing.encode(bits.astype(bool), *narrow, f0_table, points) == data
+
+
+@pytest.mark.timeout(60)
+def test_truncated_overlong_and_garbage_streams_are_refused(f0_table):
+    points = 3000
+    bits, rows, contexts, passes, chunks = _chunked_coding(2, f0_table, points)
+    data = mixing.encode(bits, rows, contexts, passes, f0_table, points)
+    half = len(data) // 8 * 4
+    rng = np.random.default_rng(3)
+    variants = [b"", data[:4], data[:8], data[:-4], data[:half], data[:-1], data + data[-4:],
+                data + b"\x00" * 4, b"\x00" * len(data), b"\xff" * len(data)]
+    for size in (8, 12, 64, 1000, len(data), 4 * len(data), 13):
+        for _ in range(3):
+            variants.append(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    for bad in variants:
+        with pytest.raises(ContainerError) as info:
+            decoder = mixing.Decoder(bad, f0_table, points)
+            _decode_chunks(decoder, rows, contexts, chunks)
+            decoder.finish()
+        assert isinstance(info.value, AdaptiveStreamError), repr(info.value)
+    # lenient (benchmarks): zeros from the break on, never a raise; the chunks decoded
+    # before the break are the encoder's bits
+    for bad in (b"", data[:8], data[:half], data[:-4]):
+        decoder = mixing.Decoder(bad, f0_table, points, lenient=True)
+        got, failed_at = _decode_chunks(decoder, rows, contexts, chunks)
+        decoder.finish()
+        assert decoder.failed and failed_at is not None
+        start = 0
+        for i, (m, _) in enumerate(chunks):
+            if i < failed_at:
+                np.testing.assert_array_equal(got[i], bits[start:start + m])
+            else:
+                assert not got[i].any()
+            start += m
+    # a lenient decoder of a good stream is an ordinary one
+    decoder = mixing.Decoder(data, f0_table, points, lenient=True)
+    got, failed_at = _decode_chunks(decoder, rows, contexts, chunks)
+    decoder.finish()
+    assert failed_at is None and not decoder.failed
+    np.testing.assert_array_equal(np.concatenate(got), bits)
+
+
+def test_out_of_range_rows_contexts_and_passes_are_refused(f0_table):
+    points = 3000
+    size = 1 << mixing.context_bits(points)
+    n = 50
+    rows, contexts = np.full(n, GRID_K), np.zeros(n, np.int64)
+    passes, bits = np.zeros(n, np.int64), np.zeros(n, np.uint8)
+    mixing.probabilities(bits, rows, contexts, passes, f0_table, points)  # in range: fine
+    for name, value in (("rows", -1), ("rows", 2 * GRID_K + 1), ("contexts", -1),
+                        ("contexts", size), ("passes", -1), ("passes", 8)):
+        args = {"rows": rows.copy(), "contexts": contexts.copy(), "passes": passes.copy()}
+        args[name][n // 2] = value
+        with pytest.raises(ValueError):
+            mixing.probabilities(bits, args["rows"], args["contexts"], args["passes"],
+                                 f0_table, points)
+        with pytest.raises(ValueError):
+            mixing.encode(bits, args["rows"], args["contexts"], args["passes"], f0_table,
+                          points)
+    for bad in ((bits[:-1], rows, contexts, passes), (bits, rows[:-1], contexts, passes),
+                (bits, rows, contexts[:-1], passes), (bits, rows, contexts, passes[:-1]),
+                (bits.reshape(5, 10), rows.reshape(5, 10), contexts.reshape(5, 10),
+                 passes.reshape(5, 10))):
+        with pytest.raises(ValueError):
+            mixing.probabilities(*bad, f0_table, points)
+    # the decoder refuses its caller's out-of-range rows, contexts and passes the same way
+    data = mixing.encode(bits, rows, contexts, passes, f0_table, points)
+    for r, c, k in ((rows - GRID_K - 1, contexts, 0), (rows + GRID_K + 1, contexts, 0),
+                    (rows, contexts - 1, 0), (rows, contexts + size, 0), (rows, contexts, 8),
+                    (rows, contexts, -1), (rows, contexts[:-1], 0)):
+        decoder = mixing.Decoder(data, f0_table, points)
+        with pytest.raises(ValueError):
+            decoder.decode(r, c, k)
+
+
+# ------------------------------------------------------------ determinism and contexts
+
+
+def test_probabilities_are_deterministic_and_learn_the_contexts(f0_table):
+    """Bits that are a function of their context (its parity), at the grid's centre row:
+    refine sees a fair coin, the count model learns each context."""
+    points = 3000
+    size = 1 << mixing.context_bits(points)
+    rng = np.random.default_rng(4)
+    n = 24000
+    pattern = rng.choice(size, 40, replace=False)
+    contexts = pattern[rng.integers(0, pattern.size, n)]
+    bits = (contexts & 1).astype(np.uint8)
+    assert 0.3 < bits.mean() < 0.7  # both bits common: no single probability codes them
+    rows = np.full(n, GRID_K)
+    passes = np.repeat(np.arange(8), n // 8)
+    first = mixing.probabilities(bits, rows, contexts, passes, f0_table, points)
+    assert first.dtype == np.uint16 and first.shape == (n,)
+    assert first.min() >= 1
+    np.testing.assert_array_equal(
+        mixing.probabilities(bits, rows, contexts, passes, f0_table, points), first)
+    # the probabilities depend on the contexts: the same bits under other contexts differ
+    shuffled = rng.permutation(contexts)
+    assert np.any(mixing.probabilities(bits, rows, shuffled, passes, f0_table, points)
+                  != first)
+    # and the context's bit becomes likely: late in the stream P(bit) is high
+    late = slice(n // 2, None)
+    p_bit = np.where(bits[late] == 1, ONE - first[late].astype(np.int64), first[late])
+    assert np.median(p_bit) > 0.9 * ONE
+    mixed = mixing.encode(bits, rows, contexts, passes, f0_table, points)
+    refined = refine.encode(bits, rows, f0_table)
+    assert len(mixed) * 4 < len(refined), (len(mixed), len(refined))
+    assert mixing.encode(bits, rows, contexts, passes, f0_table, points) == mixed
+    decoder = mixing.Decoder(mixed, f0_table, points)
+    got = np.concatenate([decoder.decode(rows[i:i + n // 8], contexts[i:i + n // 8], i // (n // 8))
+                          for i in range(0, n, n // 8)])
+    decoder.finish()
+    np.testing.assert_array_equal(got, bits)
+
+
+def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points):
+    """The module docstring's mixer in plain Python integers: refine's buckets, a count model
+    moving 1/(n + 1.5) of the way to each bit (n capped at COUNT_LIMIT), and per-pass weights
+    on (stretch(refined P(0)), stretch(count P(0)), one logit) learning from the error."""
+    limit = mixing.LOGIT_LIMIT
+    squash, stretch = mixing.SQUASH.tolist(), mixing.STRETCH.tolist()
+    buckets = [int(f0_table[j * refine.SPACING]) << refine.FRACTION
+               for j in range(refine.BUCKETS)]
+    probability, counts = {}, {}
+    weights = [[ONE, 0, 0] for _ in range(8)]
+    out = []
+    for bit, g, ctx, k in zip(bits.tolist(), rows.tolist(), contexts.tolist(), passes.tolist(),
+                              strict=True):
+        lo = min(g // refine.SPACING, refine.BUCKETS - 2)
+        w = g - lo * refine.SPACING
+        f0 = ((refine.SPACING - w) * buckets[lo] + w * buckets[lo + 1]) // refine.SPACING
+        f0 = min(max(f0 >> refine.FRACTION, 1), ONE - 1)
+        q = probability.get(ctx, ONE // 2)
+        inputs = [stretch[f0], stretch[min(max(q, 1), ONE - 1)], mixing.LOGIT_ONE]
+        dot = sum(a * b for a, b in zip(weights[k], inputs, strict=True)) >> 16
+        p = min(max(squash[min(max(dot, -limit), limit) + limit], 1), ONE - 1)
+        out.append(p)
+        target = 0 if bit else ONE
+        j = lo if 2 * w < refine.SPACING else lo + 1
+        buckets[j] += ((target << refine.FRACTION) - buckets[j]) >> refine.RATE
+        n = counts.get(ctx, 0)
+        probability[ctx] = q + (((target - q) * ((2 << 16) // (2 * n + 3))) >> 16)
+        counts[ctx] = min(n + 1, mixing.COUNT_LIMIT)
+        for i in range(3):
+            step = (inputs[i] * (target - p)) >> mixing.LEARNING_SHIFT
+            weights[k][i] = min(max(weights[k][i] + step, -mixing.WEIGHT_LIMIT),
+                                mixing.WEIGHT_LIMIT)
+    return np.array(out, np.int64)
+
+
+def test_probabilities_follow_the_documented_mixer(f0_table):
+    points = 700
+    bits, rows, contexts, passes, _ = _chunked_coding(6, f0_table, points, sizes=(3, 50, 300))
+    contexts = contexts % 64  # contexts recur: the count model moves
+    bits[contexts % 3 == 0] = 1  # and partly predicts the bits
+    got = mixing.probabilities(bits, rows, contexts, passes, f0_table, points)
+    np.testing.assert_array_equal(got, _reference_mixed_f0(bits, rows, contexts, passes,
+                                                           f0_table, points))
+
+
+# --------------------------------------------------------------------------- the codec
+
+
+@pytest.fixture(scope="module")
+def clouds(camel):
+    return {"camel": (camel, 6), "box": (_box_surface(40), 6)}
+
+
+@pytest.mark.parametrize("name", ["camel", "box"])
+def test_smallest_at_format_4_writes_the_mixed_payload_when_smaller(codec, clouds, name):
+    points, depth = clouds[name]
+    expected = octree.voxelize(points, depth).voxels
+    mixed = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest")
+    older = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest",
+                         bitstream_format=3)
+    names = [p.name for p in mixed.payloads]
+    assert names[0] == MIXED_PAYLOAD, names
+    assert mixed.format_version == 4
+    assert inspect_fields(mixed)["learned_probabilities"] == "mixed"
+    assert [p.name for p in older.payloads][0] in (PAYLOAD, REFINED_PAYLOAD)
+    assert MIXED_PAYLOAD not in [p.name for p in older.payloads]
+    assert older.format_version <= 3
+    packed = container.pack(mixed)
+    assert len(packed) <= len(container.pack(older))
+    assert container.unpack(packed).format_version == 4
+    for msg in (mixed, older):
+        out = codec.decode(container.unpack(container.pack(msg)))
+        assert out.bit_exact
+        np.testing.assert_array_equal(out.voxels, expected)
+    if inspect_fields(mixed)["level_coders"] == inspect_fields(older)["level_coders"]:
+        # the same bits and protected indices: mixing is after the safeguard
+        assert mixed.payloads[0].symbols_checksum == older.payloads[0].symbols_checksum
+        assert mixed.protected[0].indices_checksum == older.protected[0].indices_checksum
+    # deterministic: the same stream twice
+    assert container.pack(codec.encode(points, Mode.SYNDROME, depth=depth,
+                                       coders="smallest")) == packed
+
+
+def _sphere(seed: int = 0, n: int = 3000) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, 3))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("name", ["camel", "box", "sphere"])
+def test_mixing_never_costs_bytes(codec, clouds, name):
+    """Kept only when smaller: format 4 is never larger than format 3, and where both chose
+    the same levels the mixed payload is strictly smaller than the refined / static one it
+    replaced, or absent and the streams' payloads are byte-identical (random points on a
+    sphere: mixing about ties with refinement there)."""
+    points, depth = clouds[name] if name in clouds else (_sphere(), 6)
+    new = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest")
+    old = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest",
+                       bitstream_format=3)
+    assert len(container.pack(new)) <= len(container.pack(old))
+    if inspect_fields(new)["level_coders"] == inspect_fields(old)["level_coders"]:
+        if new.payloads[0].name == MIXED_PAYLOAD:
+            assert len(new.payloads[0].data) < len(old.payloads[0].data)
+        else:
+            assert [(p.name, p.data) for p in new.payloads] == \
+                [(p.name, p.data) for p in old.payloads]
+            assert new.format_version == old.format_version
+    out = codec.decode(container.unpack(container.pack(new)))
+    np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
+
+
+@pytest.mark.parametrize("mode", [Mode.NONE, Mode.FLAGS, Mode.SIMPLIFIED])
+def test_mixed_streams_decode_in_other_safeguard_modes(codec, camel, mode):
+    expected = octree.voxelize(camel, 6).voxels
+    msg = codec.encode(camel, mode, depth=6, coders="smallest")
+    assert msg.payloads[0].name == MIXED_PAYLOAD
+    out = codec.decode(container.unpack(container.pack(msg)))
+    assert out.bit_exact
+    np.testing.assert_array_equal(out.voxels, expected)
+
+
+def test_whatever_smallest_picks_decodes_losslessly(codec):
+    """Clouds whose choice can mix learned and adaptive levels (a box at depth 8, uniform
+    noise, a sparse cloud beside a plane): every stream coders="smallest" writes decodes
+    exactly, and at least one of them has mixed learned levels beside adaptive ones (the
+    decoder's mixed contexts across adaptive levels; which cloud does depends on the
+    encoder's choices, hence several)."""
+    rng = np.random.default_rng(8)
+    plane = np.stack(np.meshgrid(np.arange(60), np.arange(60), [5], indexing="ij"),
+                     -1).reshape(-1, 3)
+    clouds = [(_box_surface(40), 8),
+              (np.concatenate([rng.integers(0, 1024, (2000, 3)), plane]), 10),
+              (np.random.default_rng(0).integers(0, 512, (4000, 3)), 9)]
+    layouts = []
+    for points, depth in clouds:
+        points = points.astype(np.float64)
+        msg = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest")
+        out = codec.decode(container.unpack(container.pack(msg)))
+        assert out.bit_exact
+        np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
+        names = [p.name for p in msg.payloads]
+        assert (msg.format_version == 4) == (MIXED_PAYLOAD in names)
+        layouts.append((names, inspect_fields(msg)["level_coders"]))
+    assert any(names == [MIXED_PAYLOAD, ADAPTIVE_PAYLOAD] for names, _ in layouts), layouts
+
+
+@pytest.mark.parametrize("coders", ["auto", "learned"])
+def test_other_coders_never_write_the_mixed_payload(codec, clouds, coders):
+    for points, depth in clouds.values():
+        msg = codec.encode(points, Mode.SYNDROME, depth=depth, coders=coders)
+        assert MIXED_PAYLOAD not in [p.name for p in msg.payloads]
+        assert msg.format_version <= 3
+        assert container.unpack(container.pack(msg)).format_version <= 3
+
+
+def test_mixed_streams_cannot_be_lowered_or_relabelled(codec, camel):
+    msg = codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest")
+    assert msg.payloads[0].name == MIXED_PAYLOAD
+    for version in (2, 3):
+        lowered = container.unpack(container.pack(msg))
+        with pytest.raises(ValueError):
+            container.at_version(lowered, version)
+    kept = container.unpack(container.pack(msg))
+    container.at_version(kept, 4)
+    assert kept.format_version == 4
+    relabelled = container.unpack(container.pack(msg))
+    relabelled.format_version = 3
+    with pytest.raises(ContainerError):
+        container.validate(relabelled)
+    with pytest.raises(ContainerError):
+        container.unpack(relabelled.SerializeToString(deterministic=True))
+    # the same bytes named as the refined payload (format 3) are not decoded as such
+    renamed = container.unpack(container.pack(msg))
+    renamed.payloads[0].name = REFINED_PAYLOAD
+    with pytest.raises((ContainerError, VerificationError)):
+        codec.decode(container.unpack(container.pack(renamed)))
+    # nor a refined payload's bytes named as mixed
+    refined = codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest",
+                           bitstream_format=3)
+    assert refined.payloads[0].name == REFINED_PAYLOAD
+    refined.payloads[0].name = MIXED_PAYLOAD
+    with pytest.raises((ContainerError, VerificationError)):
+        codec.decode(container.unpack(container.pack(refined)))
+
+
+@pytest.mark.timeout(120)
+def test_bit_flips_in_the_mixed_payload_are_reported(codec, camel):
+    msg = codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest")
+    assert msg.payloads[0].name == MIXED_PAYLOAD
+    good = bytes(msg.payloads[0].data)
+    rng = np.random.default_rng(9)
+    positions = [0, 7, 8, len(good) - 1] + rng.integers(0, len(good), 12).tolist()
+    for position in positions:
+        edit = bytearray(good)
+        edit[position] ^= 1 << int(rng.integers(8))
+        bad = container.unpack(container.pack(msg))
+        bad.payloads[0].data = bytes(edit)
+        stream = container.pack(bad)  # CRCs recomputed, as an attacker would
+        with pytest.raises((ContainerError, VerificationError)):
+            codec.decode(container.unpack(stream))
+    for data in (good[:-4], good + b"\x00" * 4, good[:8]):
+        bad = container.unpack(container.pack(msg))
+        bad.payloads[0].data = data
+        with pytest.raises((ContainerError, VerificationError)):
+            codec.decode(container.unpack(container.pack(bad)))
+
+
+@pytest.mark.parametrize("version", [0, 1, 5, 99])
+def test_unsupported_bitstream_formats_are_refused(codec, camel, version):
+    with pytest.raises(InputError):
+        codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest",
+                     bitstream_format=version)
