@@ -67,3 +67,29 @@ def test_an_encoder_at_bitstream_format_2_writes_what_0_2_decoders_read():
     assert container.placement(streams[2].point_cloud) == container.placement(
         streams[3].point_cloud)
     assert all(m.format_version == 2 for m in Codecs(None, bitstream_format=2).model_infos(set()))
+
+
+def test_an_encoder_below_format_4_never_mixes_a_smallest_request():
+    """A `smallest` request tries mixed probabilities (format 4) only on an encoder that may
+    write format 4: at --bitstream-format 3 the same request gets a format-3 stream that
+    0.3.0 decoders read, and both decode to the same cloud."""
+    from pathlib import Path
+
+    from reprocodec import container
+    from reprocodec.pointcloud import PointCloudCodec
+    from reprocodec.pointcloud.ply import read_ply
+    from reprocodec.v1 import service_pb2
+    from server.backend import Codecs, encode_point_cloud
+
+    camel = read_ply(Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+                     / "camel_d6.ply")
+    request = service_pb2.EncodePointCloudRequest(depth=6, smallest=True)
+    streams = {fmt: encode_point_cloud(Codecs(None, bitstream_format=fmt), request, camel,
+                                       "cpu").bitstream for fmt in (3, 4)}
+    names = {fmt: [p.name for p in s.payloads] for fmt, s in streams.items()}
+    assert streams[4].format_version == 4 and "occupancy_mixed" in names[4]
+    assert streams[3].format_version == 3 and "occupancy_mixed" not in names[3]
+    codec = PointCloudCodec.load(threads=1)
+    decoded = [codec.decode(container.unpack(container.pack(streams[fmt]))).voxels
+               for fmt in (3, 4)]
+    assert (decoded[0] == decoded[1]).all() and len(decoded[0]) == camel.shape[0]
