@@ -385,15 +385,16 @@ def test_probabilities_are_deterministic_and_learn_the_contexts(f0_table):
 
 
 def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points):
-    """The module docstring's mixer in plain Python integers: refine's buckets, a count model
-    moving 1/(n + 1.5) of the way to each bit (n capped at COUNT_LIMIT), and per-pass weights
-    on (stretch(refined P(0)), stretch(count P(0)), one logit) learning from the error."""
+    """The module docstring's mixer in plain Python integers: refine's buckets, a fast and a
+    slow count probability each moving 1/(n + 1.5) of the way to each bit (n capped at
+    COUNT_LIMITS), and per-pass weights on (stretch(refined P(0)), stretch(fast P(0)),
+    stretch(slow P(0)), one logit) learning from the error."""
     limit = mixing.LOGIT_LIMIT
     squash, stretch = mixing.SQUASH.tolist(), mixing.STRETCH.tolist()
     buckets = [int(f0_table[j * refine.SPACING]) << refine.FRACTION
                for j in range(refine.BUCKETS)]
     probability, counts = {}, {}
-    weights = [[ONE, 0, 0] for _ in range(8)]
+    weights = [[ONE, 0, 0, 0] for _ in range(8)]
     out = []
     for bit, g, ctx, k in zip(bits.tolist(), rows.tolist(), contexts.tolist(), passes.tolist(),
                               strict=True):
@@ -401,8 +402,8 @@ def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points):
         w = g - lo * refine.SPACING
         f0 = ((refine.SPACING - w) * buckets[lo] + w * buckets[lo + 1]) // refine.SPACING
         f0 = min(max(f0 >> refine.FRACTION, 1), ONE - 1)
-        q = probability.get(ctx, ONE // 2)
-        inputs = [stretch[f0], stretch[min(max(q, 1), ONE - 1)], mixing.LOGIT_ONE]
+        q = probability.get(ctx, [ONE // 2, ONE // 2])
+        inputs = [stretch[f0], *(stretch[min(max(v, 1), ONE - 1)] for v in q), mixing.LOGIT_ONE]
         dot = sum(a * b for a, b in zip(weights[k], inputs, strict=True)) >> 16
         p = min(max(squash[min(max(dot, -limit), limit) + limit], 1), ONE - 1)
         out.append(p)
@@ -410,9 +411,10 @@ def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points):
         j = lo if 2 * w < refine.SPACING else lo + 1
         buckets[j] += ((target << refine.FRACTION) - buckets[j]) >> refine.RATE
         n = counts.get(ctx, 0)
-        probability[ctx] = q + (((target - q) * ((2 << 16) // (2 * n + 3))) >> 16)
-        counts[ctx] = min(n + 1, mixing.COUNT_LIMIT)
-        for i in range(3):
+        probability[ctx] = [v + (((target - v) * ((2 << 16) // (2 * min(n, cap) + 3))) >> 16)
+                            for v, cap in zip(q, mixing.COUNT_LIMITS, strict=True)]
+        counts[ctx] = min(n + 1, max(mixing.COUNT_LIMITS))
+        for i in range(4):
             step = (inputs[i] * (target - p)) >> mixing.LEARNING_SHIFT
             weights[k][i] = min(max(weights[k][i] + step, -mixing.WEIGHT_LIMIT),
                                 mixing.WEIGHT_LIMIT)
