@@ -114,7 +114,7 @@ IMAGE_SEEDS = [
 ]
 # (sample or None for an empty cloud, depth, mode, coders): "auto" as users encode (small
 # clouds at shallow depths go all adaptive), "learned" so protected occupancy logits are always
-# among the seeds. The "auto"
+# among the seeds, "smallest" for the mixed payload (format 4). The "auto" and "smallest"
 # seeds are given as integer voxels (format 3: the identity placement omitted), the others as
 # the rescaled sample (format 2: the placement written out).
 CLOUD_SEEDS = [
@@ -125,6 +125,8 @@ CLOUD_SEEDS = [
     ("elephant_d7", 4, "simplified", "learned"),
     ("elephant_d7", 3, "syndrome", "auto"),
     (None, 4, "syndrome", "auto"),
+    ("camel_d6", 6, "syndrome", "smallest"),
+    ("elephant_d7", 7, "none", "smallest"),
 ]
 
 
@@ -176,7 +178,7 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
         for sample, depth, mode, coders in CLOUD_SEEDS:
             points = (read_ply(SAMPLES / f"{sample}.ply") if sample
                       else np.zeros((0, 3), np.float64))
-            if sample and coders == "auto":
+            if sample and coders in ("auto", "smallest"):
                 points = octree.voxelize(points, depth).voxels
             msg = codec.encode(points, mode, depth=depth, coders=coders)
             i = len(meta)
