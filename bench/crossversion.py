@@ -99,7 +99,8 @@ def _worker_encode(outdir: Path, jobs: list[dict]) -> None:
             msg = codec.encode(data, job["mode"], job["level"], capture=capture)
             output = np.asarray(capture["output"])
         else:
-            msg = codec.encode(data, depth=job["depth"], mode=job["mode"])
+            msg = codec.encode(data, depth=job["depth"], mode=job["mode"],
+                               coders=job.get("coders", "auto"))
             output = octree.voxelize(data, job["depth"]).voxels
         seconds = time.perf_counter() - start
         (outdir / f"{job['id']}.rpc").write_bytes(container.pack(msg))
@@ -262,6 +263,11 @@ def code_jobs(images: list[Path], depths: list[int], levels: list[str]) -> list[
                                  "kind": "point_cloud", "model": info.name,
                                  "input": str(f), "depth": depth, "mode": mode,
                                  "class": f"point cloud {mode}"})
+                # --smallest: the mixed payload (format 4) where it is smaller
+                jobs.append({"id": f"{info.name}__{f.stem}@{depth}__syndrome-smallest",
+                             "kind": "point_cloud", "model": info.name, "input": str(f),
+                             "depth": depth, "mode": "syndrome", "coders": "smallest",
+                             "class": "point cloud syndrome smallest"})
     return jobs
 
 

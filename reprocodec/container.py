@@ -23,13 +23,14 @@ from .v1 import bitstream_pb2 as pb
 MAGIC = 0x44435052  # b"RPCD" read as a little-endian uint32
 # The newest version this writer knows. `pack` writes each stream at the lowest version that
 # can express it (a decoder upgraded later still reads what it can): 3 only for a point cloud
-# whose placement is the identity and so omitted (_IDENTITY_PLACEMENT).
+# whose placement is the identity and so omitted (_IDENTITY_PLACEMENT), 4 only for a stream with
+# a FORMAT_4_PAYLOADS payload.
 FORMAT_VERSION = 4
 SUPPORTED_VERSIONS = frozenset({2, 3, 4})
-# Versions this decoder recognises but no longer reads, with what the user should do.
 # Payloads that only format 4 has (reprocodec.pointcloud's occupancy under mixed probabilities,
 # written by its encoder only when asked for format 4): decoders of 0.3.0 would refuse them.
 FORMAT_4_PAYLOADS = frozenset({"occupancy_mixed"})
+# Versions this decoder recognises but no longer reads, with what the user should do.
 _RETIRED_VERSIONS = {
     1: "was written by reprocodec 0.1 (CompressAI's rANS without an end-of-stream check, no "
        "symbol checksums); re-encode the input with this version",

@@ -64,8 +64,14 @@ PAYLOAD = "occupancy"
 REFINED_PAYLOAD = "occupancy_refined"
 # ... or under mixing.py's mix of those with a count model of each child's neighbourhood:
 # tried with coders="smallest" at bitstream format 4 (its decode walks a count model and a
-# mixer per bit: about as long as a network row, for 0.2-5 % fewer bits), kept when smaller.
+# mixer per bit: about as long as a network row, for 0-7 % fewer bits, 22 % on a LiDAR sweep),
+# kept when smaller.
 MIXED_PAYLOAD = "occupancy_mixed"
+# Mixing is tried only while the learned levels hold at most this many bits a point: the
+# encoder keeps ~13 bytes a learned bit for it (contexts, rows, passes, probabilities), within
+# the services' per-point memory estimate; dense surfaces have 3-9, and sparse clouds, with
+# more, gain least from it (0.2 % on the 1/4 sampling).
+MIX_BITS_PER_POINT = 12
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD)
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
 # "auto": the per-level choice with network rows priced (ROW_PRICE); "smallest": by bits alone
@@ -242,6 +248,7 @@ class PointCloudCodec:
         # the learned levels as if each were chosen.
         buckets = refine.initial_buckets(self.tables.cdfs[:, 1]) if self.refine else None
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
+        mix_bits = 0  # learned bits so far (mixing's memory bound)
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
@@ -261,7 +268,8 @@ class PointCloudCodec:
             learned[level] = coder.learned_level(
                 neighbours, bits[level], level, depth, self._predict, self.tables, mode,
                 self.decision, buckets)
-            if mix_points:
+            mix_bits += bits[level].size
+            if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
                 # Pass-major as the indices; int32: contexts have at most 22 bits
                 learned[level].contexts = np.concatenate([
                     mixing.pass_contexts(neighbours, bits[level], k, mix_points)
@@ -366,8 +374,7 @@ class PointCloudCodec:
                 or len(msg.protected) != (learned_name is not None):
             raise ContainerError("a point cloud stream has an occupancy payload (static, "
                                  "refined or mixed) with one protected tensor, an adaptive "
-                                 "occupancy "
-                                 "payload, or both")
+                                 "occupancy payload, or both")
         levels, adaptive_data, adaptive_total = (False,) * depth, b"", 0
         if ADAPTIVE_PAYLOAD in names:
             payload = msg.payloads[names.index(ADAPTIVE_PAYLOAD)]
