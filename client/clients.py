@@ -165,12 +165,15 @@ class EncoderClient(_Client):
 
     def encode_point_cloud(self, cloud: bytes | np.ndarray, *, model: str = "", depth: int = 0,
                            mode: str = "syndrome", smallest: bool = False,
+                           max_format_version: int = 0,
                            timeout: float | None = None) -> service_pb2.EncodeResponse:
         """cloud: PLY file bytes or an (N, 3) array of coordinates. smallest: each octree
-        level's coder chosen by bits alone (slower to decode on sparse clouds)."""
+        level's coder chosen by bits alone (slower to decode on sparse clouds).
+        max_format_version: the newest bitstream format the stream may need (0: the
+        service's own setting)."""
         request = service_pb2.EncodePointCloudRequest(
             model=model, depth=depth, safeguard_mode=options.mode_proto(mode),
-            smallest=smallest)
+            smallest=smallest, max_format_version=max_format_version)
         if isinstance(cloud, np.ndarray):
             xyz = np.ascontiguousarray(cloud, dtype="<f4").reshape(-1, 3)
             request.points.CopyFrom(service_pb2.PackedPoints(count=len(xyz),

@@ -74,7 +74,8 @@ def _encode_cloud(enc: EncoderClient, data: bytes, args: argparse.Namespace) -> 
     return enc.encode_point_cloud(data, model=getattr(args, "model", None) or "",
                                   depth=getattr(args, "depth", None) or 0,
                                   mode=getattr(args, "safeguard", None) or "syndrome",
-                                  smallest=bool(getattr(args, "smallest", False)))
+                                  smallest=bool(getattr(args, "smallest", False)),
+                                  max_format_version=getattr(args, "bitstream_format", 0) or 0)
 
 
 _ENCODE = {"image": _encode_image, "point_cloud": _encode_cloud}

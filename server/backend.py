@@ -271,10 +271,16 @@ def encode_point_cloud(codecs: Codecs, request: service_pb2.EncodePointCloudRequ
     kwargs: dict[str, Any] = {"depth": request.depth} if request.depth else {}
     if request.smallest:
         kwargs["coders"] = "smallest"
-    kwargs["bitstream_format"] = codecs.bitstream_format  # no format-4 payload below 4
+    written = codecs.bitstream_format  # --bitstream-format, lowered by the request's
+    if request.max_format_version:
+        if request.max_format_version not in container.SUPPORTED_VERSIONS:
+            raise InputError(f"max_format_version {request.max_format_version} is not one "
+                             f"this service writes ({sorted(container.SUPPORTED_VERSIONS)})")
+        written = min(written, request.max_format_version)
+    kwargs["bitstream_format"] = written  # the codec writes no payload newer than this
     msg = codec.encode(points, mode=mode, **kwargs)
     seconds = time.perf_counter() - started
-    container.at_version(msg, codecs.bitstream_format)
+    container.at_version(msg, written)
     return service_pb2.EncodeResponse(bitstream=msg, stats=stream_stats(msg, profile, seconds))
 
 

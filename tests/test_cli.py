@@ -182,7 +182,9 @@ def test_evaluate_writes_rate_quality_timing_and_protection(tmp_path):
 
 def test_local_encode_writes_the_requested_bitstream_format(tmp_path):
     """--bitstream-format 2 writes an integer voxel cloud as a 0.2.0 decoder reads it (the
-    identity placement written out); the default, 3, omits it. Both decode to the same cloud."""
+    identity placement written out); without the flag (an auto encode: format 3) it is omitted.
+    Both decode to the same cloud. With --smallest the default mixes (format 4) and
+    --bitstream-format 3 does not."""
     from reprocodec import container
 
     camel = str(SAMPLES / "camel_d6.ply")
@@ -197,3 +199,12 @@ def test_local_encode_writes_the_requested_bitstream_format(tmp_path):
         assert cli.main(["decode", str(out), "-o", str(tmp_path / f"{fmt}.ply"), "--local"]) == 0
     assert sizes["2"] - sizes["3"] == 35
     assert (tmp_path / "2.ply").read_bytes() == (tmp_path / "3.ply").read_bytes()
+    for fmt in ("4", "3"):
+        out = tmp_path / f"smallest{fmt}.rpc"
+        argv = ["encode", camel, "-o", str(out), "--local", "--depth", "6", "--smallest"]
+        assert cli.main(argv + (["--bitstream-format", fmt] if fmt == "3" else [])) == 0
+        msg = container.unpack(out.read_bytes())
+        mixed = any(p.name == "occupancy_mixed" for p in msg.payloads)
+        assert msg.format_version == int(fmt) and mixed == (fmt == "4")
+        assert cli.main(["decode", str(out), "-o", str(tmp_path / f"s{fmt}.ply"), "--local"]) == 0
+        assert (tmp_path / f"s{fmt}.ply").read_bytes() == (tmp_path / "3.ply").read_bytes()

@@ -472,6 +472,19 @@ def test_cli_remote_verbs(servers, tmp_path, capsys):
         assert main(["decode", str(out), "-o", str(tmp_path / f"camel{fmt}.ply"),
                      "--decoder", dec_proc.target]) == 0
     assert (tmp_path / "camel3.ply").read_bytes() == (tmp_path / "camel2.ply").read_bytes()
+    # --smallest mixes (format 4) unless the request asks for an older format: the request's
+    # max_format_version reaches the service's codec, so no input fails client-side.
+    for fmt in ("4", "3"):
+        out = tmp_path / f"camel-smallest{fmt}.rpc"
+        assert main(["encode", camel, "-o", str(out), "--encoder", enc_proc.target,
+                     "--depth", "6", "--smallest", "--bitstream-format", fmt]) == 0
+        msg = container.unpack(out.read_bytes())
+        names = [p.name for p in msg.payloads]
+        assert msg.format_version == int(fmt) and ("occupancy_mixed" in names) == (fmt == "4")
+        assert main(["decode", str(out), "-o", str(tmp_path / f"camel-smallest{fmt}.ply"),
+                     "--decoder", dec_proc.target]) == 0
+        assert (tmp_path / f"camel-smallest{fmt}.ply").read_bytes() == \
+            (tmp_path / "camel3.ply").read_bytes()
     capsys.readouterr()
 
     assert main(["roundtrip", *inputs, "--encoder", enc_proc.target,

@@ -93,3 +93,28 @@ def test_an_encoder_below_format_4_never_mixes_a_smallest_request():
     decoded = [codec.decode(container.unpack(container.pack(streams[fmt]))).voxels
                for fmt in (3, 4)]
     assert (decoded[0] == decoded[1]).all() and len(decoded[0]) == camel.shape[0]
+
+
+def test_a_request_lowers_the_format_and_an_unknown_one_is_refused():
+    """EncodePointCloudRequest.max_format_version: 3 on a format-4 encoder gets no mixed
+    payload; a format the service does not write is an InputError (INVALID_ARGUMENT)."""
+    from pathlib import Path
+
+    import pytest
+
+    from reprocodec.errors import InputError
+    from reprocodec.pointcloud.ply import read_ply
+    from reprocodec.v1 import service_pb2
+    from server.backend import Codecs, encode_point_cloud
+
+    camel = read_ply(Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+                     / "camel_d6.ply")
+    codecs = Codecs(None, bitstream_format=4)
+    lowered = encode_point_cloud(codecs, service_pb2.EncodePointCloudRequest(
+        depth=6, smallest=True, max_format_version=3), camel, "cpu").bitstream
+    assert lowered.format_version == 3
+    assert all(p.name != "occupancy_mixed" for p in lowered.payloads)
+    for bad in (1, 5):
+        with pytest.raises(InputError, match="max_format_version"):
+            encode_point_cloud(codecs, service_pb2.EncodePointCloudRequest(
+                depth=6, smallest=True, max_format_version=bad), camel, "cpu")

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from reprocodec.v1 import bitstream_pb2 as reprocodec_dot_v1_dot_bitstream__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1breprocodec/v1/service.proto\x12\rreprocodec.v1\x1a\x1dreprocodec/v1/bitstream.proto\"K\n\x08RawImage\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x0e\n\x06pixels\x18\x04 \x01(\x0c\"E\n\x0cPackedPoints\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x13\n\x0bxyz_float32\x18\x02 \x01(\x0c\x12\x11\n\txyz_int32\x18\x03 \x01(\x0c\"\xdf\x01\n\x12\x45ncodeImageRequest\x12\x14\n\nimage_file\x18\x01 \x01(\x0cH\x00\x12&\n\x03raw\x18\x02 \x01(\x0b\x32\x17.reprocodec.v1.RawImageH\x00\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\r\x12\x34\n\x0esafeguard_mode\x18\x05 \x01(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12,\n\x05level\x18\x06 \x01(\x0e\x32\x1d.reprocodec.v1.SafeguardLevelB\x07\n\x05input\"\xc6\x01\n\x17\x45ncodePointCloudRequest\x12\r\n\x03ply\x18\x01 \x01(\x0cH\x00\x12-\n\x06points\x18\x02 \x01(\x0b\x32\x1b.reprocodec.v1.PackedPointsH\x00\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\r\x12\x34\n\x0esafeguard_mode\x18\x05 \x01(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12\x10\n\x08smallest\x18\x06 \x01(\x08\x42\x07\n\x05input\"\x85\x02\n\x16ProtectedTensorSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05level\x18\x02 \x01(\x0e\x32\x1e.reprocodec.v1.ProtectionLevel\x12*\n\x04mode\x18\x03 \x01(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12(\n\x05\x62ound\x18\x04 \x01(\x0b\x32\x19.reprocodec.v1.ErrorBound\x12\x10\n\x08\x65lements\x18\x05 \x01(\x04\x12\x13\n\x0brisky_count\x18\x06 \x01(\x04\x12\x17\n\x0f\x63\x61ndidate_count\x18\x07 \x01(\x04\x12\x18\n\x10protection_bytes\x18\x08 \x01(\x04\"\xdd\x02\n\x0bStreamStats\x12\'\n\x05\x63odec\x18\x01 \x01(\x0e\x32\x18.reprocodec.v1.CodecKind\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rpayload_bytes\x18\x03 \x01(\x04\x12\x18\n\x10protection_bytes\x18\x04 \x01(\x04\x12\x17\n\x0f\x63ontainer_bytes\x18\x05 \x01(\x04\x12\x16\n\x0eoverhead_ratio\x18\x06 \x01(\x01\x12\x14\n\x0cnum_elements\x18\x07 \x01(\x04\x12\x18\n\x10\x62its_per_element\x18\x08 \x01(\x01\x12*\n\x04mode\x18\t \x01(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12\x36\n\x07tensors\x18\n \x03(\x0b\x32%.reprocodec.v1.ProtectedTensorSummary\x12\x0f\n\x07seconds\x18\x0b \x01(\x01\x12\x0f\n\x07profile\x18\x0c \x01(\t\"h\n\x0e\x45ncodeResponse\x12+\n\tbitstream\x18\x01 \x01(\x0b\x32\x18.reprocodec.v1.Bitstream\x12)\n\x05stats\x18\x02 \x01(\x0b\x32\x1a.reprocodec.v1.StreamStats\"\x91\x01\n\rDecodeRequest\x12\x13\n\tcontainer\x18\x01 \x01(\x0cH\x00\x12-\n\tbitstream\x18\x02 \x01(\x0b\x32\x18.reprocodec.v1.BitstreamH\x00\x12\x32\n\routput_format\x18\x03 \x01(\x0e\x32\x1b.reprocodec.v1.OutputFormatB\x08\n\x06stream\"\xeb\x01\n\x13\x44\x65\x63odeImageResponse\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x17.reprocodec.v1.RawImage\x12\x11\n\tbit_exact\x18\x03 \x01(\x08\x12\x17\n\x0foutput_checksum\x18\x04 \x01(\x06\x12\x19\n\x11\x65xpected_checksum\x18\x05 \x01(\x06\x12)\n\x05stats\x18\x06 \x01(\x0b\x32\x1a.reprocodec.v1.StreamStats\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\r\n\x05width\x18\x08 \x01(\r\x12\x10\n\x08\x63hannels\x18\t \x01(\r\"\xc6\x01\n\x18\x44\x65\x63odePointCloudResponse\x12\x0b\n\x03ply\x18\x01 \x01(\x0c\x12+\n\x06points\x18\x02 \x01(\x0b\x32\x1b.reprocodec.v1.PackedPoints\x12\x11\n\tbit_exact\x18\x03 \x01(\x08\x12\x17\n\x0foutput_checksum\x18\x04 \x01(\x06\x12\x19\n\x11\x65xpected_checksum\x18\x05 \x01(\x06\x12)\n\x05stats\x18\x06 \x01(\x0b\x32\x1a.reprocodec.v1.StreamStats\"*\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"\x13\n\x11ListModelsRequest\"F\n\nModelBound\x12\x0e\n\x06tensor\x18\x01 \x01(\t\x12(\n\x05\x62ound\x18\x02 \x01(\x0b\x32\x19.reprocodec.v1.ErrorBound\"\xb2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05\x63odec\x18\x02 \x01(\x0e\x32\x18.reprocodec.v1.CodecKind\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\r\x12\x16\n\x0eweights_sha256\x18\x05 \x01(\x0c\x12)\n\x06\x62ounds\x18\x06 \x03(\x0b\x32\x19.reprocodec.v1.ModelBound\x12+\n\x05modes\x18\x07 \x03(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12\x12\n\nis_default\x18\x08 \x01(\x08\x12\x0e\n\x06loaded\x18\t \x01(\x08\x12\x1b\n\x13\x63\x61librated_profiles\x18\n \x03(\t\x12\x16\n\x0e\x66ormat_version\x18\x0b \x01(\r\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.reprocodec.v1.ModelInfo\"\x13\n\x11ServerInfoRequest\"\xe2\x01\n\nServerInfo\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x15\n\rtorch_version\x18\x05 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\r\x12\x0b\n\x03tls\x18\x08 \x01(\x08\x12\x0c\n\x04\x61uth\x18\t \x01(\x08\x12\x13\n\x0b\x64\x65vice_name\x18\n \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x0b \x01(\r*\x8d\x01\n\x0eSafeguardLevel\x12\x1f\n\x1bSAFEGUARD_LEVEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18SAFEGUARD_LEVEL_DECODING\x10\x01\x12\"\n\x1eSAFEGUARD_LEVEL_RECONSTRUCTION\x10\x02\x12\x18\n\x14SAFEGUARD_LEVEL_BOTH\x10\x03*_\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15OUTPUT_FORMAT_ENCODED\x10\x01\x12\x15\n\x11OUTPUT_FORMAT_RAW\x10\x02\x32\xe5\x03\n\x07\x45ncoder\x12O\n\x0b\x45ncodeImage\x12!.reprocodec.v1.EncodeImageRequest\x1a\x1d.reprocodec.v1.EncodeResponse\x12Y\n\x10\x45ncodePointCloud\x12&.reprocodec.v1.EncodePointCloudRequest\x1a\x1d.reprocodec.v1.EncodeResponse\x12\x43\n\x11\x45ncodeImageStream\x12\x14.reprocodec.v1.Chunk\x1a\x14.reprocodec.v1.Chunk(\x01\x30\x01\x12H\n\x16\x45ncodePointCloudStream\x12\x14.reprocodec.v1.Chunk\x1a\x14.reprocodec.v1.Chunk(\x01\x30\x01\x12Q\n\nListModels\x12 .reprocodec.v1.ListModelsRequest\x1a!.reprocodec.v1.ListModelsResponse\x12L\n\rGetServerInfo\x12 .reprocodec.v1.ServerInfoRequest\x1a\x19.reprocodec.v1.ServerInfo2\xe5\x03\n\x07\x44\x65\x63oder\x12O\n\x0b\x44\x65\x63odeImage\x12\x1c.reprocodec.v1.DecodeRequest\x1a\".reprocodec.v1.DecodeImageResponse\x12Y\n\x10\x44\x65\x63odePointCloud\x12\x1c.reprocodec.v1.DecodeRequest\x1a\'.reprocodec.v1.DecodePointCloudResponse\x12\x43\n\x11\x44\x65\x63odeImageStream\x12\x14.reprocodec.v1.Chunk\x1a\x14.reprocodec.v1.Chunk(\x01\x30\x01\x12H\n\x16\x44\x65\x63odePointCloudStream\x12\x14.reprocodec.v1.Chunk\x1a\x14.reprocodec.v1.Chunk(\x01\x30\x01\x12Q\n\nListModels\x12 .reprocodec.v1.ListModelsRequest\x1a!.reprocodec.v1.ListModelsResponse\x12L\n\rGetServerInfo\x12 .reprocodec.v1.ServerInfoRequest\x1a\x19.reprocodec.v1.ServerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1breprocodec/v1/service.proto\x12\rreprocodec.v1\x1a\x1dreprocodec/v1/bitstream.proto\"K\n\x08RawImage\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x0e\n\x06pixels\x18\x04 \x01(\x0c\"E\n\x0cPackedPoints\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x13\n\x0bxyz_float32\x18\x02 \x01(\x0c\x12\x11\n\txyz_int32\x18\x03 \x01(\x0c\"\xdf\x01\n\x12\x45ncodeImageRequest\x12\x14\n\nimage_file\x18\x01 \x01(\x0cH\x00\x12&\n\x03raw\x18\x02 \x01(\x0b\x32\x17.reprocodec.v1.RawImageH\x00\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\r\x12\x34\n\x0esafeguard_mode\x18\x05 \x01(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12,\n\x05level\x18\x06 \x01(\x0e\x32\x1d.reprocodec.v1.SafeguardLevelB\x07\n\x05input\"\xe2\x01\n\x17\x45ncodePointCloudRequest\x12\r\n\x03ply\x18\x01 \x01(\x0cH\x00\x12-\n\x06points\x18\x02 \x01(\x0b\x32\x1b.reprocodec.v1.PackedPointsH\x00\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\r\x12\x34\n\x0esafeguard_mode\x18\x05 \x01(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12\x10\n\x08smallest\x18\x06 \x01(\x08\x12\x1a\n\x12max_format_version\x18\x07 \x01(\rB\x07\n\x05input\"\x85\x02\n\x16ProtectedTensorSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05level\x18\x02 \x01(\x0e\x32\x1e.reprocodec.v1.ProtectionLevel\x12*\n\x04mode\x18\x03 \x01(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12(\n\x05\x62ound\x18\x04 \x01(\x0b\x32\x19.reprocodec.v1.ErrorBound\x12\x10\n\x08\x65lements\x18\x05 \x01(\x04\x12\x13\n\x0brisky_count\x18\x06 \x01(\x04\x12\x17\n\x0f\x63\x61ndidate_count\x18\x07 \x01(\x04\x12\x18\n\x10protection_bytes\x18\x08 \x01(\x04\"\xdd\x02\n\x0bStreamStats\x12\'\n\x05\x63odec\x18\x01 \x01(\x0e\x32\x18.reprocodec.v1.CodecKind\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rpayload_bytes\x18\x03 \x01(\x04\x12\x18\n\x10protection_bytes\x18\x04 \x01(\x04\x12\x17\n\x0f\x63ontainer_bytes\x18\x05 \x01(\x04\x12\x16\n\x0eoverhead_ratio\x18\x06 \x01(\x01\x12\x14\n\x0cnum_elements\x18\x07 \x01(\x04\x12\x18\n\x10\x62its_per_element\x18\x08 \x01(\x01\x12*\n\x04mode\x18\t \x01(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12\x36\n\x07tensors\x18\n \x03(\x0b\x32%.reprocodec.v1.ProtectedTensorSummary\x12\x0f\n\x07seconds\x18\x0b \x01(\x01\x12\x0f\n\x07profile\x18\x0c \x01(\t\"h\n\x0e\x45ncodeResponse\x12+\n\tbitstream\x18\x01 \x01(\x0b\x32\x18.reprocodec.v1.Bitstream\x12)\n\x05stats\x18\x02 \x01(\x0b\x32\x1a.reprocodec.v1.StreamStats\"\x91\x01\n\rDecodeRequest\x12\x13\n\tcontainer\x18\x01 \x01(\x0cH\x00\x12-\n\tbitstream\x18\x02 \x01(\x0b\x32\x18.reprocodec.v1.BitstreamH\x00\x12\x32\n\routput_format\x18\x03 \x01(\x0e\x32\x1b.reprocodec.v1.OutputFormatB\x08\n\x06stream\"\xeb\x01\n\x13\x44\x65\x63odeImageResponse\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x17.reprocodec.v1.RawImage\x12\x11\n\tbit_exact\x18\x03 \x01(\x08\x12\x17\n\x0foutput_checksum\x18\x04 \x01(\x06\x12\x19\n\x11\x65xpected_checksum\x18\x05 \x01(\x06\x12)\n\x05stats\x18\x06 \x01(\x0b\x32\x1a.reprocodec.v1.StreamStats\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\r\n\x05width\x18\x08 \x01(\r\x12\x10\n\x08\x63hannels\x18\t \x01(\r\"\xc6\x01\n\x18\x44\x65\x63odePointCloudResponse\x12\x0b\n\x03ply\x18\x01 \x01(\x0c\x12+\n\x06points\x18\x02 \x01(\x0b\x32\x1b.reprocodec.v1.PackedPoints\x12\x11\n\tbit_exact\x18\x03 \x01(\x08\x12\x17\n\x0foutput_checksum\x18\x04 \x01(\x06\x12\x19\n\x11\x65xpected_checksum\x18\x05 \x01(\x06\x12)\n\x05stats\x18\x06 \x01(\x0b\x32\x1a.reprocodec.v1.StreamStats\"*\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"\x13\n\x11ListModelsRequest\"F\n\nModelBound\x12\x0e\n\x06tensor\x18\x01 \x01(\t\x12(\n\x05\x62ound\x18\x02 \x01(\x0b\x32\x19.reprocodec.v1.ErrorBound\"\xb2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05\x63odec\x18\x02 \x01(\x0e\x32\x18.reprocodec.v1.CodecKind\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\r\x12\x16\n\x0eweights_sha256\x18\x05 \x01(\x0c\x12)\n\x06\x62ounds\x18\x06 \x03(\x0b\x32\x19.reprocodec.v1.ModelBound\x12+\n\x05modes\x18\x07 \x03(\x0e\x32\x1c.reprocodec.v1.SafeguardMode\x12\x12\n\nis_default\x18\x08 \x01(\x08\x12\x0e\n\x06loaded\x18\t \x01(\x08\x12\x1b\n\x13\x63\x61librated_profiles\x18\n \x03(\t\x12\x16\n\x0e\x66ormat_version\x18\x0b \x01(\r\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.reprocodec.v1.ModelInfo\"\x13\n\x11ServerInfoRequest\"\xe2\x01\n\nServerInfo\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x15\n\rtorch_version\x18\x05 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\r\x12\x0b\n\x03tls\x18\x08 \x01(\x08\x12\x0c\n\x04\x61uth\x18\t \x01(\x08\x12\x13\n\x0b\x64\x65vice_name\x18\n \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x0b \x01(\r*\x8d\x01\n\x0eSafeguardLevel\x12\x1f\n\x1bSAFEGUARD_LEVEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18SAFEGUARD_LEVEL_DECODING\x10\x01\x12\"\n\x1eSAFEGUARD_LEVEL_RECONSTRUCTION\x10\x02\x12\x18\n\x14SAFEGUARD_LEVEL_BOTH\x10\x03*_\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15OUTPUT_FORMAT_ENCODED\x10\x01\x12\x15\n\x11OUTPUT_FORMAT_RAW\x10\x02\x32\xe5\x03\n\x07\x45ncoder\x12O\n\x0b\x45ncodeImage\x12!.reprocodec.v1.EncodeImageRequest\x1a\x1d.reprocodec.v1.EncodeResponse\x12Y\n\x10\x45ncodePointCloud\x12&.reprocodec.v1.EncodePointCloudRequest\x1a\x1d.reprocodec.v1.EncodeResponse\x12\x43\n\x11\x45ncodeImageStream\x12\x14.reprocodec.v1.Chunk\x1a\x14.reprocodec.v1.Chunk(\x01\x30\x01\x12H\n\x16\x45ncodePointCloudStream\x12\x14.reprocodec.v1.Chunk\x1a\x14.reprocodec.v1.Chunk(\x01\x30\x01\x12Q\n\nListModels\x12 .reprocodec.v1.ListModelsRequest\x1a!.reprocodec.v1.ListModelsResponse\x12L\n\rGetServerInfo\x12 .reprocodec.v1.ServerInfoRequest\x1a\x19.reprocodec.v1.ServerInfo2\xe5\x03\n\x07\x44\x65\x63oder\x12O\n\x0b\x44\x65\x63odeImage\x12\x1c.reprocodec.v1.DecodeRequest\x1a\".reprocodec.v1.DecodeImageResponse\x12Y\n\x10\x44\x65\x63odePointCloud\x12\x1c.reprocodec.v1.DecodeRequest\x1a\'.reprocodec.v1.DecodePointCloudResponse\x12\x43\n\x11\x44\x65\x63odeImageStream\x12\x14.reprocodec.v1.Chunk\x1a\x14.reprocodec.v1.Chunk(\x01\x30\x01\x12H\n\x16\x44\x65\x63odePointCloudStream\x12\x14.reprocodec.v1.Chunk\x1a\x14.reprocodec.v1.Chunk(\x01\x30\x01\x12Q\n\nListModels\x12 .reprocodec.v1.ListModelsRequest\x1a!.reprocodec.v1.ListModelsResponse\x12L\n\rGetServerInfo\x12 .reprocodec.v1.ServerInfoRequest\x1a\x19.reprocodec.v1.ServerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reprocodec.v1.service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAFEGUARDLEVEL']._serialized_start=2722
-  _globals['_SAFEGUARDLEVEL']._serialized_end=2863
-  _globals['_OUTPUTFORMAT']._serialized_start=2865
-  _globals['_OUTPUTFORMAT']._serialized_end=2960
+  _globals['_SAFEGUARDLEVEL']._serialized_start=2750
+  _globals['_SAFEGUARDLEVEL']._serialized_end=2891
+  _globals['_OUTPUTFORMAT']._serialized_start=2893
+  _globals['_OUTPUTFORMAT']._serialized_end=2988
   _globals['_RAWIMAGE']._serialized_start=77
   _globals['_RAWIMAGE']._serialized_end=152
   _globals['_PACKEDPOINTS']._serialized_start=154
@@ -43,35 +43,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCODEIMAGEREQUEST']._serialized_start=226
   _globals['_ENCODEIMAGEREQUEST']._serialized_end=449
   _globals['_ENCODEPOINTCLOUDREQUEST']._serialized_start=452
-  _globals['_ENCODEPOINTCLOUDREQUEST']._serialized_end=650
-  _globals['_PROTECTEDTENSORSUMMARY']._serialized_start=653
-  _globals['_PROTECTEDTENSORSUMMARY']._serialized_end=914
-  _globals['_STREAMSTATS']._serialized_start=917
-  _globals['_STREAMSTATS']._serialized_end=1266
-  _globals['_ENCODERESPONSE']._serialized_start=1268
-  _globals['_ENCODERESPONSE']._serialized_end=1372
-  _globals['_DECODEREQUEST']._serialized_start=1375
-  _globals['_DECODEREQUEST']._serialized_end=1520
-  _globals['_DECODEIMAGERESPONSE']._serialized_start=1523
-  _globals['_DECODEIMAGERESPONSE']._serialized_end=1758
-  _globals['_DECODEPOINTCLOUDRESPONSE']._serialized_start=1761
-  _globals['_DECODEPOINTCLOUDRESPONSE']._serialized_end=1959
-  _globals['_CHUNK']._serialized_start=1961
-  _globals['_CHUNK']._serialized_end=2003
-  _globals['_LISTMODELSREQUEST']._serialized_start=2005
-  _globals['_LISTMODELSREQUEST']._serialized_end=2024
-  _globals['_MODELBOUND']._serialized_start=2026
-  _globals['_MODELBOUND']._serialized_end=2096
-  _globals['_MODELINFO']._serialized_start=2099
-  _globals['_MODELINFO']._serialized_end=2405
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2407
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2469
-  _globals['_SERVERINFOREQUEST']._serialized_start=2471
-  _globals['_SERVERINFOREQUEST']._serialized_end=2490
-  _globals['_SERVERINFO']._serialized_start=2493
-  _globals['_SERVERINFO']._serialized_end=2719
-  _globals['_ENCODER']._serialized_start=2963
-  _globals['_ENCODER']._serialized_end=3448
-  _globals['_DECODER']._serialized_start=3451
-  _globals['_DECODER']._serialized_end=3936
+  _globals['_ENCODEPOINTCLOUDREQUEST']._serialized_end=678
+  _globals['_PROTECTEDTENSORSUMMARY']._serialized_start=681
+  _globals['_PROTECTEDTENSORSUMMARY']._serialized_end=942
+  _globals['_STREAMSTATS']._serialized_start=945
+  _globals['_STREAMSTATS']._serialized_end=1294
+  _globals['_ENCODERESPONSE']._serialized_start=1296
+  _globals['_ENCODERESPONSE']._serialized_end=1400
+  _globals['_DECODEREQUEST']._serialized_start=1403
+  _globals['_DECODEREQUEST']._serialized_end=1548
+  _globals['_DECODEIMAGERESPONSE']._serialized_start=1551
+  _globals['_DECODEIMAGERESPONSE']._serialized_end=1786
+  _globals['_DECODEPOINTCLOUDRESPONSE']._serialized_start=1789
+  _globals['_DECODEPOINTCLOUDRESPONSE']._serialized_end=1987
+  _globals['_CHUNK']._serialized_start=1989
+  _globals['_CHUNK']._serialized_end=2031
+  _globals['_LISTMODELSREQUEST']._serialized_start=2033
+  _globals['_LISTMODELSREQUEST']._serialized_end=2052
+  _globals['_MODELBOUND']._serialized_start=2054
+  _globals['_MODELBOUND']._serialized_end=2124
+  _globals['_MODELINFO']._serialized_start=2127
+  _globals['_MODELINFO']._serialized_end=2433
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2435
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2497
+  _globals['_SERVERINFOREQUEST']._serialized_start=2499
+  _globals['_SERVERINFOREQUEST']._serialized_end=2518
+  _globals['_SERVERINFO']._serialized_start=2521
+  _globals['_SERVERINFO']._serialized_end=2747
+  _globals['_ENCODER']._serialized_start=2991
+  _globals['_ENCODER']._serialized_end=3476
+  _globals['_DECODER']._serialized_start=3479
+  _globals['_DECODER']._serialized_end=3964
 # @@protoc_insertion_point(module_scope)

@@ -67,20 +67,22 @@ class EncodeImageRequest(_message.Message):
     def __init__(self, image_file: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., model: _Optional[str] = ..., quality: _Optional[int] = ..., safeguard_mode: _Optional[_Union[_bitstream_pb2.SafeguardMode, str]] = ..., level: _Optional[_Union[SafeguardLevel, str]] = ...) -> None: ...
 
 class EncodePointCloudRequest(_message.Message):
-    __slots__ = ("ply", "points", "model", "depth", "safeguard_mode", "smallest")
+    __slots__ = ("ply", "points", "model", "depth", "safeguard_mode", "smallest", "max_format_version")
     PLY_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     SAFEGUARD_MODE_FIELD_NUMBER: _ClassVar[int]
     SMALLEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ply: bytes
     points: PackedPoints
     model: str
     depth: int
     safeguard_mode: _bitstream_pb2.SafeguardMode
     smallest: bool
-    def __init__(self, ply: _Optional[bytes] = ..., points: _Optional[_Union[PackedPoints, _Mapping]] = ..., model: _Optional[str] = ..., depth: _Optional[int] = ..., safeguard_mode: _Optional[_Union[_bitstream_pb2.SafeguardMode, str]] = ..., smallest: _Optional[bool] = ...) -> None: ...
+    max_format_version: int
+    def __init__(self, ply: _Optional[bytes] = ..., points: _Optional[_Union[PackedPoints, _Mapping]] = ..., model: _Optional[str] = ..., depth: _Optional[int] = ..., safeguard_mode: _Optional[_Union[_bitstream_pb2.SafeguardMode, str]] = ..., smallest: _Optional[bool] = ..., max_format_version: _Optional[int] = ...) -> None: ...
 
 class ProtectedTensorSummary(_message.Message):
     __slots__ = ("name", "level", "mode", "bound", "elements", "risky_count", "candidate_count", "protection_bytes")
