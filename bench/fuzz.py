@@ -210,7 +210,7 @@ DOUBLE_EDGE = [0.0, -0.0, 5e-324, 1e-300, 1e-12, 1e-6, 1e-3, 0.1, 0.5, 1.0, 16.0
 NAMES = ["", "z", "y", "occupancy", "scale_index", "mean_grid", "pixels", "occupancy_logit",
          "y.anchors", "y.non_anchors", "scale_index.anchors", "scale_index.non_anchors",
          "mean_grid.anchors", "mean_grid.non_anchors", "occupancy_adaptive", "occupancy_refined",
-         "Y", "z ", "x" * 128, "x" * 129, "\u00e9", "a\tb", "y\x00"]
+         "occupancy_mixed", "Y", "z ", "x" * 128, "x" * 129, "\u00e9", "a\tb", "y\x00"]
 ENUMS = [0, 1, 2, 3, 4, 5, 99, 1 << 20, -1]
 
 
@@ -418,8 +418,9 @@ def f_top(msg: pb.Bitstream, rng: random.Random, plan: Plan, seed: Seed) -> None
     if which == 0:
         msg.magic = rng.choice([0, container.MAGIC ^ 1, 0xFFFFFFFF, 0x52504344])
     elif which == 1:
-        # 2 and 3 are both read: the placement a version may omit is checked against it
-        msg.format_version = rng.choice([0, 1, 2, 3, 4, 255, (1 << 32) - 1])
+        # 2, 3 and 4 are read: the placement a version may omit and the payloads only format 4
+        # has are checked against it
+        msg.format_version = rng.choice([0, 1, 2, 3, 4, 5, 255, (1 << 32) - 1])
     elif which == 2:
         msg.codec = rng.choice(ENUMS)
     elif which == 3:

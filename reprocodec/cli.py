@@ -392,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(smaller streams; sparse clouds decode slower)")
     e.add_argument("--bitstream-format", type=int, choices=sorted(SUPPORTED_VERSIONS),
                    default=FORMAT_VERSION,
-                   help="the newest bitstream format to write: 2 for decoders of reprocodec "
-                        "0.2.0, which refuse format 3 (integer voxel clouds use it)")
+                   help="the newest bitstream format to write: 3 for decoders of reprocodec "
+                        "0.3.0 (no mixed probabilities, which --smallest may use), 2 for 0.2.0 "
+                        "(also the placement of integer voxel clouds written out)")
     e.set_defaults(func=cmd_encode)
 
     d = sub.add_parser("decode", help="decompress .rpc files to .png / .ply")

@@ -21,7 +21,9 @@ less than ROW_PRICE bits per network row. The stream is never larger than the ad
 alone plus the few bytes that say which levels it codes.
 
 Stream layout (container format 2 and later, additive): payload "occupancy" (the learned
-levels' rANS stream, shape [their coded bits], with the protected tensor "occupancy_logit"),
+levels' rANS stream, shape [their coded bits], with the protected tensor "occupancy_logit";
+or the same bits under refined probabilities, "occupancy_refined", or from format 4 under
+mixed ones, "occupancy_mixed"),
 payload "occupancy_adaptive" (ceil(depth / 8) bytes of level flags, bit l set when level l is
 adaptive, then that coder's rANS stream; shape [its coded bits]; its symbols checksum covers
 the flags and the bits), or both, in that order. A stream with every level learned is exactly
@@ -64,12 +66,13 @@ PAYLOAD = "occupancy"
 REFINED_PAYLOAD = "occupancy_refined"
 # ... or under mixing.py's mix of those with a count model of each child's neighbourhood:
 # tried with coders="smallest" at bitstream format 4 (its decode walks a count model and a
-# mixer per bit: about as long as a network row, for 0-7 % fewer bits, 22 % on a LiDAR sweep),
-# kept when smaller.
+# mixer per bit: about half a network row's time, ~35 % more decode time on a dense surface,
+# for 0-7 % fewer learned bits, ~19 % on a LiDAR sweep), kept when smaller.
 MIXED_PAYLOAD = "occupancy_mixed"
-# Mixing is tried only while the learned levels hold at most this many bits a point: the
-# encoder keeps ~13 bytes a learned bit for it (contexts, rows, passes, probabilities), within
-# the services' per-point memory estimate; dense surfaces have 3-9, and sparse clouds, with
+# Mixing is tried only while the levels the model evaluated so far (in level order, coded
+# learned or not) hold at most this many bits a point: the encoder keeps ~13 bytes a learned
+# bit for it (contexts, rows, passes, probabilities; checked at depth 16, 1 M points: peak
+# 693 -> 701 MB, the service estimate 1,433). Dense surfaces have 3-9, and sparse clouds, with
 # more, gain least from it (0.2 % on the 1/4 sampling).
 MIX_BITS_PER_POINT = 12
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD)
@@ -270,10 +273,13 @@ class PointCloudCodec:
                 self.decision, buckets)
             mix_bits += bits[level].size
             if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
-                # Pass-major as the indices; int32: contexts have at most 22 bits
-                learned[level].contexts = np.concatenate([
-                    mixing.pass_contexts(neighbours, bits[level], k, mix_points)
-                    for k in range(N_PASSES)]).astype(np.int32)
+                # Pass-major as the indices, written in place as int32 (contexts have at most
+                # 22 bits): no int64 temporaries
+                contexts = np.empty(N_PASSES * m, dtype=np.int32)
+                for k in range(N_PASSES):
+                    mixing.pass_contexts(neighbours, bits[level], k, mix_points,
+                                         out=contexts[k * m:(k + 1) * m])
+                learned[level].contexts = contexts
             saving = adaptive_cost[level] - learned[level].cost
             confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
         return learned

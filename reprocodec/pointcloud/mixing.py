@@ -21,9 +21,9 @@ every shift is an arithmetic (floor) shift on int64. Encoder and decoder walk th
 in the same coding order (learned levels, pass-major), so the probabilities are equal on both
 sides by construction: nothing here is a float, nothing to protect. The contexts come from
 the decoder's own integers (neighbour tables and bits already decoded), never from stream
-bytes, and index a table of fixed size. The bits are coded with the adaptive coder's binary
-rANS (adaptive.encode). The encoder keeps the mixed coding only when it is smaller than the
-refined one (codec.py), so mixing never costs bits.
+bytes, and index a table sized from the header's point count (at most 2^22). The bits are
+coded with the adaptive coder's binary rANS (adaptive.encode). The encoder keeps the mixed
+coding only when it is smaller than the refined one (codec.py), so mixing never costs bits.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ _HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of ctx 
 
 def context_bits(points: int) -> int:
     """Bits of the count model's hashed context of a cloud of `points` voxels (from its
-    header, so the decoder sizes the table as the encoder did): about 8 contexts a point, at
+    header, so the decoder sizes the table as the encoder did): 8-16 contexts a point, at
     most 2^22 (4 M contexts, 36 MB)."""
     return int(min(max((8 * max(points, 1)).bit_length(), MIN_CONTEXT_BITS), MAX_CONTEXT_BITS))
 
@@ -135,19 +135,26 @@ def _contexts_kernel(neighbours, bits, k, slots, children, shift, out):  # pragm
         out[i] = np.int64((np.uint64(ctx) * _HASH) >> np.uint64(shift))
 
 
-def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int) -> np.ndarray:
-    """(M,) int64 hashed count-model contexts of child k of every node of a level: its (M, 27)
+def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """(M,) hashed count-model contexts of child k of every node of a level: its (M, 27)
     neighbour table (absent = M) and the (M, 8) children decoded so far (only children < k
-    are read). The encoder passes the level's true bits: the same values."""
+    are read). The encoder passes the level's true bits: the same values. Into `out` when
+    given (a contiguous (M,) int32 or int64 array), else a new int64 array."""
     table = np.ascontiguousarray(neighbours)
     b = np.ascontiguousarray(bits, dtype=np.bool_)
     if table.ndim != 2 or table.shape[1] != 27 or b.shape != (table.shape[0], 8):
         raise ValueError("contexts need an (M, 27) neighbour table and (M, 8) bits")
     if not 0 <= k < 8:
         raise ValueError(f"pass {k} outside 0..7")
-    out = np.empty(table.shape[0], dtype=np.int64)
-    _contexts_kernel(table, b, np.int64(k), CELL_SLOT[k], CELL_CHILD[k],
-                     np.int64(64 - context_bits(points)), out)
+    if out is None:
+        out = np.empty(table.shape[0], dtype=np.int64)
+    elif out.shape != (table.shape[0],) or out.dtype not in (np.int32, np.int64) \
+            or not out.flags.c_contiguous:
+        raise ValueError("contexts go to a contiguous (M,) int32 or int64 array")
+    with np.errstate(over="ignore"):  # the hash's uint64 product wraps (plain numpy, no numba)
+        _contexts_kernel(table, b, np.int64(k), CELL_SLOT[k], CELL_CHILD[k],
+                         np.int64(64 - context_bits(points)), out)
     return out
 
 
