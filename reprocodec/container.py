@@ -302,4 +302,11 @@ def validate(message: pb.Bitstream) -> None:
         n = math.prod(tensor.shape)
         _check(tensor.risky_count <= n and tensor.candidate_count <= n,
                f"counts of {tensor.name!r} exceed its size")
+    # One encoding per stream: every writer labels a stream with the lowest version that
+    # expresses it (pack, at_version, the codecs), so a higher label is not one of ours (and
+    # would make older decoders refuse a stream they read).
+    required = required_version(message)
+    _check(message.format_version == required,
+           f"a format {message.format_version} label on a stream that format {required} "
+           "expresses (streams carry the lowest version that expresses them)")
 

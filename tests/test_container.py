@@ -193,3 +193,21 @@ def test_fuzz_mutated_streams(edits):
         return
     # Whatever survives parsing is fully valid: payloads still match their CRCs.
     container.validate(parsed)
+
+
+@pytest.mark.parametrize("label, build", [
+    (3, lambda: sample_message()),  # an image: format 2 expresses it
+    (4, lambda: sample_message()),
+    (3, lambda: point_cloud_message((1.0, 2.0, 3.0), 0.5)),  # a placed cloud: format 2
+    (4, lambda: point_cloud_message((0, 0, 0), 1.0)),  # omitted placement, no mixed payload: 3
+])
+def test_a_label_above_the_lowest_version_is_refused(label, build):
+    """Streams carry the lowest version that expresses them (every writer does so), so the
+    same content has one encoding and a higher label, which older decoders would refuse for
+    nothing, is not a stream of ours."""
+    message = pb.Bitstream.FromString(container.pack(build()))
+    assert message.format_version < label
+    container.unpack(message.SerializeToString())  # as written: fine
+    message.format_version = label
+    with pytest.raises(ContainerError, match=f"a format {label} label on a stream that format"):
+        container.unpack(message.SerializeToString())
