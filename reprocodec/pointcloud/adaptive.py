@@ -113,27 +113,33 @@ def _encode_kernel(bits, f0, out):  # pragma: no cover - compiled
 
 
 @_jit
+def _decode_bit(words, x, pos, f0):  # pragma: no cover - compiled
+    """One binary decision at rANS state x, read position pos, P(0) = f0 / 2^16: (bit, x, pos)
+    after renormalising; pos < 0 when the words ran out (entropy._renormalize bounds every
+    read). The adaptive, refined and mixed decoders' common step."""
+    f = np.uint64(f0)
+    cum = x & np.uint64(_ONE - 1)
+    if cum < f:
+        bit, start, freq = np.int64(0), np.uint64(0), f
+    else:
+        bit, start, freq = np.int64(1), f, np.uint64(_ONE) - f
+    x, pos = entropy._renormalize(words, freq * (x >> np.uint64(_PRECISION)) + cum - start, pos)
+    return bit, np.uint64(x), pos
+
+
+@_jit
 def _decode_kernel(words, state, parent_byte, position, counts, out):  # pragma: no cover
     """Decode out.size node bytes from words at state = [x, pos], updating the counts as the
     encoder did; updates state. Returns _OK or the first error; never reads outside words."""
     x = np.uint64(state[0])
     pos = np.int64(state[1])
-    mask = np.uint64(_ONE - 1)
     for i in range(out.size):
         base = (np.int64(parent_byte[i]) * 8 + np.int64(position[i])) << 8
         prefix = np.int64(0)
         byte = np.int64(0)
         for j in range(8):
             ctx = base | prefix | (np.int64(1) << j)
-            f0 = np.uint64(_probability(counts, ctx))
-            cum = x & mask
-            if cum < f0:
-                bit, start, freq = np.int64(0), np.uint64(0), f0
-            else:
-                bit, start, freq = np.int64(1), f0, np.uint64(_ONE) - f0
-            x, pos = entropy._renormalize(words, freq * (x >> np.uint64(_PRECISION)) + cum
-                                          - start, pos)
-            x = np.uint64(x)
+            bit, x, pos = _decode_bit(words, x, pos, _probability(counts, ctx))
             if pos < 0:
                 state[0] = x
                 state[1] = np.uint64(words.size)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import entropy
 from . import adaptive, refine
 from .grid import GRID_K
 from .octree import CHILD_OFFSETS
@@ -233,21 +232,12 @@ def _decode_kernel(words, state, rows, contexts, k, buckets, counts, probability
     model as the encoder did. Returns adaptive._OK or _EARLY_END; never reads outside words."""
     x = np.uint64(state[0])
     pos = np.int64(state[1])
-    mask = np.uint64(_ONE - 1)
     inputs = np.zeros(INPUTS, np.int64)
     for i in range(rows.size):
         ctx = np.int64(contexts[i])
         p, nearer = _mixed(buckets, counts, probability, weights, np.int64(rows[i]), ctx, k,
                            inputs)
-        f0 = np.uint64(p)
-        cum = x & mask
-        if cum < f0:
-            bit, start, freq = np.int64(0), np.uint64(0), f0
-        else:
-            bit, start, freq = np.int64(1), f0, np.uint64(_ONE) - f0
-        x, pos = entropy._renormalize(
-            words, freq * (x >> np.uint64(adaptive._PRECISION)) + cum - start, pos)
-        x = np.uint64(x)
+        bit, x, pos = adaptive._decode_bit(words, x, pos, p)
         if pos < 0:
             state[0] = x
             state[1] = np.uint64(words.size)

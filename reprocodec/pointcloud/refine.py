@@ -98,18 +98,9 @@ def _decode_kernel(words, state, rows, buckets, out):  # pragma: no cover - comp
     the encoder did. Returns adaptive._OK or _EARLY_END; never reads outside words."""
     x = np.uint64(state[0])
     pos = np.int64(state[1])
-    mask = np.uint64(_ONE - 1)
     for i in range(rows.size):
-        f0_signed, j = _probability(buckets, np.int64(rows[i]))
-        f0 = np.uint64(f0_signed)
-        cum = x & mask
-        if cum < f0:
-            bit, start, freq = np.int64(0), np.uint64(0), f0
-        else:
-            bit, start, freq = np.int64(1), f0, np.uint64(_ONE) - f0
-        x, pos = entropy._renormalize(
-            words, freq * (x >> np.uint64(adaptive._PRECISION)) + cum - start, pos)
-        x = np.uint64(x)
+        f0, j = _probability(buckets, np.int64(rows[i]))
+        bit, x, pos = adaptive._decode_bit(words, x, pos, f0)
         if pos < 0:
             state[0] = x
             state[1] = np.uint64(words.size)
