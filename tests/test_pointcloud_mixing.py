@@ -36,8 +36,8 @@ def _child_index(x: int, y: int, z: int) -> int:
     return x * 4 + y * 2 + z
 
 
-def _hash(ctx: int, points: int) -> int:
-    bits = mixing.context_bits(points)
+def _hash(ctx: int, points: int, bits_of=mixing.context_bits) -> int:
+    bits = bits_of(points)
     return ((ctx * 0x9E3779B97F4A7C15) % (1 << 64)) >> (64 - bits)
 
 
@@ -119,7 +119,9 @@ def test_context_bits_follow_the_point_count():
 def _reference_contexts(table: np.ndarray, bits: np.ndarray, k: int, points: int) -> np.ndarray:
     """The documented context of child k of every node, in plain Python: cell c (offset c of
     OFFSETS from child k) is 0 empty, 1 occupied, 2 not decoded yet, weighted by 3^c, plus
-    k * 3^26, Fibonacci-hashed to context_bits(points) bits."""
+    k * 3^26, Fibonacci-hashed to context_bits(points) bits; above bit 32 the coarse context:
+    which of the 27 parent-level neighbours exist (bit s for slot s), times 8, plus k, hashed
+    to coarse_bits(points) bits."""
     m = table.shape[0]
     ox, oy, oz = ((k >> 2) & 1, (k >> 1) & 1, k & 1)
     out = []
@@ -138,7 +140,8 @@ def _reference_contexts(table: np.ndarray, bits: np.ndarray, k: int, points: int
             else:
                 state = 2
             ctx += state * 3 ** c
-        out.append(_hash(ctx, points))
+        shape = sum(1 << s for s in range(27) if int(table[i, s]) != m)
+        out.append(_hash(ctx, points) | _hash(shape * 8 + k, points, mixing.coarse_bits) << 32)
     return np.array(out, np.int64)
 
 
@@ -154,7 +157,8 @@ def test_pass_contexts_match_the_documented_rule_on_random_tables():
         for k in range(8):
             got = mixing.pass_contexts(table, bits, k, points)
             assert got.dtype == np.int64 and got.shape == (m,)
-            assert got.min() >= 0 and got.max() < size
+            assert got.min() >= 0 and (got & 0xFFFFFFFF).max() < size
+            assert (got >> 32).max() < 1 << mixing.coarse_bits(points)
             np.testing.assert_array_equal(got, _reference_contexts(table, bits, k, points))
 
 
@@ -177,7 +181,8 @@ def test_pass_k_reads_no_child_at_or_after_k():
 
 def test_pass_contexts_of_a_real_level_follow_the_geometry(camel):
     """Against coordinates alone (no neighbour table): the encoder's and decoder's tables of
-    a real octree give each child the states of its 26 child-level neighbour cells."""
+    a real octree give each child the states of its 26 child-level neighbour cells (the fine
+    context) and which of its node's 27 parent-level neighbours exist (the coarse one)."""
     voxels = octree.voxelize(camel, 6).voxels
     codes, bits = octree.build_levels(voxels, 6)
     n = voxels.shape[0]
@@ -202,7 +207,9 @@ def test_pass_contexts_of_a_real_level_follow_the_geometry(camel):
                     state = 0 if node is None else (
                         int(bits[level][node, child]) if child < k else 2)
                     ctx += state * 3 ** c
-                expected.append(_hash(ctx, n))
+                shape = sum(1 << s for s, d in enumerate(PARENT_SLOTS)
+                            if tuple(p[a] + d[a] for a in range(3)) in where)
+                expected.append(_hash(ctx, n) | _hash(shape * 8 + k, n, mixing.coarse_bits) << 32)
             np.testing.assert_array_equal(mixing.pass_contexts(chained, bits[level], k, n),
                                           expected)
 
@@ -385,16 +392,17 @@ def test_probabilities_are_deterministic_and_learn_the_contexts(f0_table):
 
 
 def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points):
-    """The module docstring's mixer in plain Python integers: refine's buckets, a fast and a
-    slow count probability each moving 1/(n + 1.5) of the way to each bit (n capped at
-    COUNT_LIMITS), and per-pass weights on (stretch(refined P(0)), stretch(fast P(0)),
-    stretch(slow P(0)), one logit) learning from the error."""
+    """The module docstring's mixer in plain Python integers: refine's buckets, two count
+    models (the fine context: the low 32 bits, the coarse one: the rest), each with a fast and
+    a slow probability moving 1/(n + 1.5) of the way to each bit (n capped at COUNT_LIMITS),
+    and per-pass weights on (stretch(refined P(0)), stretch of fine fast, fine slow, coarse
+    fast, coarse slow P(0), one logit) learning from the error."""
     limit = mixing.LOGIT_LIMIT
     squash, stretch = mixing.SQUASH.tolist(), mixing.STRETCH.tolist()
     buckets = [int(f0_table[j * refine.SPACING]) << refine.FRACTION
                for j in range(refine.BUCKETS)]
-    probability, counts = {}, {}
-    weights = [[ONE, 0, 0, 0] for _ in range(8)]
+    probability, counts = {}, {}  # keyed by (model, context)
+    weights = [[ONE, 0, 0, 0, 0, 0] for _ in range(8)]
     out = []
     for bit, g, ctx, k in zip(bits.tolist(), rows.tolist(), contexts.tolist(), passes.tolist(),
                               strict=True):
@@ -402,19 +410,22 @@ def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points):
         w = g - lo * refine.SPACING
         f0 = ((refine.SPACING - w) * buckets[lo] + w * buckets[lo + 1]) // refine.SPACING
         f0 = min(max(f0 >> refine.FRACTION, 1), ONE - 1)
-        q = probability.get(ctx, [ONE // 2, ONE // 2])
-        inputs = [stretch[f0], *(stretch[min(max(v, 1), ONE - 1)] for v in q), mixing.LOGIT_ONE]
+        keys = [("fine", ctx & 0xFFFFFFFF), ("coarse", ctx >> 32)]
+        qs = [probability.get(key, [ONE // 2, ONE // 2]) for key in keys]
+        inputs = [stretch[f0], *(stretch[min(max(v, 1), ONE - 1)] for q in qs for v in q),
+                  mixing.LOGIT_ONE]
         dot = sum(a * b for a, b in zip(weights[k], inputs, strict=True)) >> 16
         p = min(max(squash[min(max(dot, -limit), limit) + limit], 1), ONE - 1)
         out.append(p)
         target = 0 if bit else ONE
         j = lo if 2 * w < refine.SPACING else lo + 1
         buckets[j] += ((target << refine.FRACTION) - buckets[j]) >> refine.RATE
-        n = counts.get(ctx, 0)
-        probability[ctx] = [v + (((target - v) * ((2 << 16) // (2 * min(n, cap) + 3))) >> 16)
-                            for v, cap in zip(q, mixing.COUNT_LIMITS, strict=True)]
-        counts[ctx] = min(n + 1, max(mixing.COUNT_LIMITS))
-        for i in range(4):
+        for key, q in zip(keys, qs, strict=True):
+            n = counts.get(key, 0)
+            probability[key] = [v + (((target - v) * ((2 << 16) // (2 * min(n, cap) + 3))) >> 16)
+                                for v, cap in zip(q, mixing.COUNT_LIMITS, strict=True)]
+            counts[key] = min(n + 1, max(mixing.COUNT_LIMITS))
+        for i in range(6):
             step = (inputs[i] * (target - p)) >> mixing.LEARNING_SHIFT
             weights[k][i] = min(max(weights[k][i] + step, -mixing.WEIGHT_LIMIT),
                                 mixing.WEIGHT_LIMIT)
@@ -424,7 +435,8 @@ def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points):
 def test_probabilities_follow_the_documented_mixer(f0_table):
     points = 700
     bits, rows, contexts, passes, _ = _chunked_coding(6, f0_table, points, sizes=(3, 50, 300))
-    contexts = contexts % 64  # contexts recur: the count model moves
+    contexts = contexts % 64  # contexts recur: the count models move
+    contexts |= (contexts % 5) << 32  # and a coarse half that groups them
     bits[contexts % 3 == 0] = 1  # and partly predicts the bits
     got = mixing.probabilities(bits, rows, contexts, passes, f0_table, points)
     np.testing.assert_array_equal(got, _reference_mixed_f0(bits, rows, contexts, passes,

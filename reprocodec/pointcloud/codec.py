@@ -273,9 +273,8 @@ class PointCloudCodec:
                 self.decision, buckets)
             mix_bits += bits[level].size
             if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
-                # Pass-major as the indices, written in place as int32 (contexts have at most
-                # 22 bits): no int64 temporaries
-                contexts = np.empty(N_PASSES * m, dtype=np.int32)
+                # Pass-major as the indices, written in place (no per-pass temporaries)
+                contexts = np.empty(N_PASSES * m, dtype=np.int64)
                 for k in range(N_PASSES):
                     mixing.pass_contexts(neighbours, bits[level], k, mix_points,
                                          out=contexts[k * m:(k + 1) * m])

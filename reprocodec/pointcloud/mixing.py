@@ -1,19 +1,21 @@
-"""Mixed learned probabilities: refine.py's adapted model probability mixed with a count-based
-model of the coded child's 26 child-level neighbours.
+"""Mixed learned probabilities: refine.py's adapted model probability mixed with count-based
+models of the coded child's neighbourhood.
 
 The learned model was trained on organic meshes; on machined parts (large flat faces) and
 scan-like clouds a cell's exact neighbourhood repeats far more often than the model expects.
 A count-based context model learns those repeats within the stream, and a small online
 logistic mixer weighs it against the refined model probability, per pass:
 
-    context of child k of a node = k and its 26 child-level neighbours, each empty (its
+    fine context of child k of a node = k and its 26 child-level neighbours, each empty (its
         parent-level node is empty, or a child < k that is 0), occupied (a child < k that is 1)
-        or not decoded yet; hashed to CONTEXT_BITS(points) bits
-    count model: two P(0) per context, each moving 1/(n + 1.5) of the way to each bit, n the
-        context's bits so far capped at COUNT_LIMITS (a fast one that follows the last bits,
-        a slow one that averages)
-    mixer: P(0) = squash(w_k . (stretch(refined P(0)), stretch(fast P(0)), stretch(slow P(0)),
-        1)), and the weights w_k of pass k move along the error after each bit
+        or not decoded yet; hashed to context_bits(points) bits
+    coarse context = k and which of the node's 27 parent-level neighbours exist (the local
+        shape one level up: a face, an edge, a corner); hashed to coarse_bits(points) bits
+    count models, one per context kind: two P(0) per context, each moving 1/(n + 1.5) of the
+        way to each bit, n the context's bits so far capped at COUNT_LIMITS (a fast one that
+        follows the last bits, a slow one that averages)
+    mixer: P(0) = squash(w_k . (stretch(refined P(0)), stretch of the four count P(0), 1)),
+        and the weights w_k of pass k move along the error after each bit
 
 Everything is integer arithmetic: squash interpolates a table of integer literals, stretch is
 its exact integer inverse (computed here from those integers, the same on every machine), and
@@ -58,12 +60,14 @@ COUNT_LIMITS = (1, 60)
 COUNT_LIMIT = max(COUNT_LIMITS)  # a context's count saturates here
 _COUNT_RATE = (131072 // (2 * np.arange(COUNT_LIMIT + 1) + 3)).astype(np.int64)  # 2^16/(n+1.5)
 _FAST, _SLOW = COUNT_LIMITS
-INPUTS = 4  # stretched refined P(0), stretched fast and slow count P(0), a constant
+INPUTS = 6  # stretched refined P(0), fine fast / slow, coarse fast / slow, a constant
 _BIAS_INPUT = LOGIT_ONE
 _WEIGHT_ONE = 1 << 16
 WEIGHT_LIMIT = 1 << 24  # |weight| <= 256: dot products stay far inside int64
 LEARNING_SHIFT = 16  # weight step = input * error >> 16 (weights in 2^-16, errors in 2^-16)
 MIN_CONTEXT_BITS, MAX_CONTEXT_BITS = 12, 22
+MAX_COARSE_BITS = 20  # coarse contexts are fewer (2^27 neighbour patterns, most never seen)
+_FINE_MASK = (1 << 32) - 1  # a context value: fine | coarse << 32
 _HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of ctx * this
 
 
@@ -72,6 +76,11 @@ def context_bits(points: int) -> int:
     header, so the decoder sizes the table as the encoder did): 8-16 contexts a point, at
     most 2^22 (4 M contexts, 36 MB)."""
     return int(min(max((8 * max(points, 1)).bit_length(), MIN_CONTEXT_BITS), MAX_CONTEXT_BITS))
+
+
+def coarse_bits(points: int) -> int:
+    """Bits of the coarse hashed context (at most 2^20: 9 MB)."""
+    return min(context_bits(points), MAX_COARSE_BITS)
 
 
 def _squash_all() -> np.ndarray:
@@ -113,10 +122,12 @@ def _jit(fn):
 
 
 @_jit
-def _contexts_kernel(neighbours, bits, k, slots, children, shift, out):  # pragma: no cover
-    """Cell c of child k: 0 empty, 1 occupied, 2 not decoded yet, weighted by 3^c (a base-3
-    number < 8 * 3^26 < 2^45 with k on top: exact), then hashed. Branch-free: the state is
-    present * (known * bit + 2 * (1 - known))."""
+def _contexts_kernel(neighbours, bits, k, slots, children, shift, coarse_shift,
+                     out):  # pragma: no cover - compiled
+    """Fine: cell c of child k is 0 empty, 1 occupied, 2 not decoded yet, weighted by 3^c (a
+    base-3 number < 8 * 3^26 < 2^45 with k on top: exact), then hashed. Branch-free: the state
+    is present * (known * bit + 2 * (1 - known)). Coarse: bit s set when parent-level
+    neighbour s exists (27 bits), times 8, plus k, then hashed."""
     m = neighbours.shape[0]
     known = np.empty(26, np.int64)
     unknown = np.empty(26, np.int64)
@@ -131,15 +142,20 @@ def _contexts_kernel(neighbours, bits, k, slots, children, shift, out):  # pragm
             present = np.int64(node != m)
             bit = np.int64(bits[min(node, m - 1), children[c]])
             ctx += present * (bit * known[c] + unknown[c])
-        out[i] = np.int64((np.uint64(ctx) * _HASH) >> np.uint64(shift))
+        shape = np.int64(0)
+        for s in range(27):
+            shape |= np.int64(neighbours[i, s] != m) << s
+        fine = np.int64((np.uint64(ctx) * _HASH) >> np.uint64(shift))
+        coarse = np.int64((np.uint64(shape * 8 + k) * _HASH) >> np.uint64(coarse_shift))
+        out[i] = fine | (coarse << 32)
 
 
 def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
                   out: np.ndarray | None = None) -> np.ndarray:
-    """(M,) hashed count-model contexts of child k of every node of a level: its (M, 27)
-    neighbour table (absent = M) and the (M, 8) children decoded so far (only children < k
-    are read). The encoder passes the level's true bits: the same values. Into `out` when
-    given (a contiguous (M,) int32 or int64 array), else a new int64 array."""
+    """(M,) int64 count-model contexts of child k of every node of a level, fine | coarse << 32
+    (both hashed): its (M, 27) neighbour table (absent = M) and the (M, 8) children decoded
+    so far (only children < k are read). The encoder passes the level's true bits: the same
+    values. Into `out` when given (a contiguous (M,) int64 array)."""
     table = np.ascontiguousarray(neighbours)
     b = np.ascontiguousarray(bits, dtype=np.bool_)
     if table.ndim != 2 or table.shape[1] != 27 or b.shape != (table.shape[0], 8):
@@ -148,25 +164,28 @@ def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
         raise ValueError(f"pass {k} outside 0..7")
     if out is None:
         out = np.empty(table.shape[0], dtype=np.int64)
-    elif out.shape != (table.shape[0],) or out.dtype not in (np.int32, np.int64) \
-            or not out.flags.c_contiguous:
-        raise ValueError("contexts go to a contiguous (M,) int32 or int64 array")
+    elif out.shape != (table.shape[0],) or out.dtype != np.int64 or not out.flags.c_contiguous:
+        raise ValueError("contexts go to a contiguous (M,) int64 array")
     with np.errstate(over="ignore"):  # the hash's uint64 product wraps (plain numpy, no numba)
         _contexts_kernel(table, b, np.int64(k), CELL_SLOT[k], CELL_CHILD[k],
-                         np.int64(64 - context_bits(points)), out)
+                         np.int64(64 - context_bits(points)),
+                         np.int64(64 - coarse_bits(points)), out)
     return out
 
 
 class Model:
-    """The mixer's whole state (refine's buckets, the count model, the mixer's weights), as
-    integer arrays the kernels update in place (the count model's 9 bytes a context, its two
-    probabilities side by side in one cache line: 36 MB at most)."""
+    """The mixer's whole state (refine's buckets, the count models, the mixer's weights), as
+    integer arrays the kernels update in place (9 bytes a context, the two probabilities side
+    by side in one cache line: 36 + 9 MB at most). Row 0 / table 0: fine, 1: coarse."""
 
     def __init__(self, f0_table: np.ndarray, points: int):
         self.buckets = refine.initial_buckets(f0_table)
         size = 1 << context_bits(points)
         self.counts = np.zeros(size, dtype=np.uint8)  # <= COUNT_LIMIT
         self.probability = np.full((size, 2), _ONE // 2, dtype=np.int32)  # 0 .. 2^16
+        coarse = 1 << coarse_bits(points)
+        self.coarse_counts = np.zeros(coarse, dtype=np.uint8)
+        self.coarse_probability = np.full((coarse, 2), _ONE // 2, dtype=np.int32)
         self.weights = np.zeros((8, INPUTS), dtype=np.int64)
         self.weights[:, 0] = _WEIGHT_ONE  # start as the refined probability alone
 
@@ -177,15 +196,22 @@ def _squash(x):  # pragma: no cover - compiled
 
 
 @_jit
-def _mixed(buckets, counts, probability, weights, g, ctx, k, inputs):  # pragma: no cover
-    """P(0) in 2^-16 (1 .. 2^16 - 1) of a bit with grid row g, context ctx, in pass k; fills
-    `inputs` and returns the refine bucket its bit updates."""
-    f0, nearer = refine._probability(buckets, g)
-    inputs[0] = STRETCH[f0]
+def _count_inputs(counts, probability, ctx, inputs, first):  # pragma: no cover - compiled
     for j in range(2):
         q = np.int64(probability[ctx, j])
-        inputs[1 + j] = STRETCH[min(max(q, np.int64(1)), np.int64(_ONE - 1))]
-    inputs[3] = _BIAS_INPUT
+        inputs[first + j] = STRETCH[min(max(q, np.int64(1)), np.int64(_ONE - 1))]
+
+
+@_jit
+def _mixed(buckets, counts, probability, coarse_counts, coarse_probability, weights, g, ctx, k,
+           inputs):  # pragma: no cover - compiled
+    """P(0) in 2^-16 (1 .. 2^16 - 1) of a bit with grid row g, context ctx (fine | coarse <<
+    32), in pass k; fills `inputs` and returns the refine bucket its bit updates."""
+    f0, nearer = refine._probability(buckets, g)
+    inputs[0] = STRETCH[f0]
+    _count_inputs(counts, probability, ctx & _FINE_MASK, inputs, 1)
+    _count_inputs(coarse_counts, coarse_probability, ctx >> 32, inputs, 3)
+    inputs[5] = _BIAS_INPUT
     dot = np.int64(0)
     for j in range(INPUTS):
         dot += weights[k, j] * inputs[j]
@@ -194,17 +220,24 @@ def _mixed(buckets, counts, probability, weights, g, ctx, k, inputs):  # pragma:
 
 
 @_jit
-def _learn(buckets, counts, probability, weights, nearer, ctx, k, inputs, p,
-           bit):  # pragma: no cover - compiled
-    """After a bit: refine's bucket, the context's count model and pass k's weights."""
-    refine._update(buckets, nearer, bit)
-    target = np.int64(0) if bit else np.int64(_ONE)
+def _count(counts, probability, ctx, target):  # pragma: no cover - compiled
+    """A context's fast and slow probability move towards the bit; its count grows."""
     n = np.int64(counts[ctx])
     q = np.int64(probability[ctx, 0])
     probability[ctx, 0] = q + (((target - q) * _COUNT_RATE[min(n, _FAST)]) >> 16)
     q = np.int64(probability[ctx, 1])
     probability[ctx, 1] = q + (((target - q) * _COUNT_RATE[min(n, _SLOW)]) >> 16)
     counts[ctx] = min(n + 1, COUNT_LIMIT)
+
+
+@_jit
+def _learn(buckets, counts, probability, coarse_counts, coarse_probability, weights, nearer, ctx,
+           k, inputs, p, bit):  # pragma: no cover - compiled
+    """After a bit: refine's bucket, both count models and pass k's weights."""
+    refine._update(buckets, nearer, bit)
+    target = np.int64(0) if bit else np.int64(_ONE)
+    _count(counts, probability, ctx & _FINE_MASK, target)
+    _count(coarse_counts, coarse_probability, ctx >> 32, target)
     error = target - p
     for j in range(INPUTS):
         w = weights[k, j] + ((inputs[j] * error) >> LEARNING_SHIFT)
@@ -212,22 +245,23 @@ def _learn(buckets, counts, probability, weights, nearer, ctx, k, inputs, p,
 
 
 @_jit
-def _walk_kernel(rows, contexts, passes, bits, buckets, counts, probability, weights,
-                 f0_out):  # pragma: no cover - compiled
+def _walk_kernel(rows, contexts, passes, bits, buckets, counts, probability, coarse_counts,
+                 coarse_probability, weights, f0_out):  # pragma: no cover - compiled
     """The encoder's walk: each bit's mixed P(0) into f0_out, then the updates."""
     inputs = np.zeros(INPUTS, np.int64)
     for i in range(rows.size):
         k = np.int64(passes[i])
         ctx = np.int64(contexts[i])
-        p, nearer = _mixed(buckets, counts, probability, weights, np.int64(rows[i]), ctx, k,
-                           inputs)
+        p, nearer = _mixed(buckets, counts, probability, coarse_counts, coarse_probability,
+                           weights, np.int64(rows[i]), ctx, k, inputs)
         f0_out[i] = p
-        _learn(buckets, counts, probability, weights, nearer, ctx, k, inputs, p, bits[i])
+        _learn(buckets, counts, probability, coarse_counts, coarse_probability, weights, nearer,
+               ctx, k, inputs, p, bits[i])
 
 
 @_jit
-def _decode_kernel(words, state, rows, contexts, k, buckets, counts, probability, weights,
-                   out):  # pragma: no cover - compiled
+def _decode_kernel(words, state, rows, contexts, k, buckets, counts, probability, coarse_counts,
+                   coarse_probability, weights, out):  # pragma: no cover - compiled
     """Decode out.size bits of pass k at state = [x, pos] (adaptive.Decoder's), updating the
     model as the encoder did. Returns adaptive._OK or _EARLY_END; never reads outside words."""
     x = np.uint64(state[0])
@@ -235,18 +269,27 @@ def _decode_kernel(words, state, rows, contexts, k, buckets, counts, probability
     inputs = np.zeros(INPUTS, np.int64)
     for i in range(rows.size):
         ctx = np.int64(contexts[i])
-        p, nearer = _mixed(buckets, counts, probability, weights, np.int64(rows[i]), ctx, k,
-                           inputs)
+        p, nearer = _mixed(buckets, counts, probability, coarse_counts, coarse_probability,
+                           weights, np.int64(rows[i]), ctx, k, inputs)
         bit, x, pos = adaptive._decode_bit(words, x, pos, p)
         if pos < 0:
             state[0] = x
             state[1] = np.uint64(words.size)
             return adaptive._EARLY_END
-        _learn(buckets, counts, probability, weights, nearer, ctx, k, inputs, p, bit)
+        _learn(buckets, counts, probability, coarse_counts, coarse_probability, weights, nearer,
+               ctx, k, inputs, p, bit)
         out[i] = bit
     state[0] = x
     state[1] = np.uint64(pos)
     return adaptive._OK
+
+
+def _check_contexts(contexts: np.ndarray, points: int) -> None:
+    """Both halves of every context inside their tables (ValueError otherwise)."""
+    if contexts.size and (contexts.min() < 0
+                          or (contexts & _FINE_MASK).max() >= 1 << context_bits(points)
+                          or (contexts >> 32).max() >= 1 << coarse_bits(points)):
+        raise ValueError("a context out of range")
 
 
 def probabilities(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
@@ -257,17 +300,17 @@ def probabilities(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
     r, c, k = np.asarray(rows), np.asarray(contexts), np.asarray(passes)
     if not b.shape == r.shape == c.shape == k.shape or b.ndim != 1:
         raise ValueError("mixing needs one row, context and pass per bit (1-D)")
-    size = 1 << context_bits(points)
-    if r.size and (r.min() < 0 or r.max() > 2 * GRID_K or c.min() < 0 or c.max() >= size
-                   or k.min() < 0 or k.max() > 7):
+    if r.size and (r.min() < 0 or r.max() > 2 * GRID_K or k.min() < 0 or k.max() > 7):
         raise ValueError("a CDF row, context or pass out of range")
+    c = np.ascontiguousarray(c, dtype=np.int64)
+    _check_contexts(c, points)
     # Narrow types, checked in range above: a 2.4 M-point cloud has ~7 M learned bits
     r = np.ascontiguousarray(r, dtype=np.int16)
-    c = np.ascontiguousarray(c, dtype=np.int32)
     k = np.ascontiguousarray(k, dtype=np.uint8)
-    model = Model(f0_table, points)
+    m = Model(f0_table, points)
     f0 = np.empty(r.size, dtype=adaptive.F0_DTYPE)
-    _walk_kernel(r, c, k, b, model.buckets, model.counts, model.probability, model.weights, f0)
+    _walk_kernel(r, c, k, b, m.buckets, m.counts, m.probability, m.coarse_counts,
+                 m.coarse_probability, m.weights, f0)
     return f0
 
 
@@ -295,7 +338,7 @@ class Decoder(adaptive.Decoder):
                 raise
             self.failed = True
         self.model = Model(f0_table, points)
-        self.size = 1 << context_bits(points)
+        self.points = points
 
     def decode(self, rows, contexts, k: int) -> np.ndarray:
         r = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
@@ -304,11 +347,13 @@ class Decoder(adaptive.Decoder):
         if self.failed:
             return out
         if r.size and (r.min() < 0 or r.max() > 2 * GRID_K or c.shape != r.shape
-                       or c.min() < 0 or c.max() >= self.size or not 0 <= k < 8):
+                       or not 0 <= k < 8):
             raise ValueError("a CDF row, context or pass out of range")  # the decoder's own
+        _check_contexts(c, self.points)
         m = self.model
         code = _decode_kernel(self.words, self.state, r, c, np.int64(k), m.buckets, m.counts,
-                              m.probability, m.weights, out)
+                              m.probability, m.coarse_counts, m.coarse_probability, m.weights,
+                              out)
         if code != adaptive._OK:
             self.failed = True
             if not self.lenient:
