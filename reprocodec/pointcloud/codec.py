@@ -66,14 +66,14 @@ PAYLOAD = "occupancy"
 REFINED_PAYLOAD = "occupancy_refined"
 # ... or under mixing.py's mix of those with a count model of each child's neighbourhood:
 # tried with coders="smallest" at bitstream format 4 (its decode walks a count model and a
-# mixer per bit: about half a network row's time, ~35 % more decode time on a dense surface,
-# for 0-7 % fewer learned bits, ~19 % on a LiDAR sweep), kept when smaller.
+# mixer per bit: half to one network row's time, 40-65 % more decode time on a dense
+# surface, for 1-9 % fewer bits, ~22 % on a LiDAR sweep), kept when smaller.
 MIXED_PAYLOAD = "occupancy_mixed"
 # Mixing is tried only while the levels the model evaluated so far (in level order, coded
-# learned or not) hold at most this many bits a point: the encoder keeps ~13 bytes a learned
-# bit for it (contexts, rows, passes, probabilities; checked at depth 16, 1 M points: peak
-# 693 -> 701 MB, the service estimate 1,433). Dense surfaces have 3-9, and sparse clouds, with
-# more, gain least from it (0.2 % on the 1/4 sampling).
+# learned or not) hold at most this many bits a point: the encoder keeps up to ~23 bytes a
+# learned bit for it at its peak (contexts twice, rows, passes, probabilities, bits; checked
+# at depth 16, 1 M points: peak 693 -> 734 MB, the service estimate 1,433). Dense surfaces
+# have 3-9, and sparse clouds, with more, gain least from it (0.2 % on the 1/4 sampling).
 MIX_BITS_PER_POINT = 12
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD)
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"

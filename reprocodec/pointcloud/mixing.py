@@ -74,7 +74,7 @@ _HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of ctx 
 def context_bits(points: int) -> int:
     """Bits of the count model's hashed context of a cloud of `points` voxels (from its
     header, so the decoder sizes the table as the encoder did): 8-16 contexts a point, at
-    most 2^22 (4 M contexts, 36 MB)."""
+    most 2^22 (4 M contexts, 36 MB; the coarse table at most 9 MB beside it)."""
     return int(min(max((8 * max(points, 1)).bit_length(), MIN_CONTEXT_BITS), MAX_CONTEXT_BITS))
 
 
