@@ -276,6 +276,35 @@ class Decoder:
                                       f"last decision ({self.words.size - pos} words left over)")
 
 
+class LenientDecoder(Decoder):
+    """A binary rANS stream decoded in calls with kernels of its own (refine's and mixing's
+    learned streams): lenient=True (benchmarks) yields zeros once the stream breaks off instead
+    of raising."""
+
+    def __init__(self, data: bytes, lenient: bool = False):
+        self.lenient, self.failed = lenient, False
+        try:
+            super().__init__(data)
+        except AdaptiveStreamError:
+            if not lenient:
+                raise
+            self.failed = True
+
+    def _checked(self, code: int, out: np.ndarray) -> np.ndarray:
+        """out, after a kernel that returned `code` (_OK or _EARLY_END)."""
+        if code != _OK:
+            self.failed = True
+            if not self.lenient:
+                raise AdaptiveStreamError(
+                    f"malformed bitstream: {self.label} ends before its last decision")
+            out[:] = 0
+        return out
+
+    def finish(self) -> None:
+        if not self.failed:
+            super().finish()
+
+
 def encoded_size(voxels: np.ndarray, depth: int) -> int:
     """Bytes of the rANS stream that codes every level of a voxel set adaptively (what the
     benchmarks call the adaptive octree coder)."""

@@ -322,7 +322,7 @@ def encode(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray, passes: np.
     return adaptive.encode(np.ascontiguousarray(bits, dtype=np.uint8), f0)
 
 
-class Decoder(adaptive.Decoder):
+class Decoder(adaptive.LenientDecoder):
     """The mixed learned stream being decoded, pass by pass (coder.decompress): decode(rows,
     contexts, k) -> bits, finish(); lenient=True (benchmarks) yields zeros once the stream
     breaks off instead of raising."""
@@ -330,13 +330,7 @@ class Decoder(adaptive.Decoder):
     label = "mixed occupancy data"
 
     def __init__(self, data: bytes, f0_table: np.ndarray, points: int, lenient: bool = False):
-        self.lenient, self.failed = lenient, False
-        try:
-            super().__init__(data)
-        except adaptive.AdaptiveStreamError:
-            if not lenient:
-                raise
-            self.failed = True
+        super().__init__(data, lenient)
         self.model = Model(f0_table, points)
         self.points = points
 
@@ -354,14 +348,4 @@ class Decoder(adaptive.Decoder):
         code = _decode_kernel(self.words, self.state, r, c, np.int64(k), m.buckets, m.counts,
                               m.probability, m.coarse_counts, m.coarse_probability, m.weights,
                               out)
-        if code != adaptive._OK:
-            self.failed = True
-            if not self.lenient:
-                raise adaptive.AdaptiveStreamError(
-                    f"malformed bitstream: {self.label} ends before its last decision")
-            out[:] = 0
-        return out
-
-    def finish(self) -> None:
-        if not self.failed:
-            super().finish()
+        return self._checked(code, out)

@@ -145,7 +145,7 @@ def code_lengths(bits: np.ndarray, index: np.ndarray, buckets: np.ndarray,
     return int(static), int(refined)
 
 
-class Decoder(adaptive.Decoder):
+class Decoder(adaptive.LenientDecoder):
     """The refined learned stream being decoded, pass by pass (coder.decompress), with the
     entropy.Decoder interface: decode(rows) -> bits, finish(), and lenient=True (benchmarks)
     yields zeros once the stream breaks off instead of raising."""
@@ -153,13 +153,7 @@ class Decoder(adaptive.Decoder):
     label = "refined occupancy data"
 
     def __init__(self, data: bytes, f0_table: np.ndarray, lenient: bool = False):
-        self.lenient, self.failed = lenient, False
-        try:
-            super().__init__(data)
-        except adaptive.AdaptiveStreamError:
-            if not lenient:
-                raise
-            self.failed = True
+        super().__init__(data, lenient)
         self.buckets = initial_buckets(f0_table)
 
     def decode(self, rows) -> np.ndarray:
@@ -169,15 +163,4 @@ class Decoder(adaptive.Decoder):
             return out
         if r.size and (r.min() < 0 or r.max() > 2 * GRID_K):
             raise ValueError("a CDF row outside the grid")  # the decoder's own indices: a bug
-        code = _decode_kernel(self.words, self.state, r, self.buckets, out)
-        if code != adaptive._OK:
-            self.failed = True
-            if not self.lenient:
-                raise adaptive.AdaptiveStreamError(
-                    f"malformed bitstream: {self.label} ends before its last decision")
-            out[:] = 0
-        return out
-
-    def finish(self) -> None:
-        if not self.failed:
-            super().finish()
+        return self._checked(_decode_kernel(self.words, self.state, r, self.buckets, out), out)
