@@ -9,10 +9,12 @@ each measurement in a fresh subprocess (getrusage's ru_maxrss is a process-lifet
     python bench/memory.py --service --budget       # through the services' request
                                                     # handling (PNG in and out)
     python bench/memory.py --sizes --clouds 100000 1000000 --budget
+    python bench/memory.py --sizes --clouds 1000000 --depth 16 --smallest --budget
 
 Images are a shipped sample photo resized (bicubic) to each size, so the entropy coder sees
 photo-like statistics; point clouds are N points on a sphere and a plane (distinct voxels at
-the depth given). Numbers are MB (10^6 bytes) of extra peak RSS.
+the depth given; --smallest encodes them with coders="smallest", mixed probabilities
+included). Numbers are MB (10^6 bytes) of extra peak RSS.
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ def cloud_worker(args: argparse.Namespace) -> None:
         points = _cloud(int(args.size))
         base = _rss_now()
         started = time.perf_counter()
-        msg = codec.encode(points, args.mode, depth=args.depth)
+        msg = codec.encode(points, args.mode, depth=args.depth,
+                           coders="smallest" if args.smallest else "auto")
         seconds = time.perf_counter() - started
         Path(args.stream).write_bytes(container.pack(msg))
     else:
@@ -167,6 +170,8 @@ def measure(size: str, args: argparse.Namespace, work: Path, cloud: bool = False
                "--depth", str(args.depth), "--cloud-model", args.cloud_model]
         if cloud:
             cmd.append("--cloud")
+        if args.smallest:
+            cmd.append("--smallest")
         if args.service:
             cmd.append("--service")
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -208,6 +213,8 @@ def main() -> None:
     ap.add_argument("--cloud-model", default=DEFAULT_MODEL,
                     help="point-cloud model (default: %(default)s, the default model)")
     ap.add_argument("--cloud", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--smallest", action="store_true",
+                    help="point clouds: coders=\"smallest\" (mixed probabilities too)")
     ap.add_argument("--budget", action="store_true",
                     help="compare with the services' estimate (server.core.request_memory)")
     ap.add_argument("--service", action="store_true",
@@ -235,7 +242,8 @@ def main() -> None:
             w, h = (int(v) for v in size.split("x"))
             print(f"{size:>10} {w * h / 1e6:6.2f} " + _columns(row, args.budget), flush=True)
         if args.clouds:
-            print(f"point clouds, depth {args.depth}, model {args.cloud_model}")
+            print(f"point clouds, depth {args.depth}, model {args.cloud_model}"
+                  + (", smallest" if args.smallest else ""))
             print(f"{'points':>10} {'voxels':>9} {'enc MB':>8} {'dec MB':>8} {'enc s':>7} "
                   f"{'dec s':>7}" + ("  budget enc/dec MB" if args.budget else ""))
         for n in args.clouds:

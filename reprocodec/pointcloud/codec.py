@@ -71,9 +71,11 @@ REFINED_PAYLOAD = "occupancy_refined"
 MIXED_PAYLOAD = "occupancy_mixed"
 # Mixing is tried only while the levels the model evaluated so far (in level order, coded
 # learned or not) hold at most this many bits a point: the encoder keeps up to ~23 bytes a
-# learned bit for it at its peak (contexts twice, rows, passes, probabilities, bits; checked
-# at depth 16, 1 M points: peak 693 -> 734 MB, the service estimate 1,433). Dense surfaces
-# have 3-9, and sparse clouds, with more, gain least from it (0.2 % on the 1/4 sampling).
+# learned bit for it at its peak, by count (contexts twice, rows, passes, probabilities, bits;
+# `python bench/memory.py --sizes --clouds 1000000 --depth 16 --budget [--smallest]`: extra
+# peak 496 -> 539 MB encode, 223 -> 291 decode, the services' estimates 1503 / 818). Dense
+# surfaces have 3-9, and sparse clouds, with more, gain least from it (0.2 % on the 1/4
+# sampling).
 MIX_BITS_PER_POINT = 12
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD)
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"

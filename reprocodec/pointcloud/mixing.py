@@ -33,8 +33,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import adaptive, refine
+from .context import WINDOW, WINDOW_CHILD, WINDOW_NEIGHBOUR
 from .grid import GRID_K
-from .octree import CHILD_OFFSETS
 
 try:
     import numba
@@ -97,23 +97,19 @@ STRETCH = (np.searchsorted(SQUASH, np.arange(_ONE + 1), side="left") - LOGIT_LIM
     np.int64)
 
 
-def _cell_maps() -> tuple[np.ndarray, np.ndarray]:
-    """For pass k and each of the 26 child-level neighbours of child k: which of the node's 27
-    parent-level neighbours holds it and which child of that neighbour it is."""
-    offsets = [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)
-               if (x, y, z) != (0, 0, 0)]
-    slot = np.zeros((8, len(offsets)), np.int64)
-    child = np.zeros((8, len(offsets)), np.int64)
-    for k in range(8):
-        cell = CHILD_OFFSETS[k] + np.array(offsets)  # child-level offset, -1..2 per axis
-        parent = np.floor_divide(cell, 2) + 1  # parent-level offset + 1, 0..2
-        inner = cell - 2 * (parent - 1)
-        slot[k] = parent[:, 0] * 9 + parent[:, 1] * 3 + parent[:, 2]
-        child[k] = inner[:, 0] * 4 + inner[:, 1] * 2 + inner[:, 2]
-    return slot, child
+def _inner_cells() -> np.ndarray:
+    """The 26 cells around the coded child among context.py's 5 x 5 x 5 window cells (offsets
+    -2..2 per axis, x-major): offsets -1..1 but (0, 0, 0), in x-major order."""
+    r = np.arange(-(WINDOW // 2), WINDOW // 2 + 1)
+    offsets = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)
+    return np.flatnonzero(np.abs(offsets).max(axis=1) == 1)
 
 
-CELL_SLOT, CELL_CHILD = _cell_maps()
+# For pass k and each of the 26 child-level neighbours of child k: which of the node's 27
+# parent-level neighbours holds it and which child of that neighbour it is (the model's own
+# window maps, restricted to those cells)
+CELL_SLOT = WINDOW_NEIGHBOUR[:, _inner_cells()]
+CELL_CHILD = WINDOW_CHILD[:, _inner_cells()]
 _POWERS = 3 ** np.arange(27, dtype=np.int64)
 
 
@@ -174,9 +170,9 @@ def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
 
 
 class Model:
-    """The mixer's whole state (refine's buckets, the count models, the mixer's weights), as
-    integer arrays the kernels update in place (9 bytes a context, the two probabilities side
-    by side in one cache line: 36 + 9 MB at most). Row 0 / table 0: fine, 1: coarse."""
+    """The mixer's whole state (refine's buckets, the fine and the coarse count model, the
+    mixer's weights), as integer arrays the kernels update in place (9 bytes a context, its
+    two probabilities side by side in one cache line: 36 + 9 MB at most)."""
 
     def __init__(self, f0_table: np.ndarray, points: int):
         self.buckets = refine.initial_buckets(f0_table)
@@ -196,21 +192,22 @@ def _squash(x):  # pragma: no cover - compiled
 
 
 @_jit
-def _count_inputs(counts, probability, ctx, inputs, first):  # pragma: no cover - compiled
+def _count_inputs(probability, ctx, inputs, first):  # pragma: no cover - compiled
+    """inputs[first], inputs[first + 1]: a context's fast and slow P(0), stretched."""
     for j in range(2):
         q = np.int64(probability[ctx, j])
         inputs[first + j] = STRETCH[min(max(q, np.int64(1)), np.int64(_ONE - 1))]
 
 
 @_jit
-def _mixed(buckets, counts, probability, coarse_counts, coarse_probability, weights, g, ctx, k,
+def _mixed(buckets, probability, coarse_probability, weights, g, ctx, k,
            inputs):  # pragma: no cover - compiled
     """P(0) in 2^-16 (1 .. 2^16 - 1) of a bit with grid row g, context ctx (fine | coarse <<
     32), in pass k; fills `inputs` and returns the refine bucket its bit updates."""
     f0, nearer = refine._probability(buckets, g)
     inputs[0] = STRETCH[f0]
-    _count_inputs(counts, probability, ctx & _FINE_MASK, inputs, 1)
-    _count_inputs(coarse_counts, coarse_probability, ctx >> 32, inputs, 3)
+    _count_inputs(probability, ctx & _FINE_MASK, inputs, 1)
+    _count_inputs(coarse_probability, ctx >> 32, inputs, 3)
     inputs[5] = _BIAS_INPUT
     dot = np.int64(0)
     for j in range(INPUTS):
@@ -252,8 +249,8 @@ def _walk_kernel(rows, contexts, passes, bits, buckets, counts, probability, coa
     for i in range(rows.size):
         k = np.int64(passes[i])
         ctx = np.int64(contexts[i])
-        p, nearer = _mixed(buckets, counts, probability, coarse_counts, coarse_probability,
-                           weights, np.int64(rows[i]), ctx, k, inputs)
+        p, nearer = _mixed(buckets, probability, coarse_probability, weights,
+                           np.int64(rows[i]), ctx, k, inputs)
         f0_out[i] = p
         _learn(buckets, counts, probability, coarse_counts, coarse_probability, weights, nearer,
                ctx, k, inputs, p, bits[i])
@@ -269,8 +266,8 @@ def _decode_kernel(words, state, rows, contexts, k, buckets, counts, probability
     inputs = np.zeros(INPUTS, np.int64)
     for i in range(rows.size):
         ctx = np.int64(contexts[i])
-        p, nearer = _mixed(buckets, counts, probability, coarse_counts, coarse_probability,
-                           weights, np.int64(rows[i]), ctx, k, inputs)
+        p, nearer = _mixed(buckets, probability, coarse_probability, weights,
+                           np.int64(rows[i]), ctx, k, inputs)
         bit, x, pos = adaptive._decode_bit(words, x, pos, p)
         if pos < 0:
             state[0] = x
