@@ -17,7 +17,7 @@ alone (its rANS bytes), of the learned model alone (--learned), Draco and LAZ (w
 extra is installed; otherwise a note says they were skipped), the coder of each octree level
 (L learned, A adaptive) and a lossless check. --smallest encodes with coders="smallest" (the
 per-level choice by bits alone, and mixed probabilities at format 4; probs: the learned levels'
-payload, static / refined / mixed).
+probabilities, model / refined / mixed, or none).
 
 --real DIR replaces the synthetic clouds by every DIR/*.ply (real scans: an airborne LiDAR tile
 and a statue scan from reprocodec.train.realscans) at each of --real-depths.
@@ -291,7 +291,7 @@ def _peak_rss_mb() -> float:
 def _measure_worker(args: argparse.Namespace) -> int:
     """One cloud in a fresh process: encode and decode `runs` times (medians), peak RSS."""
     from reprocodec import container
-    from reprocodec.pointcloud import adaptive
+    from reprocodec.pointcloud import LEARNED_PROBABILITIES, adaptive
 
     voxels = np.load(args.cloud)
     depth = args.depth
@@ -320,7 +320,8 @@ def _measure_worker(args: argparse.Namespace) -> int:
     row = {"points": n, "depth": depth, "ours_bpp": 8 * len(packed) / n,
            "ours_payload_bpp": 8 * sum(len(p.data) for p in msg.payloads) / n,
            "protection_bpp": 8 * container.protection_bytes(msg) / n, "levels": levels,
-           "probs": _PROBABILITIES.get(names[0], "-") if names else "-", "coders": args.coders,
+           "probs": LEARNED_PROBABILITIES.get(names[0] if names else "", "none"),
+           "coders": args.coders,
            "ours_lossless": bool(np.array_equal(out.voxels, voxels)),
            "adaptive_bpp": 8 * adaptive.encoded_size(voxels, depth) / n,
            "encode_s": float(np.median(enc)), "decode_s": float(np.median(dec)),
@@ -332,10 +333,6 @@ def _measure_worker(args: argparse.Namespace) -> int:
         row["learned_only_bpp"] = 8 * len(learned) / n
     Path(args.result).write_text(json.dumps(row))
     return 0
-
-
-_PROBABILITIES = {"occupancy": "static", "occupancy_refined": "refined",
-                  "occupancy_mixed": "mixed"}
 
 
 def _others(voxels: np.ndarray, depth: int, row: dict, notes: set[str], tmc3: str | None

@@ -98,10 +98,13 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
         "level_coders": levels,
         # the learned levels' probabilities: the model's, refined per stream (refine.py) or
         # mixed with a count model (mixing.py)
-        "learned_probabilities": _LEARNED_PROBABILITIES.get(
-            next((p.name for p in msg.payloads), ""), "model" if msg.protected else "none"),
+        "learned_probabilities": LEARNED_PROBABILITIES.get(
+            next((p.name for p in msg.payloads), ""), "none"),
         "bits_per_point": stats.bits_per_element,
     }
 
 
-_LEARNED_PROBABILITIES = {"occupancy_refined": "refined", "occupancy_mixed": "mixed"}
+# The learned levels' payload -> their probabilities (inspect, benchmarks); a stream without
+# one is all adaptive ("none")
+LEARNED_PROBABILITIES = {"occupancy": "model", "occupancy_refined": "refined",
+                         "occupancy_mixed": "mixed"}
