@@ -23,13 +23,14 @@ from .v1 import bitstream_pb2 as pb
 MAGIC = 0x44435052  # b"RPCD" read as a little-endian uint32
 # The newest version this writer knows. `pack` writes each stream at the lowest version that
 # can express it (a decoder upgraded later still reads what it can): 3 only for a point cloud
-# whose placement is the identity and so omitted (_IDENTITY_PLACEMENT), 4 only for a stream with
-# a FORMAT_4_PAYLOADS payload.
-FORMAT_VERSION = 4
-SUPPORTED_VERSIONS = frozenset({2, 3, 4})
-# Payloads that only format 4 has (reprocodec.pointcloud's occupancy under mixed probabilities,
-# written by its encoder only when asked for format 4): decoders of 0.3.0 would refuse them.
-FORMAT_4_PAYLOADS = frozenset({"occupancy_mixed"})
+# whose placement is the identity and so omitted (_IDENTITY_PLACEMENT), 4 or 5 only for a
+# stream with a payload of PAYLOAD_VERSIONS.
+FORMAT_VERSION = 5
+SUPPORTED_VERSIONS = frozenset({2, 3, 4, 5})
+# Payloads newer than format 3, with the format that brought them (reprocodec.pointcloud's
+# occupancy under mixed probabilities, 0.4.0; its neighbour coder's levels, 0.5.0): an encoder
+# writes them only when asked for that format, and older decoders refuse them.
+PAYLOAD_VERSIONS = {"occupancy_mixed": 4, "occupancy_neighbour": 5}
 # Versions this decoder recognises but no longer reads, with what the user should do.
 _RETIRED_VERSIONS = {
     1: "was written by reprocodec 0.1 (CompressAI's rANS without an end-of-stream check, no "
@@ -120,8 +121,9 @@ def point_cloud_header_checksum(header: pb.PointCloudHeader) -> int:
 def required_version(message: pb.Bitstream) -> int:
     """The lowest format version that expresses `message` (its header set): what `pack`
     writes, and what the codecs put in the messages they return."""
-    if any(p.name in FORMAT_4_PAYLOADS for p in message.payloads):
-        return 4
+    newest = max((PAYLOAD_VERSIONS.get(p.name, 0) for p in message.payloads), default=0)
+    if newest:
+        return newest
     if message.WhichOneof("header") == "point_cloud" and not message.point_cloud.origin:
         return 3
     return 2
@@ -156,12 +158,13 @@ def at_version(message: pb.Bitstream, version: int) -> None:
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(f"bitstream format {version} is not one this version writes "
                          f"({', '.join(map(str, sorted(SUPPORTED_VERSIONS)))})")
-    mixed = [p.name for p in message.payloads if p.name in FORMAT_4_PAYLOADS]
-    if version < 4 and mixed:
+    newer = [p.name for p in message.payloads if PAYLOAD_VERSIONS.get(p.name, 0) > version]
+    if newer:
         # Re-coding the payload needs the model: the encoder must not write it (its
         # bitstream_format option; the encoder service's --bitstream-format).
-        raise ValueError(f"this stream's {mixed[0]} payload needs bitstream format 4; encode "
-                         f"it with bitstream format {version} instead")
+        raise ValueError(f"this stream's {newer[0]} payload needs bitstream format "
+                         f"{PAYLOAD_VERSIONS[newer[0]]}; encode it with bitstream format "
+                         f"{version} instead")
     if version < 3 and message.WhichOneof("header") == "point_cloud":
         header = message.point_cloud
         if not header.origin:
@@ -280,7 +283,7 @@ def validate(message: pb.Bitstream) -> None:
     for payload in message.payloads:
         _check_name(payload.name, names, "payload")
         _check_shape(payload.shape, f"payload {payload.name!r} shape")
-        _check(payload.name not in FORMAT_4_PAYLOADS or message.format_version >= 4,
+        _check(PAYLOAD_VERSIONS.get(payload.name, 0) <= message.format_version,
                f"payload {payload.name!r} in a format {message.format_version} stream")
         _check(crc32(payload.data) == payload.crc32,
                f"payload {payload.name!r} fails its CRC-32 (corrupted in transit or storage)")

@@ -17,7 +17,7 @@ from reprocodec import container, entropy, numerics
 from reprocodec.errors import ContainerError, InputError, TooLargeError, VerificationError
 from reprocodec.pointcloud import PointCloudCodec, adaptive, inspect_fields, octree
 from reprocodec.pointcloud import codec as codec_module
-from reprocodec.pointcloud.codec import ADAPTIVE_PAYLOAD, LEARNED_PAYLOADS
+from reprocodec.pointcloud.codec import ADAPTIVE_PAYLOAD, LEARNED_PAYLOADS, level_coders
 from reprocodec.pointcloud.models import DEFAULT_MODEL
 from reprocodec.pointcloud.ply import read_ply
 from reprocodec.safeguard import Mode
@@ -26,6 +26,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
 # The per-level choice by bits alone: what most of this module tests (the price of network
 # rows: test_row_price_* at the end).
 BY_BITS = "smallest"
+LEARNED_OR_ADAPTIVE = 4  # the newest format whose levels are learned or adaptive only
 
 
 @pytest.fixture(scope="module",
@@ -64,12 +65,9 @@ CLOUDS = _clouds()
 
 
 def _levels(msg, depth: int) -> str:
-    """'L'/'A' per level, as the stream signals it."""
-    names = [p.name for p in msg.payloads]
-    if ADAPTIVE_PAYLOAD not in names:
-        return "L" * depth
-    flags, _ = adaptive.read_level_flags(msg.payloads[-1].data, depth)
-    return "".join("A" if a else "L" for a in flags)
+    """'L'/'A'/'N' per level, as the stream signals it."""
+    assert msg.point_cloud.depth == depth
+    return level_coders(msg)
 
 
 def _roundtrip(codec, points, depth, mode=Mode.SYNDROME, coders=BY_BITS):
@@ -80,9 +78,11 @@ def _roundtrip(codec, points, depth, mode=Mode.SYNDROME, coders=BY_BITS):
 
 @pytest.fixture(scope="module")
 def streams(codec):
-    return {name: container.unpack(container.pack(codec.encode(pts, "syndrome", depth=d,
-                                                               coders=BY_BITS)))
-            for name, (pts, d) in CLOUDS.items()}
+    """The learned / adaptive choice, at format 4 (before the neighbour coder, whose levels
+    test_pointcloud_neighbour.py covers)."""
+    return {name: container.unpack(container.pack(codec.encode(
+        pts, "syndrome", depth=d, coders=BY_BITS, bitstream_format=LEARNED_OR_ADAPTIVE)))
+        for name, (pts, d) in CLOUDS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -574,7 +574,8 @@ def test_adaptive_levels_before_a_learned_one_keep_the_table_chain(monkeypatch, 
     levels), never by the binary searches, and decodes exactly."""
     rings = ground_rings
     codec = PointCloudCodec.load()
-    msg = container.unpack(container.pack(codec.encode(rings, depth=10)))
+    msg = container.unpack(container.pack(codec.encode(
+        rings, depth=10, bitstream_format=LEARNED_OR_ADAPTIVE)))
     levels = _levels(msg, 10)
     assert "AL" in levels[1:], levels  # a learned level after an adaptive one, past the root
     searched = []

@@ -76,25 +76,27 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
     from reprocodec.container import placement
     from reprocodec.streamstats import stream_stats
 
-    from .adaptive import read_level_flags
+    from .codec import level_coders
 
     cloud = msg.point_cloud
     origin, scale = placement(cloud)
     stats = stream_stats(msg)
-    levels = "L" * int(cloud.depth) if msg.payloads else ""
-    adaptive = [p for p in msg.payloads if p.name == "occupancy_adaptive"]
-    if adaptive:
+    levels = ""
+    if msg.payloads:
         try:
-            flags, _ = read_level_flags(adaptive[0].data, int(cloud.depth))
-            levels = "".join("A" if a else "L" for a in flags)
+            levels = level_coders(msg)
         except ValueError:  # ContainerError: inspect describes, the decoder refuses
             levels = "malformed"
+    adaptive = [p for p in msg.payloads if p.name == "occupancy_adaptive"]
+    counted = [p for p in msg.payloads if p.name == "occupancy_neighbour"]
     return {
         "depth": int(cloud.depth), "num_points": int(cloud.num_points),
         "origin": list(origin), "scale": scale,
         "coded_occupancy_bits": int(msg.protected[0].shape[0]) if msg.protected else 0,
         "adaptive_occupancy_bits": int(adaptive[0].shape[0]) if adaptive else 0,
-        # the coder of each octree level, root first: L learned model, A adaptive context coder
+        "neighbour_occupancy_bits": int(counted[0].shape[0]) if counted else 0,
+        # the coder of each octree level, root first: L learned model, A adaptive context coder,
+        # N neighbour coder
         "level_coders": levels,
         # the learned levels' probabilities: the model's, refined per stream (refine.py) or
         # mixed with a count model (mixing.py)

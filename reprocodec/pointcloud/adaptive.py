@@ -329,14 +329,17 @@ def level_flags(levels: tuple[bool, ...]) -> bytes:
     return value.to_bytes((len(levels) + 7) // 8, "little")
 
 
-def read_level_flags(data: bytes, depth: int) -> tuple[tuple[bool, ...], bytes]:
+def read_level_flags(data: bytes, depth: int, label: str = "adaptive"
+                     ) -> tuple[tuple[bool, ...], bytes]:
+    """level_flags' levels and the bytes after them (the neighbour payload has the same head:
+    `label` names the payload in errors)."""
     size = (depth + 7) // 8
     if len(data) < size:
-        raise ContainerError("malformed bitstream: adaptive occupancy payload is shorter than "
+        raise ContainerError(f"malformed bitstream: {label} occupancy payload is shorter than "
                              "its level flags")
     value = int.from_bytes(data[:size], "little")
     if value >> depth or value == 0:
-        raise ContainerError("malformed bitstream: adaptive occupancy level flags name no "
+        raise ContainerError(f"malformed bitstream: {label} occupancy level flags name no "
                              "level or levels past the depth")
     return tuple(bool(value >> lv & 1) for lv in range(depth)), bytes(data[size:])
 

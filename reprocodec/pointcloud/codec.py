@@ -53,7 +53,7 @@ from ..errors import (
 )
 from ..safeguard import ErrorBound, Mode
 from ..v1 import bitstream_pb2 as pb
-from . import adaptive, coder, mixing, octree, refine
+from . import adaptive, coder, mixing, neighbour, octree, refine
 from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
@@ -79,10 +79,13 @@ MIXED_PAYLOAD = "occupancy_mixed"
 MIX_BITS_PER_POINT = 12
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD)
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
+# Levels coded by neighbour.py's count models of each child's neighbourhood (from format 5):
+# level flags as the adaptive payload's, then its binary rANS stream
+NEIGHBOUR_PAYLOAD = "occupancy_neighbour"
 # "auto": the per-level choice with network rows priced (ROW_PRICE); "smallest": by bits alone
-# (smaller streams, slower to decode on sparse clouds); "learned" / "adaptive": one coder on
-# every level (tests and benchmarks).
-CODERS = ("auto", "smallest", "learned", "adaptive")
+# (smaller streams, slower to decode on sparse clouds); "learned" / "adaptive" / "neighbour":
+# one coder on every level (tests and benchmarks).
+CODERS = ("auto", "smallest", "learned", "adaptive", "neighbour")
 CHOOSING = ("auto", "smallest")  # the coders options that choose per level
 # The encoder estimates the model's cost of a level of at least 4 * ESTIMATE_NODES nodes from
 # ESTIMATE_NODES of them, and runs it on the whole level only if that estimate is within
@@ -102,6 +105,11 @@ CONFIDENT_SAVING = 3
 # and go adaptive for about half the time at a cost of ~3 % of their bits
 # (bench/pointcloud_levels.py). A ratio of integers: exact.
 ROW_PRICE = (1, 16)
+# ... and each bit the neighbour coder codes as NEIGHBOUR_PRICE bits: its walk takes about a
+# quarter of a network row's time (25-70 ns a bit against 125-190). A level leaves the
+# learned model for it only for fewer bits (so dense surfaces keep the model's compression),
+# and leaves the adaptive coder for it when it saves more than this a bit.
+NEIGHBOUR_PRICE = (1, 64)
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
 # Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8.
 MAX_CODED_BITS = 1 << 28
@@ -184,8 +192,12 @@ class PointCloudCodec:
         if bitstream_format not in container.SUPPORTED_VERSIONS:
             raise InputError(f"bitstream_format must be one of "
                              f"{sorted(container.SUPPORTED_VERSIONS)}, got {bitstream_format!r}")
+        if coders == "neighbour" and bitstream_format < 5:
+            raise InputError("the neighbour coder needs bitstream format 5")
         price = (0, 1) if coders == "smallest" else ROW_PRICE
         mix = coders == "smallest" and self.refine and bitstream_format >= 4
+        # the neighbour coder: tried on every level when choosing, from format 5
+        neighbours = coders == "neighbour" or (coders in CHOOSING and bitstream_format >= 5)
         vox = octree.voxelize(points, depth)
         n = vox.voxels.shape[0]
         if n > MAX_POINTS:
@@ -205,20 +217,24 @@ class PointCloudCodec:
         # Before the model's levels, on this thread: beside them on a pool thread it saved a
         # few per cent but kept ~90 MB more at 1.3 M points (that thread's malloc arena).
         adaptive_bits, adaptive_f0, adaptive_cost = _adaptive_levels(bits)
-        learned = self._learned_levels(codes, bits, adaptive_cost, mode, coders, price,
-                                       n if mix else 0)
+        learned, neighbour_f0 = self._learned_levels(codes, bits, adaptive_cost, mode, coders,
+                                                     price, n if mix else 0,
+                                                     n if neighbours else 0)
         del codes  # only the neighbour tables needed them
         rows = [level_bits.size for level_bits in bits]
-        all_adaptive = (True,) * depth
+        all_adaptive = "A" * depth
         if coders in CHOOSING:
-            # Ties go to the adaptive coder: exact integers, nothing to protect.
-            choice = tuple(lv is None or a <= lv.cost + _row_cost(r, price)
-                           for a, lv, r in zip(adaptive_cost, learned, rows, strict=True))
+            # Ties go to the adaptive coder: exact integers, nothing to protect. The
+            # neighbour coder's levels were chosen level by level (its state follows them).
+            choice = "".join(
+                "N" if f0 is not None else
+                "A" if lv is None or a <= lv.cost + _row_cost(r, price) else "L"
+                for a, lv, r, f0 in zip(adaptive_cost, learned, rows, neighbour_f0, strict=True))
             candidates = [choice, all_adaptive]
             if all(lv is not None for lv in learned):
-                candidates.append((False,) * depth)
+                candidates.append("L" * depth)
         else:
-            candidates = [(coders == "adaptive",) * depth]
+            candidates = [{"adaptive": "A", "learned": "L", "neighbour": "N"}[coders] * depth]
         # The all-adaptive stream is built only when it may win.
         adaptive_floor = adaptive_stream_floor(msg.ByteSize(), sum(adaptive_cost), sum(rows))
         best, best_cost = None, 0
@@ -228,10 +244,9 @@ class PointCloudCodec:
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
-                               mode, n if mix else 0)
-            cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _row_cost(
-                sum(r for r, adaptive_level in zip(rows, levels, strict=True)
-                    if not adaptive_level), price)
+                               neighbour_f0, mode, n if mix else 0)
+            cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _time_cost(
+                levels, rows, price)
             if best is None or cost < best_cost:
                 best, best_cost = candidate, cost
         best.format_version = container.required_version(best)
@@ -239,58 +254,80 @@ class PointCloudCodec:
 
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
                         adaptive_cost: list[int], mode: Mode, coders: str,
-                        price: tuple[int, int], mix_points: int = 0
-                        ) -> list[coder.LearnedLevel | None]:
+                        price: tuple[int, int], mix_points: int = 0, neighbour_points: int = 0
+                        ) -> tuple[list[coder.LearnedLevel | None], list[np.ndarray | None]]:
         """The learned coding of each level the model may win (None where it cannot or may
-        not). Its own function so that the neighbour tables, the largest arrays of a level,
-        are freed when it returns, before the candidate streams are built. mix_points (the
-        cloud's voxels) > 0: each level also keeps its mixing contexts."""
+        not), and the neighbour coder's probabilities of each level it codes (None elsewhere).
+        Its own function so that the neighbour tables, the largest arrays of a level, are freed
+        when it returns, before the candidate streams are built. mix_points (the cloud's
+        voxels) > 0: each learned level also keeps its mixing contexts. neighbour_points (the
+        same) > 0: the neighbour coder is tried on every level, and a level is given to it
+        here, level by level, as its state must follow the levels it codes."""
         depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
+        neighbour_f0: list[np.ndarray | None] = [None] * depth
         tables = octree.LevelTables(self.threads)
         # Refined probabilities can make the model the cheaper coder of a level where its own
         # are not (a cloud unlike the training data): price both, walking refine's state over
         # the learned levels as if each were chosen.
         buckets = refine.initial_buckets(self.tables.cdfs[:, 1]) if self.refine else None
+        model = neighbour.Model(neighbour_points) if neighbour_points else None
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
         mix_bits = 0  # learned bits so far (mixing's memory bound)
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
-            if coders in CHOOSING and m >= 4 * ESTIMATE_NODES and not confident:
-                # A large level: the model's cost from a sample of nodes first, and the whole
-                # level only if it may beat the adaptive coder (the encoder's time is mostly
-                # the model's, and sparse clouds' large levels are adaptive).
-                rows = np.linspace(0, m - 1, ESTIMATE_NODES).astype(np.int64)
-                estimate = coder.estimate_level_cost(neighbours, bits[level], level, depth,
-                                                     self._predict, self.tables, self.decision,
-                                                     rows, buckets)
-                over, under = ESTIMATE_MARGIN
-                priced = estimate + _row_cost(bits[level].size, price)
-                if priced * under > over * adaptive_cost[level]:
-                    confident = False
-                    continue
-            learned[level] = coder.learned_level(
-                neighbours, bits[level], level, depth, self._predict, self.tables, mode,
-                self.decision, buckets)
-            mix_bits += bits[level].size
-            if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
-                # Pass-major as the indices, written in place (no per-pass temporaries)
-                contexts = np.empty(N_PASSES * m, dtype=np.int64)
-                for k in range(N_PASSES):
-                    mixing.pass_contexts(neighbours, bits[level], k, mix_points,
-                                         out=contexts[k * m:(k + 1) * m])
-                learned[level].contexts = contexts
-            saving = adaptive_cost[level] - learned[level].cost
-            confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
-        return learned
+            contexts = None
+            if coders != "neighbour" and self._model_may_win(
+                    neighbours, bits[level], level, depth, adaptive_cost[level], coders, price,
+                    buckets, confident):
+                learned[level] = coder.learned_level(
+                    neighbours, bits[level], level, depth, self._predict, self.tables, mode,
+                    self.decision, buckets)
+                mix_bits += bits[level].size
+                if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
+                    # Pass-major as the indices
+                    contexts = neighbour.level_contexts(neighbours, bits[level], mix_points)
+                    learned[level].contexts = contexts
+                saving = adaptive_cost[level] - learned[level].cost
+                confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
+            else:
+                confident = False
+            if model is not None:
+                if contexts is None:
+                    contexts = neighbour.level_contexts(neighbours, bits[level], model.points)
+                saved = model.snapshot(contexts)
+                f0, cost = neighbour.walk_contexts(model, contexts, bits[level])
+                if coders == "neighbour" or _neighbour_wins(cost, adaptive_cost[level],
+                                                            learned[level], m * N_PASSES, price):
+                    neighbour_f0[level] = f0
+                else:
+                    model.restore(saved)  # the level goes to another coder
+        return learned, neighbour_f0
 
-    def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0, mode,
-                      mix_points=0):
-        """The payloads and protected record of one per-level choice (levels[l]: adaptive);
-        mix_points > 0: the mixed coding too, when smaller."""
+    def _model_may_win(self, neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int,
+                       adaptive_cost: int, coders: str, price: tuple[int, int],
+                       buckets: np.ndarray | None, confident: bool) -> bool:
+        """Whether the encoder runs the model on a whole level: not when choosing, the level
+        is large and the model's cost estimated from a sample of its nodes is not within
+        ESTIMATE_MARGIN of the adaptive coder's (the encoder's time is mostly the model's, and
+        sparse clouds' large levels are adaptive); always after a confident level."""
+        m = bits.shape[0]
+        if coders not in CHOOSING or m < 4 * ESTIMATE_NODES or confident:
+            return True
+        rows = np.linspace(0, m - 1, ESTIMATE_NODES).astype(np.int64)
+        estimate = coder.estimate_level_cost(neighbours, bits, level, depth, self._predict,
+                                             self.tables, self.decision, rows, buckets)
+        over, under = ESTIMATE_MARGIN
+        priced = estimate + _row_cost(bits.size, price)
+        return priced * under <= over * adaptive_cost
+
+    def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
+                      neighbour_f0, mode, mix_points=0):
+        """The payloads and protected record of one per-level choice (levels[l]: L learned,
+        A adaptive, N neighbour coder); mix_points > 0: the mixed coding too, when smaller."""
         depth = len(levels)
-        chosen = [lv for lv in range(depth) if not levels[lv]]
+        chosen = [lv for lv in range(depth) if levels[lv] == "L"]
         if chosen:
             levels_coded = [learned[lv] for lv in chosen]
             bits_coded = [bits[lv] for lv in chosen]
@@ -322,13 +359,22 @@ class PointCloudCodec:
             msg.payloads.append(container.make_payload(name, data, [total], occupancy))
             msg.protected.append(self.decision.record(coded.indices, coded.side_info, mode,
                                                       coded.risky_count, coded.candidate_count))
-        chosen = [lv for lv in range(depth) if levels[lv]]
+        chosen = [lv for lv in range(depth) if levels[lv] == "A"]
         if chosen:
+            flags = tuple(c == "A" for c in levels)
             decisions = np.concatenate([adaptive_bits[lv] for lv in chosen])
             data = adaptive.encode(decisions, np.concatenate([adaptive_f0[lv] for lv in chosen]))
             msg.payloads.append(container.make_payload(
-                ADAPTIVE_PAYLOAD, adaptive.level_flags(levels) + data, [decisions.size],
-                _adaptive_symbols(levels, decisions)))
+                ADAPTIVE_PAYLOAD, adaptive.level_flags(flags) + data, [decisions.size],
+                _adaptive_symbols(flags, decisions)))
+        chosen = [lv for lv in range(depth) if levels[lv] == "N"]
+        if chosen:
+            flags = tuple(c == "N" for c in levels)
+            coded = np.concatenate([bits[lv].T.reshape(-1) for lv in chosen])  # coding order
+            data = adaptive.encode(coded, np.concatenate([neighbour_f0[lv] for lv in chosen]))
+            msg.payloads.append(container.make_payload(
+                NEIGHBOUR_PAYLOAD, adaptive.level_flags(flags) + data, [coded.size],
+                _adaptive_symbols(flags, coded)))
 
     # ----------------------------------------------------------------------------- decode
 
@@ -377,23 +423,24 @@ class PointCloudCodec:
             return self._result(msg, voxels, depth, True, start)
         names = [p.name for p in msg.payloads]
         learned_name = names[0] if names and names[0] in LEARNED_PAYLOADS else None
-        if names not in ([learned_name], [learned_name, ADAPTIVE_PAYLOAD], [ADAPTIVE_PAYLOAD]) \
-                or len(msg.protected) != (learned_name is not None):
-            raise ContainerError("a point cloud stream has an occupancy payload (static, "
-                                 "refined or mixed) with one protected tensor, an adaptive "
-                                 "occupancy payload, or both")
-        levels, adaptive_data, adaptive_total = (False,) * depth, b"", 0
-        if ADAPTIVE_PAYLOAD in names:
-            payload = msg.payloads[names.index(ADAPTIVE_PAYLOAD)]
-            levels, adaptive_data = adaptive.read_level_flags(payload.data, depth)
-            adaptive_total = int(payload.shape[0])
-            if len(payload.shape) != 1 or adaptive_total % N_PASSES:
-                raise ContainerError("adaptive occupancy payload has a bad shape")
-            if all(levels) == (learned_name is not None):
-                raise ContainerError("the adaptive occupancy payload's levels and the learned "
-                                     "payload disagree")
-            if adaptive_total > N_PASSES * n * depth:
-                raise ContainerError(f"{adaptive_total} coded bits is impossible for {n} points")
+        levels = level_coders(msg)  # the payloads' order and level flags checked
+        if len(msg.protected) != (learned_name is not None):
+            raise ContainerError("a point cloud stream's learned occupancy payload comes with "
+                                 "one protected tensor, and only it")
+        coded_by = {}  # payload name -> (its data after the level flags, its coded bits)
+        for name in (ADAPTIVE_PAYLOAD, NEIGHBOUR_PAYLOAD):
+            if name in names:
+                payload = msg.payloads[names.index(name)]
+                data = payload.data[(depth + 7) // 8:]  # after the flags level_coders read
+                if len(payload.shape) != 1 or int(payload.shape[0]) % N_PASSES:
+                    raise ContainerError(f"{name.removeprefix('occupancy_')} occupancy payload "
+                                         "has a bad shape")
+                if int(payload.shape[0]) > N_PASSES * n * depth:
+                    raise ContainerError(f"{int(payload.shape[0])} coded bits is impossible "
+                                         f"for {n} points")
+                coded_by[name] = (data, int(payload.shape[0]))
+        adaptive_data, adaptive_total = coded_by.get(ADAPTIVE_PAYLOAD, (b"", 0))
+        neighbour_data, neighbour_total = coded_by.get(NEIGHBOUR_PAYLOAD, (b"", 0))
         total, mode, bound, t = 0, Mode.NONE, self.bound, None
         data = b""
         if learned_name is not None:
@@ -405,17 +452,21 @@ class PointCloudCodec:
             if total > N_PASSES * n * depth:
                 raise ContainerError(f"{total} coded bits is impossible for {n} points")
             mode, bound = self.decision.check_record(t, [total])
-        if total + adaptive_total > MAX_CODED_BITS:
-            raise TooLargeError(f"{total + adaptive_total} coded occupancy bits exceed this "
+        coded_bits = total + adaptive_total + neighbour_total
+        if coded_bits > MAX_CODED_BITS:
+            raise TooLargeError(f"{coded_bits} coded occupancy bits exceed this "
                                 f"decoder's limit of {MAX_CODED_BITS}; decode on a larger "
                                 "deployment")
 
         out = coder.decompress(
             data, t.side_info if t is not None else b"", total, depth, predict,
-            self.tables, mode, bound, self.decision, verify=verify, adaptive_levels=levels,
+            self.tables, mode, bound, self.decision, verify=verify,
+            adaptive_levels=tuple(c == "A" for c in levels),
             adaptive_data=adaptive_data, adaptive_total=adaptive_total, max_nodes=n,
             refined=learned_name == REFINED_PAYLOAD, threads=self.threads,
             mixed_points=n if learned_name == MIXED_PAYLOAD else 0,
+            neighbour_levels=tuple(c == "N" for c in levels), neighbour_data=neighbour_data,
+            neighbour_total=neighbour_total,
         )
         if verify and t is not None:
             if checksum(out.occupancy) != msg.payloads[0].symbols_checksum:
@@ -423,9 +474,12 @@ class PointCloudCodec:
             if checksum(out.indices) != t.indices_checksum:
                 raise VerificationError(_failure("its occupancy indices do not match the "
                                                  "encoder's"))
-        if verify and ADAPTIVE_PAYLOAD in names and checksum(_adaptive_symbols(
-                levels, out.adaptive_occupancy)) != msg.payloads[-1].symbols_checksum:
-            raise VerificationError(_failure("its adaptive occupancy bits fail their checksum"))
+        for name, code, decoded in ((ADAPTIVE_PAYLOAD, "A", out.adaptive_occupancy),
+                                    (NEIGHBOUR_PAYLOAD, "N", out.neighbour_occupancy)):
+            if verify and name in names and checksum(_adaptive_symbols(
+                    tuple(c == code for c in levels), decoded)) != \
+                    msg.payloads[names.index(name)].symbols_checksum:
+                raise VerificationError(_failure(f"its {name} bits fail their checksum"))
         leaves = out.leaves
         del out  # the bits and indices were only for the checksums: free them before the sort
         if verify and leaves.size != n:
@@ -486,11 +540,62 @@ class PointCloudCodec:
         return depth, n
 
 
+def level_coders(msg: pb.Bitstream) -> str:
+    """The coder of each octree level of a point cloud stream, root first: L learned, A
+    adaptive, N neighbour coder (`reprocodec inspect`'s level_coders). ContainerError unless
+    the payloads are a learned one, an adaptive one, a neighbour one, or several of them in
+    that order, whose level flags name each level exactly once."""
+    depth = int(msg.point_cloud.depth)
+    names = [p.name for p in msg.payloads]
+    learned_name = names[0] if names and names[0] in LEARNED_PAYLOADS else None
+    order = [name for name in (learned_name, ADAPTIVE_PAYLOAD, NEIGHBOUR_PAYLOAD)
+             if name in names]
+    if not names or names != order:
+        raise ContainerError("a point cloud stream has an occupancy payload (static, refined "
+                             "or mixed), an adaptive occupancy payload, a neighbour occupancy "
+                             "payload, or several of them in that order")
+    levels = ["L"] * depth
+    for name, code in ((ADAPTIVE_PAYLOAD, "A"), (NEIGHBOUR_PAYLOAD, "N")):
+        if name in names:
+            flags, _ = adaptive.read_level_flags(msg.payloads[names.index(name)].data, depth,
+                                                 name.removeprefix("occupancy_"))
+            for lv in range(depth):
+                if flags[lv]:
+                    if levels[lv] != "L":
+                        raise ContainerError("two occupancy payloads code one octree level")
+                    levels[lv] = code
+    if ("L" in levels) != (learned_name is not None):
+        raise ContainerError("the occupancy payloads' levels and the learned payload disagree")
+    return "".join(levels)
+
+
 def _row_cost(rows: int, price: tuple[int, int]) -> int:
     """What `rows` network rows count as in the encoder's choice at `price` (bits per row, a
     ratio of integers), in code-length units."""
     bits, per = price
     return (rows * bits << entropy.COST_FRACTION) // per
+
+
+def _neighbour_price(price: tuple[int, int]) -> tuple[int, int]:
+    """The neighbour coder's price a bit beside the model's `price` a row (none by bits)."""
+    return NEIGHBOUR_PRICE if price[0] else price
+
+
+def _neighbour_wins(cost: int, adaptive_cost: int, learned: coder.LearnedLevel | None,
+                    rows: int, price: tuple[int, int]) -> bool:
+    """Whether a level goes to the neighbour coder (code length `cost`, `rows` bits): where
+    the learned model would win it, only for fewer bits (faster too); elsewhere when it beats
+    the adaptive coder with its time priced. Ties stay with the other coder."""
+    if learned is not None and learned.cost + _row_cost(rows, price) < adaptive_cost:
+        return cost < learned.cost
+    return cost + _row_cost(rows, _neighbour_price(price)) < adaptive_cost
+
+
+def _time_cost(levels: str, rows: list[int], price: tuple[int, int]) -> int:
+    """What a choice's network rows (L levels) and neighbour-coded bits (N) count as."""
+    learned = sum(r for r, c in zip(rows, levels, strict=True) if c == "L")
+    coded = sum(r for r, c in zip(rows, levels, strict=True) if c == "N")
+    return _row_cost(learned, price) + _row_cost(coded, _neighbour_price(price))
 
 
 _AdaptiveLevels = tuple[list[np.ndarray], list[np.ndarray], list[int]]

@@ -35,7 +35,7 @@ from ..decision import ProtectedDecision
 from ..errors import ContainerError, VerificationError
 from ..safeguard import DecisionQuantizer, ErrorBound, Mode, SafeguardError
 from ..safeguard.bitio import BitReader, BitWriter, decode_varint, encode_varint
-from . import adaptive, mixing, octree, refine
+from . import adaptive, mixing, neighbour, octree, refine
 from .context import N_PASSES
 from .grid import GRID_K, LOGIT_STEP
 
@@ -220,6 +220,7 @@ class Decompressed:
     indices: np.ndarray  # learned levels: the clamped grid indices used, coding order (int16)
     occupancy: np.ndarray  # learned levels: decoded bits, coding order
     adaptive_occupancy: np.ndarray  # adaptive levels: decoded bits, coding order
+    neighbour_occupancy: np.ndarray  # neighbour-coded levels: decoded bits, coding order
 
 
 def decompress(
@@ -228,15 +229,19 @@ def decompress(
     verify: bool = True, adaptive_levels: tuple[bool, ...] | None = None,
     adaptive_data: bytes = b"", adaptive_total: int = 0, max_nodes: int | None = None,
     refined: bool = False, threads: int = 1, mixed_points: int = 0,
+    neighbour_levels: tuple[bool, ...] | None = None, neighbour_data: bytes = b"",
+    neighbour_total: int = 0,
 ) -> Decompressed:
     """Leaf Morton codes, the clamped indices used and the decoded bits of each coder in
     coding order. The learned stream is static rANS, or with refined=True refine.py's
     adapted probabilities, or with mixed_points > 0 (the cloud's voxels) mixing.py's. Levels
-    with adaptive_levels[l] set come from the adaptive stream (adaptive.py), the others from
-    the learned one. Never decodes more than `total_bits`
-    learned and `adaptive_total` adaptive decisions (the encoder's counts) nor a level of more
-    than `max_nodes` nodes (a level never has more nodes than the cloud has points): a
-    decoder that goes past them stops with an error. verify=False (benchmarks only) falls
+    with adaptive_levels[l] set come from the adaptive stream (adaptive.py), those with
+    neighbour_levels[l] set from the neighbour coder's (neighbour.py, its tables sized by
+    max_nodes, the header's point count), the others from the learned one. Never decodes more
+    than `total_bits` learned, `adaptive_total` adaptive and `neighbour_total` neighbour-coded
+    decisions (the encoder's counts) nor a level of more than `max_nodes` nodes (a level never
+    has more nodes than the cloud has points): a decoder that goes past them stops with an
+    error. verify=False (benchmarks only) falls
     back to the decoder's own indices where the safeguard reports a disagreement, to measure
     what an unprotected decoder would return. `threads`: for the neighbour tables (the
     network's own threads are its own); no result depends on it.
@@ -247,9 +252,16 @@ def decompress(
     numerics beyond the bound), not as malformed: the decoder cannot tell the two apart. Before
     it, everything decoded is exact integer work, so a stream that breaks is malformed."""
     adaptive_levels = tuple(adaptive_levels or (False,) * depth)
+    neighbour_levels = tuple(neighbour_levels or (False,) * depth)
     use_adaptive = any(adaptive_levels)
     last_adaptive = max((lv for lv in range(depth) if adaptive_levels[lv]), default=-1)
+    # the last level that needs a neighbour table (learned or neighbour-coded)
     last_learned = max((lv for lv in range(depth) if not adaptive_levels[lv]), default=-1)
+    counted: neighbour.Decoder | None = None
+    if any(neighbour_levels):
+        if max_nodes is None:
+            raise ValueError("the neighbour coder's tables are sized by max_nodes")
+        counted = neighbour.Decoder(neighbour_data, max_nodes, lenient=not verify)
     decoder: entropy.Decoder | refine.Decoder | None = None
     mixed: mixing.Decoder | None = None
     if total_bits and mixed_points:
@@ -258,12 +270,14 @@ def decompress(
         decoder = (refine.Decoder(data, tables.cdfs[:, 1], lenient=not verify) if refined
                    else entropy.Decoder(data, tables, lenient=not verify))
     reader = _SyndromeReader if mode is Mode.SYNDROME else _SideReader
-    side = reader(side_info, mode, (depth - sum(adaptive_levels)) * N_PASSES)
+    side = reader(side_info, mode,
+                  (depth - sum(adaptive_levels) - sum(neighbour_levels)) * N_PASSES)
     model = adaptive.Model() if use_adaptive else None
     adaptive_decoder = adaptive.Decoder(adaptive_data) if use_adaptive else None
     codes = np.zeros(1, dtype=np.int64)
     level_tables, parent_bits = octree.LevelTables(threads), None
     all_indices, all_bits, adaptive_bits, used, used_adaptive = [], [], [], 0, 0
+    neighbour_bits, used_neighbour = [], 0
     learned_seen = False  # a learned pass decoded: later failures may be desynchronisation
 
     def fail(detail: str, exc: Exception | None = None) -> Exception:
@@ -292,6 +306,26 @@ def decompress(
                 # searches per node, several times this).
                 level_tables.table_of(codes, level, parent_bits)
             codes, parent_bits = octree.children(codes, bits), bits if chain else None
+            continue
+        if neighbour_levels[level]:
+            used_neighbour += N_PASSES * m
+            if used_neighbour > neighbour_total:
+                raise fail(f"more nodes than the neighbour stream codes at octree level {level}")
+            neighbours = level_tables.table_of(codes, level, parent_bits)
+            bits = np.zeros((m, N_PASSES), dtype=bool)
+            for k in range(N_PASSES):
+                contexts = mixing.pass_contexts(neighbours, bits, k, max_nodes)
+                try:
+                    bits[:, k] = counted.decode(contexts, k) == 1
+                except ContainerError as exc:
+                    raise fail(str(exc), exc) from exc
+                neighbour_bits.append(bits[:, k].copy())
+            if level < last_adaptive:
+                model.observe(adaptive.occupancy_bytes(bits))
+            del neighbours
+            if level == last_learned:
+                level_tables.release()
+            codes, parent_bits = octree.children(codes, bits), bits
             continue
         used += N_PASSES * m
         if used > total_bits:
@@ -326,9 +360,12 @@ def decompress(
     if used_adaptive != adaptive_total:
         raise fail(f"decoded {used_adaptive} adaptive occupancy bits but the stream codes "
                    f"{adaptive_total}")
+    if used_neighbour != neighbour_total:
+        raise fail(f"decoded {used_neighbour} neighbour-coded occupancy bits but the stream "
+                   f"codes {neighbour_total}")
     try:
         side.finish()
-        for learned_decoder in (decoder, mixed):
+        for learned_decoder in (decoder, mixed, counted):
             if learned_decoder is not None:
                 learned_decoder.finish()
         if adaptive_decoder is not None:
@@ -341,6 +378,8 @@ def decompress(
         occupancy=np.concatenate(all_bits) if all_bits else np.zeros(0, bool),
         adaptive_occupancy=(np.concatenate(adaptive_bits) if adaptive_bits
                             else np.zeros(0, bool)),
+        neighbour_occupancy=(np.concatenate(neighbour_bits) if neighbour_bits
+                             else np.zeros(0, bool)),
     )
 
 
