@@ -1,0 +1,690 @@
+"""The neighbour coder (pointcloud/neighbour.py) and the codec's format-5 "occupancy_neighbour"
+payload: the encoder's walk against the pass-by-pass decoder on real octree levels, the
+model's snapshot / restore, determinism, coders="neighbour", the per-level choice with it,
+the format gate (formats 3 and 4 never carry it), hostile layouts (CRCs recomputed, as an
+attacker would) and the rule that gives a level to it."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from reprocodec import container, entropy
+from reprocodec.errors import ContainerError, InputError, VerificationError
+from reprocodec.pointcloud import (
+    PointCloudCodec,
+    adaptive,
+    inspect_fields,
+    mixing,
+    neighbour,
+    octree,
+)
+from reprocodec.pointcloud.adaptive import AdaptiveStreamError
+from reprocodec.pointcloud.codec import (
+    ADAPTIVE_PAYLOAD,
+    LEARNED_PAYLOADS,
+    MIXED_PAYLOAD,
+    NEIGHBOUR_PAYLOAD,
+    NEIGHBOUR_PRICE,
+    ROW_PRICE,
+    _adaptive_levels,
+    _neighbour_wins,
+    _time_cost,
+    level_coders,
+)
+from reprocodec.pointcloud.rowslices import row_slices
+from reprocodec.safeguard import Mode
+
+ONE = 1 << 16
+UNIT = 1 << entropy.COST_FRACTION  # one bit in code-length units
+RINGS_DEPTH = 10
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return PointCloudCodec.load()
+
+
+def _box_surface(n: int) -> np.ndarray:
+    """The six faces of an axis-aligned n^3 box of integer voxels."""
+    g = np.arange(n)
+    u, v = (a.ravel() for a in np.meshgrid(g, g, indexing="ij"))
+    faces = []
+    for c in (0, n - 1):
+        for axis in range(3):
+            p = np.zeros((u.size, 3), np.int64)
+            others = [a for a in range(3) if a != axis]
+            p[:, axis], p[:, others[0]], p[:, others[1]] = c, u, v
+            faces.append(p)
+    return np.unique(np.concatenate(faces), axis=0).astype(np.float64)
+
+
+def _rings(seed: int, beams: int, azimuths: int, noise: float = 0.02) -> np.ndarray:
+    """Ground rings of a spinning sensor (conftest's ground_rings with other beam counts)."""
+    rng = np.random.default_rng(seed)
+    elevation, azimuth = np.meshgrid(np.deg2rad(np.linspace(-25, -2, beams)),
+                                     np.linspace(0, 2 * np.pi, azimuths, endpoint=False),
+                                     indexing="ij")
+    r = 1.8 / np.tan(-elevation) + rng.normal(0, noise, elevation.shape)
+    return np.stack([r * np.cos(azimuth), r * np.sin(azimuth),
+                     rng.normal(0, noise, r.shape)], -1).reshape(-1, 3)
+
+
+def _sphere(seed: int, n: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, 3))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _packed(msg):
+    """The message as a decoder gets it (packed, then unpacked and validated)."""
+    return container.unpack(container.pack(msg))
+
+
+@pytest.fixture(scope="module")
+def rings_levels(ground_rings):
+    voxels = octree.voxelize(ground_rings, RINGS_DEPTH).voxels
+    codes, bits = octree.build_levels(voxels, RINGS_DEPTH)
+    return codes, bits, voxels.shape[0]
+
+
+@pytest.fixture(scope="module")
+def rings_streams(codec, ground_rings):
+    """The ring cloud at depth 10 under each coders option (and auto at format 4)."""
+    out = {}
+    for key, coders, fmt in (("auto", "auto", 5), ("auto4", "auto", 4),
+                             ("smallest", "smallest", 5), ("adaptive", "adaptive", 5),
+                             ("neighbour", "neighbour", 5)):
+        out[key] = _packed(codec.encode(ground_rings, Mode.SYNDROME, depth=RINGS_DEPTH,
+                                        coders=coders, bitstream_format=fmt))
+    return out
+
+
+# ------------------------------------------------------------- the coder and its decoder
+
+
+def _walk(model, codes, bits, levels):
+    """The encoder's walk over `levels` of a real octree (tables chained over every level, as
+    the codec makes them): {level: (contexts, f0, cost)}; the model moves on."""
+    tables, out = octree.LevelTables(1), {}
+    for level in range(max(levels) + 1):
+        table = tables.table_of(codes[level], level, bits[level - 1] if level else None)
+        if level in levels:
+            out[level] = neighbour.walk_level(model, table, bits[level])
+    return out
+
+
+def _decode_levels(decoder, codes, levels, points):
+    """The decoder's side: each level pass by pass, contexts from its own tables (binary
+    searches here, not the encoder's chain) and the bits decoded so far. Returns the decoded
+    (M, 8) bits of each level, the contexts it computed, and the (level, pass) at which a
+    lenient decoder first reported a failure (None if never)."""
+    decoded, contexts, failed_at = {}, {}, None
+    for level in levels:
+        table = octree.neighbour_table(codes[level], level)
+        got = np.zeros((codes[level].size, 8), dtype=bool)
+        seen = []
+        for k in range(8):
+            ctx = mixing.pass_contexts(table, got, k, points)
+            seen.append(ctx)
+            got[:, k] = decoder.decode(ctx, k) == 1
+            if failed_at is None and getattr(decoder, "failed", False):
+                failed_at = (level, k)
+        decoded[level], contexts[level] = got, np.concatenate(seen)
+    return decoded, contexts, failed_at
+
+
+CODED_LEVELS = (2, 5, 6, 8, 9)  # not all of them: the state crosses skipped levels
+
+
+@pytest.fixture(scope="module")
+def mirror(rings_levels):
+    codes, bits, n = rings_levels
+    walked = _walk(neighbour.Model(n), codes, bits, CODED_LEVELS)
+    coded = np.concatenate([bits[lv].T.reshape(-1) for lv in CODED_LEVELS]).astype(np.uint8)
+    f0 = np.concatenate([walked[lv][1] for lv in CODED_LEVELS])
+    return walked, coded, f0, adaptive.encode(coded, f0)
+
+
+def test_walk_and_decoder_mirror_on_real_levels(rings_levels, mirror):
+    codes, bits, n = rings_levels
+    walked, coded, f0, data = mirror
+    for level in CODED_LEVELS:
+        contexts, level_f0, cost = walked[level]
+        level_bits = bits[level].T.reshape(-1).astype(np.uint8)  # pass-major
+        assert contexts.shape == level_f0.shape == level_bits.shape
+        assert level_f0.dtype == np.uint16
+        # the walk's code length is the code length of its own probabilities
+        assert cost == adaptive.code_length(level_bits, level_f0)
+    decoder = neighbour.Decoder(data, n)
+    decoded, contexts, failed_at = _decode_levels(decoder, codes, CODED_LEVELS, n)
+    decoder.finish()
+    assert failed_at is None and not decoder.failed
+    for level in CODED_LEVELS:
+        np.testing.assert_array_equal(decoded[level], bits[level])
+        # the decoder's contexts from its decoded bits are the encoder's from the true ones
+        np.testing.assert_array_equal(contexts[level], walked[level][0])
+    # consecutive coded levels: the next level's nodes follow from the decoded bits
+    np.testing.assert_array_equal(octree.children(codes[5], decoded[5]), codes[6])
+    # the state carried across levels matters: level 9 under a fresh model is coded otherwise
+    fresh = _walk(neighbour.Model(n), codes, bits, (9,))[9][1]
+    assert np.any(fresh != walked[9][1])
+
+
+def test_truncated_and_garbage_streams_are_refused_or_zeroed_when_lenient(rings_levels,
+                                                                          mirror):
+    codes, bits, n = rings_levels
+    _, _, _, data = mirror
+    half = len(data) // 8 * 4
+    cuts = [b"", data[:4], data[:8], data[:half], data[:-4], data[:-1], b"\x00" * len(data)]
+    for bad in cuts:
+        with pytest.raises(ContainerError) as info:
+            decoder = neighbour.Decoder(bad, n)
+            _decode_levels(decoder, codes, CODED_LEVELS, n)
+            decoder.finish()
+        assert isinstance(info.value, AdaptiveStreamError), repr(info.value)
+    # words left over at the end: everything decodes, finish refuses
+    decoder = neighbour.Decoder(data + b"\x00" * 4, n)
+    with pytest.raises(AdaptiveStreamError):
+        _decode_levels(decoder, codes, CODED_LEVELS, n)
+        decoder.finish()
+    # lenient: never a raise; the passes before the break are the encoder's bits, zeros after
+    order = [(lv, k) for lv in CODED_LEVELS for k in range(8)]
+    for bad in (b"", data[:8], data[:half], data[:-4]):
+        decoder = neighbour.Decoder(bad, n, lenient=True)
+        decoded, _, failed_at = _decode_levels(decoder, codes, CODED_LEVELS, n)
+        decoder.finish()
+        assert decoder.failed and failed_at is not None, len(bad)
+        for lv, k in order:
+            got = decoded[lv][:, k]
+            if order.index((lv, k)) < order.index(failed_at):
+                np.testing.assert_array_equal(got, bits[lv][:, k])
+            else:
+                assert not got.any(), (lv, k)
+        if bad == data[:half]:  # half a stream breaks off before its last pass
+            assert order.index(failed_at) < len(order) - 1
+    # lenient on a good stream is an ordinary decoder
+    decoder = neighbour.Decoder(data, n, lenient=True)
+    decoded, _, failed_at = _decode_levels(decoder, codes, CODED_LEVELS, n)
+    decoder.finish()
+    assert failed_at is None and not decoder.failed
+    for lv in CODED_LEVELS:
+        np.testing.assert_array_equal(decoded[lv], bits[lv])
+
+
+def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, mirror):
+    _, _, n = rings_levels
+    data = mirror[3]
+    size = 1 << mixing.context_bits(n)
+    coarse = 1 << mixing.coarse_bits(n)
+    good = np.zeros(8, np.int64)
+    for contexts, k in ((good, 8), (good, -1), (good - 1, 0), (good + size, 0),
+                        (good + (coarse << 32), 0)):
+        with pytest.raises(ValueError):
+            neighbour.Decoder(data, n).decode(contexts, k)
+    assert neighbour.Decoder(data, n).decode(good, 0).shape == (8,)  # in range: decoded
+    for contexts in (good + size, good + (coarse << 32), good - 1):  # the encoder's walk too
+        with pytest.raises(ValueError):
+            neighbour.walk_contexts(neighbour.Model(n), contexts, np.zeros((1, 8), bool))
+    with pytest.raises(ValueError):  # one context per bit
+        neighbour.walk_contexts(neighbour.Model(n), good[:3], np.zeros((1, 8), bool))
+
+
+# ---------------------------------------------------------------------- snapshot / restore
+
+
+def _arrays(model):
+    return [a.copy() for a in model.arrays()]
+
+
+def test_snapshot_restore_undoes_a_walk_exactly(rings_levels):
+    codes, bits, n = rings_levels
+    model = neighbour.Model(n)
+    _walk(model, codes, bits, (3, 4))  # a state that is not the initial one
+    tables = octree.LevelTables(1)
+    for level in range(8):
+        table = tables.table_of(codes[level], level, bits[level - 1] if level else None)
+    contexts = neighbour.level_contexts(table, bits[7], n)
+    fine, coarse = contexts & 0xFFFFFFFF, contexts >> 32
+    # a real level repeats contexts (both halves): the restore must put back the first value
+    assert np.unique(fine).size < fine.size and np.unique(coarse).size < coarse.size
+    before = _arrays(model)
+    saved = model.snapshot(contexts)
+    f0, cost = neighbour.walk_contexts(model, contexts, bits[7])
+    after = _arrays(model)
+    assert all(np.any(a != b) for a, b in zip(after, before, strict=True))  # all moved
+    model.restore(saved)
+    for a, b in zip(model.arrays(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a true undo: the same walk again gives the same probabilities and the same state
+    again, cost_again = neighbour.walk_contexts(model, contexts, bits[7])
+    np.testing.assert_array_equal(again, f0)
+    assert cost_again == cost
+    for a, b in zip(model.arrays(), after, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_snapshot_restore_with_only_a_few_repeated_contexts():
+    """Every bit of the level in one of three contexts (fine and coarse halves repeated, in
+    different combinations): fancy assignment with repeated indices still restores."""
+    points = 3000
+    size, coarse = 1 << mixing.context_bits(points), 1 << mixing.coarse_bits(points)
+    m = 60
+    rng = np.random.default_rng(4)
+    pool = np.array([0, size - 1, 17 | (coarse - 1) << 32], np.int64)
+    contexts = pool[rng.integers(0, 3, 8 * m)]
+    bits = rng.random((m, 8)) < 0.3
+    model = neighbour.Model(points)
+    neighbour.walk_contexts(model, rng.integers(0, size, 8 * m), rng.random((m, 8)) < 0.5)
+    before = _arrays(model)
+    saved = model.snapshot(contexts)
+    neighbour.walk_contexts(model, contexts, bits)
+    assert any(np.any(a != b) for a, b in zip(model.arrays(), before, strict=True))
+    model.restore(saved)
+    for a, b in zip(model.arrays(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------- determinism
+
+
+def test_probabilities_are_deterministic_integers(rings_levels):
+    codes, bits, n = rings_levels
+    levels = tuple(range(RINGS_DEPTH))
+    first = _walk(neighbour.Model(n), codes, bits, levels)
+    second = _walk(neighbour.Model(n), codes, bits, levels)
+    for level in levels:
+        _, f0, cost = first[level]
+        assert f0.dtype == np.uint16
+        assert f0.min() >= 1 and int(f0.max()) <= ONE - 1
+        np.testing.assert_array_equal(second[level][1], f0)
+        assert second[level][2] == cost
+    late = first[RINGS_DEPTH - 1][1]
+    assert np.unique(late).size > 100  # the model predicts: not a constant
+    # on a LiDAR sweep it codes the levels in fewer bits than the adaptive coder (the
+    # module docstring's claim; the same integer units)
+    adaptive_cost = _adaptive_levels(bits)[2]
+    assert sum(first[lv][2] for lv in levels) < sum(adaptive_cost)
+
+
+def test_streams_do_not_depend_on_threads(codec, ground_rings, rings_levels, rings_streams):
+    codes, _, _ = rings_levels
+    # the largest level's table is made in several slices on two threads
+    assert max(len(row_slices(c.size, 2)) for c in codes[:-1]) > 1
+    by_threads = {t: PointCloudCodec.load(threads=t) for t in (1, 2)}
+    for coders in ("neighbour", "auto"):
+        streams = {t: container.pack(c.encode(ground_rings, Mode.SYNDROME, depth=RINGS_DEPTH,
+                                              coders=coders))
+                   for t, c in by_threads.items()}
+        assert streams[1] == streams[2], coders
+        assert streams[1] == container.pack(rings_streams[coders])  # the default's too
+    expected = octree.voxelize(ground_rings, RINGS_DEPTH).voxels
+    for c in by_threads.values():
+        np.testing.assert_array_equal(c.decode(rings_streams["auto"]).voxels, expected)
+
+
+# ------------------------------------------------------------------- coders="neighbour"
+
+
+def _neighbour_clouds(ground_rings):
+    return {"box": (_box_surface(40), 7),
+            "random": (np.random.default_rng(0).integers(0, 512, (3000, 3)), 9),
+            "rings": (ground_rings, RINGS_DEPTH)}
+
+
+@pytest.mark.parametrize("name", ["box", "random", "rings"])
+def test_neighbour_on_every_level_round_trips(codec, ground_rings, name):
+    points, depth = _neighbour_clouds(ground_rings)[name]
+    voxels = octree.voxelize(points, depth).voxels
+    _, bits = octree.build_levels(voxels, depth)
+    msg = _packed(codec.encode(points, Mode.SYNDROME, depth=depth, coders="neighbour"))
+    assert msg.format_version == 5
+    assert level_coders(msg) == "N" * depth
+    assert [p.name for p in msg.payloads] == [NEIGHBOUR_PAYLOAD] and not msg.protected
+    payload = msg.payloads[0]
+    coded = sum(b.size for b in bits)  # 8 bits a node of every level
+    assert list(payload.shape) == [coded]
+    assert bytes(payload.data[:(depth + 7) // 8]) == adaptive.level_flags((True,) * depth)
+    fields = inspect_fields(msg)
+    assert fields["level_coders"] == "N" * depth
+    assert fields["neighbour_occupancy_bits"] == coded
+    assert fields["adaptive_occupancy_bits"] == fields["coded_occupancy_bits"] == 0
+    assert fields["learned_probabilities"] == "none"
+    out = codec.decode(msg)
+    assert out.bit_exact
+    np.testing.assert_array_equal(out.voxels, voxels)
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_neighbour_needs_format_5(codec, version):
+    with pytest.raises(InputError):
+        codec.encode(_box_surface(10), Mode.SYNDROME, depth=6, coders="neighbour",
+                     bitstream_format=version)
+
+
+# ------------------------------------------------------------------ the per-level choice
+
+
+def test_auto_gives_a_lidar_sweep_to_the_neighbour_coder(codec, ground_rings, rings_streams):
+    msg = rings_streams["auto"]
+    levels = level_coders(msg)
+    assert levels.count("N") >= RINGS_DEPTH // 2, levels  # the fine levels, mostly
+    assert msg.format_version == 5
+    assert NEIGHBOUR_PAYLOAD in [p.name for p in msg.payloads]
+    assert inspect_fields(msg)["level_coders"] == levels
+    out = codec.decode(msg)
+    assert out.bit_exact
+    np.testing.assert_array_equal(out.voxels,
+                                  octree.voxelize(ground_rings, RINGS_DEPTH).voxels)
+    older = rings_streams["auto4"]
+    assert "N" not in level_coders(older)
+    assert msg.ByteSize() < older.ByteSize()  # the neighbour coder's point on LiDAR
+    # never larger than the adaptive coder alone (the all-adaptive candidate)
+    assert msg.ByteSize() <= rings_streams["adaptive"].ByteSize()
+    assert rings_streams["smallest"].ByteSize() <= rings_streams["adaptive"].ByteSize()
+    # the neighbour coder on every level is smaller than the adaptive coder here too
+    assert rings_streams["neighbour"].ByteSize() < rings_streams["adaptive"].ByteSize()
+
+
+SPARSE = {
+    "rings_8_beams": (_rings(1, 8, 256), 9),
+    "sphere_samples": (_sphere(0, 3000), 10),
+    "rings_depth_8": (_rings(0, 16, 512), 8),
+}
+
+
+@pytest.mark.parametrize("name", list(SPARSE))
+def test_auto_on_sparse_clouds_keeps_the_guarantee(codec, name):
+    points, depth = SPARSE[name]
+    voxels = octree.voxelize(points, depth).voxels
+    new = _packed(codec.encode(points, Mode.SYNDROME, depth=depth))
+    old = codec.encode(points, Mode.SYNDROME, depth=depth, bitstream_format=4)
+    alone = codec.encode(points, Mode.SYNDROME, depth=depth, coders="adaptive")
+    assert new.ByteSize() <= alone.ByteSize()
+    assert new.ByteSize() <= old.ByteSize()
+    levels = level_coders(new)
+    assert ("N" in levels) == (new.format_version == 5)
+    if name.startswith("rings"):
+        assert "N" in levels, levels
+    out = codec.decode(new)
+    assert out.bit_exact
+    np.testing.assert_array_equal(out.voxels, voxels)
+
+
+def test_choices_that_mix_all_three_coders_decode_exactly(codec, ground_rings):
+    """Whatever auto and smallest pick decodes exactly; among these clouds some choice has
+    all three coders, one an adaptive level after a neighbour-coded one (the adaptive counts
+    walk the neighbour-coded bits), one a learned level after one (the table chain), and one
+    mixed learned levels beside neighbour-coded ones. Which cloud does depends on the
+    encoder's choices, hence several."""
+    rng = np.random.default_rng(8)
+    plane = np.stack(np.meshgrid(np.arange(60), np.arange(60), [5], indexing="ij"),
+                     -1).reshape(-1, 3)
+    clouds = [(ground_rings, RINGS_DEPTH), (_box_surface(40), 7),
+              (np.random.default_rng(0).integers(0, 512, (3000, 3)), 9),
+              (np.concatenate([rng.integers(0, 1024, (2000, 3)), plane]), 10)]
+    layouts, payloads = [], []
+    for points, depth in clouds:
+        points = np.asarray(points, np.float64)
+        voxels = octree.voxelize(points, depth).voxels
+        for coders in ("auto", "smallest"):
+            msg = _packed(codec.encode(points, Mode.SYNDROME, depth=depth, coders=coders))
+            levels = level_coders(msg)
+            out = codec.decode(msg)
+            assert out.bit_exact
+            np.testing.assert_array_equal(out.voxels, voxels)
+            layouts.append(levels)
+            payloads.append([p.name for p in msg.payloads])
+    assert any(set(levels) == set("LAN") for levels in layouts), layouts
+    assert any(re.search("N.*A", levels) for levels in layouts), layouts
+    assert any(re.search("N.*L", levels) for levels in layouts), layouts
+    # smallest's mixed learned levels around neighbour-coded ones (two count models side by
+    # side in the decoder)
+    assert [MIXED_PAYLOAD, ADAPTIVE_PAYLOAD, NEIGHBOUR_PAYLOAD] in payloads, payloads
+
+
+# ------------------------------------------------------------------------ the format gate
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_older_formats_never_carry_the_neighbour_payload(codec, ground_rings, version):
+    for coders in ("auto", "smallest", "adaptive", "learned"):
+        msg = codec.encode(ground_rings, Mode.SYNDROME, depth=RINGS_DEPTH, coders=coders,
+                           bitstream_format=version)
+        assert NEIGHBOUR_PAYLOAD not in [p.name for p in msg.payloads]
+        assert "N" not in level_coders(msg)
+        assert msg.format_version <= version
+        assert _packed(msg).format_version <= version
+
+
+def test_neighbour_streams_cannot_be_lowered_or_relabelled(codec, rings_streams):
+    for key in ("auto", "neighbour"):
+        msg = rings_streams[key]
+        for version in (2, 3, 4):
+            lowered = _packed(msg)
+            with pytest.raises(ValueError):
+                container.at_version(lowered, version)
+        kept = _packed(msg)
+        container.at_version(kept, 5)
+        assert kept.format_version == 5
+        relabelled = _packed(msg)
+        relabelled.format_version = 4
+        for payload in relabelled.payloads:  # CRCs as the container needs them
+            payload.crc32 = container.crc32(payload.data)
+        with pytest.raises(ContainerError):
+            container.validate(relabelled)
+        with pytest.raises(ContainerError):
+            container.unpack(relabelled.SerializeToString(deterministic=True))
+        with pytest.raises(ContainerError):
+            codec.decode(relabelled)
+
+
+# ------------------------------------------------------------------------ hostile streams
+
+
+def _reframed(msg, edit) -> bytes:
+    """The stream after `edit`, every CRC and the format label recomputed (as an attacker
+    would: what pack does, without its validation)."""
+    out = _packed(msg)
+    edit(out)
+    for p in out.payloads:
+        p.crc32 = container.crc32(p.data)
+    out.format_version = container.required_version(out)
+    return out.SerializeToString(deterministic=True)
+
+
+def _refused_or_exact(codec, data: bytes, expected: np.ndarray) -> str:
+    """The decoder's outcome: a refusal (ContainerError or VerificationError, by name), or
+    "exact" (and then the encoder's cloud); anything else fails the test."""
+    try:
+        out = codec.decode(container.unpack(data))
+    except ContainerError:  # AdaptiveStreamError included
+        return "ContainerError"
+    except VerificationError:
+        return "VerificationError"
+    np.testing.assert_array_equal(out.voxels, expected)
+    return "exact"
+
+
+def _index(msg, name: str) -> int:
+    return [p.name for p in msg.payloads].index(name)
+
+
+def _set_neighbour(edit_data):
+    def edit(m):
+        p = m.payloads[_index(m, NEIGHBOUR_PAYLOAD)]
+        p.data = edit_data(bytes(p.data))
+    return edit
+
+
+def _set_flags(value: int, size: int = 2):
+    return _set_neighbour(lambda d: value.to_bytes(size, "little") + d[2:])
+
+
+def _shape(value: int):
+    def edit(m):
+        m.payloads[_index(m, NEIGHBOUR_PAYLOAD)].shape[:] = [value]
+    return edit
+
+
+def _drop(name: str, protected: bool = False):
+    def edit(m):
+        del m.payloads[_index(m, name)]
+        if protected:
+            del m.protected[:]
+    return edit
+
+
+def _move_to(name: str, position: int):
+    def edit(m):
+        payloads = [type(p)() for p in m.payloads]
+        for copy, p in zip(payloads, m.payloads, strict=True):
+            copy.CopyFrom(p)
+        moved = payloads.pop(_index(m, name))
+        payloads.insert(position, moved)
+        del m.payloads[:]
+        m.payloads.extend(payloads)
+    return edit
+
+
+def _rename(old: str, new: str):
+    def edit(m):
+        m.payloads[_index(m, old)].name = new
+    return edit
+
+
+def test_hostile_layouts_around_neighbour_levels_are_refused(codec, ground_rings,
+                                                             rings_streams):
+    msg = rings_streams["auto"]
+    levels = level_coders(msg)
+    names = [p.name for p in msg.payloads]
+    assert names[0] in LEARNED_PAYLOADS and names[1:] == [ADAPTIVE_PAYLOAD, NEIGHBOUR_PAYLOAD]
+    assert set(levels) == set("LAN"), levels
+    expected = octree.voxelize(ground_rings, RINGS_DEPTH).voxels
+    n, depth = int(msg.point_cloud.num_points), RINGS_DEPTH
+    flags = sum(1 << lv for lv, c in enumerate(levels) if c == "N")
+    first = {c: levels.index(c) for c in "LAN"}
+    total = int(msg.payloads[-1].shape[0])
+    edits = {
+        "N flag on an adaptive level": _set_flags(flags | 1 << first["A"]),
+        "N flag on a learned level": _set_flags(flags | 1 << first["L"]),
+        "an N level's flag cleared": _set_flags(flags & ~(1 << first["N"])),
+        "a flag past the depth": _set_flags(flags | 1 << depth),
+        "no flag": _set_flags(0),
+        "flags too short": _set_neighbour(lambda d: d[:1]),
+        "three flag bytes": _set_flags(flags, 3),
+        "neighbour payload first": _move_to(NEIGHBOUR_PAYLOAD, 0),
+        "neighbour before adaptive": _move_to(NEIGHBOUR_PAYLOAD, 1),
+        "learned payload last": _move_to(names[0], 2),
+        "shape + 8": _shape(total + 8),
+        "shape - 8": _shape(total - 8),
+        "shape + 3": _shape(total + 3),
+        "shape 8 n depth + 8": _shape(8 * n * depth + 8),
+        "shape huge": _shape((1 << 31) - 8),
+        "learned payload dropped": _drop(names[0], protected=True),
+        "learned payload dropped, record kept": _drop(names[0]),
+        "neighbour payload dropped": _drop(NEIGHBOUR_PAYLOAD),
+        "adaptive payload dropped": _drop(ADAPTIVE_PAYLOAD),
+        "neighbour payload renamed": _rename(NEIGHBOUR_PAYLOAD, "occupancy_other"),
+        "rANS words dropped": _set_neighbour(lambda d: d[:-4]),
+        "a byte dropped": _set_neighbour(lambda d: d[:-1]),
+        "flags only": _set_neighbour(lambda d: d[:2]),
+        "a word appended": _set_neighbour(lambda d: d + b"\x00" * 4),
+        "rANS zeroed": _set_neighbour(lambda d: d[:2] + b"\x00" * (len(d) - 2)),
+    }
+    outcomes = {what: _refused_or_exact(codec, _reframed(msg, edit), expected)
+                for what, edit in edits.items()}
+    assert "exact" not in outcomes.values(), outcomes
+
+
+def test_hostile_neighbour_data_is_refused(codec, rings_streams, ground_rings):
+    """An all-neighbour stream: nothing learned is decoded, so a stream that breaks is
+    malformed (ContainerError) or fails its checksums (VerificationError), never another
+    error or a wrong cloud."""
+    msg = rings_streams["neighbour"]
+    expected = octree.voxelize(ground_rings, RINGS_DEPTH).voxels
+    good = bytes(msg.payloads[0].data)
+    flags, rans = good[:2], good[2:]
+    variants = [b"", good[:1], flags, flags + rans[:4], flags + rans[:8], good[:-4],
+                good[:-1], good[:len(good) // 2], flags + rans[:len(rans) // 2 // 4 * 4],
+                good + b"\x00" * 4, good + b"\x01", flags + b"\xff" * len(rans),
+                flags + b"\xff" * (1 << 16)]
+    truncated = [_refused_or_exact(codec, _reframed(msg, _set_neighbour(lambda _, v=v: v)),
+                                   expected) for v in variants]
+    assert set(truncated) == {"ContainerError"}, truncated
+    rng = np.random.default_rng(9)
+    positions = [2, 3, 9, len(good) - 1] + rng.integers(2, len(good), 16).tolist()
+    flipped = []
+    for position in positions:
+        edit = bytearray(good)
+        edit[position] ^= 1 << int(rng.integers(8))
+        flipped.append(_refused_or_exact(
+            codec, _reframed(msg, _set_neighbour(lambda _, e=bytes(edit): e)), expected))
+    assert flipped.count("exact") <= 1, flipped
+    # the neighbour bytes under the adaptive coder's name (a format 2/3 stream) are refused
+    renamed = _refused_or_exact(codec, _reframed(msg, _rename(NEIGHBOUR_PAYLOAD,
+                                                              ADAPTIVE_PAYLOAD)), expected)
+    assert renamed != "exact"
+
+    def fewer_points(m):
+        m.point_cloud.num_points = 5
+        m.point_cloud.checksum = container.point_cloud_header_checksum(m.point_cloud)
+
+    with pytest.raises(ContainerError, match="nodes|impossible"):
+        codec.decode(container.unpack(_reframed(msg, fewer_points)))
+
+
+# ------------------------------------------------------------------------ the choice rule
+
+
+def _learned(cost: int) -> SimpleNamespace:
+    return SimpleNamespace(cost=cost)  # a stand-in for coder.LearnedLevel
+
+
+# rows: 64 bits a level, so that a row costs 1/16 bit learned (4 bits for the level) and 1/64
+# bit neighbour-coded (1 bit for the level) at the shipped prices
+ROWS = 64
+NEIGHBOUR_RULE = [
+    # (neighbour cost, adaptive cost, learned cost or None, price, expected), in bits
+    # no learned coding: N needs cost + 1 bit < adaptive
+    (10, 12, None, ROW_PRICE, True),
+    (10, 11, None, ROW_PRICE, False),  # a tie with its time priced stays adaptive
+    (10, 10, None, ROW_PRICE, False),
+    (11, 10, None, ROW_PRICE, False),
+    # learned wins against adaptive (learned + 4 < adaptive): N only for strictly fewer bits
+    (9, 20, 10, ROW_PRICE, True),
+    (10, 20, 10, ROW_PRICE, False),  # a tie stays learned
+    (11, 20, 10, ROW_PRICE, False),  # though 11 + 1 < 20 would beat the adaptive coder
+    (0, 20, 10, ROW_PRICE, True),
+    # learned loses or ties against adaptive (learned + 4 >= adaptive): N against adaptive
+    (8, 14, 10, ROW_PRICE, True),  # learned + 4 == adaptive: a tie goes to adaptive
+    (13, 14, 10, ROW_PRICE, False),  # 13 + 1 == 14
+    (12, 14, 10, ROW_PRICE, True),  # more bits than the learned coding, but it lost
+    (9, 13, 10, ROW_PRICE, True),
+    # by bits alone (smallest): no time priced
+    (10, 11, None, (0, 1), True),
+    (10, 10, None, (0, 1), False),
+    (9, 11, 10, (0, 1), True),  # learned wins (10 < 11): N for fewer bits
+    (10, 11, 10, (0, 1), False),
+    (10, 10, 10, (0, 1), False),  # learned ties adaptive: N against adaptive, a tie
+    (9, 10, 10, (0, 1), True),
+]
+
+
+@pytest.mark.parametrize("cost, adaptive_cost, learned, price, expected", NEIGHBOUR_RULE)
+def test_the_rule_that_gives_a_level_to_the_neighbour_coder(cost, adaptive_cost, learned,
+                                                            price, expected):
+    assert ROW_PRICE == (1, 16) and NEIGHBOUR_PRICE == (1, 64)  # the prices the table assumes
+    lv = None if learned is None else _learned(learned * UNIT)
+    assert _neighbour_wins(cost * UNIT, adaptive_cost * UNIT, lv, ROWS, price) is expected
+
+
+def test_time_cost_prices_learned_rows_and_neighbour_bits():
+    rows = [64, 128, 640, 32]
+    assert _time_cost("AAAA", rows, ROW_PRICE) == 0
+    assert _time_cost("LAAA", rows, ROW_PRICE) == 4 * UNIT  # 64 / 16
+    assert _time_cost("ANAA", rows, ROW_PRICE) == 2 * UNIT  # 128 / 64
+    assert _time_cost("LNNL", rows, ROW_PRICE) == 6 * UNIT + 12 * UNIT  # 96 / 16, 768 / 64
+    assert _time_cost("LNNL", rows, (0, 1)) == 0  # by bits alone
