@@ -239,27 +239,28 @@ def _arrays(model):
     return [a.copy() for a in model.arrays()]
 
 
-def test_snapshot_restore_undoes_a_walk_exactly(rings_levels):
+@pytest.mark.parametrize("level", [7, 9])  # a mid level and the largest one
+def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level):
     codes, bits, n = rings_levels
     model = neighbour.Model(n)
     _walk(model, codes, bits, (3, 4))  # a state that is not the initial one
     tables = octree.LevelTables(1)
-    for level in range(8):
-        table = tables.table_of(codes[level], level, bits[level - 1] if level else None)
-    contexts = neighbour.level_contexts(table, bits[7], n)
+    for lv in range(level + 1):
+        table = tables.table_of(codes[lv], lv, bits[lv - 1] if lv else None)
+    contexts = neighbour.level_contexts(table, bits[level], n)
     fine, coarse = contexts & 0xFFFFFFFF, contexts >> 32
     # a real level repeats contexts (both halves): the restore must put back the first value
     assert np.unique(fine).size < fine.size and np.unique(coarse).size < coarse.size
     before = _arrays(model)
     saved = model.snapshot(contexts)
-    f0, cost = neighbour.walk_contexts(model, contexts, bits[7])
+    f0, cost = neighbour.walk_contexts(model, contexts, bits[level])
     after = _arrays(model)
     assert all(np.any(a != b) for a, b in zip(after, before, strict=True))  # all moved
     model.restore(saved)
     for a, b in zip(model.arrays(), before, strict=True):
         np.testing.assert_array_equal(a, b)
     # a true undo: the same walk again gives the same probabilities and the same state
-    again, cost_again = neighbour.walk_contexts(model, contexts, bits[7])
+    again, cost_again = neighbour.walk_contexts(model, contexts, bits[level])
     np.testing.assert_array_equal(again, f0)
     assert cost_again == cost
     for a, b in zip(model.arrays(), after, strict=True):
