@@ -46,6 +46,8 @@ differences would have to come from elsewhere (another instruction set, a GPU).
 Release 0.4.0 adds a `--smallest` stream per sample and depth (mixed probabilities, format 4;
 108 streams in all): every one bit-exact in both directions and byte-identical between the
 two encoders.
+Release 0.5.0 adds a stream per sample and depth whose every level is neighbour-coded (format
+5, no network: integers only).
 """
 
 from __future__ import annotations
@@ -271,6 +273,11 @@ def code_jobs(images: list[Path], depths: list[int], levels: list[str]) -> list[
                              "kind": "point_cloud", "model": info.name, "input": str(f),
                              "depth": depth, "mode": "syndrome", "coders": "smallest",
                              "class": "point cloud syndrome smallest"})
+                # every level neighbour-coded (format 5; auto gives it the levels it wins)
+                jobs.append({"id": f"{info.name}__{f.stem}@{depth}__neighbour",
+                             "kind": "point_cloud", "model": info.name, "input": str(f),
+                             "depth": depth, "mode": "none", "coders": "neighbour",
+                             "class": "point cloud neighbour"})
     return jobs
 
 

@@ -114,9 +114,10 @@ IMAGE_SEEDS = [
 ]
 # (sample or None for an empty cloud, depth, mode, coders): "auto" as users encode (small
 # clouds at shallow depths go all adaptive), "learned" so protected occupancy logits are always
-# among the seeds, "smallest" for the mixed payload (format 4). The "auto" and "smallest"
-# seeds are given as integer voxels (format 3: the identity placement omitted), the others as
-# the rescaled sample (format 2: the placement written out).
+# among the seeds, "smallest" for the mixed payload (format 4), "neighbour" for the neighbour
+# coder's payload on every level (format 5). The "auto", "smallest" and "neighbour" seeds are
+# given as integer voxels (the identity placement omitted), the others as the rescaled sample
+# (format 2: the placement written out).
 CLOUD_SEEDS = [
     ("camel_d6", 3, "syndrome", "learned"),
     ("camel_d6", 3, "syndrome", "auto"),
@@ -127,6 +128,8 @@ CLOUD_SEEDS = [
     (None, 4, "syndrome", "auto"),
     ("camel_d6", 6, "syndrome", "smallest"),
     ("elephant_d7", 7, "none", "smallest"),
+    ("camel_d6", 6, "syndrome", "neighbour"),
+    ("elephant_d7", 5, "none", "neighbour"),
 ]
 
 
@@ -178,7 +181,7 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
         for sample, depth, mode, coders in CLOUD_SEEDS:
             points = (read_ply(SAMPLES / f"{sample}.ply") if sample
                       else np.zeros((0, 3), np.float64))
-            if sample and coders in ("auto", "smallest"):
+            if sample and coders in ("auto", "smallest", "neighbour"):
                 points = octree.voxelize(points, depth).voxels
             msg = codec.encode(points, mode, depth=depth, coders=coders)
             i = len(meta)
@@ -210,7 +213,8 @@ DOUBLE_EDGE = [0.0, -0.0, 5e-324, 1e-300, 1e-12, 1e-6, 1e-3, 0.1, 0.5, 1.0, 16.0
 NAMES = ["", "z", "y", "occupancy", "scale_index", "mean_grid", "pixels", "occupancy_logit",
          "y.anchors", "y.non_anchors", "scale_index.anchors", "scale_index.non_anchors",
          "mean_grid.anchors", "mean_grid.non_anchors", "occupancy_adaptive", "occupancy_refined",
-         "occupancy_mixed", "Y", "z ", "x" * 128, "x" * 129, "\u00e9", "a\tb", "y\x00"]
+         "occupancy_mixed", "occupancy_neighbour", "Y", "z ", "x" * 128, "x" * 129, "\u00e9",
+         "a\tb", "y\x00"]
 ENUMS = [0, 1, 2, 3, 4, 5, 99, 1 << 20, -1]
 
 
@@ -418,9 +422,9 @@ def f_top(msg: pb.Bitstream, rng: random.Random, plan: Plan, seed: Seed) -> None
     if which == 0:
         msg.magic = rng.choice([0, container.MAGIC ^ 1, 0xFFFFFFFF, 0x52504344])
     elif which == 1:
-        # 2, 3 and 4 are read: the placement a version may omit and the payloads only format 4
-        # has are checked against it
-        msg.format_version = rng.choice([0, 1, 2, 3, 4, 5, 255, (1 << 32) - 1])
+        # 2 to 5 are read: the placement a version may omit and the payloads only formats 4
+        # and 5 have are checked against it
+        msg.format_version = rng.choice([0, 1, 2, 3, 4, 5, 6, 255, (1 << 32) - 1])
     elif which == 2:
         msg.codec = rng.choice(ENUMS)
     elif which == 3:

@@ -5,7 +5,7 @@ coder on held-out clouds, and the cross-profile decode matrix.
     pip install -e '.[bench]'                                    # DracoPy, laspy, lazrs
     python bench/pointcloud.py [--data data/pc] [--matrix-depth 8] [--json out.json]
     python bench/pointcloud.py --clouds [--scale 1] [--runs 3] [--learned] [--threads 1]
-                                        [--smallest]
+                                        [--smallest] [--bitstream-format 4]
     python -m reprocodec.train.realscans --out data/real              # once: two real scans
     python bench/pointcloud.py --clouds --real data/real [--real-depths 10,12]
 
@@ -15,9 +15,11 @@ coder on held-out clouds, and the cross-profile decode matrix.
 seconds of --runs runs, peak RSS, bits per point of ours (whole stream), of the adaptive coder
 alone (its rANS bytes), of the learned model alone (--learned), Draco and LAZ (when the bench
 extra is installed; otherwise a note says they were skipped), the coder of each octree level
-(L learned, A adaptive) and a lossless check. --smallest encodes with coders="smallest" (the
-per-level choice by bits alone, and mixed probabilities at format 4; probs: the learned levels'
-probabilities, model / refined / mixed, or none).
+(L learned, A adaptive, N neighbour coder) and a lossless check. --smallest encodes with
+coders="smallest" (the per-level choice by bits alone, and mixed probabilities from format 4;
+probs: the learned levels' probabilities, model / refined / mixed, or none).
+--bitstream-format V: the newest format the streams may need (4: no neighbour coder, as the
+0.4.0 release wrote; the default, the newest).
 
 --real DIR replaces the synthetic clouds by every DIR/*.ply (real scans: an airborne LiDAR tile
 and a statue scan from reprocodec.train.realscans) at each of --real-depths.
@@ -292,6 +294,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
     """One cloud in a fresh process: encode and decode `runs` times (medians), peak RSS."""
     from reprocodec import container
     from reprocodec.pointcloud import LEARNED_PROBABILITIES, adaptive
+    from reprocodec.pointcloud.codec import level_coders
 
     voxels = np.load(args.cloud)
     depth = args.depth
@@ -301,7 +304,8 @@ def _measure_worker(args: argparse.Namespace) -> int:
     enc, dec, enc_cpu, dec_cpu = [], [], [], []
     for _ in range(args.runs):
         t0, c0 = time.perf_counter(), time.process_time()
-        msg = codec.encode(voxels, depth=depth, coders=args.coders)
+        msg = codec.encode(voxels, depth=depth, coders=args.coders,
+                           bitstream_format=args.bitstream_format or container.FORMAT_VERSION)
         packed = container.pack(msg)
         t1, c1 = time.perf_counter(), time.process_time()
         out = codec.decode(container.unpack(packed))
@@ -312,16 +316,13 @@ def _measure_worker(args: argparse.Namespace) -> int:
         dec_cpu.append(c2 - c1)
     peak_mb = _peak_rss_mb()
     names = [p.name for p in msg.payloads]
-    levels = "L" * depth
-    if "occupancy_adaptive" in names:
-        flags, _ = adaptive.read_level_flags(msg.payloads[-1].data, depth)
-        levels = "".join("A" if a else "L" for a in flags)
+    levels = level_coders(msg)
     n = voxels.shape[0]
     row = {"points": n, "depth": depth, "ours_bpp": 8 * len(packed) / n,
            "ours_payload_bpp": 8 * sum(len(p.data) for p in msg.payloads) / n,
            "protection_bpp": 8 * container.protection_bytes(msg) / n, "levels": levels,
            "probs": LEARNED_PROBABILITIES.get(names[0] if names else "", "none"),
-           "coders": args.coders,
+           "coders": args.coders, "format": msg.format_version,
            "ours_lossless": bool(np.array_equal(out.voxels, voxels)),
            "adaptive_bpp": 8 * adaptive.encoded_size(voxels, depth) / n,
            "encode_s": float(np.median(enc)), "decode_s": float(np.median(dec)),
@@ -357,7 +358,8 @@ def _others(voxels: np.ndarray, depth: int, row: dict, notes: set[str], tmc3: st
 def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: int,
                 learned: bool, skip_others: bool, tmc3: str | None = None,
                 model: str = DEFAULT_MODEL, weights_dir: str | None = None,
-                coders: str = "auto") -> tuple[list[dict], list[str]]:
+                coders: str = "auto", bitstream_format: int | None = None
+                ) -> tuple[list[dict], list[str]]:
     rows, notes = [], set()
     me = [sys.executable, str(Path(__file__).resolve())]
     with tempfile.TemporaryDirectory() as tmp:
@@ -368,7 +370,9 @@ def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: i
             cmd = me + ["--measure-worker", "--cloud", str(path), "--depth", str(depth),
                         "--runs", str(runs), "--threads", str(threads), "--result", str(result),
                         "--model", model, "--coders", coders] + (
-                            ["--weights-dir", weights_dir] if weights_dir else [])
+                            ["--weights-dir", weights_dir] if weights_dir else []) + (
+                            ["--bitstream-format", str(bitstream_format)]
+                            if bitstream_format else [])
             subprocess.run(cmd + (["--learned"] if learned else []), check=True)
             row = {"cloud": name, **json.loads(result.read_text())}
             if not skip_others:
@@ -540,6 +544,9 @@ def main() -> int:
                     help="--clouds: MPEG G-PCC's tmc3 binary (TMC13) for a G-PCC column")
     ap.add_argument("--smallest", action="store_true",
                     help="--clouds: encode with coders=\"smallest\" (mixed probabilities too)")
+    ap.add_argument("--bitstream-format", type=int, default=None,
+                    help="--clouds: the newest bitstream format the streams may need (default: "
+                         "the newest; 4 as release 0.4.0 wrote, without the neighbour coder)")
     ap.add_argument("--coders", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--measure-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cloud", help=argparse.SUPPRESS)
@@ -559,7 +566,8 @@ def main() -> int:
                   else synthetic_clouds(args.scale))
         rows, notes = cloud_table(clouds, args.runs, args.threads,
                                   args.learned, args.skip_others, args.tmc3, args.model,
-                                  args.weights_dir, "smallest" if args.smallest else "auto")
+                                  args.weights_dir, "smallest" if args.smallest else "auto",
+                                  args.bitstream_format)
         print_cloud_table(rows, notes)
         if args.json:
             Path(args.json).write_text(json.dumps({"clouds": rows, "notes": notes}, indent=1))

@@ -392,9 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(smaller streams; sparse clouds decode slower)")
     e.add_argument("--bitstream-format", type=int, choices=sorted(SUPPORTED_VERSIONS),
                    default=FORMAT_VERSION,
-                   help="the newest bitstream format to write: 3 for decoders of reprocodec "
-                        "0.3.0 (no mixed probabilities, which --smallest may use), 2 for 0.2.0 "
-                        "(also the placement of integer voxel clouds written out)")
+                   help="the newest bitstream format to write: 4 for decoders of reprocodec "
+                        "0.4.0 (no neighbour-coded point-cloud levels), 3 for 0.3.0 (no mixed "
+                        "probabilities, which --smallest may use), 2 for 0.2.0 (also the "
+                        "placement of integer voxel clouds written out)")
     e.set_defaults(func=cmd_encode)
 
     d = sub.add_parser("decode", help="decompress .rpc files to .png / .ply")

@@ -22,6 +22,7 @@ from reprocodec.pointcloud import (
     neighbour,
     octree,
 )
+from reprocodec.pointcloud import codec as codec_module
 from reprocodec.pointcloud.adaptive import AdaptiveStreamError
 from reprocodec.pointcloud.codec import (
     ADAPTIVE_PAYLOAD,
@@ -92,13 +93,18 @@ def rings_levels(ground_rings):
 
 @pytest.fixture(scope="module")
 def rings_streams(codec, ground_rings):
-    """The ring cloud at depth 10 under each coders option (and auto at format 4)."""
+    """The ring cloud at depth 10 under each coders option (and auto at format 4); "by_level":
+    auto without the all-neighbour candidate (a small cloud's), the level-by-level choice,
+    which mixes all three coders here."""
     out = {}
     for key, coders, fmt in (("auto", "auto", 5), ("auto4", "auto", 4),
                              ("smallest", "smallest", 5), ("adaptive", "adaptive", 5),
                              ("neighbour", "neighbour", 5)):
         out[key] = _packed(codec.encode(ground_rings, Mode.SYNDROME, depth=RINGS_DEPTH,
                                         coders=coders, bitstream_format=fmt))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(codec_module, "EVERY_NEIGHBOUR_BITS", 0)
+        out["by_level"] = _packed(codec.encode(ground_rings, Mode.SYNDROME, depth=RINGS_DEPTH))
     return out
 
 
@@ -389,6 +395,18 @@ def test_auto_gives_a_lidar_sweep_to_the_neighbour_coder(codec, ground_rings, ri
     assert rings_streams["neighbour"].ByteSize() < rings_streams["adaptive"].ByteSize()
 
 
+def test_a_small_cloud_also_tries_the_neighbour_coder_on_every_level(codec, rings_streams):
+    """The level-by-level choice does not see the framing of the payloads it adds (a learned
+    payload and its protected record, an adaptive one): on a cloud this small the
+    all-neighbour stream can be smaller, and auto tries it (it has fewer coded bits than
+    EVERY_NEIGHBOUR_BITS)."""
+    auto, by_level = rings_streams["auto"], rings_streams["by_level"]
+    assert sum(int(p.shape[0]) for p in auto.payloads) <= codec_module.EVERY_NEIGHBOUR_BITS
+    assert set(level_coders(by_level)) == set("LAN")
+    assert auto.ByteSize() <= min(by_level.ByteSize(), rings_streams["neighbour"].ByteSize())
+    assert auto.ByteSize() < by_level.ByteSize()  # here the all-neighbour stream won
+
+
 SPARSE = {
     "rings_8_beams": (_rings(1, 8, 256), 9),
     "sphere_samples": (_sphere(0, 3000), 10),
@@ -414,12 +432,14 @@ def test_auto_on_sparse_clouds_keeps_the_guarantee(codec, name):
     np.testing.assert_array_equal(out.voxels, voxels)
 
 
-def test_choices_that_mix_all_three_coders_decode_exactly(codec, ground_rings):
+def test_choices_that_mix_all_three_coders_decode_exactly(codec, ground_rings, monkeypatch):
     """Whatever auto and smallest pick decodes exactly; among these clouds some choice has
     all three coders, one an adaptive level after a neighbour-coded one (the adaptive counts
     walk the neighbour-coded bits), one a learned level after one (the table chain), and one
     mixed learned levels beside neighbour-coded ones. Which cloud does depends on the
-    encoder's choices, hence several."""
+    encoder's choices, hence several. These clouds are small enough for the all-neighbour
+    candidate, which often wins: it is off here, to decode the level-by-level choices."""
+    monkeypatch.setattr(codec_module, "EVERY_NEIGHBOUR_BITS", 0)
     rng = np.random.default_rng(8)
     plane = np.stack(np.meshgrid(np.arange(60), np.arange(60), [5], indexing="ij"),
                      -1).reshape(-1, 3)
@@ -558,7 +578,7 @@ def _rename(old: str, new: str):
 
 def test_hostile_layouts_around_neighbour_levels_are_refused(codec, ground_rings,
                                                              rings_streams):
-    msg = rings_streams["auto"]
+    msg = rings_streams["by_level"]
     levels = level_coders(msg)
     names = [p.name for p in msg.payloads]
     assert names[0] in LEARNED_PAYLOADS and names[1:] == [ADAPTIVE_PAYLOAD, NEIGHBOUR_PAYLOAD]

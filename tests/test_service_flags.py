@@ -14,7 +14,7 @@ from reprocodec.server.main import build_parser, serve
     ["--tls-client-ca", "ca.pem"],                 # mutual TLS without TLS
     ["--max-concurrency", "0"],
     ["--max-message-mb", "0"],
-    ["--bitstream-format", "5"],                   # a format this version does not write
+    ["--bitstream-format", "6"],                   # a format this version does not write
 ])
 def test_misconfiguration_exits_with_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -114,7 +114,7 @@ def test_a_request_lowers_the_format_and_an_unknown_one_is_refused():
         depth=6, smallest=True, max_format_version=3), camel, "cpu").bitstream
     assert lowered.format_version == 3
     assert all(p.name != "occupancy_mixed" for p in lowered.payloads)
-    for bad in (1, 5):
+    for bad in (1, 6):
         with pytest.raises(InputError, match="max_format_version"):
             encode_point_cloud(codecs, service_pb2.EncodePointCloudRequest(
                 depth=6, smallest=True, max_format_version=bad), camel, "cpu")

@@ -11,14 +11,20 @@
     adaptive: per node, per child                adaptive: per node, per child
       f0 = counts[context] (integers)              f0 = counts[context]         (exact)
       rANS encode bit; update counts               bit = rANS decode; update counts
+    neighbour: per pass k, per node              neighbour: per pass k, per node
+      f0 = mix(counts[neighbourhood])              f0 = mix(counts[neighbourhood]) (exact)
+      rANS encode bit; update counts, mixer        bit = rANS decode; update counts, mixer
                                                  voxels = leaves; checksums of bits, indices,
                                                  voxels
 
 The encoder picks the coder of each level (coders="auto"): the learned model wins on the dense
 surfaces it was trained on, the adaptive context coder (adaptive.py) on sparse, noisy or
 unusual clouds, where the model is confidently wrong, and on levels where the model saves
-less than ROW_PRICE bits per network row. The stream is never larger than the adaptive coder's
-alone plus the few bytes that say which levels it codes.
+less than ROW_PRICE bits per network row; from format 5 the neighbour coder (neighbour.py:
+count models of each child's neighbourhood, no network) where it codes a level in fewer bits
+than the model, or in enough fewer than the adaptive coder (scan-like clouds, LiDAR). The
+stream is never larger than the adaptive coder's alone plus the few bytes that say which
+levels it codes.
 
 Stream layout (container format 2 and later, additive): payload "occupancy" (the learned
 levels' rANS stream, shape [their coded bits], with the protected tensor "occupancy_logit";
@@ -26,7 +32,9 @@ or the same bits under refined probabilities, "occupancy_refined", or from forma
 mixed ones, "occupancy_mixed"),
 payload "occupancy_adaptive" (ceil(depth / 8) bytes of level flags, bit l set when level l is
 adaptive, then that coder's rANS stream; shape [its coded bits]; its symbols checksum covers
-the flags and the bits), or both, in that order. A stream with every level learned is exactly
+the flags and the bits), from format 5 payload "occupancy_neighbour" (the same layout for the
+neighbour coder's levels, its bits pass-major within each level), or several of them, in
+that order, each level named by one. A stream with every level learned is exactly
 the earlier layout, so streams written before the adaptive coder existed still decode.
 
 With mode `none` each side uses its own floats; a flipped index desynchronises rANS, and the
@@ -110,6 +118,9 @@ ROW_PRICE = (1, 16)
 # learned model for it only for fewer bits (so dense surfaces keep the model's compression),
 # and leaves the adaptive coder for it when it saves more than this a bit.
 NEIGHBOUR_PRICE = (1, 64)
+# Clouds of at most this many coded bits (8 a node; 32 k nodes) also try the neighbour coder on
+# every level, beside the level-by-level choice (a second walk: a few ms at this size)
+EVERY_NEIGHBOUR_BITS = 1 << 18
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
 # Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8.
 MAX_CODED_BITS = 1 << 28
@@ -181,11 +192,13 @@ class PointCloudCodec:
         (adaptive.py). coders="auto" (the default) picks, per level, whichever the encoder
         finds cheaper, counting each network row at ROW_PRICE bits, and keeps the cheapest of
         that choice, all levels adaptive and all levels learned: the stream is never larger
-        than the adaptive coder's stream plus the few bytes that signal it. "smallest" makes
-        the same choice by bits alone, and at bitstream_format 4 also tries mixed probabilities
-        for the learned levels (MIXED_PAYLOAD). "learned" and "adaptive" force one coder on
-        every level (tests and benchmarks). bitstream_format: the newest format the stream may
-        need (container.at_version converts what it can; a mixed payload it cannot)."""
+        than the adaptive coder's stream plus the few bytes that signal it. From
+        bitstream_format 5 both try the neighbour coder on every level (_neighbour_wins).
+        "smallest" makes the same choice by bits alone, and from bitstream_format 4 also tries
+        mixed probabilities for the learned levels (MIXED_PAYLOAD). "learned", "adaptive" and
+        "neighbour" force one coder on every level (tests and benchmarks). bitstream_format:
+        the newest format the stream may need (container.at_version converts what it can;
+        a mixed or neighbour payload it cannot)."""
         mode = options.parse_mode(mode)
         if coders not in CODERS:
             raise InputError(f"coders must be one of {', '.join(CODERS)}, got {coders!r}")
@@ -217,9 +230,9 @@ class PointCloudCodec:
         # Before the model's levels, on this thread: beside them on a pool thread it saved a
         # few per cent but kept ~90 MB more at 1.3 M points (that thread's malloc arena).
         adaptive_bits, adaptive_f0, adaptive_cost = _adaptive_levels(bits)
-        learned, neighbour_f0 = self._learned_levels(codes, bits, adaptive_cost, mode, coders,
-                                                     price, n if mix else 0,
-                                                     n if neighbours else 0)
+        learned, neighbour_f0, every_f0 = self._learned_levels(
+            codes, bits, adaptive_cost, mode, coders, price, n if mix else 0,
+            n if neighbours else 0)
         del codes  # only the neighbour tables needed them
         rows = [level_bits.size for level_bits in bits]
         all_adaptive = "A" * depth
@@ -230,21 +243,27 @@ class PointCloudCodec:
                 "N" if f0 is not None else
                 "A" if lv is None or a <= lv.cost + _row_cost(r, price) else "L"
                 for a, lv, r, f0 in zip(adaptive_cost, learned, rows, neighbour_f0, strict=True))
-            candidates = [choice, all_adaptive]
+            candidates = [(choice, neighbour_f0), (all_adaptive, None)]
             if all(lv is not None for lv in learned):
-                candidates.append("L" * depth)
+                candidates.append(("L" * depth, None))
+            if every_f0 is not None:
+                candidates.append(("N" * depth, every_f0))
         else:
-            candidates = [{"adaptive": "A", "learned": "L", "neighbour": "N"}[coders] * depth]
+            candidates = [({"adaptive": "A", "learned": "L", "neighbour": "N"}[coders] * depth,
+                           neighbour_f0)]
         # The all-adaptive stream is built only when it may win.
         adaptive_floor = adaptive_stream_floor(msg.ByteSize(), sum(adaptive_cost), sum(rows))
         best, best_cost = None, 0
-        for levels in dict.fromkeys(candidates):
+        unique: dict[str, list[np.ndarray | None] | None] = {}
+        for levels, f0 in candidates:  # each choice once, in order: the first one wins ties
+            unique.setdefault(levels, f0)
+        for levels, f0 in unique.items():
             if best is not None and levels == all_adaptive and adaptive_floor >= best_cost:
                 continue
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
-                               neighbour_f0, mode, n if mix else 0)
+                               f0, mode, n if mix else 0)
             cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _time_cost(
                 levels, rows, price)
             if best is None or cost < best_cost:
@@ -255,14 +274,17 @@ class PointCloudCodec:
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
                         adaptive_cost: list[int], mode: Mode, coders: str,
                         price: tuple[int, int], mix_points: int = 0, neighbour_points: int = 0
-                        ) -> tuple[list[coder.LearnedLevel | None], list[np.ndarray | None]]:
+                        ) -> tuple[list[coder.LearnedLevel | None], list[np.ndarray | None],
+                                   list[np.ndarray | None] | None]:
         """The learned coding of each level the model may win (None where it cannot or may
         not), and the neighbour coder's probabilities of each level it codes (None elsewhere).
         Its own function so that the neighbour tables, the largest arrays of a level, are freed
         when it returns, before the candidate streams are built. mix_points (the cloud's
         voxels) > 0: each learned level also keeps its mixing contexts. neighbour_points (the
         same) > 0: the neighbour coder is tried on every level, and a level is given to it
-        here, level by level, as its state must follow the levels it codes."""
+        here, level by level, as its state must follow the levels it codes. Third: each
+        level's probabilities under a neighbour model walked over every level (a small cloud's
+        all-neighbour candidate; None otherwise)."""
         depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
         neighbour_f0: list[np.ndarray | None] = [None] * depth
@@ -272,6 +294,14 @@ class PointCloudCodec:
         # the learned levels as if each were chosen.
         buckets = refine.initial_buckets(self.tables.cdfs[:, 1]) if self.refine else None
         model = neighbour.Model(neighbour_points) if neighbour_points else None
+        # A small cloud also gets the all-neighbour candidate (its own model walks every
+        # level): there the payloads' framing, which the level-by-level choice does not see,
+        # is a large share of the stream
+        every = None
+        if model is not None and coders in CHOOSING and \
+                sum(b.size for b in bits) <= EVERY_NEIGHBOUR_BITS:
+            every = neighbour.Model(neighbour_points)
+        every_f0: list[np.ndarray | None] = [None] * depth
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
         mix_bits = 0  # learned bits so far (mixing's memory bound)
         for level in range(depth if coders != "adaptive" else 0):
@@ -293,7 +323,14 @@ class PointCloudCodec:
                 confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
             else:
                 confident = False
-            if model is not None:
+            # Not on a level the model won by over CONFIDENT_SAVING x ROW_PRICE a row (dense
+            # surfaces: there the neighbour coder, priced by bits against the model, nearly
+            # never wins, and walking it would add ~10 % to the encoder's time)
+            if every is not None:
+                if contexts is None:
+                    contexts = neighbour.level_contexts(neighbours, bits[level], every.points)
+                every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level])
+            if model is not None and not (learned[level] is not None and confident):
                 if contexts is None:
                     contexts = neighbour.level_contexts(neighbours, bits[level], model.points)
                 saved = model.snapshot(contexts)
@@ -303,7 +340,7 @@ class PointCloudCodec:
                     neighbour_f0[level] = f0
                 else:
                     model.restore(saved)  # the level goes to another coder
-        return learned, neighbour_f0
+        return learned, neighbour_f0, every_f0 if every is not None else None
 
     def _model_may_win(self, neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int,
                        adaptive_cost: int, coders: str, price: tuple[int, int],

@@ -59,15 +59,22 @@ class Model:
         return (self.counts, self.probability, self.coarse_counts, self.coarse_probability,
                 self.weights)
 
-    def snapshot(self, contexts: np.ndarray) -> tuple[np.ndarray, ...]:
-        """What walking bits of these contexts can change (encoder: a level tried, then not
-        chosen, is undone with restore; copies of the touched entries only)."""
+    def snapshot(self, contexts: np.ndarray) -> tuple:
+        """What walking bits of these contexts can change, for restore (encoder: a level
+        tried, then not chosen, is undone): copies of the touched entries, or of the whole
+        tables when those are smaller (a large level: 34 bytes a bit against 9 a context)."""
+        if contexts.size * 34 > (self.counts.size + self.coarse_counts.size) * 9:
+            return tuple(a.copy() for a in self.arrays())
         fine, coarse = contexts & _FINE_MASK, contexts >> 32
         return (fine, self.counts[fine], self.probability[fine], coarse,
                 self.coarse_counts[coarse], self.coarse_probability[coarse],
                 self.weights.copy())
 
-    def restore(self, saved: tuple[np.ndarray, ...]) -> None:
+    def restore(self, saved: tuple) -> None:
+        if len(saved) == len(self.arrays()):
+            for array, copy in zip(self.arrays(), saved, strict=True):
+                array[...] = copy
+            return
         fine, counts, probability, coarse, coarse_counts, coarse_probability, weights = saved
         self.counts[fine], self.probability[fine] = counts, probability
         self.coarse_counts[coarse], self.coarse_probability[coarse] = (coarse_counts,
