@@ -110,7 +110,7 @@ def remote_encode(args: argparse.Namespace) -> int:
             try:
                 response = encode_file(enc, path, args)
                 container.at_version(response.bitstream, getattr(
-                    args, "bitstream_format", container.FORMAT_VERSION))
+                    args, "bitstream_format", None) or container.FORMAT_VERSION)
                 target = output_path(path, args.output, len(inputs) > 1, ".rpc")
                 target.write_bytes(response.bitstream.SerializeToString(deterministic=True))
                 print(f"[{i}/{len(inputs)}] {path} -> {target}: {_describe(response.stats)}",

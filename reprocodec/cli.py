@@ -136,7 +136,7 @@ def _encode_local(args: argparse.Namespace) -> int:
     many = len(args.inputs) > 1
     given = {"level": args.level, "depth": args.depth,
              "coders": "smallest" if args.smallest else None,
-             "bitstream_format": args.bitstream_format}
+             "bitstream_format": args.bitstream_format or container.FORMAT_VERSION}
 
     def handle(path: Path) -> None:
         kind = registry.kind_of_input(path)
@@ -145,7 +145,7 @@ def _encode_local(args: argparse.Namespace) -> int:
         capture: dict = {}
         options = kind.options(given) | ({"capture": capture} if args.capture else {})
         msg = codec.encode(data, mode=Mode(args.safeguard), **options)
-        container.at_version(msg, args.bitstream_format)
+        container.at_version(msg, args.bitstream_format or container.FORMAT_VERSION)
         output_path(path, args.output, many, ".rpc").write_bytes(container.pack(msg))
         _save_capture(args, path, capture)
 
@@ -390,9 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--smallest", action="store_true",
                    help="point clouds: choose each octree level's coder by bits alone "
                         "(smaller streams; sparse clouds decode slower)")
+    # None: the newest, and a remote encode does not ask (an encoder service of an earlier
+    # release would refuse a format it does not know)
     e.add_argument("--bitstream-format", type=int, choices=sorted(SUPPORTED_VERSIONS),
-                   default=FORMAT_VERSION,
-                   help="the newest bitstream format to write: 4 for decoders of reprocodec "
+                   default=None,
+                   help=f"the newest bitstream format to write (default {FORMAT_VERSION}): 4 "
+                        "for decoders of reprocodec "
                         "0.4.0 (no neighbour-coded point-cloud levels), 3 for 0.3.0 (no mixed "
                         "probabilities, which --smallest may use), 2 for 0.2.0 (also the "
                         "placement of integer voxel clouds written out)")

@@ -273,7 +273,9 @@ def encode_point_cloud(codecs: Codecs, request: service_pb2.EncodePointCloudRequ
         kwargs["coders"] = "smallest"
     written = codecs.bitstream_format  # --bitstream-format, lowered by the request's
     if request.max_format_version:
-        if request.max_format_version not in container.SUPPORTED_VERSIONS:
+        # "at most": a newer format than this service knows (a client of a later release)
+        # means its own newest; an older one than it writes is refused
+        if request.max_format_version < min(container.SUPPORTED_VERSIONS):
             raise InputError(f"max_format_version {request.max_format_version} is not one "
                              f"this service writes ({sorted(container.SUPPORTED_VERSIONS)})")
         written = min(written, request.max_format_version)

@@ -144,7 +144,8 @@ def test_mixed_stream_is_protected_and_exact_under_noise_within_the_bound(codec,
                                                                          mixed):
     points, depth = CLOUDS[mixed]
     msg = container.unpack(container.pack(codec.encode(points, "syndrome", depth=depth,
-                                                       coders=BY_BITS)))
+                                                       coders=BY_BITS,
+                                                       bitstream_format=LEARNED_OR_ADAPTIVE)))
     levels = _levels(msg, depth)
     assert "L" in levels and "A" in levels, levels
     rng = np.random.default_rng(3)

@@ -455,7 +455,8 @@ def clouds(camel):
 def test_smallest_at_format_4_writes_the_mixed_payload_when_smaller(codec, clouds, name):
     points, depth = clouds[name]
     expected = octree.voxelize(points, depth).voxels
-    mixed = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest")
+    mixed = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest",
+                         bitstream_format=4)
     older = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest",
                          bitstream_format=3)
     names = [p.name for p in mixed.payloads]
@@ -478,7 +479,7 @@ def test_smallest_at_format_4_writes_the_mixed_payload_when_smaller(codec, cloud
         assert mixed.protected[0].indices_checksum == older.protected[0].indices_checksum
     # deterministic: the same stream twice
     assert container.pack(codec.encode(points, Mode.SYNDROME, depth=depth,
-                                       coders="smallest")) == packed
+                                       coders="smallest", bitstream_format=4)) == packed
 
 
 def _sphere(seed: int = 0, n: int = 3000) -> np.ndarray:

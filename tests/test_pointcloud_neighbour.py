@@ -32,7 +32,7 @@ from reprocodec.pointcloud.codec import (
     NEIGHBOUR_PRICE,
     ROW_PRICE,
     _adaptive_levels,
-    _neighbour_wins,
+    _neighbour_saving,
     _time_cost,
     level_coders,
 )
@@ -253,7 +253,7 @@ def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level):
     tables = octree.LevelTables(1)
     for lv in range(level + 1):
         table = tables.table_of(codes[lv], lv, bits[lv - 1] if lv else None)
-    contexts = neighbour.level_contexts(table, bits[level], n)
+    contexts = mixing.level_contexts(table, bits[level], n)
     fine, coarse = contexts & 0xFFFFFFFF, contexts >> 32
     # a real level repeats contexts (both halves): the restore must put back the first value
     assert np.unique(fine).size < fine.size and np.unique(coarse).size < coarse.size
@@ -438,8 +438,11 @@ def test_choices_that_mix_all_three_coders_decode_exactly(codec, ground_rings, m
     walk the neighbour-coded bits), one a learned level after one (the table chain), and one
     mixed learned levels beside neighbour-coded ones. Which cloud does depends on the
     encoder's choices, hence several. These clouds are small enough for the all-neighbour
-    candidate, which often wins: it is off here, to decode the level-by-level choices."""
+    candidate, which often wins: it is off here, to decode the level-by-level choices; and a
+    quarter of the neighbour coder's time price makes it win a level between adaptive ones of
+    the uniform cloud (an encoder-side rule: any choice must decode)."""
     monkeypatch.setattr(codec_module, "EVERY_NEIGHBOUR_BITS", 0)
+    monkeypatch.setattr(codec_module, "NEIGHBOUR_PRICE", (1, 256))
     rng = np.random.default_rng(8)
     plane = np.stack(np.meshgrid(np.arange(60), np.arange(60), [5], indexing="ij"),
                      -1).reshape(-1, 3)
@@ -699,7 +702,7 @@ def test_the_rule_that_gives_a_level_to_the_neighbour_coder(cost, adaptive_cost,
                                                             price, expected):
     assert ROW_PRICE == (1, 16) and NEIGHBOUR_PRICE == (1, 64)  # the prices the table assumes
     lv = None if learned is None else _learned(learned * UNIT)
-    assert _neighbour_wins(cost * UNIT, adaptive_cost * UNIT, lv, ROWS, price) is expected
+    assert (_neighbour_saving(cost * UNIT, adaptive_cost * UNIT, lv, ROWS, price) > 0) is expected
 
 
 def test_time_cost_prices_learned_rows_and_neighbour_bits():

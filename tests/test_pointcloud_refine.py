@@ -212,10 +212,12 @@ def test_the_per_level_choice_prices_refined_probabilities(codec, monkeypatch, g
     """Ground rings of a spinning sensor (nothing like the training meshes): the model's own
     probabilities lose most levels to the adaptive coder, refined ones win them back, and the
     stream is smaller for it; decoded exactly either way."""
-    rings = ground_rings
-    refined = codec.encode(rings, Mode.SYNDROME, depth=12, coders="smallest")
+    rings = ground_rings  # at format 4: the learned / adaptive choice (no neighbour coder)
+    refined = codec.encode(rings, Mode.SYNDROME, depth=12, coders="smallest",
+                           bitstream_format=4)
     monkeypatch.setattr(codec, "refine", False)
-    static = codec.encode(rings, Mode.SYNDROME, depth=12, coders="smallest")
+    static = codec.encode(rings, Mode.SYNDROME, depth=12, coders="smallest",
+                          bitstream_format=4)
     learned_levels = [inspect_fields(m)["level_coders"].count("L") for m in (refined, static)]
     assert learned_levels[0] > learned_levels[1], learned_levels
     assert refined.ByteSize() < static.ByteSize()

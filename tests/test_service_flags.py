@@ -97,7 +97,8 @@ def test_an_encoder_below_format_4_never_mixes_a_smallest_request():
 
 def test_a_request_lowers_the_format_and_an_unknown_one_is_refused():
     """EncodePointCloudRequest.max_format_version: 3 on a format-4 encoder gets no mixed
-    payload; a format the service does not write is an InputError (INVALID_ARGUMENT)."""
+    payload; one older than every format the service writes is an InputError
+    (INVALID_ARGUMENT); a newer one than it knows gets its newest."""
     from pathlib import Path
 
     import pytest
@@ -114,7 +115,10 @@ def test_a_request_lowers_the_format_and_an_unknown_one_is_refused():
         depth=6, smallest=True, max_format_version=3), camel, "cpu").bitstream
     assert lowered.format_version == 3
     assert all(p.name != "occupancy_mixed" for p in lowered.payloads)
-    for bad in (1, 6):
-        with pytest.raises(InputError, match="max_format_version"):
-            encode_point_cloud(codecs, service_pb2.EncodePointCloudRequest(
-                depth=6, smallest=True, max_format_version=bad), camel, "cpu")
+    with pytest.raises(InputError, match="max_format_version"):
+        encode_point_cloud(codecs, service_pb2.EncodePointCloudRequest(
+            depth=6, smallest=True, max_format_version=1), camel, "cpu")
+    # a client of a later release asks for at most its newest: this service's newest it gets
+    newer = encode_point_cloud(codecs, service_pb2.EncodePointCloudRequest(
+        depth=6, smallest=True, max_format_version=99), camel, "cpu").bitstream
+    assert newer.format_version == 4 and newer.payloads[0].name == "occupancy_mixed"

@@ -88,13 +88,13 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
         except ValueError:  # ContainerError: inspect describes, the decoder refuses
             levels = "malformed"
     adaptive = [p for p in msg.payloads if p.name == "occupancy_adaptive"]
-    counted = [p for p in msg.payloads if p.name == "occupancy_neighbour"]
+    neighbour_payload = [p for p in msg.payloads if p.name == "occupancy_neighbour"]
     return {
         "depth": int(cloud.depth), "num_points": int(cloud.num_points),
         "origin": list(origin), "scale": scale,
         "coded_occupancy_bits": int(msg.protected[0].shape[0]) if msg.protected else 0,
         "adaptive_occupancy_bits": int(adaptive[0].shape[0]) if adaptive else 0,
-        "neighbour_occupancy_bits": int(counted[0].shape[0]) if counted else 0,
+        "neighbour_occupancy_bits": int(neighbour_payload[0].shape[0]) if neighbour_payload else 0,
         # the coder of each octree level, root first: L learned model, A adaptive context coder,
         # N neighbour coder
         "level_coders": levels,

@@ -47,6 +47,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -118,12 +119,26 @@ ROW_PRICE = (1, 16)
 # learned model for it only for fewer bits (so dense surfaces keep the model's compression),
 # and leaves the adaptive coder for it when it saves more than this a bit.
 NEIGHBOUR_PRICE = (1, 64)
+# About what a payload's framing costs (its name, shape, CRC, checksum, flags and rANS final
+# state: ~45 bytes), in code-length units
+FRAMING_COST = (64 * 8) << entropy.COST_FRACTION
 # Clouds of at most this many coded bits (8 a node; 32 k nodes) also try the neighbour coder on
 # every level, beside the level-by-level choice (a second walk: a few ms at this size)
 EVERY_NEIGHBOUR_BITS = 1 << 18
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
 # Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8.
 MAX_CODED_BITS = 1 << 28
+
+
+class _LevelCodings(NamedTuple):
+    """What the encoder's walk over the levels found (PointCloudCodec._learned_levels)."""
+
+    learned: list[coder.LearnedLevel | None]  # each level the model may win (None elsewhere)
+    neighbour_f0: list[np.ndarray | None]  # P(0) of each level the neighbour coder takes
+    # Each level's P(0) under a neighbour model walked over every level (a small cloud's
+    # all-neighbour candidate), or None
+    every_f0: list[np.ndarray | None] | None
+    neighbour_saving: int  # what its levels saved (code-length units, time priced)
 
 
 @dataclass
@@ -193,7 +208,8 @@ class PointCloudCodec:
         finds cheaper, counting each network row at ROW_PRICE bits, and keeps the cheapest of
         that choice, all levels adaptive and all levels learned: the stream is never larger
         than the adaptive coder's stream plus the few bytes that signal it. From
-        bitstream_format 5 both try the neighbour coder on every level (_neighbour_wins).
+        bitstream_format 5 both try the neighbour coder on each level the model does not win
+        confidently (_neighbour_saving).
         "smallest" makes the same choice by bits alone, and from bitstream_format 4 also tries
         mixed probabilities for the learned levels (MIXED_PAYLOAD). "learned", "adaptive" and
         "neighbour" force one coder on every level (tests and benchmarks). bitstream_format:
@@ -230,43 +246,53 @@ class PointCloudCodec:
         # Before the model's levels, on this thread: beside them on a pool thread it saved a
         # few per cent but kept ~90 MB more at 1.3 M points (that thread's malloc arena).
         adaptive_bits, adaptive_f0, adaptive_cost = _adaptive_levels(bits)
-        learned, neighbour_f0, every_f0 = self._learned_levels(
-            codes, bits, adaptive_cost, mode, coders, price, n if mix else 0,
-            n if neighbours else 0)
+        coded = self._learned_levels(codes, bits, adaptive_cost, mode, coders, price,
+                                     n if mix else 0, n if neighbours else 0)
+        learned = coded.learned
         del codes  # only the neighbour tables needed them
         rows = [level_bits.size for level_bits in bits]
         all_adaptive = "A" * depth
+        # (levels, the neighbour coder's probabilities, kept only if also no larger in bytes)
+        candidates: list[tuple[str, list[np.ndarray | None], bool]]
         if coders in CHOOSING:
-            # Ties go to the adaptive coder: exact integers, nothing to protect. The
-            # neighbour coder's levels were chosen level by level (its state follows them).
-            choice = "".join(
-                "N" if f0 is not None else
+            # Ties go to the adaptive coder: exact integers, nothing to protect.
+            learned_or_adaptive = "".join(
                 "A" if lv is None or a <= lv.cost + _row_cost(r, price) else "L"
-                for a, lv, r, f0 in zip(adaptive_cost, learned, rows, neighbour_f0, strict=True))
-            candidates = [(choice, neighbour_f0), (all_adaptive, None)]
+                for a, lv, r in zip(adaptive_cost, learned, rows, strict=True))
+            # The neighbour coder's levels were chosen level by level (its state follows them)
+            choice = "".join("N" if f0 is not None else c
+                             for c, f0 in zip(learned_or_adaptive, coded.neighbour_f0,
+                                              strict=True))
+            candidates = [(choice, coded.neighbour_f0, False), (all_adaptive, [], False)]
             if all(lv is not None for lv in learned):
-                candidates.append(("L" * depth, None))
-            if every_f0 is not None:
-                candidates.append(("N" * depth, every_f0))
+                candidates.append(("L" * depth, [], False))
+            if coded.neighbour_saving < FRAMING_COST:
+                # Its levels saved less than a payload's framing, which the level-by-level
+                # choice does not see: the choice without them too (format 4's)
+                candidates.append((learned_or_adaptive, [], False))
+            if coded.every_f0 is not None:
+                # It prices time, and would otherwise trade learned levels' bits for it
+                candidates.append(("N" * depth, coded.every_f0, True))
         else:
             candidates = [({"adaptive": "A", "learned": "L", "neighbour": "N"}[coders] * depth,
-                           neighbour_f0)]
+                           coded.neighbour_f0, False)]
         # The all-adaptive stream is built only when it may win.
         adaptive_floor = adaptive_stream_floor(msg.ByteSize(), sum(adaptive_cost), sum(rows))
         best, best_cost = None, 0
-        unique: dict[str, list[np.ndarray | None] | None] = {}
-        for levels, f0 in candidates:  # each choice once, in order: the first one wins ties
-            unique.setdefault(levels, f0)
-        for levels, f0 in unique.items():
-            if best is not None and levels == all_adaptive and adaptive_floor >= best_cost:
+        tried = set()
+        for levels, f0, fewer_bytes in candidates:  # the first one wins ties
+            if levels in tried or (best is not None and levels == all_adaptive
+                                   and adaptive_floor >= best_cost):
                 continue
+            tried.add(levels)
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
                                f0, mode, n if mix else 0)
             cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _time_cost(
                 levels, rows, price)
-            if best is None or cost < best_cost:
+            if best is None or (cost < best_cost and not (
+                    fewer_bytes and candidate.ByteSize() > best.ByteSize())):
                 best, best_cost = candidate, cost
         best.format_version = container.required_version(best)
         return best
@@ -274,17 +300,14 @@ class PointCloudCodec:
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
                         adaptive_cost: list[int], mode: Mode, coders: str,
                         price: tuple[int, int], mix_points: int = 0, neighbour_points: int = 0
-                        ) -> tuple[list[coder.LearnedLevel | None], list[np.ndarray | None],
-                                   list[np.ndarray | None] | None]:
-        """The learned coding of each level the model may win (None where it cannot or may
-        not), and the neighbour coder's probabilities of each level it codes (None elsewhere).
-        Its own function so that the neighbour tables, the largest arrays of a level, are freed
-        when it returns, before the candidate streams are built. mix_points (the cloud's
-        voxels) > 0: each learned level also keeps its mixing contexts. neighbour_points (the
-        same) > 0: the neighbour coder is tried on every level, and a level is given to it
-        here, level by level, as its state must follow the levels it codes. Third: each
-        level's probabilities under a neighbour model walked over every level (a small cloud's
-        all-neighbour candidate; None otherwise)."""
+                        ) -> _LevelCodings:
+        """The learned coding of each level the model may win and the neighbour coder's
+        (_LevelCodings). Its own function so that the neighbour tables, the largest arrays of
+        a level, are freed when it returns, before the candidate streams are built.
+        mix_points (the cloud's voxels) > 0: each learned level also keeps its mixing contexts.
+        neighbour_points (the same) > 0: the neighbour coder is tried on each level but those
+        the model wins confidently, and a level is given to it here, level by level, as its
+        state must follow the levels it codes."""
         depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
         neighbour_f0: list[np.ndarray | None] = [None] * depth
@@ -302,6 +325,7 @@ class PointCloudCodec:
                 sum(b.size for b in bits) <= EVERY_NEIGHBOUR_BITS:
             every = neighbour.Model(neighbour_points)
         every_f0: list[np.ndarray | None] = [None] * depth
+        neighbour_saving = 0
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
         mix_bits = 0  # learned bits so far (mixing's memory bound)
         for level in range(depth if coders != "adaptive" else 0):
@@ -317,7 +341,7 @@ class PointCloudCodec:
                 mix_bits += bits[level].size
                 if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
                     # Pass-major as the indices
-                    contexts = neighbour.level_contexts(neighbours, bits[level], mix_points)
+                    contexts = mixing.level_contexts(neighbours, bits[level], mix_points)
                     learned[level].contexts = contexts
                 saving = adaptive_cost[level] - learned[level].cost
                 confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
@@ -328,19 +352,22 @@ class PointCloudCodec:
             # never wins, and walking it would add ~10 % to the encoder's time)
             if every is not None:
                 if contexts is None:
-                    contexts = neighbour.level_contexts(neighbours, bits[level], every.points)
+                    contexts = mixing.level_contexts(neighbours, bits[level], every.points)
                 every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level])
             if model is not None and not (learned[level] is not None and confident):
                 if contexts is None:
-                    contexts = neighbour.level_contexts(neighbours, bits[level], model.points)
-                saved = model.snapshot(contexts)
+                    contexts = mixing.level_contexts(neighbours, bits[level], model.points)
+                saved = model.snapshot(contexts) if coders != "neighbour" else None
                 f0, cost = neighbour.walk_contexts(model, contexts, bits[level])
-                if coders == "neighbour" or _neighbour_wins(cost, adaptive_cost[level],
-                                                            learned[level], m * N_PASSES, price):
+                saving = _neighbour_saving(cost, adaptive_cost[level], learned[level],
+                                           m * N_PASSES, price)
+                if saved is None or saving > 0:
                     neighbour_f0[level] = f0
+                    neighbour_saving += saving
                 else:
                     model.restore(saved)  # the level goes to another coder
-        return learned, neighbour_f0, every_f0 if every is not None else None
+        return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
+                             neighbour_saving)
 
     def _model_may_win(self, neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int,
                        adaptive_cost: int, coders: str, price: tuple[int, int],
@@ -396,22 +423,12 @@ class PointCloudCodec:
             msg.payloads.append(container.make_payload(name, data, [total], occupancy))
             msg.protected.append(self.decision.record(coded.indices, coded.side_info, mode,
                                                       coded.risky_count, coded.candidate_count))
-        chosen = [lv for lv in range(depth) if levels[lv] == "A"]
-        if chosen:
-            flags = tuple(c == "A" for c in levels)
-            decisions = np.concatenate([adaptive_bits[lv] for lv in chosen])
-            data = adaptive.encode(decisions, np.concatenate([adaptive_f0[lv] for lv in chosen]))
-            msg.payloads.append(container.make_payload(
-                ADAPTIVE_PAYLOAD, adaptive.level_flags(flags) + data, [decisions.size],
-                _adaptive_symbols(flags, decisions)))
-        chosen = [lv for lv in range(depth) if levels[lv] == "N"]
-        if chosen:
-            flags = tuple(c == "N" for c in levels)
-            coded = np.concatenate([bits[lv].T.reshape(-1) for lv in chosen])  # coding order
-            data = adaptive.encode(coded, np.concatenate([neighbour_f0[lv] for lv in chosen]))
-            msg.payloads.append(container.make_payload(
-                NEIGHBOUR_PAYLOAD, adaptive.level_flags(flags) + data, [coded.size],
-                _adaptive_symbols(flags, coded)))
+        _add_flagged(msg, ADAPTIVE_PAYLOAD, "A", levels, adaptive_bits, adaptive_f0)
+        # the neighbour coder's bits pass-major within each level, as it codes them
+        _add_flagged(msg, NEIGHBOUR_PAYLOAD, "N", levels,
+                     [b.T.reshape(-1) if c == "N" else None
+                      for b, c in zip(bits, levels, strict=True)],
+                     neighbour_f0)
 
     # ----------------------------------------------------------------------------- decode
 
@@ -513,7 +530,7 @@ class PointCloudCodec:
                                                  "encoder's"))
         for name, code, decoded in ((ADAPTIVE_PAYLOAD, "A", out.adaptive_occupancy),
                                     (NEIGHBOUR_PAYLOAD, "N", out.neighbour_occupancy)):
-            if verify and name in names and checksum(_adaptive_symbols(
+            if verify and name in names and checksum(_flagged_symbols(
                     tuple(c == code for c in levels), decoded)) != \
                     msg.payloads[names.index(name)].symbols_checksum:
                 raise VerificationError(_failure(f"its {name} bits fail their checksum"))
@@ -618,14 +635,17 @@ def _neighbour_price(price: tuple[int, int]) -> tuple[int, int]:
     return NEIGHBOUR_PRICE if price[0] else price
 
 
-def _neighbour_wins(cost: int, adaptive_cost: int, learned: coder.LearnedLevel | None,
-                    rows: int, price: tuple[int, int]) -> bool:
-    """Whether a level goes to the neighbour coder (code length `cost`, `rows` bits): where
-    the learned model would win it, only for fewer bits (faster too); elsewhere when it beats
-    the adaptive coder with its time priced. Ties stay with the other coder."""
+def _neighbour_saving(cost: int, adaptive_cost: int, learned: coder.LearnedLevel | None,
+                      rows: int, price: tuple[int, int]) -> int:
+    """What giving a level to the neighbour coder (code length `cost`, `rows` bits) saves: it
+    takes the level where this is positive. Where the learned model would win the level, the
+    bits it saves (it leaves the model only for fewer bits, and is faster too); elsewhere
+    what it saves against the adaptive coder, its time priced. Ties stay with the other
+    coder."""
     if learned is not None and learned.cost + _row_cost(rows, price) < adaptive_cost:
-        return cost < learned.cost
-    return cost + _row_cost(rows, _neighbour_price(price)) < adaptive_cost
+        return learned.cost - cost
+    return adaptive_cost - cost - _row_cost(rows, _neighbour_price(price))
+
 
 
 def _time_cost(levels: str, rows: list[int], price: tuple[int, int]) -> int:
@@ -700,7 +720,22 @@ def _failure(detail: str) -> str:
             "decode under the encoder's profile or re-encode with --safeguard syndrome")
 
 
-def _adaptive_symbols(levels: tuple[bool, ...], decisions: np.ndarray) -> np.ndarray:
-    """What the adaptive payload's symbols checksum covers: its level flags, then its bits."""
+def _add_flagged(msg: pb.Bitstream, name: str, code: str, levels: str,
+                 level_bits: list, level_f0: list) -> None:
+    """The payload of the levels `levels` gives to a binary rANS coder (`code`: A adaptive, N
+    neighbour coder), if any: its level flags, then the rANS stream of those levels' bits
+    (level_bits[l], coding order) under their probabilities (level_f0[l])."""
+    chosen = [lv for lv, c in enumerate(levels) if c == code]
+    if chosen:
+        flags = tuple(c == code for c in levels)
+        coded = np.concatenate([level_bits[lv] for lv in chosen])
+        data = adaptive.encode(coded, np.concatenate([level_f0[lv] for lv in chosen]))
+        msg.payloads.append(container.make_payload(name, adaptive.level_flags(flags) + data,
+                                                   [coded.size], _flagged_symbols(flags, coded)))
+
+
+def _flagged_symbols(levels: tuple[bool, ...], decisions: np.ndarray) -> np.ndarray:
+    """What an adaptive or neighbour payload's symbols checksum covers: its level flags, then
+    its bits."""
     return np.concatenate([np.asarray(levels, dtype=np.uint8),
                            np.asarray(decisions, dtype=np.uint8)])

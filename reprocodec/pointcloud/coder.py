@@ -256,12 +256,14 @@ def decompress(
     use_adaptive = any(adaptive_levels)
     last_adaptive = max((lv for lv in range(depth) if adaptive_levels[lv]), default=-1)
     # the last level that needs a neighbour table (learned or neighbour-coded)
-    last_learned = max((lv for lv in range(depth) if not adaptive_levels[lv]), default=-1)
-    counted: neighbour.Decoder | None = None
+    last_tabled = max((lv for lv in range(depth) if not adaptive_levels[lv]), default=-1)
+    if any(a and b for a, b in zip(adaptive_levels, neighbour_levels, strict=True)):
+        raise ValueError("a level is either adaptive or neighbour-coded")  # the caller's
+    neighbour_decoder: neighbour.Decoder | None = None
     if any(neighbour_levels):
         if max_nodes is None:
             raise ValueError("the neighbour coder's tables are sized by max_nodes")
-        counted = neighbour.Decoder(neighbour_data, max_nodes, lenient=not verify)
+        neighbour_decoder = neighbour.Decoder(neighbour_data, max_nodes, lenient=not verify)
     decoder: entropy.Decoder | refine.Decoder | None = None
     mixed: mixing.Decoder | None = None
     if total_bits and mixed_points:
@@ -299,7 +301,7 @@ def decompress(
                 raise fail(str(exc), exc) from exc
             bits = adaptive.byte_bits(occupancy)
             adaptive_bits.append(bits.reshape(-1))
-            chain = level < last_learned
+            chain = level < last_tabled
             if chain:
                 # A learned level follows: keep the chain of neighbour tables, each made from
                 # the last (a learned level after a table-less one would need 26 binary
@@ -316,14 +318,14 @@ def decompress(
             for k in range(N_PASSES):
                 contexts = mixing.pass_contexts(neighbours, bits, k, max_nodes)
                 try:
-                    bits[:, k] = counted.decode(contexts, k) == 1
+                    bits[:, k] = neighbour_decoder.decode(contexts, k) == 1
                 except ContainerError as exc:
                     raise fail(str(exc), exc) from exc
                 neighbour_bits.append(bits[:, k].copy())
             if level < last_adaptive:
                 model.observe(adaptive.occupancy_bytes(bits))
             del neighbours
-            if level == last_learned:
+            if level == last_tabled:
                 level_tables.release()
             codes, parent_bits = octree.children(codes, bits), bits
             continue
@@ -352,7 +354,7 @@ def decompress(
         if level < last_adaptive:
             model.observe(adaptive.occupancy_bytes(bits))
         del neighbours
-        if level == last_learned:  # no table needed after: free the largest one early
+        if level == last_tabled:  # no table needed after: free the largest one early
             level_tables.release()
         codes, parent_bits = octree.children(codes, bits), bits
     if used != total_bits:
@@ -365,7 +367,7 @@ def decompress(
                    f"codes {neighbour_total}")
     try:
         side.finish()
-        for learned_decoder in (decoder, mixed, counted):
+        for learned_decoder in (decoder, mixed, neighbour_decoder):
             if learned_decoder is not None:
                 learned_decoder.finish()
         if adaptive_decoder is not None:

@@ -169,6 +169,26 @@ def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
     return out
 
 
+def count_tables(points: int) -> tuple[np.ndarray, ...]:
+    """The fine and the coarse count model's fresh tables for a cloud of `points` voxels:
+    counts (uint8, <= COUNT_LIMIT) and the fast and slow P(0) (int32, 0 .. 2^16) of each
+    context, fine then coarse (mixing's and neighbour.py's models)."""
+    tables = []
+    for size in (1 << context_bits(points), 1 << coarse_bits(points)):
+        tables += [np.zeros(size, dtype=np.uint8), np.full((size, 2), _ONE // 2, dtype=np.int32)]
+    return tuple(tables)
+
+
+def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int) -> np.ndarray:
+    """(8 M,) int64 contexts of a level's bits, pass-major (pass_contexts of each pass, from
+    the level's true bits: what the decoder computes pass by pass from the bits it decoded)."""
+    m = bits.shape[0]
+    contexts = np.empty(8 * m, dtype=np.int64)
+    for k in range(8):
+        pass_contexts(neighbours, bits, k, points, out=contexts[k * m:(k + 1) * m])
+    return contexts
+
+
 class Model:
     """The mixer's whole state (refine's buckets, the fine and the coarse count model, the
     mixer's weights), as integer arrays the kernels update in place (9 bytes a context, its
@@ -176,12 +196,8 @@ class Model:
 
     def __init__(self, f0_table: np.ndarray, points: int):
         self.buckets = refine.initial_buckets(f0_table)
-        size = 1 << context_bits(points)
-        self.counts = np.zeros(size, dtype=np.uint8)  # <= COUNT_LIMIT
-        self.probability = np.full((size, 2), _ONE // 2, dtype=np.int32)  # 0 .. 2^16
-        coarse = 1 << coarse_bits(points)
-        self.coarse_counts = np.zeros(coarse, dtype=np.uint8)
-        self.coarse_probability = np.full((coarse, 2), _ONE // 2, dtype=np.int32)
+        (self.counts, self.probability, self.coarse_counts,
+         self.coarse_probability) = count_tables(points)
         self.weights = np.zeros((8, INPUTS), dtype=np.int64)
         self.weights[:, 0] = _WEIGHT_ONE  # start as the refined probability alone
 
@@ -281,12 +297,27 @@ def _decode_kernel(words, state, rows, contexts, k, buckets, counts, probability
     return adaptive._OK
 
 
+@_jit
+def _context_range(contexts):  # pragma: no cover - compiled
+    """The least context, and the largest fine and coarse halves (one pass, no temporaries)."""
+    least = np.int64(0)
+    fine = np.int64(0)
+    coarse = np.int64(0)
+    for i in range(contexts.size):
+        c = np.int64(contexts[i])
+        least = min(least, c)
+        fine = max(fine, c & _FINE_MASK)
+        coarse = max(coarse, c >> 32)
+    return least, fine, coarse
+
+
 def _check_contexts(contexts: np.ndarray, points: int) -> None:
-    """Both halves of every context inside their tables (ValueError otherwise)."""
-    if contexts.size and (contexts.min() < 0
-                          or (contexts & _FINE_MASK).max() >= 1 << context_bits(points)
-                          or (contexts >> 32).max() >= 1 << coarse_bits(points)):
-        raise ValueError("a context out of range")
+    """Both halves of every context inside their tables (ValueError otherwise); contexts: a
+    contiguous int64 array."""
+    if contexts.size:
+        least, fine, coarse = _context_range(contexts)
+        if least < 0 or fine >= 1 << context_bits(points) or coarse >= 1 << coarse_bits(points):
+            raise ValueError("a context out of range")
 
 
 def probabilities(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,

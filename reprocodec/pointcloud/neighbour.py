@@ -45,12 +45,8 @@ class Model:
     kernels update in place; 9 bytes a context, 36 + 9 MB at most)."""
 
     def __init__(self, points: int):
-        size = 1 << mixing.context_bits(points)
-        self.counts = np.zeros(size, dtype=np.uint8)
-        self.probability = np.full((size, 2), _ONE // 2, dtype=np.int32)
-        coarse = 1 << mixing.coarse_bits(points)
-        self.coarse_counts = np.zeros(coarse, dtype=np.uint8)
-        self.coarse_probability = np.full((coarse, 2), _ONE // 2, dtype=np.int32)
+        (self.counts, self.probability, self.coarse_counts,
+         self.coarse_probability) = mixing.count_tables(points)
         self.weights = np.zeros((N_PASSES, INPUTS), dtype=np.int64)
         self.weights[:, 1] = self.weights[:, 3] = _START_WEIGHT
         self.points = points
@@ -110,14 +106,15 @@ def _learn(counts, probability, coarse_counts, coarse_probability, weights, ctx,
 
 
 @_jit
-def _walk_kernel(contexts, passes, bits, counts, probability, coarse_counts, coarse_probability,
+def _walk_kernel(contexts, nodes, bits, counts, probability, coarse_counts, coarse_probability,
                  weights, length, f0_out):  # pragma: no cover - compiled
-    """The encoder's walk: each bit's P(0) into f0_out, then the updates; returns the bits'
-    code length (entropy.code_length_table units)."""
+    """The encoder's walk over a level of `nodes` nodes (pass-major: bit i is in pass
+    i // nodes): each bit's P(0) into f0_out, then the updates; returns the bits' code length
+    (entropy.code_length_table units)."""
     inputs = np.zeros(INPUTS, np.int64)
     total = np.int64(0)
     for i in range(contexts.size):
-        k = np.int64(passes[i])
+        k = np.int64(i // nodes)
         ctx = np.int64(contexts[i])
         p = _mixed(probability, coarse_probability, weights, ctx, k, inputs)
         f0_out[i] = p
@@ -152,22 +149,12 @@ def _decode_kernel(words, state, contexts, k, counts, probability, coarse_counts
     return adaptive._OK
 
 
-def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int) -> np.ndarray:
-    """(8 M,) int64 contexts of a level's bits, pass-major (mixing.pass_contexts of each pass,
-    from the level's true bits: what the decoder computes from the bits it decoded)."""
-    m = bits.shape[0]
-    contexts = np.empty(N_PASSES * m, dtype=np.int64)
-    for k in range(N_PASSES):
-        mixing.pass_contexts(neighbours, bits, k, points, out=contexts[k * m:(k + 1) * m])
-    return contexts
-
-
 def walk_level(model: Model, neighbours: np.ndarray, bits: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, int]:
     """Code one level (encoder): its contexts, each bit's P(0) (uint16, pass-major, as
     adaptive.encode takes them) and their code length in 2^-entropy.COST_FRACTION bits. The
     model moves on; model.restore(model.snapshot(contexts)) taken before undoes it."""
-    contexts = level_contexts(neighbours, bits, model.points)
+    contexts = mixing.level_contexts(neighbours, bits, model.points)
     return contexts, *walk_contexts(model, contexts, bits)
 
 
@@ -176,13 +163,13 @@ def walk_contexts(model: Model, contexts: np.ndarray, bits: np.ndarray
     """walk_level's probabilities and code length, given the level's contexts."""
     m = bits.shape[0]
     coded = np.ascontiguousarray(np.asarray(bits, dtype=np.uint8).T).reshape(-1)  # pass-major
-    if contexts.shape != (N_PASSES * m,):
-        raise ValueError("one context per bit of the level")
+    if contexts.shape != (N_PASSES * m,) or contexts.dtype != np.int64:
+        raise ValueError("one int64 context per bit of the level")
+    contexts = np.ascontiguousarray(contexts)
     mixing._check_contexts(contexts, model.points)
-    passes = np.repeat(np.arange(N_PASSES, dtype=np.uint8), m)
     f0 = np.empty(coded.size, dtype=adaptive.F0_DTYPE)
-    cost = _walk_kernel(contexts, passes, coded, *model.arrays(), entropy.code_length_table(),
-                        f0)
+    cost = _walk_kernel(contexts, np.int64(max(m, 1)), coded, *model.arrays(),
+                        entropy.code_length_table(), f0)
     return f0, int(cost)
 
 
