@@ -162,6 +162,29 @@ def test_pass_contexts_match_the_documented_rule_on_random_tables():
             np.testing.assert_array_equal(got, _reference_contexts(table, bits, k, points))
 
 
+def test_level_contexts_are_every_pass_contexts_in_one_pass(ground_rings):
+    """The encoder's all-passes kernel (each node's neighbours read once) gives exactly the
+    decoder's pass-by-pass contexts, on random tables and on every level of a real octree."""
+    rng = np.random.default_rng(12)
+    cases = []
+    for m, dtype in ((1, np.int32), (120, np.int32), (300, np.int64)):
+        table = rng.integers(0, m + 1, (m, 27)).astype(dtype)
+        table[rng.random((m, 27)) < 0.3] = m
+        cases.append((table, rng.random((m, 8)) < 0.5, 5000))
+    voxels = octree.voxelize(ground_rings, 10).voxels
+    codes, bits = octree.build_levels(voxels, 10)
+    tables = octree.LevelTables(1)
+    for level in range(10):
+        table = tables.table_of(codes[level], level, bits[level - 1] if level else None)
+        cases.append((table, bits[level], voxels.shape[0]))
+    for table, level_bits, points in cases:
+        want = np.concatenate([mixing.pass_contexts(table, level_bits, k, points)
+                               for k in range(8)])
+        np.testing.assert_array_equal(mixing.level_contexts(table, level_bits, points), want)
+    with pytest.raises(ValueError):
+        mixing.level_contexts(cases[1][0], cases[1][1][:5], 5000)
+
+
 def test_pass_k_reads_no_child_at_or_after_k():
     rng = np.random.default_rng(12)
     m, points = 400, 5000

@@ -332,33 +332,45 @@ class PointCloudCodec:
             m = codes[level].size
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
             contexts = None
+            if every is not None:
+                contexts = mixing.level_contexts(neighbours, bits[level], every.points)
+                every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level])
+            # The neighbour coder first (tentatively: undone below unless it takes the level),
+            # so that the model is run on a large level only if it may beat it too. Not after a
+            # level the model won by over CONFIDENT_SAVING x ROW_PRICE a row (dense surfaces:
+            # there it is priced by bits against the model and nearly never wins), nor on a
+            # large level before it has won one (sparse samplings: it wins none of their
+            # levels; scan-like clouds give it small levels first). Its contexts and walk take
+            # ~100 ns a bit: tried on every level, they doubled the encoder's time on the
+            # sparse samplings.
+            tried = model is not None and not confident and (
+                coders == "neighbour" or m < 4 * ESTIMATE_NODES
+                or any(f0 is not None for f0 in neighbour_f0))
+            bar = adaptive_cost[level]  # what the model must beat on a large level
+            if tried:
+                if contexts is None:
+                    contexts = mixing.level_contexts(neighbours, bits[level], model.points)
+                saved = model.snapshot(contexts) if coders != "neighbour" else None
+                f0, cost = neighbour.walk_contexts(model, contexts, bits[level])
+                if price[0]:  # (by bits alone, mixing may still make the model's levels win)
+                    bar = min(bar, cost + _row_cost(m * N_PASSES, _neighbour_price(price)))
             if coders != "neighbour" and self._model_may_win(
-                    neighbours, bits[level], level, depth, adaptive_cost[level], coders, price,
-                    buckets, confident):
+                    neighbours, bits[level], level, depth, bar, coders, price, buckets,
+                    confident):
                 learned[level] = coder.learned_level(
                     neighbours, bits[level], level, depth, self._predict, self.tables, mode,
                     self.decision, buckets)
                 mix_bits += bits[level].size
                 if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
                     # Pass-major as the indices
-                    contexts = mixing.level_contexts(neighbours, bits[level], mix_points)
+                    if contexts is None:
+                        contexts = mixing.level_contexts(neighbours, bits[level], mix_points)
                     learned[level].contexts = contexts
                 saving = adaptive_cost[level] - learned[level].cost
                 confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
             else:
                 confident = False
-            # Not on a level the model won by over CONFIDENT_SAVING x ROW_PRICE a row (dense
-            # surfaces: there the neighbour coder, priced by bits against the model, nearly
-            # never wins, and walking it would add ~10 % to the encoder's time)
-            if every is not None:
-                if contexts is None:
-                    contexts = mixing.level_contexts(neighbours, bits[level], every.points)
-                every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level])
-            if model is not None and not (learned[level] is not None and confident):
-                if contexts is None:
-                    contexts = mixing.level_contexts(neighbours, bits[level], model.points)
-                saved = model.snapshot(contexts) if coders != "neighbour" else None
-                f0, cost = neighbour.walk_contexts(model, contexts, bits[level])
+            if tried:
                 saving = _neighbour_saving(cost, adaptive_cost[level], learned[level],
                                            m * N_PASSES, price)
                 if saved is None or saving > 0:
@@ -370,12 +382,13 @@ class PointCloudCodec:
                              neighbour_saving)
 
     def _model_may_win(self, neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int,
-                       adaptive_cost: int, coders: str, price: tuple[int, int],
+                       bar: int, coders: str, price: tuple[int, int],
                        buckets: np.ndarray | None, confident: bool) -> bool:
         """Whether the encoder runs the model on a whole level: not when choosing, the level
         is large and the model's cost estimated from a sample of its nodes is not within
-        ESTIMATE_MARGIN of the adaptive coder's (the encoder's time is mostly the model's, and
-        sparse clouds' large levels are adaptive); always after a confident level."""
+        ESTIMATE_MARGIN of `bar`, the cheapest other coder's (the adaptive coder's, or the
+        neighbour coder's, time priced; the encoder's time is mostly the model's, and sparse
+        clouds' large levels go to the others); always after a confident level."""
         m = bits.shape[0]
         if coders not in CHOOSING or m < 4 * ESTIMATE_NODES or confident:
             return True
@@ -384,7 +397,7 @@ class PointCloudCodec:
                                              self.tables, self.decision, rows, buckets)
         over, under = ESTIMATE_MARGIN
         priced = estimate + _row_cost(bits.size, price)
-        return priced * under <= over * adaptive_cost
+        return priced * under <= over * bar
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
                       neighbour_f0, mode, mix_points=0):

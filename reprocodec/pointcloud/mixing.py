@@ -179,13 +179,58 @@ def count_tables(points: int) -> tuple[np.ndarray, ...]:
     return tuple(tables)
 
 
-def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int) -> np.ndarray:
-    """(8 M,) int64 contexts of a level's bits, pass-major (pass_contexts of each pass, from
-    the level's true bits: what the decoder computes pass by pass from the bits it decoded)."""
-    m = bits.shape[0]
-    contexts = np.empty(8 * m, dtype=np.int64)
+@_jit
+def _level_kernel(neighbours, bits, slots, children, shift, coarse_shift,
+                  out):  # pragma: no cover - compiled
+    """_contexts_kernel for all eight passes of a level whose bits are all known (the
+    encoder): each node's 27 neighbours are read once, not once per pass and cell (the same
+    values: cell c of child k is present * (its bit if child < k, else 2))."""
+    m = neighbours.shape[0]
+    known = np.zeros((8, 26), np.int64)  # weights of a decoded cell's bit, of an undecoded one
+    unknown = np.zeros((8, 26), np.int64)
     for k in range(8):
-        pass_contexts(neighbours, bits, k, points, out=contexts[k * m:(k + 1) * m])
+        for c in range(26):
+            if children[k, c] < k:
+                known[k, c] = _POWERS[c]
+            else:
+                unknown[k, c] = 2 * _POWERS[c]
+    present = np.empty(27, np.int64)
+    byte = np.empty(27, np.int64)  # bit j: the neighbour's child j
+    for i in range(m):
+        shape = np.int64(0)
+        for s in range(27):
+            node = np.int64(neighbours[i, s])
+            p = np.int64(node != m)
+            present[s] = p
+            shape |= p << s
+            b = np.int64(0)
+            if p:
+                for j in range(8):
+                    b |= np.int64(bits[node, j]) << j
+            byte[s] = b
+        for k in range(8):
+            ctx = np.int64(k) * _POWERS[26]
+            for c in range(26):
+                slot = slots[k, c]
+                ctx += present[slot] * (((byte[slot] >> children[k, c]) & 1) * known[k, c]
+                                        + unknown[k, c])
+            fine = np.int64((np.uint64(ctx) * _HASH) >> np.uint64(shift))
+            coarse = np.int64((np.uint64(shape * 8 + k) * _HASH) >> np.uint64(coarse_shift))
+            out[k * m + i] = fine | (coarse << 32)
+
+
+def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int) -> np.ndarray:
+    """(8 M,) int64 contexts of a level's bits, pass-major: pass_contexts of each pass, from
+    the level's true bits (what the decoder computes pass by pass from the bits it decoded),
+    in one compiled pass over the nodes."""
+    table = np.ascontiguousarray(neighbours)
+    b = np.ascontiguousarray(bits, dtype=np.bool_)
+    if table.ndim != 2 or table.shape[1] != 27 or b.shape != (table.shape[0], 8):
+        raise ValueError("contexts need an (M, 27) neighbour table and (M, 8) bits")
+    contexts = np.empty(8 * table.shape[0], dtype=np.int64)
+    with np.errstate(over="ignore"):  # the hash's uint64 product wraps (plain numpy, no numba)
+        _level_kernel(table, b, CELL_SLOT, CELL_CHILD, np.int64(64 - context_bits(points)),
+                      np.int64(64 - coarse_bits(points)), contexts)
     return contexts
 
 
