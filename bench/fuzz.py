@@ -113,11 +113,11 @@ IMAGE_SEEDS = [
     ("coffee", 100, 100, 40, 40, True, "flags", "reconstruction"),
 ]
 # (sample or None for an empty cloud, depth, mode, coders): "auto" as users encode (small
-# clouds at shallow depths go all adaptive), "learned" so protected occupancy logits are always
-# among the seeds, "smallest" for the mixed payload (format 4), "neighbour" for the neighbour
-# coder's payload on every level (format 5). The "auto", "smallest" and "neighbour" seeds are
-# given as integer voxels (the identity placement omitted), the others as the rescaled sample
-# (format 2: the placement written out).
+# clouds at shallow depths go all adaptive or all neighbour-coded), "learned" so protected
+# occupancy logits are always among the seeds, "smallest" for the mixed payload (format 4),
+# "neighbour" for the neighbour coder's payload on every level (format 5). The "auto",
+# "smallest" and "neighbour" seeds are given as integer voxels (the identity placement
+# omitted), the others as the rescaled sample (format 2: the placement written out).
 CLOUD_SEEDS = [
     ("camel_d6", 3, "syndrome", "learned"),
     ("camel_d6", 3, "syndrome", "auto"),
@@ -130,7 +130,21 @@ CLOUD_SEEDS = [
     ("elephant_d7", 7, "none", "smallest"),
     ("camel_d6", 6, "syndrome", "neighbour"),
     ("elephant_d7", 5, "none", "neighbour"),
+    ("rings", 10, "syndrome", "by-level"),
 ]
+# "rings": the ground rings of a 16-beam spinning sensor (made here, deterministic); "by-level"
+# is auto without the small cloud's all-neighbour candidate: learned, adaptive and
+# neighbour-coded levels in one stream
+
+
+def _rings() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    elevation, azimuth = np.meshgrid(np.deg2rad(np.linspace(-25, -2, 16)),
+                                     np.linspace(0, 2 * np.pi, 512, endpoint=False),
+                                     indexing="ij")
+    r = 1.8 / np.tan(-elevation) + rng.normal(0, 0.02, elevation.shape)
+    return np.stack([r * np.cos(azimuth), r * np.sin(azimuth),
+                     rng.normal(0, 0.02, r.shape)], -1).reshape(-1, 3)
 
 
 @dataclass
@@ -152,6 +166,7 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
     """Encode the seeds (worker side: needs the codecs) and save the entropy tables that the
     'latents' generator codes with."""
     from reprocodec.image.io import read_image
+    from reprocodec.pointcloud import codec as codec_module
     from reprocodec.pointcloud import octree
     from reprocodec.pointcloud.ply import read_ply
 
@@ -179,15 +194,23 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
                     for k in ("cdfs", "lengths", "offsets")})
     for name, codec in codecs.cloud.items():
         for sample, depth, mode, coders in CLOUD_SEEDS:
-            points = (read_ply(SAMPLES / f"{sample}.ply") if sample
-                      else np.zeros((0, 3), np.float64))
+            points = (_rings() if sample == "rings" else read_ply(SAMPLES / f"{sample}.ply")
+                      if sample else np.zeros((0, 3), np.float64))
             if sample and coders in ("auto", "smallest", "neighbour"):
                 points = octree.voxelize(points, depth).voxels
-            msg = codec.encode(points, mode, depth=depth, coders=coders)
+            if coders == "by-level":
+                every, codec_module.EVERY_NEIGHBOUR_BITS = codec_module.EVERY_NEIGHBOUR_BITS, 0
+                try:
+                    msg = codec.encode(points, mode, depth=depth)
+                finally:
+                    codec_module.EVERY_NEIGHBOUR_BITS = every
+            else:
+                msg = codec.encode(points, mode, depth=depth, coders=coders)
             i = len(meta)
             (out / f"seed_{i:02d}.rpc").write_bytes(container.pack(msg))
             meta.append({"kind": "point_cloud", "model": name, "scale_index": False,
-                         "desc": f"{name} {sample or 'empty'} depth {depth} {mode} {coders}"})
+                         "desc": f"{name} {sample or 'empty'} depth {depth} {mode} {coders}"
+                                 + (f" {codec_module.level_coders(msg)}" if msg.payloads else "")})
     (out / "seeds.json").write_text(json.dumps(meta, indent=1))
 
 

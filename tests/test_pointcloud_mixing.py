@@ -183,6 +183,17 @@ def test_level_contexts_are_every_pass_contexts_in_one_pass(ground_rings):
         np.testing.assert_array_equal(mixing.level_contexts(table, level_bits, points), want)
     with pytest.raises(ValueError):
         mixing.level_contexts(cases[1][0], cases[1][1][:5], 5000)
+    # the decoder keeps a level's shapes for its eight passes: the same contexts
+    table, level_bits, points = cases[-1]
+    shapes = mixing.neighbour_shapes(table)
+    assert shapes.min() >= 0 and shapes.max() < 1 << 27
+    for k in range(8):
+        np.testing.assert_array_equal(
+            mixing.pass_contexts(table, level_bits, k, points, shapes=shapes),
+            mixing.pass_contexts(table, level_bits, k, points))
+    for bad in (shapes[:-1], shapes.astype(np.int32)):
+        with pytest.raises(ValueError):
+            mixing.pass_contexts(table, level_bits, 0, points, shapes=bad)
 
 
 def test_pass_k_reads_no_child_at_or_after_k():

@@ -107,6 +107,6 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
 
 
 # The learned levels' payload -> their probabilities (inspect, benchmarks); a stream without
-# one is all adaptive ("none")
+# one has no learned level ("none": adaptive or neighbour-coded levels only)
 LEARNED_PROBABILITIES = {"occupancy": "model", "occupancy_refined": "refined",
                          "occupancy_mixed": "mixed"}

@@ -13,10 +13,11 @@ arithmetic on int64 (no float anywhere in the decision path), so any machine tha
 code computes the same CDFs bit for bit: no safeguard protection is needed, and none is sent.
 
 Counts update after every decision in coding order (node by node, within a level in Morton
-order, levels top-down) and persist across levels. Levels coded by the learned model still
-update the counts (both sides know their bits), so the adaptive cost of a level does not
-depend on which coder the other levels use: the encoder can pick, per level, the cheaper of
-the two (codec.py), and the result is never larger than coding every level adaptively.
+order, levels top-down) and persist across levels. Levels coded by the learned model or the
+neighbour coder still update the counts (both sides know their bits), so the adaptive cost of
+a level does not depend on which coder the other levels use: the encoder can pick, per level,
+the cheapest coder (codec.py), and the result is never larger than coding every level
+adaptively.
 
 The bits go through a binary 64-bit rANS with the same word format, renormalisation and
 end-of-stream rule as reprocodec.entropy (its kernels do the state updates): the decoder is

@@ -74,7 +74,7 @@ PAYLOAD = "occupancy"
 # The same learned bits coded under refine.py's per-stream adapted probabilities, when smaller.
 REFINED_PAYLOAD = "occupancy_refined"
 # ... or under mixing.py's mix of those with a count model of each child's neighbourhood:
-# tried with coders="smallest" at bitstream format 4 (its decode walks a count model and a
+# tried with coders="smallest" from bitstream format 4 (its decode walks a count model and a
 # mixer per bit: half to one network row's time, 40-65 % more decode time on a dense
 # surface, for 1-9 % fewer bits, ~22 % on a LiDAR sweep), kept when smaller.
 MIXED_PAYLOAD = "occupancy_mixed"

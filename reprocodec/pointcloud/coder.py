@@ -5,9 +5,11 @@ Per learned level l and sub-pass k (child k of every level-l node, all nodes at 
     features -> MLP logit (float, protected) -> safeguard index -> clamp -> CDF table -> rANS
 
 Levels the stream gives to the adaptive context coder (adaptive.py: integer counts, its own
-rANS stream, decoded node by node) skip all of this; both coders' levels walk the same
-octree, and the adaptive model's counts see every level's bits. The encoder prices each level
-both ways (learned_level / estimate_level_cost against adaptive.code_length; codec.py picks).
+rANS stream, decoded node by node) or to the neighbour coder (neighbour.py: count models of
+each child's neighbourhood, its own rANS stream, decoded pass by pass like learned levels)
+skip all of this; every coder's levels walk the same octree, and the adaptive model's counts
+see every level's bits. The encoder prices each level each way (learned_level /
+estimate_level_cost, neighbour.walk_contexts, adaptive.code_length; codec.py picks).
 
 The decoder runs the same steps with its own floats; the occupancy decision's `resolve_pass`
 turns them into the encoder's indices as long as they are within the error bound. The side
@@ -314,9 +316,10 @@ def decompress(
             if used_neighbour > neighbour_total:
                 raise fail(f"more nodes than the neighbour stream codes at octree level {level}")
             neighbours = level_tables.table_of(codes, level, parent_bits)
+            shapes = mixing.neighbour_shapes(neighbours)  # the same for the eight passes
             bits = np.zeros((m, N_PASSES), dtype=bool)
             for k in range(N_PASSES):
-                contexts = mixing.pass_contexts(neighbours, bits, k, max_nodes)
+                contexts = mixing.pass_contexts(neighbours, bits, k, max_nodes, shapes=shapes)
                 try:
                     bits[:, k] = neighbour_decoder.decode(contexts, k) == 1
                 except ContainerError as exc:
@@ -335,6 +338,7 @@ def decompress(
         # Made from the previous level's table when that level was learned too (the same
         # integers as octree.neighbour_table, without its binary searches).
         neighbours = level_tables.table_of(codes, level, parent_bits)
+        shapes = mixing.neighbour_shapes(neighbours) if mixed is not None else None
         bits = np.zeros((m, N_PASSES), dtype=bool)
         for k in range(N_PASSES):
             logits = predict(neighbours, bits, k, level, depth)
@@ -342,7 +346,8 @@ def decompress(
                 indices = decision.resolve_pass(logits, side.next(m), mode, bound, verify)
                 index = _grid_index(indices)
                 if mixed is not None:
-                    contexts = mixing.pass_contexts(neighbours, bits, k, mixed_points)
+                    contexts = mixing.pass_contexts(neighbours, bits, k, mixed_points,
+                                                    shapes=shapes)
                     bits[:, k] = mixed.decode(index + GRID_K, contexts, k) == 1
                 else:
                     bits[:, k] = decoder.decode(index + GRID_K) == 1

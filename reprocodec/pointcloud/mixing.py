@@ -118,40 +118,74 @@ def _jit(fn):
 
 
 @_jit
-def _contexts_kernel(neighbours, bits, k, slots, children, shift, coarse_shift,
+def _contexts_kernel(neighbours, shapes, bits, k, slots, children, shift, coarse_shift,
                      out):  # pragma: no cover - compiled
     """Fine: cell c of child k is 0 empty, 1 occupied, 2 not decoded yet, weighted by 3^c (a
-    base-3 number < 8 * 3^26 < 2^45 with k on top: exact), then hashed. Branch-free: the state
-    is present * (known * bit + 2 * (1 - known)). Coarse: bit s set when parent-level
-    neighbour s exists (27 bits), times 8, plus k, then hashed."""
+    base-3 number < 8 * 3^26 < 2^45 with k on top: exact), then hashed: present * bit * 3^c
+    for the cells decoded (a child < k of its node), present * 2 * 3^c for the others (no bit
+    read: about half the cells). Coarse: bit s set when parent-level neighbour s exists (27
+    bits: shapes, one per node for every pass), times 8, plus k, then hashed."""
     m = neighbours.shape[0]
-    known = np.empty(26, np.int64)
-    unknown = np.empty(26, np.int64)
+    n_known = 0
     for c in range(26):
-        known[c] = _POWERS[c] if children[c] < k else 0
-        unknown[c] = 0 if children[c] < k else 2 * _POWERS[c]
+        n_known += children[c] < k
+    known_slot = np.empty(n_known, np.int64)
+    known_child = np.empty(n_known, np.int64)
+    known_weight = np.empty(n_known, np.int64)
+    unknown_slot = np.empty(26 - n_known, np.int64)
+    unknown_weight = np.empty(26 - n_known, np.int64)
+    j, u = 0, 0
+    for c in range(26):
+        if children[c] < k:
+            known_slot[j], known_child[j], known_weight[j] = slots[c], children[c], _POWERS[c]
+            j += 1
+        else:
+            unknown_slot[u], unknown_weight[u] = slots[c], 2 * _POWERS[c]
+            u += 1
     top = np.int64(k) * _POWERS[26]
     for i in range(m):
         ctx = top
-        for c in range(26):
-            node = np.int64(neighbours[i, slots[c]])
-            present = np.int64(node != m)
-            bit = np.int64(bits[min(node, m - 1), children[c]])
-            ctx += present * (bit * known[c] + unknown[c])
-        shape = np.int64(0)
-        for s in range(27):
-            shape |= np.int64(neighbours[i, s] != m) << s
+        for c in range(n_known):
+            node = np.int64(neighbours[i, known_slot[c]])
+            if node != m:
+                ctx += np.int64(bits[node, known_child[c]]) * known_weight[c]
+        shape = np.int64(shapes[i])
+        for c in range(26 - n_known):
+            ctx += ((shape >> unknown_slot[c]) & 1) * unknown_weight[c]
         fine = np.int64((np.uint64(ctx) * _HASH) >> np.uint64(shift))
         coarse = np.int64((np.uint64(shape * 8 + k) * _HASH) >> np.uint64(coarse_shift))
         out[i] = fine | (coarse << 32)
 
 
+@_jit
+def _shapes_kernel(neighbours, out):  # pragma: no cover - compiled
+    m = neighbours.shape[0]
+    for i in range(m):
+        shape = np.int64(0)
+        for s in range(27):
+            shape |= np.int64(neighbours[i, s] != m) << s
+        out[i] = shape
+
+
+def neighbour_shapes(neighbours: np.ndarray) -> np.ndarray:
+    """(M,) int64: bit s set when node i's parent-level neighbour s exists (absent = M), the
+    coarse context's shape; the same for every pass of the level (pass_contexts' `shapes`)."""
+    table = np.ascontiguousarray(neighbours)
+    if table.ndim != 2 or table.shape[1] != 27:
+        raise ValueError("shapes need an (M, 27) neighbour table")
+    out = np.empty(table.shape[0], dtype=np.int64)
+    _shapes_kernel(table, out)
+    return out
+
+
 def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
-                  out: np.ndarray | None = None) -> np.ndarray:
+                  out: np.ndarray | None = None, shapes: np.ndarray | None = None
+                  ) -> np.ndarray:
     """(M,) int64 count-model contexts of child k of every node of a level, fine | coarse << 32
     (both hashed): its (M, 27) neighbour table (absent = M) and the (M, 8) children decoded
     so far (only children < k are read). The encoder passes the level's true bits: the same
-    values. Into `out` when given (a contiguous (M,) int64 array)."""
+    values. Into `out` when given (a contiguous (M,) int64 array); `shapes`: the table's
+    neighbour_shapes, when the caller keeps them for the level's eight passes."""
     table = np.ascontiguousarray(neighbours)
     b = np.ascontiguousarray(bits, dtype=np.bool_)
     if table.ndim != 2 or table.shape[1] != 27 or b.shape != (table.shape[0], 8):
@@ -162,8 +196,12 @@ def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
         out = np.empty(table.shape[0], dtype=np.int64)
     elif out.shape != (table.shape[0],) or out.dtype != np.int64 or not out.flags.c_contiguous:
         raise ValueError("contexts go to a contiguous (M,) int64 array")
+    if shapes is None:
+        shapes = neighbour_shapes(table)
+    elif shapes.shape != (table.shape[0],) or shapes.dtype != np.int64:
+        raise ValueError("one int64 shape per node")
     with np.errstate(over="ignore"):  # the hash's uint64 product wraps (plain numpy, no numba)
-        _contexts_kernel(table, b, np.int64(k), CELL_SLOT[k], CELL_CHILD[k],
+        _contexts_kernel(table, shapes, b, np.int64(k), CELL_SLOT[k], CELL_CHILD[k],
                          np.int64(64 - context_bits(points)),
                          np.int64(64 - coarse_bits(points)), out)
     return out
