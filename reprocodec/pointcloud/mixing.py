@@ -126,35 +126,12 @@ def _contexts_kernel(neighbours, shapes, bits, k, slots, children, shift, coarse
     read: about half the cells). Coarse: bit s set when parent-level neighbour s exists (27
     bits: shapes, one per node for every pass), times 8, plus k, then hashed."""
     m = neighbours.shape[0]
-    n_known = 0
-    for c in range(26):
-        n_known += children[c] < k
-    known_slot = np.empty(n_known, np.int64)
-    known_child = np.empty(n_known, np.int64)
-    known_weight = np.empty(n_known, np.int64)
-    unknown_slot = np.empty(26 - n_known, np.int64)
-    unknown_weight = np.empty(26 - n_known, np.int64)
-    j, u = 0, 0
-    for c in range(26):
-        if children[c] < k:
-            known_slot[j], known_child[j], known_weight[j] = slots[c], children[c], _POWERS[c]
-            j += 1
-        else:
-            unknown_slot[u], unknown_weight[u] = slots[c], 2 * _POWERS[c]
-            u += 1
-    top = np.int64(k) * _POWERS[26]
+    known_slot, known_child, known_weight, unknown_slot, unknown_weight = _cell_lists(
+        k, slots, children)
     for i in range(m):
-        ctx = top
-        for c in range(n_known):
-            node = np.int64(neighbours[i, known_slot[c]])
-            if node != m:
-                ctx += np.int64(bits[node, known_child[c]]) * known_weight[c]
-        shape = np.int64(shapes[i])
-        for c in range(26 - n_known):
-            ctx += ((shape >> unknown_slot[c]) & 1) * unknown_weight[c]
-        fine = np.int64((np.uint64(ctx) * _HASH) >> np.uint64(shift))
-        coarse = np.int64((np.uint64(shape * 8 + k) * _HASH) >> np.uint64(coarse_shift))
-        out[i] = fine | (coarse << 32)
+        out[i] = _context_of(neighbours, bits, i, m, k, np.int64(shapes[i]), known_slot,
+                             known_child, known_weight, unknown_slot, unknown_weight, shift,
+                             coarse_shift)
 
 
 @_jit
@@ -218,57 +195,72 @@ def count_tables(points: int) -> tuple[np.ndarray, ...]:
 
 
 @_jit
-def _level_kernel(neighbours, bits, slots, children, shift, coarse_shift,
+def _cell_lists(k, slots, children):  # pragma: no cover - compiled
+    """Pass k's 26 cells split as _contexts_kernel reads them: those decoded (a child < k of
+    its node: slot, child, 3^c) and the others (slot, 2 * 3^c)."""
+    n_known = 0
+    for c in range(26):
+        n_known += children[c] < k
+    known_slot = np.empty(n_known, np.int64)
+    known_child = np.empty(n_known, np.int64)
+    known_weight = np.empty(n_known, np.int64)
+    unknown_slot = np.empty(26 - n_known, np.int64)
+    unknown_weight = np.empty(26 - n_known, np.int64)
+    j, u = 0, 0
+    for c in range(26):
+        if children[c] < k:
+            known_slot[j], known_child[j], known_weight[j] = slots[c], children[c], _POWERS[c]
+            j += 1
+        else:
+            unknown_slot[u], unknown_weight[u] = slots[c], 2 * _POWERS[c]
+            u += 1
+    return known_slot, known_child, known_weight, unknown_slot, unknown_weight
+
+
+@_jit
+def _context_of(neighbours, bits, i, m, k, shape, known_slot, known_child, known_weight,
+                unknown_slot, unknown_weight, shift, coarse_shift):  # pragma: no cover
+    """The hashed context (fine | coarse << 32) of child k of node i (_contexts_kernel)."""
+    ctx = np.int64(k) * _POWERS[26]
+    for c in range(known_slot.size):
+        node = np.int64(neighbours[i, known_slot[c]])
+        if node != m:
+            ctx += np.int64(bits[node, known_child[c]]) * known_weight[c]
+    for c in range(unknown_slot.size):
+        ctx += ((shape >> unknown_slot[c]) & 1) * unknown_weight[c]
+    fine = np.int64((np.uint64(ctx) * _HASH) >> np.uint64(shift))
+    coarse = np.int64((np.uint64(shape * 8 + k) * _HASH) >> np.uint64(coarse_shift))
+    return fine | (coarse << 32)
+
+
+@_jit
+def _level_kernel(neighbours, shapes, bits, slots, children, shift, coarse_shift,
                   out):  # pragma: no cover - compiled
     """_contexts_kernel for all eight passes of a level whose bits are all known (the
-    encoder): each node's 27 neighbours are read once, not once per pass and cell (the same
-    values: cell c of child k is present * (its bit if child < k, else 2))."""
+    encoder), pass-major."""
     m = neighbours.shape[0]
-    known = np.zeros((8, 26), np.int64)  # weights of a decoded cell's bit, of an undecoded one
-    unknown = np.zeros((8, 26), np.int64)
     for k in range(8):
-        for c in range(26):
-            if children[k, c] < k:
-                known[k, c] = _POWERS[c]
-            else:
-                unknown[k, c] = 2 * _POWERS[c]
-    present = np.empty(27, np.int64)
-    byte = np.empty(27, np.int64)  # bit j: the neighbour's child j
-    for i in range(m):
-        shape = np.int64(0)
-        for s in range(27):
-            node = np.int64(neighbours[i, s])
-            p = np.int64(node != m)
-            present[s] = p
-            shape |= p << s
-            b = np.int64(0)
-            if p:
-                for j in range(8):
-                    b |= np.int64(bits[node, j]) << j
-            byte[s] = b
-        for k in range(8):
-            ctx = np.int64(k) * _POWERS[26]
-            for c in range(26):
-                slot = slots[k, c]
-                ctx += present[slot] * (((byte[slot] >> children[k, c]) & 1) * known[k, c]
-                                        + unknown[k, c])
-            fine = np.int64((np.uint64(ctx) * _HASH) >> np.uint64(shift))
-            coarse = np.int64((np.uint64(shape * 8 + k) * _HASH) >> np.uint64(coarse_shift))
-            out[k * m + i] = fine | (coarse << 32)
+        known_slot, known_child, known_weight, unknown_slot, unknown_weight = _cell_lists(
+            k, slots[k], children[k])
+        for i in range(m):
+            out[k * m + i] = _context_of(neighbours, bits, i, m, k, np.int64(shapes[i]),
+                                         known_slot, known_child, known_weight, unknown_slot,
+                                         unknown_weight, shift, coarse_shift)
 
 
 def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int) -> np.ndarray:
     """(8 M,) int64 contexts of a level's bits, pass-major: pass_contexts of each pass, from
     the level's true bits (what the decoder computes pass by pass from the bits it decoded),
-    in one compiled pass over the nodes."""
+    the shapes computed once."""
     table = np.ascontiguousarray(neighbours)
     b = np.ascontiguousarray(bits, dtype=np.bool_)
     if table.ndim != 2 or table.shape[1] != 27 or b.shape != (table.shape[0], 8):
         raise ValueError("contexts need an (M, 27) neighbour table and (M, 8) bits")
     contexts = np.empty(8 * table.shape[0], dtype=np.int64)
     with np.errstate(over="ignore"):  # the hash's uint64 product wraps (plain numpy, no numba)
-        _level_kernel(table, b, CELL_SLOT, CELL_CHILD, np.int64(64 - context_bits(points)),
-                      np.int64(64 - coarse_bits(points)), contexts)
+        _level_kernel(table, neighbour_shapes(table), b, CELL_SLOT, CELL_CHILD,
+                      np.int64(64 - context_bits(points)), np.int64(64 - coarse_bits(points)),
+                      contexts)
     return contexts
 
 
