@@ -52,6 +52,7 @@ LOGIT_ONE = 256  # stretch values are logits in 1/256
 _KNOT_SHIFT = 7  # knots every 128 units (half a logit)
 LOGIT_LIMIT = (_SQUASH_KNOTS.size - 1) // 2 << _KNOT_SHIFT  # |logit| <= 12 (3072 units)
 _ONE = 1 << adaptive._PRECISION
+_HALF = _ONE // 2  # the count tables hold P(0) - 1/2: zeros are a fresh context
 
 # The two count probabilities' rates stop falling at 1 / (limit + 1.5): 1/2.5 and 1/61.5
 # (fastest and slowest of the pairs tried on the held-out CAD meshes and the LiDAR sweep:
@@ -186,11 +187,12 @@ def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
 
 def count_tables(points: int) -> tuple[np.ndarray, ...]:
     """The fine and the coarse count model's fresh tables for a cloud of `points` voxels:
-    counts (uint8, <= COUNT_LIMIT) and the fast and slow P(0) (int32, 0 .. 2^16) of each
-    context, fine then coarse (mixing's and neighbour.py's models)."""
+    counts (uint8, <= COUNT_LIMIT) and the fast and slow P(0) less 1/2 (int32, -2^15 .. 2^15)
+    of each context, fine then coarse (mixing's and neighbour.py's models). All zeros: the
+    pages of a large table cost no memory until a context is used."""
     tables = []
     for size in (1 << context_bits(points), 1 << coarse_bits(points)):
-        tables += [np.zeros(size, dtype=np.uint8), np.full((size, 2), _ONE // 2, dtype=np.int32)]
+        tables += [np.zeros(size, dtype=np.uint8), np.zeros((size, 2), dtype=np.int32)]
     return tuple(tables)
 
 
@@ -286,7 +288,7 @@ def _squash(x):  # pragma: no cover - compiled
 def _count_inputs(probability, ctx, inputs, first):  # pragma: no cover - compiled
     """inputs[first], inputs[first + 1]: a context's fast and slow P(0), stretched."""
     for j in range(2):
-        q = np.int64(probability[ctx, j])
+        q = np.int64(probability[ctx, j]) + _HALF
         inputs[first + j] = STRETCH[min(max(q, np.int64(1)), np.int64(_ONE - 1))]
 
 
@@ -311,10 +313,10 @@ def _mixed(buckets, probability, coarse_probability, weights, g, ctx, k,
 def _count(counts, probability, ctx, target):  # pragma: no cover - compiled
     """A context's fast and slow probability move towards the bit; its count grows."""
     n = np.int64(counts[ctx])
-    q = np.int64(probability[ctx, 0])
-    probability[ctx, 0] = q + (((target - q) * _COUNT_RATE[min(n, _FAST)]) >> 16)
-    q = np.int64(probability[ctx, 1])
-    probability[ctx, 1] = q + (((target - q) * _COUNT_RATE[min(n, _SLOW)]) >> 16)
+    q = np.int64(probability[ctx, 0]) + _HALF
+    probability[ctx, 0] = q + (((target - q) * _COUNT_RATE[min(n, _FAST)]) >> 16) - _HALF
+    q = np.int64(probability[ctx, 1]) + _HALF
+    probability[ctx, 1] = q + (((target - q) * _COUNT_RATE[min(n, _SLOW)]) >> 16) - _HALF
     counts[ctx] = min(n + 1, COUNT_LIMIT)
 
 
