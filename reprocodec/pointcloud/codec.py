@@ -114,11 +114,12 @@ CONFIDENT_SAVING = 3
 # and go adaptive for about half the time at a cost of ~3 % of their bits
 # (bench/pointcloud_levels.py). A ratio of integers: exact.
 ROW_PRICE = (1, 16)
-# ... and each bit the neighbour coder codes as NEIGHBOUR_PRICE bits: its walk takes about a
-# quarter of a network row's time (25-70 ns a bit against 125-190). A level leaves the
-# learned model for it only for fewer bits (so dense surfaces keep the model's compression),
-# and leaves the adaptive coder for it when it saves more than this a bit.
-NEIGHBOUR_PRICE = (1, 64)
+# ... and each bit the neighbour coder codes as NEIGHBOUR_PRICE bits: its contexts and walk
+# take about half a network row's time (~100 ns a bit, to encode or to decode, against
+# 125-190 for a row; the adaptive coder's, a few). A level leaves the learned model for it only
+# for fewer bits (so dense surfaces keep the model's compression), and leaves the adaptive
+# coder for it when it saves more than this a bit.
+NEIGHBOUR_PRICE = (1, 32)
 # About what a payload's framing costs (its name, shape, CRC, checksum, flags and rANS final
 # state: ~45 bytes), in code-length units
 FRAMING_COST = (64 * 8) << entropy.COST_FRACTION
