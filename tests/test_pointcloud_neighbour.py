@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_pointcloud_mixing import _box_surface  # the six faces of an n^3 box
 
 from reprocodec import container, entropy
 from reprocodec.errors import ContainerError, InputError, VerificationError
@@ -47,20 +48,6 @@ RINGS_DEPTH = 10
 @pytest.fixture(scope="module")
 def codec():
     return PointCloudCodec.load()
-
-
-def _box_surface(n: int) -> np.ndarray:
-    """The six faces of an axis-aligned n^3 box of integer voxels."""
-    g = np.arange(n)
-    u, v = (a.ravel() for a in np.meshgrid(g, g, indexing="ij"))
-    faces = []
-    for c in (0, n - 1):
-        for axis in range(3):
-            p = np.zeros((u.size, 3), np.int64)
-            others = [a for a in range(3) if a != axis]
-            p[:, axis], p[:, others[0]], p[:, others[1]] = c, u, v
-            faces.append(p)
-    return np.unique(np.concatenate(faces), axis=0).astype(np.float64)
 
 
 def _rings(seed: int, beams: int, azimuths: int, noise: float = 0.02) -> np.ndarray:
