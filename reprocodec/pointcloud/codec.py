@@ -226,7 +226,7 @@ class PointCloudCodec:
             raise InputError("the neighbour coder needs bitstream format 5")
         price = (0, 1) if coders == "smallest" else ROW_PRICE
         mix = coders == "smallest" and self.refine and bitstream_format >= 4
-        # the neighbour coder: tried on every level when choosing, from format 5
+        # the neighbour coder: tried when choosing, from format 5 (_learned_levels says where)
         neighbours = coders == "neighbour" or (coders in CHOOSING and bitstream_format >= 5)
         vox = octree.voxelize(points, depth)
         n = vox.voxels.shape[0]
@@ -269,7 +269,8 @@ class PointCloudCodec:
                 candidates.append(("L" * depth, [], False))
             if coded.neighbour_saving < FRAMING_COST:
                 # Its levels saved less than a payload's framing, which the level-by-level
-                # choice does not see: the choice without them too (format 4's)
+                # choice does not see: the choice without them too (learned or adaptive there:
+                # format 4's choice, but where the neighbour coder kept the model from a level)
                 candidates.append((learned_or_adaptive, [], False))
             if coded.every_f0 is not None:
                 # It prices time, and would otherwise trade learned levels' bits for it
