@@ -21,6 +21,7 @@ from reprocodec.pointcloud.codec import (
 )
 from reprocodec.pointcloud.grid import GRID_K
 from reprocodec.pointcloud.ply import read_ply
+from reprocodec.pointcloud.rowslices import row_slices
 from reprocodec.safeguard import Mode
 
 SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
@@ -181,6 +182,9 @@ def test_level_contexts_are_every_pass_contexts_in_one_pass(ground_rings):
         want = np.concatenate([mixing.pass_contexts(table, level_bits, k, points)
                                for k in range(8)])
         np.testing.assert_array_equal(mixing.level_contexts(table, level_bits, points), want)
+        # slices of nodes on two threads (the largest level is cut): the same values
+        np.testing.assert_array_equal(mixing.level_contexts(table, level_bits, points, 2), want)
+    assert len(row_slices(cases[-1][0].shape[0], 2)) > 1
     with pytest.raises(ValueError):
         mixing.level_contexts(cases[1][0], cases[1][1][:5], 5000)
     # the decoder keeps a level's shapes for its eight passes: the same contexts

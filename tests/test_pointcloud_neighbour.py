@@ -232,9 +232,12 @@ def _arrays(model):
     return [a.copy() for a in model.arrays()]
 
 
-@pytest.mark.parametrize("level", [7, 9])  # a mid level and the largest one
-def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level):
+# a mid level, which keeps the touched entries, and the largest one under tables sized for
+# 1,000 points, which it outgrows (more bits than half the tables' entries): a whole copy
+@pytest.mark.parametrize("level, points, kind", [(7, None, "entries"), (9, 1000, "tables")])
+def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, kind):
     codes, bits, n = rings_levels
+    n = points or n
     model = neighbour.Model(n)
     _walk(model, codes, bits, (3, 4))  # a state that is not the initial one
     tables = octree.LevelTables(1)
@@ -246,6 +249,7 @@ def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level):
     assert np.unique(fine).size < fine.size and np.unique(coarse).size < coarse.size
     before = _arrays(model)
     saved = model.snapshot(contexts)
+    assert saved[0] == kind
     f0, cost = neighbour.walk_contexts(model, contexts, bits[level])
     after = _arrays(model)
     assert all(np.any(a != b) for a, b in zip(after, before, strict=True))  # all moved

@@ -335,7 +335,8 @@ class PointCloudCodec:
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
             contexts = None
             if every is not None:
-                contexts = mixing.level_contexts(neighbours, bits[level], every.points)
+                contexts = mixing.level_contexts(neighbours, bits[level], every.points,
+                                                  self.threads)
                 every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level])
             # The neighbour coder first (tentatively: undone below unless it takes the level),
             # so that the model is run on a large level only if it may beat it too. Not after a
@@ -351,7 +352,8 @@ class PointCloudCodec:
             bar = adaptive_cost[level]  # what the model must beat on a large level
             if tried:
                 if contexts is None:
-                    contexts = mixing.level_contexts(neighbours, bits[level], model.points)
+                    contexts = mixing.level_contexts(neighbours, bits[level], model.points,
+                                                      self.threads)
                 saved = model.snapshot(contexts) if coders != "neighbour" else None
                 f0, cost = neighbour.walk_contexts(model, contexts, bits[level])
                 if price[0]:  # (by bits alone, mixing may still make the model's levels win)
@@ -366,7 +368,8 @@ class PointCloudCodec:
                 if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
                     # Pass-major as the indices
                     if contexts is None:
-                        contexts = mixing.level_contexts(neighbours, bits[level], mix_points)
+                        contexts = mixing.level_contexts(neighbours, bits[level], mix_points,
+                                                          self.threads)
                     learned[level].contexts = contexts
                 saving = adaptive_cost[level] - learned[level].cost
                 confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)

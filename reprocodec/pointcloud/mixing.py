@@ -35,6 +35,7 @@ import numpy as np
 from . import adaptive, refine
 from .context import WINDOW, WINDOW_CHILD, WINDOW_NEIGHBOUR
 from .grid import GRID_K
+from .rowslices import for_row_slices
 
 try:
     import numba
@@ -236,33 +237,39 @@ def _context_of(neighbours, bits, i, m, k, shape, known_slot, known_child, known
 
 
 @_jit
-def _level_kernel(neighbours, shapes, bits, slots, children, shift, coarse_shift,
+def _level_kernel(neighbours, shapes, bits, slots, children, shift, coarse_shift, start, stop,
                   out):  # pragma: no cover - compiled
-    """_contexts_kernel for all eight passes of a level whose bits are all known (the
-    encoder), pass-major."""
+    """_contexts_kernel for all eight passes of nodes start .. stop - 1 of a level whose bits
+    are all known (the encoder), into their places in the pass-major `out`."""
     m = neighbours.shape[0]
     for k in range(8):
         known_slot, known_child, known_weight, unknown_slot, unknown_weight = _cell_lists(
             k, slots[k], children[k])
-        for i in range(m):
+        for i in range(start, stop):
             out[k * m + i] = _context_of(neighbours, bits, i, m, k, np.int64(shapes[i]),
                                          known_slot, known_child, known_weight, unknown_slot,
                                          unknown_weight, shift, coarse_shift)
 
 
-def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int) -> np.ndarray:
+def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int, threads: int = 1
+                   ) -> np.ndarray:
     """(8 M,) int64 contexts of a level's bits, pass-major: pass_contexts of each pass, from
     the level's true bits (what the decoder computes pass by pass from the bits it decoded),
-    the shapes computed once."""
+    the shapes computed once; on `threads` threads (slices of nodes: the same values)."""
     table = np.ascontiguousarray(neighbours)
     b = np.ascontiguousarray(bits, dtype=np.bool_)
     if table.ndim != 2 or table.shape[1] != 27 or b.shape != (table.shape[0], 8):
         raise ValueError("contexts need an (M, 27) neighbour table and (M, 8) bits")
     contexts = np.empty(8 * table.shape[0], dtype=np.int64)
-    with np.errstate(over="ignore"):  # the hash's uint64 product wraps (plain numpy, no numba)
-        _level_kernel(table, neighbour_shapes(table), b, CELL_SLOT, CELL_CHILD,
-                      np.int64(64 - context_bits(points)), np.int64(64 - coarse_bits(points)),
-                      contexts)
+    shapes = neighbour_shapes(table)
+    shift, coarse_shift = np.int64(64 - context_bits(points)), np.int64(64 - coarse_bits(points))
+
+    def work(start: int, stop: int) -> None:
+        with np.errstate(over="ignore"):  # the hash's uint64 product wraps (numpy, no numba)
+            _level_kernel(table, shapes, b, CELL_SLOT, CELL_CHILD, shift, coarse_shift,
+                          np.int64(start), np.int64(stop), contexts)
+
+    for_row_slices(work, table.shape[0], threads)
     return contexts
 
 

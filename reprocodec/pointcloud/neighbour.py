@@ -50,6 +50,7 @@ class Model:
         self.weights = np.zeros((N_PASSES, INPUTS), dtype=np.int64)
         self.weights[:, 1] = self.weights[:, 3] = _START_WEIGHT
         self.points = points
+        self._backup: tuple[np.ndarray, ...] | None = None  # snapshot's copies of the tables
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return (self.counts, self.probability, self.coarse_counts, self.coarse_probability,
@@ -57,25 +58,59 @@ class Model:
 
     def snapshot(self, contexts: np.ndarray) -> tuple:
         """What walking bits of these contexts can change, for restore (encoder: a level
-        tried, then not chosen, is undone): copies of the touched entries, or of the whole
-        tables when those are smaller (a large level: 34 bytes a bit against 9 a context)."""
-        if contexts.size * 34 > (self.counts.size + self.coarse_counts.size) * 9:
-            return tuple(a.copy() for a in self.arrays())
-        fine, coarse = contexts & _FINE_MASK, contexts >> 32
-        return (fine, self.counts[fine], self.probability[fine], coarse,
-                self.coarse_counts[coarse], self.coarse_probability[coarse],
-                self.weights.copy())
+        tried, then not chosen, is undone): the touched entries' values (18 bytes a bit,
+        gathered by a compiled kernel), or the whole tables when those are smaller (a large
+        level; copied into buffers kept for the next time: one snapshot at a time)."""
+        if contexts.size * 18 > (self.counts.size + self.coarse_counts.size) * 9:
+            if self._backup is None:
+                self._backup = tuple(np.empty_like(a) for a in self.arrays())
+            for copy, array in zip(self._backup, self.arrays(), strict=True):
+                np.copyto(copy, array)
+            return ("tables",)
+        counts = np.empty((contexts.size, 2), np.uint8)
+        probability = np.empty((contexts.size, 4), np.int32)
+        _gather_kernel(contexts, self.counts, self.probability, self.coarse_counts,
+                       self.coarse_probability, counts, probability)
+        return ("entries", contexts, counts, probability, self.weights.copy())
 
     def restore(self, saved: tuple) -> None:
-        if len(saved) == len(self.arrays()):
-            for array, copy in zip(self.arrays(), saved, strict=True):
-                array[...] = copy
+        if saved[0] == "tables":
+            for array, copy in zip(self.arrays(), self._backup, strict=True):
+                np.copyto(array, copy)
             return
-        fine, counts, probability, coarse, coarse_counts, coarse_probability, weights = saved
-        self.counts[fine], self.probability[fine] = counts, probability
-        self.coarse_counts[coarse], self.coarse_probability[coarse] = (coarse_counts,
-                                                                       coarse_probability)
+        _, contexts, counts, probability, weights = saved
+        _scatter_kernel(contexts, self.counts, self.probability, self.coarse_counts,
+                        self.coarse_probability, counts, probability)
         self.weights[:] = weights
+
+
+@_jit
+def _gather_kernel(contexts, counts, probability, coarse_counts, coarse_probability,
+                   saved_counts, saved_probability):  # pragma: no cover - compiled
+    for i in range(contexts.size):
+        fine = contexts[i] & _FINE_MASK
+        coarse = contexts[i] >> 32
+        saved_counts[i, 0] = counts[fine]
+        saved_counts[i, 1] = coarse_counts[coarse]
+        saved_probability[i, 0] = probability[fine, 0]
+        saved_probability[i, 1] = probability[fine, 1]
+        saved_probability[i, 2] = coarse_probability[coarse, 0]
+        saved_probability[i, 3] = coarse_probability[coarse, 1]
+
+
+@_jit
+def _scatter_kernel(contexts, counts, probability, coarse_counts, coarse_probability,
+                    saved_counts, saved_probability):  # pragma: no cover - compiled
+    """_gather_kernel's inverse (a context seen twice has the same saved values twice)."""
+    for i in range(contexts.size):
+        fine = contexts[i] & _FINE_MASK
+        coarse = contexts[i] >> 32
+        counts[fine] = saved_counts[i, 0]
+        coarse_counts[coarse] = saved_counts[i, 1]
+        probability[fine, 0] = saved_probability[i, 0]
+        probability[fine, 1] = saved_probability[i, 1]
+        coarse_probability[coarse, 0] = saved_probability[i, 2]
+        coarse_probability[coarse, 1] = saved_probability[i, 3]
 
 
 @_jit
