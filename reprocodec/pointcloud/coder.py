@@ -305,9 +305,9 @@ def decompress(
             adaptive_bits.append(bits.reshape(-1))
             chain = level < last_tabled
             if chain:
-                # A learned level follows: keep the chain of neighbour tables, each made from
-                # the last (a learned level after a table-less one would need 26 binary
-                # searches per node, several times this).
+                # A learned or neighbour-coded level follows: keep the chain of neighbour
+                # tables, each made from the last (a table after a table-less level would
+                # need 26 binary searches per node, several times this).
                 level_tables.table_of(codes, level, parent_bits)
             codes, parent_bits = octree.children(codes, bits), bits if chain else None
             continue
