@@ -7,7 +7,8 @@ One of bench/pointcloud.py's --clouds by name, encoded and decoded once to warm 
 run profiled: the total and each step's share of it (cumulative time, so a step's share
 includes what it calls; the kernel's runs on pool threads are counted only with --threads 1).
 --rows: for every cloud, the network rows the encoder and the decoder evaluate per point (the
-kernel's work, whatever the machine's speed).
+kernel's work, whatever the machine's speed). The first line names each level's coder and the
+bits each coder codes (the neighbour coder's steps divided by its bits: its time a bit).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pointcloud import synthetic_clouds  # noqa: E402
 
 from reprocodec import container  # noqa: E402
-from reprocodec.pointcloud import native  # noqa: E402
+from reprocodec.pointcloud import inspect_fields, native  # noqa: E402
 from reprocodec.pointcloud.codec import PointCloudCodec  # noqa: E402
 
 ENCODE_STEPS = ["native:_logits_kernel", "codec:_add_payloads", "octree:child_neighbour_table",
                 "codec:_adaptive_levels", "octree:voxelize", "octree:build_levels",
-                "decision:protect_pass", "refine:code_lengths", "coder:estimate_level_cost"]
-DECODE_STEPS = ["native:_logits_kernel", "octree:child_neighbour_table"]
+                "decision:protect_pass", "refine:code_lengths", "coder:estimate_level_cost",
+                "mixing:level_contexts", "neighbour:walk_contexts", "neighbour:snapshot"]
+DECODE_STEPS = ["native:_logits_kernel", "octree:child_neighbour_table", "mixing:pass_contexts",
+                "neighbour:decode"]
 
 
 def shares(run, steps: list[str]) -> str:
@@ -85,8 +88,13 @@ def main() -> int:
     clouds = {name: (points, depth) for name, points, depth in synthetic_clouds()}
     points, depth = clouds[args.cloud]
     codec = PointCloudCodec.load(threads=args.threads)
-    packed = container.pack(codec.encode(points, depth=depth))
+    msg = codec.encode(points, depth=depth)
+    packed = container.pack(msg)
     codec.decode(container.unpack(packed))
+    fields = inspect_fields(msg)
+    print(f"{args.cloud}: levels {fields['level_coders']}, coded bits: learned "
+          f"{fields['coded_occupancy_bits']}, adaptive {fields['adaptive_occupancy_bits']}, "
+          f"neighbour {fields['neighbour_occupancy_bits']}")
     for _ in range(args.runs):
         print("encode", shares(lambda: codec.encode(points, depth=depth), ENCODE_STEPS))
         print("decode", shares(lambda: codec.decode(container.unpack(packed)), DECODE_STEPS))

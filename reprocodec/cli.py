@@ -134,9 +134,9 @@ def _encode_local(args: argparse.Namespace) -> int:
 
     local = _LocalCodecs(args)
     many = len(args.inputs) > 1
+    written = args.bitstream_format or container.FORMAT_VERSION  # None: the newest
     given = {"level": args.level, "depth": args.depth,
-             "coders": "smallest" if args.smallest else None,
-             "bitstream_format": args.bitstream_format or container.FORMAT_VERSION}
+             "coders": "smallest" if args.smallest else None, "bitstream_format": written}
 
     def handle(path: Path) -> None:
         kind = registry.kind_of_input(path)
@@ -145,7 +145,7 @@ def _encode_local(args: argparse.Namespace) -> int:
         capture: dict = {}
         options = kind.options(given) | ({"capture": capture} if args.capture else {})
         msg = codec.encode(data, mode=Mode(args.safeguard), **options)
-        container.at_version(msg, args.bitstream_format or container.FORMAT_VERSION)
+        container.at_version(msg, written)
         output_path(path, args.output, many, ".rpc").write_bytes(container.pack(msg))
         _save_capture(args, path, capture)
 

@@ -105,7 +105,8 @@ def _walk(model, codes, bits, levels):
     for level in range(max(levels) + 1):
         table = tables.table_of(codes[level], level, bits[level - 1] if level else None)
         if level in levels:
-            out[level] = neighbour.walk_level(model, table, bits[level])
+            contexts = mixing.level_contexts(table, bits[level], model.points)
+            out[level] = (contexts, *neighbour.walk_contexts(model, contexts, bits[level]))
     return out
 
 

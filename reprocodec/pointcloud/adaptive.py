@@ -117,7 +117,7 @@ def _encode_kernel(bits, f0, out):  # pragma: no cover - compiled
 def _decode_bit(words, x, pos, f0):  # pragma: no cover - compiled
     """One binary decision at rANS state x, read position pos, P(0) = f0 / 2^16: (bit, x, pos)
     after renormalising; pos < 0 when the words ran out (entropy._renormalize bounds every
-    read). The adaptive, refined and mixed decoders' common step."""
+    read). The adaptive, refined, mixed and neighbour decoders' common step."""
     f = np.uint64(f0)
     cum = x & np.uint64(_ONE - 1)
     if cum < f:
@@ -279,8 +279,8 @@ class Decoder:
 
 class LenientDecoder(Decoder):
     """A binary rANS stream decoded in calls with kernels of its own (refine's and mixing's
-    learned streams): lenient=True (benchmarks) yields zeros once the stream breaks off instead
-    of raising."""
+    learned streams, neighbour.py's levels): lenient=True (benchmarks) yields zeros once the
+    stream breaks off instead of raising."""
 
     def __init__(self, data: bytes, lenient: bool = False):
         self.lenient, self.failed = lenient, False

@@ -116,9 +116,10 @@ CONFIDENT_SAVING = 3
 ROW_PRICE = (1, 16)
 # ... and each bit the neighbour coder codes as NEIGHBOUR_PRICE bits: its contexts and walk
 # take about half a network row's time (~100 ns a bit, to encode or to decode, against
-# 125-190 for a row; the adaptive coder's, a few). A level leaves the learned model for it only
-# for fewer bits (so dense surfaces keep the model's compression), and leaves the adaptive
-# coder for it when it saves more than this a bit.
+# 125-190 for a row; the adaptive coder's, a few: bench/pointcloud_profile.py "lidar
+# 64x2048", its steps' seconds over the neighbour-coded bits it prints). A level leaves the
+# learned model for it only for fewer bits (so dense surfaces keep the model's compression),
+# and leaves the adaptive coder for it when it saves more than this a bit.
 NEIGHBOUR_PRICE = (1, 32)
 # About what a payload's framing costs (its name, shape, CRC, checksum, flags and rANS final
 # state: ~45 bytes), in code-length units
