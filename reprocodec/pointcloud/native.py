@@ -6,7 +6,7 @@ last layer -> logit, rounded to float32 as the torch path's is. The stored weigh
 float64. Every float sum has one fixed order, written in the source: a second-layer unit adds
 the products of the non-zero first-layer units in ascending order (a zero unit's product is
 +-0 and would change nothing) to +0; the last layer's products max(acc + b2, 0) * w3 are added
-by halves (vectorops.dense_tail), then the bias. No fast-math: the compiler may neither
+by halves (vectorops.relu_dense_tail), then the bias. No fast-math: the compiler may neither
 reassociate nor contract a multiply and an add into an FMA, so each logit is the same on every
 x86 or ARM CPU, whatever the thread count or slicing. Tests check the kernel against
 numpy_rest (the same sums as numpy operations) bit for bit, and its LLVM IR and assembly for
@@ -31,7 +31,7 @@ from .rowslices import default_threads, for_row_slices
 from .vectorops import FIRST_UNITS, SECOND_UNITS
 
 if numba is not None:
-    from .vectorops import dense_tail, gather_sum
+    from .vectorops import gather_sum, relu_dense_tail
 
 class NativeGatherNetworks:
     """A gather model with two hidden layers (first_layer "gather", hidden (H1, H2), H1 <=
@@ -94,7 +94,7 @@ def numpy_rest(hidden: np.ndarray, w2t: np.ndarray, b2: np.ndarray, w3: np.ndarr
     numpy float64 multiplies and adds (no FMA, no reassociation): each second-layer unit adds
     the products of inputs 0, 1, .. H1-1 in that order to +0 (zeros included: they change
     nothing), then its bias; the last layer's products max(., 0) * w3 are added by halves as
-    vectorops.dense_tail does, then the bias. The kernel's reference, and the path without
+    vectorops.relu_dense_tail does, then the bias. The kernel's reference, and the path without
     numba. w2t, b2, w3: NativeGatherNetworks' padded arrays."""
     hidden = hidden.astype(np.float64)
     acc = np.zeros((hidden.shape[0], w2t.shape[1]), np.float64)
@@ -118,15 +118,6 @@ if numba is not None:
     @numba.njit(cache=True, nogil=True)
     def _logits_kernel(rows, state, table, bias, w2t, b2, w3, b3, out):  # pragma: no cover
         first = np.empty(FIRST_UNITS, np.int32)
-        values = np.empty(FIRST_UNITS, np.float64)
-        units = np.empty(FIRST_UNITS, np.int64)
         for r in range(rows.shape[0]):
             gather_sum(rows, r, state, table, bias, first)
-            # The ReLU's non-zero units in order, without a branch per unit (about half are
-            # zero, unpredictably).
-            n = 0
-            for u in range(FIRST_UNITS):
-                units[n] = u
-                values[n] = first[u]  # an integer below 2^24: exact
-                n += first[u] > 0
-            out[r] = np.float32(dense_tail(values, units, n, w2t, b2, w3) + b3[0])
+            out[r] = np.float32(relu_dense_tail(first, w2t, b2, w3) + b3[0])

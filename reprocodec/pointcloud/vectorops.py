@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .context import numba
 
-FIRST_UNITS = 64
+FIRST_UNITS = 64  # at most 64: the tail keeps one bit per unit in an i64 mask
 SECOND_UNITS = 32
 NEIGHBOURS = 27
 GATHER_STATES = 257  # gather.GATHER_STATES (not imported: this module has no numpy users)
@@ -23,6 +23,7 @@ GATHER_STATES = 257  # gather.GATHER_STATES (not imported: this module has no nu
 if numba is not None:
     from llvmlite import ir
     from numba import types
+    from numba.core import cgutils
     from numba.extending import intrinsic
 
     _I32, _I64, _F64 = ir.IntType(32), ir.IntType(64), ir.DoubleType()
@@ -97,29 +98,40 @@ if numba is not None:
         return signature, codegen
 
     @intrinsic
-    def dense_tail(typingctx, values, units, n, w2t, b2, w3):
-        """The float64 sum the last layer adds to its bias: second-layer pre-activations
-        acc = sum over m < n, m ascending, of values[m] * w2t[units[m]] (from +0), then
+    def relu_dense_tail(typingctx, first, w2t, b2, w3):
+        """The float64 sum the last layer adds to its bias, from the first layer's integer
+        pre-activations first[:FIRST_UNITS] (int32): second-layer pre-activations acc = sum
+        over the units u with first[u] > 0, u ascending, of float64(first[u]) * w2t[u] (from
+        +0; a ReLU-zero unit's product would be +-0 and change nothing), then
         p = max(acc + b2, 0) * w3, then p's SECOND_UNITS lanes added by halves (lanes j and
-        j + 16, then j and j + 8, .., then 0 and 1)."""
-        signature = types.float64(values, units, n, w2t, b2, w3)
+        j + 16, then j and j + 8, .., then 0 and 1). The non-zero units come from a bit mask
+        (one vector compare, then count-trailing-zeros): no compacted copy and no branch per
+        unit, about half of which are zero, unpredictably."""
+        signature = types.float64(first, w2t, b2, w3)
 
         def codegen(context, builder, sig, args):
-            values_a, units_a, _, w2t_a, b2_a, w3_a = _arrays(context, builder, sig, args)
+            first_a, w2t_a, b2_a, w3_a = _arrays(context, builder, sig, args)
             vector = ir.VectorType(_F64, SECOND_UNITS)
+            units = ir.VectorType(_I32, FIRST_UNITS)
             row_stride = builder.extract_value(w2t_a.strides, 0)
+            pre = builder.load(builder.bitcast(first_a.data, units.as_pointer()), align=4)
+            positive = builder.icmp_signed(">", pre, ir.Constant(units, None))
+            start = builder.zext(builder.bitcast(positive, ir.IntType(FIRST_UNITS)), _I64)
+            cttz = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_I64, [_I64, ir.IntType(1)]), "llvm.cttz.i64")
             entry = builder.block
             head, body, done = (builder.append_basic_block(f"tail.{n}")
                                 for n in ("head", "body", "done"))
             builder.branch(head)
             builder.position_at_end(head)
-            m, acc = builder.phi(_I64), builder.phi(vector)
-            m.add_incoming(ir.Constant(_I64, 0), entry)
+            mask, acc = builder.phi(_I64), builder.phi(vector)
+            mask.add_incoming(start, entry)
             acc.add_incoming(ir.Constant(vector, None), entry)  # +0 in every lane
-            builder.cbranch(builder.icmp_signed("<", m, args[2]), body, done)
+            builder.cbranch(builder.icmp_unsigned("!=", mask, ir.Constant(_I64, 0)), body,
+                            done)
             builder.position_at_end(body)
-            x = builder.load(builder.gep(values_a.data, [m]))
-            unit = builder.load(builder.gep(units_a.data, [m]))
+            unit = builder.call(cttz, [mask, ir.Constant(ir.IntType(1), 1)])  # lowest set bit
+            x = builder.sitofp(builder.extract_element(pre, builder.trunc(unit, _I32)), _F64)
             row = builder.inttoptr(_element_address(builder, w2t_a, unit, row_stride),
                                    vector.as_pointer())
             splat = builder.shuffle_vector(
@@ -128,7 +140,8 @@ if numba is not None:
                 ir.Constant(vector, ir.Undefined),
                 ir.Constant(ir.VectorType(_I32, SECOND_UNITS), [0] * SECOND_UNITS))
             acc_next = builder.fadd(acc, builder.fmul(splat, builder.load(row, align=8)))
-            m.add_incoming(builder.add(m, ir.Constant(_I64, 1)), body)
+            mask.add_incoming(builder.and_(mask, builder.sub(mask, ir.Constant(_I64, 1))),
+                              body)  # that bit cleared
             acc.add_incoming(acc_next, body)
             builder.branch(head)
             builder.position_at_end(done)
