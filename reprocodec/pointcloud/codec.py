@@ -107,6 +107,13 @@ ESTIMATE_MARGIN = (103, 100)  # 1.03 as a ratio of integers: an exact comparison
 # 0.13, 0.03 on the 1/4 sampling's last four), so the next level is nearly always learned and
 # its estimate would be work thrown away. The choice itself stays exact.
 CONFIDENT_SAVING = 3
+# With rows priced ("auto"), the model sits out a level after one the neighbour coder took
+# where the model's cost (whole or estimated) was over MODEL_BEHIND times the neighbour
+# coder's, and it stays out while the neighbour coder keeps taking levels: on a scan-like
+# cloud the gap holds from level to level (the LiDAR sweep's levels 6-11: 1.45, 1.60, 1.65,
+# 1.54, 1.53, 1.26), and the model's runs there, whole on small levels and a sample on large
+# ones, were a fifth of the encoder's time for none of its levels. A ratio of integers: exact.
+MODEL_BEHIND = (5, 4)
 # The encoder prices the model's time beside its bits: each network row (a bit the model
 # predicts; decoding runs the same rows) counts as ROW_PRICE bits when it picks a level's coder
 # and the stream (J = bits + ROW_PRICE * rows). Dense surfaces save 0.2-0.6 bits a row and
@@ -330,6 +337,7 @@ class PointCloudCodec:
         every_f0: list[np.ndarray | None] = [None] * depth
         neighbour_saving = 0
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
+        behind = False  # the model sits out (MODEL_BEHIND)
         mix_bits = 0  # learned bits so far (mixing's memory bound)
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
@@ -359,9 +367,14 @@ class PointCloudCodec:
                 f0, cost = neighbour.walk_contexts(model, contexts, bits[level])
                 if price[0]:  # (by bits alone, mixing may still make the model's levels win)
                     bar = min(bar, cost + _row_cost(m * N_PASSES, _neighbour_price(price)))
-            if coders != "neighbour" and self._model_may_win(
+            model_cost = None  # the model's cost of the level, whole or estimated, if run
+            if coders != "neighbour" and not behind:
+                may_win, model_cost = self._model_may_win(
                     neighbours, bits[level], level, depth, bar, coders, price, buckets,
-                    confident):
+                    confident)
+            else:
+                may_win = False
+            if may_win:
                 learned[level] = coder.learned_level(
                     neighbours, bits[level], level, depth, self._predict, self.tables, mode,
                     self.decision, buckets)
@@ -372,38 +385,45 @@ class PointCloudCodec:
                         contexts = mixing.level_contexts(neighbours, bits[level], mix_points,
                                                           self.threads)
                     learned[level].contexts = contexts
+                model_cost = learned[level].cost
                 saving = adaptive_cost[level] - learned[level].cost
                 confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
             else:
                 confident = False
+            took = False  # whether the neighbour coder takes the level
             if tried:
                 saving = _neighbour_saving(cost, adaptive_cost[level], learned[level],
                                            m * N_PASSES, price)
-                if saved is None or saving > 0:
+                took = saved is None or saving > 0
+                if took:
                     neighbour_f0[level] = f0
                     neighbour_saving += saving
                 else:
                     model.restore(saved)  # the level goes to another coder
+            over, under = MODEL_BEHIND
+            behind = took and price[0] > 0 and (
+                behind if model_cost is None else model_cost * under > over * cost)
         return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
                              neighbour_saving)
 
     def _model_may_win(self, neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int,
                        bar: int, coders: str, price: tuple[int, int],
-                       buckets: np.ndarray | None, confident: bool) -> bool:
-        """Whether the encoder runs the model on a whole level: not when choosing, the level
-        is large and the model's cost estimated from a sample of its nodes is not within
-        ESTIMATE_MARGIN of `bar`, the cheapest other coder's (the adaptive coder's, or the
-        neighbour coder's, time priced; the encoder's time is mostly the model's, and sparse
-        clouds' large levels go to the others); always after a confident level."""
+                       buckets: np.ndarray | None, confident: bool) -> tuple[bool, int | None]:
+        """Whether the encoder runs the model on a whole level, and the model's estimated
+        cost if it made one: not when choosing, the level is large and the model's cost
+        estimated from a sample of its nodes is not within ESTIMATE_MARGIN of `bar`, the
+        cheapest other coder's (the adaptive coder's, or the neighbour coder's, time priced;
+        the encoder's time is mostly the model's, and sparse clouds' large levels go to the
+        others); always after a confident level."""
         m = bits.shape[0]
         if coders not in CHOOSING or m < 4 * ESTIMATE_NODES or confident:
-            return True
+            return True, None
         rows = np.linspace(0, m - 1, ESTIMATE_NODES).astype(np.int64)
         estimate = coder.estimate_level_cost(neighbours, bits, level, depth, self._predict,
                                              self.tables, self.decision, rows, buckets)
         over, under = ESTIMATE_MARGIN
         priced = estimate + _row_cost(bits.size, price)
-        return priced * under <= over * bar
+        return priced * under <= over * bar, estimate
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
                       neighbour_f0, mode, mix_points=0):
