@@ -40,6 +40,10 @@ BYPASS_MAX = (1 << BYPASS_BITS) - 1
 MAX_MAGNITUDE = 1 << 26
 MAX_BYPASS_NIBBLES = 7
 _RANS_L = 1 << 31  # lower bound of the normalised state; also the encoder's initial state
+# Every encoder's state stays below _RANS_L << 32 (Rans64's invariant: a put renormalises
+# first), its last state too, which the stream starts with: a decoder refuses any other start
+# (beyond it the first decode's products would wrap around 2^64).
+_RANS_END = _RANS_L << 32
 
 # Encoders compare code lengths to choose between coders: in integer units of 2^-COST_FRACTION
 # bits (code_length_table), summed exactly, so the choice and the stream bytes are the same on
@@ -383,7 +387,7 @@ class Decoder:
             data = bytes(8)
         self._words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
         x = int(self._words[0]) | (int(self._words[1]) << 32)
-        if x < _RANS_L:
+        if not _RANS_L <= x < _RANS_END:
             self._fail(_MESSAGES[_BAD_STATE])
         self._state = np.array([x, 2], dtype=np.uint64)
 

@@ -79,6 +79,24 @@ def test_stream_must_end_exactly_after_its_last_symbol():
         entropy.decode(data[:8], indexes, tables)
 
 
+
+def test_a_start_state_no_encoder_reaches_is_refused():
+    """Every encoder's state stays in [2^31, 2^63), the stream's first 8 bytes too: a start
+    outside is refused before any symbol (beyond 2^63 the first decode would wrap)."""
+    rng = np.random.default_rng(2)
+    tables = random_tables(rng)
+    symbols, indexes = random_message(rng, tables, 200)
+    data = entropy.encode(symbols, indexes, tables)
+    assert (1 << 31) <= int.from_bytes(data[:8], "little") < (1 << 63)
+    for start in (0, (1 << 31) - 1, 1 << 63, (1 << 64) - 1):
+        with pytest.raises(EntropyStreamError, match="initial state"):
+            entropy.decode(start.to_bytes(8, "little") + data[8:], indexes, tables)
+    for start in ((1 << 31), (1 << 63) - 1):  # inside: decoded, then refused or not, safely
+        try:
+            entropy.decode(start.to_bytes(8, "little") + data[8:], indexes, tables)
+        except EntropyStreamError as exc:
+            assert "initial state" not in str(exc)
+
 def test_every_truncation_and_mutation_is_refused_or_decodes_without_crashing():
     rng = np.random.default_rng(2)
     tables = random_tables(rng)

@@ -335,6 +335,17 @@ def test_hostile_adaptive_payloads_are_refused(codec):
     assert outcomes.count("exact") <= 2, outcomes  # an edit of padding-like bits at most
 
 
+
+@pytest.mark.parametrize("start", [0, (1 << 31) - 1, 1 << 63, (1 << 64) - 1])
+def test_binary_streams_refuse_a_start_state_no_encoder_reaches(start):
+    """The adaptive, refined, mixed and neighbour streams' decoder (adaptive.Decoder): a
+    start outside [2^31, 2^63), where every encoder's state stays, is refused at once."""
+    words = start.to_bytes(8, "little") + bytes(8)
+    with pytest.raises(adaptive.AdaptiveStreamError, match="initial state"):
+        adaptive.Decoder(words)
+    assert adaptive.LenientDecoder(words, lenient=True).failed
+    adaptive.Decoder((1 << 31).to_bytes(8, "little") + bytes(8))  # the lowest start is valid
+
 def test_hostile_adaptive_shapes_and_layouts_are_refused(codec, streams, mixed):
     points, depth = CLOUDS[mixed]
     msg = streams[mixed]

@@ -399,6 +399,44 @@ def test_a_small_cloud_also_tries_the_neighbour_coder_on_every_level(codec, ring
     assert auto.ByteSize() < by_level.ByteSize()  # here the all-neighbour stream won
 
 
+
+def test_a_model_far_behind_the_neighbour_coder_is_estimated_from_a_smaller_sample(
+        codec, ground_rings, monkeypatch):
+    """auto: after a level the neighbour coder took where the model cost over MODEL_BEHIND
+    times its bits, a large level's sampled estimate uses BEHIND_ESTIMATE_NODES nodes. It
+    saves the encoder time; here (the level-by-level choice: the all-neighbour candidate
+    off) the stream is the same byte for byte as with the rule off. smallest (bits alone)
+    never uses the smaller sample."""
+    from reprocodec.pointcloud import coder as coder_module
+
+    monkeypatch.setattr(codec_module, "EVERY_NEIGHBOUR_BITS", 0)
+    runs: list[tuple[int, int]] = []  # (level, nodes the model ran on: 0 for all of them)
+    whole, sampled = coder_module.learned_level, coder_module.estimate_level_cost
+    monkeypatch.setattr(coder_module, "learned_level",
+                        lambda *a, **k: runs.append((a[2], 0)) or whole(*a, **k))
+    monkeypatch.setattr(coder_module, "estimate_level_cost",
+                        lambda *a, **k: runs.append((a[2], a[7].size)) or sampled(*a, **k))
+    depth = 12
+    small = codec_module.BEHIND_ESTIMATE_NODES
+    assert small < codec_module.ESTIMATE_NODES
+    with_rule = container.pack(codec.encode(ground_rings, depth=depth))
+    levels, with_runs = level_coders(container.unpack(with_rule)), list(runs)
+    behind = [lv for lv, nodes in with_runs if nodes == small]
+    assert behind, with_runs  # the rule fired
+    for lv in behind:  # on a level after one the neighbour coder took, as this one
+        assert levels[lv - 1] == levels[lv] == "N", (levels, behind)
+    shipped = codec_module.MODEL_BEHIND
+    monkeypatch.setattr(codec_module, "MODEL_BEHIND", (1 << 40, 1))  # never behind
+    runs.clear()
+    assert container.pack(codec.encode(ground_rings, depth=depth)) == with_rule
+    assert small not in [nodes for _, nodes in runs]
+    assert [lv for lv, _ in runs] == [lv for lv, _ in with_runs]
+    monkeypatch.setattr(codec_module, "MODEL_BEHIND", shipped)
+    runs.clear()
+    codec.encode(ground_rings, depth=depth, coders="smallest")
+    assert small not in [nodes for _, nodes in runs]
+
+
 SPARSE = {
     "rings_8_beams": (_rings(1, 8, 256), 9),
     "sphere_samples": (_sphere(0, 3000), 10),

@@ -265,7 +265,7 @@ class Decoder:
                                       "is not a whole rANS stream")
         self.words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
         x = int(self.words[0]) | (int(self.words[1]) << 32)
-        if x < _RANS_L:
+        if not _RANS_L <= x < entropy._RANS_END:
             raise AdaptiveStreamError(f"malformed bitstream: {self.label} has an invalid "
                                       "initial state")
         self.state = np.array([x, 2], dtype=np.uint64)

@@ -107,13 +107,16 @@ ESTIMATE_MARGIN = (103, 100)  # 1.03 as a ratio of integers: an exact comparison
 # 0.13, 0.03 on the 1/4 sampling's last four), so the next level is nearly always learned and
 # its estimate would be work thrown away. The choice itself stays exact.
 CONFIDENT_SAVING = 3
-# With rows priced ("auto"), the model sits out a level after one the neighbour coder took
-# where the model's cost (whole or estimated) was over MODEL_BEHIND times the neighbour
-# coder's, and it stays out while the neighbour coder keeps taking levels: on a scan-like
-# cloud the gap holds from level to level (the LiDAR sweep's levels 6-11: 1.45, 1.60, 1.65,
-# 1.54, 1.53, 1.26), and the model's runs there, whole on small levels and a sample on large
-# ones, were a fifth of the encoder's time for none of its levels. A ratio of integers: exact.
+# With rows priced ("auto"), the model is estimated from a quarter of the usual sample after a
+# level the neighbour coder took where the model's cost (whole or estimated) was over
+# MODEL_BEHIND times the neighbour coder's, while the neighbour coder keeps taking levels: on a
+# scan-like cloud the gap holds from level to level (the LiDAR sweep's levels 6-11: 1.45, 1.60,
+# 1.65, 1.54, 1.53, 1.26), and the model's runs there, whole on small levels and sampled on
+# large ones, were a fifth of the encoder's time for none of its levels. A smaller sample still
+# sees a gap closing (the 8,192-point ground rings at depth 11: 1.50, 1.05, 0.95 on the last
+# three). A ratio of integers: exact.
 MODEL_BEHIND = (5, 4)
+BEHIND_ESTIMATE_NODES = ESTIMATE_NODES // 4
 # The encoder prices the model's time beside its bits: each network row (a bit the model
 # predicts; decoding runs the same rows) counts as ROW_PRICE bits when it picks a level's coder
 # and the stream (J = bits + ROW_PRICE * rows). Dense surfaces save 0.2-0.6 bits a row and
@@ -368,12 +371,11 @@ class PointCloudCodec:
                 if price[0]:  # (by bits alone, mixing may still make the model's levels win)
                     bar = min(bar, cost + _row_cost(m * N_PASSES, _neighbour_price(price)))
             model_cost = None  # the model's cost of the level, whole or estimated, if run
-            if coders != "neighbour" and not behind:
+            may_win = coders != "neighbour"
+            if may_win:
                 may_win, model_cost = self._model_may_win(
                     neighbours, bits[level], level, depth, bar, coders, price, buckets,
-                    confident)
-            else:
-                may_win = False
+                    confident, BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES)
             if may_win:
                 learned[level] = coder.learned_level(
                     neighbours, bits[level], level, depth, self._predict, self.tables, mode,
@@ -401,24 +403,25 @@ class PointCloudCodec:
                 else:
                     model.restore(saved)  # the level goes to another coder
             over, under = MODEL_BEHIND
-            behind = took and price[0] > 0 and (
-                behind if model_cost is None else model_cost * under > over * cost)
+            behind = took and price[0] > 0 and model_cost is not None and \
+                model_cost * under > over * cost
         return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
                              neighbour_saving)
 
     def _model_may_win(self, neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int,
                        bar: int, coders: str, price: tuple[int, int],
-                       buckets: np.ndarray | None, confident: bool) -> tuple[bool, int | None]:
+                       buckets: np.ndarray | None, confident: bool, sample: int
+                       ) -> tuple[bool, int | None]:
         """Whether the encoder runs the model on a whole level, and the model's estimated
-        cost if it made one: not when choosing, the level is large and the model's cost
-        estimated from a sample of its nodes is not within ESTIMATE_MARGIN of `bar`, the
+        cost if it made one: not when choosing, the level has at least 4 x `sample` nodes and
+        the model's cost estimated from `sample` of them is not within ESTIMATE_MARGIN of `bar`, the
         cheapest other coder's (the adaptive coder's, or the neighbour coder's, time priced;
         the encoder's time is mostly the model's, and sparse clouds' large levels go to the
         others); always after a confident level."""
         m = bits.shape[0]
-        if coders not in CHOOSING or m < 4 * ESTIMATE_NODES or confident:
+        if coders not in CHOOSING or m < 4 * sample or confident:
             return True, None
-        rows = np.linspace(0, m - 1, ESTIMATE_NODES).astype(np.int64)
+        rows = np.linspace(0, m - 1, sample).astype(np.int64)
         estimate = coder.estimate_level_cost(neighbours, bits, level, depth, self._predict,
                                              self.tables, self.decision, rows, buckets)
         over, under = ESTIMATE_MARGIN
