@@ -184,6 +184,10 @@ def test_level_contexts_are_every_pass_contexts_in_one_pass(ground_rings):
         np.testing.assert_array_equal(mixing.level_contexts(table, level_bits, points), want)
         # slices of nodes on two threads (the largest level is cut): the same values
         np.testing.assert_array_equal(mixing.level_contexts(table, level_bits, points, 2), want)
+        for threads in (2, 3):  # the decoder's passes on threads too
+            np.testing.assert_array_equal(np.concatenate(
+                [mixing.pass_contexts(table, level_bits, k, points, threads=threads)
+                 for k in range(8)]), want)
     assert len(row_slices(cases[-1][0].shape[0], 2)) > 1
     with pytest.raises(ValueError):
         mixing.level_contexts(cases[1][0], cases[1][1][:5], 5000)

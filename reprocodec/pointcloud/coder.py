@@ -245,8 +245,8 @@ def decompress(
     has more nodes than the cloud has points): a decoder that goes past them stops with an
     error. verify=False (benchmarks only) falls
     back to the decoder's own indices where the safeguard reports a disagreement, to measure
-    what an unprotected decoder would return. `threads`: for the neighbour tables (the
-    network's own threads are its own); no result depends on it.
+    what an unprotected decoder would return. `threads`: for the neighbour tables and the count
+    models' contexts (the network's own threads are its own); no result depends on it.
 
     Each learned pass's node count depends on every bit decoded before it, so once the first
     learned pass is through, a stream that stops making sense (side information, either rANS
@@ -319,7 +319,8 @@ def decompress(
             shapes = mixing.neighbour_shapes(neighbours)  # the same for the eight passes
             bits = np.zeros((m, N_PASSES), dtype=bool)
             for k in range(N_PASSES):
-                contexts = mixing.pass_contexts(neighbours, bits, k, max_nodes, shapes=shapes)
+                contexts = mixing.pass_contexts(neighbours, bits, k, max_nodes, shapes=shapes,
+                                                threads=threads)
                 try:
                     bits[:, k] = neighbour_decoder.decode(contexts, k) == 1
                 except ContainerError as exc:
@@ -347,7 +348,7 @@ def decompress(
                 index = _grid_index(indices)
                 if mixed is not None:
                     contexts = mixing.pass_contexts(neighbours, bits, k, mixed_points,
-                                                    shapes=shapes)
+                                                    shapes=shapes, threads=threads)
                     bits[:, k] = mixed.decode(index + GRID_K, contexts, k) == 1
                 else:
                     bits[:, k] = decoder.decode(index + GRID_K) == 1

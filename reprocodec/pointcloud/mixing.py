@@ -120,17 +120,18 @@ def _jit(fn):
 
 
 @_jit
-def _contexts_kernel(neighbours, shapes, bits, k, slots, children, shift, coarse_shift,
-                     out):  # pragma: no cover - compiled
-    """Fine: cell c of child k is 0 empty, 1 occupied, 2 not decoded yet, weighted by 3^c (a
-    base-3 number < 8 * 3^26 < 2^45 with k on top: exact), then hashed: present * bit * 3^c
-    for the cells decoded (a child < k of its node), present * 2 * 3^c for the others (no bit
-    read: about half the cells). Coarse: bit s set when parent-level neighbour s exists (27
-    bits: shapes, one per node for every pass), times 8, plus k, then hashed."""
+def _contexts_kernel(neighbours, shapes, bits, k, slots, children, shift, coarse_shift, start,
+                     stop, out):  # pragma: no cover - compiled
+    """Contexts of child k of nodes start .. stop - 1. Fine: cell c of child k is 0 empty, 1
+    occupied, 2 not decoded yet, weighted by 3^c (a base-3 number < 8 * 3^26 < 2^45 with k on
+    top: exact), then hashed: present * bit * 3^c for the cells decoded (a child < k of its
+    node), present * 2 * 3^c for the others (no bit read: about half the cells). Coarse: bit s
+    set when parent-level neighbour s exists (27 bits: shapes, one per node for every pass),
+    times 8, plus k, then hashed."""
     m = neighbours.shape[0]
     known_slot, known_child, known_weight, unknown_slot, unknown_weight = _cell_lists(
         k, slots, children)
-    for i in range(m):
+    for i in range(start, stop):
         out[i] = _context_of(neighbours, bits, i, m, k, np.int64(shapes[i]), known_slot,
                              known_child, known_weight, unknown_slot, unknown_weight, shift,
                              coarse_shift)
@@ -158,13 +159,15 @@ def neighbour_shapes(neighbours: np.ndarray) -> np.ndarray:
 
 
 def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
-                  out: np.ndarray | None = None, shapes: np.ndarray | None = None
-                  ) -> np.ndarray:
+                  out: np.ndarray | None = None, shapes: np.ndarray | None = None,
+                  threads: int = 1) -> np.ndarray:
     """(M,) int64 count-model contexts of child k of every node of a level, fine | coarse << 32
     (both hashed): its (M, 27) neighbour table (absent = M) and the (M, 8) children decoded
     so far (only children < k are read). The encoder passes the level's true bits: the same
     values. Into `out` when given (a contiguous (M,) int64 array); `shapes`: the table's
-    neighbour_shapes, when the caller keeps them for the level's eight passes."""
+    neighbour_shapes, when the caller keeps them for the level's eight passes; on `threads`
+    threads (slices of nodes: each row reads only bits decoded before this pass, the same
+    values)."""
     table = np.ascontiguousarray(neighbours)
     b = np.ascontiguousarray(bits, dtype=np.bool_)
     if table.ndim != 2 or table.shape[1] != 27 or b.shape != (table.shape[0], 8):
@@ -179,10 +182,14 @@ def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
         shapes = neighbour_shapes(table)
     elif shapes.shape != (table.shape[0],) or shapes.dtype != np.int64:
         raise ValueError("one int64 shape per node")
-    with np.errstate(over="ignore"):  # the hash's uint64 product wraps (plain numpy, no numba)
-        _contexts_kernel(table, shapes, b, np.int64(k), CELL_SLOT[k], CELL_CHILD[k],
-                         np.int64(64 - context_bits(points)),
-                         np.int64(64 - coarse_bits(points)), out)
+    shift, coarse_shift = np.int64(64 - context_bits(points)), np.int64(64 - coarse_bits(points))
+
+    def work(start: int, stop: int) -> None:
+        with np.errstate(over="ignore"):  # the hash's uint64 product wraps (numpy, no numba)
+            _contexts_kernel(table, shapes, b, np.int64(k), CELL_SLOT[k], CELL_CHILD[k], shift,
+                             coarse_shift, np.int64(start), np.int64(stop), out)
+
+    for_row_slices(work, table.shape[0], threads)
     return out
 
 
