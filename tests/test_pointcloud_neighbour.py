@@ -30,17 +30,22 @@ from reprocodec.pointcloud.codec import (
     LEARNED_PAYLOADS,
     MIXED_PAYLOAD,
     NEIGHBOUR_PAYLOAD,
+    NEIGHBOUR_PAYLOADS,
     NEIGHBOUR_PRICE,
+    NEIGHBOUR_V2_PAYLOAD,
     ROW_PRICE,
     _adaptive_levels,
     _neighbour_saving,
     _time_cost,
     level_coders,
+    neighbour_version,
 )
 from reprocodec.pointcloud.rowslices import row_slices
 from reprocodec.safeguard import Mode
 
 ONE = 1 << 16
+# the neighbour payload of the newest format (what the encoder writes by default)
+NEIGHBOUR_NOW = NEIGHBOUR_PAYLOADS[neighbour_version(container.FORMAT_VERSION)]
 UNIT = 1 << entropy.COST_FRACTION  # one bit in code-length units
 RINGS_DEPTH = 10
 
@@ -80,13 +85,16 @@ def rings_levels(ground_rings):
 
 @pytest.fixture(scope="module")
 def rings_streams(codec, ground_rings):
-    """The ring cloud at depth 10 under each coders option (and auto at format 4); "by_level":
-    auto without the all-neighbour candidate (a small cloud's), the level-by-level choice,
-    which mixes all three coders here."""
+    """The ring cloud at depth 10 under each coders option (and auto at formats 4 and 5);
+    "by_level": auto without the all-neighbour candidate (a small cloud's), the level-by-level
+    choice, which mixes all three coders here."""
     out = {}
-    for key, coders, fmt in (("auto", "auto", 5), ("auto4", "auto", 4),
-                             ("smallest", "smallest", 5), ("adaptive", "adaptive", 5),
-                             ("neighbour", "neighbour", 5)):
+    newest = container.FORMAT_VERSION
+    for key, coders, fmt in (("auto", "auto", newest), ("auto4", "auto", 4),
+                             ("auto5", "auto", 5), ("smallest", "smallest", newest),
+                             ("adaptive", "adaptive", newest),
+                             ("neighbour", "neighbour", newest),
+                             ("neighbour5", "neighbour", 5)):
         out[key] = _packed(codec.encode(ground_rings, Mode.SYNDROME, depth=RINGS_DEPTH,
                                         coders=coders, bitstream_format=fmt))
     with pytest.MonkeyPatch.context() as mp:
@@ -98,32 +106,45 @@ def rings_streams(codec, ground_rings):
 # ------------------------------------------------------------- the coder and its decoder
 
 
+def _extras(model, bits, level):
+    """A level's extras as the encoder makes them (version 2; None for version 1)."""
+    if model.version == 1:
+        return None
+    return neighbour.level_extras(neighbour.node_slots(bits[level - 1] if level else None),
+                                  bits[level])
+
+
 def _walk(model, codes, bits, levels):
     """The encoder's walk over `levels` of a real octree (tables chained over every level, as
-    the codec makes them): {level: (contexts, f0, cost)}; the model moves on."""
+    the codec makes them): {level: (contexts, f0, cost, extras)}; the model moves on."""
     tables, out = octree.LevelTables(1), {}
     for level in range(max(levels) + 1):
         table = tables.table_of(codes[level], level, bits[level - 1] if level else None)
         if level in levels:
             contexts = mixing.level_contexts(table, bits[level], model.points)
-            out[level] = (contexts, *neighbour.walk_contexts(model, contexts, bits[level]))
+            extras = _extras(model, bits, level)
+            out[level] = (contexts, *neighbour.walk_contexts(model, contexts, bits[level],
+                                                             extras), extras)
     return out
 
 
-def _decode_levels(decoder, codes, levels, points):
+def _decode_levels(decoder, codes, levels, points, bits):
     """The decoder's side: each level pass by pass, contexts from its own tables (binary
-    searches here, not the encoder's chain) and the bits decoded so far. Returns the decoded
-    (M, 8) bits of each level, the contexts it computed, and the (level, pass) at which a
-    lenient decoder first reported a failure (None if never)."""
+    searches here, not the encoder's chain) and the bits decoded so far (version 2's slots
+    from the level above's true `bits`: what a decoder has decoded, when it decodes right).
+    Returns the decoded (M, 8) bits of each level, the contexts it computed, and the (level,
+    pass) at which a lenient decoder first reported a failure (None if never)."""
     decoded, contexts, failed_at = {}, {}, None
     for level in levels:
         table = octree.neighbour_table(codes[level], level)
         got = np.zeros((codes[level].size, 8), dtype=bool)
+        slots = neighbour.node_slots(bits[level - 1] if level else None)
         seen = []
         for k in range(8):
             ctx = mixing.pass_contexts(table, got, k, points)
             seen.append(ctx)
-            got[:, k] = decoder.decode(ctx, k) == 1
+            extras = neighbour.pass_extras(slots, got, k)
+            got[:, k] = decoder.decode(ctx, k, extras) == 1
             if failed_at is None and getattr(decoder, "failed", False):
                 failed_at = (level, k)
         decoded[level], contexts[level] = got, np.concatenate(seen)
@@ -133,27 +154,29 @@ def _decode_levels(decoder, codes, levels, points):
 CODED_LEVELS = (2, 5, 6, 8, 9)  # not all of them: the state crosses skipped levels
 
 
-@pytest.fixture(scope="module")
-def mirror(rings_levels):
+@pytest.fixture(scope="module", params=neighbour.VERSIONS)
+def mirror(rings_levels, request):
+    """A stream of CODED_LEVELS under each model version, and what the walk found."""
     codes, bits, n = rings_levels
-    walked = _walk(neighbour.Model(n), codes, bits, CODED_LEVELS)
+    version = request.param
+    walked = _walk(neighbour.Model(n, version), codes, bits, CODED_LEVELS)
     coded = np.concatenate([bits[lv].T.reshape(-1) for lv in CODED_LEVELS]).astype(np.uint8)
     f0 = np.concatenate([walked[lv][1] for lv in CODED_LEVELS])
-    return walked, coded, f0, adaptive.encode(coded, f0)
+    return walked, coded, f0, adaptive.encode(coded, f0), version
 
 
 def test_walk_and_decoder_mirror_on_real_levels(rings_levels, mirror):
     codes, bits, n = rings_levels
-    walked, coded, f0, data = mirror
+    walked, coded, f0, data, version = mirror
     for level in CODED_LEVELS:
-        contexts, level_f0, cost = walked[level]
+        contexts, level_f0, cost, _ = walked[level]
         level_bits = bits[level].T.reshape(-1).astype(np.uint8)  # pass-major
         assert contexts.shape == level_f0.shape == level_bits.shape
         assert level_f0.dtype == np.uint16
         # the walk's code length is the code length of its own probabilities
         assert cost == adaptive.code_length(level_bits, level_f0)
-    decoder = neighbour.Decoder(data, n)
-    decoded, contexts, failed_at = _decode_levels(decoder, codes, CODED_LEVELS, n)
+    decoder = neighbour.Decoder(data, n, version)
+    decoded, contexts, failed_at = _decode_levels(decoder, codes, CODED_LEVELS, n, bits)
     decoder.finish()
     assert failed_at is None and not decoder.failed
     for level in CODED_LEVELS:
@@ -163,32 +186,38 @@ def test_walk_and_decoder_mirror_on_real_levels(rings_levels, mirror):
     # consecutive coded levels: the next level's nodes follow from the decoded bits
     np.testing.assert_array_equal(octree.children(codes[5], decoded[5]), codes[6])
     # the state carried across levels matters: level 9 under a fresh model is coded otherwise
-    fresh = _walk(neighbour.Model(n), codes, bits, (9,))[9][1]
+    fresh = _walk(neighbour.Model(n, version), codes, bits, (9,))[9][1]
     assert np.any(fresh != walked[9][1])
+    # the other version's decoder does not decode this stream
+    with pytest.raises(ContainerError):
+        other = neighbour.Decoder(data, n, 3 - version)
+        decoded, _, _ = _decode_levels(other, codes, CODED_LEVELS, n, bits)
+        other.finish()
+        assert all(np.array_equal(decoded[lv], bits[lv]) for lv in CODED_LEVELS)
 
 
 def test_truncated_and_garbage_streams_are_refused_or_zeroed_when_lenient(rings_levels,
                                                                           mirror):
     codes, bits, n = rings_levels
-    _, _, _, data = mirror
+    _, _, _, data, version = mirror
     half = len(data) // 8 * 4
     cuts = [b"", data[:4], data[:8], data[:half], data[:-4], data[:-1], b"\x00" * len(data)]
     for bad in cuts:
         with pytest.raises(ContainerError) as info:
-            decoder = neighbour.Decoder(bad, n)
-            _decode_levels(decoder, codes, CODED_LEVELS, n)
+            decoder = neighbour.Decoder(bad, n, version)
+            _decode_levels(decoder, codes, CODED_LEVELS, n, bits)
             decoder.finish()
         assert isinstance(info.value, AdaptiveStreamError), repr(info.value)
     # words left over at the end: everything decodes, finish refuses
-    decoder = neighbour.Decoder(data + b"\x00" * 4, n)
+    decoder = neighbour.Decoder(data + b"\x00" * 4, n, version)
     with pytest.raises(AdaptiveStreamError):
-        _decode_levels(decoder, codes, CODED_LEVELS, n)
+        _decode_levels(decoder, codes, CODED_LEVELS, n, bits)
         decoder.finish()
     # lenient: never a raise; the passes before the break are the encoder's bits, zeros after
     order = [(lv, k) for lv in CODED_LEVELS for k in range(8)]
     for bad in (b"", data[:8], data[:half], data[:-4]):
-        decoder = neighbour.Decoder(bad, n, lenient=True)
-        decoded, _, failed_at = _decode_levels(decoder, codes, CODED_LEVELS, n)
+        decoder = neighbour.Decoder(bad, n, version, lenient=True)
+        decoded, _, failed_at = _decode_levels(decoder, codes, CODED_LEVELS, n, bits)
         decoder.finish()
         assert decoder.failed and failed_at is not None, len(bad)
         for lv, k in order:
@@ -200,8 +229,8 @@ def test_truncated_and_garbage_streams_are_refused_or_zeroed_when_lenient(rings_
         if bad == data[:half]:  # half a stream breaks off before its last pass
             assert order.index(failed_at) < len(order) - 1
     # lenient on a good stream is an ordinary decoder
-    decoder = neighbour.Decoder(data, n, lenient=True)
-    decoded, _, failed_at = _decode_levels(decoder, codes, CODED_LEVELS, n)
+    decoder = neighbour.Decoder(data, n, version, lenient=True)
+    decoded, _, failed_at = _decode_levels(decoder, codes, CODED_LEVELS, n, bits)
     decoder.finish()
     assert failed_at is None and not decoder.failed
     for lv in CODED_LEVELS:
@@ -210,20 +239,40 @@ def test_truncated_and_garbage_streams_are_refused_or_zeroed_when_lenient(rings_
 
 def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, mirror):
     _, _, n = rings_levels
-    data = mirror[3]
+    data, version = mirror[3], mirror[4]
     size = 1 << mixing.context_bits(n)
     coarse = 1 << mixing.coarse_bits(n)
     good = np.zeros(8, np.int64)
     for contexts, k in ((good, 8), (good, -1), (good - 1, 0), (good + size, 0),
                         (good + (coarse << 32), 0)):
         with pytest.raises(ValueError):
-            neighbour.Decoder(data, n).decode(contexts, k)
-    assert neighbour.Decoder(data, n).decode(good, 0).shape == (8,)  # in range: decoded
+            neighbour.Decoder(data, n, version).decode(contexts, k, good)
+    # in range: decoded
+    assert neighbour.Decoder(data, n, version).decode(good, 0, good).shape == (8,)
     for contexts in (good + size, good + (coarse << 32), good - 1):  # the encoder's walk too
         with pytest.raises(ValueError):
-            neighbour.walk_contexts(neighbour.Model(n), contexts, np.zeros((1, 8), bool))
+            neighbour.walk_contexts(neighbour.Model(n, version), contexts,
+                                    np.zeros((1, 8), bool), good)
     with pytest.raises(ValueError):  # one context per bit
-        neighbour.walk_contexts(neighbour.Model(n), good[:3], np.zeros((1, 8), bool))
+        neighbour.walk_contexts(neighbour.Model(n, version), good[:3], np.zeros((1, 8), bool),
+                                good[:3])
+    if version == 1:  # version 1 reads no extras
+        assert neighbour.Decoder(data, n, 1).decode(good, 0).shape == (8,)
+        return
+    node = neighbour.NODE_CONTEXTS
+    for extras in (None, good[:3], good.astype(np.int32), good - 1, good + node,
+                   good + (8 << 24)):  # version 2: one in range per bit
+        with pytest.raises(ValueError):
+            neighbour.Decoder(data, n, 2).decode(good, 0, extras)
+        with pytest.raises(ValueError):
+            neighbour.walk_contexts(neighbour.Model(n, 2), good, np.zeros((1, 8), bool), extras)
+    assert neighbour.Decoder(data, n, 2).decode(good, 0, good + node - 1 + (7 << 24)).size == 8
+    with pytest.raises(ValueError):
+        neighbour.Model(n, 3)
+    with pytest.raises(ValueError):  # a slot is a parent byte x 8 + a child index
+        neighbour.pass_extras(np.array([2048]), np.zeros((1, 8), bool), 0)
+    with pytest.raises(ValueError):
+        neighbour.level_extras(np.array([0, 1]), np.zeros((1, 8), bool))
 
 
 # ---------------------------------------------------------------------- snapshot / restore
@@ -235,11 +284,12 @@ def _arrays(model):
 
 # a mid level, which keeps the touched entries, and the largest one under tables sized for
 # 1,000 points, which it outgrows (more bits than half the tables' entries): a whole copy
+@pytest.mark.parametrize("version", neighbour.VERSIONS)
 @pytest.mark.parametrize("level, points, kind", [(7, None, "entries"), (9, 1000, "tables")])
-def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, kind):
+def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, kind, version):
     codes, bits, n = rings_levels
     n = points or n
-    model = neighbour.Model(n)
+    model = neighbour.Model(n, version)
     _walk(model, codes, bits, (3, 4))  # a state that is not the initial one
     tables = octree.LevelTables(1)
     for lv in range(level + 1):
@@ -248,38 +298,70 @@ def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, kin
     fine, coarse = contexts & 0xFFFFFFFF, contexts >> 32
     # a real level repeats contexts (both halves): the restore must put back the first value
     assert np.unique(fine).size < fine.size and np.unique(coarse).size < coarse.size
+    extras = _extras(model, bits, level)
     before = _arrays(model)
-    saved = model.snapshot(contexts)
-    assert saved[0] == kind
-    f0, cost = neighbour.walk_contexts(model, contexts, bits[level])
+    saved = model.snapshot(contexts, extras)
+    # version 2's node model (4.7 MB) keeps a level this small to its touched entries
+    assert saved[0] == (kind if version == 1 else "entries")
+    f0, cost = neighbour.walk_contexts(model, contexts, bits[level], extras)
     after = _arrays(model)
-    assert all(np.any(a != b) for a, b in zip(after, before, strict=True))  # all moved
+    # all moved (version 1 has no node model and no APM)
+    moved = [np.any(a != b) for a, b in zip(after, before, strict=True)]
+    assert moved == [True] * 4 + [version == 2] * 2 + [True, version == 2], moved
     model.restore(saved)
     for a, b in zip(model.arrays(), before, strict=True):
         np.testing.assert_array_equal(a, b)
     # a true undo: the same walk again gives the same probabilities and the same state
-    again, cost_again = neighbour.walk_contexts(model, contexts, bits[level])
+    again, cost_again = neighbour.walk_contexts(model, contexts, bits[level], extras)
     np.testing.assert_array_equal(again, f0)
     assert cost_again == cost
     for a, b in zip(model.arrays(), after, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
-def test_snapshot_restore_with_only_a_few_repeated_contexts():
+def test_version_2_snapshot_of_whole_tables_restores():
+    """A level with more bits than the tables' entries / 27 (version 2's node model included):
+    the snapshot copies the whole tables, and restore puts them back."""
+    points, m = 1000, 24000
+    rng = np.random.default_rng(5)
+    size, coarse = 1 << mixing.context_bits(points), 1 << mixing.coarse_bits(points)
+    contexts = rng.integers(0, size, 8 * m) | rng.integers(0, coarse, 8 * m) << 32
+    extras = rng.integers(0, neighbour.NODE_CONTEXTS, 8 * m) | rng.integers(0, 8, 8 * m) << 24
+    bits = rng.random((m, 8)) < 0.4
+    model = neighbour.Model(points, 2)
+    before = _arrays(model)
+    saved = model.snapshot(contexts, extras)
+    assert saved[0] == "tables"
+    f0, cost = neighbour.walk_contexts(model, contexts, bits, extras)
+    assert all(np.any(a != b) for a, b in zip(model.arrays(), before, strict=True))
+    model.restore(saved)
+    for a, b in zip(model.arrays(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    again, cost_again = neighbour.walk_contexts(model, contexts, bits, extras)
+    np.testing.assert_array_equal(again, f0)
+    assert cost_again == cost
+
+
+@pytest.mark.parametrize("version", neighbour.VERSIONS)
+def test_snapshot_restore_with_only_a_few_repeated_contexts(version):
     """Every bit of the level in one of three contexts (fine and coarse halves repeated, in
-    different combinations): fancy assignment with repeated indices still restores."""
+    different combinations; version 2's node contexts too): repeated entries still
+    restore."""
     points = 3000
     size, coarse = 1 << mixing.context_bits(points), 1 << mixing.coarse_bits(points)
     m = 60
     rng = np.random.default_rng(4)
     pool = np.array([0, size - 1, 17 | (coarse - 1) << 32], np.int64)
     contexts = pool[rng.integers(0, 3, 8 * m)]
+    extras = np.array([0, 5 | 3 << 24, neighbour.NODE_CONTEXTS - 1], np.int64)[
+        rng.integers(0, 3, 8 * m)]
     bits = rng.random((m, 8)) < 0.3
-    model = neighbour.Model(points)
-    neighbour.walk_contexts(model, rng.integers(0, size, 8 * m), rng.random((m, 8)) < 0.5)
+    model = neighbour.Model(points, version)
+    neighbour.walk_contexts(model, rng.integers(0, size, 8 * m), rng.random((m, 8)) < 0.5,
+                            rng.integers(0, neighbour.NODE_CONTEXTS, 8 * m))
     before = _arrays(model)
-    saved = model.snapshot(contexts)
-    neighbour.walk_contexts(model, contexts, bits)
+    saved = model.snapshot(contexts, extras)
+    neighbour.walk_contexts(model, contexts, bits, extras)
     assert any(np.any(a != b) for a, b in zip(model.arrays(), before, strict=True))
     model.restore(saved)
     for a, b in zip(model.arrays(), before, strict=True):
@@ -295,7 +377,7 @@ def test_probabilities_are_deterministic_integers(rings_levels):
     first = _walk(neighbour.Model(n), codes, bits, levels)
     second = _walk(neighbour.Model(n), codes, bits, levels)
     for level in levels:
-        _, f0, cost = first[level]
+        _, f0, cost, _ = first[level]
         assert f0.dtype == np.uint16
         assert f0.min() >= 1 and int(f0.max()) <= ONE - 1
         np.testing.assert_array_equal(second[level][1], f0)
@@ -303,9 +385,11 @@ def test_probabilities_are_deterministic_integers(rings_levels):
     late = first[RINGS_DEPTH - 1][1]
     assert np.unique(late).size > 100  # the model predicts: not a constant
     # on a LiDAR sweep it codes the levels in fewer bits than the adaptive coder (the
-    # module docstring's claim; the same integer units)
+    # module docstring's claim; the same integer units), and version 2 than version 1
     adaptive_cost = _adaptive_levels(bits)[2]
     assert sum(first[lv][2] for lv in levels) < sum(adaptive_cost)
+    version_1 = _walk(neighbour.Model(n, 1), codes, bits, levels)
+    assert sum(first[lv][2] for lv in levels) < sum(version_1[lv][2] for lv in levels)
 
 
 def test_streams_do_not_depend_on_threads(codec, ground_rings, rings_levels, rings_streams):
@@ -333,15 +417,18 @@ def _neighbour_clouds(ground_rings):
             "rings": (ground_rings, RINGS_DEPTH)}
 
 
+@pytest.mark.parametrize("fmt", [5, 6])
 @pytest.mark.parametrize("name", ["box", "random", "rings"])
-def test_neighbour_on_every_level_round_trips(codec, ground_rings, name):
+def test_neighbour_on_every_level_round_trips(codec, ground_rings, name, fmt):
     points, depth = _neighbour_clouds(ground_rings)[name]
     voxels = octree.voxelize(points, depth).voxels
     _, bits = octree.build_levels(voxels, depth)
-    msg = _packed(codec.encode(points, Mode.SYNDROME, depth=depth, coders="neighbour"))
-    assert msg.format_version == 5
+    msg = _packed(codec.encode(points, Mode.SYNDROME, depth=depth, coders="neighbour",
+                               bitstream_format=fmt))
+    assert msg.format_version == fmt
     assert level_coders(msg) == "N" * depth
-    assert [p.name for p in msg.payloads] == [NEIGHBOUR_PAYLOAD] and not msg.protected
+    name = NEIGHBOUR_PAYLOADS[neighbour_version(fmt)]
+    assert [p.name for p in msg.payloads] == [name] and not msg.protected
     payload = msg.payloads[0]
     coded = sum(b.size for b in bits)  # 8 bits a node of every level
     assert list(payload.shape) == [coded]
@@ -370,8 +457,8 @@ def test_auto_gives_a_lidar_sweep_to_the_neighbour_coder(codec, ground_rings, ri
     msg = rings_streams["auto"]
     levels = level_coders(msg)
     assert levels.count("N") >= RINGS_DEPTH // 2, levels  # the fine levels, mostly
-    assert msg.format_version == 5
-    assert NEIGHBOUR_PAYLOAD in [p.name for p in msg.payloads]
+    assert msg.format_version == container.FORMAT_VERSION == 6
+    assert NEIGHBOUR_V2_PAYLOAD in [p.name for p in msg.payloads]
     assert inspect_fields(msg)["level_coders"] == levels
     out = codec.decode(msg)
     assert out.bit_exact
@@ -385,6 +472,10 @@ def test_auto_gives_a_lidar_sweep_to_the_neighbour_coder(codec, ground_rings, ri
     assert rings_streams["smallest"].ByteSize() <= rings_streams["adaptive"].ByteSize()
     # the neighbour coder on every level is smaller than the adaptive coder here too
     assert rings_streams["neighbour"].ByteSize() < rings_streams["adaptive"].ByteSize()
+    # and its version 2 model (format 6) than version 1 (format 5)
+    assert rings_streams["neighbour"].ByteSize() < rings_streams["neighbour5"].ByteSize()
+    assert msg.ByteSize() < rings_streams["auto5"].ByteSize()
+    assert NEIGHBOUR_PAYLOAD in [p.name for p in rings_streams["auto5"].payloads]
 
 
 def test_a_small_cloud_also_tries_the_neighbour_coder_on_every_level(codec, rings_streams):
@@ -454,7 +545,7 @@ def test_auto_on_sparse_clouds_keeps_the_guarantee(codec, name):
     assert new.ByteSize() <= alone.ByteSize()
     assert new.ByteSize() <= old.ByteSize()
     levels = level_coders(new)
-    assert ("N" in levels) == (new.format_version == 5)
+    assert ("N" in levels) == (new.format_version >= 5)
     if name.startswith("rings"):
         assert "N" in levels, levels
     out = codec.decode(new)
@@ -496,7 +587,7 @@ def test_choices_that_mix_all_three_coders_decode_exactly(codec, ground_rings, m
     assert any(re.search("N.*L", levels) for levels in layouts), layouts
     # smallest's mixed learned levels around neighbour-coded ones (two count models side by
     # side in the decoder)
-    assert [MIXED_PAYLOAD, ADAPTIVE_PAYLOAD, NEIGHBOUR_PAYLOAD] in payloads, payloads
+    assert [MIXED_PAYLOAD, ADAPTIVE_PAYLOAD, NEIGHBOUR_NOW] in payloads, payloads
 
 
 # ------------------------------------------------------------------------ the format gate
@@ -507,24 +598,27 @@ def test_older_formats_never_carry_the_neighbour_payload(codec, ground_rings, ve
     for coders in ("auto", "smallest", "adaptive", "learned"):
         msg = codec.encode(ground_rings, Mode.SYNDROME, depth=RINGS_DEPTH, coders=coders,
                            bitstream_format=version)
-        assert NEIGHBOUR_PAYLOAD not in [p.name for p in msg.payloads]
+        assert not set(NEIGHBOUR_PAYLOADS.values()) & {p.name for p in msg.payloads}
         assert "N" not in level_coders(msg)
         assert msg.format_version <= version
         assert _packed(msg).format_version <= version
 
 
-def test_neighbour_streams_cannot_be_lowered_or_relabelled(codec, rings_streams):
-    for key in ("auto", "neighbour"):
-        msg = rings_streams[key]
-        for version in (2, 3, 4):
-            lowered = _packed(msg)
-            with pytest.raises(ValueError):
-                container.at_version(lowered, version)
-        kept = _packed(msg)
-        container.at_version(kept, 5)
-        assert kept.format_version == 5
+@pytest.mark.parametrize("key", ["auto", "neighbour", "auto5", "neighbour5"])
+def test_neighbour_streams_cannot_be_lowered_or_relabelled(codec, rings_streams, key):
+    msg = rings_streams[key]
+    written = msg.format_version  # 5 for version 1's payload, 6 for version 2's
+    assert written == (5 if key.endswith("5") else 6)
+    for version in range(2, written):
+        lowered = _packed(msg)
+        with pytest.raises(ValueError):
+            container.at_version(lowered, version)
+    kept = _packed(msg)
+    container.at_version(kept, written)
+    assert kept.format_version == written
+    for label in range(2, written):
         relabelled = _packed(msg)
-        relabelled.format_version = 4
+        relabelled.format_version = label
         for payload in relabelled.payloads:  # CRCs as the container needs them
             payload.crc32 = container.crc32(payload.data)
         with pytest.raises(ContainerError):
@@ -568,7 +662,7 @@ def _index(msg, name: str) -> int:
 
 def _set_neighbour(edit_data):
     def edit(m):
-        p = m.payloads[_index(m, NEIGHBOUR_PAYLOAD)]
+        p = m.payloads[_index(m, NEIGHBOUR_NOW)]
         p.data = edit_data(bytes(p.data))
     return edit
 
@@ -579,7 +673,7 @@ def _set_flags(value: int, size: int = 2):
 
 def _shape(value: int):
     def edit(m):
-        m.payloads[_index(m, NEIGHBOUR_PAYLOAD)].shape[:] = [value]
+        m.payloads[_index(m, NEIGHBOUR_NOW)].shape[:] = [value]
     return edit
 
 
@@ -609,12 +703,20 @@ def _rename(old: str, new: str):
     return edit
 
 
+def _both_neighbour_payloads(m):
+    """A copy of the neighbour payload under the other version's name, after it."""
+    copy = type(m.payloads[0])()
+    copy.CopyFrom(m.payloads[_index(m, NEIGHBOUR_NOW)])
+    copy.name = NEIGHBOUR_PAYLOAD
+    m.payloads.append(copy)
+
+
 def test_hostile_layouts_around_neighbour_levels_are_refused(codec, ground_rings,
                                                              rings_streams):
     msg = rings_streams["by_level"]
     levels = level_coders(msg)
     names = [p.name for p in msg.payloads]
-    assert names[0] in LEARNED_PAYLOADS and names[1:] == [ADAPTIVE_PAYLOAD, NEIGHBOUR_PAYLOAD]
+    assert names[0] in LEARNED_PAYLOADS and names[1:] == [ADAPTIVE_PAYLOAD, NEIGHBOUR_NOW]
     assert set(levels) == set("LAN"), levels
     expected = octree.voxelize(ground_rings, RINGS_DEPTH).voxels
     n, depth = int(msg.point_cloud.num_points), RINGS_DEPTH
@@ -629,8 +731,8 @@ def test_hostile_layouts_around_neighbour_levels_are_refused(codec, ground_rings
         "no flag": _set_flags(0),
         "flags too short": _set_neighbour(lambda d: d[:1]),
         "three flag bytes": _set_flags(flags, 3),
-        "neighbour payload first": _move_to(NEIGHBOUR_PAYLOAD, 0),
-        "neighbour before adaptive": _move_to(NEIGHBOUR_PAYLOAD, 1),
+        "neighbour payload first": _move_to(NEIGHBOUR_NOW, 0),
+        "neighbour before adaptive": _move_to(NEIGHBOUR_NOW, 1),
         "learned payload last": _move_to(names[0], 2),
         "shape + 8": _shape(total + 8),
         "shape - 8": _shape(total - 8),
@@ -639,9 +741,12 @@ def test_hostile_layouts_around_neighbour_levels_are_refused(codec, ground_rings
         "shape huge": _shape((1 << 31) - 8),
         "learned payload dropped": _drop(names[0], protected=True),
         "learned payload dropped, record kept": _drop(names[0]),
-        "neighbour payload dropped": _drop(NEIGHBOUR_PAYLOAD),
+        "neighbour payload dropped": _drop(NEIGHBOUR_NOW),
         "adaptive payload dropped": _drop(ADAPTIVE_PAYLOAD),
-        "neighbour payload renamed": _rename(NEIGHBOUR_PAYLOAD, "occupancy_other"),
+        "neighbour payload renamed": _rename(NEIGHBOUR_NOW, "occupancy_other"),
+        # version 2's bits under version 1's model (a format 5 label), and both names
+        "neighbour payload under version 1's name": _rename(NEIGHBOUR_NOW, NEIGHBOUR_PAYLOAD),
+        "both neighbour payloads": _both_neighbour_payloads,
         "rANS words dropped": _set_neighbour(lambda d: d[:-4]),
         "a byte dropped": _set_neighbour(lambda d: d[:-1]),
         "flags only": _set_neighbour(lambda d: d[:2]),
@@ -677,10 +782,12 @@ def test_hostile_neighbour_data_is_refused(codec, rings_streams, ground_rings):
         flipped.append(_refused_or_exact(
             codec, _reframed(msg, _set_neighbour(lambda _, e=bytes(edit): e)), expected))
     assert flipped.count("exact") <= 1, flipped
-    # the neighbour bytes under the adaptive coder's name (a format 2/3 stream) are refused
-    renamed = _refused_or_exact(codec, _reframed(msg, _rename(NEIGHBOUR_PAYLOAD,
-                                                              ADAPTIVE_PAYLOAD)), expected)
-    assert renamed != "exact"
+    # the neighbour bytes under the adaptive coder's name (a format 2/3 stream) or the other
+    # model version's are refused
+    for other in (ADAPTIVE_PAYLOAD, NEIGHBOUR_PAYLOAD):
+        renamed = _refused_or_exact(codec, _reframed(msg, _rename(NEIGHBOUR_NOW, other)),
+                                    expected)
+        assert renamed != "exact", other
 
     def fewer_points(m):
         m.point_cloud.num_points = 5

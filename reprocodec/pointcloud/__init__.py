@@ -88,7 +88,8 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
         except ValueError:  # ContainerError: inspect describes, the decoder refuses
             levels = "malformed"
     adaptive = [p for p in msg.payloads if p.name == "occupancy_adaptive"]
-    neighbour_payload = [p for p in msg.payloads if p.name == "occupancy_neighbour"]
+    neighbour_payload = [p for p in msg.payloads
+                         if p.name in ("occupancy_neighbour", "occupancy_neighbour_v2")]
     return {
         "depth": int(cloud.depth), "num_points": int(cloud.num_points),
         "origin": list(origin), "scale": scale,

@@ -33,8 +33,9 @@ mixed ones, "occupancy_mixed"),
 payload "occupancy_adaptive" (ceil(depth / 8) bytes of level flags, bit l set when level l is
 adaptive, then that coder's rANS stream; shape [its coded bits]; its symbols checksum covers
 the flags and the bits), from format 5 payload "occupancy_neighbour" (the same layout for the
-neighbour coder's levels, its bits pass-major within each level), or several of them, in
-that order, each level named by one. A stream with every level learned is exactly
+neighbour coder's levels, its bits pass-major within each level; from format 6
+"occupancy_neighbour_v2" instead: the same under neighbour.py's version 2 model), or
+several of them, in that order, each level named by one. A stream with every level learned is exactly
 the earlier layout, so streams written before the adaptive coder existed still decode.
 
 With mode `none` each side uses its own floats; a flipped index desynchronises rANS, and the
@@ -89,8 +90,18 @@ MIX_BITS_PER_POINT = 12
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD)
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
 # Levels coded by neighbour.py's count models of each child's neighbourhood (from format 5):
-# level flags as the adaptive payload's, then its binary rANS stream
+# level flags as the adaptive payload's, then its binary rANS stream; from format 6 under its
+# version 2 model (a node model, weight sets, an APM), another name
 NEIGHBOUR_PAYLOAD = "occupancy_neighbour"
+NEIGHBOUR_V2_PAYLOAD = "occupancy_neighbour_v2"
+NEIGHBOUR_PAYLOADS = {1: NEIGHBOUR_PAYLOAD, 2: NEIGHBOUR_V2_PAYLOAD}  # by model version
+NEIGHBOUR_VERSIONS = {name: version for version, name in NEIGHBOUR_PAYLOADS.items()}
+
+
+def neighbour_version(bitstream_format: int) -> int:
+    """The neighbour coder's model in a stream of this format (5: version 1; 6 on: 2)."""
+    return 2 if bitstream_format >= 6 else 1
+
 # "auto": the per-level choice with network rows priced (ROW_PRICE); "smallest": by bits alone
 # (smaller streams, slower to decode on sparse clouds); "learned" / "adaptive" / "neighbour":
 # one coder on every level (tests and benchmarks).
@@ -258,8 +269,9 @@ class PointCloudCodec:
         # Before the model's levels, on this thread: beside them on a pool thread it saved a
         # few per cent but kept ~90 MB more at 1.3 M points (that thread's malloc arena).
         adaptive_bits, adaptive_f0, adaptive_cost = _adaptive_levels(bits)
+        version = neighbour_version(bitstream_format)
         coded = self._learned_levels(codes, bits, adaptive_cost, mode, coders, price,
-                                     n if mix else 0, n if neighbours else 0)
+                                     n if mix else 0, n if neighbours else 0, version)
         learned = coded.learned
         del codes  # only the neighbour tables needed them
         rows = [level_bits.size for level_bits in bits]
@@ -301,7 +313,7 @@ class PointCloudCodec:
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
-                               f0, mode, n if mix else 0)
+                               f0, NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0)
             cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _time_cost(
                 levels, rows, price)
             if best is None or (cost < best_cost and not (
@@ -312,15 +324,15 @@ class PointCloudCodec:
 
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
                         adaptive_cost: list[int], mode: Mode, coders: str,
-                        price: tuple[int, int], mix_points: int = 0, neighbour_points: int = 0
-                        ) -> _LevelCodings:
+                        price: tuple[int, int], mix_points: int = 0, neighbour_points: int = 0,
+                        version: int = 2) -> _LevelCodings:
         """The learned coding of each level the model may win and the neighbour coder's
         (_LevelCodings). Its own function so that the neighbour tables, the largest arrays of
         a level, are freed when it returns, before the candidate streams are built.
         mix_points (the cloud's voxels) > 0: each learned level also keeps its mixing contexts.
-        neighbour_points (the same) > 0: the neighbour coder is tried on each level but those
-        the model wins confidently, and a level is given to it here, level by level, as its
-        state must follow the levels it codes."""
+        neighbour_points (the same) > 0: the neighbour coder (its model `version`) is tried on
+        each level but those the model wins confidently, and a level is given to it here,
+        level by level, as its state must follow the levels it codes."""
         depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
         neighbour_f0: list[np.ndarray | None] = [None] * depth
@@ -329,14 +341,14 @@ class PointCloudCodec:
         # are not (a cloud unlike the training data): price both, walking refine's state over
         # the learned levels as if each were chosen.
         buckets = refine.initial_buckets(self.tables.cdfs[:, 1]) if self.refine else None
-        model = neighbour.Model(neighbour_points) if neighbour_points else None
+        model = neighbour.Model(neighbour_points, version) if neighbour_points else None
         # A small cloud also gets the all-neighbour candidate (its own model walks every
         # level): there the payloads' framing, which the level-by-level choice does not see,
         # is a large share of the stream
         every = None
         if model is not None and coders in CHOOSING and \
                 sum(b.size for b in bits) <= EVERY_NEIGHBOUR_BITS:
-            every = neighbour.Model(neighbour_points)
+            every = neighbour.Model(neighbour_points, version)
         every_f0: list[np.ndarray | None] = [None] * depth
         neighbour_saving = 0
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
@@ -345,11 +357,15 @@ class PointCloudCodec:
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
-            contexts = None
+            contexts, extras = None, None
+            if model is not None and version == 2:  # version 2's node contexts
+                extras = neighbour.level_extras(
+                    neighbour.node_slots(bits[level - 1] if level else None), bits[level])
             if every is not None:
                 contexts = mixing.level_contexts(neighbours, bits[level], every.points,
                                                   self.threads)
-                every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level])
+                every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level],
+                                                             extras)
             # The neighbour coder first (tentatively: undone below unless it takes the level),
             # so that the model is run on a large level only if it may beat it too. Not after a
             # level the model won by over CONFIDENT_SAVING x ROW_PRICE a row (dense surfaces:
@@ -366,8 +382,8 @@ class PointCloudCodec:
                 if contexts is None:
                     contexts = mixing.level_contexts(neighbours, bits[level], model.points,
                                                       self.threads)
-                saved = model.snapshot(contexts) if coders != "neighbour" else None
-                f0, cost = neighbour.walk_contexts(model, contexts, bits[level])
+                saved = model.snapshot(contexts, extras) if coders != "neighbour" else None
+                f0, cost = neighbour.walk_contexts(model, contexts, bits[level], extras)
                 if price[0]:  # (by bits alone, mixing may still make the model's levels win)
                     bar = min(bar, cost + _row_cost(m * N_PASSES, _neighbour_price(price)))
             model_cost = None  # the model's cost of the level, whole or estimated, if run
@@ -429,9 +445,10 @@ class PointCloudCodec:
         return priced * under <= over * bar, estimate
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
-                      neighbour_f0, mode, mix_points=0):
+                      neighbour_f0, neighbour_name, mode, mix_points=0):
         """The payloads and protected record of one per-level choice (levels[l]: L learned,
-        A adaptive, N neighbour coder); mix_points > 0: the mixed coding too, when smaller."""
+        A adaptive, N neighbour coder, its payload neighbour_name); mix_points > 0: the mixed
+        coding too, when smaller."""
         depth = len(levels)
         chosen = [lv for lv in range(depth) if levels[lv] == "L"]
         if chosen:
@@ -467,7 +484,7 @@ class PointCloudCodec:
                                                       coded.risky_count, coded.candidate_count))
         _add_flagged(msg, ADAPTIVE_PAYLOAD, "A", levels, adaptive_bits, adaptive_f0)
         # the neighbour coder's bits pass-major within each level, as it codes them
-        _add_flagged(msg, NEIGHBOUR_PAYLOAD, "N", levels,
+        _add_flagged(msg, neighbour_name, "N", levels,
                      [b.T.reshape(-1) if c == "N" else None
                       for b, c in zip(bits, levels, strict=True)],
                      neighbour_f0)
@@ -524,7 +541,8 @@ class PointCloudCodec:
             raise ContainerError("a point cloud stream's learned occupancy payload comes with "
                                  "one protected tensor, and only it")
         coded_by = {}  # payload name -> (its data after the level flags, its coded bits)
-        for name in (ADAPTIVE_PAYLOAD, NEIGHBOUR_PAYLOAD):
+        neighbour_name = next((name for name in names if name in NEIGHBOUR_VERSIONS), None)
+        for name in (ADAPTIVE_PAYLOAD, neighbour_name):
             if name in names:
                 payload = msg.payloads[names.index(name)]
                 data = payload.data[(depth + 7) // 8:]  # after the flags level_coders read
@@ -536,7 +554,7 @@ class PointCloudCodec:
                                          f"for {n} points")
                 coded_by[name] = (data, int(payload.shape[0]))
         adaptive_data, adaptive_total = coded_by.get(ADAPTIVE_PAYLOAD, (b"", 0))
-        neighbour_data, neighbour_total = coded_by.get(NEIGHBOUR_PAYLOAD, (b"", 0))
+        neighbour_data, neighbour_total = coded_by.get(neighbour_name, (b"", 0))
         total, mode, bound, t = 0, Mode.NONE, self.bound, None
         data = b""
         if learned_name is not None:
@@ -563,6 +581,7 @@ class PointCloudCodec:
             mixed_points=n if learned_name == MIXED_PAYLOAD else 0,
             neighbour_levels=tuple(c == "N" for c in levels), neighbour_data=neighbour_data,
             neighbour_total=neighbour_total,
+            neighbour_version=NEIGHBOUR_VERSIONS.get(neighbour_name, 2),
         )
         if verify and t is not None:
             if checksum(out.occupancy) != msg.payloads[0].symbols_checksum:
@@ -571,7 +590,7 @@ class PointCloudCodec:
                 raise VerificationError(_failure("its occupancy indices do not match the "
                                                  "encoder's"))
         for name, code, decoded in ((ADAPTIVE_PAYLOAD, "A", out.adaptive_occupancy),
-                                    (NEIGHBOUR_PAYLOAD, "N", out.neighbour_occupancy)):
+                                    (neighbour_name, "N", out.neighbour_occupancy)):
             if verify and name in names and checksum(_flagged_symbols(
                     tuple(c == code for c in levels), decoded)) != \
                     msg.payloads[names.index(name)].symbols_checksum:
@@ -644,14 +663,14 @@ def level_coders(msg: pb.Bitstream) -> str:
     depth = int(msg.point_cloud.depth)
     names = [p.name for p in msg.payloads]
     learned_name = names[0] if names and names[0] in LEARNED_PAYLOADS else None
-    order = [name for name in (learned_name, ADAPTIVE_PAYLOAD, NEIGHBOUR_PAYLOAD)
-             if name in names]
+    neighbour_name = names[-1] if names and names[-1] in NEIGHBOUR_VERSIONS else None
+    order = [name for name in (learned_name, ADAPTIVE_PAYLOAD, neighbour_name) if name in names]
     if not names or names != order:
         raise ContainerError("a point cloud stream has an occupancy payload (static, refined "
                              "or mixed), an adaptive occupancy payload, a neighbour occupancy "
-                             "payload, or several of them in that order")
+                             "payload (of one version), or several of them in that order")
     levels = ["L"] * depth
-    for name, code in ((ADAPTIVE_PAYLOAD, "A"), (NEIGHBOUR_PAYLOAD, "N")):
+    for name, code in ((ADAPTIVE_PAYLOAD, "A"), (neighbour_name, "N")):
         if name in names:
             flags, _ = adaptive.read_level_flags(msg.payloads[names.index(name)].data, depth,
                                                  name.removeprefix("occupancy_"))

@@ -232,14 +232,15 @@ def decompress(
     adaptive_data: bytes = b"", adaptive_total: int = 0, max_nodes: int | None = None,
     refined: bool = False, threads: int = 1, mixed_points: int = 0,
     neighbour_levels: tuple[bool, ...] | None = None, neighbour_data: bytes = b"",
-    neighbour_total: int = 0,
+    neighbour_total: int = 0, neighbour_version: int = 2,
 ) -> Decompressed:
     """Leaf Morton codes, the clamped indices used and the decoded bits of each coder in
     coding order. The learned stream is static rANS, or with refined=True refine.py's
     adapted probabilities, or with mixed_points > 0 (the cloud's voxels) mixing.py's. Levels
     with adaptive_levels[l] set come from the adaptive stream (adaptive.py), those with
-    neighbour_levels[l] set from the neighbour coder's (neighbour.py, its tables sized by
-    max_nodes, the header's point count), the others from the learned one. Never decodes more
+    neighbour_levels[l] set from the neighbour coder's (neighbour.py, its model
+    `neighbour_version`, its tables sized by max_nodes, the header's point count), the others
+    from the learned one. Never decodes more
     than `total_bits` learned, `adaptive_total` adaptive and `neighbour_total` neighbour-coded
     decisions (the encoder's counts) nor a level of more than `max_nodes` nodes (a level never
     has more nodes than the cloud has points): a decoder that goes past them stops with an
@@ -265,7 +266,8 @@ def decompress(
     if any(neighbour_levels):
         if max_nodes is None:
             raise ValueError("the neighbour coder's tables are sized by max_nodes")
-        neighbour_decoder = neighbour.Decoder(neighbour_data, max_nodes, lenient=not verify)
+        neighbour_decoder = neighbour.Decoder(neighbour_data, max_nodes, neighbour_version,
+                                              lenient=not verify)
     decoder: entropy.Decoder | refine.Decoder | None = None
     mixed: mixing.Decoder | None = None
     if total_bits and mixed_points:
@@ -280,6 +282,7 @@ def decompress(
     adaptive_decoder = adaptive.Decoder(adaptive_data) if use_adaptive else None
     codes = np.zeros(1, dtype=np.int64)
     level_tables, parent_bits = octree.LevelTables(threads), None
+    above = None  # the level above's bits, whichever coder decoded them (version 2's slots)
     all_indices, all_bits, adaptive_bits, used, used_adaptive = [], [], [], 0, 0
     neighbour_bits, used_neighbour = [], 0
     learned_seen = False  # a learned pass decoded: later failures may be desynchronisation
@@ -309,7 +312,8 @@ def decompress(
                 # tables, each made from the last (a table after a table-less level would
                 # need 26 binary searches per node, several times this).
                 level_tables.table_of(codes, level, parent_bits)
-            codes, parent_bits = octree.children(codes, bits), bits if chain else None
+            codes, above = octree.children(codes, bits), bits
+            parent_bits = bits if chain else None
             continue
         if neighbour_levels[level]:
             used_neighbour += N_PASSES * m
@@ -317,12 +321,14 @@ def decompress(
                 raise fail(f"more nodes than the neighbour stream codes at octree level {level}")
             neighbours = level_tables.table_of(codes, level, parent_bits)
             shapes = mixing.neighbour_shapes(neighbours)  # the same for the eight passes
+            slots = neighbour.node_slots(above) if neighbour_version == 2 else None
             bits = np.zeros((m, N_PASSES), dtype=bool)
             for k in range(N_PASSES):
                 contexts = mixing.pass_contexts(neighbours, bits, k, max_nodes, shapes=shapes,
                                                 threads=threads)
+                extras = None if slots is None else neighbour.pass_extras(slots, bits, k)
                 try:
-                    bits[:, k] = neighbour_decoder.decode(contexts, k) == 1
+                    bits[:, k] = neighbour_decoder.decode(contexts, k, extras) == 1
                 except ContainerError as exc:
                     raise fail(str(exc), exc) from exc
                 neighbour_bits.append(bits[:, k].copy())
@@ -331,7 +337,7 @@ def decompress(
             del neighbours
             if level == last_tabled:
                 level_tables.release()
-            codes, parent_bits = octree.children(codes, bits), bits
+            codes, parent_bits, above = octree.children(codes, bits), bits, bits
             continue
         used += N_PASSES * m
         if used > total_bits:
@@ -362,7 +368,7 @@ def decompress(
         del neighbours
         if level == last_tabled:  # no table needed after: free the largest one early
             level_tables.release()
-        codes, parent_bits = octree.children(codes, bits), bits
+        codes, parent_bits, above = octree.children(codes, bits), bits, bits
     if used != total_bits:
         raise fail(f"decoded {used} occupancy bits but the stream codes {total_bits}")
     if used_adaptive != adaptive_total:
