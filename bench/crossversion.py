@@ -47,7 +47,8 @@ Release 0.4.0 adds a `--smallest` stream per sample and depth (mixed probabiliti
 108 streams in all): every one bit-exact in both directions and byte-identical between the
 two encoders.
 Release 0.5.0 adds a stream per sample and depth whose every level is neighbour-coded (format
-5, no network: integers only).
+5, no network: integers only); release 0.6.0 the same at format 6 (the neighbour coder's
+version 2 model) beside it.
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ def _worker_encode(outdir: Path, jobs: list[dict]) -> None:
             msg = codec.encode(data, job["mode"], job["level"], capture=capture)
             output = np.asarray(capture["output"])
         else:
+            formats = {"bitstream_format": job["format"]} if "format" in job else {}
             msg = codec.encode(data, depth=job["depth"], mode=job["mode"],
-                               coders=job.get("coders", "auto"))
+                               coders=job.get("coders", "auto"), **formats)
             output = octree.voxelize(data, job["depth"]).voxels
         seconds = time.perf_counter() - start
         (outdir / f"{job['id']}.rpc").write_bytes(container.pack(msg))
@@ -273,11 +275,13 @@ def code_jobs(images: list[Path], depths: list[int], levels: list[str]) -> list[
                              "kind": "point_cloud", "model": info.name, "input": str(f),
                              "depth": depth, "mode": "syndrome", "coders": "smallest",
                              "class": "point cloud syndrome smallest"})
-                # every level neighbour-coded (format 5; auto gives it the levels it wins)
-                jobs.append({"id": f"{info.name}__{f.stem}@{depth}__neighbour",
-                             "kind": "point_cloud", "model": info.name, "input": str(f),
-                             "depth": depth, "mode": "none", "coders": "neighbour",
-                             "class": "point cloud neighbour"})
+                # every level neighbour-coded (auto gives it the levels it wins), under each
+                # model version: format 5's and format 6's
+                for fmt in (5, 6):
+                    jobs.append({"id": f"{info.name}__{f.stem}@{depth}__neighbour{fmt}",
+                                 "kind": "point_cloud", "model": info.name, "input": str(f),
+                                 "depth": depth, "mode": "none", "coders": "neighbour",
+                                 "format": fmt, "class": f"point cloud neighbour format {fmt}"})
     return jobs
 
 

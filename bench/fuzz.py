@@ -131,10 +131,13 @@ CLOUD_SEEDS = [
     ("camel_d6", 6, "syndrome", "neighbour"),
     ("elephant_d7", 5, "none", "neighbour"),
     ("rings", 10, "syndrome", "by-level"),
+    ("camel_d6", 6, "syndrome", "neighbour@5"),
+    ("rings", 10, "syndrome", "by-level@5"),
 ]
 # "rings": the ground rings of a 16-beam spinning sensor (made here, deterministic); "by-level"
 # is auto without the small cloud's all-neighbour candidate: learned, adaptive and
-# neighbour-coded levels in one stream
+# neighbour-coded levels in one stream; "@5": at bitstream format 5 (the neighbour coder's
+# version 1 model)
 
 
 def _rings() -> np.ndarray:
@@ -193,7 +196,9 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
                     (("z", codec.hyper.tables), ("y", codec.latent.tables))
                     for k in ("cdfs", "lengths", "offsets")})
     for name, codec in codecs.cloud.items():
-        for sample, depth, mode, coders in CLOUD_SEEDS:
+        for sample, depth, mode, label in CLOUD_SEEDS:
+            coders, _, fmt = label.partition("@")
+            formats = {"bitstream_format": int(fmt)} if fmt else {}
             points = (_rings() if sample == "rings" else read_ply(SAMPLES / f"{sample}.ply")
                       if sample else np.zeros((0, 3), np.float64))
             if sample and coders in ("auto", "smallest", "neighbour"):
@@ -201,15 +206,15 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
             if coders == "by-level":
                 every, codec_module.EVERY_NEIGHBOUR_BITS = codec_module.EVERY_NEIGHBOUR_BITS, 0
                 try:
-                    msg = codec.encode(points, mode, depth=depth)
+                    msg = codec.encode(points, mode, depth=depth, **formats)
                 finally:
                     codec_module.EVERY_NEIGHBOUR_BITS = every
             else:
-                msg = codec.encode(points, mode, depth=depth, coders=coders)
+                msg = codec.encode(points, mode, depth=depth, coders=coders, **formats)
             i = len(meta)
             (out / f"seed_{i:02d}.rpc").write_bytes(container.pack(msg))
             meta.append({"kind": "point_cloud", "model": name, "scale_index": False,
-                         "desc": f"{name} {sample or 'empty'} depth {depth} {mode} {coders}"
+                         "desc": f"{name} {sample or 'empty'} depth {depth} {mode} {label}"
                                  + (f" {codec_module.level_coders(msg)}" if msg.payloads else "")})
     (out / "seeds.json").write_text(json.dumps(meta, indent=1))
 
@@ -236,7 +241,7 @@ DOUBLE_EDGE = [0.0, -0.0, 5e-324, 1e-300, 1e-12, 1e-6, 1e-3, 0.1, 0.5, 1.0, 16.0
 NAMES = ["", "z", "y", "occupancy", "scale_index", "mean_grid", "pixels", "occupancy_logit",
          "y.anchors", "y.non_anchors", "scale_index.anchors", "scale_index.non_anchors",
          "mean_grid.anchors", "mean_grid.non_anchors", "occupancy_adaptive", "occupancy_refined",
-         "occupancy_mixed", "occupancy_neighbour", "Y", "z ", "x" * 128, "x" * 129, "\u00e9",
+         "occupancy_mixed", "occupancy_neighbour", "occupancy_neighbour_v2", "Y", "z ", "x" * 128, "x" * 129, "\u00e9",
          "a\tb", "y\x00"]
 ENUMS = [0, 1, 2, 3, 4, 5, 99, 1 << 20, -1]
 
@@ -447,7 +452,7 @@ def f_top(msg: pb.Bitstream, rng: random.Random, plan: Plan, seed: Seed) -> None
     elif which == 1:
         # 2 to 5 are read: the placement a version may omit and the payloads only formats 4
         # and 5 have are checked against it
-        msg.format_version = rng.choice([0, 1, 2, 3, 4, 5, 6, 255, (1 << 32) - 1])
+        msg.format_version = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 255, (1 << 32) - 1])
     elif which == 2:
         msg.codec = rng.choice(ENUMS)
     elif which == 3:

@@ -96,7 +96,7 @@ def test_at_version_2_writes_the_placement_out_for_earlier_decoders():
     image = sample_message()
     container.at_version(image, 2)
     assert image.format_version == 2 and container.unpack(container.pack(image)) == image
-    for version in (1, 6):
+    for version in (1, 7):
         with pytest.raises(ValueError, match="not one this version writes"):
             container.at_version(message, version)
 
@@ -123,7 +123,7 @@ def test_pack_is_deterministic():
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda m: setattr(m, "format_version", 6), "version 6 is not supported"),
+        (lambda m: setattr(m, "format_version", 7), "version 7 is not supported"),
         (lambda m: setattr(m, "format_version", 1), "re-encode"),
         (lambda m: m.payloads[0].__setattr__("data", b"x" + m.payloads[0].data[1:]), "CRC-32"),
         (lambda m: setattr(m.protected[0], "side_info", m.protected[0].side_info[:-1]), "CRC-32"),

@@ -133,7 +133,8 @@ def test_escape_longer_than_any_encoder_writes_is_refused():
     # One table whose symbol 0 is the escape with nearly all the mass: every state decodes
     # escapes, and a state of all-ones nibbles signals an endless escape length.
     tables = CdfTables.from_arrays(np.array([[0, 1, 65536]]), [3], [0])
-    state = (1 << 63) | ((1 << 60) - 1)  # low nibbles 0xF...: escape-count runs of 15
+    # low nibbles 0xF...: escape-count runs of 15 (a start below 2^63, as every encoder's)
+    state = (1 << 62) | ((1 << 60) - 1)
     data = np.array([state & 0xFFFFFFFF, state >> 32], "<u4").tobytes() + b"\xff" * 64
     with pytest.raises(EntropyStreamError, match="escape"):
         entropy.decode(data, np.zeros(4, np.int32), tables)

@@ -69,10 +69,10 @@ def test_lossless_at_several_depths_and_float_input(codec, depth):
     msg, out = _roundtrip(codec, pts, depth)
     np.testing.assert_array_equal(out.voxels, vox.voxels)
     np.testing.assert_allclose(out.points, np.asarray(vox.origin) + vox.voxels * vox.scale)
-    assert len(msg.point_cloud.origin) == 3  # placed: written out (format 2, or 5 with the
+    assert len(msg.point_cloud.origin) == 3  # placed: written out (format 2, or 6 with the
     # neighbour coder's levels)
-    neighbour = "occupancy_neighbour" in [p.name for p in msg.payloads]
-    assert msg.format_version == (5 if neighbour else 2)
+    neighbour = "occupancy_neighbour_v2" in [p.name for p in msg.payloads]
+    assert msg.format_version == (6 if neighbour else 2)
 
 
 @pytest.mark.parametrize("points", [np.zeros((0, 3)), np.array([[5, 6, 7]]),

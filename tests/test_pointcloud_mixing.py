@@ -566,7 +566,8 @@ def test_whatever_smallest_picks_decodes_losslessly(codec):
     noise, a sparse cloud beside a plane): every stream coders="smallest" writes decodes
     exactly, and at least one of them has mixed learned levels beside adaptive ones (the
     decoder's mixed contexts across adaptive levels; which cloud does depends on the
-    encoder's choices, hence several)."""
+    encoder's choices, hence several). At format 4: from format 6 the neighbour coder codes
+    all three clouds (test_pointcloud_neighbour decodes it beside mixed levels)."""
     rng = np.random.default_rng(8)
     plane = np.stack(np.meshgrid(np.arange(60), np.arange(60), [5], indexing="ij"),
                      -1).reshape(-1, 3)
@@ -576,7 +577,8 @@ def test_whatever_smallest_picks_decodes_losslessly(codec):
     layouts = []
     for points, depth in clouds:
         points = points.astype(np.float64)
-        msg = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest")
+        msg = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest",
+                           bitstream_format=4)
         out = codec.decode(container.unpack(container.pack(msg)))
         assert out.bit_exact
         np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
@@ -591,7 +593,7 @@ def test_other_coders_never_write_the_mixed_payload(codec, clouds, coders):
     for points, depth in clouds.values():
         msg = codec.encode(points, Mode.SYNDROME, depth=depth, coders=coders)
         assert MIXED_PAYLOAD not in [p.name for p in msg.payloads]
-        assert msg.format_version != 4  # 5 for neighbour-coded levels (auto), else 2 or 3
+        assert msg.format_version != 4  # 6 for neighbour-coded levels (auto), else 2 or 3
         assert container.unpack(container.pack(msg)).format_version != 4
 
 
@@ -647,7 +649,7 @@ def test_bit_flips_in_the_mixed_payload_are_reported(codec, camel):
             codec.decode(container.unpack(container.pack(bad)))
 
 
-@pytest.mark.parametrize("version", [0, 1, 6, 99])
+@pytest.mark.parametrize("version", [0, 1, 7, 99])
 def test_unsupported_bitstream_formats_are_refused(codec, camel, version):
     with pytest.raises(InputError):
         codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest",

@@ -246,27 +246,26 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
     for contexts, k in ((good, 8), (good, -1), (good - 1, 0), (good + size, 0),
                         (good + (coarse << 32), 0)):
         with pytest.raises(ValueError):
-            neighbour.Decoder(data, n, version).decode(contexts, k, good)
+            neighbour.Decoder(data, n, version).decode(contexts, k, good.astype(np.int32))
     # in range: decoded
-    assert neighbour.Decoder(data, n, version).decode(good, 0, good).shape == (8,)
+    assert neighbour.Decoder(data, n, version).decode(good, 0, good.astype(np.int32)).shape == (8,)
     for contexts in (good + size, good + (coarse << 32), good - 1):  # the encoder's walk too
         with pytest.raises(ValueError):
             neighbour.walk_contexts(neighbour.Model(n, version), contexts,
-                                    np.zeros((1, 8), bool), good)
+                                    np.zeros((1, 8), bool), good.astype(np.int32))
     with pytest.raises(ValueError):  # one context per bit
         neighbour.walk_contexts(neighbour.Model(n, version), good[:3], np.zeros((1, 8), bool),
-                                good[:3])
+                                good[:3].astype(np.int32))
     if version == 1:  # version 1 reads no extras
         assert neighbour.Decoder(data, n, 1).decode(good, 0).shape == (8,)
         return
-    node = neighbour.NODE_CONTEXTS
-    for extras in (None, good[:3], good.astype(np.int32), good - 1, good + node,
-                   good + (8 << 24)):  # version 2: one in range per bit
-        with pytest.raises(ValueError):
+    node, zero = neighbour.NODE_CONTEXTS, np.zeros(8, np.int32)
+    for extras in (None, zero[:3], good, zero - 1, zero + node, zero + (8 << 24)):
+        with pytest.raises(ValueError):  # version 2: one int32 in range per bit
             neighbour.Decoder(data, n, 2).decode(good, 0, extras)
         with pytest.raises(ValueError):
             neighbour.walk_contexts(neighbour.Model(n, 2), good, np.zeros((1, 8), bool), extras)
-    assert neighbour.Decoder(data, n, 2).decode(good, 0, good + node - 1 + (7 << 24)).size == 8
+    assert neighbour.Decoder(data, n, 2).decode(good, 0, zero + node - 1 + (7 << 24)).size == 8
     with pytest.raises(ValueError):
         neighbour.Model(n, 3)
     with pytest.raises(ValueError):  # a slot is a parent byte x 8 + a child index
@@ -326,7 +325,8 @@ def test_version_2_snapshot_of_whole_tables_restores():
     rng = np.random.default_rng(5)
     size, coarse = 1 << mixing.context_bits(points), 1 << mixing.coarse_bits(points)
     contexts = rng.integers(0, size, 8 * m) | rng.integers(0, coarse, 8 * m) << 32
-    extras = rng.integers(0, neighbour.NODE_CONTEXTS, 8 * m) | rng.integers(0, 8, 8 * m) << 24
+    extras = (rng.integers(0, neighbour.NODE_CONTEXTS, 8 * m)
+              | rng.integers(0, 8, 8 * m) << 24).astype(np.int32)
     bits = rng.random((m, 8)) < 0.4
     model = neighbour.Model(points, 2)
     before = _arrays(model)
@@ -353,12 +353,12 @@ def test_snapshot_restore_with_only_a_few_repeated_contexts(version):
     rng = np.random.default_rng(4)
     pool = np.array([0, size - 1, 17 | (coarse - 1) << 32], np.int64)
     contexts = pool[rng.integers(0, 3, 8 * m)]
-    extras = np.array([0, 5 | 3 << 24, neighbour.NODE_CONTEXTS - 1], np.int64)[
+    extras = np.array([0, 5 | 3 << 24, neighbour.NODE_CONTEXTS - 1], np.int32)[
         rng.integers(0, 3, 8 * m)]
     bits = rng.random((m, 8)) < 0.3
     model = neighbour.Model(points, version)
     neighbour.walk_contexts(model, rng.integers(0, size, 8 * m), rng.random((m, 8)) < 0.5,
-                            rng.integers(0, neighbour.NODE_CONTEXTS, 8 * m))
+                            rng.integers(0, neighbour.NODE_CONTEXTS, 8 * m, dtype=np.int32))
     before = _arrays(model)
     saved = model.snapshot(contexts, extras)
     neighbour.walk_contexts(model, contexts, bits, extras)

@@ -35,8 +35,9 @@ adaptive, then that coder's rANS stream; shape [its coded bits]; its symbols che
 the flags and the bits), from format 5 payload "occupancy_neighbour" (the same layout for the
 neighbour coder's levels, its bits pass-major within each level; from format 6
 "occupancy_neighbour_v2" instead: the same under neighbour.py's version 2 model), or
-several of them, in that order, each level named by one. A stream with every level learned is exactly
-the earlier layout, so streams written before the adaptive coder existed still decode.
+several of them, in that order, each level named by one. A stream with every level learned is
+exactly the earlier layout, so streams written before the adaptive coder existed still
+decode.
 
 With mode `none` each side uses its own floats; a flipped index desynchronises rANS, and the
 checksums (or the node-count guard) report it instead of returning a wrong cloud.
@@ -358,14 +359,6 @@ class PointCloudCodec:
             m = codes[level].size
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
             contexts, extras = None, None
-            if model is not None and version == 2:  # version 2's node contexts
-                extras = neighbour.level_extras(
-                    neighbour.node_slots(bits[level - 1] if level else None), bits[level])
-            if every is not None:
-                contexts = mixing.level_contexts(neighbours, bits[level], every.points,
-                                                  self.threads)
-                every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level],
-                                                             extras)
             # The neighbour coder first (tentatively: undone below unless it takes the level),
             # so that the model is run on a large level only if it may beat it too. Not after a
             # level the model won by over CONFIDENT_SAVING x ROW_PRICE a row (dense surfaces:
@@ -377,6 +370,14 @@ class PointCloudCodec:
             tried = model is not None and not confident and (
                 coders == "neighbour" or m < 4 * ESTIMATE_NODES
                 or any(f0 is not None for f0 in neighbour_f0))
+            if (tried or every is not None) and version == 2:  # version 2's node contexts
+                extras = neighbour.level_extras(
+                    neighbour.node_slots(bits[level - 1] if level else None), bits[level])
+            if every is not None:
+                contexts = mixing.level_contexts(neighbours, bits[level], every.points,
+                                                  self.threads)
+                every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level],
+                                                             extras)
             bar = adaptive_cost[level]  # what the model must beat on a large level
             if tried:
                 if contexts is None:

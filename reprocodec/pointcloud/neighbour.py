@@ -295,8 +295,8 @@ def node_slots(parent_bits: np.ndarray | None) -> np.ndarray:
 
 @_jit
 def _extra_of(slot, partial, occupied, k):  # pragma: no cover - compiled
-    """The extra of child k of a node: node context | occupied << 24 (_NODE_MASK)."""
-    return (slot << 8) + (np.int64(1) << k) - 1 + partial + (occupied << _POP_SHIFT)
+    """The extra of child k of a node: node context | occupied << 24 (_NODE_MASK; < 2^27)."""
+    return np.int32((slot << 8) + (np.int64(1) << k) - 1 + partial + (occupied << _POP_SHIFT))
 
 
 @_jit
@@ -329,19 +329,19 @@ def _checked_slots(slots: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def level_extras(slots: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """(8 M,) int64 extras of a level's bits, pass-major (the encoder: all bits known)."""
+    """(8 M,) int32 extras of a level's bits, pass-major (the encoder: all bits known)."""
     s, b = _checked_slots(slots, bits)
-    out = np.empty(N_PASSES * s.size, dtype=np.int64)
+    out = np.empty(N_PASSES * s.size, dtype=np.int32)
     _level_extras_kernel(s, b, out)
     return out
 
 
 def pass_extras(slots: np.ndarray, bits: np.ndarray, k: int) -> np.ndarray:
-    """(M,) int64 extras of child k of every node (the decoder: children < k decoded)."""
+    """(M,) int32 extras of child k of every node (the decoder: children < k decoded)."""
     s, b = _checked_slots(slots, bits)
     if not 0 <= k < N_PASSES:
         raise ValueError(f"pass {k} outside 0..7")
-    out = np.empty(s.size, dtype=np.int64)
+    out = np.empty(s.size, dtype=np.int32)
     _pass_extras_kernel(s, b, np.int64(k), out)
     return out
 
@@ -370,9 +370,9 @@ def _checked_extras(model: Model, extras: np.ndarray | None, size: int) -> np.nd
     context below NODE_CONTEXTS and at most 7 occupied children (ours: level_extras and
     pass_extras make no other); version 1 reads none."""
     if model.version == 1:
-        return np.zeros(0, dtype=np.int64)
-    if extras is None or extras.shape != (size,) or extras.dtype != np.int64:
-        raise ValueError("version 2 needs one int64 extra per bit")
+        return np.zeros(0, dtype=np.int32)
+    if extras is None or extras.shape != (size,) or extras.dtype != np.int32:
+        raise ValueError("version 2 needs one int32 extra per bit")
     e = np.ascontiguousarray(extras)
     if e.size and (e.min() < 0 or (e & _NODE_MASK).max() >= NODE_CONTEXTS
                    or (e >> _POP_SHIFT).max() >= N_PASSES):
