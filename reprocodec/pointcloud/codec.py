@@ -709,7 +709,6 @@ def _neighbour_saving(cost: int, adaptive_cost: int, learned: coder.LearnedLevel
     return adaptive_cost - cost - _row_cost(rows, _neighbour_price(price))
 
 
-
 def _time_cost(levels: str, rows: list[int], price: tuple[int, int]) -> int:
     """What a choice's network rows (L levels) and neighbour-coded bits (N) count as."""
     learned = sum(r for r, c in zip(rows, levels, strict=True) if c == "L")
