@@ -69,6 +69,12 @@ def _jit(fn):
     return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
 
 
+def _jit_inline(fn):
+    """A kernel's per-bit step, inlined into it in numba's IR: called with a dozen arrays,
+    each passed as its fields, the walk ran three times slower."""
+    return numba.njit(cache=True, nogil=True, inline="always")(fn) if numba is not None else fn
+
+
 class Model:
     """The coder's state: mixing.py's two count models, version 2's node model and APM, and
     the mixer's weight sets (integers the kernels update in place; 9 bytes a context, 36 + 9
@@ -94,9 +100,9 @@ class Model:
         return (self.counts, self.probability, self.coarse_counts, self.coarse_probability,
                 self.node_counts, self.node_probability, self.weights, self.apm)
 
-    def kernel_arguments(self) -> tuple:
-        """The state and the version's switch, as the kernels take them."""
-        return (*self.arrays(), self.version == 2)
+    def kernels(self) -> tuple:
+        """This version's (walk, decode) kernels."""
+        return _KERNELS[self.version]
 
     def snapshot(self, contexts: np.ndarray, extras: np.ndarray | None = None) -> tuple:
         """What walking bits of these contexts and extras can change, for restore (encoder: a
@@ -174,109 +180,119 @@ def _scatter_kernel(contexts, extras, counts, probability, coarse_counts, coarse
             node_probability[node, 1] = saved_probability[i, 5]
 
 
-@_jit
-def _mixed(probability, coarse_probability, node_probability, weights, apm, extended, ctx,
-           extra, k, inputs):  # pragma: no cover - compiled
-    """P(0) in 2^-16 (1 .. 2^16 - 1) of a bit of context ctx (fine | coarse << 32) and extra
-    (node context | occupied children so far << 24) in pass k: (the coded P(0), the mixer's,
-    its weight set, the APM knot below and its interpolation weight); fills `inputs` for
-    _learn. Without `extended` (version 1): the node inputs are zero, the weight set is 8 k
-    and the coded P(0) the mixer's."""
-    _count_inputs(probability, ctx & _FINE_MASK, inputs, 0)
-    _count_inputs(coarse_probability, ctx >> 32, inputs, 2)
-    ws = 8 * k
-    if extended:
-        _count_inputs(node_probability, extra & _NODE_MASK, inputs, 4)
-        ws += extra >> _POP_SHIFT
-    else:
-        inputs[4] = 0
-        inputs[5] = 0
-    inputs[6] = _BIAS_INPUT
-    dot = np.int64(0)
-    for j in range(INPUTS):
-        dot += weights[ws, j] * inputs[j]
-    logit = dot >> 16
-    p = min(max(_squash(logit), np.int64(1)), np.int64(_ONE - 1))
-    if not extended:
-        return p, p, ws, np.int64(0), np.int64(0)
-    at = min(max(logit, -_APM_REACH + 1), _APM_REACH - 1) + _APM_REACH
-    knot, weight = at >> _APM_STEP_SHIFT, at & ((1 << _APM_STEP_SHIFT) - 1)
-    mapped = (apm[k, knot] * ((1 << _APM_STEP_SHIFT) - weight)
-              + apm[k, knot + 1] * weight) >> _APM_STEP_SHIFT
-    coded = min(max((p + 3 * mapped) >> 2, np.int64(1)), np.int64(_ONE - 1))
-    return coded, p, ws, knot, weight
+def _version_kernels(extended: bool) -> tuple:
+    """The encoder's walk and the decoder's kernel of one model version (extended: version 2),
+    `extended` a constant of their compiled code: version 1's do no version 2 work at all.
+    Both share the per-bit steps, mixed() and learn(), line for line."""
+
+    @_jit_inline
+    def mixed(probability, coarse_probability, node_probability, weights, apm, ctx, extra, k,
+              inputs):  # pragma: no cover - compiled
+        """P(0) in 2^-16 (1 .. 2^16 - 1) of a bit of context ctx (fine | coarse << 32) and
+        extra (node context | occupied children so far << 24) in pass k: (the coded P(0),
+        the mixer's, its weight set, the APM knot below and its interpolation weight); fills
+        `inputs` for learn(). Version 1: the node inputs are zero, the weight set is 8 k and
+        the coded P(0) the mixer's."""
+        _count_inputs(probability, ctx & _FINE_MASK, inputs, 0)
+        _count_inputs(coarse_probability, ctx >> 32, inputs, 2)
+        ws = 8 * k
+        if extended:
+            _count_inputs(node_probability, extra & _NODE_MASK, inputs, 4)
+            ws += extra >> _POP_SHIFT
+        else:
+            inputs[4] = 0
+            inputs[5] = 0
+        inputs[6] = _BIAS_INPUT
+        dot = np.int64(0)
+        for j in range(INPUTS):
+            dot += weights[ws, j] * inputs[j]
+        logit = dot >> 16
+        p = min(max(_squash(logit), np.int64(1)), np.int64(_ONE - 1))
+        if not extended:
+            return p, p, ws, np.int64(0), np.int64(0)
+        at = min(max(logit, -_APM_REACH + 1), _APM_REACH - 1) + _APM_REACH
+        knot, weight = at >> _APM_STEP_SHIFT, at & ((1 << _APM_STEP_SHIFT) - 1)
+        mapped = (apm[k, knot] * ((1 << _APM_STEP_SHIFT) - weight)
+                  + apm[k, knot + 1] * weight) >> _APM_STEP_SHIFT
+        coded = min(max((p + 3 * mapped) >> 2, np.int64(1)), np.int64(_ONE - 1))
+        return coded, p, ws, knot, weight
+
+    @_jit_inline
+    def learn(counts, probability, coarse_counts, coarse_probability, node_counts,
+              node_probability, weights, apm, ctx, extra, k, inputs, p, ws, knot, weight,
+              bit):  # pragma: no cover - compiled
+        """After a bit: the count models, weight set ws (along the mixer's error: p is the
+        mixer's P(0)) and, version 2, the APM's two knots."""
+        target = np.int64(0) if bit else np.int64(_ONE)
+        _count(counts, probability, ctx & _FINE_MASK, target)
+        _count(coarse_counts, coarse_probability, ctx >> 32, target)
+        if extended:
+            _count(node_counts, node_probability, extra & _NODE_MASK, target)
+            step = 1 << _APM_STEP_SHIFT
+            apm[k, knot] += ((target - apm[k, knot]) * (step - weight)) >> _APM_RATE_SHIFT
+            apm[k, knot + 1] += ((target - apm[k, knot + 1]) * weight) >> _APM_RATE_SHIFT
+        error = target - p
+        for j in range(INPUTS):
+            w = weights[ws, j] + ((inputs[j] * error) >> mixing.LEARNING_SHIFT)
+            weights[ws, j] = min(max(w, -mixing.WEIGHT_LIMIT), mixing.WEIGHT_LIMIT)
+
+    @_jit
+    def walk(contexts, extras, nodes, bits, counts, probability, coarse_counts,
+             coarse_probability, node_counts, node_probability, weights, apm, length,
+             f0_out):  # pragma: no cover - compiled
+        """The encoder's walk over a level of `nodes` nodes (pass-major: bit i is in pass
+        i // nodes): each bit's P(0) into f0_out, then the updates; returns the bits' code
+        length (entropy.code_length_table units). Version 1 reads no extras."""
+        inputs = np.zeros(INPUTS, np.int64)
+        total = np.int64(0)
+        for i in range(contexts.size):
+            k = np.int64(i // nodes)
+            ctx = np.int64(contexts[i])
+            extra = np.int64(extras[i]) if extended else np.int64(0)
+            coded, p, ws, knot, weight = mixed(probability, coarse_probability,
+                                               node_probability, weights, apm, ctx, extra, k,
+                                               inputs)
+            f0_out[i] = coded
+            bit = bits[i]
+            total += length[_ONE - coded] if bit else length[coded]
+            learn(counts, probability, coarse_counts, coarse_probability, node_counts,
+                  node_probability, weights, apm, ctx, extra, k, inputs, p, ws, knot, weight,
+                  bit)
+        return total
+
+    @_jit
+    def decode(words, state, contexts, extras, k, counts, probability, coarse_counts,
+               coarse_probability, node_counts, node_probability, weights, apm,
+               out):  # pragma: no cover - compiled
+        """Decode out.size bits of pass k at state = [x, pos] (adaptive.Decoder's), updating
+        the model as the encoder did. Returns adaptive._OK or _EARLY_END; never reads outside
+        words."""
+        x = np.uint64(state[0])
+        pos = np.int64(state[1])
+        inputs = np.zeros(INPUTS, np.int64)
+        for i in range(contexts.size):
+            ctx = np.int64(contexts[i])
+            extra = np.int64(extras[i]) if extended else np.int64(0)
+            coded, p, ws, knot, weight = mixed(probability, coarse_probability,
+                                               node_probability, weights, apm, ctx, extra, k,
+                                               inputs)
+            bit, x, pos = adaptive._decode_bit(words, x, pos, coded)
+            if pos < 0:
+                state[0] = x
+                state[1] = np.uint64(words.size)
+                return adaptive._EARLY_END
+            learn(counts, probability, coarse_counts, coarse_probability, node_counts,
+                  node_probability, weights, apm, ctx, extra, k, inputs, p, ws, knot, weight,
+                  bit)
+            out[i] = bit
+        state[0] = x
+        state[1] = np.uint64(pos)
+        return adaptive._OK
+
+    return walk, decode
 
 
-@_jit
-def _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
-           node_probability, weights, apm, extended, ctx, extra, k, inputs, p, ws, knot, weight,
-           bit):  # pragma: no cover - compiled
-    """After a bit: the count models, weight set ws (along the mixer's error: p is the
-    mixer's P(0)) and, extended, the APM's two knots."""
-    target = np.int64(0) if bit else np.int64(_ONE)
-    _count(counts, probability, ctx & _FINE_MASK, target)
-    _count(coarse_counts, coarse_probability, ctx >> 32, target)
-    if extended:
-        _count(node_counts, node_probability, extra & _NODE_MASK, target)
-        step = 1 << _APM_STEP_SHIFT
-        apm[k, knot] += ((target - apm[k, knot]) * (step - weight)) >> _APM_RATE_SHIFT
-        apm[k, knot + 1] += ((target - apm[k, knot + 1]) * weight) >> _APM_RATE_SHIFT
-    error = target - p
-    for j in range(INPUTS):
-        w = weights[ws, j] + ((inputs[j] * error) >> mixing.LEARNING_SHIFT)
-        weights[ws, j] = min(max(w, -mixing.WEIGHT_LIMIT), mixing.WEIGHT_LIMIT)
-
-
-@_jit
-def _walk_kernel(contexts, extras, nodes, bits, counts, probability, coarse_counts,
-                 coarse_probability, node_counts, node_probability, weights, apm, extended,
-                 length, f0_out):  # pragma: no cover - compiled
-    """The encoder's walk over a level of `nodes` nodes (pass-major: bit i is in pass
-    i // nodes): each bit's P(0) into f0_out, then the updates; returns the bits' code length
-    (entropy.code_length_table units). `extras` is read only when extended."""
-    inputs = np.zeros(INPUTS, np.int64)
-    total = np.int64(0)
-    for i in range(contexts.size):
-        k = np.int64(i // nodes)
-        ctx = np.int64(contexts[i])
-        extra = np.int64(extras[i]) if extended else np.int64(0)
-        coded, p, ws, knot, weight = _mixed(probability, coarse_probability, node_probability,
-                                            weights, apm, extended, ctx, extra, k, inputs)
-        f0_out[i] = coded
-        bit = bits[i]
-        total += length[_ONE - coded] if bit else length[coded]
-        _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
-               node_probability, weights, apm, extended, ctx, extra, k, inputs, p, ws, knot,
-               weight, bit)
-    return total
-
-
-@_jit
-def _decode_kernel(words, state, contexts, extras, k, counts, probability, coarse_counts,
-                   coarse_probability, node_counts, node_probability, weights, apm, extended,
-                   out):  # pragma: no cover - compiled
-    """Decode out.size bits of pass k at state = [x, pos] (adaptive.Decoder's), updating the
-    model as the encoder did. Returns adaptive._OK or _EARLY_END; never reads outside words."""
-    x = np.uint64(state[0])
-    pos = np.int64(state[1])
-    inputs = np.zeros(INPUTS, np.int64)
-    for i in range(contexts.size):
-        ctx = np.int64(contexts[i])
-        extra = np.int64(extras[i]) if extended else np.int64(0)
-        coded, p, ws, knot, weight = _mixed(probability, coarse_probability, node_probability,
-                                            weights, apm, extended, ctx, extra, k, inputs)
-        bit, x, pos = adaptive._decode_bit(words, x, pos, coded)
-        if pos < 0:
-            state[0] = x
-            state[1] = np.uint64(words.size)
-            return adaptive._EARLY_END
-        _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
-               node_probability, weights, apm, extended, ctx, extra, k, inputs, p, ws, knot,
-               weight, bit)
-        out[i] = bit
-    state[0] = x
-    state[1] = np.uint64(pos)
-    return adaptive._OK
+_KERNELS = {1: _version_kernels(False), 2: _version_kernels(True)}  # (walk, decode) by version
 
 
 # ------------------------------------------------------------------ version 2's node contexts
@@ -360,8 +376,9 @@ def walk_contexts(model: Model, contexts: np.ndarray, bits: np.ndarray,
     mixing._check_contexts(contexts, model.points)
     extras = _checked_extras(model, extras, contexts.size)
     f0 = np.empty(coded.size, dtype=adaptive.F0_DTYPE)
-    cost = _walk_kernel(contexts, extras, np.int64(max(m, 1)), coded,
-                        *model.kernel_arguments(), entropy.code_length_table(), f0)
+    walk, _ = model.kernels()
+    cost = walk(contexts, extras, np.int64(max(m, 1)), coded, *model.arrays(),
+                entropy.code_length_table(), f0)
     return f0, int(cost)
 
 
@@ -401,6 +418,6 @@ class Decoder(adaptive.LenientDecoder):
             raise ValueError(f"pass {k} outside 0..7")  # the decoder's own
         mixing._check_contexts(c, self.model.points)
         e = _checked_extras(self.model, extras, c.size)
-        code = _decode_kernel(self.words, self.state, c, e, np.int64(k),
-                              *self.model.kernel_arguments(), out)
+        _, decode = self.model.kernels()
+        code = decode(self.words, self.state, c, e, np.int64(k), *self.model.arrays(), out)
         return self._checked(code, out)
