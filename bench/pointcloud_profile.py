@@ -2,12 +2,14 @@
 
     python bench/pointcloud_profile.py ["surface 1/4 sampled"] [--threads 1] [--runs 2]
     python bench/pointcloud_profile.py --rows
+    python bench/pointcloud_profile.py ["surface 1/4 sampled"] --kernel [--runs 9]
 
 One of bench/pointcloud.py's --clouds by name, encoded and decoded once to warm up, then each
 run profiled: the total and each step's share of it (cumulative time, so a step's share
 includes what it calls; the kernel's runs on pool threads are counted only with --threads 1).
 --rows: for every cloud, the network rows the encoder and the decoder evaluate per point (the
-kernel's work, whatever the machine's speed). The first line names each level's coder and the
+kernel's work, whatever the machine's speed); --kernel: the network kernel alone on the rows
+of one encode, its median time a row. The first line names each level's coder and the
 bits each coder codes (the neighbour coder's steps divided by its bits: its time a bit).
 """
 
@@ -27,6 +29,7 @@ from pointcloud import synthetic_clouds  # noqa: E402
 from reprocodec import container  # noqa: E402
 from reprocodec.pointcloud import inspect_fields, native  # noqa: E402
 from reprocodec.pointcloud.codec import PointCloudCodec  # noqa: E402
+from reprocodec.pointcloud.context import N_HEIGHTS  # noqa: E402
 
 ENCODE_STEPS = ["native:_logits_kernel", "codec:_add_payloads", "octree:child_neighbour_table",
                 "codec:_adaptive_levels", "octree:voxelize", "octree:build_levels",
@@ -74,6 +77,37 @@ def rows_per_point(codec: PointCloudCodec) -> None:
         print(f"{name:24s} rows per point: encode {encoded / n:.2f}, decode {count[0] / n:.2f}")
 
 
+def kernel_time(codec: PointCloudCodec, points, depth: int, runs: int) -> None:
+    """The network kernel alone, one thread, on the rows one encode of the cloud evaluates
+    (captured, then timed `runs` times): the median time a row."""
+    import time
+
+    import numpy as np
+
+    calls = []
+    logits_of = native.NativeGatherNetworks.logits_of
+
+    def capturing(self, inputs, k: int, height: int):
+        calls.append((np.ascontiguousarray(inputs.neighbours), inputs.state, self.tables[k],
+                      self.biases[k, min(height, N_HEIGHTS - 1)]))
+        return logits_of(self, inputs, k, height)
+
+    native.NativeGatherNetworks.logits_of = capturing  # type: ignore[method-assign]
+    codec.encode(points, depth=depth)
+    native.NativeGatherNetworks.logits_of = logits_of  # type: ignore[method-assign]
+    net, rows = codec.networks, sum(c[0].shape[0] for c in calls)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for neighbours, state, table, bias in calls:
+            out = np.empty(neighbours.shape[0], np.float32)
+            native._logits_kernel(neighbours, state, table, bias, net.w2t, net.b2, net.w3,
+                                  net.b3, out)
+        times.append(time.perf_counter() - start)
+    print(f"network kernel: {rows} rows, median {np.median(times) / rows * 1e9:.0f} ns a row "
+          f"(min {min(times) / rows * 1e9:.0f}) over {runs} runs")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,6 +115,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--rows", action="store_true", help="network rows per point, every cloud")
+    ap.add_argument("--kernel", action="store_true",
+                    help="time the network kernel alone on the rows of one encode")
     args = ap.parse_args()
     if args.rows:
         rows_per_point(PointCloudCodec.load(threads=args.threads))
@@ -88,6 +124,9 @@ def main() -> int:
     clouds = {name: (points, depth) for name, points, depth in synthetic_clouds()}
     points, depth = clouds[args.cloud]
     codec = PointCloudCodec.load(threads=args.threads)
+    if args.kernel:
+        kernel_time(codec, points, depth, args.runs)
+        return 0
     msg = codec.encode(points, depth=depth)
     packed = container.pack(msg)
     codec.decode(container.unpack(packed))

@@ -180,61 +180,64 @@ def _scatter_kernel(contexts, extras, counts, probability, coarse_counts, coarse
             node_probability[node, 1] = saved_probability[i, 5]
 
 
+@_jit_inline
+def _mixed(probability, coarse_probability, node_probability, weights, apm, extended, ctx,
+           extra, k, inputs):  # pragma: no cover - compiled
+    """P(0) in 2^-16 (1 .. 2^16 - 1) of a bit of context ctx (fine | coarse << 32) and extra
+    (node context | occupied children so far << 24) in pass k: (the coded P(0), the mixer's,
+    its weight set, the APM knot below and its interpolation weight); fills `inputs` for
+    _learn. Not extended (version 1): the node inputs are zero, the weight set is 8 k and the
+    coded P(0) the mixer's."""
+    _count_inputs(probability, ctx & _FINE_MASK, inputs, 0)
+    _count_inputs(coarse_probability, ctx >> 32, inputs, 2)
+    ws = 8 * k
+    if extended:
+        _count_inputs(node_probability, extra & _NODE_MASK, inputs, 4)
+        ws += extra >> _POP_SHIFT
+    else:
+        inputs[4] = 0
+        inputs[5] = 0
+    inputs[6] = _BIAS_INPUT
+    dot = np.int64(0)
+    for j in range(INPUTS):
+        dot += weights[ws, j] * inputs[j]
+    logit = dot >> 16
+    p = min(max(_squash(logit), np.int64(1)), np.int64(_ONE - 1))
+    if not extended:
+        return p, p, ws, np.int64(0), np.int64(0)
+    at = min(max(logit, -_APM_REACH + 1), _APM_REACH - 1) + _APM_REACH
+    knot, weight = at >> _APM_STEP_SHIFT, at & ((1 << _APM_STEP_SHIFT) - 1)
+    mapped = (apm[k, knot] * ((1 << _APM_STEP_SHIFT) - weight)
+              + apm[k, knot + 1] * weight) >> _APM_STEP_SHIFT
+    coded = min(max((p + 3 * mapped) >> 2, np.int64(1)), np.int64(_ONE - 1))
+    return coded, p, ws, knot, weight
+
+
+@_jit_inline
+def _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
+           node_probability, weights, apm, extended, ctx, extra, k, inputs, p, ws, knot, weight,
+           bit):  # pragma: no cover - compiled
+    """After a bit: the count models, weight set ws (along the mixer's error: p is the
+    mixer's P(0)) and, extended, the APM's two knots."""
+    target = np.int64(0) if bit else np.int64(_ONE)
+    _count(counts, probability, ctx & _FINE_MASK, target)
+    _count(coarse_counts, coarse_probability, ctx >> 32, target)
+    if extended:
+        _count(node_counts, node_probability, extra & _NODE_MASK, target)
+        step = 1 << _APM_STEP_SHIFT
+        apm[k, knot] += ((target - apm[k, knot]) * (step - weight)) >> _APM_RATE_SHIFT
+        apm[k, knot + 1] += ((target - apm[k, knot + 1]) * weight) >> _APM_RATE_SHIFT
+    error = target - p
+    for j in range(INPUTS):
+        w = weights[ws, j] + ((inputs[j] * error) >> mixing.LEARNING_SHIFT)
+        weights[ws, j] = min(max(w, -mixing.WEIGHT_LIMIT), mixing.WEIGHT_LIMIT)
+
+
 def _version_kernels(extended: bool) -> tuple:
     """The encoder's walk and the decoder's kernel of one model version (extended: version 2),
-    `extended` a constant of their compiled code: version 1's do no version 2 work at all.
-    Both share the per-bit steps, mixed() and learn(), line for line."""
-
-    @_jit_inline
-    def mixed(probability, coarse_probability, node_probability, weights, apm, ctx, extra, k,
-              inputs):  # pragma: no cover - compiled
-        """P(0) in 2^-16 (1 .. 2^16 - 1) of a bit of context ctx (fine | coarse << 32) and
-        extra (node context | occupied children so far << 24) in pass k: (the coded P(0),
-        the mixer's, its weight set, the APM knot below and its interpolation weight); fills
-        `inputs` for learn(). Version 1: the node inputs are zero, the weight set is 8 k and
-        the coded P(0) the mixer's."""
-        _count_inputs(probability, ctx & _FINE_MASK, inputs, 0)
-        _count_inputs(coarse_probability, ctx >> 32, inputs, 2)
-        ws = 8 * k
-        if extended:
-            _count_inputs(node_probability, extra & _NODE_MASK, inputs, 4)
-            ws += extra >> _POP_SHIFT
-        else:
-            inputs[4] = 0
-            inputs[5] = 0
-        inputs[6] = _BIAS_INPUT
-        dot = np.int64(0)
-        for j in range(INPUTS):
-            dot += weights[ws, j] * inputs[j]
-        logit = dot >> 16
-        p = min(max(_squash(logit), np.int64(1)), np.int64(_ONE - 1))
-        if not extended:
-            return p, p, ws, np.int64(0), np.int64(0)
-        at = min(max(logit, -_APM_REACH + 1), _APM_REACH - 1) + _APM_REACH
-        knot, weight = at >> _APM_STEP_SHIFT, at & ((1 << _APM_STEP_SHIFT) - 1)
-        mapped = (apm[k, knot] * ((1 << _APM_STEP_SHIFT) - weight)
-                  + apm[k, knot + 1] * weight) >> _APM_STEP_SHIFT
-        coded = min(max((p + 3 * mapped) >> 2, np.int64(1)), np.int64(_ONE - 1))
-        return coded, p, ws, knot, weight
-
-    @_jit_inline
-    def learn(counts, probability, coarse_counts, coarse_probability, node_counts,
-              node_probability, weights, apm, ctx, extra, k, inputs, p, ws, knot, weight,
-              bit):  # pragma: no cover - compiled
-        """After a bit: the count models, weight set ws (along the mixer's error: p is the
-        mixer's P(0)) and, version 2, the APM's two knots."""
-        target = np.int64(0) if bit else np.int64(_ONE)
-        _count(counts, probability, ctx & _FINE_MASK, target)
-        _count(coarse_counts, coarse_probability, ctx >> 32, target)
-        if extended:
-            _count(node_counts, node_probability, extra & _NODE_MASK, target)
-            step = 1 << _APM_STEP_SHIFT
-            apm[k, knot] += ((target - apm[k, knot]) * (step - weight)) >> _APM_RATE_SHIFT
-            apm[k, knot + 1] += ((target - apm[k, knot + 1]) * weight) >> _APM_RATE_SHIFT
-        error = target - p
-        for j in range(INPUTS):
-            w = weights[ws, j] + ((inputs[j] * error) >> mixing.LEARNING_SHIFT)
-            weights[ws, j] = min(max(w, -mixing.WEIGHT_LIMIT), mixing.WEIGHT_LIMIT)
+    `extended` a constant of their compiled code (a closure's bool, which numba's cache keys
+    on): version 1's do no version 2 work at all. Both share the per-bit steps, _mixed and
+    _learn, inlined."""
 
     @_jit
     def walk(contexts, extras, nodes, bits, counts, probability, coarse_counts,
@@ -249,15 +252,15 @@ def _version_kernels(extended: bool) -> tuple:
             k = np.int64(i // nodes)
             ctx = np.int64(contexts[i])
             extra = np.int64(extras[i]) if extended else np.int64(0)
-            coded, p, ws, knot, weight = mixed(probability, coarse_probability,
-                                               node_probability, weights, apm, ctx, extra, k,
-                                               inputs)
+            coded, p, ws, knot, weight = _mixed(probability, coarse_probability,
+                                                node_probability, weights, apm, extended, ctx,
+                                                extra, k, inputs)
             f0_out[i] = coded
             bit = bits[i]
             total += length[_ONE - coded] if bit else length[coded]
-            learn(counts, probability, coarse_counts, coarse_probability, node_counts,
-                  node_probability, weights, apm, ctx, extra, k, inputs, p, ws, knot, weight,
-                  bit)
+            _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
+                   node_probability, weights, apm, extended, ctx, extra, k, inputs, p, ws, knot,
+                   weight, bit)
         return total
 
     @_jit
@@ -273,17 +276,17 @@ def _version_kernels(extended: bool) -> tuple:
         for i in range(contexts.size):
             ctx = np.int64(contexts[i])
             extra = np.int64(extras[i]) if extended else np.int64(0)
-            coded, p, ws, knot, weight = mixed(probability, coarse_probability,
-                                               node_probability, weights, apm, ctx, extra, k,
-                                               inputs)
+            coded, p, ws, knot, weight = _mixed(probability, coarse_probability,
+                                                node_probability, weights, apm, extended, ctx,
+                                                extra, k, inputs)
             bit, x, pos = adaptive._decode_bit(words, x, pos, coded)
             if pos < 0:
                 state[0] = x
                 state[1] = np.uint64(words.size)
                 return adaptive._EARLY_END
-            learn(counts, probability, coarse_counts, coarse_probability, node_counts,
-                  node_probability, weights, apm, ctx, extra, k, inputs, p, ws, knot, weight,
-                  bit)
+            _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
+                   node_probability, weights, apm, extended, ctx, extra, k, inputs, p, ws, knot,
+                   weight, bit)
             out[i] = bit
         state[0] = x
         state[1] = np.uint64(pos)
