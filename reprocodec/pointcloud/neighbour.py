@@ -240,9 +240,9 @@ def _version_kernels(extended: bool) -> tuple:
     _learn, inlined."""
 
     @_jit
-    def walk(contexts, extras, nodes, bits, counts, probability, coarse_counts,
-             coarse_probability, node_counts, node_probability, weights, apm, length,
-             f0_out):  # pragma: no cover - compiled
+    def walk_kernel(contexts, extras, nodes, bits, counts, probability, coarse_counts,
+                    coarse_probability, node_counts, node_probability, weights, apm, length,
+                    f0_out):  # pragma: no cover - compiled
         """The encoder's walk over a level of `nodes` nodes (pass-major: bit i is in pass
         i // nodes): each bit's P(0) into f0_out, then the updates; returns the bits' code
         length (entropy.code_length_table units). Version 1 reads no extras."""
@@ -264,9 +264,9 @@ def _version_kernels(extended: bool) -> tuple:
         return total
 
     @_jit
-    def decode(words, state, contexts, extras, k, counts, probability, coarse_counts,
-               coarse_probability, node_counts, node_probability, weights, apm,
-               out):  # pragma: no cover - compiled
+    def decode_kernel(words, state, contexts, extras, k, counts, probability, coarse_counts,
+                      coarse_probability, node_counts, node_probability, weights, apm,
+                      out):  # pragma: no cover - compiled
         """Decode out.size bits of pass k at state = [x, pos] (adaptive.Decoder's), updating
         the model as the encoder did. Returns adaptive._OK or _EARLY_END; never reads outside
         words."""
@@ -292,7 +292,7 @@ def _version_kernels(extended: bool) -> tuple:
         state[1] = np.uint64(pos)
         return adaptive._OK
 
-    return walk, decode
+    return walk_kernel, decode_kernel
 
 
 _KERNELS = {1: _version_kernels(False), 2: _version_kernels(True)}  # (walk, decode) by version
