@@ -137,9 +137,10 @@ BEHIND_ESTIMATE_NODES = ESTIMATE_NODES // 4
 # (bench/pointcloud_levels.py). A ratio of integers: exact.
 ROW_PRICE = (1, 16)
 # ... and each bit the neighbour coder codes as NEIGHBOUR_PRICE bits: its contexts and walk
-# take about half a network row's time (~100 ns a bit, to encode or to decode, against
-# 125-190 for a row; the adaptive coder's, a few: bench/pointcloud_profile.py "lidar
-# 64x2048", its steps' seconds over the neighbour-coded bits it prints). A level leaves the
+# took about half a network row's time (version 1: ~100 ns a bit, to encode or to decode,
+# against 125-190 for a row then; version 2: ~115 to encode, ~125 to decode, and a row
+# ~140; the adaptive coder's, a few: bench/pointcloud_profile.py "lidar 64x2048", its steps'
+# seconds over the neighbour-coded bits it prints, and --kernel). A level leaves the
 # learned model for it only for fewer bits (so dense surfaces keep the model's compression),
 # and leaves the adaptive coder for it when it saves more than this a bit.
 NEIGHBOUR_PRICE = (1, 32)
@@ -366,7 +367,7 @@ class PointCloudCodec:
             # large level before it has won one (sparse samplings: it wins none of their
             # levels; scan-like clouds give it small levels first). Its contexts and walk take
             # ~100 ns a bit: tried on every level, they doubled the encoder's time on the
-            # sparse samplings.
+            # sparse samplings (version 1).
             tried = model is not None and not confident and (
                 coders == "neighbour" or m < 4 * ESTIMATE_NODES
                 or any(f0 is not None for f0 in neighbour_f0))

@@ -7,17 +7,17 @@ neighbour nodes but costs a network row a bit. This coder uses mixing.py's two c
 parent-level neighbours exist) and its integer logistic mixer, without the refined model
 input. On scan-like clouds it codes most levels in fewer bits than either other coder (the
 LiDAR sweep of `bench/pointcloud.py --clouds`: 3.72 bits a point, where the adaptive coder
-alone spends 5.54), at about half a network row's time a bit (~100 ns to encode or decode:
-`bench/pointcloud_profile.py "lidar 64x2048"`).
+alone spends 5.54), in less than a network row's time a bit (version 2: ~115 ns to encode,
+~125 to decode, one thread: `bench/pointcloud_profile.py "lidar 64x2048"`).
 
 Version 2 (format 6, payload "occupancy_neighbour_v2") adds what a context-mixing coder
 usually adds, all integers too: a third count model of the node itself (its parent's byte,
 its place in it and its children decoded so far: the adaptive coder's context), mixer
 weights chosen by pass and by how many of the node's children so far are occupied, and an
-adaptive probability map (APM) after the mixer. On the LiDAR sweep its levels take 4 % fewer
-bits than version 1's (ideal code lengths walked over every level: 375.8 against 392.4 kbit;
-the aerial tile at depth 12 1.9 %, the statue 2.4 %). Version 1 (format 5) is the same
-kernel with those three off: its integers, and its streams, are unchanged.
+adaptive probability map (APM) after the mixer. The LiDAR sweep's stream is 4.2 % smaller
+than version 1's (3.563 bits a point), for about a third more time a bit in the walk and the
+decode step. Version 1 (format 5) is the same code with those three off, compiled apart: its
+integers, and its streams, are unchanged.
 
 Levels are coded pass-major, as learned levels are (child k of every node, then k + 1), so a
 context reads the children < k already decoded. The model's state follows the levels the
