@@ -354,7 +354,7 @@ class PointCloudCodec:
         every_f0: list[np.ndarray | None] = [None] * depth
         neighbour_saving = 0
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
-        behind = False  # the model sits out (MODEL_BEHIND)
+        behind = False  # the model far behind the neighbour coder (MODEL_BEHIND)
         mix_bits = 0  # learned bits so far (mixing's memory bound)
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
