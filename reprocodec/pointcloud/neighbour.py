@@ -118,8 +118,9 @@ class Model:
                 np.copyto(copy, array)
             return ("tables",)
         extras = _checked_extras(self, extras, contexts.size)
-        counts = np.empty((contexts.size, 3), np.uint8)
-        probability = np.empty((contexts.size, 6), np.int32)
+        models = 3 if self.version == 2 else 2  # fine, coarse (and node) entries a bit
+        counts = np.empty((contexts.size, models), np.uint8)
+        probability = np.empty((contexts.size, 2 * models), np.int32)
         _gather_kernel(contexts, extras, *self.arrays()[:6], self.version == 2, counts,
                        probability)
         return ("entries", contexts, extras, counts, probability, self.weights.copy(),
