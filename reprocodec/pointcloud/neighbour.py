@@ -342,7 +342,7 @@ def _pass_extras_kernel(slots, bits, k, out):  # pragma: no cover - compiled
 
 def _checked_slots(slots: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = np.ascontiguousarray(slots, dtype=np.int64)
-    b = np.ascontiguousarray(bits, dtype=np.uint8)
+    b = np.ascontiguousarray(np.asarray(bits, dtype=bool), dtype=np.uint8)  # 0 or 1
     if b.shape != (s.size, N_PASSES) or (s.size and (s.min() < 0 or s.max() >= 2048)):
         raise ValueError("one slot below 2048 and 8 bits per node")
     return s, b
