@@ -19,7 +19,10 @@ import argparse
 import cProfile
 import pstats
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -80,10 +83,6 @@ def rows_per_point(codec: PointCloudCodec) -> None:
 def kernel_time(codec: PointCloudCodec, points, depth: int, runs: int) -> None:
     """The network kernel alone, one thread, on the rows one encode of the cloud evaluates
     (captured, then timed `runs` times): the median time a row."""
-    import time
-
-    import numpy as np
-
     calls = []
     logits_of = native.NativeGatherNetworks.logits_of
 

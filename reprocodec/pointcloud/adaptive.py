@@ -183,12 +183,7 @@ class Model:
         self.position = np.zeros(1, dtype=np.uint8)
 
     def _advance(self, occupancy: np.ndarray) -> None:
-        """The next level's nodes: each occupied child, in Morton order, with its parent's
-        byte and its own child index."""
-        bits = byte_bits(occupancy)
-        rows, cols = np.nonzero(bits)
-        self.parent_byte = occupancy[rows]
-        self.position = cols.astype(np.uint8)
+        self.parent_byte, self.position = child_places(occupancy)
 
     def observe(self, occupancy: np.ndarray, want_f0: bool = False) -> np.ndarray:
         """Update the counts with one level's bytes (coded by either coder) and move to the
@@ -211,6 +206,14 @@ class Model:
             raise AdaptiveStreamError(f"malformed bitstream: {_MESSAGES[code]}")
         self._advance(out)
         return out
+
+
+def child_places(occupancy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The next level's nodes, from a level's node bytes: each occupied child, in Morton
+    order, with its parent's byte and its own child index (uint8 each; the adaptive model's
+    context, and the neighbour coder's version 2 node slots)."""
+    rows, cols = np.nonzero(byte_bits(occupancy))
+    return occupancy[rows], cols.astype(np.uint8)
 
 
 def decision_bits(occupancy: np.ndarray) -> np.ndarray:

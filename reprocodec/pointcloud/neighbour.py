@@ -308,9 +308,8 @@ def node_slots(parent_bits: np.ndarray | None) -> np.ndarray:
     root (one node, slot 0)."""
     if parent_bits is None:
         return np.zeros(1, dtype=np.int64)
-    b = np.asarray(parent_bits, dtype=bool)
-    rows, cols = np.nonzero(b)
-    return adaptive.occupancy_bytes(b).astype(np.int64)[rows] * 8 + cols
+    parent_byte, position = adaptive.child_places(adaptive.occupancy_bytes(parent_bits))
+    return parent_byte.astype(np.int64) * 8 + position
 
 
 @_jit
