@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -43,6 +44,7 @@ from reprocodec.pointcloud.codec import (
     level_coders,
     neighbour_version,
 )
+from reprocodec.pointcloud.ply import read_ply
 from reprocodec.pointcloud.rowslices import row_slices
 from reprocodec.safeguard import Mode
 
@@ -529,6 +531,51 @@ def test_a_model_far_behind_the_neighbour_coder_is_estimated_from_a_smaller_samp
     runs.clear()
     codec.encode(ground_rings, depth=depth, coders="smallest")
     assert small not in [nodes for _, nodes in runs]
+
+
+def test_after_a_confident_level_the_neighbour_coder_probes_a_surface_and_goes_on_while_close(
+        codec, monkeypatch):
+    """auto on an organic mesh, where the model wins its levels by far (confident): on such a
+    level the neighbour coder is tried only where the nodes average SURFACE_CHILDREN occupied
+    children or more, and then on the last small level before the large ones (under 4 x
+    ESTIMATE_NODES nodes: the probe) and on a large level after one where it came within
+    NEIGHBOUR_CLOSE of the model. It loses every level here (over 5/4 of the model's cost on
+    the probe), so it goes no further, and whatever the margins the stream is the model's,
+    byte for byte."""
+    depth = 7
+    points = read_ply(Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+                      / "elephant_d7.ply")
+    codes, bits = octree.build_levels(octree.voxelize(points, depth).voxels, depth)
+    level_of = {c.size: level for level, c in enumerate(codes)}
+    assert len(level_of) == depth  # each level's node count names it
+    monkeypatch.setattr(codec_module, "ESTIMATE_NODES", 64)  # large: 256 nodes and more
+    monkeypatch.setattr(codec_module, "EVERY_NEIGHBOUR_BITS", 0)  # the level-by-level walk only
+    large = [lv for lv, c in enumerate(codes) if c.size >= 4 * 64]
+    probe = large[0] - 1
+    surface = [lv for lv in large if 2 * np.count_nonzero(bits[lv]) >= 7 * codes[lv].size]
+    assert 0 < len(surface) < len(large)  # the finest level averages under 3.5 children
+    tried: list[int] = []
+    walk = neighbour.walk_contexts
+    monkeypatch.setattr(neighbour, "walk_contexts", lambda model, contexts, level_bits,
+                        extras=None: tried.append(level_of[level_bits.shape[0]])
+                        or walk(model, contexts, level_bits, extras))
+    streams = []
+    for margin, children in ((codec_module.NEIGHBOUR_CLOSE, codec_module.SURFACE_CHILDREN),
+                             ((1 << 40, 1), codec_module.SURFACE_CHILDREN),  # always close
+                             ((1 << 40, 1), (1 << 40, 1))):  # never a surface
+        monkeypatch.setattr(codec_module, "NEIGHBOUR_CLOSE", margin)
+        monkeypatch.setattr(codec_module, "SURFACE_CHILDREN", children)
+        tried.clear()
+        streams.append(container.pack(codec.encode(points, depth=depth)))
+        on_large = [lv for lv in tried if lv in large]
+        if len(streams) == 1:
+            assert probe in tried and on_large == [], tried
+        elif len(streams) == 2:
+            assert probe in tried and on_large == surface, tried
+        else:
+            assert probe not in tried and on_large == [], tried
+    assert len(set(streams)) == 1
+    assert level_coders(container.unpack(streams[0])) == "L" * depth
 
 
 SPARSE = {

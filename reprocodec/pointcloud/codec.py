@@ -129,6 +129,22 @@ CONFIDENT_SAVING = 3
 # three). A ratio of integers: exact.
 MODEL_BEHIND = (5, 4)
 BEHIND_ESTIMATE_NODES = ESTIMATE_NODES // 4
+# After a level the model won confidently (CONFIDENT_SAVING), the neighbour coder is still tried
+# on a surface's last small level before its large ones (a probe, its state cold), and then on
+# each large level after one where its cost came within NEIGHBOUR_CLOSE times the model's: on a
+# machined part's flat faces it starts behind and wins the finest levels (fandisk_large at
+# depth 10: 1.21 of the model's cost on the probe, level 6, then 0.97, 0.95, 0.89 on levels
+# 7-9; 2.8 % off the stream). The organic held-out meshes and the turbine are over it on the
+# probe (1.77-2.12; turbine 1.43): at 3/2 the turbine was 0.4 % smaller and its encode 1.4-1.5
+# times as long, and on the real scans, where the model is not confident, trying it after any
+# close level made the statue's stream larger and both scans' encode up to twice as long
+# (bench notes in the commit). A ratio of integers: exact.
+NEIGHBOUR_CLOSE = (5, 4)
+# ... and only on a level whose nodes have at least SURFACE_CHILDREN occupied children on
+# average (a surface has about four; the sparse samplings' levels where the model is confident
+# have 2-3.3, and there trying it added half to the encoder's time for nothing: the 1/20
+# sampling's levels 6 and 7). A ratio of integers: exact.
+SURFACE_CHILDREN = (7, 2)
 # The encoder prices the model's time beside its bits: each network row (a bit the model
 # predicts; decoding runs the same rows) counts as ROW_PRICE bits when it picks a level's coder
 # and the stream (J = bits + ROW_PRICE * rows). Dense surfaces save 0.2-0.6 bits a row and
@@ -354,6 +370,7 @@ class PointCloudCodec:
         every_f0: list[np.ndarray | None] = [None] * depth
         neighbour_saving = 0
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
+        close = False  # the neighbour coder within NEIGHBOUR_CLOSE of the model on it
         behind = False  # the model far behind the neighbour coder (MODEL_BEHIND)
         mix_bits = 0  # learned bits so far (mixing's memory bound)
         for level in range(depth if coders != "adaptive" else 0):
@@ -361,16 +378,25 @@ class PointCloudCodec:
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
             contexts, extras = None, None
             # The neighbour coder first (tentatively: undone below unless it takes the level),
-            # so that the model is run on a large level only if it may beat it too. Not after a
+            # so that the model is run on a large level only if it may beat it too. After a
             # level the model won by over CONFIDENT_SAVING x ROW_PRICE a row (dense surfaces:
-            # there it is priced by bits against the model and nearly never wins), nor on a
-            # large level before it has won one (sparse samplings: it wins none of their
+            # priced by bits against the model there, it nearly never wins), only on a
+            # surface's level (SURFACE_CHILDREN): the last small level before the large ones,
+            # to probe, then a large one while it came within NEIGHBOUR_CLOSE of the model on
+            # the level before (machined parts). Otherwise on every small level, and on a
+            # large one once it has won a level (sparse samplings: it wins none of their
             # levels; scan-like clouds give it small levels first). Its contexts and walk take
             # ~100 ns a bit: tried on every level, they doubled the encoder's time on the
             # sparse samplings (version 1).
-            tried = model is not None and not confident and (
-                coders == "neighbour" or m < 4 * ESTIMATE_NODES
-                or any(f0 is not None for f0 in neighbour_f0))
+            small = m < 4 * ESTIMATE_NODES
+            if confident:
+                many, per = SURFACE_CHILDREN
+                tried = per * int(np.count_nonzero(bits[level])) >= many * m and (
+                    close or (small and level + 1 < depth
+                              and codes[level + 1].size >= 4 * ESTIMATE_NODES))
+            else:
+                tried = small or any(f0 is not None for f0 in neighbour_f0)
+            tried = model is not None and (coders == "neighbour" or tried)
             if (tried or every is not None) and version == 2:  # version 2's node contexts
                 extras = neighbour.level_extras(
                     neighbour.node_slots(bits[level - 1] if level else None), bits[level])
@@ -423,6 +449,8 @@ class PointCloudCodec:
             over, under = MODEL_BEHIND
             behind = took and price[0] > 0 and model_cost is not None and \
                 model_cost * under > over * cost
+            over, under = NEIGHBOUR_CLOSE
+            close = tried and model_cost is not None and cost * under <= over * model_cost
         return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
                              neighbour_saving)
 
