@@ -15,6 +15,8 @@ import io
 import pickle
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -332,3 +334,46 @@ def test_row_slices_cover_every_row_once_in_balanced_rounds(rows, threads):
         assert len(slices) % threads == 0  # whole rounds of the pool
     if threads == 1:
         assert len(slices) == -(-rows // rowslices.ROWS_PER_TASK)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_for_row_slices_runs_each_slice_once_with_the_caller_working(threads):
+    """Every slice runs exactly once; the calling thread takes slices itself (it does not wait
+    idle on the pool), and so does the pool."""
+    rows = 40 * rowslices.MIN_ROWS_PER_TASK
+    seen: list[tuple[int, int, int]] = []
+    lock = threading.Lock()
+
+    def work(start: int, stop: int) -> None:
+        time.sleep(0.02)  # long enough for the pool's thread to take slices too
+        with lock:
+            seen.append((start, stop, threading.get_ident()))
+
+    rowslices.for_row_slices(work, rows, threads)
+    assert sorted((a, b) for a, b, _ in seen) == rowslices.row_slices(rows, threads)
+    ids = {t for _, _, t in seen}
+    assert threading.get_ident() in ids and len(ids) >= 2
+
+
+def test_for_row_slices_raises_after_every_started_slice_has_finished():
+    """A slice's error reaches the caller, the other threads take no new slice after it, and
+    none is still running when the call returns (a kernel never writes after it)."""
+    rows = 40 * rowslices.MIN_ROWS_PER_TASK
+    running, done, lock = [0], [], threading.Lock()
+
+    def work(start: int, stop: int) -> None:
+        with lock:
+            running[0] += 1
+        try:
+            if start == 0:
+                raise RuntimeError("slice 0")
+            time.sleep(0.02)
+        finally:
+            with lock:
+                running[0] -= 1
+                done.append(start)
+
+    with pytest.raises(RuntimeError, match="slice 0"):
+        rowslices.for_row_slices(work, rows, 2)
+    assert running[0] == 0
+    assert len(done) < len(rowslices.row_slices(rows, 2))  # the rest were never started

@@ -50,13 +50,40 @@ def row_slices(rows: int, threads: int) -> list[tuple[int, int]]:
 
 
 def for_row_slices(work: Callable[[int, int], None], rows: int, threads: int) -> None:
-    """work(start, stop) on the row_slices of `rows`, on `threads` threads (on the caller's
-    when one, or when one slice): the slices must write disjoint outputs."""
+    """work(start, stop) on the row_slices of `rows`, on `threads` threads: the caller's and
+    threads - 1 of the pool's, each taking the next slice not yet taken until none is left
+    (one thread: the caller's alone). The slices must write disjoint outputs. The caller
+    works rather than waits: on two cores, handing every slice to two pool threads and
+    waking the caller after cost a wake-up each way per pass, and made the neighbour-coded
+    LiDAR sweep slower to decode on two threads than on one."""
     slices = row_slices(rows, threads)
     if threads <= 1 or len(slices) <= 1:
         for start, stop in slices:
             work(start, stop)
         return
-    futures = [_pool(threads).submit(work, start, stop) for start, stop in slices]
-    for f in futures:
-        f.result()
+    pending = iter(slices)
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def drain() -> None:
+        while not failed.is_set():
+            with lock:
+                piece = next(pending, None)
+            if piece is None:
+                return
+            try:
+                work(*piece)
+            except BaseException:
+                failed.set()  # the others stop taking slices
+                raise
+
+    helpers = [_pool(threads - 1).submit(drain) for _ in range(min(threads, len(slices)) - 1)]
+    try:
+        drain()
+    finally:
+        for f in helpers:  # every slice's writes are done before this returns or raises
+            if not f.cancel():  # (a helper still queued behind other calls' has nothing left)
+                f.exception()
+    for f in helpers:
+        if not f.cancelled():
+            f.result()  # a helper's error, if the caller's own went through
