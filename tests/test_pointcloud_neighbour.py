@@ -536,12 +536,11 @@ def test_a_model_far_behind_the_neighbour_coder_is_estimated_from_a_smaller_samp
 def test_after_a_confident_level_the_neighbour_coder_probes_a_surface_and_goes_on_while_close(
         codec, monkeypatch):
     """auto on an organic mesh, where the model wins its levels by far (confident): on such a
-    level the neighbour coder is tried only where the nodes average SURFACE_CHILDREN occupied
-    children or more, and then on the last small level before the large ones (under 4 x
-    ESTIMATE_NODES nodes: the probe) and on a large level after one where it came within
-    NEIGHBOUR_CLOSE of the model. It loses every level here (over 5/4 of the model's cost on
-    the probe), so it goes no further, and whatever the margins the stream is the model's,
-    byte for byte."""
+    level the neighbour coder is walked only where the nodes average SURFACE_CHILDREN occupied
+    children or more: on the last small level before the large ones (under 4 x ESTIMATE_NODES
+    nodes: the probe, a model of its own) and on a large level after one where it came within
+    NEIGHBOUR_CLOSE of the model. It is over 5/4 of the model's cost on the probe here, so it
+    goes no further, and whatever the margins the stream is the model's, byte for byte."""
     depth = 7
     points = read_ply(Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
                       / "elephant_d7.ply")

@@ -129,22 +129,24 @@ CONFIDENT_SAVING = 3
 # three). A ratio of integers: exact.
 MODEL_BEHIND = (5, 4)
 BEHIND_ESTIMATE_NODES = ESTIMATE_NODES // 4
-# After a level the model won confidently (CONFIDENT_SAVING), the neighbour coder is still tried
-# on a surface's last small level before its large ones (a probe, its state cold), and then on
-# each large level after one where its cost came within NEIGHBOUR_CLOSE times the model's: on a
-# machined part's flat faces it starts behind and wins the finest levels (fandisk_large at
-# depth 10: 1.21 of the model's cost on the probe, level 6, then 0.97, 0.95, 0.89 on levels
-# 7-9; 2.8 % off the stream). The organic held-out meshes and the turbine are over it on the
-# probe (1.77-2.12; turbine 1.43): at 3/2 the turbine was 0.4 % smaller and its encode 1.4-1.5
-# times as long, and on the real scans, where the model is not confident, trying it after any
-# close level made the statue's stream larger and both scans' encode up to twice as long
-# (bench notes in the commit). A ratio of integers: exact.
+# After a level the model won confidently (CONFIDENT_SAVING), the neighbour coder is still
+# priced on a surface's last small level before its large ones (a probe: a cold model of its
+# own, _probe_cost; the level stays the model's), then tried on each large level after one
+# where its cost came within NEIGHBOUR_CLOSE times the model's. On a machined part's flat faces
+# it starts behind and wins the finest levels (fandisk_large at depth 10: 1.21 of the model's
+# cost on the probe, level 6, then 0.97, 0.95, 0.89 on levels 7-9; 2.8 % off the stream). The
+# organic held-out meshes and the turbine are over it on the probe (1.77-2.12; turbine 1.43):
+# at 3/2 the turbine was 0.4 % smaller and its encode 1.4-1.5 times as long, and on the real
+# scans, where the model is not confident, trying it after any close level made the statue's
+# stream larger and both scans' encode up to twice as long (bench notes in the commit). A
+# ratio of integers: exact.
 NEIGHBOUR_CLOSE = (5, 4)
 # ... and only on a level whose nodes have at least SURFACE_CHILDREN occupied children on
 # average (a surface has about four; the sparse samplings' levels where the model is confident
 # have 2-3.3, and there trying it added half to the encoder's time for nothing: the 1/20
 # sampling's levels 6 and 7). A ratio of integers: exact.
 SURFACE_CHILDREN = (7, 2)
+PROBE_POINTS_PER_NODE = 4  # the probe's tables: context_bits of 4 points a node (_probe_cost)
 # The encoder prices the model's time beside its bits: each network row (a bit the model
 # predicts; decoding runs the same rows) counts as ROW_PRICE bits when it picks a level's coder
 # and the stream (J = bits + ROW_PRICE * rows). Dense surfaces save 0.2-0.6 bits a row and
@@ -389,15 +391,18 @@ class PointCloudCodec:
             # ~100 ns a bit: tried on every level, they doubled the encoder's time on the
             # sparse samplings (version 1).
             small = m < 4 * ESTIMATE_NODES
+            probe = False  # its cost here from a model of its own (_probe_cost), to set close
             if confident:
                 many, per = SURFACE_CHILDREN
-                tried = per * int(np.count_nonzero(bits[level])) >= many * m and (
-                    close or (small and level + 1 < depth
-                              and codes[level + 1].size >= 4 * ESTIMATE_NODES))
+                surface = per * int(np.count_nonzero(bits[level])) >= many * m
+                tried = surface and close
+                probe = surface and not close and small and level + 1 < depth and \
+                    codes[level + 1].size >= 4 * ESTIMATE_NODES
             else:
                 tried = small or any(f0 is not None for f0 in neighbour_f0)
             tried = model is not None and (coders == "neighbour" or tried)
-            if (tried or every is not None) and version == 2:  # version 2's node contexts
+            probe = probe and model is not None and coders in CHOOSING
+            if (tried or probe or every is not None) and version == 2:  # its node contexts
                 extras = neighbour.level_extras(
                     neighbour.node_slots(bits[level - 1] if level else None), bits[level])
             if every is not None:
@@ -449,8 +454,11 @@ class PointCloudCodec:
             over, under = MODEL_BEHIND
             behind = took and price[0] > 0 and model_cost is not None and \
                 model_cost * under > over * cost
+            if probe:
+                cost = _probe_cost(neighbours, bits[level], extras, version, self.threads)
             over, under = NEIGHBOUR_CLOSE
-            close = tried and model_cost is not None and cost * under <= over * model_cost
+            close = (tried or probe) and model_cost is not None and \
+                cost * under <= over * model_cost
         return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
                              neighbour_saving)
 
@@ -736,6 +744,19 @@ def _neighbour_saving(cost: int, adaptive_cost: int, learned: coder.LearnedLevel
     if learned is not None and learned.cost + _row_cost(rows, price) < adaptive_cost:
         return learned.cost - cost
     return adaptive_cost - cost - _row_cost(rows, _neighbour_price(price))
+
+
+def _probe_cost(neighbours: np.ndarray, bits: np.ndarray, extras: np.ndarray | None,
+                version: int, threads: int) -> int:
+    """The neighbour coder's code length of a level from a fresh model of its own, its tables
+    sized for the level (PROBE_POINTS_PER_NODE points a node) rather than for the cloud: what
+    the encoder's cold model would spend there (fandisk_large's probe: 1.213 of the learned
+    model's cost against 1.208; organic meshes 1-3 % higher, 1.66-2.18), without a snapshot
+    and without the first touches of the cloud-sized tables' pages (a 373 k-point surface's
+    probe: ~60 ms of a 0.7 s encode that way)."""
+    model = neighbour.Model(PROBE_POINTS_PER_NODE * bits.shape[0], version)
+    contexts = mixing.level_contexts(neighbours, bits, model.points, threads)
+    return neighbour.walk_contexts(model, contexts, bits, extras)[1]
 
 
 def _time_cost(levels: str, rows: list[int], price: tuple[int, int]) -> int:
