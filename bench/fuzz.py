@@ -450,8 +450,8 @@ def f_top(msg: pb.Bitstream, rng: random.Random, plan: Plan, seed: Seed) -> None
     if which == 0:
         msg.magic = rng.choice([0, container.MAGIC ^ 1, 0xFFFFFFFF, 0x52504344])
     elif which == 1:
-        # 2 to 5 are read: the placement a version may omit and the payloads only formats 4
-        # and 5 have are checked against it
+        # 2 to 6 are read: the placement a version may omit and the payloads only formats 4
+        # to 6 have are checked against it
         msg.format_version = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 255, (1 << 32) - 1])
     elif which == 2:
         msg.codec = rng.choice(ENUMS)

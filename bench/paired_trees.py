@@ -26,9 +26,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 
 
-def worker(names: list[str], reps: int, threads: int) -> None:
-    """In a checkout's own process: print {cloud: [voxels, encode s, decode s]} (medians)."""
-    sys.path.insert(0, str(Path(os.environ["PYTHONPATH"]) / "bench"))
+def worker(tree: Path, names: list[str], reps: int, threads: int) -> None:
+    """In a checkout's own process (PYTHONPATH: the checkout): print {cloud: [voxels, encode
+    s, decode s]} (medians)."""
+    sys.path.insert(0, str(tree / "bench"))
     from pointcloud import synthetic_clouds
 
     from reprocodec import container
@@ -63,10 +64,10 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # its checkout
     args = ap.parse_args()
     if args.worker:
-        worker(args.clouds, args.reps, args.threads)
+        worker(args.worker, args.clouds, args.reps, args.threads)
         return 0
     if args.other is None:
         ap.error("--other is required")
@@ -74,7 +75,7 @@ def main() -> int:
     for _ in range(args.pairs):
         for label, tree in (("new", HERE), ("old", args.other.resolve())):
             result = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--worker", "--reps",
+                [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree), "--reps",
                  str(args.reps), "--threads", str(args.threads), *args.clouds],
                 env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree, check=True,
                 capture_output=True, text=True)

@@ -23,7 +23,7 @@ from .v1 import bitstream_pb2 as pb
 MAGIC = 0x44435052  # b"RPCD" read as a little-endian uint32
 # The newest version this writer knows. `pack` writes each stream at the lowest version that
 # can express it (a decoder upgraded later still reads what it can): 3 only for a point cloud
-# whose placement is the identity and so omitted (_IDENTITY_PLACEMENT), 4 or 5 only for a
+# whose placement is the identity and so omitted (_IDENTITY_PLACEMENT), 4 to 6 only for a
 # stream with a payload of PAYLOAD_VERSIONS.
 FORMAT_VERSION = 6
 SUPPORTED_VERSIONS = frozenset({2, 3, 4, 5, 6})

@@ -76,7 +76,7 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
     from reprocodec.container import placement
     from reprocodec.streamstats import stream_stats
 
-    from .codec import level_coders
+    from .codec import ADAPTIVE_PAYLOAD, NEIGHBOUR_VERSIONS, level_coders
 
     cloud = msg.point_cloud
     origin, scale = placement(cloud)
@@ -87,9 +87,8 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
             levels = level_coders(msg)
         except ValueError:  # ContainerError: inspect describes, the decoder refuses
             levels = "malformed"
-    adaptive = [p for p in msg.payloads if p.name == "occupancy_adaptive"]
-    neighbour_payload = [p for p in msg.payloads
-                         if p.name in ("occupancy_neighbour", "occupancy_neighbour_v2")]
+    adaptive = [p for p in msg.payloads if p.name == ADAPTIVE_PAYLOAD]
+    neighbour_payload = [p for p in msg.payloads if p.name in NEIGHBOUR_VERSIONS]
     return {
         "depth": int(cloud.depth), "num_points": int(cloud.num_points),
         "origin": list(origin), "scale": scale,

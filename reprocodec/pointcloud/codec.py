@@ -160,7 +160,10 @@ ROW_PRICE = (1, 16)
 # ~140; the adaptive coder's, a few: bench/pointcloud_profile.py "lidar 64x2048", its steps'
 # seconds over the neighbour-coded bits it prints, and --kernel). A level leaves the
 # learned model for it only for fewer bits (so dense surfaces keep the model's compression),
-# and leaves the adaptive coder for it when it saves more than this a bit.
+# and leaves the adaptive coder for it when it saves more than this a bit. These are one
+# thread's times: on two, the model's rows run in parallel and the walk does not, so it costs
+# about a row there (README, "Release 0.6.1": the statue's finest level, priced to it by time,
+# took longer); left so, as raising it would give LiDAR sweep levels to the adaptive coder.
 NEIGHBOUR_PRICE = (1, 32)
 # About what a payload's framing costs (its name, shape, CRC, checksum, flags and rANS final
 # state: ~45 bytes), in code-length units
@@ -251,8 +254,8 @@ class PointCloudCodec:
         finds cheaper, counting each network row at ROW_PRICE bits, and keeps the cheapest of
         that choice, all levels adaptive and all levels learned: the stream is never larger
         than the adaptive coder's stream plus the few bytes that signal it. From
-        bitstream_format 5 both try the neighbour coder on each level the model does not win
-        confidently (_neighbour_saving).
+        bitstream_format 5 both try the neighbour coder level by level (_learned_levels says
+        where; _neighbour_saving when it takes a level).
         "smallest" makes the same choice by bits alone, and from bitstream_format 4 also tries
         mixed probabilities for the learned levels (MIXED_PAYLOAD). "learned", "adaptive" and
         "neighbour" force one coder on every level (tests and benchmarks). bitstream_format:
@@ -350,9 +353,9 @@ class PointCloudCodec:
         (_LevelCodings). Its own function so that the neighbour tables, the largest arrays of
         a level, are freed when it returns, before the candidate streams are built.
         mix_points (the cloud's voxels) > 0: each learned level also keeps its mixing contexts.
-        neighbour_points (the same) > 0: the neighbour coder (its model `version`) is tried on
-        each level but those the model wins confidently, and a level is given to it here,
-        level by level, as its state must follow the levels it codes."""
+        neighbour_points (the same) > 0: the neighbour coder (its model `version`) is tried
+        where the comment in the loop says, and a level is given to it here, level by level,
+        as its state must follow the levels it codes."""
         depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
         neighbour_f0: list[np.ndarray | None] = [None] * depth
@@ -401,7 +404,7 @@ class PointCloudCodec:
             else:
                 tried = small or any(f0 is not None for f0 in neighbour_f0)
             tried = model is not None and (coders == "neighbour" or tried)
-            probe = probe and model is not None and coders in CHOOSING
+            probe = probe and model is not None  # (confident: coders is auto or smallest)
             if (tried or probe or every is not None) and version == 2:  # its node contexts
                 extras = neighbour.level_extras(
                     neighbour.node_slots(bits[level - 1] if level else None), bits[level])
