@@ -377,3 +377,26 @@ def test_for_row_slices_raises_after_every_started_slice_has_finished():
         rowslices.for_row_slices(work, rows, 2)
     assert running[0] == 0
     assert len(done) < len(rowslices.row_slices(rows, 2))  # the rest were never started
+
+
+def test_prefetch_is_a_hint_that_changes_nothing_and_never_faults():
+    """vectorops.prefetch, which the count models' walks call PREFETCH_AHEAD bits ahead: the
+    compiled code holds the llvm.prefetch hint (so it is not silently a no-op), and hints at
+    any index, in or far outside the array, leave every value and the result as they were."""
+    from reprocodec.pointcloud.vectorops import prefetch
+
+    def total(a, hints):
+        s = np.int64(0)
+        for i in range(hints.size):
+            prefetch(a, hints[i])
+            s += a[i % a.size]
+        return s
+
+    kernel = native.numba.njit(nogil=True)(total)
+    a = np.arange(1000, dtype=np.int32).reshape(500, 2)[:, 0].copy()
+    before = a.copy()
+    hints = np.array([0, 499, 500, 1 << 40, -1, -(1 << 40)], dtype=np.int64)
+    assert kernel(a, hints) == a[: hints.size].sum()
+    np.testing.assert_array_equal(a, before)
+    (signature,) = kernel.signatures
+    assert "llvm.prefetch" in kernel.inspect_llvm(signature)

@@ -36,6 +36,7 @@ from . import adaptive, refine
 from .context import WINDOW, WINDOW_CHILD, WINDOW_NEIGHBOUR
 from .grid import GRID_K
 from .rowslices import for_row_slices
+from .vectorops import PREFETCH_AHEAD, prefetch
 
 try:
     import numba
@@ -349,11 +350,25 @@ def _learn(buckets, counts, probability, coarse_counts, coarse_probability, weig
 
 
 @_jit
+def _prefetch_ahead(contexts, i, counts, probability, coarse_counts,
+                    coarse_probability):  # pragma: no cover - compiled
+    """Hint the cache at the table entries of the context PREFETCH_AHEAD bits after bit i
+    (vectorops.prefetch: no value changes)."""
+    if i + PREFETCH_AHEAD < contexts.size:
+        ctx = np.int64(contexts[i + PREFETCH_AHEAD])
+        prefetch(counts, ctx & _FINE_MASK)
+        prefetch(probability, ctx & _FINE_MASK)
+        prefetch(coarse_counts, ctx >> 32)
+        prefetch(coarse_probability, ctx >> 32)
+
+
+@_jit
 def _walk_kernel(rows, contexts, passes, bits, buckets, counts, probability, coarse_counts,
                  coarse_probability, weights, f0_out):  # pragma: no cover - compiled
     """The encoder's walk: each bit's mixed P(0) into f0_out, then the updates."""
     inputs = np.zeros(INPUTS, np.int64)
     for i in range(rows.size):
+        _prefetch_ahead(contexts, i, counts, probability, coarse_counts, coarse_probability)
         k = np.int64(passes[i])
         ctx = np.int64(contexts[i])
         p, nearer = _mixed(buckets, probability, coarse_probability, weights,
@@ -372,6 +387,7 @@ def _decode_kernel(words, state, rows, contexts, k, buckets, counts, probability
     pos = np.int64(state[1])
     inputs = np.zeros(INPUTS, np.int64)
     for i in range(rows.size):
+        _prefetch_ahead(contexts, i, counts, probability, coarse_counts, coarse_probability)
         ctx = np.int64(contexts[i])
         p, nearer = _mixed(buckets, probability, coarse_probability, weights,
                            np.int64(rows[i]), ctx, k, inputs)

@@ -35,6 +35,7 @@ from .. import entropy
 from . import adaptive, mixing
 from .context import N_PASSES
 from .mixing import _FINE_MASK, _ONE, _count, _count_inputs, _squash
+from .vectorops import PREFETCH_AHEAD, prefetch
 
 try:
     import numba
@@ -234,6 +235,23 @@ def _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
         weights[ws, j] = min(max(w, -mixing.WEIGHT_LIMIT), mixing.WEIGHT_LIMIT)
 
 
+@_jit_inline
+def _prefetch_ahead(contexts, extras, i, extended, counts, probability, coarse_counts,
+                    coarse_probability, node_counts, node_probability):  # pragma: no cover
+    """Hint the cache at the entries of the bit PREFETCH_AHEAD after bit i (vectorops.prefetch:
+    no value changes; the node model's too in version 2)."""
+    if i + PREFETCH_AHEAD < contexts.size:
+        ctx = np.int64(contexts[i + PREFETCH_AHEAD])
+        prefetch(counts, ctx & _FINE_MASK)
+        prefetch(probability, ctx & _FINE_MASK)
+        prefetch(coarse_counts, ctx >> 32)
+        prefetch(coarse_probability, ctx >> 32)
+        if extended:
+            node = np.int64(extras[i + PREFETCH_AHEAD]) & _NODE_MASK
+            prefetch(node_counts, node)
+            prefetch(node_probability, node)
+
+
 def _version_kernels(extended: bool) -> tuple:
     """The encoder's walk and the decoder's kernel of one model version (extended: version 2),
     `extended` a constant of their compiled code (a closure's bool, which numba's cache keys
@@ -250,6 +268,8 @@ def _version_kernels(extended: bool) -> tuple:
         inputs = np.zeros(INPUTS, np.int64)
         total = np.int64(0)
         for i in range(contexts.size):
+            _prefetch_ahead(contexts, extras, i, extended, counts, probability, coarse_counts,
+                            coarse_probability, node_counts, node_probability)
             k = np.int64(i // nodes)
             ctx = np.int64(contexts[i])
             extra = np.int64(extras[i]) if extended else np.int64(0)
@@ -275,6 +295,8 @@ def _version_kernels(extended: bool) -> tuple:
         pos = np.int64(state[1])
         inputs = np.zeros(INPUTS, np.int64)
         for i in range(contexts.size):
+            _prefetch_ahead(contexts, extras, i, extended, counts, probability, coarse_counts,
+                            coarse_probability, node_counts, node_probability)
             ctx = np.int64(contexts[i])
             extra = np.int64(extras[i]) if extended else np.int64(0)
             coded, p, ws, knot, weight = _mixed(probability, coarse_probability,
