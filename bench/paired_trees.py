@@ -1,15 +1,17 @@
 """Encode and decode time of bench clouds in this checkout against another one, paired.
 
     python bench/paired_trees.py --other /path/to/old/checkout ["lidar 64x2048" ...]
-        [--pairs 3] [--reps 7] [--threads 2]
+        [--pairs 3] [--reps 7] [--threads 2] [--real DIR [--real-depths 10]]
 
 The machine's speed drifts by up to ~25 % within minutes, more than most changes move; whole
 bench runs one after the other compare the drift. Here each pair runs one worker process per
 checkout, back to back (this one, then the other): each loads its own code (PYTHONPATH set to
 its checkout), warms up on every cloud, then times `reps` encodes and decodes of each cloud
-in process (`threads` codec threads) and reports the medians. Printed per cloud: the medians
-over the pairs in wall s per Mpt, old -> new, and each pair's new / old ratio. The clouds are
-bench/pointcloud.py's --clouds (synthetic) by name; every cloud when none is named.
+in process (`threads` codec threads) and reports the medians. Printed per cloud: bits a
+point of each checkout's stream, then the medians over the pairs in wall s per Mpt, old -> new,
+and each pair's new / old ratio. The clouds are bench/pointcloud.py's --clouds (synthetic), or
+with --real its real_clouds of the .ply files in DIR at --real-depths, by name; every cloud
+when none is named.
 """
 
 from __future__ import annotations
@@ -26,17 +28,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 
 
-def worker(tree: Path, names: list[str], reps: int, threads: int) -> None:
+def worker(tree: Path, names: list[str], reps: int, threads: int, real: Path | None,
+           real_depths: list[int]) -> None:
     """In a checkout's own process (PYTHONPATH: the checkout): print {cloud: [voxels, encode
-    s, decode s]} (medians)."""
+    s, decode s, stream bytes]} (medians)."""
     sys.path.insert(0, str(tree / "bench"))
-    from pointcloud import synthetic_clouds
+    from pointcloud import real_clouds, synthetic_clouds
 
     from reprocodec import container
     from reprocodec.pointcloud import octree
     from reprocodec.pointcloud.codec import PointCloudCodec
 
-    clouds = {name: (points, depth) for name, points, depth in synthetic_clouds()}
+    found = real_clouds(real, real_depths) if real else synthetic_clouds()
+    clouds = {name: (points, depth) for name, points, depth in found}
     codec = PointCloudCodec.load(threads=threads)
     out = {}
     for name in names or list(clouds):
@@ -52,7 +56,7 @@ def worker(tree: Path, names: list[str], reps: int, threads: int) -> None:
             encode.append(middle - start)
             decode.append(time.perf_counter() - middle)
         voxels = octree.voxelize(points, depth).voxels.shape[0]  # what "per point" counts
-        out[name] = [voxels, statistics.median(encode), statistics.median(decode)]
+        out[name] = [voxels, statistics.median(encode), statistics.median(decode), len(packed)]
     print(json.dumps(out))
 
 
@@ -64,10 +68,13 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--real", type=Path, help="real clouds: the .ply files of this folder")
+    ap.add_argument("--real-depths", default="10", help="--real: octree depths")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # its checkout
     args = ap.parse_args()
+    depths = [int(d) for d in args.real_depths.split(",")]
     if args.worker:
-        worker(args.worker, args.clouds, args.reps, args.threads)
+        worker(args.worker, args.clouds, args.reps, args.threads, args.real, depths)
         return 0
     if args.other is None:
         ap.error("--other is required")
@@ -76,14 +83,18 @@ def main() -> int:
         for label, tree in (("new", HERE), ("old", args.other.resolve())):
             result = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree), "--reps",
-                 str(args.reps), "--threads", str(args.threads), *args.clouds],
+                 str(args.reps), "--threads", str(args.threads), *args.clouds,
+                 *(["--real", str(args.real.resolve()), "--real-depths", args.real_depths]
+                   if args.real else [])],
                 env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree, check=True,
                 capture_output=True, text=True)
             runs[label].append(json.loads(result.stdout.strip().splitlines()[-1]))
     print(f"{args.pairs} pairs, {args.reps} runs each, {args.threads} threads: wall s per Mpt, "
           "old -> new (medians over the pairs), and each pair's new / old")
     for name in runs["new"][0]:
-        line = f"{name:24s}"
+        voxels = runs["new"][0][name][0]
+        bits = [8 * runs[label][0][name][3] / voxels for label in ("old", "new")]
+        line = f"{name:24s} | bits {bits[0]:.4f} -> {bits[1]:.4f}"
         for i, what in ((1, "encode"), (2, "decode")):
             mpt = runs["new"][0][name][0] / 1e6
             new = [r[name][i] / mpt for r in runs["new"]]

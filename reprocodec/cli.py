@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the newest bitstream format to write (default {FORMAT_VERSION}): 5 "
                         "for decoders of reprocodec 0.5.0 (the neighbour coder's first model), "
                         "4 for 0.4.0 (no neighbour-coded point-cloud levels), 3 for 0.3.0 (no "
-                        "mixed probabilities, which --smallest may use), 2 for 0.2.0 (also the "
+                        "mixed probabilities), 2 for 0.2.0 (also the "
                         "placement of integer voxel clouds written out)")
     e.set_defaults(func=cmd_encode)
 

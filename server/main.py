@@ -117,7 +117,7 @@ def build_parser(service: str) -> argparse.ArgumentParser:
                         f"{container.FORMAT_VERSION}); 5 while decoders of reprocodec 0.5.0 "
                         "remain (the neighbour coder's first model), 4 while 0.4.0 ones do "
                         "(no neighbour-coded point-cloud levels), 3 while 0.3.0 ones do "
-                        "(no mixed probabilities for smallest requests either), 2 while 0.2.0 "
+                        "(no mixed probabilities either), 2 while 0.2.0 "
                         "ones do (also integer voxel clouds' placement written out)")
     p.add_argument("--tls-cert", type=Path, help="PEM server certificate (enables TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")

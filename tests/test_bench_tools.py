@@ -7,17 +7,38 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from reprocodec.pointcloud.ply import write_ply
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_paired_trees_compares_a_checkout_with_itself():
-    """One pair, one run, the smallest sample: a line per cloud with both medians and the
-    pair's ratio for encode and decode."""
+def _paired_line(name: str, *args: str) -> str:
+    """paired_trees.py's line for `name`: this checkout against itself, one pair, one run."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "paired_trees.py"), "--other", str(ROOT),
-         "--pairs", "1", "--reps", "1", "--threads", "1", "camel (sample)"],
+         "--pairs", "1", "--reps", "1", "--threads", "1", *args],
         cwd=ROOT, check=True, capture_output=True, text=True, timeout=300).stdout
-    line = next(x for x in out.splitlines() if x.startswith("camel (sample)"))
+    line = next(x for x in out.splitlines() if x.startswith(name))
+    bits = re.search(r"\| bits (\d+\.\d{4}) -> (\d+\.\d{4}) \|", line)
+    assert bits and bits[1] == bits[2] and float(bits[1]) > 0, line  # the same stream
     number = r"\d+\.\d\d"
-    assert re.fullmatch(rf"camel \(sample\)\s+\| encode {number} -> {number} \({number}\) "
-                        rf"\| decode {number} -> {number} \({number}\)", line), line
+    assert re.fullmatch(rf"{re.escape(name)}\s+\| bits \S+ -> \S+ \| encode {number} -> "
+                        rf"{number} \({number}\) \| decode {number} -> {number} \({number}\)",
+                        line), line
+    return line
+
+
+def test_paired_trees_compares_a_checkout_with_itself():
+    """One pair, one run, the smallest sample: a line per cloud with both streams' bits a
+    point, both medians and the pair's ratio for encode and decode."""
+    _paired_line("camel (sample)", "camel (sample)")
+
+
+def test_paired_trees_times_the_clouds_of_a_folder(tmp_path):
+    """--real: the .ply files of a folder at each of --real-depths, named as
+    bench/pointcloud.py names them."""
+    rng = np.random.default_rng(3)
+    write_ply(tmp_path / "blob.ply", rng.integers(0, 200, (3000, 3)).astype(np.float64))
+    _paired_line("blob d7", "--real", str(tmp_path), "--real-depths", "6,7")

@@ -12,6 +12,7 @@ import pytest
 from reprocodec import container
 from reprocodec.errors import ContainerError, InputError, VerificationError
 from reprocodec.pointcloud import PointCloudCodec, inspect_fields, mixing, octree, refine
+from reprocodec.pointcloud import codec as codec_module
 from reprocodec.pointcloud.adaptive import AdaptiveStreamError
 from reprocodec.pointcloud.codec import (
     ADAPTIVE_PAYLOAD,
@@ -588,13 +589,83 @@ def test_whatever_smallest_picks_decodes_losslessly(codec):
     assert any(names[:2] == [MIXED_PAYLOAD, ADAPTIVE_PAYLOAD] for names, _ in layouts), layouts
 
 
-@pytest.mark.parametrize("coders", ["auto", "learned"])
-def test_other_coders_never_write_the_mixed_payload(codec, clouds, coders):
+def test_learned_alone_never_writes_the_mixed_payload(codec, clouds):
     for points, depth in clouds.values():
-        msg = codec.encode(points, Mode.SYNDROME, depth=depth, coders=coders)
+        msg = codec.encode(points, Mode.SYNDROME, depth=depth, coders="learned")
         assert MIXED_PAYLOAD not in [p.name for p in msg.payloads]
-        assert msg.format_version != 4  # 6 for neighbour-coded levels (auto), else 2 or 3
-        assert container.unpack(container.pack(msg)).format_version != 4
+        assert container.unpack(container.pack(msg)).format_version <= 3
+
+
+def _spy_mixing(monkeypatch, name: str = "encode") -> list[int]:
+    """mixing.encode (the learned stream's mixed coding) or mixing.probabilities (any mixed
+    walk), recording the bits of each call."""
+    walked, function = [], getattr(mixing, name)
+    monkeypatch.setattr(mixing, name, lambda bits, *a: walked.append(bits.size)
+                        or function(bits, *a))
+    return walked
+
+
+def test_auto_mixes_the_all_learned_stream_of_a_surface_for_a_clear_gain(codec, clouds,
+                                                                         monkeypatch):
+    """"auto" builds the all-learned stream with mixed probabilities beside its time-priced
+    choice (a cloud of at most MIX_ROWS_PER_POINT bits a point) when mixing leads by 1 /
+    MIX_LEAD on the levels before the last, and keeps it only when it is at least 1 /
+    MIX_GAIN smaller: a box's flat faces are, at half the size (a lossless format 4 stream,
+    the same twice; at this size the all-neighbour candidate is not tried);
+    the camel gains less, so its stream is the choice without mixing, which a gain and a
+    lead of any size would have replaced."""
+    clouds = {"camel": clouds["camel"], "box": (_box_surface(128), 7)}  # 97 k points
+    streams = []
+    default = (codec_module.MIX_GAIN, codec_module.MIX_LEAD)
+    for gain, lead in (default, (1, default[1]), (1 << 30, 1 << 30)):  # never, any gain
+        monkeypatch.setattr(codec_module, "MIX_GAIN", gain)
+        monkeypatch.setattr(codec_module, "MIX_LEAD", lead)
+        streams.append({name: container.pack(codec.encode(points, Mode.SYNDROME, depth=depth))
+                        for name, (points, depth) in clouds.items()})
+    default_streams, never, any_gain = streams
+    for name, (points, depth) in clouds.items():
+        unmixed = container.unpack(never[name])
+        assert MIXED_PAYLOAD not in [p.name for p in unmixed.payloads]
+        mixed = container.unpack(any_gain[name])
+        assert [p.name for p in mixed.payloads] == [MIXED_PAYLOAD], name
+        assert inspect_fields(mixed)["level_coders"] == "L" * depth
+        assert len(any_gain[name]) < len(never[name])
+        out = codec.decode(mixed)
+        assert out.bit_exact
+        np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
+    gain = default[0]
+    assert default_streams["box"] == any_gain["box"]
+    assert container.unpack(default_streams["box"]).format_version == 4
+    assert len(default_streams["box"]) * gain <= (gain - 1) * len(never["box"])
+    assert default_streams["camel"] == never["camel"]
+    monkeypatch.setattr(codec_module, "MIX_GAIN", gain)
+    monkeypatch.setattr(codec_module, "MIX_LEAD", default[1])
+    points, depth = clouds["box"]
+    assert container.pack(codec.encode(points, Mode.SYNDROME, depth=depth)) == \
+        default_streams["box"]
+    # the camel's lead is under MIX_LEAD: its whole learned stream is never walked mixed
+    walked = _spy_mixing(monkeypatch)
+    points, depth = clouds["camel"]
+    codec.encode(points, Mode.SYNDROME, depth=depth)
+    assert walked == []
+    monkeypatch.setattr(codec_module, "MIX_LEAD", 1 << 30)
+    codec.encode(points, Mode.SYNDROME, depth=depth)
+    assert walked
+
+
+def test_auto_never_mixes_a_cloud_of_many_bits_a_point(codec, monkeypatch):
+    """A sparse cloud (more than MIX_ROWS_PER_POINT occupancy bits a point) never pays for
+    a mixed walk; with the bound raised it would, and at format 3 never."""
+    points = np.random.default_rng(4).integers(0, 512, (3000, 3)).astype(np.float64)
+    walked = _spy_mixing(monkeypatch, "probabilities")
+    codec.encode(points, Mode.SYNDROME, depth=9)
+    assert walked == []
+    monkeypatch.setattr(codec_module, "MIX_ROWS_PER_POINT", 100)
+    monkeypatch.setattr(codec_module, "MIX_BITS_PER_POINT", 100)  # the contexts' memory bound
+    codec.encode(points, Mode.SYNDROME, depth=9, bitstream_format=3)
+    assert walked == []
+    codec.encode(points, Mode.SYNDROME, depth=9)
+    assert walked
 
 
 def test_mixed_streams_cannot_be_lowered_or_relabelled(codec, camel):

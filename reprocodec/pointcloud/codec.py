@@ -88,6 +88,22 @@ MIXED_PAYLOAD = "occupancy_mixed"
 # surfaces have 3-9, and sparse clouds, with more, gain least from it (0.2 % on the 1/4
 # sampling).
 MIX_BITS_PER_POINT = 12
+# "auto" builds the all-learned stream with mixed probabilities too, beside its time-priced
+# choice, on a cloud of at most MIX_ROWS_PER_POINT occupancy bits a point (the dense surfaces
+# and meshes: 2.9-5.5; the aerial tile at depth 10: 3.7; the statue, the LiDAR sweep and the
+# sparse samplings: 9.5-25), and keeps it when it is at least 1 / MIX_GAIN smaller than the
+# choice (3.1 %). Mixing about doubles the decode time of a dense surface (its walk is
+# serial), which such clouds have room for under the speed goal of 2 s per million points; it
+# saves 4.8-8.7 % where the exact neighbourhood repeats (machined parts, flat roofs and ground)
+# and 0.8-1.7 % on the organic meshes and synthetic surfaces, which keep the faster choice
+# (`python bench/pointcloud.py --clouds --smallest` against the default, and the same with
+# --real). Its encoder cost where not kept: the contexts and one walk of the learned bits.
+# Ratios of integers: exact.
+MIX_ROWS_PER_POINT = 6
+MIX_GAIN = 32
+# ... and builds it only if mixing leads refinement by 1 / MIX_LEAD (6.25 %) on the levels
+# before the last (_mixing_leads): the walk over a quarter of the bits
+MIX_LEAD = 16
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD)
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
 # Levels coded by neighbour.py's count models of each child's neighbourhood (from format 5):
@@ -185,6 +201,9 @@ class _LevelCodings(NamedTuple):
     # all-neighbour candidate), or None
     every_f0: list[np.ndarray | None] | None
     neighbour_saving: int  # what its levels saved (code-length units, time priced)
+    # Mixing led refinement by 1 / MIX_LEAD before the last level (_mixing_leads), and every
+    # level is learned with its mixing contexts: the all-learned mixed candidate is built
+    mixing_leads: bool = False
 
 
 @dataclass
@@ -257,7 +276,9 @@ class PointCloudCodec:
         bitstream_format 5 both try the neighbour coder level by level (_learned_levels says
         where; _neighbour_saving when it takes a level).
         "smallest" makes the same choice by bits alone, and from bitstream_format 4 also tries
-        mixed probabilities for the learned levels (MIXED_PAYLOAD). "learned", "adaptive" and
+        mixed probabilities for the learned levels (MIXED_PAYLOAD); "auto" tries them on the
+        all-learned stream of a cloud with few bits a point, kept for a gain of at least
+        1 / MIX_GAIN (MIX_ROWS_PER_POINT). "learned", "adaptive" and
         "neighbour" force one coder on every level (tests and benchmarks). bitstream_format:
         the newest format the stream may need (container.at_version converts what it can;
         a mixed or neighbour payload it cannot)."""
@@ -270,7 +291,7 @@ class PointCloudCodec:
         if coders == "neighbour" and bitstream_format < 5:
             raise InputError("the neighbour coder needs bitstream format 5")
         price = (0, 1) if coders == "smallest" else ROW_PRICE
-        mix = coders == "smallest" and self.refine and bitstream_format >= 4
+        mixing_format = self.refine and bitstream_format >= 4
         # the neighbour coder: tried when choosing, from format 5 (_learned_levels says where)
         neighbours = coders == "neighbour" or (coders in CHOOSING and bitstream_format >= 5)
         vox = octree.voxelize(points, depth)
@@ -289,15 +310,22 @@ class PointCloudCodec:
             return msg
         codes, bits = octree.build_levels(vox.voxels, depth)
         del vox  # the levels say everything the encoder still needs: free the voxel copy
+        rows = [level_bits.size for level_bits in bits]
+        # Mixed probabilities: on every candidate when by bits alone; with rows priced, on the
+        # all-learned stream of a cloud with few bits a point (MIX_ROWS_PER_POINT)
+        mix_every = mixing_format and coders == "smallest"
+        mix_all_learned = mixing_format and coders == "auto" and \
+            sum(rows) <= MIX_ROWS_PER_POINT * n
         # Before the model's levels, on this thread: beside them on a pool thread it saved a
         # few per cent but kept ~90 MB more at 1.3 M points (that thread's malloc arena).
         adaptive_bits, adaptive_f0, adaptive_cost = _adaptive_levels(bits)
         version = neighbour_version(bitstream_format)
         coded = self._learned_levels(codes, bits, adaptive_cost, mode, coders, price,
-                                     n if mix else 0, n if neighbours else 0, version)
+                                     n if mix_every or mix_all_learned else 0,
+                                     n if neighbours else 0, version,
+                                     mix_lead=mix_all_learned)
         learned = coded.learned
         del codes  # only the neighbour tables needed them
-        rows = [level_bits.size for level_bits in bits]
         all_adaptive = "A" * depth
         # (levels, the neighbour coder's probabilities, kept only if also no larger in bytes)
         candidates: list[tuple[str, list[np.ndarray | None], bool]]
@@ -328,34 +356,47 @@ class PointCloudCodec:
         adaptive_floor = adaptive_stream_floor(msg.ByteSize(), sum(adaptive_cost), sum(rows))
         best, best_cost = None, 0
         tried = set()
+
+        def stream(levels: str, f0: list[np.ndarray | None], mix: bool) -> pb.Bitstream:
+            candidate = pb.Bitstream()
+            candidate.CopyFrom(msg)
+            self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
+                               f0, NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0)
+            return candidate
+
         for levels, f0, fewer_bytes in candidates:  # the first one wins ties
             if levels in tried or (best is not None and levels == all_adaptive
                                    and adaptive_floor >= best_cost):
                 continue
             tried.add(levels)
-            candidate = pb.Bitstream()
-            candidate.CopyFrom(msg)
-            self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
-                               f0, NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0)
+            candidate = stream(levels, f0, mix_every)
             cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _time_cost(
                 levels, rows, price)
             if best is None or (cost < best_cost and not (
                     fewer_bytes and candidate.ByteSize() > best.ByteSize())):
                 best, best_cost = candidate, cost
+        if coded.mixing_leads:
+            candidate = stream("L" * depth, [], True)
+            if candidate.payloads[0].name == MIXED_PAYLOAD and \
+                    candidate.ByteSize() * MIX_GAIN <= (MIX_GAIN - 1) * best.ByteSize():
+                best = candidate
         best.format_version = container.required_version(best)
         return best
 
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
                         adaptive_cost: list[int], mode: Mode, coders: str,
                         price: tuple[int, int], mix_points: int = 0, neighbour_points: int = 0,
-                        version: int = 2) -> _LevelCodings:
+                        version: int = 2, mix_lead: bool = False) -> _LevelCodings:
         """The learned coding of each level the model may win and the neighbour coder's
         (_LevelCodings). Its own function so that the neighbour tables, the largest arrays of
         a level, are freed when it returns, before the candidate streams are built.
         mix_points (the cloud's voxels) > 0: each learned level also keeps its mixing contexts.
         neighbour_points (the same) > 0: the neighbour coder (its model `version`) is tried
         where the comment in the loop says, and a level is given to it here, level by level,
-        as its state must follow the levels it codes."""
+        as its state must follow the levels it codes. mix_lead (with mix_points): the model
+        runs on every level, unestimated, for the all-learned mixed candidate, until the last
+        level, which it and mixing's contexts reach only if mixing leads on the levels before
+        (_mixing_leads: most of a surface's bits are on its last level)."""
         depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
         neighbour_f0: list[np.ndarray | None] = [None] * depth
@@ -378,8 +419,12 @@ class PointCloudCodec:
         close = False  # the neighbour coder within NEIGHBOUR_CLOSE of the model on it
         behind = False  # the model far behind the neighbour coder (MODEL_BEHIND)
         mix_bits = 0  # learned bits so far (mixing's memory bound)
+        leads = False
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
+            if mix_lead and level == depth - 1:
+                leads = self._mixing_leads(learned[:level], bits[:level], mix_points)
+                mix_lead, mix_points = leads, mix_points if leads else 0
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
             contexts, extras = None, None
             # The neighbour coder first (tentatively: undone below unless it takes the level),
@@ -424,7 +469,7 @@ class PointCloudCodec:
                     bar = min(bar, cost + _row_cost(m * N_PASSES, _neighbour_price(price)))
             model_cost = None  # the model's cost of the level, whole or estimated, if run
             may_win = coders != "neighbour"
-            if may_win:
+            if may_win and not mix_lead:
                 may_win, model_cost = self._model_may_win(
                     neighbours, bits[level], level, depth, bar, coders, price, buckets,
                     confident, BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES)
@@ -463,7 +508,7 @@ class PointCloudCodec:
             close = (tried or probe) and model_cost is not None and \
                 cost * under <= over * model_cost
         return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
-                             neighbour_saving)
+                             neighbour_saving, leads)
 
     def _model_may_win(self, neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int,
                        bar: int, coders: str, price: tuple[int, int],
@@ -484,6 +529,31 @@ class PointCloudCodec:
         over, under = ESTIMATE_MARGIN
         priced = estimate + _row_cost(bits.size, price)
         return priced * under <= over * bar, estimate
+
+    def _mixing_leads(self, learned: list[coder.LearnedLevel | None], bits: list[np.ndarray],
+                      points: int) -> bool:
+        """Whether mixed probabilities code these levels (all but the last: a quarter of a
+        surface's bits) at least 1 / MIX_LEAD shorter than refined ones: the gain holds or
+        grows until the last level, where it halves (cumulative code lengths, levels in
+        order: a machined part's, the turbine's and the aerial tile's 9.9-19.8 % before the
+        last level, 4.9-9.1 % with it; the organic meshes' and synthetic surfaces' 0.6-4.4,
+        then 0.6-1.7). Ideal code lengths, exact integers. False unless every level is learned
+        with its contexts."""
+        coded = [lv for lv in learned if lv is not None]
+        contexts = [lv.contexts for lv in coded if lv.contexts is not None]
+        if not learned or len(contexts) < len(learned):
+            return False
+        occupancy = np.concatenate([b.T.reshape(-1) for b in bits])  # coding order
+        index = np.concatenate([lv.indices for lv in coded])
+        f0_table = self.tables.cdfs[:, 1]
+        _, refined = refine.code_lengths(occupancy, index, refine.initial_buckets(f0_table),
+                                         f0_table)
+        passes = np.concatenate([np.repeat(np.arange(N_PASSES, dtype=np.uint8), b.shape[0])
+                                 for b in bits])
+        mixed = adaptive.code_length(occupancy, mixing.probabilities(
+            occupancy, index + coder.GRID_K, np.concatenate(contexts), passes, f0_table,
+            points))
+        return mixed * MIX_LEAD <= (MIX_LEAD - 1) * refined
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
                       neighbour_f0, neighbour_name, mode, mix_points=0):
