@@ -22,9 +22,10 @@ surfaces it was trained on, the adaptive context coder (adaptive.py) on sparse, 
 unusual clouds, where the model is confidently wrong, and on levels where the model saves
 less than ROW_PRICE bits per network row; from format 5 the neighbour coder (neighbour.py:
 count models of each child's neighbourhood, no network) where it codes a level in fewer bits
-than the model, or in enough fewer than the adaptive coder (scan-like clouds, LiDAR). The
-stream is never larger than the adaptive coder's alone plus the few bytes that say which
-levels it codes.
+than the model, or in enough fewer than the adaptive coder (scan-like clouds, LiDAR); and on a
+surface where they save enough (MIX_ROWS_PER_POINT), every level learned under mixed
+probabilities (mixing.py: machined parts, flat roofs and ground). The stream is never larger
+than the adaptive coder's alone plus the few bytes that say which levels it codes.
 
 Stream layout (container format 2 and later, additive): payload "occupancy" (the learned
 levels' rANS stream, shape [their coded bits], with the protected tensor "occupancy_logit";
@@ -97,12 +98,14 @@ MIX_BITS_PER_POINT = 12
 # saves 4.8-8.7 % where the exact neighbourhood repeats (machined parts, flat roofs and ground)
 # and 0.8-1.7 % on the organic meshes and synthetic surfaces, which keep the faster choice
 # (`python bench/pointcloud.py --clouds --smallest` against the default, and the same with
-# --real). Its encoder cost where not kept: the contexts and one walk of the learned bits.
-# Ratios of integers: exact.
+# --real). Ratios of integers: exact.
 MIX_ROWS_PER_POINT = 6
 MIX_GAIN = 32
 # ... and builds it only if mixing leads refinement by 1 / MIX_LEAD (6.25 %) on the levels
-# before the last (_mixing_leads): the walk over a quarter of the bits
+# before the last (_mixing_leads), the last level's contexts and walk only then: where it is
+# not kept, the encoder's extra work is the contexts and a walk of about a quarter of the
+# learned bits (organic meshes: encode 1.04-1.24 times as long, against 1.37-1.70 with every
+# surface walked whole; bench/paired_trees.py --real data/pc/test)
 MIX_LEAD = 16
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD)
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
