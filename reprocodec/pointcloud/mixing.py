@@ -349,7 +349,13 @@ def _learn(buckets, counts, probability, coarse_counts, coarse_probability, weig
         weights[k, j] = min(max(w, -WEIGHT_LIMIT), WEIGHT_LIMIT)
 
 
-@_jit
+def _jit_inline(fn):
+    """A kernel's per-bit step, inlined into it in numba's IR (neighbour.py's walks call it
+    with a dozen arrays: passed as fields to a call, they ran three times slower)."""
+    return numba.njit(cache=True, nogil=True, inline="always")(fn) if numba is not None else fn
+
+
+@_jit_inline
 def _prefetch_ahead(contexts, i, counts, probability, coarse_counts,
                     coarse_probability):  # pragma: no cover - compiled
     """Hint the cache at the table entries of the context PREFETCH_AHEAD bits after bit i

@@ -34,7 +34,7 @@ import numpy as np
 from .. import entropy
 from . import adaptive, mixing
 from .context import N_PASSES
-from .mixing import _FINE_MASK, _ONE, _count, _count_inputs, _squash
+from .mixing import _FINE_MASK, _ONE, _count, _count_inputs, _jit_inline, _squash
 from .vectorops import PREFETCH_AHEAD, prefetch
 
 try:
@@ -68,12 +68,6 @@ _APM_RATE_SHIFT = 13  # with the interpolation weight (up to 128): 1/64
 
 def _jit(fn):
     return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
-
-
-def _jit_inline(fn):
-    """A kernel's per-bit step, inlined into it in numba's IR: called with a dozen arrays,
-    each passed as its fields, the walk ran three times slower."""
-    return numba.njit(cache=True, nogil=True, inline="always")(fn) if numba is not None else fn
 
 
 class Model:
@@ -240,16 +234,11 @@ def _prefetch_ahead(contexts, extras, i, extended, counts, probability, coarse_c
                     coarse_probability, node_counts, node_probability):  # pragma: no cover
     """Hint the cache at the entries of the bit PREFETCH_AHEAD after bit i (vectorops.prefetch:
     no value changes; the node model's too in version 2)."""
-    if i + PREFETCH_AHEAD < contexts.size:
-        ctx = np.int64(contexts[i + PREFETCH_AHEAD])
-        prefetch(counts, ctx & _FINE_MASK)
-        prefetch(probability, ctx & _FINE_MASK)
-        prefetch(coarse_counts, ctx >> 32)
-        prefetch(coarse_probability, ctx >> 32)
-        if extended:
-            node = np.int64(extras[i + PREFETCH_AHEAD]) & _NODE_MASK
-            prefetch(node_counts, node)
-            prefetch(node_probability, node)
+    mixing._prefetch_ahead(contexts, i, counts, probability, coarse_counts, coarse_probability)
+    if extended and i + PREFETCH_AHEAD < contexts.size:
+        node = np.int64(extras[i + PREFETCH_AHEAD]) & _NODE_MASK
+        prefetch(node_counts, node)
+        prefetch(node_probability, node)
 
 
 def _version_kernels(extended: bool) -> tuple:
