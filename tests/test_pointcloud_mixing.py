@@ -725,3 +725,28 @@ def test_unsupported_bitstream_formats_are_refused(codec, camel, version):
     with pytest.raises(InputError):
         codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest",
                      bitstream_format=version)
+
+
+def test_the_encoder_service_mixes_a_default_request_on_a_machined_surface():
+    """The service path of "auto" mixing: a default EncodePointCloud request (no `smallest`)
+    of a box's flat faces gets the all-learned mixed stream (format 4) from an encoder that
+    writes format 6; the same request with max_format_version 3 gets none, and both decode
+    to the same voxels."""
+    from reprocodec.v1 import service_pb2
+    from server.backend import Codecs, encode_point_cloud
+
+    box = _box_surface(128)
+    streams = {}
+    for limit in (0, 3):  # 0: the encoder's newest
+        request = service_pb2.EncodePointCloudRequest(depth=7, max_format_version=limit)
+        streams[limit] = encode_point_cloud(Codecs(None), request, box, "cpu").bitstream
+    assert [p.name for p in streams[0].payloads] == [MIXED_PAYLOAD]
+    assert streams[0].format_version == 4
+    assert MIXED_PAYLOAD not in [p.name for p in streams[3].payloads]
+    assert streams[3].format_version <= 3
+    assert streams[0].ByteSize() < streams[3].ByteSize()
+    codec = PointCloudCodec.load(threads=1)
+    decoded = [codec.decode(container.unpack(container.pack(s))).voxels
+               for s in streams.values()]
+    np.testing.assert_array_equal(decoded[0], decoded[1])
+    np.testing.assert_array_equal(decoded[0], octree.voxelize(box, 7).voxels)
