@@ -360,12 +360,16 @@ class PointCloudCodec:
         best, best_cost = None, 0
         tried = set()
 
-        def stream(levels: str, f0: list[np.ndarray | None], mix: bool) -> pb.Bitstream:
+        def stream(levels: str, f0: list[np.ndarray | None], mix: bool,
+                   mixed_only: bool = False) -> pb.Bitstream:
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
-                               f0, NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0)
+                               f0, NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0,
+                               mixed_only)
             return candidate
+
+        sizes: dict[str, int] = {}  # each candidate's bytes
 
         for levels, f0, fewer_bytes in candidates:  # the first one wins ties
             if levels in tried or (best is not None and levels == all_adaptive
@@ -373,15 +377,20 @@ class PointCloudCodec:
                 continue
             tried.add(levels)
             candidate = stream(levels, f0, mix_every)
+            sizes[levels] = candidate.ByteSize()
             cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _time_cost(
                 levels, rows, price)
             if best is None or (cost < best_cost and not (
                     fewer_bytes and candidate.ByteSize() > best.ByteSize())):
                 best, best_cost = candidate, cost
         if coded.mixing_leads:
-            candidate = stream("L" * depth, [], True)
-            if candidate.payloads[0].name == MIXED_PAYLOAD and \
-                    candidate.ByteSize() * MIX_GAIN <= (MIX_GAIN - 1) * best.ByteSize():
+            # Mixed alone: the same levels unmixed are a candidate above (every level is
+            # learned), so its refined stream was built there
+            all_learned = "L" * depth
+            candidate = stream(all_learned, [], True, mixed_only=True)
+            size = candidate.ByteSize()
+            if size < sizes.get(all_learned, 0) and \
+                    size * MIX_GAIN <= (MIX_GAIN - 1) * best.ByteSize():
                 best = candidate
         best.format_version = container.required_version(best)
         return best
@@ -559,10 +568,11 @@ class PointCloudCodec:
         return mixed * MIX_LEAD <= (MIX_LEAD - 1) * refined
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
-                      neighbour_f0, neighbour_name, mode, mix_points=0):
+                      neighbour_f0, neighbour_name, mode, mix_points=0, mixed_only=False):
         """The payloads and protected record of one per-level choice (levels[l]: L learned,
         A adaptive, N neighbour coder, its payload neighbour_name); mix_points > 0: the mixed
-        coding too, when smaller."""
+        coding too, when smaller, or (mixed_only) instead of the others, for a caller that
+        has them already (every learned level must then have its contexts)."""
         depth = len(levels)
         chosen = [lv for lv in range(depth) if levels[lv] == "L"]
         if chosen:
@@ -573,7 +583,10 @@ class PointCloudCodec:
             total = coded.indices.size
             occupancy = np.concatenate([b.T.reshape(-1) for b in bits_coded])  # coding order
             name, data = PAYLOAD, coded.data
-            if self.refine:
+            mixable = mix_points and all(lv.contexts is not None for lv in levels_coded)
+            if mixed_only and not mixable:
+                raise ValueError("a mixed-only coding needs every learned level's contexts")
+            if self.refine and not mixed_only:
                 refined = refine.encode(occupancy, coded.indices + coder.GRID_K,
                                         self.tables.cdfs[:, 1])
                 # The static stream is coded only when it might not be larger (ties go to
@@ -585,13 +598,13 @@ class PointCloudCodec:
                     data = coder.static_stream(levels_coded, bits_coded, self.tables)
                     if len(refined) < len(data):
                         name, data = REFINED_PAYLOAD, refined
-            if mix_points and all(lv.contexts is not None for lv in levels_coded):
+            if mixable:
                 passes = np.concatenate([np.repeat(np.arange(N_PASSES, dtype=np.uint8),
                                                    b.shape[0]) for b in bits_coded])
                 mixed = mixing.encode(occupancy, coded.indices + coder.GRID_K,
                                       np.concatenate([lv.contexts for lv in levels_coded]),
                                       passes, self.tables.cdfs[:, 1], mix_points)
-                if len(mixed) < len(data):
+                if mixed_only or len(mixed) < len(data):
                     name, data = MIXED_PAYLOAD, mixed
             msg.payloads.append(container.make_payload(name, data, [total], occupancy))
             msg.protected.append(self.decision.record(coded.indices, coded.side_info, mode,
