@@ -95,8 +95,8 @@ def main() -> int:
         voxels = runs["new"][0][name][0]
         bits = [8 * runs[label][0][name][3] / voxels for label in ("old", "new")]
         line = f"{name:24s} | bits {bits[0]:.4f} -> {bits[1]:.4f}"
+        mpt = voxels / 1e6
         for i, what in ((1, "encode"), (2, "decode")):
-            mpt = runs["new"][0][name][0] / 1e6
             new = [r[name][i] / mpt for r in runs["new"]]
             old = [r[name][i] / mpt for r in runs["old"]]
             ratios = " ".join(f"{a / b:.2f}" for a, b in zip(new, old, strict=True))

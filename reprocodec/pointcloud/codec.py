@@ -437,6 +437,10 @@ class PointCloudCodec:
             if mix_lead and level == depth - 1:
                 leads = self._mixing_leads(learned[:level], bits[:level], mix_points)
                 mix_lead, mix_points = leads, mix_points if leads else 0
+                if not leads:  # the contexts kept so far serve nothing now
+                    for lv in learned[:level]:
+                        if lv is not None:
+                            lv.contexts = None
             neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
             contexts, extras = None, None
             # The neighbour coder first (tentatively: undone below unless it takes the level),
@@ -560,8 +564,7 @@ class PointCloudCodec:
         f0_table = self.tables.cdfs[:, 1]
         _, refined = refine.code_lengths(occupancy, index, refine.initial_buckets(f0_table),
                                          f0_table)
-        passes = np.concatenate([np.repeat(np.arange(N_PASSES, dtype=np.uint8), b.shape[0])
-                                 for b in bits])
+        passes = _bit_passes(bits)
         mixed = adaptive.code_length(occupancy, mixing.probabilities(
             occupancy, index + coder.GRID_K, np.concatenate(contexts), passes, f0_table,
             points))
@@ -599,8 +602,7 @@ class PointCloudCodec:
                     if len(refined) < len(data):
                         name, data = REFINED_PAYLOAD, refined
             if mixable:
-                passes = np.concatenate([np.repeat(np.arange(N_PASSES, dtype=np.uint8),
-                                                   b.shape[0]) for b in bits_coded])
+                passes = _bit_passes(bits_coded)
                 mixed = mixing.encode(occupancy, coded.indices + coder.GRID_K,
                                       np.concatenate([lv.contexts for lv in levels_coded]),
                                       passes, self.tables.cdfs[:, 1], mix_points)
@@ -809,6 +811,13 @@ def level_coders(msg: pb.Bitstream) -> str:
     if ("L" in levels) != (learned_name is not None):
         raise ContainerError("the occupancy payloads' levels and the learned payload disagree")
     return "".join(levels)
+
+
+def _bit_passes(bits: list[np.ndarray]) -> np.ndarray:
+    """The pass (uint8) of each bit of these levels' (M, 8) bits in coding order (pass-major
+    within each level), as mixing walks them."""
+    return np.concatenate([np.repeat(np.arange(N_PASSES, dtype=np.uint8), b.shape[0])
+                           for b in bits])
 
 
 def _row_cost(rows: int, price: tuple[int, int]) -> int:

@@ -171,7 +171,8 @@ if numba is not None:
         (llvm.prefetch): it changes no value, and never faults, whatever the index. The count
         models' tables (up to 45 MB) are read at a hashed context a bit, which the walks know
         ahead (PREFETCH_AHEAD bits): their misses then overlap instead of stalling the walk
-        one by one, about half of its time on a dense surface (mixing.py)."""
+        one by one, which took about two thirds of the mixing walk's time on a dense surface
+        (164 ns a bit with its largest tables, 57 with 2^15 contexts, 58 prefetched)."""
         signature = types.void(array, index)
 
         def codegen(context, builder, sig, args):
