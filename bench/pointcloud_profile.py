@@ -3,14 +3,18 @@
     python bench/pointcloud_profile.py ["surface 1/4 sampled"] [--threads 1] [--runs 2]
     python bench/pointcloud_profile.py --rows
     python bench/pointcloud_profile.py ["surface 1/4 sampled"] --kernel [--runs 9]
+    python bench/pointcloud_profile.py ["surface 1/4 sampled"] --kernels [--runs 9]
 
 One of bench/pointcloud.py's --clouds by name, encoded and decoded once to warm up, then each
 run profiled: the total and each step's share of it (cumulative time, so a step's share
 includes what it calls; the kernel's runs on pool threads are counted only with --threads 1).
 --rows: for every cloud, the network rows the encoder and the decoder evaluate per point (the
 kernel's work, whatever the machine's speed); --kernel: the network kernel alone on the rows
-of one encode, its median time a row. The first line names each level's coder and the
-bits each coder codes (the neighbour coder's steps divided by its bits: its time a bit).
+of one encode, its median time a row; --kernels: each compiled kernel's own time in an
+encode and in a decode, the minimum over the runs (a process's noise hits a minimum least;
+run it in two checkouts to compare them kernel by kernel). The first line names each level's
+coder and the bits each coder codes (the neighbour coder's steps divided by its bits: its
+time a bit).
 """
 
 from __future__ import annotations
@@ -58,6 +62,22 @@ def shares(run, steps: list[str]) -> str:
                 found[step] += v[3]
     return f"{total:.3f} s = " + ", ".join(f"{s.split(':')[1]} {100 * t / total:.0f} %"
                                            for s, t in found.items())
+
+
+def kernel_minima(run, runs: int) -> dict[str, float]:
+    """Each compiled kernel's own time (cProfile's tottime: a numba dispatcher is one call)
+    in run(), the minimum over runs, by module:function."""
+    best: dict[str, float] = {}
+    for _ in range(runs):
+        profile = cProfile.Profile()
+        profile.enable()
+        run()
+        profile.disable()
+        for (path, _, function), v in pstats.Stats(profile).stats.items():  # type: ignore[attr-defined]
+            if function.endswith("_kernel"):
+                key = f"{Path(path).stem}:{function}"
+                best[key] = min(best.get(key, np.inf), v[2])
+    return best
 
 
 def rows_per_point(codec: PointCloudCodec) -> None:
@@ -116,6 +136,8 @@ def main() -> int:
     ap.add_argument("--rows", action="store_true", help="network rows per point, every cloud")
     ap.add_argument("--kernel", action="store_true",
                     help="time the network kernel alone on the rows of one encode")
+    ap.add_argument("--kernels", action="store_true",
+                    help="each compiled kernel's time in an encode and a decode (minima)")
     args = ap.parse_args()
     if args.rows:
         rows_per_point(PointCloudCodec.load(threads=args.threads))
@@ -133,6 +155,12 @@ def main() -> int:
     print(f"{args.cloud}: levels {fields['level_coders']}, coded bits: learned "
           f"{fields['coded_occupancy_bits']}, adaptive {fields['adaptive_occupancy_bits']}, "
           f"neighbour {fields['neighbour_occupancy_bits']}")
+    if args.kernels:
+        for step, run in (("encode", lambda: codec.encode(points, depth=depth)),
+                          ("decode", lambda: codec.decode(container.unpack(packed)))):
+            for name, t in sorted(kernel_minima(run, args.runs).items(), key=lambda kv: -kv[1]):
+                print(f"{step} {name:36s} {t * 1e3:8.2f} ms")
+        return 0
     for _ in range(args.runs):
         print("encode", shares(lambda: codec.encode(points, depth=depth), ENCODE_STEPS))
         print("decode", shares(lambda: codec.decode(container.unpack(packed)), DECODE_STEPS))

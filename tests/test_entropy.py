@@ -207,6 +207,31 @@ def test_python_reference_kernels_agree_with_the_compiled_ones():
     np.testing.assert_array_equal(decoded, symbols)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_renormalize_takes_a_word_only_when_needed_and_never_past_the_end(compiled):
+    """The branch-free refill reads at min(pos, last) whatever happens: a state at or above
+    2^31 keeps its words, one below takes the next word, and with none left it reports the
+    end (pos -1) and keeps the state."""
+    renormalize = entropy._renormalize if compiled else entropy._renormalize.py_func
+    words = np.array([7, 0xDEADBEEF], np.uint32)
+    high, low = np.uint64(1 << 40), np.uint64(12345)
+    assert renormalize(words, high, 1) == (high, 1)
+    assert renormalize(words, high, 2) == (high, 2)
+    assert renormalize(words, low, 1) == ((12345 << 32) | 0xDEADBEEF, 2)
+    assert renormalize(words, low, 2) == (low, -1)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_emit_keeps_the_word_only_when_the_state_is_too_large(compiled):
+    """The branch-free emit writes the low word at pos - 1 either way; only a state at or
+    above the bound moves pos, so a word written for nothing is overwritten later."""
+    emit = entropy._emit if compiled else entropy._emit.py_func
+    out = np.zeros(4, np.uint32)
+    x = np.uint64((5 << 32) | 9)
+    assert emit(out, 4, x, x + np.uint64(1)) == (x, 4)
+    assert emit(out, 4, x, x) == (np.uint64(5), 3) and out[3] == 9
+
+
 def test_indexes_beyond_32_bits_are_refused_not_wrapped():
     rng = np.random.default_rng(8)
     tables = random_tables(rng)

@@ -400,3 +400,11 @@ def test_prefetch_is_a_hint_that_changes_nothing_and_never_faults():
     np.testing.assert_array_equal(a, before)
     (signature,) = kernel.signatures
     assert "llvm.prefetch" in kernel.inspect_llvm(signature)
+
+
+def test_network_arrays_are_cache_line_aligned():
+    """The kernel loads table and w2t rows as whole vectors: every array it reads row by row
+    starts on an ALIGNMENT boundary (a misaligned row spans one more cache line)."""
+    net = PointCloudCodec.load(threads=1).networks
+    arrays = [*net.tables, *net.biases.values(), net.w2t, net.b2, net.w3]
+    assert all(a.ctypes.data % native.ALIGNMENT == 0 and a.flags.c_contiguous for a in arrays)

@@ -61,7 +61,7 @@ def _jit(fn):
     return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
 
 
-@_jit
+@entropy.jit_inline
 def _probability(counts, ctx):  # pragma: no cover - compiled
     """KT estimate of P(bit = 0) in 1/2^16 units, integers only."""
     n0 = np.int64(counts[ctx, 0])
@@ -70,7 +70,7 @@ def _probability(counts, ctx):  # pragma: no cover - compiled
     return min(max(f0, np.int64(1)), np.int64(_ONE - 1))
 
 
-@_jit
+@entropy.jit_inline
 def _update(counts, ctx, bit):  # pragma: no cover - compiled
     counts[ctx, bit] += 1
     if counts[ctx, 0] + counts[ctx, 1] > MAX_TOTAL:
@@ -105,15 +105,15 @@ def _encode_kernel(bits, f0, out):  # pragma: no cover - compiled
     x = np.uint64(_RANS_L)
     pos = out.size
     for i in range(bits.size - 1, -1, -1):
-        if bits[i]:
-            start, freq = np.uint64(f0[i]), np.uint64(_ONE - f0[i])
-        else:
-            start, freq = np.uint64(0), np.uint64(f0[i])
-        x, pos = entropy._put(out, pos, x, start, freq)
+        # branch-free: a bit's value is as good as random, a branch on it mispredicted
+        f = np.int64(f0[i])
+        bit = np.int64(bits[i] != 0)
+        x, pos = entropy._put(out, pos, x, np.uint64(f * bit),
+                              np.uint64(f + bit * (_ONE - 2 * f)))
     return entropy._flush(out, pos, x)
 
 
-@_jit
+@entropy.jit_inline
 def _decode_bit(words, x, pos, f0):  # pragma: no cover - compiled
     """One binary decision at rANS state x, read position pos, P(0) = f0 / 2^16: (bit, x, pos)
     after renormalising; pos < 0 when the words ran out (entropy._renormalize bounds every

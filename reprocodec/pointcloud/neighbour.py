@@ -34,7 +34,7 @@ import numpy as np
 from .. import entropy
 from . import adaptive, mixing
 from .context import N_PASSES
-from .mixing import _FINE_MASK, _ONE, _count, _count_inputs, _jit_inline, _squash
+from .mixing import _FINE_MASK, _ONE, _count, _count_inputs, _squash
 from .vectorops import PREFETCH_AHEAD, prefetch
 
 try:
@@ -176,7 +176,7 @@ def _scatter_kernel(contexts, extras, counts, probability, coarse_counts, coarse
             node_probability[node, 1] = saved_probability[i, 5]
 
 
-@_jit_inline
+@entropy.jit_inline
 def _mixed(probability, coarse_probability, node_probability, weights, apm, extended, ctx,
            extra, k, inputs):  # pragma: no cover - compiled
     """P(0) in 2^-16 (1 .. 2^16 - 1) of a bit of context ctx (fine | coarse << 32) and extra
@@ -209,7 +209,7 @@ def _mixed(probability, coarse_probability, node_probability, weights, apm, exte
     return coded, p, ws, knot, weight
 
 
-@_jit_inline
+@entropy.jit_inline
 def _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
            node_probability, weights, apm, extended, ctx, extra, k, inputs, p, ws, knot, weight,
            bit):  # pragma: no cover - compiled
@@ -229,7 +229,7 @@ def _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
         weights[ws, j] = min(max(w, -mixing.WEIGHT_LIMIT), mixing.WEIGHT_LIMIT)
 
 
-@_jit_inline
+@entropy.jit_inline
 def _prefetch_ahead(contexts, extras, i, extended, counts, probability, coarse_counts,
                     coarse_probability, node_counts, node_probability):  # pragma: no cover
     """Hint the cache at the entries of the bit PREFETCH_AHEAD after bit i (vectorops.prefetch:
@@ -323,7 +323,7 @@ def node_slots(parent_bits: np.ndarray | None) -> np.ndarray:
     return parent_byte.astype(np.int64) * 8 + position
 
 
-@_jit
+@entropy.jit_inline
 def _extra_of(slot, partial, occupied, k):  # pragma: no cover - compiled
     """The extra of child k of a node: node context | occupied << 24 (_NODE_MASK; < 2^27)."""
     return np.int32((slot << 8) + (np.int64(1) << k) - 1 + partial + (occupied << _POP_SHIFT))

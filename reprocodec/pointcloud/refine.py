@@ -49,7 +49,7 @@ def initial_buckets(f0_table: np.ndarray) -> np.ndarray:
     return f0[np.arange(BUCKETS) * SPACING] << FRACTION
 
 
-@_jit
+@entropy.jit_inline
 def _probability(buckets, g):  # pragma: no cover - compiled
     """P(0) in 1/2^16 of grid row g, and the bucket its bit updates."""
     lo = min(g // SPACING, BUCKETS - 2)
@@ -60,7 +60,7 @@ def _probability(buckets, g):  # pragma: no cover - compiled
     return f0, nearer
 
 
-@_jit
+@entropy.jit_inline
 def _update(buckets, j, bit):  # pragma: no cover - compiled
     target = np.int64(0) if bit else np.int64(_ONE << FRACTION)
     buckets[j] += (target - buckets[j]) >> RATE  # arithmetic shift: floor, on both sides
