@@ -5,8 +5,9 @@ rANS (compressai.ans, C++), on the real streams of the shipped models, with byte
     .venv/bin/python bench/entropy.py --json out.json  # also machine-readable
     .venv/bin/python bench/entropy.py --runs 9 --image /work/shared/data/kodak/kodim23.png
 
-Streams: for every shipped image model, the z (factorized prior, one table per channel) and y
-(Gaussian conditional, table = protected scale index) symbols and indexes of one 768x512 image
+Streams: for every shipped image model that codes y in one payload (not the checkerboard
+model, whose two passes call the same coder), the z (factorized prior, one table per channel)
+and y (Gaussian conditional, table = protected scale index) symbols and indexes of one 768x512 image
 (a Kodak image when ../shared/data/kodak exists, else a shipped sample padded to 768x512); for
 the point-cloud model, the occupancy bits and their table indexes of the shipped elephant
 (depth 7), coded in one call and, as the codec codes them, in one call per octree pass. The
@@ -80,6 +81,8 @@ def image_streams(pixels: np.ndarray) -> list[dict]:
         capture: dict = {}
         msg = codec.encode(pixels, "syndrome", "decoding", capture=capture)
         payloads = {p.name: p for p in msg.payloads}
+        if "y" not in payloads:  # the checkerboard model: y in two passes, the same coder
+            continue
         z_shape = tuple(payloads["z"].shape)
         z_indexes = codec.hyper._indexes(z_shape)
         y_indexes = np.asarray(capture["scale_index_indices"]).reshape(-1).astype(np.int32)
