@@ -92,7 +92,9 @@ def rings_levels(ground_rings):
 def rings_streams(codec, ground_rings):
     """The ring cloud at depth 10 under each coders option (and auto at formats 4 and 5);
     "by_level": auto without the all-neighbour candidate (a small cloud's), the level-by-level
-    choice, which mixes all three coders here."""
+    choice (learned and neighbour levels here); "all_three": the same with the adaptive
+    payload's framing not weighed (codec._framed off, as before 0.6.3), which mixes all three
+    coders."""
     out = {}
     newest = container.FORMAT_VERSION
     for key, coders, fmt in (("auto", "auto", newest), ("auto4", "auto", 4),
@@ -105,6 +107,8 @@ def rings_streams(codec, ground_rings):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(codec_module, "EVERY_NEIGHBOUR_BITS", 0)
         out["by_level"] = _packed(codec.encode(ground_rings, Mode.SYNDROME, depth=RINGS_DEPTH))
+        mp.setattr(codec_module, "_framed", lambda levels, *_: levels)
+        out["all_three"] = _packed(codec.encode(ground_rings, Mode.SYNDROME, depth=RINGS_DEPTH))
     return out
 
 
@@ -483,14 +487,39 @@ def test_auto_gives_a_lidar_sweep_to_the_neighbour_coder(codec, ground_rings, ri
     assert NEIGHBOUR_PAYLOAD in [p.name for p in rings_streams["auto5"].payloads]
 
 
+def test_adaptive_levels_saving_less_than_their_framing_go_learned(rings_streams):
+    """The level-by-level choice's adaptive levels (here a few small ones) save less than the
+    adaptive payload's framing: they go learned, and the stream is smaller for it."""
+    framed, unframed = rings_streams["by_level"], rings_streams["all_three"]
+    assert "A" in level_coders(unframed)
+    assert level_coders(framed) == level_coders(unframed).replace("A", "L")
+    assert framed.ByteSize() < unframed.ByteSize()
+
+
+def test_framing_rule_moves_adaptive_levels_only_below_the_framing_cost():
+    """codec._framed on both sides of FRAMING_COST, and never where a level has no learned
+    alternative (the model was not run there)."""
+    from types import SimpleNamespace
+
+    framing, price = codec_module.FRAMING_COST, (0, 1)  # rows free: costs alone
+    learned = [SimpleNamespace(cost=1000), SimpleNamespace(cost=5000), None]
+    rows = [8, 64, 512]
+    below = [1000 - framing // 2, 5000, 9000]  # level 0 saves framing / 2 adaptively
+    at = [1000 - framing, 5000, 9000]
+    assert codec_module._framed("ALN", below, learned, rows, price) == "LLN"
+    assert codec_module._framed("ALN", at, learned, rows, price) == "ALN"
+    assert codec_module._framed("ALA", below, learned, rows, price) == "ALA"  # no model on 2
+    assert codec_module._framed("LLN", below, learned, rows, price) == "LLN"
+
+
 def test_a_small_cloud_also_tries_the_neighbour_coder_on_every_level(codec, rings_streams):
     """The level-by-level choice does not see the framing of the payloads it adds (a learned
-    payload and its protected record, an adaptive one): on a cloud this small the
-    all-neighbour stream can be smaller, and auto tries it (it has fewer coded bits than
-    EVERY_NEIGHBOUR_BITS)."""
+    payload and its protected record; an adaptive one only where its levels save more than
+    its framing): on a cloud this small the all-neighbour stream can be smaller, and auto
+    tries it (it has fewer coded bits than EVERY_NEIGHBOUR_BITS)."""
     auto, by_level = rings_streams["auto"], rings_streams["by_level"]
     assert sum(int(p.shape[0]) for p in auto.payloads) <= codec_module.EVERY_NEIGHBOUR_BITS
-    assert set(level_coders(by_level)) == set("LAN")
+    assert set(level_coders(by_level)) == set("LN")
     assert auto.ByteSize() <= min(by_level.ByteSize(), rings_streams["neighbour"].ByteSize())
     assert auto.ByteSize() < by_level.ByteSize()  # here the all-neighbour stream won
 
@@ -762,7 +791,7 @@ def _both_neighbour_payloads(m):
 
 def test_hostile_layouts_around_neighbour_levels_are_refused(codec, ground_rings,
                                                              rings_streams):
-    msg = rings_streams["by_level"]
+    msg = rings_streams["all_three"]
     levels = level_coders(msg)
     names = [p.name for p in msg.payloads]
     assert names[0] in LEARNED_PAYLOADS and names[1:] == [ADAPTIVE_PAYLOAD, NEIGHBOUR_NOW]

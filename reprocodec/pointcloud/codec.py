@@ -334,13 +334,15 @@ class PointCloudCodec:
         candidates: list[tuple[str, list[np.ndarray | None], bool]]
         if coders in CHOOSING:
             # Ties go to the adaptive coder: exact integers, nothing to protect.
-            learned_or_adaptive = "".join(
+            learned_or_adaptive = _framed("".join(
                 "A" if lv is None or a <= lv.cost + _row_cost(r, price) else "L"
-                for a, lv, r in zip(adaptive_cost, learned, rows, strict=True))
+                for a, lv, r in zip(adaptive_cost, learned, rows, strict=True)),
+                adaptive_cost, learned, rows, price)
             # The neighbour coder's levels were chosen level by level (its state follows them)
-            choice = "".join("N" if f0 is not None else c
-                             for c, f0 in zip(learned_or_adaptive, coded.neighbour_f0,
-                                              strict=True))
+            choice = _framed("".join("N" if f0 is not None else c
+                                     for c, f0 in zip(learned_or_adaptive, coded.neighbour_f0,
+                                                      strict=True)),
+                             adaptive_cost, learned, rows, price)
             candidates = [(choice, coded.neighbour_f0, False), (all_adaptive, [], False)]
             if all(lv is not None for lv in learned):
                 candidates.append(("L" * depth, [], False))
@@ -830,6 +832,21 @@ def _row_cost(rows: int, price: tuple[int, int]) -> int:
 def _neighbour_price(price: tuple[int, int]) -> tuple[int, int]:
     """The neighbour coder's price a bit beside the model's `price` a row (none by bits)."""
     return NEIGHBOUR_PRICE if price[0] else price
+
+
+def _framed(levels: str, adaptive_cost: list[int], learned: list[coder.LearnedLevel | None],
+            rows: list[int], price: tuple[int, int]) -> str:
+    """A level-by-level choice with its adaptive levels learned instead when together they
+    save less than the adaptive payload's framing (FRAMING_COST), which the choice level by
+    level does not see: mostly the root's 8 bits, whose payload cost ~50 bytes more than the
+    model takes for them (the statue scan, the dense surface: the all-learned candidate won
+    by those bytes, built beside the choice)."""
+    chosen = [lv for lv, c in enumerate(levels) if c == "A"]
+    if not chosen or any(learned[lv] is None for lv in chosen):
+        return levels
+    saving = sum(learned[lv].cost + _row_cost(rows[lv], price) - adaptive_cost[lv]
+                 for lv in chosen)
+    return levels.replace("A", "L") if saving < FRAMING_COST else levels
 
 
 def _neighbour_saving(cost: int, adaptive_cost: int, learned: coder.LearnedLevel | None,
