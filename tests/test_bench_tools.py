@@ -42,3 +42,37 @@ def test_paired_trees_times_the_clouds_of_a_folder(tmp_path):
     rng = np.random.default_rng(3)
     write_ply(tmp_path / "blob.ply", rng.integers(0, 200, (3000, 3)).astype(np.float64))
     _paired_line("blob d7", "--real", str(tmp_path), "--real-depths", "6,7")
+
+
+def test_paired_trees_in_process_compares_a_checkout_with_itself():
+    """--in-process: one line per cloud with whether both wrote the same bytes and the
+    minima old -> new with their ratio (this checkout against itself: its own package)."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "paired_trees.py"), "--other", str(ROOT),
+         "--in-process", "--reps", "1", "camel (sample)"],
+        cwd=ROOT, check=True, capture_output=True, text=True, timeout=300).stdout
+    line = next(x for x in out.splitlines() if x.startswith("camel (sample)"))
+    number = r"\d+\.\d\d"
+    assert re.fullmatch(rf"camel \(sample\)\s+\| same bytes \| encode {number} -> {number} "
+                        rf"\({number}\) \| decode {number} -> {number} \({number}\)", line), line
+
+
+def test_paired_trees_copies_a_checkout_under_another_name(tmp_path):
+    """The other checkout's package is copied with its absolute imports renamed, so both
+    import side by side (nothing is compiled until called)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import paired_trees
+
+        paired_trees._package_copy(ROOT, "reprocodec_copy", tmp_path)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    copied = list((tmp_path / "reprocodec_copy").rglob("*.py"))
+    assert copied and not (tmp_path / "reprocodec_copy" / "weights").exists()
+    assert not any(re.search(r"\b(from|import) reprocodec\b", p.read_text()) for p in copied)
+    check = ("import sys; sys.path.insert(0, sys.argv[1]); "
+             "import reprocodec_copy.pointcloud.codec as c, reprocodec_copy.container; "
+             "assert c.__file__.startswith(sys.argv[1]); print('ok')")
+    out = subprocess.run([sys.executable, "-c", check, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.strip() == "ok"
