@@ -26,7 +26,7 @@ import torch
 
 from reprocodec import container
 from reprocodec.pointcloud import PointCloudCodec, list_models, native, octree, rowslices
-from reprocodec.pointcloud.gather import gather_first_layer
+from reprocodec.pointcloud.gather import GatherFirstLayer, gather_first_layer
 from reprocodec.pointcloud.models import DEFAULT_MODEL, weights_path
 from reprocodec.pointcloud.ply import read_ply
 from reprocodec.pointcloud.weightsfile import WeightsFileError, read_blob, read_weights
@@ -307,14 +307,15 @@ def test_narrower_layers_are_padded_with_zero_units(elephant):
              for k, s in shapes.items()}
     assert native.NativeGatherNetworks.fits((16, 8))
     net = native.NativeGatherNetworks(state, 10, threads=1)
+    first = GatherFirstLayer(state["net.0.weight"], state["net.0.bias"], 10)  # unpadded
     model = OccupancyMLP((16, 8))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     torch_net = GatherNetworks(model, torch.float32, "cpu", 10)
     for neighbours, bits, k, level in _passes(elephant, 7):
         inputs = net.inputs(neighbours, bits, k, level, 7)
         got = net.logits_of(inputs, k, 6 - level)
-        hidden = gather_first_layer(neighbours, inputs.state, net.first.tables[k],
-                                    net.first.biases[k, 6 - level])
+        hidden = gather_first_layer(neighbours, inputs.state, first.tables[k],
+                                    first.biases[k, 6 - level])
         want = native.numpy_rest(hidden, net.w2t, net.b2, net.w3, net.b3)
         np.testing.assert_array_equal(got, want.astype(np.float64))
         np.testing.assert_allclose(got, torch_net.logits_of(inputs, k, 6 - level), atol=1e-5)

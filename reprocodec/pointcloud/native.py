@@ -46,6 +46,8 @@ class NativeGatherNetworks:
                              f"native kernel's {FIRST_UNITS}, {SECOND_UNITS}")
         self.tables = [_padded(t, (t.shape[0], FIRST_UNITS)) for t in self.first.tables]
         self.biases = {key: _padded(b, (FIRST_UNITS,)) for key, b in self.first.biases.items()}
+        # the aligned copies replace the first layer's own (~14 MB), which nothing else reads
+        self.first.tables, self.first.biases = [], {}
         # float32 values held in float64 (exact), with the 2^-bits scale of the integer
         # activations folded in exactly (a power of two), as the torch path does in float32
         w2t = np.ldexp(w2, -bits).astype(np.float32).T.astype(np.float64)
