@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..entropy import jit_inline
+from .. import entropy
 from . import adaptive, refine
 from .context import WINDOW, WINDOW_CHILD, WINDOW_NEIGHBOUR
 from .grid import GRID_K
@@ -229,7 +229,7 @@ def _cell_lists(k, slots, children):  # pragma: no cover - compiled
     return known_slot, known_child, known_weight, unknown_slot, unknown_weight
 
 
-@jit_inline
+@entropy.jit_inline
 def _context_of(neighbours, bits, i, m, k, shape, known_slot, known_child, known_weight,
                 unknown_slot, unknown_weight, shift, coarse_shift):  # pragma: no cover
     """The hashed context (fine | coarse << 32) of child k of node i (_contexts_kernel)."""
@@ -295,12 +295,12 @@ class Model:
         self.weights[:, 0] = _WEIGHT_ONE  # start as the refined probability alone
 
 
-@jit_inline
+@entropy.jit_inline
 def _squash(x):  # pragma: no cover - compiled
     return SQUASH[min(max(x, -LOGIT_LIMIT), LOGIT_LIMIT) + LOGIT_LIMIT]
 
 
-@jit_inline
+@entropy.jit_inline
 def _count_inputs(probability, ctx, inputs, first):  # pragma: no cover - compiled
     """inputs[first], inputs[first + 1]: a context's fast and slow P(0), stretched."""
     for j in range(2):
@@ -308,7 +308,7 @@ def _count_inputs(probability, ctx, inputs, first):  # pragma: no cover - compil
         inputs[first + j] = STRETCH[min(max(q, np.int64(1)), np.int64(_ONE - 1))]
 
 
-@jit_inline
+@entropy.jit_inline
 def _mixed(buckets, probability, coarse_probability, weights, g, ctx, k,
            inputs):  # pragma: no cover - compiled
     """P(0) in 2^-16 (1 .. 2^16 - 1) of a bit with grid row g, context ctx (fine | coarse <<
@@ -325,7 +325,7 @@ def _mixed(buckets, probability, coarse_probability, weights, g, ctx, k,
     return min(max(p, np.int64(1)), np.int64(_ONE - 1)), nearer
 
 
-@jit_inline
+@entropy.jit_inline
 def _count(counts, probability, ctx, target):  # pragma: no cover - compiled
     """A context's fast and slow probability move towards the bit; its count grows."""
     n = np.int64(counts[ctx])
@@ -336,7 +336,7 @@ def _count(counts, probability, ctx, target):  # pragma: no cover - compiled
     counts[ctx] = min(n + 1, COUNT_LIMIT)
 
 
-@jit_inline
+@entropy.jit_inline
 def _learn(buckets, counts, probability, coarse_counts, coarse_probability, weights, nearer, ctx,
            k, inputs, p, bit):  # pragma: no cover - compiled
     """After a bit: refine's bucket, both count models and pass k's weights."""
@@ -350,7 +350,7 @@ def _learn(buckets, counts, probability, coarse_counts, coarse_probability, weig
         weights[k, j] = min(max(w, -WEIGHT_LIMIT), WEIGHT_LIMIT)
 
 
-@jit_inline
+@entropy.jit_inline
 def _prefetch_ahead(contexts, i, counts, probability, coarse_counts,
                     coarse_probability):  # pragma: no cover - compiled
     """Hint the cache at the table entries of the context PREFETCH_AHEAD bits after bit i
