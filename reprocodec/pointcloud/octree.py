@@ -268,10 +268,12 @@ if numba is not None:
                 if not (byte >> c) & 1:
                     continue
                 for j in range(27):
+                    # Branch-free (whether a neighbour exists is as good as random on a sparse
+                    # cloud): q is a node or the sentinel mp, read as node mp - 1 and unused
                     q = table[p, map_j[c, j]]
                     b = map_b[c, j]
-                    if q >= mp or not (node_bytes[q] >> b) & 1:
-                        out[n, j] = m
-                    else:
-                        out[n, j] = first[q] + before[node_bytes[q], b]
+                    node = min(q, mp - 1)
+                    neighbour_byte = node_bytes[node]
+                    present = np.int64(q < mp) & ((neighbour_byte >> b) & 1)
+                    out[n, j] = m + present * (first[node] + before[neighbour_byte, b] - m)
                 n += 1
