@@ -840,7 +840,9 @@ def _framed(levels: str, adaptive_cost: list[int], learned: list[coder.LearnedLe
     save less than the adaptive payload's framing (FRAMING_COST), which the choice level by
     level does not see: mostly the root's 8 bits, whose payload cost ~50 bytes more than the
     model takes for them (the statue scan, the dense surface: the all-learned candidate won
-    by those bytes, built beside the choice)."""
+    by those bytes, built beside the choice). FRAMING_COST (64 bytes) is above the ~45-50 a
+    payload's framing takes, so adaptive levels saving between the two go learned too and
+    may cost those few bytes; the choice without the rule is no longer built beside it."""
     chosen = [lv for lv, c in enumerate(levels) if c == "A"]
     if not chosen or any(learned[lv] is None for lv in chosen):
         return levels
