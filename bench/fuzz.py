@@ -133,11 +133,12 @@ CLOUD_SEEDS = [
     ("rings", 10, "syndrome", "by-level"),
     ("camel_d6", 6, "syndrome", "neighbour@5"),
     ("rings", 10, "syndrome", "by-level@5"),
+    ("camel_d6", 6, "syndrome", "smallest@6"),
 ]
 # "rings": the ground rings of a 16-beam spinning sensor (made here, deterministic); "by-level"
 # is auto without the small cloud's all-neighbour candidate: learned, adaptive and
 # neighbour-coded levels in one stream; "@5": at bitstream format 5 (the neighbour coder's
-# version 1 model)
+# version 1 model), "@6" at 6 (the mixer's version 1)
 
 
 def _rings() -> np.ndarray:
@@ -241,7 +242,8 @@ DOUBLE_EDGE = [0.0, -0.0, 5e-324, 1e-300, 1e-12, 1e-6, 1e-3, 0.1, 0.5, 1.0, 16.0
 NAMES = ["", "z", "y", "occupancy", "scale_index", "mean_grid", "pixels", "occupancy_logit",
          "y.anchors", "y.non_anchors", "scale_index.anchors", "scale_index.non_anchors",
          "mean_grid.anchors", "mean_grid.non_anchors", "occupancy_adaptive", "occupancy_refined",
-         "occupancy_mixed", "occupancy_neighbour", "occupancy_neighbour_v2", "Y", "z ",
+         "occupancy_mixed", "occupancy_mixed_v2", "occupancy_neighbour", "occupancy_neighbour_v2",
+         "Y", "z ",
          "x" * 128, "x" * 129, "\u00e9", "a\tb", "y\x00"]
 ENUMS = [0, 1, 2, 3, 4, 5, 99, 1 << 20, -1]
 

@@ -1,5 +1,6 @@
 """Mixed learned probabilities (pointcloud/mixing.py): integer squash/stretch, the hashed
-neighbourhood contexts, the mixer's coder and the codec's format-4 "occupancy_mixed" payload."""
+neighbourhood contexts, the mixer's coder (versions 1 and 2) and the codec's format-4
+"occupancy_mixed" and format-7 "occupancy_mixed_v2" payloads."""
 
 from __future__ import annotations
 
@@ -11,14 +12,24 @@ import pytest
 
 from reprocodec import container
 from reprocodec.errors import ContainerError, InputError, VerificationError
-from reprocodec.pointcloud import PointCloudCodec, inspect_fields, mixing, octree, refine
+from reprocodec.pointcloud import (
+    PointCloudCodec,
+    inspect_fields,
+    mixing,
+    nodecontext,
+    octree,
+    refine,
+)
 from reprocodec.pointcloud import codec as codec_module
 from reprocodec.pointcloud.adaptive import AdaptiveStreamError
 from reprocodec.pointcloud.codec import (
     ADAPTIVE_PAYLOAD,
     MIXED_PAYLOAD,
+    MIXED_PAYLOADS,
+    MIXED_VERSIONS,
     PAYLOAD,
     REFINED_PAYLOAD,
+    mixing_version,
 )
 from reprocodec.pointcloud.grid import GRID_K
 from reprocodec.pointcloud.ply import read_ply
@@ -26,6 +37,7 @@ from reprocodec.pointcloud.rowslices import row_slices
 from reprocodec.safeguard import Mode
 
 SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+MIXED_NOW = MIXED_PAYLOADS[mixing_version(container.FORMAT_VERSION)]  # what the default writes
 ONE = 1 << 16
 # The 26 child-level neighbour offsets in the documented order, and the conventions the
 # reference below assumes (checked against octree's tables in the test that uses them)
@@ -292,23 +304,41 @@ def _chunked_coding(seed: int, f0_table: np.ndarray, points: int,
     return bits, rows, contexts, passes, chunks
 
 
-def _decode_chunks(decoder, rows, contexts, chunks):
+def _extras(n: int, seed: int = 0) -> np.ndarray:
+    """Version 2's extras for n bits: node contexts and occupied counts over their whole
+    ranges (both ends included)."""
+    rng = np.random.default_rng(seed)
+    node = rng.integers(0, nodecontext.NODE_CONTEXTS, n)
+    node[:2] = (0, nodecontext.NODE_CONTEXTS - 1)
+    occupied = rng.integers(0, 8, n)
+    occupied[:2] = (7, 0)
+    return (node | occupied << nodecontext.POP_SHIFT).astype(np.int32)
+
+
+def _version_extras(version: int, n: int) -> np.ndarray | None:
+    return _extras(n) if version == 2 else None
+
+
+def _decode_chunks(decoder, rows, contexts, chunks, extras=None):
     out, start, failed_at = [], 0, None
     for i, (m, k) in enumerate(chunks):
-        out.append(decoder.decode(rows[start:start + m], contexts[start:start + m], k))
+        out.append(decoder.decode(rows[start:start + m], contexts[start:start + m], k,
+                                  None if extras is None else extras[start:start + m]))
         if failed_at is None and getattr(decoder, "failed", False):
             failed_at = i
         start += m
     return out, failed_at
 
 
-def test_mixed_coding_round_trips_pass_by_pass(f0_table):
+@pytest.mark.parametrize("version", mixing.VERSIONS)
+def test_mixed_coding_round_trips_pass_by_pass(f0_table, version):
     points = 3000
     bits, rows, contexts, passes, chunks = _chunked_coding(1, f0_table, points)
-    data = mixing.encode(bits, rows, contexts, passes, f0_table, points)
+    extras = _version_extras(version, bits.size)
+    data = mixing.encode(bits, rows, contexts, passes, f0_table, points, extras, version)
     assert len(data) % 4 == 0 and len(data) >= 8
-    decoder = mixing.Decoder(data, f0_table, points)
-    got, failed_at = _decode_chunks(decoder, rows, contexts, chunks)
+    decoder = mixing.Decoder(data, f0_table, points, version=version)
+    got, failed_at = _decode_chunks(decoder, rows, contexts, chunks, extras)
     decoder.finish()
     assert failed_at is None
     np.testing.assert_array_equal(np.concatenate(got), bits)
@@ -316,16 +346,24 @@ def test_mixed_coding_round_trips_pass_by_pass(f0_table):
     # int64 give the same probabilities and the same bytes
     narrow = (rows.astype(np.int16), contexts.astype(np.int32), passes.astype(np.uint8))
     np.testing.assert_array_equal(
-        mixing.probabilities(bits, *narrow, f0_table, points),
-        mixing.probabilities(bits, rows, contexts, passes, f0_table, points))
-    assert mixing.encode(bits.astype(bool), *narrow, f0_table, points) == data
+        mixing.probabilities(bits, *narrow, f0_table, points, extras, version),
+        mixing.probabilities(bits, rows, contexts, passes, f0_table, points, extras, version))
+    assert mixing.encode(bits.astype(bool), *narrow, f0_table, points, extras,
+                         version) == data
+    # the other version's decoder does not return these bits
+    other = 3 - version
+    decoder = mixing.Decoder(data, f0_table, points, lenient=True, version=other)
+    got, _ = _decode_chunks(decoder, rows, contexts, chunks, _version_extras(other, bits.size))
+    assert not np.array_equal(np.concatenate(got), bits)
 
 
 @pytest.mark.timeout(60)
-def test_truncated_overlong_and_garbage_streams_are_refused(f0_table):
+@pytest.mark.parametrize("version", mixing.VERSIONS)
+def test_truncated_overlong_and_garbage_streams_are_refused(f0_table, version):
     points = 3000
     bits, rows, contexts, passes, chunks = _chunked_coding(2, f0_table, points)
-    data = mixing.encode(bits, rows, contexts, passes, f0_table, points)
+    extras = _version_extras(version, bits.size)
+    data = mixing.encode(bits, rows, contexts, passes, f0_table, points, extras, version)
     half = len(data) // 8 * 4
     rng = np.random.default_rng(3)
     variants = [b"", data[:4], data[:8], data[:-4], data[:half], data[:-1], data + data[-4:],
@@ -335,15 +373,15 @@ def test_truncated_overlong_and_garbage_streams_are_refused(f0_table):
             variants.append(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
     for bad in variants:
         with pytest.raises(ContainerError) as info:
-            decoder = mixing.Decoder(bad, f0_table, points)
-            _decode_chunks(decoder, rows, contexts, chunks)
+            decoder = mixing.Decoder(bad, f0_table, points, version=version)
+            _decode_chunks(decoder, rows, contexts, chunks, extras)
             decoder.finish()
         assert isinstance(info.value, AdaptiveStreamError), repr(info.value)
     # lenient (benchmarks): zeros from the break on, never a raise; the chunks decoded
     # before the break are the encoder's bits
     for bad in (b"", data[:8], data[:half], data[:-4]):
-        decoder = mixing.Decoder(bad, f0_table, points, lenient=True)
-        got, failed_at = _decode_chunks(decoder, rows, contexts, chunks)
+        decoder = mixing.Decoder(bad, f0_table, points, lenient=True, version=version)
+        got, failed_at = _decode_chunks(decoder, rows, contexts, chunks, extras)
         decoder.finish()
         assert decoder.failed and failed_at is not None
         start = 0
@@ -354,50 +392,65 @@ def test_truncated_overlong_and_garbage_streams_are_refused(f0_table):
                 assert not got[i].any()
             start += m
     # a lenient decoder of a good stream is an ordinary one
-    decoder = mixing.Decoder(data, f0_table, points, lenient=True)
-    got, failed_at = _decode_chunks(decoder, rows, contexts, chunks)
+    decoder = mixing.Decoder(data, f0_table, points, lenient=True, version=version)
+    got, failed_at = _decode_chunks(decoder, rows, contexts, chunks, extras)
     decoder.finish()
     assert failed_at is None and not decoder.failed
     np.testing.assert_array_equal(np.concatenate(got), bits)
 
 
-def test_out_of_range_rows_contexts_and_passes_are_refused(f0_table):
+@pytest.mark.parametrize("version", mixing.VERSIONS)
+def test_out_of_range_rows_contexts_passes_and_extras_are_refused(f0_table, version):
     points = 3000
     size = 1 << mixing.context_bits(points)
     n = 50
     rows, contexts = np.full(n, GRID_K), np.zeros(n, np.int64)
     passes, bits = np.zeros(n, np.int64), np.zeros(n, np.uint8)
-    mixing.probabilities(bits, rows, contexts, passes, f0_table, points)  # in range: fine
+    extras = _version_extras(version, n)
+    coded = (f0_table, points, extras, version)
+    mixing.probabilities(bits, rows, contexts, passes, *coded)  # in range: fine
     for name, value in (("rows", -1), ("rows", 2 * GRID_K + 1), ("contexts", -1),
                         ("contexts", size), ("passes", -1), ("passes", 8)):
         args = {"rows": rows.copy(), "contexts": contexts.copy(), "passes": passes.copy()}
         args[name][n // 2] = value
         with pytest.raises(ValueError):
-            mixing.probabilities(bits, args["rows"], args["contexts"], args["passes"],
-                                 f0_table, points)
+            mixing.probabilities(bits, args["rows"], args["contexts"], args["passes"], *coded)
         with pytest.raises(ValueError):
-            mixing.encode(bits, args["rows"], args["contexts"], args["passes"], f0_table,
-                          points)
+            mixing.encode(bits, args["rows"], args["contexts"], args["passes"], *coded)
     for bad in ((bits[:-1], rows, contexts, passes), (bits, rows[:-1], contexts, passes),
                 (bits, rows, contexts[:-1], passes), (bits, rows, contexts, passes[:-1]),
                 (bits.reshape(5, 10), rows.reshape(5, 10), contexts.reshape(5, 10),
                  passes.reshape(5, 10))):
         with pytest.raises(ValueError):
-            mixing.probabilities(*bad, f0_table, points)
-    # the decoder refuses its caller's out-of-range rows, contexts and passes the same way
-    data = mixing.encode(bits, rows, contexts, passes, f0_table, points)
-    for r, c, k in ((rows - GRID_K - 1, contexts, 0), (rows + GRID_K + 1, contexts, 0),
-                    (rows, contexts - 1, 0), (rows, contexts + size, 0), (rows, contexts, 8),
-                    (rows, contexts, -1), (rows, contexts[:-1], 0)):
-        decoder = mixing.Decoder(data, f0_table, points)
+            mixing.probabilities(*bad, *coded)
+    # version 2's extras: one int32 per bit inside the node model's tables
+    bad_extras = [None, _extras(n - 1), _extras(n).astype(np.int64),
+                  np.full(n, -1, np.int32), np.full(n, nodecontext.NODE_CONTEXTS, np.int32),
+                  np.full(n, 8 << nodecontext.POP_SHIFT, np.int32)]
+    for bad in bad_extras if version == 2 else []:
         with pytest.raises(ValueError):
-            decoder.decode(r, c, k)
+            mixing.probabilities(bits, rows, contexts, passes, f0_table, points, bad, version)
+    # the decoder refuses its caller's out-of-range rows, contexts, passes and extras the same
+    # way
+    data = mixing.encode(bits, rows, contexts, passes, *coded)
+    for r, c, k, e in ((rows - GRID_K - 1, contexts, 0, extras),
+                       (rows + GRID_K + 1, contexts, 0, extras), (rows, contexts - 1, 0, extras),
+                       (rows, contexts + size, 0, extras), (rows, contexts, 8, extras),
+                       (rows, contexts, -1, extras), (rows, contexts[:-1], 0, extras),
+                       *((rows, contexts, 0, bad) for bad in
+                         (bad_extras if version == 2 else []))):
+        decoder = mixing.Decoder(data, f0_table, points, version=version)
+        with pytest.raises(ValueError):
+            decoder.decode(r, c, k, e)
+    with pytest.raises(ValueError):
+        mixing.Model(f0_table, points, version=3)
 
 
 # ------------------------------------------------------------ determinism and contexts
 
 
-def test_probabilities_are_deterministic_and_learn_the_contexts(f0_table):
+@pytest.mark.parametrize("version", mixing.VERSIONS)
+def test_probabilities_are_deterministic_and_learn_the_contexts(f0_table, version):
     """Bits that are a function of their context (its parity), at the grid's centre row:
     refine sees a fair coin, the count model learns each context."""
     points = 3000
@@ -410,56 +463,79 @@ def test_probabilities_are_deterministic_and_learn_the_contexts(f0_table):
     assert 0.3 < bits.mean() < 0.7  # both bits common: no single probability codes them
     rows = np.full(n, GRID_K)
     passes = np.repeat(np.arange(8), n // 8)
-    first = mixing.probabilities(bits, rows, contexts, passes, f0_table, points)
+    extras = _version_extras(version, n)
+    coded = (f0_table, points, extras, version)
+    first = mixing.probabilities(bits, rows, contexts, passes, *coded)
     assert first.dtype == np.uint16 and first.shape == (n,)
     assert first.min() >= 1
     np.testing.assert_array_equal(
-        mixing.probabilities(bits, rows, contexts, passes, f0_table, points), first)
+        mixing.probabilities(bits, rows, contexts, passes, *coded), first)
     # the probabilities depend on the contexts: the same bits under other contexts differ
     shuffled = rng.permutation(contexts)
-    assert np.any(mixing.probabilities(bits, rows, shuffled, passes, f0_table, points)
-                  != first)
+    assert np.any(mixing.probabilities(bits, rows, shuffled, passes, *coded) != first)
     # and the context's bit becomes likely: late in the stream P(bit) is high
     late = slice(n // 2, None)
     p_bit = np.where(bits[late] == 1, ONE - first[late].astype(np.int64), first[late])
     assert np.median(p_bit) > 0.9 * ONE
-    mixed = mixing.encode(bits, rows, contexts, passes, f0_table, points)
+    mixed = mixing.encode(bits, rows, contexts, passes, *coded)
     refined = refine.encode(bits, rows, f0_table)
     assert len(mixed) * 4 < len(refined), (len(mixed), len(refined))
-    assert mixing.encode(bits, rows, contexts, passes, f0_table, points) == mixed
-    decoder = mixing.Decoder(mixed, f0_table, points)
-    got = np.concatenate([decoder.decode(rows[i:i + n // 8], contexts[i:i + n // 8], i // (n // 8))
-                          for i in range(0, n, n // 8)])
+    assert mixing.encode(bits, rows, contexts, passes, *coded) == mixed
+    decoder = mixing.Decoder(mixed, f0_table, points, version=version)
+    step = n // 8
+    got = np.concatenate([decoder.decode(rows[i:i + step], contexts[i:i + step], i // step,
+                                         None if extras is None else extras[i:i + step])
+                          for i in range(0, n, step)])
     decoder.finish()
     np.testing.assert_array_equal(got, bits)
 
 
-def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points):
+def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points, extras=None,
+                        version=1):
     """The module docstring's mixer in plain Python integers: refine's buckets, two count
     models (the fine context: the low 32 bits, the coarse one: the rest), each with a fast and
     a slow probability moving 1/(n + 1.5) of the way to each bit (n capped at COUNT_LIMITS),
     and per-pass weights on (stretch(refined P(0)), stretch of fine fast, fine slow, coarse
-    fast, coarse slow P(0), one logit) learning from the error."""
+    fast, coarse slow P(0), one logit) learning from the error (1/2^16 of it). Version 2: a
+    third count model of the extra's node context, the stretched shipped-table P(0) of the
+    bit's row, weights learning at 1/2^17, and the coded P(0) the mean of the mixer's and an
+    APM's (one per pass and occupied count: 33 knots over logits -8..8, the two around the
+    mixer's logit interpolated, each moving 1/64 of the way to the bit times its weight)."""
+    v2 = version == 2
     limit = mixing.LOGIT_LIMIT
     squash, stretch = mixing.SQUASH.tolist(), mixing.STRETCH.tolist()
     buckets = [int(f0_table[j * refine.SPACING]) << refine.FRACTION
                for j in range(refine.BUCKETS)]
     probability, counts = {}, {}  # keyed by (model, context)
-    weights = [[ONE, 0, 0, 0, 0, 0] for _ in range(8)]
+    inputs_n = 9 if v2 else 6
+    weights = [[ONE] + [0] * (inputs_n - 1) for _ in range(8)]
+    apm = [[squash[(j - 16) * 128 + limit] for j in range(33)] for _ in range(64)]
+    extras = [0] * bits.size if extras is None else extras.tolist()
     out = []
-    for bit, g, ctx, k in zip(bits.tolist(), rows.tolist(), contexts.tolist(), passes.tolist(),
-                              strict=True):
+    for bit, g, ctx, k, e in zip(bits.tolist(), rows.tolist(), contexts.tolist(),
+                                 passes.tolist(), extras, strict=True):
         lo = min(g // refine.SPACING, refine.BUCKETS - 2)
         w = g - lo * refine.SPACING
         f0 = ((refine.SPACING - w) * buckets[lo] + w * buckets[lo + 1]) // refine.SPACING
         f0 = min(max(f0 >> refine.FRACTION, 1), ONE - 1)
         keys = [("fine", ctx & 0xFFFFFFFF), ("coarse", ctx >> 32)]
+        if v2:
+            keys.append(("node", e & ((1 << 24) - 1)))
         qs = [probability.get(key, [ONE // 2, ONE // 2]) for key in keys]
-        inputs = [stretch[f0], *(stretch[min(max(v, 1), ONE - 1)] for q in qs for v in q),
-                  mixing.LOGIT_ONE]
-        dot = sum(a * b for a, b in zip(weights[k], inputs, strict=True)) >> 16
-        p = min(max(squash[min(max(dot, -limit), limit) + limit], 1), ONE - 1)
-        out.append(p)
+        stretched = [stretch[min(max(v, 1), ONE - 1)] for q in qs for v in q]
+        inputs = [stretch[f0], *stretched[:4], mixing.LOGIT_ONE]
+        if v2:
+            inputs += [*stretched[4:], stretch[min(max(int(f0_table[g]), 1), ONE - 1)]]
+        logit = sum(a * b for a, b in zip(weights[k], inputs, strict=True)) >> 16
+        p = min(max(squash[min(max(logit, -limit), limit) + limit], 1), ONE - 1)
+        coded = p
+        if v2:
+            row = 8 * k + (e >> 24)
+            at = min(max(logit, -2047), 2047) + 2048
+            knot, aw = at // 128, at % 128
+            mapped = (apm[row][knot] * (128 - aw) + apm[row][knot + 1] * aw) // 128
+            coded = min(max((p + mapped) // 2, 1), ONE - 1)
+        out.append(coded)
         target = 0 if bit else ONE
         j = lo if 2 * w < refine.SPACING else lo + 1
         buckets[j] += ((target << refine.FRACTION) - buckets[j]) >> refine.RATE
@@ -468,22 +544,30 @@ def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points):
             probability[key] = [v + (((target - v) * ((2 << 16) // (2 * min(n, cap) + 3))) >> 16)
                                 for v, cap in zip(q, mixing.COUNT_LIMITS, strict=True)]
             counts[key] = min(n + 1, max(mixing.COUNT_LIMITS))
-        for i in range(6):
-            step = (inputs[i] * (target - p)) >> mixing.LEARNING_SHIFT
+        if v2:
+            apm[row][knot] += ((target - apm[row][knot]) * (128 - aw)) >> 13
+            apm[row][knot + 1] += ((target - apm[row][knot + 1]) * aw) >> 13
+        for i in range(inputs_n):
+            step = (inputs[i] * (target - p)) >> (17 if v2 else 16)
             weights[k][i] = min(max(weights[k][i] + step, -mixing.WEIGHT_LIMIT),
                                 mixing.WEIGHT_LIMIT)
     return np.array(out, np.int64)
 
 
-def test_probabilities_follow_the_documented_mixer(f0_table):
+@pytest.mark.parametrize("version", mixing.VERSIONS)
+def test_probabilities_follow_the_documented_mixer(f0_table, version):
     points = 700
     bits, rows, contexts, passes, _ = _chunked_coding(6, f0_table, points, sizes=(3, 50, 300))
     contexts = contexts % 64  # contexts recur: the count models move
     contexts |= (contexts % 5) << 32  # and a coarse half that groups them
     bits[contexts % 3 == 0] = 1  # and partly predicts the bits
-    got = mixing.probabilities(bits, rows, contexts, passes, f0_table, points)
+    extras = None
+    if version == 2:  # node contexts that recur and predict a little, every occupied count
+        extras = ((contexts % 7 + 1000 * (contexts % 3 == 0))
+                  | (contexts % 8) << nodecontext.POP_SHIFT).astype(np.int32)
+    got = mixing.probabilities(bits, rows, contexts, passes, f0_table, points, extras, version)
     np.testing.assert_array_equal(got, _reference_mixed_f0(bits, rows, contexts, passes,
-                                                           f0_table, points))
+                                                           f0_table, points, extras, version))
 
 
 # --------------------------------------------------------------------------- the codec
@@ -542,7 +626,7 @@ def test_mixing_never_costs_bytes(codec, clouds, name):
                        bitstream_format=3)
     assert len(container.pack(new)) <= len(container.pack(old))
     if inspect_fields(new)["level_coders"] == inspect_fields(old)["level_coders"]:
-        if new.payloads[0].name == MIXED_PAYLOAD:
+        if new.payloads[0].name == MIXED_NOW:
             assert len(new.payloads[0].data) < len(old.payloads[0].data)
         else:
             assert [(p.name, p.data) for p in new.payloads] == \
@@ -556,7 +640,7 @@ def test_mixing_never_costs_bytes(codec, clouds, name):
 def test_mixed_streams_decode_in_other_safeguard_modes(codec, camel, mode):
     expected = octree.voxelize(camel, 6).voxels
     msg = codec.encode(camel, mode, depth=6, coders="smallest")
-    assert msg.payloads[0].name == MIXED_PAYLOAD
+    assert msg.payloads[0].name == MIXED_NOW
     out = codec.decode(container.unpack(container.pack(msg)))
     assert out.bit_exact
     np.testing.assert_array_equal(out.voxels, expected)
@@ -592,7 +676,7 @@ def test_whatever_smallest_picks_decodes_losslessly(codec):
 def test_learned_alone_never_writes_the_mixed_payload(codec, clouds):
     for points, depth in clouds.values():
         msg = codec.encode(points, Mode.SYNDROME, depth=depth, coders="learned")
-        assert MIXED_PAYLOAD not in [p.name for p in msg.payloads]
+        assert not set(MIXED_VERSIONS) & {p.name for p in msg.payloads}
         assert container.unpack(container.pack(msg)).format_version <= 3
 
 
@@ -625,9 +709,9 @@ def test_auto_mixes_the_all_learned_stream_of_a_surface_for_a_clear_gain(codec, 
     default_streams, never, any_gain = streams
     for name, (points, depth) in clouds.items():
         unmixed = container.unpack(never[name])
-        assert MIXED_PAYLOAD not in [p.name for p in unmixed.payloads]
+        assert not set(MIXED_VERSIONS) & {p.name for p in unmixed.payloads}
         mixed = container.unpack(any_gain[name])
-        assert [p.name for p in mixed.payloads] == [MIXED_PAYLOAD], name
+        assert [p.name for p in mixed.payloads] == [MIXED_NOW], name
         assert inspect_fields(mixed)["level_coders"] == "L" * depth
         assert len(any_gain[name]) < len(never[name])
         out = codec.decode(mixed)
@@ -635,7 +719,8 @@ def test_auto_mixes_the_all_learned_stream_of_a_surface_for_a_clear_gain(codec, 
         np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
     gain = default[0]
     assert default_streams["box"] == any_gain["box"]
-    assert container.unpack(default_streams["box"]).format_version == 4
+    assert container.unpack(default_streams["box"]).format_version == \
+        container.PAYLOAD_VERSIONS[MIXED_NOW]
     assert len(default_streams["box"]) * gain <= (gain - 1) * len(never["box"])
     assert default_streams["camel"] == never["camel"]
     monkeypatch.setattr(codec_module, "MIX_GAIN", gain)
@@ -668,32 +753,42 @@ def test_auto_never_mixes_a_cloud_of_many_bits_a_point(codec, monkeypatch):
     assert walked
 
 
-def test_mixed_streams_cannot_be_lowered_or_relabelled(codec, camel):
-    msg = codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest")
-    assert msg.payloads[0].name == MIXED_PAYLOAD
-    for version in (2, 3):
+@pytest.mark.parametrize("bitstream_format", [4, 7])
+def test_mixed_streams_cannot_be_lowered_or_relabelled(codec, camel, bitstream_format):
+    """A mixed stream of either mixer version is written at the format that brought its
+    payload and refused below it; its bytes named as the other learned payloads (refined,
+    the other mixer) are not decoded as such, nor theirs named as it."""
+    msg = codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest",
+                       bitstream_format=bitstream_format)
+    name = MIXED_PAYLOADS[mixing_version(bitstream_format)]
+    assert msg.payloads[0].name == name
+    assert msg.format_version == container.PAYLOAD_VERSIONS[name] == bitstream_format
+    for version in range(2, bitstream_format):
         lowered = container.unpack(container.pack(msg))
         with pytest.raises(ValueError):
             container.at_version(lowered, version)
     kept = container.unpack(container.pack(msg))
-    container.at_version(kept, 4)
-    assert kept.format_version == 4
+    container.at_version(kept, bitstream_format)
+    assert kept.format_version == bitstream_format
     relabelled = container.unpack(container.pack(msg))
-    relabelled.format_version = 3
+    relabelled.format_version = bitstream_format - 1
     with pytest.raises(ContainerError):
         container.validate(relabelled)
     with pytest.raises(ContainerError):
         container.unpack(relabelled.SerializeToString(deterministic=True))
-    # the same bytes named as the refined payload (format 3) are not decoded as such
-    renamed = container.unpack(container.pack(msg))
-    renamed.payloads[0].name = REFINED_PAYLOAD
-    with pytest.raises((ContainerError, VerificationError)):
-        codec.decode(container.unpack(container.pack(renamed)))
+    # the same bytes named as another learned payload are not decoded as such
+    for other in (REFINED_PAYLOAD, *(set(MIXED_VERSIONS) - {name})):
+        renamed = container.unpack(container.pack(msg))
+        renamed.payloads[0].name = other
+        renamed.format_version = max(bitstream_format, container.PAYLOAD_VERSIONS.get(other, 3))
+        with pytest.raises((ContainerError, VerificationError)):
+            codec.decode(container.unpack(container.pack(renamed)))
     # nor a refined payload's bytes named as mixed
     refined = codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest",
                            bitstream_format=3)
     assert refined.payloads[0].name == REFINED_PAYLOAD
-    refined.payloads[0].name = MIXED_PAYLOAD
+    refined.payloads[0].name = name
+    refined.format_version = bitstream_format
     with pytest.raises((ContainerError, VerificationError)):
         codec.decode(container.unpack(container.pack(refined)))
 
@@ -701,7 +796,7 @@ def test_mixed_streams_cannot_be_lowered_or_relabelled(codec, camel):
 @pytest.mark.timeout(120)
 def test_bit_flips_in_the_mixed_payload_are_reported(codec, camel):
     msg = codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest")
-    assert msg.payloads[0].name == MIXED_PAYLOAD
+    assert msg.payloads[0].name == MIXED_NOW
     good = bytes(msg.payloads[0].data)
     rng = np.random.default_rng(9)
     positions = [0, 7, 8, len(good) - 1] + rng.integers(0, len(good), 12).tolist()
@@ -720,7 +815,7 @@ def test_bit_flips_in_the_mixed_payload_are_reported(codec, camel):
             codec.decode(container.unpack(container.pack(bad)))
 
 
-@pytest.mark.parametrize("version", [0, 1, 7, 99])
+@pytest.mark.parametrize("version", [0, 1, 8, 99])
 def test_unsupported_bitstream_formats_are_refused(codec, camel, version):
     with pytest.raises(InputError):
         codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest",
@@ -729,8 +824,8 @@ def test_unsupported_bitstream_formats_are_refused(codec, camel, version):
 
 def test_the_encoder_service_mixes_a_default_request_on_a_machined_surface():
     """The service path of "auto" mixing: a default EncodePointCloud request (no `smallest`)
-    of a box's flat faces gets the all-learned mixed stream (format 4) from an encoder that
-    writes format 6; the same request with max_format_version 3 gets none, and both decode
+    of a box's flat faces gets the all-learned mixed stream (format 7) from an encoder that
+    writes format 7; the same request with max_format_version 3 gets none, and both decode
     to the same voxels."""
     from reprocodec.v1 import service_pb2
     from server.backend import Codecs, encode_point_cloud
@@ -740,9 +835,9 @@ def test_the_encoder_service_mixes_a_default_request_on_a_machined_surface():
     for limit in (0, 3):  # 0: the encoder's newest
         request = service_pb2.EncodePointCloudRequest(depth=7, max_format_version=limit)
         streams[limit] = encode_point_cloud(Codecs(None), request, box, "cpu").bitstream
-    assert [p.name for p in streams[0].payloads] == [MIXED_PAYLOAD]
-    assert streams[0].format_version == 4
-    assert MIXED_PAYLOAD not in [p.name for p in streams[3].payloads]
+    assert [p.name for p in streams[0].payloads] == [MIXED_NOW]
+    assert streams[0].format_version == container.PAYLOAD_VERSIONS[MIXED_NOW]
+    assert not set(MIXED_VERSIONS) & {p.name for p in streams[3].payloads}
     assert streams[3].format_version <= 3
     assert streams[0].ByteSize() < streams[3].ByteSize()
     codec = PointCloudCodec.load(threads=1)

@@ -25,6 +25,7 @@ from reprocodec.pointcloud import (
     inspect_fields,
     mixing,
     neighbour,
+    nodecontext,
     octree,
 )
 from reprocodec.pointcloud import codec as codec_module
@@ -32,7 +33,7 @@ from reprocodec.pointcloud.adaptive import AdaptiveStreamError
 from reprocodec.pointcloud.codec import (
     ADAPTIVE_PAYLOAD,
     LEARNED_PAYLOADS,
-    MIXED_PAYLOAD,
+    MIXED_PAYLOADS,
     NEIGHBOUR_PAYLOAD,
     NEIGHBOUR_PAYLOADS,
     NEIGHBOUR_PRICE,
@@ -42,6 +43,7 @@ from reprocodec.pointcloud.codec import (
     _neighbour_saving,
     _time_cost,
     level_coders,
+    mixing_version,
     neighbour_version,
 )
 from reprocodec.pointcloud.ply import read_ply
@@ -51,6 +53,7 @@ from reprocodec.safeguard import Mode
 ONE = 1 << 16
 # the neighbour payload of the newest format (what the encoder writes by default)
 NEIGHBOUR_NOW = NEIGHBOUR_PAYLOADS[neighbour_version(container.FORMAT_VERSION)]
+MIXED_NOW = MIXED_PAYLOADS[mixing_version(container.FORMAT_VERSION)]
 UNIT = 1 << entropy.COST_FRACTION  # one bit in code-length units
 RINGS_DEPTH = 10
 
@@ -119,7 +122,7 @@ def _extras(model, bits, level):
     """A level's extras as the encoder makes them (version 2; None for version 1)."""
     if model.version == 1:
         return None
-    return neighbour.level_extras(neighbour.node_slots(bits[level - 1] if level else None),
+    return nodecontext.level_extras(nodecontext.node_slots(bits[level - 1] if level else None),
                                   bits[level])
 
 
@@ -147,12 +150,12 @@ def _decode_levels(decoder, codes, levels, points, bits):
     for level in levels:
         table = octree.neighbour_table(codes[level], level)
         got = np.zeros((codes[level].size, 8), dtype=bool)
-        slots = neighbour.node_slots(bits[level - 1] if level else None)
+        slots = nodecontext.node_slots(bits[level - 1] if level else None)
         seen = []
         for k in range(8):
             ctx = mixing.pass_contexts(table, got, k, points)
             seen.append(ctx)
-            extras = neighbour.pass_extras(slots, got, k)
+            extras = nodecontext.pass_extras(slots, got, k)
             got[:, k] = decoder.decode(ctx, k, extras) == 1
             if failed_at is None and getattr(decoder, "failed", False):
                 failed_at = (level, k)
@@ -268,7 +271,7 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
     if version == 1:  # version 1 reads no extras
         assert neighbour.Decoder(data, n, 1).decode(good, 0).shape == (8,)
         return
-    node, zero = neighbour.NODE_CONTEXTS, np.zeros(8, np.int32)
+    node, zero = nodecontext.NODE_CONTEXTS, np.zeros(8, np.int32)
     for extras in (None, zero[:3], good, zero - 1, zero + node, zero + (8 << 24)):
         with pytest.raises(ValueError):  # version 2: one int32 in range per bit
             neighbour.Decoder(data, n, 2).decode(good, 0, extras)
@@ -278,9 +281,9 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
     with pytest.raises(ValueError):
         neighbour.Model(n, 3)
     with pytest.raises(ValueError):  # a slot is a parent byte x 8 + a child index
-        neighbour.pass_extras(np.array([2048]), np.zeros((1, 8), bool), 0)
+        nodecontext.pass_extras(np.array([2048]), np.zeros((1, 8), bool), 0)
     with pytest.raises(ValueError):
-        neighbour.level_extras(np.array([0, 1]), np.zeros((1, 8), bool))
+        nodecontext.level_extras(np.array([0, 1]), np.zeros((1, 8), bool))
 
 
 # ---------------------------------------------------------------------- snapshot / restore
@@ -334,7 +337,7 @@ def test_version_2_snapshot_of_whole_tables_restores():
     rng = np.random.default_rng(5)
     size, coarse = 1 << mixing.context_bits(points), 1 << mixing.coarse_bits(points)
     contexts = rng.integers(0, size, 8 * m) | rng.integers(0, coarse, 8 * m) << 32
-    extras = (rng.integers(0, neighbour.NODE_CONTEXTS, 8 * m)
+    extras = (rng.integers(0, nodecontext.NODE_CONTEXTS, 8 * m)
               | rng.integers(0, 8, 8 * m) << 24).astype(np.int32)
     bits = rng.random((m, 8)) < 0.4
     model = neighbour.Model(points, 2)
@@ -362,12 +365,12 @@ def test_snapshot_restore_with_only_a_few_repeated_contexts(version):
     rng = np.random.default_rng(4)
     pool = np.array([0, size - 1, 17 | (coarse - 1) << 32], np.int64)
     contexts = pool[rng.integers(0, 3, 8 * m)]
-    extras = np.array([0, 5 | 3 << 24, neighbour.NODE_CONTEXTS - 1], np.int32)[
+    extras = np.array([0, 5 | 3 << 24, nodecontext.NODE_CONTEXTS - 1], np.int32)[
         rng.integers(0, 3, 8 * m)]
     bits = rng.random((m, 8)) < 0.3
     model = neighbour.Model(points, version)
     neighbour.walk_contexts(model, rng.integers(0, size, 8 * m), rng.random((m, 8)) < 0.5,
-                            rng.integers(0, neighbour.NODE_CONTEXTS, 8 * m, dtype=np.int32))
+                            rng.integers(0, nodecontext.NODE_CONTEXTS, 8 * m, dtype=np.int32))
     before = _arrays(model)
     saved = model.snapshot(contexts, extras)
     neighbour.walk_contexts(model, contexts, bits, extras)
@@ -466,7 +469,7 @@ def test_auto_gives_a_lidar_sweep_to_the_neighbour_coder(codec, ground_rings, ri
     msg = rings_streams["auto"]
     levels = level_coders(msg)
     assert levels.count("N") >= RINGS_DEPTH // 2, levels  # the fine levels, mostly
-    assert msg.format_version == container.FORMAT_VERSION == 6
+    assert msg.format_version == container.PAYLOAD_VERSIONS[NEIGHBOUR_NOW] == 6
     assert NEIGHBOUR_V2_PAYLOAD in [p.name for p in msg.payloads]
     assert inspect_fields(msg)["level_coders"] == levels
     out = codec.decode(msg)
@@ -665,7 +668,7 @@ def test_choices_that_mix_all_three_coders_decode_exactly(codec, ground_rings, m
     assert any(re.search("N.*L", levels) for levels in layouts), layouts
     # smallest's mixed learned levels around neighbour-coded ones (two count models side by
     # side in the decoder)
-    assert [MIXED_PAYLOAD, ADAPTIVE_PAYLOAD, NEIGHBOUR_NOW] in payloads, payloads
+    assert [MIXED_NOW, ADAPTIVE_PAYLOAD, NEIGHBOUR_NOW] in payloads, payloads
 
 
 # ------------------------------------------------------------------------ the format gate

@@ -109,4 +109,4 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
 # The learned levels' payload -> their probabilities (inspect, benchmarks); a stream without
 # one has no learned level ("none": adaptive or neighbour-coded levels only)
 LEARNED_PROBABILITIES = {"occupancy": "model", "occupancy_refined": "refined",
-                         "occupancy_mixed": "mixed"}
+                         "occupancy_mixed": "mixed", "occupancy_mixed_v2": "mixed"}

@@ -30,7 +30,8 @@ than the adaptive coder's alone plus the few bytes that say which levels it code
 Stream layout (container format 2 and later, additive): payload "occupancy" (the learned
 levels' rANS stream, shape [their coded bits], with the protected tensor "occupancy_logit";
 or the same bits under refined probabilities, "occupancy_refined", or from format 4 under
-mixed ones, "occupancy_mixed"),
+mixed ones, "occupancy_mixed", from format 7 "occupancy_mixed_v2" instead: the same under
+mixing.py's version 2 mixer),
 payload "occupancy_adaptive" (ceil(depth / 8) bytes of level flags, bit l set when level l is
 adaptive, then that coder's rANS stream; shape [its coded bits]; its symbols checksum covers
 the flags and the bits), from format 5 payload "occupancy_neighbour" (the same layout for the
@@ -65,7 +66,7 @@ from ..errors import (
 )
 from ..safeguard import ErrorBound, Mode
 from ..v1 import bitstream_pb2 as pb
-from . import adaptive, coder, mixing, neighbour, octree, refine
+from . import adaptive, coder, mixing, neighbour, nodecontext, octree, refine
 from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
@@ -81,6 +82,11 @@ REFINED_PAYLOAD = "occupancy_refined"
 # mixer per bit: half to one network row's time, 40-65 % more decode time on a dense
 # surface, for 1-9 % fewer bits, ~22 % on a LiDAR sweep), kept when smaller.
 MIXED_PAYLOAD = "occupancy_mixed"
+# ... from format 7 under mixing.py's version 2 mixer (a node model, the model's unrefined
+# probability, an APM), another name
+MIXED_V2_PAYLOAD = "occupancy_mixed_v2"
+MIXED_PAYLOADS = {1: MIXED_PAYLOAD, 2: MIXED_V2_PAYLOAD}  # by mixer version
+MIXED_VERSIONS = {name: version for version, name in MIXED_PAYLOADS.items()}
 # Mixing is tried only while the levels the model evaluated so far (in level order, coded
 # learned or not) hold at most this many bits a point: the encoder keeps up to ~23 bytes a
 # learned bit for it at its peak, by count (contexts twice, rows, passes, probabilities, bits;
@@ -107,7 +113,7 @@ MIX_GAIN = 32
 # learned bits (organic meshes: encode 1.04-1.24 times as long, against 1.37-1.70 with every
 # surface walked whole; bench/paired_trees.py --real data/pc/test)
 MIX_LEAD = 16
-LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD)
+LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD, MIXED_V2_PAYLOAD)
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
 # Levels coded by neighbour.py's count models of each child's neighbourhood (from format 5):
 # level flags as the adaptive payload's, then its binary rANS stream; from format 6 under its
@@ -121,6 +127,11 @@ NEIGHBOUR_VERSIONS = {name: version for version, name in NEIGHBOUR_PAYLOADS.item
 def neighbour_version(bitstream_format: int) -> int:
     """The neighbour coder's model in a stream of this format (5: version 1; 6 on: 2)."""
     return 2 if bitstream_format >= 6 else 1
+
+
+def mixing_version(bitstream_format: int) -> int:
+    """The mixer in a stream of this format (4-6: version 1; 7 on: 2)."""
+    return 2 if bitstream_format >= 7 else 1
 
 # "auto": the per-level choice with network rows priced (ROW_PRICE); "smallest": by bits alone
 # (smaller streams, slower to decode on sparse clouds); "learned" / "adaptive" / "neighbour":
@@ -322,11 +333,11 @@ class PointCloudCodec:
         # Before the model's levels, on this thread: beside them on a pool thread it saved a
         # few per cent but kept ~90 MB more at 1.3 M points (that thread's malloc arena).
         adaptive_bits, adaptive_f0, adaptive_cost = _adaptive_levels(bits)
-        version = neighbour_version(bitstream_format)
+        version, mix_version = neighbour_version(bitstream_format), mixing_version(bitstream_format)
         coded = self._learned_levels(codes, bits, adaptive_cost, mode, coders, price,
                                      n if mix_every or mix_all_learned else 0,
                                      n if neighbours else 0, version,
-                                     mix_lead=mix_all_learned)
+                                     mix_lead=mix_all_learned, mix_version=mix_version)
         learned = coded.learned
         del codes  # only the neighbour tables needed them
         all_adaptive = "A" * depth
@@ -368,7 +379,7 @@ class PointCloudCodec:
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
                                f0, NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0,
-                               mixed_only)
+                               mixed_only, mix_version)
             return candidate
 
         sizes: dict[str, int] = {}  # each candidate's bytes
@@ -400,7 +411,8 @@ class PointCloudCodec:
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
                         adaptive_cost: list[int], mode: Mode, coders: str,
                         price: tuple[int, int], mix_points: int = 0, neighbour_points: int = 0,
-                        version: int = 2, mix_lead: bool = False) -> _LevelCodings:
+                        version: int = 2, mix_lead: bool = False, mix_version: int = 2
+                        ) -> _LevelCodings:
         """The learned coding of each level the model may win and the neighbour coder's
         (_LevelCodings). Its own function so that the neighbour tables, the largest arrays of
         a level, are freed when it returns, before the candidate streams are built.
@@ -410,7 +422,8 @@ class PointCloudCodec:
         as its state must follow the levels it codes. mix_lead (with mix_points): the model
         runs on every level, unestimated, for the all-learned mixed candidate, until the last
         level, which it and mixing's contexts reach only if mixing leads on the levels before
-        (_mixing_leads: most of a surface's bits are on its last level)."""
+        (_mixing_leads, under mixer `mix_version`: most of a surface's bits are on its last
+        level)."""
         depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
         neighbour_f0: list[np.ndarray | None] = [None] * depth
@@ -437,7 +450,8 @@ class PointCloudCodec:
         for level in range(depth if coders != "adaptive" else 0):
             m = codes[level].size
             if mix_lead and level == depth - 1:
-                leads = self._mixing_leads(learned[:level], bits[:level], mix_points)
+                leads = self._mixing_leads(learned[:level], bits[:level], mix_points,
+                                           mix_version)
                 mix_lead, mix_points = leads, mix_points if leads else 0
                 if not leads:  # the contexts kept so far serve nothing now
                     for lv in learned[:level]:
@@ -469,8 +483,8 @@ class PointCloudCodec:
             tried = model is not None and (coders == "neighbour" or tried)
             probe = probe and model is not None  # (confident: coders is auto or smallest)
             if (tried or probe or every is not None) and version == 2:  # its node contexts
-                extras = neighbour.level_extras(
-                    neighbour.node_slots(bits[level - 1] if level else None), bits[level])
+                extras = nodecontext.level_extras(
+                    nodecontext.node_slots(bits[level - 1] if level else None), bits[level])
             if every is not None:
                 contexts = mixing.level_contexts(neighbours, bits[level], every.points,
                                                   self.threads)
@@ -549,14 +563,14 @@ class PointCloudCodec:
         return priced * under <= over * bar, estimate
 
     def _mixing_leads(self, learned: list[coder.LearnedLevel | None], bits: list[np.ndarray],
-                      points: int) -> bool:
+                      points: int, version: int) -> bool:
         """Whether mixed probabilities code these levels (all but the last: a quarter of a
         surface's bits) at least 1 / MIX_LEAD shorter than refined ones: the gain holds or
         grows until the last level, where it halves (cumulative code lengths, levels in
         order: a machined part's, the turbine's and the aerial tile's 9.9-19.8 % before the
         last level, 4.9-9.1 % with it; the organic meshes' and synthetic surfaces' 0.6-4.4,
         then 0.6-1.7). Ideal code lengths, exact integers. False unless every level is learned
-        with its contexts."""
+        with its contexts. `version`: the mixer's."""
         coded = [lv for lv in learned if lv is not None]
         contexts = [lv.contexts for lv in coded if lv.contexts is not None]
         if not learned or len(contexts) < len(learned):
@@ -569,15 +583,17 @@ class PointCloudCodec:
         passes = _bit_passes(bits)
         mixed = adaptive.code_length(occupancy, mixing.probabilities(
             occupancy, index + coder.GRID_K, np.concatenate(contexts), passes, f0_table,
-            points))
+            points, _node_extras(bits, range(len(bits)), version), version))
         return mixed * MIX_LEAD <= (MIX_LEAD - 1) * refined
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
-                      neighbour_f0, neighbour_name, mode, mix_points=0, mixed_only=False):
+                      neighbour_f0, neighbour_name, mode, mix_points=0, mixed_only=False,
+                      mix_version=2):
         """The payloads and protected record of one per-level choice (levels[l]: L learned,
         A adaptive, N neighbour coder, its payload neighbour_name); mix_points > 0: the mixed
         coding too, when smaller, or (mixed_only) instead of the others, for a caller that
-        has them already (every learned level must then have its contexts)."""
+        has them already (every learned level must then have its contexts), under mixer
+        mix_version (MIXED_PAYLOADS)."""
         depth = len(levels)
         chosen = [lv for lv in range(depth) if levels[lv] == "L"]
         if chosen:
@@ -607,9 +623,10 @@ class PointCloudCodec:
                 passes = _bit_passes(bits_coded)
                 mixed = mixing.encode(occupancy, coded.indices + coder.GRID_K,
                                       np.concatenate([lv.contexts for lv in levels_coded]),
-                                      passes, self.tables.cdfs[:, 1], mix_points)
+                                      passes, self.tables.cdfs[:, 1], mix_points,
+                                      _node_extras(bits, chosen, mix_version), mix_version)
                 if mixed_only or len(mixed) < len(data):
-                    name, data = MIXED_PAYLOAD, mixed
+                    name, data = MIXED_PAYLOADS[mix_version], mixed
             msg.payloads.append(container.make_payload(name, data, [total], occupancy))
             msg.protected.append(self.decision.record(coded.indices, coded.side_info, mode,
                                                       coded.risky_count, coded.candidate_count))
@@ -709,7 +726,8 @@ class PointCloudCodec:
             adaptive_levels=tuple(c == "A" for c in levels),
             adaptive_data=adaptive_data, adaptive_total=adaptive_total, max_nodes=n,
             refined=learned_name == REFINED_PAYLOAD, threads=self.threads,
-            mixed_points=n if learned_name == MIXED_PAYLOAD else 0,
+            mixed_points=n if learned_name in MIXED_VERSIONS else 0,
+            mixed_version=MIXED_VERSIONS.get(learned_name, 2),
             neighbour_levels=tuple(c == "N" for c in levels), neighbour_data=neighbour_data,
             neighbour_total=neighbour_total,
             neighbour_version=NEIGHBOUR_VERSIONS.get(neighbour_name, 2),
@@ -849,6 +867,16 @@ def _framed(levels: str, adaptive_cost: list[int], learned: list[coder.LearnedLe
     saving = sum(learned[lv].cost + _row_cost(rows[lv], price) - adaptive_cost[lv]
                  for lv in chosen)
     return levels.replace("A", "L") if saving < FRAMING_COST else levels
+
+
+def _node_extras(bits: list[np.ndarray], levels, version: int) -> np.ndarray | None:
+    """The mixer's extras of these levels' bits in coding order (version 2's node contexts,
+    nodecontext.py; version 1 reads none)."""
+    if version == 1:
+        return None
+    return np.concatenate([nodecontext.level_extras(
+        nodecontext.node_slots(bits[level - 1] if level else None), bits[level])
+        for level in levels])
 
 
 def _neighbour_saving(cost: int, adaptive_cost: int, learned: coder.LearnedLevel | None,

@@ -37,7 +37,7 @@ from ..decision import ProtectedDecision
 from ..errors import ContainerError, VerificationError
 from ..safeguard import DecisionQuantizer, ErrorBound, Mode, SafeguardError
 from ..safeguard.bitio import BitReader, BitWriter, decode_varint, encode_varint
-from . import adaptive, mixing, neighbour, octree, refine
+from . import adaptive, mixing, neighbour, nodecontext, octree, refine
 from .context import N_PASSES
 from .grid import GRID_K, LOGIT_STEP
 
@@ -232,11 +232,12 @@ def decompress(
     adaptive_data: bytes = b"", adaptive_total: int = 0, max_nodes: int | None = None,
     refined: bool = False, threads: int = 1, mixed_points: int = 0,
     neighbour_levels: tuple[bool, ...] | None = None, neighbour_data: bytes = b"",
-    neighbour_total: int = 0, neighbour_version: int = 2,
+    neighbour_total: int = 0, neighbour_version: int = 2, mixed_version: int = 2,
 ) -> Decompressed:
     """Leaf Morton codes, the clamped indices used and the decoded bits of each coder in
     coding order. The learned stream is static rANS, or with refined=True refine.py's
-    adapted probabilities, or with mixed_points > 0 (the cloud's voxels) mixing.py's. Levels
+    adapted probabilities, or with mixed_points > 0 (the cloud's voxels) mixing.py's (its mixer
+    `mixed_version`). Levels
     with adaptive_levels[l] set come from the adaptive stream (adaptive.py), those with
     neighbour_levels[l] set from the neighbour coder's (neighbour.py, its model
     `neighbour_version`, its tables sized by max_nodes, the header's point count), the others
@@ -271,7 +272,8 @@ def decompress(
     decoder: entropy.Decoder | refine.Decoder | None = None
     mixed: mixing.Decoder | None = None
     if total_bits and mixed_points:
-        mixed = mixing.Decoder(data, tables.cdfs[:, 1], mixed_points, lenient=not verify)
+        mixed = mixing.Decoder(data, tables.cdfs[:, 1], mixed_points, lenient=not verify,
+                               version=mixed_version)
     elif total_bits:  # refined: the learned bits under refine.py's adapted probabilities
         decoder = (refine.Decoder(data, tables.cdfs[:, 1], lenient=not verify) if refined
                    else entropy.Decoder(data, tables, lenient=not verify))
@@ -321,12 +323,12 @@ def decompress(
                 raise fail(f"more nodes than the neighbour stream codes at octree level {level}")
             neighbours = level_tables.table_of(codes, level, parent_bits)
             shapes = mixing.neighbour_shapes(neighbours)  # the same for the eight passes
-            slots = neighbour.node_slots(above) if neighbour_version == 2 else None
+            slots = nodecontext.node_slots(above) if neighbour_version == 2 else None
             bits = np.zeros((m, N_PASSES), dtype=bool)
             for k in range(N_PASSES):
                 contexts = mixing.pass_contexts(neighbours, bits, k, max_nodes, shapes=shapes,
                                                 threads=threads)
-                extras = None if slots is None else neighbour.pass_extras(slots, bits, k)
+                extras = None if slots is None else nodecontext.pass_extras(slots, bits, k)
                 try:
                     bits[:, k] = neighbour_decoder.decode(contexts, k, extras) == 1
                 except ContainerError as exc:
@@ -346,6 +348,8 @@ def decompress(
         # integers as octree.neighbour_table, without its binary searches).
         neighbours = level_tables.table_of(codes, level, parent_bits)
         shapes = mixing.neighbour_shapes(neighbours) if mixed is not None else None
+        slots = nodecontext.node_slots(above) if mixed is not None and mixed_version == 2 \
+            else None
         bits = np.zeros((m, N_PASSES), dtype=bool)
         for k in range(N_PASSES):
             logits = predict(neighbours, bits, k, level, depth)
@@ -355,7 +359,8 @@ def decompress(
                 if mixed is not None:
                     contexts = mixing.pass_contexts(neighbours, bits, k, mixed_points,
                                                     shapes=shapes, threads=threads)
-                    bits[:, k] = mixed.decode(index + GRID_K, contexts, k) == 1
+                    extras = None if slots is None else nodecontext.pass_extras(slots, bits, k)
+                    bits[:, k] = mixed.decode(index + GRID_K, contexts, k, extras) == 1
                 else:
                     bits[:, k] = decoder.decode(index + GRID_K) == 1
             except ContainerError as exc:

@@ -32,10 +32,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import entropy
-from . import adaptive, mixing
+from . import adaptive, mixing, nodecontext
 from .context import N_PASSES
-from .mixing import _FINE_MASK, _ONE, _count, _count_inputs, _squash
-from .vectorops import PREFETCH_AHEAD, prefetch
+from .mixing import _FINE_MASK, _ONE, _count, _count_inputs, _squash, apm_learn, apm_map
+from .nodecontext import NODE_MASK, POP_SHIFT
 
 try:
     import numba
@@ -51,19 +51,7 @@ _START_WEIGHT = 1 << 15  # each slow P(0) at 1/2: the first bits follow the two 
 # Version 2's mixer weights: one set per pass and count of the node's occupied children so far
 # (version 1: one per pass, set 8 k)
 WEIGHT_SETS = 8 * 8
-# The node model's contexts: slot (parent byte x 8 + place in it, < 2^11) x 256 + the children
-# decoded so far as (2^k - 1) + their bits (child 0 first, < 255): a direct index, no hash
-NODE_CONTEXTS = 1 << 19
-_POP_SHIFT = 24  # an extra: node context | occupied children so far << 24
-_NODE_MASK = (1 << _POP_SHIFT) - 1
-# The APM: per pass, P(0) at 33 knots of the mixer's logit over [-8, 8] (steps of 128 units:
-# half a logit), interpolated between the two knots around it, each moving 1/64 of the way to
-# each bit in proportion to its interpolation weight; the coded P(0) is 1/4 the mixer's and
-# 3/4 the map's
-APM_KNOTS = 33
-_APM_STEP_SHIFT = 7
-_APM_REACH = (APM_KNOTS - 1) << (_APM_STEP_SHIFT - 1)  # 2048: |logit| clipped below it
-_APM_RATE_SHIFT = 13  # with the interpolation weight (up to 128): 1/64
+# The APM (mixing.apm_map): one per pass; the coded P(0) is 1/4 the mixer's and 3/4 the map's
 
 
 def _jit(fn):
@@ -80,14 +68,12 @@ class Model:
             raise ValueError(f"neighbour coder version {version} is not one of {VERSIONS}")
         (self.counts, self.probability, self.coarse_counts,
          self.coarse_probability) = mixing.count_tables(points)
-        nodes = NODE_CONTEXTS if version == 2 else 1  # version 1 never reads them
+        nodes = nodecontext.NODE_CONTEXTS if version == 2 else 1  # version 1 never reads them
         self.node_counts = np.zeros(nodes, dtype=np.uint8)
         self.node_probability = np.zeros((nodes, 2), dtype=np.int32)
         self.weights = np.zeros((WEIGHT_SETS, INPUTS), dtype=np.int64)
         self.weights[:, 1] = self.weights[:, 3] = _START_WEIGHT
-        squash = mixing.SQUASH[np.arange(-_APM_REACH, _APM_REACH + 1, 1 << _APM_STEP_SHIFT)
-                               + mixing.LOGIT_LIMIT]
-        self.apm = np.tile(squash.astype(np.int64), (N_PASSES, 1))  # the identity map at first
+        self.apm = mixing.apm_identity(N_PASSES)
         self.points, self.version = points, version
         self._backup: tuple[np.ndarray, ...] | None = None  # snapshot's copies of the tables
 
@@ -149,7 +135,7 @@ def _gather_kernel(contexts, extras, counts, probability, coarse_counts, coarse_
         saved_probability[i, 2] = coarse_probability[coarse, 0]
         saved_probability[i, 3] = coarse_probability[coarse, 1]
         if extended:
-            node = extras[i] & _NODE_MASK
+            node = extras[i] & NODE_MASK
             saved_counts[i, 2] = node_counts[node]
             saved_probability[i, 4] = node_probability[node, 0]
             saved_probability[i, 5] = node_probability[node, 1]
@@ -170,7 +156,7 @@ def _scatter_kernel(contexts, extras, counts, probability, coarse_counts, coarse
         coarse_probability[coarse, 0] = saved_probability[i, 2]
         coarse_probability[coarse, 1] = saved_probability[i, 3]
         if extended:
-            node = extras[i] & _NODE_MASK
+            node = extras[i] & NODE_MASK
             node_counts[node] = saved_counts[i, 2]
             node_probability[node, 0] = saved_probability[i, 4]
             node_probability[node, 1] = saved_probability[i, 5]
@@ -188,8 +174,8 @@ def _mixed(probability, coarse_probability, node_probability, weights, apm, exte
     _count_inputs(coarse_probability, ctx >> 32, inputs, 2)
     ws = 8 * k
     if extended:
-        _count_inputs(node_probability, extra & _NODE_MASK, inputs, 4)
-        ws += extra >> _POP_SHIFT
+        _count_inputs(node_probability, extra & NODE_MASK, inputs, 4)
+        ws += extra >> POP_SHIFT
     else:
         inputs[4] = 0
         inputs[5] = 0
@@ -201,10 +187,7 @@ def _mixed(probability, coarse_probability, node_probability, weights, apm, exte
     p = min(max(_squash(logit), np.int64(1)), np.int64(_ONE - 1))
     if not extended:
         return p, p, ws, np.int64(0), np.int64(0)
-    at = min(max(logit, -_APM_REACH + 1), _APM_REACH - 1) + _APM_REACH
-    knot, weight = at >> _APM_STEP_SHIFT, at & ((1 << _APM_STEP_SHIFT) - 1)
-    mapped = (apm[k, knot] * ((1 << _APM_STEP_SHIFT) - weight)
-              + apm[k, knot + 1] * weight) >> _APM_STEP_SHIFT
+    mapped, knot, weight = apm_map(apm, k, logit)
     coded = min(max((p + 3 * mapped) >> 2, np.int64(1)), np.int64(_ONE - 1))
     return coded, p, ws, knot, weight
 
@@ -219,10 +202,8 @@ def _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
     _count(counts, probability, ctx & _FINE_MASK, target)
     _count(coarse_counts, coarse_probability, ctx >> 32, target)
     if extended:
-        _count(node_counts, node_probability, extra & _NODE_MASK, target)
-        step = 1 << _APM_STEP_SHIFT
-        apm[k, knot] += ((target - apm[k, knot]) * (step - weight)) >> _APM_RATE_SHIFT
-        apm[k, knot + 1] += ((target - apm[k, knot + 1]) * weight) >> _APM_RATE_SHIFT
+        _count(node_counts, node_probability, extra & NODE_MASK, target)
+        apm_learn(apm, k, knot, weight, target)
     error = target - p
     for j in range(INPUTS):
         w = weights[ws, j] + ((inputs[j] * error) >> mixing.LEARNING_SHIFT)
@@ -235,10 +216,8 @@ def _prefetch_ahead(contexts, extras, i, extended, counts, probability, coarse_c
     """Hint the cache at the entries of the bit PREFETCH_AHEAD after bit i (vectorops.prefetch:
     no value changes; the node model's too in version 2)."""
     mixing._prefetch_ahead(contexts, i, counts, probability, coarse_counts, coarse_probability)
-    if extended and i + PREFETCH_AHEAD < contexts.size:
-        node = np.int64(extras[i + PREFETCH_AHEAD]) & _NODE_MASK
-        prefetch(node_counts, node)
-        prefetch(node_probability, node)
+    if extended:
+        mixing.prefetch_node(extras, i, node_counts, node_probability)
 
 
 def _version_kernels(extended: bool) -> tuple:
@@ -310,72 +289,6 @@ def _version_kernels(extended: bool) -> tuple:
 _KERNELS = {1: _version_kernels(False), 2: _version_kernels(True)}  # (walk, decode) by version
 
 
-# ------------------------------------------------------------------ version 2's node contexts
-
-def node_slots(parent_bits: np.ndarray | None) -> np.ndarray:
-    """(M,) int64 slot of each node of a level: its parent's occupancy byte (child 0 the most
-    significant bit) x 8 + its own child index, the nodes in the octree's order (each occupied
-    child of each parent in turn); parent_bits: the level above's (M', 8) bits, None at the
-    root (one node, slot 0)."""
-    if parent_bits is None:
-        return np.zeros(1, dtype=np.int64)
-    parent_byte, position = adaptive.child_places(adaptive.occupancy_bytes(parent_bits))
-    return parent_byte.astype(np.int64) * 8 + position
-
-
-@entropy.jit_inline
-def _extra_of(slot, partial, occupied, k):  # pragma: no cover - compiled
-    """The extra of child k of a node: node context | occupied << 24 (_NODE_MASK; < 2^27)."""
-    return np.int32((slot << 8) + (np.int64(1) << k) - 1 + partial + (occupied << _POP_SHIFT))
-
-
-@_jit
-def _level_extras_kernel(slots, bits, out):  # pragma: no cover - compiled
-    m = slots.size
-    for j in range(m):
-        partial, occupied = np.int64(0), np.int64(0)
-        for k in range(N_PASSES):
-            out[k * m + j] = _extra_of(slots[j], partial, occupied, k)
-            partial = 2 * partial + bits[j, k]
-            occupied += bits[j, k]
-
-
-@_jit
-def _pass_extras_kernel(slots, bits, k, out):  # pragma: no cover - compiled
-    for j in range(slots.size):
-        partial, occupied = np.int64(0), np.int64(0)
-        for c in range(k):
-            partial = 2 * partial + bits[j, c]
-            occupied += bits[j, c]
-        out[j] = _extra_of(slots[j], partial, occupied, k)
-
-
-def _checked_slots(slots: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = np.ascontiguousarray(slots, dtype=np.int64)
-    b = np.ascontiguousarray(np.asarray(bits, dtype=bool), dtype=np.uint8)  # 0 or 1
-    if b.shape != (s.size, N_PASSES) or (s.size and (s.min() < 0 or s.max() >= 2048)):
-        raise ValueError("one slot below 2048 and 8 bits per node")
-    return s, b
-
-
-def level_extras(slots: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """(8 M,) int32 extras of a level's bits, pass-major (the encoder: all bits known)."""
-    s, b = _checked_slots(slots, bits)
-    out = np.empty(N_PASSES * s.size, dtype=np.int32)
-    _level_extras_kernel(s, b, out)
-    return out
-
-
-def pass_extras(slots: np.ndarray, bits: np.ndarray, k: int) -> np.ndarray:
-    """(M,) int32 extras of child k of every node (the decoder: children < k decoded)."""
-    s, b = _checked_slots(slots, bits)
-    if not 0 <= k < N_PASSES:
-        raise ValueError(f"pass {k} outside 0..7")
-    out = np.empty(s.size, dtype=np.int32)
-    _pass_extras_kernel(s, b, np.int64(k), out)
-    return out
-
-
 def walk_contexts(model: Model, contexts: np.ndarray, bits: np.ndarray,
                   extras: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Code one level (encoder), given its contexts (mixing.level_contexts) and, version 2,
@@ -397,18 +310,10 @@ def walk_contexts(model: Model, contexts: np.ndarray, bits: np.ndarray,
 
 
 def _checked_extras(model: Model, extras: np.ndarray | None, size: int) -> np.ndarray:
-    """Extras as the kernels read them unchecked: version 2 needs one per bit, each a node
-    context below NODE_CONTEXTS and at most 7 occupied children (ours: level_extras and
-    pass_extras make no other); version 1 reads none."""
+    """Extras as the kernels read them (nodecontext.checked_extras); version 1 reads none."""
     if model.version == 1:
         return np.zeros(0, dtype=np.int32)
-    if extras is None or extras.shape != (size,) or extras.dtype != np.int32:
-        raise ValueError("version 2 needs one int32 extra per bit")
-    e = np.ascontiguousarray(extras)
-    if e.size and (e.min() < 0 or (e & _NODE_MASK).max() >= NODE_CONTEXTS
-                   or (e >> _POP_SHIFT).max() >= N_PASSES):
-        raise ValueError("an extra outside the node model's tables")
-    return e
+    return nodecontext.checked_extras(extras, size)
 
 
 class Decoder(adaptive.LenientDecoder):

@@ -1,0 +1,113 @@
+"""The node context of a child bit: its parent's occupancy byte, its place in it and its
+node's children decoded so far (the adaptive coder's context), with how many of those are
+occupied. The neighbour coder's version 2 model and mixing.py's version 2 mixer each keep a
+count model of it (a direct index, no hash) and choose by the occupied count too.
+
+Each bit's context and count travel packed in one int32, its "extra":
+
+    node context = slot (parent byte x 8 + place in it, < 2^11) x 256
+                   + the children decoded so far as (2^k - 1) + their bits (child 0 first)
+    extra        = node context | occupied children so far << POP_SHIFT
+
+The encoder makes a level's extras from its known bits (level_extras), the decoder pass by
+pass from the bits it decoded (pass_extras): the same integers, from the decoder's own
+tables, never from stream bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import entropy
+from . import adaptive
+from .context import N_PASSES
+
+try:
+    import numba
+except ImportError:  # the light client install
+    numba = None  # type: ignore[assignment]
+
+NODE_CONTEXTS = 1 << 19  # slot < 2^11, times 256
+POP_SHIFT = 24  # an extra: node context | occupied children so far << 24
+NODE_MASK = (1 << POP_SHIFT) - 1
+
+
+def _jit(fn):
+    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
+
+
+def node_slots(parent_bits: np.ndarray | None) -> np.ndarray:
+    """(M,) int64 slot of each node of a level: its parent's occupancy byte (child 0 the most
+    significant bit) x 8 + its own child index, the nodes in the octree's order (each occupied
+    child of each parent in turn); parent_bits: the level above's (M', 8) bits, None at the
+    root (one node, slot 0)."""
+    if parent_bits is None:
+        return np.zeros(1, dtype=np.int64)
+    parent_byte, position = adaptive.child_places(adaptive.occupancy_bytes(parent_bits))
+    return parent_byte.astype(np.int64) * 8 + position
+
+
+@entropy.jit_inline
+def _extra_of(slot, partial, occupied, k):  # pragma: no cover - compiled
+    """The extra of child k of a node: node context | occupied << 24 (NODE_MASK; < 2^27)."""
+    return np.int32((slot << 8) + (np.int64(1) << k) - 1 + partial + (occupied << POP_SHIFT))
+
+
+@_jit
+def _level_extras_kernel(slots, bits, out):  # pragma: no cover - compiled
+    m = slots.size
+    for j in range(m):
+        partial, occupied = np.int64(0), np.int64(0)
+        for k in range(N_PASSES):
+            out[k * m + j] = _extra_of(slots[j], partial, occupied, k)
+            partial = 2 * partial + bits[j, k]
+            occupied += bits[j, k]
+
+
+@_jit
+def _pass_extras_kernel(slots, bits, k, out):  # pragma: no cover - compiled
+    for j in range(slots.size):
+        partial, occupied = np.int64(0), np.int64(0)
+        for c in range(k):
+            partial = 2 * partial + bits[j, c]
+            occupied += bits[j, c]
+        out[j] = _extra_of(slots[j], partial, occupied, k)
+
+
+def _checked_slots(slots: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.ascontiguousarray(slots, dtype=np.int64)
+    b = np.ascontiguousarray(np.asarray(bits, dtype=bool), dtype=np.uint8)  # 0 or 1
+    if b.shape != (s.size, N_PASSES) or (s.size and (s.min() < 0 or s.max() >= 2048)):
+        raise ValueError("one slot below 2048 and 8 bits per node")
+    return s, b
+
+
+def level_extras(slots: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """(8 M,) int32 extras of a level's bits, pass-major (the encoder: all bits known)."""
+    s, b = _checked_slots(slots, bits)
+    out = np.empty(N_PASSES * s.size, dtype=np.int32)
+    _level_extras_kernel(s, b, out)
+    return out
+
+
+def pass_extras(slots: np.ndarray, bits: np.ndarray, k: int) -> np.ndarray:
+    """(M,) int32 extras of child k of every node (the decoder: children < k decoded)."""
+    s, b = _checked_slots(slots, bits)
+    if not 0 <= k < N_PASSES:
+        raise ValueError(f"pass {k} outside 0..7")
+    out = np.empty(s.size, dtype=np.int32)
+    _pass_extras_kernel(s, b, np.int64(k), out)
+    return out
+
+
+def checked_extras(extras: np.ndarray | None, size: int) -> np.ndarray:
+    """Extras as the kernels read them unchecked: one int32 per bit, each a node context
+    below NODE_CONTEXTS and at most 7 occupied children (level_extras and pass_extras make no
+    other); ValueError otherwise."""
+    if extras is None or extras.shape != (size,) or extras.dtype != np.int32:
+        raise ValueError("the node model needs one int32 extra per bit")
+    e = np.ascontiguousarray(extras)
+    if e.size and (e.min() < 0 or (e & NODE_MASK).max() >= NODE_CONTEXTS
+                   or (e >> POP_SHIFT).max() >= N_PASSES):
+        raise ValueError("an extra outside the node model's tables")
+    return e
