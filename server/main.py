@@ -114,8 +114,9 @@ def build_parser(service: str) -> argparse.ArgumentParser:
     p.add_argument("--bitstream-format", type=int, choices=sorted(container.SUPPORTED_VERSIONS),
                    default=container.FORMAT_VERSION,
                    help="encoder: the newest bitstream format it writes (default "
-                        f"{container.FORMAT_VERSION}); 5 while decoders of reprocodec 0.5.0 "
-                        "remain (the neighbour coder's first model), 4 while 0.4.0 ones do "
+                        f"{container.FORMAT_VERSION}); 6 while decoders of reprocodec 0.6 "
+                        "remain (the point-cloud mixer's first version), 5 while 0.5.0 ones do "
+                        "(the neighbour coder's first model), 4 while 0.4.0 ones do "
                         "(no neighbour-coded point-cloud levels), 3 while 0.3.0 ones do "
                         "(no mixed probabilities either), 2 while 0.2.0 "
                         "ones do (also integer voxel clouds' placement written out)")

@@ -123,7 +123,7 @@ def test_pack_is_deterministic():
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda m: setattr(m, "format_version", 7), "version 7 is not supported"),
+        (lambda m: setattr(m, "format_version", 8), "version 8 is not supported"),
         (lambda m: setattr(m, "format_version", 1), "re-encode"),
         (lambda m: m.payloads[0].__setattr__("data", b"x" + m.payloads[0].data[1:]), "CRC-32"),
         (lambda m: setattr(m.protected[0], "side_info", m.protected[0].side_info[:-1]), "CRC-32"),
