@@ -48,7 +48,8 @@ Release 0.4.0 adds a `--smallest` stream per sample and depth (mixed probabiliti
 two encoders.
 Release 0.5.0 adds a stream per sample and depth whose every level is neighbour-coded (format
 5, no network: integers only); release 0.6.0 the same at format 6 (the neighbour coder's
-version 2 model) beside it.
+version 2 model) beside it. Release 0.7.0 writes the `--smallest` stream at formats 6 and 7
+(the mixer's versions 1 and 2).
 """
 
 from __future__ import annotations
@@ -270,11 +271,14 @@ def code_jobs(images: list[Path], depths: list[int], levels: list[str]) -> list[
                                  "kind": "point_cloud", "model": info.name,
                                  "input": str(f), "depth": depth, "mode": mode,
                                  "class": f"point cloud {mode}"})
-                # --smallest: the mixed payload (format 4) where it is smaller
-                jobs.append({"id": f"{info.name}__{f.stem}@{depth}__syndrome-smallest",
-                             "kind": "point_cloud", "model": info.name, "input": str(f),
-                             "depth": depth, "mode": "syndrome", "coders": "smallest",
-                             "class": "point cloud syndrome smallest"})
+                # --smallest: the mixed payload where it is smaller, under each mixer
+                # version: format 6's (version 1, as format 4 brought it) and format 7's
+                for fmt in (6, 7):
+                    jobs.append({"id": f"{info.name}__{f.stem}@{depth}__syndrome-smallest{fmt}",
+                                 "kind": "point_cloud", "model": info.name, "input": str(f),
+                                 "depth": depth, "mode": "syndrome", "coders": "smallest",
+                                 "format": fmt,
+                                 "class": f"point cloud syndrome smallest format {fmt}"})
                 # every level neighbour-coded (auto gives it the levels it wins), under each
                 # model version: format 5's and format 6's
                 for fmt in (5, 6):

@@ -470,20 +470,14 @@ def _prefetch_ahead(contexts, i, counts, probability, coarse_counts,
         prefetch(coarse_probability, ctx >> 32)
 
 
-@entropy.jit_inline
-def prefetch_node(extras, i, node_counts, node_probability):  # pragma: no cover - compiled
-    """The same for the node model's entries (version 2's)."""
-    if i + PREFETCH_AHEAD < extras.size:
-        node = np.int64(extras[i + PREFETCH_AHEAD]) & NODE_MASK
-        prefetch(node_counts, node)
-        prefetch(node_probability, node)
-
-
 def _version_kernels(extended: bool) -> tuple:
     """The encoder's walk and the decoder's kernel of one mixer version (extended: version
     2), `extended` a constant of their compiled code (a closure's bool, which numba's cache
     keys on): version 1's do no version 2 work at all, and their integers are 0.4.0's. Both
-    share the per-bit steps, _mixed and _learn, inlined."""
+    share the per-bit steps, _mixed and _learn, inlined. The node model's entries are not
+    prefetched: its contexts repeat within a level (a parent byte, a place, the children so
+    far), and the hints cost more than the misses they hide (the turbine's walk, one thread:
+    113-133 ns a bit with them, 83-95 without; version 1's 57-63; a /tmp scratch kernel)."""
 
     @_jit
     def walk_kernel(rows, contexts, extras, passes, bits, buckets, counts, probability,
@@ -495,8 +489,6 @@ def _version_kernels(extended: bool) -> tuple:
         for i in range(rows.size):
             _prefetch_ahead(contexts, i, counts, probability, coarse_counts,
                             coarse_probability)
-            if extended:
-                prefetch_node(extras, i, node_counts, node_probability)
             k = np.int64(passes[i])
             ctx = np.int64(contexts[i])
             extra = np.int64(extras[i]) if extended else np.int64(0)
@@ -521,8 +513,6 @@ def _version_kernels(extended: bool) -> tuple:
         for i in range(rows.size):
             _prefetch_ahead(contexts, i, counts, probability, coarse_counts,
                             coarse_probability)
-            if extended:
-                prefetch_node(extras, i, node_counts, node_probability)
             ctx = np.int64(contexts[i])
             extra = np.int64(extras[i]) if extended else np.int64(0)
             coded, p, nearer, row, knot, weight = _mixed(

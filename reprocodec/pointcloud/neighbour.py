@@ -210,21 +210,14 @@ def _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
         weights[ws, j] = min(max(w, -mixing.WEIGHT_LIMIT), mixing.WEIGHT_LIMIT)
 
 
-@entropy.jit_inline
-def _prefetch_ahead(contexts, extras, i, extended, counts, probability, coarse_counts,
-                    coarse_probability, node_counts, node_probability):  # pragma: no cover
-    """Hint the cache at the entries of the bit PREFETCH_AHEAD after bit i (vectorops.prefetch:
-    no value changes; the node model's too in version 2)."""
-    mixing._prefetch_ahead(contexts, i, counts, probability, coarse_counts, coarse_probability)
-    if extended:
-        mixing.prefetch_node(extras, i, node_counts, node_probability)
-
-
 def _version_kernels(extended: bool) -> tuple:
     """The encoder's walk and the decoder's kernel of one model version (extended: version 2),
     `extended` a constant of their compiled code (a closure's bool, which numba's cache keys
     on): version 1's do no version 2 work at all. Both share the per-bit steps, _mixed and
-    _learn, inlined."""
+    _learn, inlined. The node model's entries are not prefetched (until 0.7.0 they were):
+    its contexts repeat within a level, and the hints cost more than the misses they hide
+    (the LiDAR sweep, one thread, in one process against 0.6.3: encode 0.78-0.80, decode
+    0.75 of the time; bench/paired_trees.py --in-process)."""
 
     @_jit
     def walk_kernel(contexts, extras, nodes, bits, counts, probability, coarse_counts,
@@ -236,8 +229,8 @@ def _version_kernels(extended: bool) -> tuple:
         inputs = np.zeros(INPUTS, np.int64)
         total = np.int64(0)
         for i in range(contexts.size):
-            _prefetch_ahead(contexts, extras, i, extended, counts, probability, coarse_counts,
-                            coarse_probability, node_counts, node_probability)
+            mixing._prefetch_ahead(contexts, i, counts, probability, coarse_counts,
+                                   coarse_probability)
             k = np.int64(i // nodes)
             ctx = np.int64(contexts[i])
             extra = np.int64(extras[i]) if extended else np.int64(0)
@@ -263,8 +256,8 @@ def _version_kernels(extended: bool) -> tuple:
         pos = np.int64(state[1])
         inputs = np.zeros(INPUTS, np.int64)
         for i in range(contexts.size):
-            _prefetch_ahead(contexts, extras, i, extended, counts, probability, coarse_counts,
-                            coarse_probability, node_counts, node_probability)
+            mixing._prefetch_ahead(contexts, i, counts, probability, coarse_counts,
+                                   coarse_probability)
             ctx = np.int64(contexts[i])
             extra = np.int64(extras[i]) if extended else np.int64(0)
             coded, p, ws, knot, weight = _mixed(probability, coarse_probability,
