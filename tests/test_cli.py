@@ -183,8 +183,9 @@ def test_evaluate_writes_rate_quality_timing_and_protection(tmp_path):
 def test_local_encode_writes_the_requested_bitstream_format(tmp_path):
     """--bitstream-format 2 writes an integer voxel cloud as a 0.2.0 decoder reads it (the
     identity placement written out); without the flag (an auto encode: format 3) it is omitted.
-    Both decode to the same cloud. With --smallest the default mixes with the mixer's version 2
-    (format 7), --bitstream-format 4 with version 1, and --bitstream-format 3 does not mix."""
+    Both decode to the same cloud. With --smallest (the elephant sample) the default mixes with
+    the mixer's version 2 (format 7), --bitstream-format 4 with version 1, and
+    --bitstream-format 3 does not mix; all three decode to the same cloud."""
     from reprocodec import container
 
     camel = str(SAMPLES / "camel_d6.ply")
@@ -199,14 +200,17 @@ def test_local_encode_writes_the_requested_bitstream_format(tmp_path):
         assert cli.main(["decode", str(out), "-o", str(tmp_path / f"{fmt}.ply"), "--local"]) == 0
     assert sizes["2"] - sizes["3"] == 35
     assert (tmp_path / "2.ply").read_bytes() == (tmp_path / "3.ply").read_bytes()
+    # --smallest on the elephant sample at depth 7, where the mixer's version 2 wins
+    elephant = str(SAMPLES / "elephant_d7.ply")
     mixed_payloads = {"7": "occupancy_mixed_v2", "4": "occupancy_mixed", "3": None}
     for fmt, mixed_payload in mixed_payloads.items():
         out = tmp_path / f"smallest{fmt}.rpc"
-        argv = ["encode", camel, "-o", str(out), "--local", "--depth", "6", "--smallest"]
+        argv = ["encode", elephant, "-o", str(out), "--local", "--depth", "7", "--smallest"]
         assert cli.main(argv + (["--bitstream-format", fmt] if fmt != "7" else [])) == 0
         msg = container.unpack(out.read_bytes())
         assert msg.format_version == int(fmt)
         assert {p.name for p in msg.payloads} & set(mixed_payloads.values()) == \
             ({mixed_payload} if mixed_payload else set())
         assert cli.main(["decode", str(out), "-o", str(tmp_path / f"s{fmt}.ply"), "--local"]) == 0
-        assert (tmp_path / f"s{fmt}.ply").read_bytes() == (tmp_path / "3.ply").read_bytes()
+    assert (tmp_path / "s7.ply").read_bytes() == (tmp_path / "s3.ply").read_bytes() == \
+        (tmp_path / "s4.ply").read_bytes()

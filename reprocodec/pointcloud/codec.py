@@ -373,13 +373,15 @@ class PointCloudCodec:
         best, best_cost = None, 0
         tried = set()
 
+        mix_versions = _mixers(coders, mix_version)
+
         def stream(levels: str, f0: list[np.ndarray | None], mix: bool,
                    mixed_only: bool = False) -> pb.Bitstream:
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
                                f0, NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0,
-                               mixed_only, mix_version)
+                               mixed_only, mix_versions)
             return candidate
 
         sizes: dict[str, int] = {}  # each candidate's bytes
@@ -588,12 +590,12 @@ class PointCloudCodec:
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
                       neighbour_f0, neighbour_name, mode, mix_points=0, mixed_only=False,
-                      mix_version=2):
+                      mix_versions=(2,)):
         """The payloads and protected record of one per-level choice (levels[l]: L learned,
         A adaptive, N neighbour coder, its payload neighbour_name); mix_points > 0: the mixed
         coding too, when smaller, or (mixed_only) instead of the others, for a caller that
-        has them already (every learned level must then have its contexts), under mixer
-        mix_version (MIXED_PAYLOADS)."""
+        has them already (every learned level must then have its contexts), under each mixer
+        of mix_versions (MIXED_PAYLOADS; ties go to the first)."""
         depth = len(levels)
         chosen = [lv for lv in range(depth) if levels[lv] == "L"]
         if chosen:
@@ -621,12 +623,18 @@ class PointCloudCodec:
                         name, data = REFINED_PAYLOAD, refined
             if mixable:
                 passes = _bit_passes(bits_coded)
-                mixed = mixing.encode(occupancy, coded.indices + coder.GRID_K,
-                                      np.concatenate([lv.contexts for lv in levels_coded]),
-                                      passes, self.tables.cdfs[:, 1], mix_points,
-                                      _node_extras(bits, chosen, mix_version), mix_version)
-                if mixed_only or len(mixed) < len(data):
-                    name, data = MIXED_PAYLOADS[mix_version], mixed
+                contexts = np.concatenate([lv.contexts for lv in levels_coded])
+                for version in mix_versions:
+                    mixed_name = MIXED_PAYLOADS[version]
+                    mixed = mixing.encode(occupancy, coded.indices + coder.GRID_K, contexts,
+                                          passes, self.tables.cdfs[:, 1], mix_points,
+                                          _node_extras(bits, chosen, version), version)
+                    if name in MIXED_VERSIONS:  # against the other mixer: names counted too
+                        smaller = len(mixed_name) + len(mixed) < len(name) + len(data)
+                    else:
+                        smaller = mixed_only or len(mixed) < len(data)
+                    if smaller:
+                        name, data = mixed_name, mixed
             msg.payloads.append(container.make_payload(name, data, [total], occupancy))
             msg.protected.append(self.decision.record(coded.indices, coded.side_info, mode,
                                                       coded.risky_count, coded.candidate_count))
@@ -867,6 +875,14 @@ def _framed(levels: str, adaptive_cost: list[int], learned: list[coder.LearnedLe
     saving = sum(learned[lv].cost + _row_cost(rows[lv], price) - adaptive_cost[lv]
                  for lv in chosen)
     return levels.replace("A", "L") if saving < FRAMING_COST else levels
+
+
+def _mixers(coders: str, version: int) -> tuple[int, ...]:
+    """The mixer versions the encoder tries, best first, when the stream's format has mixer
+    `version`: by bits alone the earlier one too, so that a format-7 stream is never larger
+    than format 6's (on a small cloud the two can code the same number of rANS words, and
+    version 2's payload name is 3 bytes longer: the camel sample)."""
+    return tuple(range(version, 0, -1)) if coders == "smallest" else (version,)
 
 
 def _node_extras(bits: list[np.ndarray], levels, version: int) -> np.ndarray | None:
