@@ -27,9 +27,10 @@ added to its mixer, and one input of the model's own:
     weights: 9 inputs, moving 1/2^17 of the error (half as fast)
     APM = one map per pass and count of the node's occupied children so far, P(0) at 33
         knots of the mixer's logit; the coded P(0) is the mean of the mixer's and the map's
-On the held-out CAD meshes the stream is 1.7-2.4 % smaller than version 1's (the turbine
-0.5593 -> 0.5501 bits a point, fandisk_large 0.4850 -> 0.4736), the aerial tile's 1.1 %,
-for about 60 ns more a bit in the walk and the decoder (~150 against ~90, one thread).
+On the held-out CAD meshes the whole stream is 1.6-2.3 % smaller than under version 1 (the
+turbine 0.5593 -> 0.5501 bits a point, fandisk_large 0.4850 -> 0.4736), the aerial tile's
+1.1 %, for 25-35 ns more a bit in the walk and the decoder (the turbine's walk: 86-102 ns
+a bit against 63-68, one thread, two runs of a /tmp script).
 Version 1 (format 4-6) is the same code with those off, compiled apart: its integers, and
 its streams, are unchanged.
 
