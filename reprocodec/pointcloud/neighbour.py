@@ -8,7 +8,8 @@ parent-level neighbours exist) and its integer logistic mixer, without the refin
 input. On scan-like clouds it codes most levels in fewer bits than either other coder (the
 LiDAR sweep of `bench/pointcloud.py --clouds`: 3.72 bits a point, where the adaptive coder
 alone spends 5.54), in less than a network row's time a bit (version 2: ~115 ns to encode,
-~125 to decode, one thread: `bench/pointcloud_profile.py "lidar 64x2048"`).
+~125 to decode, one thread: `bench/pointcloud_profile.py "lidar 64x2048"`; from 0.7.0, without
+the node model's prefetch, ~80 and ~85 on the Intel Xeon 0.6.3 was measured on).
 
 Version 2 (format 6, payload "occupancy_neighbour_v2") adds what a context-mixing coder
 usually adds, all integers too: a third count model of the node itself (its parent's byte,
