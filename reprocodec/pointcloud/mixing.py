@@ -561,13 +561,6 @@ def _check_contexts(contexts: np.ndarray, points: int) -> None:
             raise ValueError("a context out of range")
 
 
-def _checked_extras(version: int, extras: np.ndarray | None, size: int) -> np.ndarray:
-    """Extras as the kernels read them (nodecontext.checked_extras); version 1 reads none."""
-    if version == 1:
-        return np.zeros(0, dtype=np.int32)
-    return nodecontext.checked_extras(extras, size)
-
-
 def probabilities(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
                   passes: np.ndarray, f0_table: np.ndarray, points: int,
                   extras: np.ndarray | None = None, version: int = 2) -> np.ndarray:
@@ -583,7 +576,7 @@ def probabilities(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
     c = np.ascontiguousarray(c, dtype=np.int64)
     _check_contexts(c, points)
     m = Model(f0_table, points, version)
-    e = _checked_extras(version, extras, b.size)
+    e = nodecontext.checked_extras(extras, b.size, version)
     # Narrow types, checked in range above: a 2.4 M-point cloud has ~7 M learned bits
     r = np.ascontiguousarray(r, dtype=np.int16)
     k = np.ascontiguousarray(k, dtype=np.uint8)
@@ -626,7 +619,7 @@ class Decoder(adaptive.LenientDecoder):
                        or not 0 <= k < 8):
             raise ValueError("a CDF row, context or pass out of range")  # the decoder's own
         _check_contexts(c, self.points)
-        e = _checked_extras(self.model.version, extras, r.size)
+        e = nodecontext.checked_extras(extras, r.size, self.model.version)
         _, decode = self.model.kernels()
         code = decode(self.words, self.state, r, c, e, np.int64(k), *self.model.arrays(), out)
         return self._checked(code, out)

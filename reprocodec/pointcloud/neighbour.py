@@ -99,7 +99,7 @@ class Model:
             for copy, array in zip(self._backup, self.arrays(), strict=True):
                 np.copyto(copy, array)
             return ("tables",)
-        extras = _checked_extras(self, extras, contexts.size)
+        extras = nodecontext.checked_extras(extras, contexts.size, self.version)
         models = 3 if self.version == 2 else 2  # fine, coarse (and node) entries a bit
         counts = np.empty((contexts.size, models), np.uint8)
         probability = np.empty((contexts.size, 2 * models), np.int32)
@@ -295,19 +295,12 @@ def walk_contexts(model: Model, contexts: np.ndarray, bits: np.ndarray,
         raise ValueError("one int64 context per bit of the level")
     contexts = np.ascontiguousarray(contexts)
     mixing._check_contexts(contexts, model.points)
-    extras = _checked_extras(model, extras, contexts.size)
+    extras = nodecontext.checked_extras(extras, contexts.size, model.version)
     f0 = np.empty(coded.size, dtype=adaptive.F0_DTYPE)
     walk, _ = model.kernels()
     cost = walk(contexts, extras, np.int64(max(m, 1)), coded, *model.arrays(),
                 entropy.code_length_table(), f0)
     return f0, int(cost)
-
-
-def _checked_extras(model: Model, extras: np.ndarray | None, size: int) -> np.ndarray:
-    """Extras as the kernels read them (nodecontext.checked_extras); version 1 reads none."""
-    if model.version == 1:
-        return np.zeros(0, dtype=np.int32)
-    return nodecontext.checked_extras(extras, size)
 
 
 class Decoder(adaptive.LenientDecoder):
@@ -330,7 +323,7 @@ class Decoder(adaptive.LenientDecoder):
         if not 0 <= k < N_PASSES:
             raise ValueError(f"pass {k} outside 0..7")  # the decoder's own
         mixing._check_contexts(c, self.model.points)
-        e = _checked_extras(self.model, extras, c.size)
+        e = nodecontext.checked_extras(extras, c.size, self.model.version)
         _, decode = self.model.kernels()
         code = decode(self.words, self.state, c, e, np.int64(k), *self.model.arrays(), out)
         return self._checked(code, out)

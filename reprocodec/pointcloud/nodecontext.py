@@ -100,10 +100,13 @@ def pass_extras(slots: np.ndarray, bits: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def checked_extras(extras: np.ndarray | None, size: int) -> np.ndarray:
-    """Extras as the kernels read them unchecked: one int32 per bit, each a node context
-    below NODE_CONTEXTS and at most 7 occupied children (level_extras and pass_extras make no
-    other); ValueError otherwise."""
+def checked_extras(extras: np.ndarray | None, size: int, version: int) -> np.ndarray:
+    """Extras as the kernels of a coder's model `version` read them unchecked: version 2's,
+    one int32 per bit, each a node context below NODE_CONTEXTS and at most 7 occupied
+    children (level_extras and pass_extras make no other; ValueError otherwise); version 1
+    reads none (an empty array, whatever was passed)."""
+    if version == 1:
+        return np.zeros(0, dtype=np.int32)
     if extras is None or extras.shape != (size,) or extras.dtype != np.int32:
         raise ValueError("the node model needs one int32 extra per bit")
     e = np.ascontiguousarray(extras)
