@@ -47,7 +47,7 @@ def main() -> int:
         # the encoder's own costs (its private steps: this is what its choice compares)
         _, _, adaptive_cost = codec_module._adaptive_levels(bits)
         learned = codec._learned_levels(codes, bits, adaptive_cost, Mode.SYNDROME, "learned",
-                                        (0, 1))
+                                        (0, 1)).learned
         print(f"{name}: {n} points, depth {depth}")
         print("  level    nodes  rows/pt  adaptive  learned  saved bits/row")
         for level in range(depth):
