@@ -4,9 +4,10 @@
 
 The numbers behind the encoder's row price (codec.ROW_PRICE: a level goes learned only where
 the model saves more than that per row). For each cloud of bench/pointcloud.py --clouds (or
-every DIR/*.ply), each level's nodes, network rows per point, the adaptive coder's and the
-learned model's exact code lengths (bits per point, refined probabilities priced as the
-encoder prices them) and the learned model's saving per network row, in bits.
+every DIR/*.ply), each level's nodes, occupied children per node, network rows per point,
+the adaptive coder's and the learned model's exact code lengths (bits per point, refined
+probabilities priced as the encoder prices them) and the learned model's saving per network
+row, in bits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
 from pointcloud import real_clouds, synthetic_clouds  # noqa: E402
 
 from reprocodec import entropy  # noqa: E402
@@ -49,11 +51,12 @@ def main() -> int:
         learned = codec._learned_levels(codes, bits, adaptive_cost, Mode.SYNDROME, "learned",
                                         (0, 1)).learned
         print(f"{name}: {n} points, depth {depth}")
-        print("  level    nodes  rows/pt  adaptive  learned  saved bits/row")
+        print("  level    nodes  children  rows/pt  adaptive  learned  saved bits/row")
         for level in range(depth):
             rows = bits[level].size
             saved = (adaptive_cost[level] - learned[level].cost) / UNIT / rows
-            print(f"  {level:5d} {codes[level].size:8d} {rows / n:8.2f} "
+            children = np.count_nonzero(bits[level]) / codes[level].size
+            print(f"  {level:5d} {codes[level].size:8d} {children:9.2f} {rows / n:8.2f} "
                   f"{adaptive_cost[level] / UNIT / n:9.3f} {learned[level].cost / UNIT / n:8.3f} "
                   f"{saved:15.3f}")
     return 0

@@ -475,6 +475,7 @@ def test_no_estimate_after_a_level_the_model_wins_by_far(monkeypatch):
     codec = PointCloudCodec.load()  # as shipped: refined probabilities, the row price
     points = _surface(60000, 1)[np.random.default_rng(5).random(60000) < 0.25]
     monkeypatch.setattr(codec_module, "ESTIMATE_NODES", 64)  # levels of >= 256 nodes
+    monkeypatch.setattr(codec_module, "SPARSE_CHILDREN", (0, 1))  # every level may be learned
     estimated, real = [], coder_module.estimate_level_cost
     monkeypatch.setattr(coder_module, "estimate_level_cost",
                         lambda *a: estimated.append(a[2]) or real(*a))
@@ -486,6 +487,53 @@ def test_no_estimate_after_a_level_the_model_wins_by_far(monkeypatch):
     assert set(confident_levels) < set(estimated)  # estimates skipped, none added
     assert max(estimated) in confident_levels  # the finest level is still estimated
     assert _levels(container.unpack(confident), 9)[-1] == "A"
+
+
+def test_no_model_nor_table_on_a_level_of_about_one_child_a_node(monkeypatch):
+    """auto: on a level whose nodes average under SPARSE_CHILDREN occupied children the model
+    is neither estimated nor run, and the level's neighbour table is made only if another
+    coder reads it (at format 4 none does); the stream is the one trying the model there
+    gives (it saved too little a row: the quarter-sampled surface's finest level, 1.05
+    children a node). By bits alone the model is still run there."""
+    from reprocodec.pointcloud import coder as coder_module
+
+    codec = PointCloudCodec.load()
+    points = _surface(60000, 1)[np.random.default_rng(5).random(60000) < 0.25]
+    depth = 9
+    codes, bits = octree.build_levels(octree.voxelize(points, depth).voxels, depth)
+    children = [np.count_nonzero(b) / c.size for b, c in zip(bits, codes, strict=True)]
+    shipped = codec_module.SPARSE_CHILDREN
+    sparse = [lv for lv in range(depth) if children[lv] < shipped[0] / shipped[1]]
+    assert sparse == [depth - 1], children  # the finest level only (the one before: 1.18)
+    runs: list[int] = []
+    for name in ("estimate_level_cost", "learned_level"):
+        real = getattr(coder_module, name)
+        monkeypatch.setattr(coder_module, name,
+                            lambda *a, real=real: runs.append(a[2]) or real(*a))
+    tabled, table_of = [], octree.LevelTables.table_of
+    monkeypatch.setattr(octree.LevelTables, "table_of",
+                        lambda self, c, lv, b: tabled.append(lv) or table_of(self, c, lv, b))
+    streams = {}
+    for sparse_children in (shipped, (0, 1)):  # as shipped, then never sparse
+        monkeypatch.setattr(codec_module, "SPARSE_CHILDREN", sparse_children)
+        for fmt in (container.FORMAT_VERSION, 4):
+            runs.clear()
+            tabled.clear()
+            streams[sparse_children, fmt] = container.pack(
+                codec.encode(points, depth=depth, bitstream_format=fmt))
+            skipped = sparse_children == shipped
+            assert (depth - 1 in runs) != skipped
+            assert set(range(depth - 1)) <= set(runs)
+            if fmt == 4:
+                assert (depth - 1 in tabled) != skipped
+        for fmt in (container.FORMAT_VERSION, 4):
+            assert streams[sparse_children, fmt] == streams[shipped, fmt]
+    monkeypatch.setattr(codec_module, "SPARSE_CHILDREN", shipped)
+    runs.clear()
+    codec.encode(points, depth=depth, coders="smallest")
+    assert depth - 1 in runs
+    out = codec.decode(container.unpack(streams[shipped, container.FORMAT_VERSION]))
+    np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
 
 
 # ---------------------------------------------------------------- the price of network rows

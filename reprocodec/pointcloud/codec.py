@@ -176,6 +176,16 @@ NEIGHBOUR_CLOSE = (5, 4)
 # have 2-3.3, and there trying it added half to the encoder's time for nothing: the 1/20
 # sampling's levels 6 and 7). A ratio of integers: exact.
 SURFACE_CHILDREN = (7, 2)
+# With rows priced ("auto"), the model is not run on a level whose nodes have fewer than
+# SPARSE_CHILDREN occupied children on average, nor its neighbour table made unless another
+# coder reads it. With about one child a node, where in the node it lies is the sampling's
+# noise: on every such level of the benchmark clouds the model saved under ROW_PRICE (the
+# sparse samplings' last levels at 1.02-1.11 children: 0.043 bits a row at most; the statue's
+# at 1.01-1.04 and the aerial tile's at 1.01 at depth 12: 0.006 at most), and from 1.28
+# children on 0.068 or more (bench/pointcloud_levels.py); the tests' quarter-sampled surface
+# saves 0.147 at 1.18. Its estimate and the table were ~15 % of the 1/20 sampling's encode,
+# for levels it never won. A ratio of integers: exact.
+SPARSE_CHILDREN = (9, 8)
 PROBE_POINTS_PER_NODE = 4  # the probe's tables: context_bits of 4 points a node (_probe_cost)
 # The encoder prices the model's time beside its bits: each network row (a bit the model
 # predicts; decoding runs the same rows) counts as ROW_PRICE bits when it picks a level's coder
@@ -459,7 +469,10 @@ class PointCloudCodec:
                     for lv in learned[:level]:
                         if lv is not None:
                             lv.contexts = None
-            neighbours = tables.table_of(codes[level], level, bits[level - 1] if level else None)
+            # The level's neighbour table, made when a coder first reads it (none may:
+            # SPARSE_CHILDREN)
+            neighbours = functools.cache(functools.partial(
+                tables.table_of, codes[level], level, bits[level - 1] if level else None))
             contexts, extras = None, None
             # The neighbour coder first (tentatively: undone below unless it takes the level),
             # so that the model is run on a large level only if it may beat it too. After a
@@ -484,38 +497,41 @@ class PointCloudCodec:
                 tried = small or any(f0 is not None for f0 in neighbour_f0)
             tried = model is not None and (coders == "neighbour" or tried)
             probe = probe and model is not None  # (confident: coders is auto or smallest)
+            few, per = SPARSE_CHILDREN
+            sparse = coders == "auto" and not mix_lead and \
+                per * int(np.count_nonzero(bits[level])) < few * m
             if (tried or probe or every is not None) and version == 2:  # its node contexts
                 extras = nodecontext.level_extras(
                     nodecontext.node_slots(bits[level - 1] if level else None), bits[level])
             if every is not None:
-                contexts = mixing.level_contexts(neighbours, bits[level], every.points,
+                contexts = mixing.level_contexts(neighbours(), bits[level], every.points,
                                                   self.threads)
                 every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level],
                                                              extras)
             bar = adaptive_cost[level]  # what the model must beat on a large level
             if tried:
                 if contexts is None:
-                    contexts = mixing.level_contexts(neighbours, bits[level], model.points,
+                    contexts = mixing.level_contexts(neighbours(), bits[level], model.points,
                                                       self.threads)
                 saved = model.snapshot(contexts, extras) if coders != "neighbour" else None
                 f0, cost = neighbour.walk_contexts(model, contexts, bits[level], extras)
                 if price[0]:  # (by bits alone, mixing may still make the model's levels win)
                     bar = min(bar, cost + _row_cost(m * N_PASSES, _neighbour_price(price)))
             model_cost = None  # the model's cost of the level, whole or estimated, if run
-            may_win = coders != "neighbour"
+            may_win = coders != "neighbour" and not sparse
             if may_win and not mix_lead:
                 may_win, model_cost = self._model_may_win(
-                    neighbours, bits[level], level, depth, bar, coders, price, buckets,
+                    neighbours(), bits[level], level, depth, bar, coders, price, buckets,
                     confident, BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES)
             if may_win:
                 learned[level] = coder.learned_level(
-                    neighbours, bits[level], level, depth, self._predict, self.tables, mode,
+                    neighbours(), bits[level], level, depth, self._predict, self.tables, mode,
                     self.decision, buckets)
                 mix_bits += bits[level].size
                 if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
                     # Pass-major as the indices
                     if contexts is None:
-                        contexts = mixing.level_contexts(neighbours, bits[level], mix_points,
+                        contexts = mixing.level_contexts(neighbours(), bits[level], mix_points,
                                                           self.threads)
                     learned[level].contexts = contexts
                 model_cost = learned[level].cost
@@ -537,7 +553,7 @@ class PointCloudCodec:
             behind = took and price[0] > 0 and model_cost is not None and \
                 model_cost * under > over * cost
             if probe:
-                cost = _probe_cost(neighbours, bits[level], extras, version, self.threads)
+                cost = _probe_cost(neighbours(), bits[level], extras, version, self.threads)
             over, under = NEIGHBOUR_CLOSE
             close = (tried or probe) and model_cost is not None and \
                 cost * under <= over * model_cost
