@@ -25,11 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ContainerError, InputError
-
-try:
-    import numba
-except ImportError:  # the light client install
-    numba = None  # type: ignore[assignment]
+from .kernels import compiled
 
 PRECISION = 16  # CDF tables sum to 2^16
 BYPASS_BITS = 4
@@ -148,9 +144,6 @@ class CdfTables:
 
 # ----------------------------------------------------------------------------- kernels
 
-def _jit(fn):
-    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
-
 
 def jit_inline(fn):
     """A kernel's per-symbol step, inlined into the kernel in numba's IR. Called as a
@@ -159,10 +152,10 @@ def jit_inline(fn):
     Inlined, an array the step touches only inside a branch still costs them: numba prunes a
     pair only within a block, hence the branch-free _emit and _renormalize. The binary rANS
     encoder went 40 -> 16 (inlined) -> 9 ns a bit (branch-free; /tmp script, 3 M bits)."""
-    return numba.njit(cache=True, nogil=True, inline="always")(fn) if numba is not None else fn
+    return compiled(fn, inline="always")
 
 
-@_jit
+@compiled
 def _count_items(symbols, indexes, cdfs, lengths, offsets):  # pragma: no cover - compiled
     """Number of coded items (table symbols plus bypass nibbles): sizes the output buffer.
     Returns -1 if a symbol is beyond MAX_MAGNITUDE or an index out of range."""
@@ -207,7 +200,7 @@ def _put(out, pos, x, start, freq):  # pragma: no cover - compiled
     return ((x // freq) << np.uint64(PRECISION)) + (x % freq) + start, pos
 
 
-@_jit
+@compiled
 def _flush(out, pos, x):  # pragma: no cover - compiled
     """Rans64EncFlush: the final state as two words in front; returns the first word's index."""
     pos -= 2
@@ -216,7 +209,7 @@ def _flush(out, pos, x):  # pragma: no cover - compiled
     return pos
 
 
-@_jit
+@compiled
 def _encode_kernel(symbols, indexes, cdfs, lengths, offsets, out):  # pragma: no cover
     """rANS-encode symbols in reverse into out (uint32 words, filled from the end); returns
     the index of the first word written. Items of one symbol, in decoding order: the table
@@ -253,7 +246,7 @@ def _encode_kernel(symbols, indexes, cdfs, lengths, offsets, out):  # pragma: no
     return _flush(out, pos, x)
 
 
-@_jit
+@compiled
 def _store(state, x, pos, code):  # pragma: no cover - compiled
     state[0] = x
     state[1] = np.uint64(pos)
@@ -276,7 +269,7 @@ def _renormalize(words, x, pos):  # pragma: no cover - compiled
     return x, (pos + take) * (1 - ended) - ended
 
 
-@_jit
+@compiled
 def _decode_kernel(words, state, indexes, cdfs, lengths, offsets, out):  # pragma: no cover
     """Decode out.size symbols from words starting at state = [x, pos]; updates state.
     Returns _OK or the first error code; never reads outside words."""

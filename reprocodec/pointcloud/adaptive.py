@@ -33,11 +33,7 @@ import numpy as np
 
 from .. import entropy
 from ..errors import ContainerError
-
-try:
-    import numba
-except ImportError:  # the light client install
-    numba = None  # type: ignore[assignment]
+from ..kernels import compiled
 
 N_CONTEXTS = 256 * 8 * 256  # (parent byte, position in parent, byte prefix with a marker bit)
 MAX_TOTAL = 1 << 10  # counts of a context are halved when n0 + n1 exceeds this
@@ -57,9 +53,6 @@ class AdaptiveStreamError(ContainerError):
     """The adaptive occupancy bytes are not a stream this coder wrote."""
 
 
-def _jit(fn):
-    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
-
 
 @entropy.jit_inline
 def _probability(counts, ctx):  # pragma: no cover - compiled
@@ -78,7 +71,7 @@ def _update(counts, ctx, bit):  # pragma: no cover - compiled
         counts[ctx, 1] = (counts[ctx, 1] + 1) >> 1
 
 
-@_jit
+@compiled
 def _model_kernel(occupancy, parent_byte, position, counts, f0_out):  # pragma: no cover
     """Walk one level's decisions in coding order: f0 of each (if f0_out has room) and the
     count updates. occupancy[i] is node i's byte, MSB = child 0."""
@@ -98,7 +91,7 @@ def _model_kernel(occupancy, parent_byte, position, counts, f0_out):  # pragma: 
             prefix |= bit << j
 
 
-@_jit
+@compiled
 def _encode_kernel(bits, f0, out):  # pragma: no cover - compiled
     """Binary rANS of bits (P(0) = f0 / 2^16) in reverse into out (filled from the end);
     returns the index of the first word written. entropy's word format."""
@@ -128,7 +121,7 @@ def _decode_bit(words, x, pos, f0):  # pragma: no cover - compiled
     return bit, np.uint64(x), pos
 
 
-@_jit
+@compiled
 def _decode_kernel(words, state, parent_byte, position, counts, out):  # pragma: no cover
     """Decode out.size node bytes from words at state = [x, pos], updating the counts as the
     encoder did; updates state. Returns _OK or the first error; never reads outside words."""
@@ -239,7 +232,7 @@ def code_length(bits: np.ndarray, f0: np.ndarray) -> int:
     return int(_code_length_kernel(b, f, entropy.code_length_table()))
 
 
-@_jit
+@compiled
 def _code_length_kernel(bits, f0, length):  # pragma: no cover - compiled
     total = np.int64(0)
     for i in range(bits.size):

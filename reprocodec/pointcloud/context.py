@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import compiled, numba
 from .octree import CHILD_OFFSETS
-
-try:
-    import numba
-except ImportError:  # the light client install
-    numba = None  # type: ignore[assignment]
 
 WINDOW = 5
 N_CELLS = WINDOW**3
@@ -136,7 +132,7 @@ def _compact_features(neighbours: np.ndarray, bits: np.ndarray, k: int) -> np.nd
 
 
 if numba is not None:
-    @numba.njit(cache=True, nogil=True)
+    @compiled
     def _features_kernel(neighbours, node_byte, m, cell_neighbour, cell_shift, cell_decoded,
                          occupied_cells, out):  # pragma: no cover - compiled
         n_occ = occupied_cells.size

@@ -15,15 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .context import (
-    N_CELLS,
-    N_HEIGHTS,
-    N_PASSES,
-    WINDOW_CHILD,
-    WINDOW_NEIGHBOUR,
-    active_columns,
-    numba,
-)
+from ..kernels import compiled, numba
+from .context import N_CELLS, N_HEIGHTS, N_PASSES, WINDOW_CHILD, WINDOW_NEIGHBOUR, active_columns
 
 GATHER_STATES = 257  # a neighbour's decoded-children byte (0..255), or 256: no such node
 
@@ -118,7 +111,7 @@ def gather_first_layer(rows: np.ndarray, state: np.ndarray, table: np.ndarray,
 
 
 if numba is not None:
-    @numba.njit(cache=True, nogil=True)
+    @compiled
     def _state_kernel(bits, k, state):  # pragma: no cover - compiled
         for i in range(bits.shape[0]):
             byte = 0
@@ -126,7 +119,7 @@ if numba is not None:
                 byte |= (bits[i, c] & 1) << (7 - c)  # children < k, MSB = child 0
             state[i] = byte
 
-    @numba.njit(cache=True, nogil=True)
+    @compiled
     def _gather_kernel(rows, state, table, bias, out):  # pragma: no cover - compiled
         hidden = bias.size
         absent = state.size - 1  # the sentinel row M: its table rows are zero

@@ -50,17 +50,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import entropy
+from ..kernels import compiled
 from . import adaptive, nodecontext, refine
 from .context import N_PASSES, WINDOW, WINDOW_CHILD, WINDOW_NEIGHBOUR
 from .grid import GRID_K
 from .nodecontext import NODE_MASK, POP_SHIFT
 from .rowslices import for_row_slices
 from .vectorops import PREFETCH_AHEAD, prefetch
-
-try:
-    import numba
-except ImportError:  # the light client install
-    numba = None  # type: ignore[assignment]
 
 # P(0) in 2^-16 at logits -12, -11.5, .. 12 (round(65536 / (1 + e^-x)), written out: a table
 # computed here with the platform's exp could differ by an ulp between machines)
@@ -150,11 +146,8 @@ CELL_CHILD = WINDOW_CHILD[:, _inner_cells()]
 _POWERS = 3 ** np.arange(27, dtype=np.int64)
 
 
-def _jit(fn):
-    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
 
-
-@_jit
+@compiled
 def _contexts_kernel(neighbours, shapes, bits, k, slots, children, shift, coarse_shift, start,
                      stop, out):  # pragma: no cover - compiled
     """Contexts of child k of nodes start .. stop - 1. Fine: cell c of child k is 0 empty, 1
@@ -172,7 +165,7 @@ def _contexts_kernel(neighbours, shapes, bits, k, slots, children, shift, coarse
                              coarse_shift)
 
 
-@_jit
+@compiled
 def _shapes_kernel(neighbours, out):  # pragma: no cover - compiled
     m = neighbours.shape[0]
     for i in range(m):
@@ -239,7 +232,7 @@ def count_tables(points: int) -> tuple[np.ndarray, ...]:
     return tuple(tables)
 
 
-@_jit
+@compiled
 def _cell_lists(k, slots, children):  # pragma: no cover - compiled
     """Pass k's 26 cells split as _contexts_kernel reads them: those decoded (a child < k of
     its node: slot, child, 3^c) and the others (slot, 2 * 3^c)."""
@@ -278,7 +271,7 @@ def _context_of(neighbours, bits, i, m, k, shape, known_slot, known_child, known
     return fine | (coarse << 32)
 
 
-@_jit
+@compiled
 def _level_kernel(neighbours, shapes, bits, slots, children, shift, coarse_shift, start, stop,
                   out):  # pragma: no cover - compiled
     """_contexts_kernel for all eight passes of nodes start .. stop - 1 of a level whose bits
@@ -480,7 +473,7 @@ def _version_kernels(extended: bool) -> tuple:
     far), and the hints cost more than the misses they hide (the turbine's walk, one thread:
     113-133 ns a bit with them, 83-95 without; version 1's 57-63; a /tmp scratch kernel)."""
 
-    @_jit
+    @compiled
     def walk_kernel(rows, contexts, extras, passes, bits, buckets, counts, probability,
                     coarse_counts, coarse_probability, node_counts, node_probability, weights,
                     apm, static, f0_out):  # pragma: no cover - compiled
@@ -501,7 +494,7 @@ def _version_kernels(extended: bool) -> tuple:
                    node_counts, node_probability, weights, apm, extended, nearer, ctx, extra,
                    k, inputs, p, row, knot, weight, bits[i])
 
-    @_jit
+    @compiled
     def decode_kernel(words, state, rows, contexts, extras, k, buckets, counts, probability,
                       coarse_counts, coarse_probability, node_counts, node_probability,
                       weights, apm, static, out):  # pragma: no cover - compiled
@@ -538,7 +531,7 @@ def _version_kernels(extended: bool) -> tuple:
 _KERNELS = {1: _version_kernels(False), 2: _version_kernels(True)}  # (walk, decode) by version
 
 
-@_jit
+@compiled
 def _context_range(contexts):  # pragma: no cover - compiled
     """The least context, and the largest fine and coarse halves (one pass, no temporaries)."""
     least = np.int64(0)

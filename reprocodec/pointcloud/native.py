@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .context import N_HEIGHTS, numba
+from ..kernels import compiled, numba
+from .context import N_HEIGHTS
 from .gather import GatherFirstLayer, GatherInputs, gather_first_layer
 from .rowslices import default_threads, for_row_slices
 from .vectorops import FIRST_UNITS, SECOND_UNITS
@@ -127,7 +128,7 @@ def _padded(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 if numba is not None:
-    @numba.njit(cache=True, nogil=True)
+    @compiled
     def _logits_kernel(rows, state, table, bias, w2t, b2, w3, b3, out):  # pragma: no cover
         first = np.empty(FIRST_UNITS, np.int32)
         for r in range(rows.shape[0]):

@@ -33,15 +33,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import entropy
+from ..kernels import compiled
 from . import adaptive, mixing, nodecontext
 from .context import N_PASSES
 from .mixing import _FINE_MASK, _ONE, _count, _count_inputs, _squash, apm_learn, apm_map
 from .nodecontext import NODE_MASK, POP_SHIFT
-
-try:
-    import numba
-except ImportError:  # the light client install
-    numba = None  # type: ignore[assignment]
 
 VERSIONS = (1, 2)  # the model of format 5's payload, and of format 6's
 # fine fast / slow, coarse fast / slow, node fast / slow (stretched P(0); the node model's are
@@ -54,9 +50,6 @@ _START_WEIGHT = 1 << 15  # each slow P(0) at 1/2: the first bits follow the two 
 WEIGHT_SETS = 8 * 8
 # The APM (mixing.apm_map): one per pass; the coded P(0) is 1/4 the mixer's and 3/4 the map's
 
-
-def _jit(fn):
-    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
 
 
 class Model:
@@ -120,7 +113,7 @@ class Model:
         self.apm[:] = apm
 
 
-@_jit
+@compiled
 def _gather_kernel(contexts, extras, counts, probability, coarse_counts, coarse_probability,
                    node_counts, node_probability, extended, saved_counts,
                    saved_probability):  # pragma: no cover - compiled
@@ -142,7 +135,7 @@ def _gather_kernel(contexts, extras, counts, probability, coarse_counts, coarse_
             saved_probability[i, 5] = node_probability[node, 1]
 
 
-@_jit
+@compiled
 def _scatter_kernel(contexts, extras, counts, probability, coarse_counts, coarse_probability,
                     node_counts, node_probability, extended, saved_counts,
                     saved_probability):  # pragma: no cover - compiled
@@ -220,7 +213,7 @@ def _version_kernels(extended: bool) -> tuple:
     (the LiDAR sweep, one thread, in one process against 0.6.3: encode 0.78-0.80, decode
     0.75 of the time; bench/paired_trees.py --in-process)."""
 
-    @_jit
+    @compiled
     def walk_kernel(contexts, extras, nodes, bits, counts, probability, coarse_counts,
                     coarse_probability, node_counts, node_probability, weights, apm, length,
                     f0_out):  # pragma: no cover - compiled
@@ -246,7 +239,7 @@ def _version_kernels(extended: bool) -> tuple:
                    weight, bit)
         return total
 
-    @_jit
+    @compiled
     def decode_kernel(words, state, contexts, extras, k, counts, probability, coarse_counts,
                       coarse_probability, node_counts, node_probability, weights, apm,
                       out):  # pragma: no cover - compiled

@@ -19,21 +19,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import entropy
+from ..kernels import compiled
 from . import adaptive
 from .context import N_PASSES
-
-try:
-    import numba
-except ImportError:  # the light client install
-    numba = None  # type: ignore[assignment]
 
 NODE_CONTEXTS = 1 << 19  # slot < 2^11, times 256
 POP_SHIFT = 24  # an extra: node context | occupied children so far << 24
 NODE_MASK = (1 << POP_SHIFT) - 1
 
-
-def _jit(fn):
-    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
 
 
 def node_slots(parent_bits: np.ndarray | None) -> np.ndarray:
@@ -53,7 +46,7 @@ def _extra_of(slot, partial, occupied, k):  # pragma: no cover - compiled
     return np.int32((slot << 8) + (np.int64(1) << k) - 1 + partial + (occupied << POP_SHIFT))
 
 
-@_jit
+@compiled
 def _level_extras_kernel(slots, bits, out):  # pragma: no cover - compiled
     m = slots.size
     for j in range(m):
@@ -64,7 +57,7 @@ def _level_extras_kernel(slots, bits, out):  # pragma: no cover - compiled
             occupied += bits[j, k]
 
 
-@_jit
+@compiled
 def _pass_extras_kernel(slots, bits, k, out):  # pragma: no cover - compiled
     for j in range(slots.size):
         partial, occupied = np.int64(0), np.int64(0)

@@ -13,12 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from ..kernels import compiled, numba
 from .rowslices import for_row_slices
-
-try:
-    import numba
-except ImportError:  # the light client install
-    numba = None  # type: ignore[assignment]
 
 MIN_DEPTH, MAX_DEPTH, DEFAULT_DEPTH = 1, 16, 10
 CHILD_OFFSETS = np.array([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)], dtype=np.int64)
@@ -254,7 +250,7 @@ class LevelTables:
 
 
 if numba is not None:
-    @numba.njit(cache=True, nogil=True)
+    @compiled
     def _child_table_kernel(table, node_bytes, first, start, stop, map_j, map_b, before,
                             out):  # pragma: no cover - compiled
         """Rows first[start] .. first[stop] - 1 of out: the children of parents start..stop-1

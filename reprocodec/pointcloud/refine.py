@@ -21,13 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import entropy
+from ..kernels import compiled
 from . import adaptive
 from .grid import GRID_K
-
-try:
-    import numba
-except ImportError:  # the light client install
-    numba = None  # type: ignore[assignment]
 
 SPACING = 12  # grid indices between buckets: 2K = 384 = 32 * 12, so 33 buckets
 BUCKETS = 2 * GRID_K // SPACING + 1
@@ -36,9 +32,6 @@ FRACTION = 6  # buckets hold P(0) in 2^-(16 + FRACTION) units
 _ONE = 1 << adaptive._PRECISION
 _STATIC_ONE = 1 << entropy.PRECISION  # the static CDF table's total
 
-
-def _jit(fn):
-    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
 
 
 def initial_buckets(f0_table: np.ndarray) -> np.ndarray:
@@ -66,7 +59,7 @@ def _update(buckets, j, bit):  # pragma: no cover - compiled
     buckets[j] += (target - buckets[j]) >> RATE  # arithmetic shift: floor, on both sides
 
 
-@_jit
+@compiled
 def _walk_kernel(rows, bits, buckets, f0_out):  # pragma: no cover - compiled
     """The encoder's walk: each bit's P(0), then the update."""
     for i in range(rows.size):
@@ -75,7 +68,7 @@ def _walk_kernel(rows, bits, buckets, f0_out):  # pragma: no cover - compiled
         _update(buckets, j, bits[i])
 
 
-@_jit
+@compiled
 def _costs_kernel(bits, index, buckets, f0_table, length):  # pragma: no cover - compiled
     """The walk, summing each bit's code length (entropy.code_length_table) under its refined
     probability instead, and beside it under the static table's (one pass over the bits)."""
@@ -92,7 +85,7 @@ def _costs_kernel(bits, index, buckets, f0_table, length):  # pragma: no cover -
     return static, refined
 
 
-@_jit
+@compiled
 def _decode_kernel(words, state, rows, buckets, out):  # pragma: no cover - compiled
     """Decode out.size bits at state = [x, pos] (adaptive.Decoder's), updating the buckets as
     the encoder did. Returns adaptive._OK or _EARLY_END; never reads outside words."""

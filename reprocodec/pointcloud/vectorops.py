@@ -14,7 +14,7 @@ units, which changes no value.
 
 from __future__ import annotations
 
-from .context import numba
+from ..kernels import numba
 
 PREFETCH_AHEAD = 16  # prefetch()'s distance in the walks: a context this many bits ahead
 FIRST_UNITS = 64  # at most 64: the tail keeps one bit per unit in an i64 mask

@@ -13,15 +13,12 @@ import os
 
 import numpy as np
 
+from ..kernels import compiled, numba
 from .hashing import GOLDEN, M1, M2, SALT, WORD_KEY
 
 # Outcomes of one block's decoder solve (both elimination implementations).
 SOLVED, INCONSISTENT, AMBIGUOUS, TOO_FEW_ROWS = 0, 1, 2, 3
 
-try:
-    import numba
-except ImportError:
-    numba = None  # type: ignore[assignment]
 AVAILABLE = numba is not None and not os.environ.get("REPROCODEC_PURE_PYTHON_GF2")
 
 ONE, ZERO = np.uint64(1), np.uint64(0)
@@ -32,7 +29,7 @@ for i in range(64):
     LOW_BIT_TABLE[((1 << i) * int(DEBRUIJN) % (1 << 64)) >> 58] = i
 
 if AVAILABLE:
-    jit = numba.njit(cache=True, nogil=True)
+    jit = compiled
 
     @jit
     def uniform_kernel(v, offset, step, radius, k, near):
