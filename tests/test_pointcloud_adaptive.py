@@ -282,6 +282,32 @@ def test_compiled_kernels_match_their_python_reference():
     decoder.finish()
 
 
+def test_level_layout_kernels_equal_numpy():
+    """occupancy_bytes, child_places and octree.children (one-pass kernels) equal their numpy
+    definitions: packbits of the rows (child 0 the top bit), np.nonzero of the bits, the
+    children's codes masked by occupancy; on random levels with empty and full bytes."""
+    rng = np.random.default_rng(3)
+    for m in (0, 1, 7, 5000):
+        occupancy = rng.integers(0, 256, m).astype(np.uint8)
+        occupancy[: m // 10] = rng.choice([1, 128, 255], m // 10)
+        bits = np.unpackbits(occupancy[:, None], axis=1).astype(bool)
+        np.testing.assert_array_equal(adaptive.occupancy_bytes(bits), occupancy)
+        np.testing.assert_array_equal(adaptive.occupancy_bytes(bits.astype(np.int64) * 3),
+                                      occupancy)  # any nonzero is a child
+        rows, cols = np.nonzero(bits)
+        parent_byte, position = adaptive.child_places(occupancy)
+        np.testing.assert_array_equal(parent_byte, occupancy[rows])
+        np.testing.assert_array_equal(position, cols)
+        assert parent_byte.dtype == position.dtype == np.uint8
+        codes = np.sort(rng.choice(1 << 40, m, replace=False)).astype(np.int64)
+        want = ((codes[:, None] << 3) | np.arange(8))[bits]
+        np.testing.assert_array_equal(octree.children(codes, bits), want)
+    with pytest.raises(ValueError):
+        octree.children(np.zeros(3, np.int64), np.zeros((2, 8), bool))
+    with pytest.raises(ValueError):
+        adaptive.occupancy_bytes(np.zeros((2, 7), bool))
+
+
 # ------------------------------------------------------------------------- hostile streams
 
 def _reframed(msg, edit) -> bytes:

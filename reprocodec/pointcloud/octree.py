@@ -148,9 +148,26 @@ def build_levels(voxels: np.ndarray, depth: int) -> tuple[list[np.ndarray], list
 
 
 def children(codes: np.ndarray, occupancy: np.ndarray) -> np.ndarray:
-    """Decoder side: the sorted Morton codes of the next level from this level's occupancy."""
-    all_children = (codes[:, None] << 3) | np.arange(8, dtype=np.int64)
-    return all_children[occupancy]
+    """Decoder side: the sorted Morton codes of the next level from this level's occupancy
+    ((M, 8) bool, child c the code's low 3 bits)."""
+    codes = np.ascontiguousarray(codes, dtype=np.int64)
+    occupancy = np.ascontiguousarray(occupancy, dtype=bool)
+    if occupancy.shape != (codes.size, 8):
+        raise ValueError(f"occupancy {occupancy.shape} for {codes.size} codes")
+    out = np.empty(int(np.count_nonzero(occupancy)), dtype=np.int64)
+    _children_kernel(codes, occupancy.view(np.uint8), out)
+    return out
+
+
+@compiled
+def _children_kernel(codes, occupancy, out):  # pragma: no cover - compiled
+    """(codes[:, None] << 3 | c)[occupancy] in one pass, without the (M, 8) int64 array."""
+    n = 0
+    for i in range(codes.size):
+        for c in range(8):
+            if occupancy[i, c]:
+                out[n] = (codes[i] << 3) | c
+                n += 1
 
 
 def neighbour_table(codes: np.ndarray, level: int, rows: np.ndarray | None = None) -> np.ndarray:
