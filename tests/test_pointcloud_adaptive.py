@@ -361,7 +361,6 @@ def test_hostile_adaptive_payloads_are_refused(codec):
     assert outcomes.count("exact") <= 2, outcomes  # an edit of padding-like bits at most
 
 
-
 @pytest.mark.parametrize("start", [0, (1 << 31) - 1, 1 << 63, (1 << 64) - 1])
 def test_binary_streams_refuse_a_start_state_no_encoder_reaches(start):
     """The adaptive, refined, mixed and neighbour streams' decoder (adaptive.Decoder): a

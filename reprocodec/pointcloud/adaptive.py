@@ -53,7 +53,6 @@ class AdaptiveStreamError(ContainerError):
     """The adaptive occupancy bytes are not a stream this coder wrote."""
 
 
-
 @entropy.jit_inline
 def _probability(counts, ctx):  # pragma: no cover - compiled
     """KT estimate of P(bit = 0) in 1/2^16 units, integers only."""

@@ -146,7 +146,6 @@ CELL_CHILD = WINDOW_CHILD[:, _inner_cells()]
 _POWERS = 3 ** np.arange(27, dtype=np.int64)
 
 
-
 @compiled
 def _contexts_kernel(neighbours, shapes, bits, k, slots, children, shift, coarse_shift, start,
                      stop, out):  # pragma: no cover - compiled

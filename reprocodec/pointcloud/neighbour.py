@@ -51,7 +51,6 @@ WEIGHT_SETS = 8 * 8
 # The APM (mixing.apm_map): one per pass; the coded P(0) is 1/4 the mixer's and 3/4 the map's
 
 
-
 class Model:
     """The coder's state: mixing.py's two count models, version 2's node model and APM, and
     the mixer's weight sets (integers the kernels update in place; 9 bytes a context, 36 + 9

@@ -28,7 +28,6 @@ POP_SHIFT = 24  # an extra: node context | occupied children so far << 24
 NODE_MASK = (1 << POP_SHIFT) - 1
 
 
-
 def node_slots(parent_bits: np.ndarray | None) -> np.ndarray:
     """(M,) int64 slot of each node of a level: its parent's occupancy byte (child 0 the most
     significant bit) x 8 + its own child index, the nodes in the octree's order (each occupied

@@ -33,7 +33,6 @@ _ONE = 1 << adaptive._PRECISION
 _STATIC_ONE = 1 << entropy.PRECISION  # the static CDF table's total
 
 
-
 def initial_buckets(f0_table: np.ndarray) -> np.ndarray:
     """(BUCKETS,) int64: the shipped table's P(0) at each bucket's grid index."""
     f0 = np.asarray(f0_table, dtype=np.int64)
