@@ -344,7 +344,9 @@ def test_syndromes_native_equal_reference():
     if not syndrome.native.AVAILABLE:
         pytest.fail("numba is part of the server extra the tests run with")
     rng = np.random.default_rng(3)
-    for n, n_blocks in ((1, 1), (1000, 7), (100_003, 160)):
+    # both layouts (FEW_BLOCKS), a last grid row part-filled, fewer elements than blocks
+    for n, n_blocks in ((1, 1), (1000, 7), (100_003, 160), (30_001, 1), (70_001, 3),
+                        (5, 8), (600, 9)):
         k = rng.integers(-300, 300, n)
         rows = rng.integers(0, 200, n_blocks)
         native = syndrome.block_syndromes(k, n_blocks, rows)
