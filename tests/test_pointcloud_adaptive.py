@@ -283,9 +283,10 @@ def test_compiled_kernels_match_their_python_reference():
 
 
 def test_level_layout_kernels_equal_numpy():
-    """occupancy_bytes, child_places and octree.children (one-pass kernels) equal their numpy
-    definitions: packbits of the rows (child 0 the top bit), np.nonzero of the bits, the
-    children's codes masked by occupancy; on random levels with empty and full bytes."""
+    """occupancy_bytes, child_places, octree.children and build_levels (one-pass kernels)
+    equal their numpy definitions: packbits of the rows (child 0 the top bit), np.nonzero of
+    the bits, the children's codes masked by occupancy, np.unique's grouping of the parents;
+    on random levels with empty and full bytes."""
     rng = np.random.default_rng(3)
     for m in (0, 1, 7, 5000):
         occupancy = rng.integers(0, 256, m).astype(np.uint8)
@@ -302,6 +303,18 @@ def test_level_layout_kernels_equal_numpy():
         codes = np.sort(rng.choice(1 << 40, m, replace=False)).astype(np.int64)
         want = ((codes[:, None] << 3) | np.arange(8))[bits]
         np.testing.assert_array_equal(octree.children(codes, bits), want)
+    # build_levels groups sorted children in one pass: np.unique's grouping, level by level
+    voxels = rng.integers(0, 1 << 9, (20000, 3))  # duplicates too
+    codes, bits = octree.build_levels(voxels, 9)
+    child = np.unique(octree.morton_encode(voxels))
+    for level in range(8, -1, -1):
+        parents, first = np.unique(child >> 3, return_index=True)
+        occupancy = np.zeros((parents.size, 8), dtype=bool)
+        occupancy[np.repeat(np.arange(parents.size), np.diff(np.append(first, child.size))),
+                  child & 7] = True
+        np.testing.assert_array_equal(codes[level], parents)
+        np.testing.assert_array_equal(bits[level], occupancy)
+        child = parents
     with pytest.raises(ValueError):
         octree.children(np.zeros(3, np.int64), np.zeros((2, 8), bool))
     with pytest.raises(ValueError):

@@ -135,16 +135,31 @@ def build_levels(voxels: np.ndarray, depth: int) -> tuple[list[np.ndarray], list
     codes, bits = [], []
     child = leaf
     for level in range(depth - 1, -1, -1):
-        parent_of_child = child >> 3
-        parents, first = np.unique(parent_of_child, return_index=True)
-        occupancy = np.zeros((parents.size, 8), dtype=bool)
-        occupancy[np.repeat(np.arange(parents.size), np.diff(np.append(first, child.size))),
-                  child & 7] = True
+        # The children are sorted, so their parents are too: one pass groups them (np.unique
+        # sorted every level again, and the occupancy took three index arrays)
+        parents = np.empty(child.size, dtype=np.int64)
+        occupancy = np.zeros((child.size, 8), dtype=bool)
+        m = _parents_kernel(child, parents, occupancy.view(np.uint8))
+        parents, occupancy = parents[:m].copy(), occupancy[:m].copy()
         codes.append(parents)
         bits.append(occupancy)
         child = parents
         del level
     return codes[::-1], bits[::-1]
+
+
+@compiled
+def _parents_kernel(child, parents, occupancy):  # pragma: no cover - compiled
+    """The distinct parents (code >> 3) of sorted child codes, in order, and each one's
+    children (occupancy[i, code & 7] = 1); returns their count."""
+    m = -1
+    for i in range(child.size):
+        parent = child[i] >> 3
+        if m < 0 or parent != parents[m]:
+            m += 1
+            parents[m] = parent
+        occupancy[m, child[i] & 7] = 1
+    return m + 1
 
 
 def children(codes: np.ndarray, occupancy: np.ndarray) -> np.ndarray:
