@@ -59,7 +59,7 @@ def _key_on_sources() -> None:
         return (own, stamp) if Path(self._py_file).resolve().is_relative_to(PACKAGE) else own
 
     get_source_stamp.keyed_on_sources = True  # type: ignore[attr-defined]
-    mixin.get_source_stamp = get_source_stamp  # type: ignore[method-assign]
+    mixin.get_source_stamp = get_source_stamp
 
 
 if numba is not None:
