@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import shutil
 
+import numba  # the server extra, which the tests run with (the light client has no kernels)
 import numpy as np
-import pytest
+from numba.core import caching
 
 from reprocodec import kernels
-
-numba = pytest.importorskip("numba")  # the server install: the light client has no kernels
-from numba.core import caching  # noqa: E402
 
 
 def _locator(fn):

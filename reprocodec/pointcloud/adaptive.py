@@ -152,7 +152,6 @@ def _decode_kernel(words, state, parent_byte, position, counts, out):  # pragma:
 
 # ------------------------------------------------------------------------------ API
 
-_BYTE_WEIGHTS = (1 << np.arange(7, -1, -1)).astype(np.uint8)  # child 0 is the MSB
 
 
 def occupancy_bytes(bits: np.ndarray) -> np.ndarray:
@@ -161,18 +160,20 @@ def occupancy_bytes(bits: np.ndarray) -> np.ndarray:
     bits = np.ascontiguousarray(bits)
     if bits.ndim != 2 or bits.shape[1] != 8:
         raise ValueError(f"child occupancy must be (M, 8), got {bits.shape}")
+    flags = bits if bits.dtype == bool else bits != 0
     out = np.empty(bits.shape[0], dtype=np.uint8)
-    _bytes_kernel(bits.view(np.uint8) if bits.dtype == bool else bits != 0, out)
+    _bytes_kernel(flags.view(np.uint8), out)
     return out
 
 
 @compiled
-def _bytes_kernel(bits, out):  # pragma: no cover - compiled
-    """np.packbits of the rows (one pass: packbits along the short axis took ~30 ns a node)."""
+def _bytes_kernel(flags, out):  # pragma: no cover - compiled
+    """np.packbits of the rows of 0/1 bytes (one pass: packbits along the short axis took
+    ~30 ns a node)."""
     for i in range(out.size):
         byte = 0
         for c in range(8):
-            byte = (byte << 1) | (bits[i, c] != 0)
+            byte = (byte << 1) | flags[i, c]
         out[i] = byte
 
 
@@ -216,6 +217,9 @@ class Model:
         return out
 
 
+POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)  # of a byte
+
+
 def child_places(occupancy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The next level's nodes, from a level's node bytes: each occupied child, in Morton
     order, with its parent's byte and its own child index (uint8 each; the adaptive model's
@@ -225,9 +229,6 @@ def child_places(occupancy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     parent_byte, position = np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint8)
     _places_kernel(occupancy, parent_byte, position)
     return parent_byte, position
-
-
-POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
 
 
 @compiled
