@@ -106,8 +106,8 @@ def pointcloud_streams(ply: Path, depth: int) -> list[dict]:
     codec = PointCloudCodec.load()
     vox = octree.voxelize(read_ply(ply), depth)
     codes, bits = octree.build_levels(vox.voxels, depth)
-    coded = coder.compress(codes, bits, depth, codec._predict, codec.tables, Mode.SYNDROME,
-                           codec.decision)
+    coded = coder.compress(codes, bits, depth, codec._start_predict, codec.tables,
+                           Mode.SYNDROME, codec.decision)
     symbols = np.concatenate([b.T.reshape(-1) for b in bits]).astype(np.int32)  # coding order
     indexes = (coded.indices + coder.GRID_K).astype(np.int32)
     name = f"{codec.info.name} occupancy ({ply.stem}, depth {depth})"

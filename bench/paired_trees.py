@@ -14,11 +14,11 @@ with --real its real_clouds of the .ply files in DIR at --real-depths, by name; 
 when none is named.
 
 --in-process: both checkouts in ONE process instead, the other's package copied under another
-name (reprocodec_old; absolute imports renamed), each cloud encoded and decoded by
-one then the other, `reps` times, one thread per codec: the minima, old -> new, and their
-ratio. Both sides see the same drift, so small differences show (whole-process pairs on a
-noisy machine put the same code 0.8-1.4 apart); it also checks that both write the same bytes
-or says they differ.
+name (reprocodec_old; absolute imports renamed), each cloud encoded and decoded by one then
+the other, `reps` times, on `--threads` codec threads (default one): the minima, old -> new,
+and their ratio. Both sides see the same drift, so small differences show (whole-process
+pairs on a noisy machine put the same code 0.8-1.4 apart); it also checks that both write the
+same bytes or says they differ.
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ def _package_copy(tree: Path, name: str, dest: Path) -> None:
 
 
 def in_process(trees: dict[str, Path], names: list[str], reps: int, real: Path | None,
-               depths: list[int]) -> None:
+               depths: list[int], threads: int = 1) -> None:
     """Both checkouts' codecs in this process, each cloud coded by one then the other, reps
-    times; prints the minima (wall s per Mpt, one thread) old -> new and their ratio."""
+    times; prints the minima (wall s per Mpt, `threads` codec threads) old -> new and their
+    ratio."""
     sys.path[:0] = [str(HERE / "bench"), str(HERE)]
     from pointcloud import real_clouds, synthetic_clouds
 
@@ -104,10 +105,10 @@ def in_process(trees: dict[str, Path], names: list[str], reps: int, real: Path |
                 sys.path.insert(0, work)
             codec_module = importlib.import_module(f"{package}.pointcloud.codec")
             sides[label] = (codec_module.PointCloudCodec.load(
-                weights_dir=tree / "reprocodec" / "weights", threads=1),
+                weights_dir=tree / "reprocodec" / "weights", threads=threads),
                 importlib.import_module(f"{package}.container"))
-        print(f"in one process, {reps} runs each, one thread: wall s per Mpt, minima old -> new "
-              "(new / old)")
+        print(f"in one process, {reps} runs each, {threads} thread(s): wall s per Mpt, minima "
+              "old -> new (new / old)")
         for name in names or list(clouds):
             points, depth = clouds[name]
             packed, best = {}, {}
@@ -139,13 +140,16 @@ def main() -> int:
     ap.add_argument("--other", type=Path, help="the checkout to compare against")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int,
+                    help="codec threads (default 2; 1 with --in-process)")
     ap.add_argument("--real", type=Path, help="real clouds: the .ply files of this folder")
     ap.add_argument("--real-depths", default="10", help="--real: octree depths")
     ap.add_argument("--in-process", action="store_true",
-                    help="both checkouts in one process, interleaved (minima, one thread)")
+                    help="both checkouts in one process, interleaved (minima)")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # its checkout
     args = ap.parse_args()
+    if args.threads is None and not args.in_process:
+        args.threads = 2
     depths = [int(d) for d in args.real_depths.split(",")]
     if args.worker:
         worker(args.worker, args.clouds, args.reps, args.threads, args.real, depths)
@@ -154,7 +158,7 @@ def main() -> int:
         ap.error("--other is required")
     if args.in_process:
         in_process({"old": args.other.resolve(), "new": HERE}, args.clouds, args.reps,
-                   args.real.resolve() if args.real else None, depths)
+                   args.real.resolve() if args.real else None, depths, args.threads or 1)
         return 0
     runs: dict[str, list[dict]] = {"new": [], "old": []}
     for _ in range(args.pairs):

@@ -38,8 +38,10 @@ from .safeguard import (
     Mode,
     Protected,
     SafeguardError,
+    SyndromeParts,
     protect,
     resolve_body,
+    resolve_syndromes,
 )
 from .v1 import bitstream_pb2 as pb
 
@@ -135,9 +137,10 @@ class ProtectedDecision:
             raise ContainerError(f"protected tensor {self.name}: {exc}") from exc
         return mode, bound
 
-    def resolve_pass(self, values: np.ndarray, body: bytes, mode: Mode, bound: ErrorBound,
-                     verify: bool = True) -> np.ndarray:
-        """The encoder's indices of one tensor (or pass) from this decoder's values.
+    def resolve_pass(self, values: np.ndarray, body: bytes | SyndromeParts, mode: Mode,
+                     bound: ErrorBound, verify: bool = True) -> np.ndarray:
+        """The encoder's indices of one tensor (or pass) from this decoder's values; `body`:
+        the pass's Protected.body, or its Protected.syndromes as its caller read them back.
         verify=False (benchmarks) falls back to the decoder's own indices on a failed solve."""
         cancel.check()  # between network stages: an abandoned request stops here
         values = numerics.perturb(self.name, values, bound)
@@ -146,6 +149,10 @@ class ProtectedDecision:
                 if body:
                     raise MalformedSideInfo("mode 'none' carries no side information")
                 return self.quantizer.index(values, f"decoder's {self.name}")
+            if isinstance(body, SyndromeParts):  # a syndrome body its caller framed
+                if mode is not Mode.SYNDROME:
+                    raise MalformedSideInfo(f"syndrome fields for a {mode.value!r} record")
+                return resolve_syndromes(values, self.quantizer, bound, body)
             return resolve_body(values, self.quantizer, bound, body, mode)
         except MalformedSideInfo as exc:
             raise ContainerError(f"malformed bitstream: side information of {self.name}: "

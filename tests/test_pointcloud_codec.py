@@ -217,6 +217,48 @@ def test_packed_syndrome_side_information_is_checked_before_use(codec, camel):
             camel, 8).voxels))  # an edit that changes nothing that matters
 
 
+def test_packed_syndrome_fields_read_back_as_written():
+    """_pack_syndromes writes each pass's syndrome fields, _SyndromeReader reads the same ones
+    back (b"" for a pass without), then only padding is left; a count past the gamma limit,
+    a truncated field and trailing bits are refused as malformed."""
+    from reprocodec.pointcloud import coder
+    from reprocodec.safeguard import SyndromeParts
+
+    rng = np.random.default_rng(3)
+    passes = []
+    for _ in range(30):
+        if rng.random() < 0.3:
+            passes.append(None)
+            continue
+        rows = rng.integers(0, 200, int(rng.integers(1, 5)))
+        passes.append(SyndromeParts(rows.astype(np.int64),
+                                    [int(rng.integers(0, 1 << 62)) >> max(0, 62 - int(m))
+                                     for m in rows]))
+    stream = coder._pack_syndromes(passes)
+    assert len(stream) * 8 - sum(coder._syndrome_bits(p) for p in passes) < 8  # as priced
+    reader = coder._SyndromeReader(stream, Mode.SYNDROME, len(passes))
+    for want in passes:
+        got = reader.next(1000)
+        if want is None:
+            assert got == b""
+        else:
+            np.testing.assert_array_equal(got.rows, want.rows)
+            assert got.sent == want.sent
+    reader.finish()
+    with pytest.raises(ContainerError, match="more occupancy passes"):
+        reader.next(1000)
+    for bad, message in [
+        (b"\xff" * 8, "oversized count"),  # presence, then 63 ones: no gamma ends
+        (stream[:len(stream) // 2], "truncated"),
+        (stream + b"\x01", "trailing bits"),
+    ]:
+        reader = coder._SyndromeReader(bad, Mode.SYNDROME, len(passes))
+        with pytest.raises(ContainerError, match=message):
+            for _ in passes:
+                reader.next(1000)
+            reader.finish()
+
+
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint16, np.uint64])
 def test_sort_voxels_are_numpys_unique_rows(dtype):
     """sort_voxels sorts and deduplicates a packed key in place: the same rows and order as

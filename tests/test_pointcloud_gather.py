@@ -178,8 +178,8 @@ def test_encoder_and_decoder_use_the_same_indices(elephant):
     np.testing.assert_array_equal(octree.sort_voxels(octree.morton_decode(out.leaves)), voxels)
     codes, bits = octree.build_levels(voxels, 7)
     encoder_indices = np.concatenate([coder.learned_level(
-        octree.neighbour_table(codes[lv], lv), bits[lv], lv, 7, codec._predict, codec.tables,
-        Mode.SYNDROME, codec.decision).indices for lv in range(7)])
+        octree.neighbour_table(codes[lv], lv), bits[lv], lv, 7, codec._start_predict,
+        codec.tables, Mode.SYNDROME, codec.decision).indices for lv in range(7)])
     np.testing.assert_array_equal(out.indices, encoder_indices)
 
 

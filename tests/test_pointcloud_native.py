@@ -30,6 +30,7 @@ from reprocodec.pointcloud.gather import GatherFirstLayer, gather_first_layer
 from reprocodec.pointcloud.models import DEFAULT_MODEL, weights_path
 from reprocodec.pointcloud.ply import read_ply
 from reprocodec.pointcloud.weightsfile import WeightsFileError, read_blob, read_weights
+from reprocodec.safeguard import Mode
 
 SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
 
@@ -378,6 +379,115 @@ def test_for_row_slices_raises_after_every_started_slice_has_finished():
         rowslices.for_row_slices(work, rows, 2)
     assert running[0] == 0
     assert len(done) < len(rowslices.row_slices(rows, 2))  # the rest were never started
+
+
+def test_row_slices_job_works_while_the_caller_does_something_else():
+    """RowSlices, made, has the pool's thread take slices at once, before finish(); finish()
+    has the caller take the rest and returns when every slice is done; cancel() stops the
+    slices not yet taken and returns when none is running."""
+    rows = 40 * rowslices.MIN_ROWS_PER_TASK
+    seen, running, lock = [], [0], threading.Lock()
+
+    def work(start: int, stop: int) -> None:
+        with lock:
+            running[0] += 1
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+            seen.append((start, stop, threading.get_ident()))
+
+    job = rowslices.RowSlices(work, rows, 2)
+    time.sleep(0.1)  # the caller busy elsewhere: the pool works meanwhile
+    with lock:
+        before = len(seen)
+    assert before >= 2 and all(t != threading.get_ident() for _, _, t in seen)
+    job.finish()
+    assert sorted((a, b) for a, b, _ in seen) == rowslices.row_slices(rows, 2)
+    assert running[0] == 0
+
+    seen.clear()
+    job = rowslices.RowSlices(work, rows, 2)
+    time.sleep(0.03)
+    job.cancel()
+    with lock:
+        after_cancel = len(seen)
+    assert running[0] == 0 and 0 < after_cancel < len(rowslices.row_slices(rows, 2))
+    time.sleep(0.05)
+    assert len(seen) == after_cancel  # nothing ran after cancel() returned
+
+    one = rowslices.RowSlices(work, rows, 1)  # one thread: finish() does it all
+    seen.clear()
+    time.sleep(0.03)
+    assert not seen
+    one.finish()
+    assert {t for _, _, t in seen} == {threading.get_ident()}
+
+
+def test_native_logits_started_equal_logits_of():
+    """start_logits (the pool starts, the caller collects) gives logits_of's values."""
+    codec = PointCloudCodec.load(threads=2)
+    voxels = octree.sort_voxels(read_ply(SAMPLES / "elephant_d7.ply"))
+    codes, bits = octree.build_levels(voxels, 7)
+    neighbours = octree.neighbour_table(codes[6], 6)
+    for k in (0, 5):
+        pending = codec._start_predict(neighbours, bits[6], k, 6, 7)
+        np.testing.assert_array_equal(pending.result(), codec._predict(neighbours, bits[6], k, 6,
+                                                                       7))
+
+
+def test_learned_level_starts_the_next_pass_and_cancels_it_on_an_error():
+    """The encoder's learned_level starts pass k + 1's network before it protects pass k, and
+    when protecting raises (a cancelled request, say), the started pass is cancelled."""
+    from reprocodec.errors import EncoderError
+    from reprocodec.pointcloud import coder
+    from reprocodec.pointcloud.rowslices import Pending
+
+    codec = PointCloudCodec.load(threads=1)
+    voxels = octree.sort_voxels(read_ply(SAMPLES / "elephant_d7.ply"))
+    codes, bits = octree.build_levels(voxels, 7)
+    neighbours = octree.neighbour_table(codes[5], 5)
+    events: list[str] = []
+
+    class Recorded(Pending):
+        def __init__(self, k: int) -> None:
+            super().__init__(lambda: codec._predict(neighbours, bits[5], k, 5, 7))
+            self.k = k
+
+        def result(self):
+            events.append(f"result {self.k}")
+            return super().result()
+
+        def cancel(self) -> None:
+            events.append(f"cancel {self.k}")
+
+    def start(table, level_bits, k, level, depth):
+        events.append(f"start {k}")
+        return Recorded(k)
+
+    class Failing:
+        def __init__(self, fail_at: int) -> None:
+            self.calls, self.fail_at = 0, fail_at
+
+        def protect_pass(self, logits, mode):
+            events.append(f"protect {self.calls}")
+            self.calls += 1
+            if self.calls > self.fail_at:
+                raise EncoderError("cancelled")
+            return codec.decision.protect_pass(logits, mode)
+
+    whole = coder.learned_level(neighbours, bits[5], 5, 7, start, codec.tables, Mode.SYNDROME,
+                                Failing(8))
+    assert events[:5] == ["start 0", "result 0", "start 1", "protect 0", "result 1"]
+    assert events.count("start 7") == 1 and "start 8" not in events
+    reference = coder.learned_level(neighbours, bits[5], 5, 7, codec._start_predict,
+                                    codec.tables, Mode.SYNDROME, codec.decision)
+    np.testing.assert_array_equal(whole.indices, reference.indices)
+    assert whole.cost == reference.cost
+    events.clear()
+    with pytest.raises(EncoderError):
+        coder.learned_level(neighbours, bits[5], 5, 7, start, codec.tables, Mode.SYNDROME,
+                            Failing(2))
+    assert events[-2:] == ["protect 2", "cancel 3"] and "start 4" not in events
 
 
 def test_prefetch_is_a_hint_that_changes_nothing_and_never_faults():

@@ -14,10 +14,12 @@ from reprocodec.safeguard import (
     MalformedSideInfo,
     Mode,
     SafeguardError,
+    SyndromeParts,
     elimination,
     protect,
     resolve,
     resolve_body,
+    resolve_syndromes,
 )
 from reprocodec.safeguard import syndrome as gf2
 from reprocodec.safeguard.bitio import BitReader, BitWriter, decode_varint, encode_varint
@@ -216,6 +218,42 @@ def test_syndrome_structure_is_checked_before_any_work(monkeypatch, body, messag
     _no_elimination(monkeypatch)
     with pytest.raises(MalformedSideInfo, match=message):
         resolve_body(v, UNIT, TIGHT, body, Mode.SYNDROME)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 3000))
+def test_syndrome_fields_resolve_as_the_body(seed, n):
+    """Protected.syndromes, what a caller that frames the body's fields itself keeps, resolves
+    through resolve_syndromes to the body's indices; None exactly when the body is empty."""
+    rng = np.random.default_rng(seed)
+    v = rng.integers(-30, 30, n) + 0.5 + rng.uniform(-0.06, 0.06, n)
+    v_dec = v + rng.uniform(-1, 1, n) * 0.02 * 0.999
+    p = protect(v, UNIT, TIGHT, Mode.SYNDROME)
+    assert (p.syndromes is None) == (p.body == b"")
+    parts = p.syndromes or SyndromeParts(np.zeros(0, np.int64), [])
+    np.testing.assert_array_equal(resolve_syndromes(v_dec, UNIT, TIGHT, parts), p.indices)
+    np.testing.assert_array_equal(resolve_body(v_dec, UNIT, TIGHT, p.body, Mode.SYNDROME),
+                                  p.indices)
+    if p.syndromes is not None:
+        assert all(0 <= s < 1 << m for s, m in zip(p.syndromes.sent, p.syndromes.rows.tolist(),
+                                                   strict=True))
+
+
+@pytest.mark.parametrize("rows, sent, message", [
+    ([3, 3], [1], "a row count per block"),
+    ([[3]], [1], "a row count per block"),
+    ([3], [8], "longer than its rows"),
+    ([3], [-1], "longer than its rows"),
+    ([1] * 1001, [0] * 1001, "more syndrome blocks than elements"),
+    ([1000 + 65], [0], "impossible syndrome size"),
+])
+def test_syndrome_fields_are_checked_before_any_work(monkeypatch, rows, sent, message):
+    """resolve_syndromes refuses fields no encoder writes as resolve_body does, before the
+    tensor pass or any elimination."""
+    v = _risky_tensor(1000)
+    _no_elimination(monkeypatch)
+    with pytest.raises(MalformedSideInfo, match=message):
+        resolve_syndromes(v, UNIT, TIGHT, SyndromeParts(np.array(rows, dtype=np.int64), sent))
 
 
 def test_total_rows_cap(monkeypatch):

@@ -71,7 +71,7 @@ from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
 from .native import NativeGatherNetworks
-from .rowslices import default_threads
+from .rowslices import Pending, default_threads
 from .weightsfile import read_weights
 
 PAYLOAD = "occupancy"
@@ -284,6 +284,12 @@ class PointCloudCodec:
     def _predict(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
                  depth: int) -> np.ndarray:
         return _pass_logits(self.networks, neighbours, bits, k, level, depth)
+
+    def _start_predict(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
+                       depth: int) -> Pending:
+        """The logits of child k of every node of a level (coder.StartPredict), started."""
+        inputs = self.networks.inputs(neighbours, bits, k, level, depth)
+        return self.networks.start_logits(inputs, k, depth - 1 - level)
 
     # ----------------------------------------------------------------------------- encode
 
@@ -525,8 +531,8 @@ class PointCloudCodec:
                     confident, BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES)
             if may_win:
                 learned[level] = coder.learned_level(
-                    neighbours(), bits[level], level, depth, self._predict, self.tables, mode,
-                    self.decision, buckets)
+                    neighbours(), bits[level], level, depth, self._start_predict, self.tables,
+                    mode, self.decision, buckets)
                 mix_bits += bits[level].size
                 if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
                     # Pass-major as the indices

@@ -35,14 +35,18 @@ import numpy as np
 from .. import entropy
 from ..decision import ProtectedDecision
 from ..errors import ContainerError, VerificationError
-from ..safeguard import DecisionQuantizer, ErrorBound, Mode, SafeguardError
-from ..safeguard.bitio import BitReader, BitWriter, decode_varint, encode_varint
+from ..safeguard import DecisionQuantizer, ErrorBound, Mode, SyndromeParts
+from ..safeguard.bitio import BitWriter, decode_varint, encode_varint
 from . import adaptive, mixing, neighbour, nodecontext, octree, refine
 from .context import N_PASSES
 from .grid import GRID_K, LOGIT_STEP
+from .rowslices import Pending
 
 # (neighbour table, bits so far, pass k, level, depth) -> float64 logits of child k of each node
 Predict = Callable[[np.ndarray, np.ndarray, int, int, int], np.ndarray]
+# The same, started: the logits as a rowslices.Pending (the encoder protects one pass while
+# the pool makes the next)
+StartPredict = Callable[[np.ndarray, np.ndarray, int, int, int], Pending]
 LOGIT_QUANTIZER = DecisionQuantizer.uniform(LOGIT_STEP)
 TENSOR = "occupancy_logit"
 
@@ -76,7 +80,8 @@ class LearnedLevel:
     choice: what it would code and an estimate of what it would cost."""
 
     indices: np.ndarray  # clamped grid index of each bit, pass-major (child k of every node)
-    bodies: list[bytes]  # per pass safeguard body
+    bodies: list[bytes | SyndromeParts | None]  # per pass safeguard body (syndrome mode: its
+    # fields, None when nothing is risky)
     risky: int
     candidates: int
     cost: int  # code length of the bits (the cheaper of the model's and, when priced, the
@@ -87,33 +92,42 @@ class LearnedLevel:
 
 
 def learned_level(
-    neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int, predict: Predict,
+    neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int, start: StartPredict,
     tables: entropy.CdfTables, mode: Mode, decision: ProtectedDecision,
     buckets: np.ndarray | None = None,
 ) -> LearnedLevel:
     """Run the model and the safeguard on one level (the encoder's float work). With
     `buckets` (refine.py's state after the levels before, walked on) the level is also priced
-    under refined probabilities."""
+    under refined probabilities. The network makes pass k + 1's logits (the encoder knows
+    every pass's inputs) while this thread protects and prices pass k: on two threads the
+    pool's thread would otherwise wait for that serial work."""
     side_bits = _SIDE_BITS.get(mode, _body_bits)
     m = bits.shape[0]
     # Pass k's indices go to rows k*m.. of one array, and each pass is priced as it comes
     # (integer sums: the same total): no per-pass list to join, no whole-level temporaries.
     index = np.empty(N_PASSES * m, dtype=np.int16)  # |index| <= GRID_K
     bodies, risky, candidates, cost, refined = [], 0, 0, 0, 0
-    for k in range(N_PASSES):
-        logits = predict(neighbours, bits, k, level, depth)
-        protected = decision.protect_pass(logits, mode)
-        index[k * m:(k + 1) * m] = _grid_index(protected.indices)
-        if buckets is None:
-            cost += _code_length(bits[:, k], index[k * m:(k + 1) * m], tables)
-        else:
-            static, refined_pass = refine.code_lengths(bits[:, k], index[k * m:(k + 1) * m],
-                                                       buckets, tables.cdfs[:, 1])
-            cost += static
-            refined += refined_pass
-        bodies.append(protected.body)
-        risky += protected.risky_count
-        candidates += protected.candidate_count
+    pending = start(neighbours, bits, 0, level, depth)
+    try:
+        for k in range(N_PASSES):
+            logits = pending.result()
+            if k + 1 < N_PASSES:
+                pending = start(neighbours, bits, k + 1, level, depth)
+            protected = decision.protect_pass(logits, mode)
+            index[k * m:(k + 1) * m] = _grid_index(protected.indices)
+            if buckets is None:
+                cost += _code_length(bits[:, k], index[k * m:(k + 1) * m], tables)
+            else:
+                static, refined_pass = refine.code_lengths(bits[:, k], index[k * m:(k + 1) * m],
+                                                           buckets, tables.cdfs[:, 1])
+                cost += static
+                refined += refined_pass
+            # syndrome mode: the body's fields, which _pack_syndromes writes its own way
+            bodies.append(protected.syndromes if mode is Mode.SYNDROME else protected.body)
+            risky += protected.risky_count
+            candidates += protected.candidate_count
+    finally:
+        pending.cancel()  # a no-op unless this thread's work raised (cancellation, say)
     static_cost = cost
     if buckets is not None:
         cost = min(cost, refined)
@@ -158,14 +172,14 @@ def _code_length(coded: np.ndarray, index: np.ndarray, tables: entropy.CdfTables
 
 
 def learned_levels(
-    codes: list[np.ndarray], bits: list[np.ndarray], depth: int, predict: Predict,
+    codes: list[np.ndarray], bits: list[np.ndarray], depth: int, start: StartPredict,
     tables: entropy.CdfTables, mode: Mode, decision: ProtectedDecision,
 ) -> list[LearnedLevel]:
     """Every level with the learned model."""
     level_tables = octree.LevelTables()
     return [learned_level(level_tables.table_of(codes[level], level,
                                                 bits[level - 1] if level else None),
-                          bits[level], level, depth, predict, tables, mode, decision)
+                          bits[level], level, depth, start, tables, mode, decision)
             for level in range(depth)]
 
 
@@ -208,11 +222,11 @@ def pack_learned(levels: list[LearnedLevel], bits: list[np.ndarray], tables: ent
 
 
 def compress(
-    codes: list[np.ndarray], bits: list[np.ndarray], depth: int, predict: Predict,
+    codes: list[np.ndarray], bits: list[np.ndarray], depth: int, start: StartPredict,
     tables: entropy.CdfTables, mode: Mode, decision: ProtectedDecision,
 ) -> CodedOccupancy:
     """Every level with the learned model (one rANS stream)."""
-    levels = learned_levels(codes, bits, depth, predict, tables, mode, decision)
+    levels = learned_levels(codes, bits, depth, start, tables, mode, decision)
     return pack_learned(levels, bits, tables, mode)
 
 
@@ -402,13 +416,12 @@ def decompress(
     )
 
 
-def _syndrome_bits(body: bytes) -> int:
+def _syndrome_bits(parts: SyndromeParts | None) -> int:
     """Bits of one pass in _pack_syndromes: presence bit, gamma counts, syndrome bits."""
-    if not body:
+    if parts is None:
         return 1
-    n_blocks, pos = decode_varint(body, 0)
-    rows = BitReader(body[pos:]).read_rice(n_blocks)
-    return 1 + _gamma_bits(n_blocks) + sum(_gamma_bits(m + 1) + m for m in rows.tolist())
+    return 1 + _gamma_bits(len(parts.sent)) + sum(_gamma_bits(m + 1) + m
+                                                   for m in parts.rows.tolist())
 
 
 def _gamma_bits(n: int) -> int:
@@ -456,71 +469,96 @@ def _write_gamma(writer: BitWriter, n: int) -> None:
         writer.write_int(n - (1 << width), width)
 
 
-def _read_gamma(reader: BitReader) -> int:
-    width = int(reader.read_unary(1)[0])
-    if width > _GAMMA_MAX:
-        raise ContainerError("malformed bitstream: occupancy side information has an "
-                             "oversized count")
-    return (1 << width) + (reader.read_int(width) if width else 0)
+def _read_gamma(reader: _FieldReader) -> int:
+    width = reader.unary(_GAMMA_MAX)
+    return (1 << width) + reader.int(width)
 
 
-def _pack_syndromes(bodies: list[bytes]) -> bytes:
-    """The syndrome bodies of all passes as one bit stream (see the module docstring)."""
+def _pack_syndromes(passes: list[SyndromeParts | None]) -> bytes:
+    """The syndrome fields of all passes as one bit stream (see the module docstring)."""
     writer = BitWriter()
-    for body in bodies:
-        writer.write_int(1 if body else 0, 1)
-        if not body:
+    for parts in passes:
+        writer.write_int(0 if parts is None else 1, 1)
+        if parts is None:
             continue
-        n_blocks, pos = decode_varint(body, 0)
-        reader = BitReader(body[pos:])
-        rows = reader.read_rice(n_blocks)
-        _write_gamma(writer, n_blocks)
-        for m in rows.tolist():
+        rows = parts.rows.tolist()
+        _write_gamma(writer, len(rows))
+        for m in rows:
             _write_gamma(writer, m + 1)
-        for m in rows.tolist():
-            writer.write_int(reader.read_int(m), m)
+        for sent, m in zip(parts.sent, rows, strict=True):
+            writer.write_int(sent, m)
     return writer.getvalue()
 
 
+class _FieldReader:
+    """A bit stream (LSB first in each byte, as BitWriter writes) read one field at a time:
+    the packed syndromes' fields are a few bits each, where BitReader's vectorized reads
+    cost far more than they read (~100 us a pass). The bits are one byte each (0 or 1), so
+    that a unary code's end is one bytes.find and a field one int(); nothing is read past
+    the end, and every read's work is its own length."""
+
+    _DIGITS = bytes.maketrans(b"\x00\x01", b"01")
+
+    def __init__(self, data: bytes) -> None:
+        self._bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little").tobytes()
+        self._pos = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self._bits) - self._pos
+
+    def unary(self, most: int) -> int:
+        """A count of at most `most` written as that many ones and a zero."""
+        end = self._bits.find(b"\x00", self._pos, self._pos + most + 1)
+        if end < 0:
+            raise ContainerError("malformed bitstream: occupancy side information is "
+                                 "truncated or has an oversized count")
+        count, self._pos = end - self._pos, end + 1
+        return count
+
+    def int(self, width: int) -> int:
+        """An unsigned `width`-bit field (0 for width 0)."""
+        if width > self.remaining:
+            raise ContainerError("malformed bitstream: occupancy side information is "
+                                 "truncated")
+        field = self._bits[self._pos:self._pos + width]
+        self._pos += width
+        return int(field[::-1].translate(self._DIGITS), 2) if width else 0
+
+    def finish(self) -> None:
+        """Only the zero bits that pad the last byte may be left."""
+        if self.remaining >= 8 or b"\x01" in self._bits[self._pos:]:
+            raise ContainerError("malformed bitstream: occupancy side information: side "
+                                 "information has trailing bits after its fields")
+
+
 class _SyndromeReader:
-    """Rebuilds each pass's syndrome body from the packed bit stream (_pack_syndromes)."""
+    """Reads each pass's syndrome fields back from the packed bit stream (_pack_syndromes)."""
 
     def __init__(self, stream: bytes, mode: Mode, passes: int):
         del mode  # syndrome only
-        self.reader, self.passes, self.index = BitReader(stream), passes, 0
+        self.reader, self.passes, self.index = _FieldReader(stream), passes, 0
 
-    def next(self, size: int) -> bytes:
+    def next(self, size: int) -> bytes | SyndromeParts:
+        """The next pass's fields (b"": nothing risky) for resolve_pass; `size`: its bits."""
         self.index += 1
         if self.index > self.passes:
             raise ContainerError("malformed bitstream: more occupancy passes than the depth")
-        try:
-            if not self.reader.read_int(1):
-                return b""
-            n_blocks = _read_gamma(self.reader)
-            if n_blocks > size:
-                raise ContainerError("malformed bitstream: more syndrome blocks than bits in "
-                                     "an occupancy pass")
-            rows = [_read_gamma(self.reader) - 1 for _ in range(n_blocks)]
-            if sum(rows) > self.reader.remaining:
-                raise ContainerError("malformed bitstream: occupancy side information is "
-                                     "truncated")
-            writer = BitWriter()
-            writer.write_rice(np.asarray(rows, dtype=np.int64))
-            for m in rows:
-                writer.write_int(self.reader.read_int(m), m)
-        except ContainerError:
-            raise
-        except SafeguardError as exc:  # the bit reader's truncation and overrun errors
-            raise ContainerError(f"malformed bitstream: occupancy side information: {exc}"
-                                 ) from exc
-        return encode_varint(n_blocks) + writer.getvalue()
+        if not self.reader.int(1):
+            return b""
+        n_blocks = _read_gamma(self.reader)
+        if n_blocks > size:
+            raise ContainerError("malformed bitstream: more syndrome blocks than bits in an "
+                                 "occupancy pass")
+        rows = [_read_gamma(self.reader) - 1 for _ in range(n_blocks)]
+        if sum(rows) > self.reader.remaining:
+            raise ContainerError("malformed bitstream: occupancy side information is "
+                                 "truncated")
+        return SyndromeParts(np.array(rows, dtype=np.int64),
+                             [self.reader.int(m) for m in rows])
 
     def finish(self) -> None:
-        try:
-            self.reader.finish()  # only zero padding after the last pass
-        except SafeguardError as exc:
-            raise ContainerError(f"malformed bitstream: occupancy side information: {exc}"
-                                 ) from exc
+        self.reader.finish()
 
 
 class _SideReader:

@@ -28,7 +28,7 @@ import numpy as np
 from ..kernels import compiled, numba
 from .context import N_HEIGHTS
 from .gather import GatherFirstLayer, GatherInputs, gather_first_layer
-from .rowslices import default_threads, for_row_slices
+from .rowslices import Pending, RowSlices, default_threads
 from .vectorops import FIRST_UNITS, SECOND_UNITS
 
 if numba is not None:
@@ -68,10 +68,15 @@ class NativeGatherNetworks:
 
     def logits_of(self, inputs: GatherInputs, k: int, height: int) -> np.ndarray:
         """float64 logits (float32 values) of a pass's GatherInputs."""
+        return self.start_logits(inputs, k, height).result()
+
+    def start_logits(self, inputs: GatherInputs, k: int, height: int) -> Pending:
+        """logits_of as a Pending: the pool's threads start on the rows now, the caller
+        joins them when it asks for the result."""
         table = self.tables[k]
         bias = self.biases[k, min(height, N_HEIGHTS - 1)]
         rows = np.ascontiguousarray(inputs.neighbours)
-        out = np.empty(inputs.rows, dtype=np.float32)
+        out = np.empty(inputs.rows, dtype=np.float32)  # made here: no pool thread's heap
 
         def work(start: int, stop: int) -> None:
             if numba is not None:
@@ -81,8 +86,7 @@ class NativeGatherNetworks:
                 hidden = gather_first_layer(rows[start:stop], inputs.state, table, bias)
                 out[start:stop] = numpy_rest(hidden, self.w2t, self.b2, self.w3, self.b3)
 
-        for_row_slices(work, inputs.rows, self.threads)
-        return out.astype(np.float64)
+        return Pending(lambda: out.astype(np.float64), RowSlices(work, inputs.rows, self.threads))
 
     def logits(self, features: np.ndarray, k: int, height: int) -> np.ndarray:
         """The same logits from compact uint8 features (context.pass_features, compact=True),

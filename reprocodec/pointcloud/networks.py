@@ -42,6 +42,7 @@ from .grid import (  # noqa: F401 - re-exported
     build_cdf_table,
     grid_size,
 )
+from .rowslices import Pending
 from .weightsfile import read_weights
 
 # Rows are evaluated in fixed-size chunks on both sides: a BLAS may pick different kernels
@@ -65,7 +66,15 @@ class OccupancyMLP(nn.Module):
         return self.net(features).squeeze(-1)
 
 
-class PassNetworks:
+class _StartsNow:
+    """start_logits of the torch paths: made at once, on the profile's device."""
+
+    def start_logits(self, inputs, k: int, height: int) -> Pending:
+        logits = self.logits_of(inputs, k, height)
+        return Pending(lambda: logits)
+
+
+class PassNetworks(_StartsNow):
     """The trained MLP specialised per (pass, height): first-layer columns that are always
     zero in that pass are dropped and the one-hot inputs folded into the bias (done once at
     load, in float64, then rounded to the working dtype). Same function, fewer operations;
@@ -116,7 +125,7 @@ class PassNetworks:
         return out
 
 
-class GatherNetworks:
+class GatherNetworks(_StartsNow):
     """The MLP with an exact integer first layer (gather.py; models whose weights file says
     "first_layer": "gather") in torch: the second and last layers' float work, which the
     safeguard protects, runs on the profile's device in fixed-size chunks on both sides."""

@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 ROWS_PER_TASK = 1 << 13  # the most rows of a slice
 MIN_ROWS_PER_TASK = 1 << 10  # the fewest rows worth a task of their own
@@ -56,34 +57,73 @@ def for_row_slices(work: Callable[[int, int], None], rows: int, threads: int) ->
     works rather than waits: on two cores, handing every slice to two pool threads and
     waking the caller after cost a wake-up each way per pass, and made the neighbour-coded
     LiDAR sweep slower to decode on two threads than on one."""
-    slices = row_slices(rows, threads)
-    if threads <= 1 or len(slices) <= 1:
-        for start, stop in slices:
-            work(start, stop)
-        return
-    pending = iter(slices)
-    lock = threading.Lock()
-    failed = threading.Event()
+    RowSlices(work, rows, threads).finish()
 
-    def drain() -> None:
-        while not failed.is_set():
-            with lock:
-                piece = next(pending, None)
+
+class RowSlices:
+    """for_row_slices in two steps, so that the caller can do other work between them: made,
+    it hands the slices to threads - 1 pool threads at once; finish() has the caller take
+    the slices still left, then waits for every slice to be done (and raises the first
+    error); cancel() stops the slices not yet taken and waits for the others. With one
+    thread, finish() does all the work."""
+
+    def __init__(self, work: Callable[[int, int], None], rows: int, threads: int) -> None:
+        self._work = work
+        self._slices = row_slices(rows, threads)
+        self._pending = iter(self._slices)
+        self._lock = threading.Lock()
+        self._failed = threading.Event()
+        self._helpers = []
+        if threads > 1 and len(self._slices) > 1:
+            self._helpers = [_pool(threads - 1).submit(self._drain)
+                             for _ in range(min(threads, len(self._slices)) - 1)]
+
+    def _drain(self) -> None:
+        while not self._failed.is_set():
+            with self._lock:
+                piece = next(self._pending, None)
             if piece is None:
                 return
             try:
-                work(*piece)
+                self._work(*piece)
             except BaseException:
-                failed.set()  # the others stop taking slices
+                self._failed.set()  # the others stop taking slices
                 raise
 
-    helpers = [_pool(threads - 1).submit(drain) for _ in range(min(threads, len(slices)) - 1)]
-    try:
-        drain()
-    finally:
-        for f in helpers:  # every slice's writes are done before this returns or raises
+    def finish(self) -> None:
+        try:
+            self._drain()
+        finally:
+            self._wait()
+        for f in self._helpers:
+            if not f.cancelled():
+                f.result()  # a helper's error, if the caller's own went through
+
+    def cancel(self) -> None:
+        self._failed.set()
+        self._wait()
+
+    def _wait(self) -> None:
+        for f in self._helpers:  # every slice's writes are done before this returns or raises
             if not f.cancel():  # (a helper still queued behind other calls' has nothing left)
                 f.exception()
-    for f in helpers:
-        if not f.cancelled():
-            f.result()  # a helper's error, if the caller's own went through
+
+
+class Pending:
+    """A result being made on the pool (a RowSlices job), or already made (job None):
+    result() finishes the job, the caller helping, then returns value(); cancel() stops it
+    (the caller gave up on the result)."""
+
+    def __init__(self, value: Callable[[], Any], job: RowSlices | None = None) -> None:
+        self._value, self._job = value, job
+
+    def result(self) -> Any:
+        if self._job is not None:
+            job, self._job = self._job, None
+            job.finish()
+        return self._value()
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            job, self._job = self._job, None
+            job.cancel()

@@ -22,7 +22,16 @@ when the decoder's values do not reproduce the encoder's indices (DATA_LOSS).
 
 from .bounds import ErrorBound
 from .errors import MalformedSideInfo, SafeguardError
-from .modes import Mode, Protected, protect, resolve, resolve_body, warm_up
+from .modes import (
+    Mode,
+    Protected,
+    SyndromeParts,
+    protect,
+    resolve,
+    resolve_body,
+    resolve_syndromes,
+    warm_up,
+)
 from .quantizer import DecisionQuantizer
 
 __all__ = [
@@ -32,8 +41,10 @@ __all__ = [
     "Mode",
     "Protected",
     "SafeguardError",
+    "SyndromeParts",
     "protect",
     "resolve",
     "resolve_body",
+    "resolve_syndromes",
     "warm_up",
 ]

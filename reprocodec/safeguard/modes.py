@@ -5,7 +5,10 @@ A side-information stream is a header, a one-byte mode tag and the element count
 varint, so that a stream can never be resolved under the wrong mode or tensor size, then the
 body. Callers that record the mode and size themselves (the point-cloud coder packs one body
 per pass) store `Protected.body` and call `resolve_body`; `resolve` checks the header and calls
-`resolve_body`, so there is one reader.
+`resolve_body`, so there is one reader. A caller that frames a syndrome body's fields its own
+way (the point-cloud coder, in one bit stream for all passes) keeps `Protected.syndromes` and
+passes what it reads back to `resolve_syndromes`: the same checks and solve, without a body to
+rebuild and parse again.
 
 Bodies (bits LSB first, zero-padded to a byte, nothing after):
   flags       varint count, Rice-coded position gaps (riskymap), count direction bits
@@ -55,12 +58,23 @@ _NOTHING_RISKY = {Mode.FLAGS: b"\x00\x00", Mode.SIMPLIFIED: b"\x00\x00", Mode.SY
 
 
 @dataclass(frozen=True)
+class SyndromeParts:
+    """A syndrome body's fields, for a caller that frames them its own way (the point-cloud
+    coder packs every pass's into one bit stream): each block's row count and its syndrome,
+    an int below 2 ** rows[b]. resolve_syndromes is resolve_body for these."""
+
+    rows: np.ndarray  # int64, one per block
+    sent: list[int]
+
+
+@dataclass(frozen=True)
 class Protected:
     indices: np.ndarray  # what the encoder must code with (same shape as v_enc)
     stream: bytes  # side information for the decoder: header + body
     mode: Mode
     risky_count: int  # encoder elements within e of a threshold
     candidate_count: int  # syndrome: encoder's 2e-zone C_2; otherwise = risky_count
+    syndromes: SyndromeParts | None = None  # syndrome mode with blocks: the body's fields
 
     @property
     def body(self) -> bytes:
@@ -99,6 +113,7 @@ def protect(
         return Protected(quantizer.index(v_enc, "encoder tensor"), b"", mode, 0, 0)
     n = int(np.prod(shape))
     writer = BitWriter()
+    parts = None
     if mode is Mode.FLAGS:
         k, risky, near = quantizer.index_and_near(v_enc, bound.risky_radius, "encoder tensor")
         varints = encode_varint(risky.size)
@@ -118,12 +133,13 @@ def protect(
         varints = encode_varint(n_blocks)
         if n_blocks:
             writer.write_rice(rows)
-            for words, m in zip(gf2.block_syndromes(k, n_blocks, rows), rows.tolist(),
-                                strict=True):
-                writer.write_int(gf2.to_int(words), m)
+            parts = SyndromeParts(rows, [gf2.to_int(words) for words in
+                                         gf2.block_syndromes(k, n_blocks, rows)])
+            for sent, m in zip(parts.sent, rows.tolist(), strict=True):
+                writer.write_int(sent, m)
         candidates = zone.size
     stream = _header(mode, n) + varints + writer.getvalue()
-    return Protected(k.reshape(shape), stream, mode, int(risky_count), int(candidates))
+    return Protected(k.reshape(shape), stream, mode, int(risky_count), int(candidates), parts)
 
 
 def resolve(
@@ -210,6 +226,32 @@ def _resolve_syndrome(v_dec: np.ndarray, quantizer: DecisionQuantizer, bound: Er
         sent = [reader.read_int(m) for m in rows.tolist()]
     if has_body:
         reader.finish()
+    return _solve_syndromes(v_dec, quantizer, bound, SyndromeParts(rows, sent))
+
+
+def resolve_syndromes(v_dec: np.ndarray, quantizer: DecisionQuantizer, bound: ErrorBound,
+                      parts: SyndromeParts) -> np.ndarray:
+    """resolve_body of a syndrome body given as its fields (read by the caller from its own
+    framing, each syndrome exactly rows[b] bits): the same checks, before any work."""
+    quantizer.check_bound(bound)
+    n, n_blocks = int(np.prod(np.shape(v_dec))), len(parts.sent)
+    rows = np.asarray(parts.rows, dtype=np.int64)
+    if rows.shape != (n_blocks,):
+        raise MalformedSideInfo("side information has a row count per block, and only that")
+    if n_blocks > n:
+        raise MalformedSideInfo("side information has more syndrome blocks than elements")
+    if n_blocks:
+        gf2.check_rows(rows, n, n_blocks, int(rows.sum()))  # all caps, before any work
+        if any(s < 0 or s >> m for s, m in zip(parts.sent, rows.tolist(), strict=True)):
+            raise MalformedSideInfo("side information has a syndrome longer than its rows")
+    return _solve_syndromes(v_dec, quantizer, bound, SyndromeParts(rows, parts.sent))
+
+
+def _solve_syndromes(v_dec: np.ndarray, quantizer: DecisionQuantizer, bound: ErrorBound,
+                     parts: SyndromeParts) -> np.ndarray:
+    """The encoder's indices from checked syndrome fields."""
+    shape = np.shape(v_dec)
+    rows, sent, n_blocks = parts.rows, parts.sent, len(parts.sent)
     if not n_blocks:  # the encoder's 2e-zone was empty: no decoder within the bound differs
         return quantizer.index(v_dec, "decoder tensor")
     # C_d: the decoder's own risky zone, the only place where k can differ. If k_dec != k_enc,
