@@ -321,6 +321,22 @@ def test_level_layout_kernels_equal_numpy():
         adaptive.occupancy_bytes(np.zeros((2, 7), bool))
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint16, np.uint64])
+def test_morton_kernels_equal_the_bit_interleaving(dtype):
+    """morton_encode / morton_decode (compiled) against their definition: bit b of x, y, z at
+    bits 3b + 2, 3b + 1, 3b of the code, for the largest coordinates of 21 bits too."""
+    rng = np.random.default_rng(7)
+    top = min((1 << 21) - 1, np.iinfo(dtype).max)
+    coords = rng.integers(0, top + 1, (3000, 3)).astype(dtype)
+    coords[:3] = [[top, 0, top], [0, top, 0], [top, top, top]]
+    want = np.zeros(coords.shape[0], dtype=np.int64)
+    for b in range(21):
+        for axis in range(3):
+            want |= ((coords[:, axis].astype(np.int64) >> b) & 1) << (3 * b + 2 - axis)
+    np.testing.assert_array_equal(octree.morton_encode(coords), want)
+    np.testing.assert_array_equal(octree.morton_decode(want), coords.astype(np.int64))
+
+
 # ------------------------------------------------------------------------- hostile streams
 
 def _reframed(msg, edit) -> bytes:

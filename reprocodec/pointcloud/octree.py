@@ -24,31 +24,39 @@ NEIGHBOUR_OFFSETS = np.array(
 )
 
 
+# _spread's (shift, mask) steps; _compact runs them backwards
+_SPREAD_STEPS = ((32, 0x1F00000000FFFF), (16, 0x1F0000FF0000FF), (8, 0x100F00F00F00F00F),
+                 (4, 0x10C30C30C30C30C3), (2, 0x1249249249249249))
+_LOW_21 = 0x1FFFFF
+
+
 def _spread(v: np.ndarray) -> np.ndarray:
     """Insert two zero bits between the bits of each value (up to 21 bits)."""
-    v = v.astype(np.uint64) & np.uint64(0x1FFFFF)
-    v = (v | (v << np.uint64(32))) & np.uint64(0x1F00000000FFFF)
-    v = (v | (v << np.uint64(16))) & np.uint64(0x1F0000FF0000FF)
-    v = (v | (v << np.uint64(8))) & np.uint64(0x100F00F00F00F00F)
-    v = (v | (v << np.uint64(4))) & np.uint64(0x10C30C30C30C30C3)
-    v = (v | (v << np.uint64(2))) & np.uint64(0x1249249249249249)
+    v = v.astype(np.uint64) & np.uint64(_LOW_21)
+    for shift, mask in _SPREAD_STEPS:
+        v = (v | (v << np.uint64(shift))) & np.uint64(mask)
     return v
 
 
 def _compact(v: np.ndarray) -> np.ndarray:
     """The inverse of _spread: every third bit of uint64 values, in place (v is overwritten:
     one temporary at a time instead of a new array per step)."""
-    v &= np.uint64(0x1249249249249249)
-    for shift, mask in ((2, 0x10C30C30C30C30C3), (4, 0x100F00F00F00F00F),
-                        (8, 0x1F0000FF0000FF), (16, 0x1F00000000FFFF), (32, 0x1FFFFF)):
+    v &= np.uint64(_SPREAD_STEPS[-1][1])
+    for (shift, _), (_, mask) in zip(_SPREAD_STEPS[::-1], _SPREAD_STEPS[-2::-1] +
+                                     ((0, _LOW_21),), strict=True):
         v |= v >> np.uint64(shift)
         v &= np.uint64(mask)
     return v
 
 
 def morton_encode(coords: np.ndarray) -> np.ndarray:
-    """(N, 3) non-negative integer coordinates -> (N,) int64 Morton codes (x most significant)."""
+    """(N, 3) non-negative integer coordinates -> (N,) int64 Morton codes (x most significant).
+    Compiled: numpy's dozen whole-array steps took ~33 ns a point."""
     c = np.asarray(coords)
+    if numba is not None and c.ndim == 2 and c.shape[1] == 3 and c.dtype.kind in "iu":
+        code = np.empty(c.shape[0], dtype=np.int64)
+        _morton_encode_kernel(np.ascontiguousarray(c), code)
+        return code
     code = (_spread(c[:, 0]) << np.uint64(2)) | (_spread(c[:, 1]) << np.uint64(1)) | _spread(
         c[:, 2]
     )
@@ -60,9 +68,51 @@ def morton_decode(codes: np.ndarray) -> np.ndarray:
     uint64 copy to convert)."""
     u = np.asarray(codes, dtype=np.int64).view(np.uint64)  # codes are non-negative: same bits
     coords = np.empty((u.size, 3), dtype=np.int64)
+    if numba is not None:
+        _morton_decode_kernel(np.ascontiguousarray(u).reshape(-1), coords)
+        return coords
     for axis, shift in enumerate((2, 1, 0)):
         coords[:, axis] = _compact(u >> np.uint64(shift))  # < 2^21: exact in int64
     return coords
+
+
+if numba is not None:
+    _S1, _S2, _S3, _S4, _S5 = (np.uint64(shift) for shift, _ in _SPREAD_STEPS)
+    _M1, _M2, _M3, _M4, _M5 = (np.uint64(mask) for _, mask in _SPREAD_STEPS)
+    _M0 = np.uint64(_LOW_21)
+    _ONE, _TWO = np.uint64(1), np.uint64(2)
+
+    @compiled(inline="always")
+    def _spread_one(v):  # pragma: no cover - compiled
+        v &= _M0
+        v = (v | (v << _S1)) & _M1
+        v = (v | (v << _S2)) & _M2
+        v = (v | (v << _S3)) & _M3
+        v = (v | (v << _S4)) & _M4
+        return (v | (v << _S5)) & _M5
+
+    @compiled(inline="always")
+    def _compact_one(v):  # pragma: no cover - compiled
+        v &= _M5
+        v = (v | (v >> _S5)) & _M4
+        v = (v | (v >> _S4)) & _M3
+        v = (v | (v >> _S3)) & _M2
+        v = (v | (v >> _S2)) & _M1
+        return (v | (v >> _S1)) & _M0
+
+    @compiled
+    def _morton_encode_kernel(coords, code):  # pragma: no cover - compiled
+        for i in range(coords.shape[0]):
+            code[i] = np.int64((_spread_one(np.uint64(coords[i, 0])) << _TWO)
+                               | (_spread_one(np.uint64(coords[i, 1])) << _ONE)
+                               | _spread_one(np.uint64(coords[i, 2])))
+
+    @compiled
+    def _morton_decode_kernel(codes, coords):  # pragma: no cover - compiled
+        for i in range(codes.size):
+            coords[i, 0] = np.int64(_compact_one(codes[i] >> _TWO))
+            coords[i, 1] = np.int64(_compact_one(codes[i] >> _ONE))
+            coords[i, 2] = np.int64(_compact_one(codes[i]))
 
 
 def check_depth(depth: int) -> int:
@@ -97,11 +147,17 @@ def voxelize(points: np.ndarray, depth: int) -> Voxelized:
     pts = pts.astype(np.float64)
     if not np.all(np.isfinite(pts)):
         raise InputError("points contain NaN or infinite coordinates")
-    origin = pts.min(axis=0)
-    extent = float((pts.max(axis=0) - origin).max())
+    # Per column: numpy's axis-0 reductions of an (N, 3) array stride through it, ~10x as
+    # long (8 of the 18 ms of voxelizing 150k points). The same values: min and max are exact.
+    origin = np.array([pts[:, axis].min() for axis in range(3)])
+    extent = float(max(pts[:, axis].max() - origin[axis] for axis in range(3)))
     scale = extent / (side - 1) if extent > 0 else 1.0
-    voxels = np.clip(np.rint((pts - origin) / scale), 0, side - 1).astype(np.int64)
-    return Voxelized(sort_voxels(voxels), tuple(float(o) for o in origin), scale)
+    scaled = pts - origin  # the same operations as before, in place: one temporary
+    scaled /= scale
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, side - 1, out=scaled)
+    return Voxelized(sort_voxels(scaled.astype(np.int64)), tuple(float(o) for o in origin),
+                     scale)
 
 
 def sort_voxels(voxels: np.ndarray) -> np.ndarray:
