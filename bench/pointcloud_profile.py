@@ -7,7 +7,8 @@
 
 One of bench/pointcloud.py's --clouds by name, encoded and decoded once to warm up, then each
 run profiled: the total and each step's share of it (cumulative time, so a step's share
-includes what it calls; the kernel's runs on pool threads are counted only with --threads 1).
+includes what it calls; what runs on pool threads, the network kernel and the adaptive
+pricing walk, is counted only with --threads 1).
 --rows: for every cloud, the network rows the encoder and the decoder evaluate per point (the
 kernel's work, whatever the machine's speed); --kernel: the network kernel alone on the rows
 of one encode, its median time a row; --kernels: each compiled kernel's own time in an
@@ -39,7 +40,7 @@ from reprocodec.pointcloud.codec import PointCloudCodec  # noqa: E402
 from reprocodec.pointcloud.context import N_HEIGHTS  # noqa: E402
 
 ENCODE_STEPS = ["native:_logits_kernel", "codec:_add_payloads", "octree:child_neighbour_table",
-                "codec:_adaptive_levels", "octree:voxelize", "octree:build_levels",
+                "adaptive:_walk", "octree:voxelize", "octree:build_levels",
                 "decision:protect_pass", "refine:code_lengths", "coder:estimate_level_cost",
                 "mixing:level_contexts", "neighbour:walk_contexts", "neighbour:snapshot"]
 DECODE_STEPS = ["native:_logits_kernel", "octree:child_neighbour_table", "mixing:pass_contexts",

@@ -321,6 +321,55 @@ def test_level_layout_kernels_equal_numpy():
         adaptive.occupancy_bytes(np.zeros((2, 7), bool))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_level_pricing_is_the_model_walk(threads):
+    """LevelPricing (on the pool with two threads, the caller reading each level's cost as
+    it goes) gives Model.observe's probabilities and code_length's costs level by level,
+    with the decisions as views of the bits; levels whose node counts do not follow their
+    parents' occupancy are refused before any kernel writes."""
+    rng = np.random.default_rng(9)
+    voxels = rng.integers(0, 1 << 9, (30000, 3))
+    _, bits = octree.build_levels(voxels, 9)
+    pricing = adaptive.LevelPricing(bits, threads)
+    model = adaptive.Model()
+    for level, level_bits in enumerate(bits):
+        occupancy = adaptive.occupancy_bytes(level_bits)
+        f0 = model.observe(occupancy, want_f0=True)
+        decisions = adaptive.decision_bits(occupancy)
+        assert pricing[level] == adaptive.code_length(decisions, f0)
+        np.testing.assert_array_equal(pricing.f0[level], f0)
+        np.testing.assert_array_equal(pricing.decisions[level], decisions)
+        assert np.shares_memory(pricing.decisions[level], level_bits)
+    decisions, f0s, costs = pricing.result()
+    assert len(costs) == len(bits) and costs[-1] == pricing[len(bits) - 1]
+    pricing.close()
+    with pytest.raises(ValueError, match="nodes"):
+        adaptive.LevelPricing([bits[0], bits[2]], threads)
+
+
+def test_level_pricing_error_reaches_the_reader_and_no_level_waits_forever(monkeypatch):
+    """A walk that fails on the pool (say, out of memory in a kernel) raises in the caller
+    at the level it reads next, and every later level is released rather than awaited."""
+    rng = np.random.default_rng(10)
+    _, bits = octree.build_levels(rng.integers(0, 1 << 8, (5000, 3)), 8)
+    calls = []
+    kernel = adaptive._model_kernel
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("walk failed")
+        return kernel(*args)
+
+    monkeypatch.setattr(adaptive, "_model_kernel", failing)
+    pricing = adaptive.LevelPricing(bits, 2)
+    assert pricing[0] >= 0 and pricing[1] >= 0
+    for level in (2, 5):
+        with pytest.raises(MemoryError, match="walk failed"):
+            pricing[level]
+    pricing.close()
+
+
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint16, np.uint64])
 def test_morton_kernels_equal_the_bit_interleaving(dtype):
     """morton_encode / morton_decode (compiled) against their definition: bit b of x, y, z at

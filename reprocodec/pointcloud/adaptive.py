@@ -29,11 +29,14 @@ functions run as plain Python (slow, identical).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .. import entropy
 from ..errors import ContainerError
 from ..kernels import compiled
+from .rowslices import on_pool
 
 N_CONTEXTS = 256 * 8 * 256  # (parent byte, position in parent, byte prefix with a marker bit)
 MAX_TOTAL = 1 << 10  # counts of a context are halved when n0 + n1 exceeds this
@@ -215,6 +218,94 @@ class Model:
             raise AdaptiveStreamError(f"malformed bitstream: {_MESSAGES[code]}")
         self._advance(out)
         return out
+
+
+class LevelPricing:
+    """The adaptive coder's pricing of every octree level, top-down as the encoder needs it:
+    each level's decisions (its bits, node-major: views, no copies), their probabilities
+    (f0) and code length (cost, the units of code_length), Model.observe's walk level by
+    level.
+
+    With threads > 1 the walk runs on the row pool while the caller goes on (the encoder's
+    level loop, which reads a level's cost when it reaches it: `self[level]` waits for it).
+    Every array is made here, on the caller's thread, and the pool's thread runs only
+    compiled kernels in them: a first try that ran Model.observe on a pool thread kept ~90
+    MB more at 1.3 M points (that thread's malloc arena). One thread: made at once."""
+
+    def __init__(self, bits: list[np.ndarray], threads: int = 1) -> None:
+        self._bits = [np.ascontiguousarray(b, dtype=bool) for b in bits]
+        for level, b in enumerate(self._bits):
+            if b.ndim != 2 or b.shape[1] != 8:
+                raise ValueError(f"child occupancy must be (M, 8), got {b.shape}")
+            # the kernels write each level's places unchecked: its node count must be the
+            # occupied children of the level above
+            above = np.count_nonzero(self._bits[level - 1]) if level else 1
+            if b.shape[0] != above:
+                raise ValueError(f"level {level} has {b.shape[0]} nodes, its parents {above} "
+                                 "children")
+        self.decisions = [b.reshape(-1) for b in self._bits]
+        self.f0 = [np.empty(b.size, dtype=F0_DTYPE) for b in self._bits]
+        self._costs = [0] * len(bits)
+        self._done = [threading.Event() for _ in bits]
+        # each level's node bytes, and its nodes' parent bytes and places in them (the root:
+        # byte 0, place 0), freed as the walk passes
+        self._occupancy: list[np.ndarray | None] = [np.empty(b.shape[0], dtype=np.uint8)
+                                                    for b in self._bits]
+        self._places: list[tuple[np.ndarray, np.ndarray] | None] = [
+            (np.zeros(1, np.uint8), np.zeros(1, np.uint8))] + [
+            (np.empty(b.shape[0], np.uint8), np.empty(b.shape[0], np.uint8))
+            for b in self._bits[1:]]
+        self._counts = np.zeros((N_CONTEXTS, 2), dtype=np.int32)
+        self._length = entropy.code_length_table()
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._job = on_pool(self._walk, threads) if threads > 1 else None
+        if self._job is None:
+            self._walk()
+
+    def _walk(self) -> None:
+        try:
+            for level, bits in enumerate(self._bits):
+                if self._stopped:
+                    break
+                occupancy, places = self._occupancy[level], self._places[level]
+                assert occupancy is not None and places is not None
+                _bytes_kernel(bits.view(np.uint8), occupancy)
+                _model_kernel(occupancy, places[0], places[1], self._counts, self.f0[level])
+                self._costs[level] = int(_code_length_kernel(
+                    self.decisions[level].view(np.uint8), self.f0[level], self._length))
+                following = self._places[level + 1] if level + 1 < len(self._bits) else None
+                if following is not None:
+                    _places_kernel(occupancy, following[0], following[1])
+                self._occupancy[level] = self._places[level] = None
+                self._done[level].set()
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            for done in self._done:  # a reader waiting on a level the walk never reached
+                done.set()
+
+    def __len__(self) -> int:
+        return len(self._costs)
+
+    def __getitem__(self, level: int) -> int:
+        """The level's cost, once the walk has priced it."""
+        self._done[level].wait()
+        if self._error is not None:
+            raise self._error
+        return self._costs[level]
+
+    def result(self) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+        """(decisions, f0, costs) of every level, once the walk is done."""
+        costs = [self[level] for level in range(len(self))]
+        return self.decisions, self.f0, costs
+
+    def close(self) -> None:
+        """Stop the walk after its current level and wait for it (the caller is done with
+        it, or gave up)."""
+        self._stopped = True
+        if self._job is not None:
+            self._job.exception()
 
 
 POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)  # of a byte

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -346,14 +347,18 @@ class PointCloudCodec:
         mix_every = mixing_format and coders == "smallest"
         mix_all_learned = mixing_format and coders == "auto" and \
             sum(rows) <= MIX_ROWS_PER_POINT * n
-        # Before the model's levels, on this thread: beside them on a pool thread it saved a
-        # few per cent but kept ~90 MB more at 1.3 M points (that thread's malloc arena).
-        adaptive_bits, adaptive_f0, adaptive_cost = _adaptive_levels(bits)
+        # The adaptive coder's pricing walks the levels on the pool (threads > 1) while the
+        # loop below runs the model: the loop reads a level's cost when it reaches it.
+        pricing = adaptive.LevelPricing(bits, self.threads)
         version, mix_version = neighbour_version(bitstream_format), mixing_version(bitstream_format)
-        coded = self._learned_levels(codes, bits, adaptive_cost, mode, coders, price,
-                                     n if mix_every or mix_all_learned else 0,
-                                     n if neighbours else 0, version,
-                                     mix_lead=mix_all_learned, mix_version=mix_version)
+        try:
+            coded = self._learned_levels(codes, bits, pricing, mode, coders, price,
+                                         n if mix_every or mix_all_learned else 0,
+                                         n if neighbours else 0, version,
+                                         mix_lead=mix_all_learned, mix_version=mix_version)
+            adaptive_bits, adaptive_f0, adaptive_cost = pricing.result()
+        finally:
+            pricing.close()
         learned = coded.learned
         del codes  # only the neighbour tables needed them
         all_adaptive = "A" * depth
@@ -427,7 +432,7 @@ class PointCloudCodec:
         return best
 
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
-                        adaptive_cost: list[int], mode: Mode, coders: str,
+                        adaptive_cost: Sequence[int], mode: Mode, coders: str,
                         price: tuple[int, int], mix_points: int = 0, neighbour_points: int = 0,
                         version: int = 2, mix_lead: bool = False, mix_version: int = 2
                         ) -> _LevelCodings:
@@ -954,14 +959,7 @@ _AdaptiveLevels = tuple[list[np.ndarray], list[np.ndarray], list[int]]
 
 def _adaptive_levels(bits: list[np.ndarray]) -> _AdaptiveLevels:
     """The adaptive coder's decisions, their probabilities and code length, level by level."""
-    model = adaptive.Model()
-    decisions, f0, cost = [], [], []
-    for level_bits in bits:
-        occupancy = adaptive.occupancy_bytes(level_bits)
-        f0.append(model.observe(occupancy, want_f0=True))
-        decisions.append(adaptive.decision_bits(occupancy))
-        cost.append(adaptive.code_length(decisions[-1], f0[-1]))
-    return decisions, f0, cost
+    return adaptive.LevelPricing(bits).result()
 
 
 def adaptive_stream_floor(header_bytes: int, code_length: int, decisions: int) -> int:

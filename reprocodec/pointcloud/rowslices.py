@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 ROWS_PER_TASK = 1 << 13  # the most rows of a slice
@@ -32,6 +32,11 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         if pool is None:
             pool = _pools[threads] = ThreadPoolExecutor(threads, "reprocodec-rows")
         return pool
+
+
+def on_pool(work: Callable[[], Any], threads: int) -> Future:
+    """work() on the pool the row slices of `threads` threads use (threads > 1)."""
+    return _pool(threads - 1).submit(work)
 
 
 def row_slices(rows: int, threads: int) -> list[tuple[int, int]]:
