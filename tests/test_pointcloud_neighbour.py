@@ -293,22 +293,11 @@ def _arrays(model):
     return [a.copy() for a in model.arrays()]
 
 
-def _tried(model, contexts, bits, extras, how):
-    """A walk that restore can undo: snapshot first (entries gathered before the walk), or
-    try_contexts (entries logged by the walk as it goes)."""
-    if how == "try":
-        return neighbour.try_contexts(model, contexts, bits, extras)
-    saved = model.snapshot(contexts, extras)
-    return (*neighbour.walk_contexts(model, contexts, bits, extras), saved)
-
-
 # a mid level, which keeps the touched entries, and the largest one under tables sized for
 # 1,000 points, which it outgrows (more bits than half the tables' entries): a whole copy
-@pytest.mark.parametrize("how", ["snapshot", "try"])
 @pytest.mark.parametrize("version", neighbour.VERSIONS)
 @pytest.mark.parametrize("level, points, kind", [(7, None, "entries"), (9, 1000, "tables")])
-def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, kind, version,
-                                                how):
+def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, kind, version):
     codes, bits, n = rings_levels
     n = points or n
     model = neighbour.Model(n, version)
@@ -322,9 +311,10 @@ def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, kin
     assert np.unique(fine).size < fine.size and np.unique(coarse).size < coarse.size
     extras = _extras(model, bits, level)
     before = _arrays(model)
-    f0, cost, saved = _tried(model, contexts, bits[level], extras, how)
+    saved = model.snapshot(contexts, extras)
     # version 2's node model (4.7 MB) keeps a level this small to its touched entries
     assert saved[0] == (kind if version == 1 else "entries")
+    f0, cost = neighbour.walk_contexts(model, contexts, bits[level], extras)
     after = _arrays(model)
     # all moved (version 1 has no node model and no APM)
     moved = [np.any(a != b) for a, b in zip(after, before, strict=True)]
@@ -340,8 +330,7 @@ def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, kin
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("how", ["snapshot", "try"])
-def test_version_2_snapshot_of_whole_tables_restores(how):
+def test_version_2_snapshot_of_whole_tables_restores():
     """A level with more bits than the tables' entries / 27 (version 2's node model included):
     the snapshot copies the whole tables, and restore puts them back."""
     points, m = 1000, 24000
@@ -353,8 +342,9 @@ def test_version_2_snapshot_of_whole_tables_restores(how):
     bits = rng.random((m, 8)) < 0.4
     model = neighbour.Model(points, 2)
     before = _arrays(model)
-    f0, cost, saved = _tried(model, contexts, bits, extras, how)
+    saved = model.snapshot(contexts, extras)
     assert saved[0] == "tables"
+    f0, cost = neighbour.walk_contexts(model, contexts, bits, extras)
     assert all(np.any(a != b) for a, b in zip(model.arrays(), before, strict=True))
     model.restore(saved)
     for a, b in zip(model.arrays(), before, strict=True):
@@ -364,9 +354,8 @@ def test_version_2_snapshot_of_whole_tables_restores(how):
     assert cost_again == cost
 
 
-@pytest.mark.parametrize("how", ["snapshot", "try"])
 @pytest.mark.parametrize("version", neighbour.VERSIONS)
-def test_snapshot_restore_with_only_a_few_repeated_contexts(version, how):
+def test_snapshot_restore_with_only_a_few_repeated_contexts(version):
     """Every bit of the level in one of three contexts (fine and coarse halves repeated, in
     different combinations; version 2's node contexts too): repeated entries still
     restore."""
@@ -383,8 +372,8 @@ def test_snapshot_restore_with_only_a_few_repeated_contexts(version, how):
     neighbour.walk_contexts(model, rng.integers(0, size, 8 * m), rng.random((m, 8)) < 0.5,
                             rng.integers(0, nodecontext.NODE_CONTEXTS, 8 * m, dtype=np.int32))
     before = _arrays(model)
-    _, _, saved = _tried(model, contexts, bits, extras, how)
-    assert saved[0] == "entries"
+    saved = model.snapshot(contexts, extras)
+    neighbour.walk_contexts(model, contexts, bits, extras)
     assert any(np.any(a != b) for a, b in zip(model.arrays(), before, strict=True))
     model.restore(saved)
     for a, b in zip(model.arrays(), before, strict=True):
@@ -597,15 +586,10 @@ def test_after_a_confident_level_the_neighbour_coder_probes_a_surface_and_goes_o
     surface = [lv for lv in large if 2 * np.count_nonzero(bits[lv]) >= 7 * codes[lv].size]
     assert 0 < len(surface) < len(large)  # the finest level averages under 3.5 children
     tried: list[int] = []
-
-    def recording(walk):
-        def recorded(model, contexts, level_bits, extras=None):
-            tried.append(level_of[level_bits.shape[0]])
-            return walk(model, contexts, level_bits, extras)
-        return recorded
-
-    for name in ("walk_contexts", "try_contexts"):  # the probe's walk and the tentative one
-        monkeypatch.setattr(neighbour, name, recording(getattr(neighbour, name)))
+    walk = neighbour.walk_contexts
+    monkeypatch.setattr(neighbour, "walk_contexts", lambda model, contexts, level_bits,
+                        extras=None: tried.append(level_of[level_bits.shape[0]])
+                        or walk(model, contexts, level_bits, extras))
     streams = []
     for margin, children in ((codec_module.NEIGHBOUR_CLOSE, codec_module.SURFACE_CHILDREN),
                              ((1 << 40, 1), codec_module.SURFACE_CHILDREN),  # always close

@@ -524,11 +524,8 @@ class PointCloudCodec:
                 if contexts is None:
                     contexts = mixing.level_contexts(neighbours(), bits[level], model.points,
                                                       self.threads)
-                if coders != "neighbour":  # tentatively: undone below unless it takes it
-                    f0, cost, saved = neighbour.try_contexts(model, contexts, bits[level], extras)
-                else:
-                    f0, cost = neighbour.walk_contexts(model, contexts, bits[level], extras)
-                    saved = None
+                saved = model.snapshot(contexts, extras) if coders != "neighbour" else None
+                f0, cost = neighbour.walk_contexts(model, contexts, bits[level], extras)
                 if price[0]:  # (by bits alone, mixing may still make the model's levels win)
                     bar = min(bar, cost + _row_cost(m * N_PASSES, _neighbour_price(price)))
             model_cost = None  # the model's cost of the level, whole or estimated, if run

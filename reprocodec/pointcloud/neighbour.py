@@ -83,18 +83,7 @@ class Model:
         level tried, then not chosen, is undone): the touched entries' values (18 bytes a
         bit, 27 in version 2, gathered by a compiled kernel) with the weights and the APM, or
         the whole tables when those are smaller (a large level; copied into buffers kept for
-        the next time: one snapshot at a time). try_contexts does this with the walk."""
-        saved = self._saving(contexts, nodecontext.checked_extras(extras, contexts.size,
-                                                                  self.version))
-        if saved[0] == "entries":
-            _gather_kernel(saved[1], saved[2], *self.arrays()[:6], self.version == 2,
-                           saved[3], saved[4])
-        return saved
-
-    def _saving(self, contexts: np.ndarray, extras: np.ndarray) -> tuple:
-        """snapshot's record: the tables copied now, or room for the touched entries (to be
-        filled by _gather_kernel before the walk, or by the walk itself as it goes); extras
-        checked (nodecontext.checked_extras)."""
+        the next time: one snapshot at a time)."""
         tables = (self.counts.size + self.coarse_counts.size + self.node_counts.size) * 9
         if contexts.size * (27 if self.version == 2 else 18) > tables:
             if self._backup is None:
@@ -102,15 +91,16 @@ class Model:
             for copy, array in zip(self._backup, self.arrays(), strict=True):
                 np.copyto(copy, array)
             return ("tables",)
+        extras = nodecontext.checked_extras(extras, contexts.size, self.version)
         models = 3 if self.version == 2 else 2  # fine, coarse (and node) entries a bit
         counts = np.empty((contexts.size, models), np.uint8)
         probability = np.empty((contexts.size, 2 * models), np.int32)
+        _gather_kernel(contexts, extras, *self.arrays()[:6], self.version == 2, counts,
+                       probability)
         return ("entries", contexts, extras, counts, probability, self.weights.copy(),
                 self.apm.copy())
 
     def restore(self, saved: tuple) -> None:
-        """The state snapshot or try_contexts saved (the entries written back last bit first:
-        a walk's log holds an entry's value before each bit that touched it)."""
         if saved[0] == "tables":
             for array, copy in zip(self.arrays(), self._backup, strict=True):
                 np.copyto(array, copy)
@@ -129,39 +119,27 @@ def _gather_kernel(contexts, extras, counts, probability, coarse_counts, coarse_
     """Each bit's fine, coarse (and with `extended`, node) count and probabilities, in bit
     order."""
     for i in range(contexts.size):
-        extra = extras[i] if extended else 0  # version 1: no extras at all
-        _save_entries(i, contexts[i], extra, counts, probability, coarse_counts,
-                      coarse_probability, node_counts, node_probability, extended,
-                      saved_counts, saved_probability)
-
-
-@entropy.jit_inline
-def _save_entries(i, ctx, extra, counts, probability, coarse_counts, coarse_probability,
-                  node_counts, node_probability, extended, saved_counts,
-                  saved_probability):  # pragma: no cover - compiled
-    """Row i of a snapshot: the entries bit i's update changes, as they are now."""
-    fine = ctx & _FINE_MASK
-    coarse = ctx >> 32
-    saved_counts[i, 0] = counts[fine]
-    saved_counts[i, 1] = coarse_counts[coarse]
-    saved_probability[i, 0] = probability[fine, 0]
-    saved_probability[i, 1] = probability[fine, 1]
-    saved_probability[i, 2] = coarse_probability[coarse, 0]
-    saved_probability[i, 3] = coarse_probability[coarse, 1]
-    if extended:
-        node = extra & NODE_MASK
-        saved_counts[i, 2] = node_counts[node]
-        saved_probability[i, 4] = node_probability[node, 0]
-        saved_probability[i, 5] = node_probability[node, 1]
+        fine = contexts[i] & _FINE_MASK
+        coarse = contexts[i] >> 32
+        saved_counts[i, 0] = counts[fine]
+        saved_counts[i, 1] = coarse_counts[coarse]
+        saved_probability[i, 0] = probability[fine, 0]
+        saved_probability[i, 1] = probability[fine, 1]
+        saved_probability[i, 2] = coarse_probability[coarse, 0]
+        saved_probability[i, 3] = coarse_probability[coarse, 1]
+        if extended:
+            node = extras[i] & NODE_MASK
+            saved_counts[i, 2] = node_counts[node]
+            saved_probability[i, 4] = node_probability[node, 0]
+            saved_probability[i, 5] = node_probability[node, 1]
 
 
 @compiled
 def _scatter_kernel(contexts, extras, counts, probability, coarse_counts, coarse_probability,
                     node_counts, node_probability, extended, saved_counts,
                     saved_probability):  # pragma: no cover - compiled
-    """_gather_kernel's inverse, last bit first (a gathered context seen twice has the same
-    saved values twice; a walk's log has the older value at the earlier bit)."""
-    for i in range(contexts.size - 1, -1, -1):
+    """_gather_kernel's inverse (a context seen twice has the same saved values twice)."""
+    for i in range(contexts.size):
         fine = contexts[i] & _FINE_MASK
         coarse = contexts[i] >> 32
         counts[fine] = saved_counts[i, 0]
@@ -237,14 +215,12 @@ def _version_kernels(extended: bool) -> tuple:
     @compiled
     def walk_kernel(contexts, extras, nodes, bits, counts, probability, coarse_counts,
                     coarse_probability, node_counts, node_probability, weights, apm, length,
-                    f0_out, log_counts, log_probability):  # pragma: no cover - compiled
+                    f0_out):  # pragma: no cover - compiled
         """The encoder's walk over a level of `nodes` nodes (pass-major: bit i is in pass
         i // nodes): each bit's P(0) into f0_out, then the updates; returns the bits' code
-        length (entropy.code_length_table units). Version 1 reads no extras. With log rows
-        (one a bit), the entries each bit updates, as they were before it (restore's)."""
+        length (entropy.code_length_table units). Version 1 reads no extras."""
         inputs = np.zeros(INPUTS, np.int64)
         total = np.int64(0)
-        logging = log_counts.shape[0] > 0
         for i in range(contexts.size):
             mixing._prefetch_ahead(contexts, i, counts, probability, coarse_counts,
                                    coarse_probability)
@@ -257,10 +233,6 @@ def _version_kernels(extended: bool) -> tuple:
             f0_out[i] = coded
             bit = bits[i]
             total += length[_ONE - coded] if bit else length[coded]
-            if logging:
-                _save_entries(i, ctx, extra, counts, probability, coarse_counts,
-                              coarse_probability, node_counts, node_probability, extended,
-                              log_counts, log_probability)
             _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
                    node_probability, weights, apm, extended, ctx, extra, k, inputs, p, ws, knot,
                    weight, bit)
@@ -308,49 +280,19 @@ def walk_contexts(model: Model, contexts: np.ndarray, bits: np.ndarray,
     """Code one level (encoder), given its contexts (mixing.level_contexts) and, version 2,
     its extras (level_extras): each bit's P(0) (uint16, pass-major, as adaptive.encode takes
     them) and their code length in 2^-entropy.COST_FRACTION bits. The model moves on;
-    model.restore(model.snapshot(contexts, extras)) taken before undoes it (try_contexts
-    does both in one)."""
-    contexts, extras = _checked(model, contexts, bits, extras)
-    return _walk(model, contexts, extras, bits, _NO_LOG)
-
-
-def try_contexts(model: Model, contexts: np.ndarray, bits: np.ndarray,
-                 extras: np.ndarray | None = None) -> tuple[np.ndarray, int, tuple]:
-    """walk_contexts, and what model.restore needs to undo it (model.snapshot's record): the
-    entries the walk touches are logged by the walk itself, each before the bit that
-    updates it, where snapshot gathers them all first (a second pass over the tables,
-    mostly cache misses: ~10 % of the LiDAR sweep's encode); or the tables are copied
-    first, when they are smaller."""
-    contexts, extras = _checked(model, contexts, bits, extras)
-    saved = model._saving(contexts, extras)
-    log = (saved[3], saved[4]) if saved[0] == "entries" else _NO_LOG
-    f0, cost = _walk(model, contexts, extras, bits, log)
-    return f0, cost, saved
-
-
-def _checked(model: Model, contexts: np.ndarray, bits: np.ndarray,
-             extras: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """A level's contexts and extras as the kernels read them unchecked, or ValueError."""
-    if contexts.shape != (N_PASSES * bits.shape[0],) or contexts.dtype != np.int64:
+    model.restore(model.snapshot(contexts, extras)) taken before undoes it."""
+    m = bits.shape[0]
+    coded = np.ascontiguousarray(np.asarray(bits, dtype=np.uint8).T).reshape(-1)  # pass-major
+    if contexts.shape != (N_PASSES * m,) or contexts.dtype != np.int64:
         raise ValueError("one int64 context per bit of the level")
     contexts = np.ascontiguousarray(contexts)
     mixing._check_contexts(contexts, model.points)
-    return contexts, nodecontext.checked_extras(extras, contexts.size, model.version)
-
-
-def _walk(model: Model, contexts: np.ndarray, extras: np.ndarray, bits: np.ndarray,
-          log: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, int]:
-    """The walk of checked contexts and extras, logging the entries it updates into `log`
-    (rows for every bit, or none)."""
-    coded = np.ascontiguousarray(np.asarray(bits, dtype=np.uint8).T).reshape(-1)  # pass-major
+    extras = nodecontext.checked_extras(extras, contexts.size, model.version)
     f0 = np.empty(coded.size, dtype=adaptive.F0_DTYPE)
     walk, _ = model.kernels()
-    cost = walk(contexts, extras, np.int64(max(bits.shape[0], 1)), coded, *model.arrays(),
-                entropy.code_length_table(), f0, *log)
+    cost = walk(contexts, extras, np.int64(max(m, 1)), coded, *model.arrays(),
+                entropy.code_length_table(), f0)
     return f0, int(cost)
-
-
-_NO_LOG = (np.empty((0, 3), np.uint8), np.empty((0, 6), np.int32))  # a walk that logs nothing
 
 
 class Decoder(adaptive.LenientDecoder):
