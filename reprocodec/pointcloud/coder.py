@@ -19,8 +19,9 @@ header; mode none has none):
 * syndrome (the default): one bit stream, per pass a presence bit, then for a pass with
   candidates its block count and each block's row count as Elias-gamma codes and the
   syndrome bits, with no byte alignment or lengths: a pass with a few candidates, the common
-  case, costs a few bits more than its syndrome (its `Protected.body`, whose own framing is
-  about 3 bytes, is rebuilt from these numbers before `resolve_body` checks it);
+  case, costs a few bits more than its syndrome (its `Protected.body`'s own framing is about
+  3 bytes): the encoder writes `Protected.syndromes`, the decoder reads them back into
+  `resolve_syndromes`, which checks them as `resolve_body` checks a body;
 * flags, simplified: a bitmap of the passes that have a body, then per such pass a varint
   length and the body.
 """
