@@ -258,6 +258,7 @@ class LevelPricing:
         self._counts = np.zeros((N_CONTEXTS, 2), dtype=np.int32)
         self._length = entropy.code_length_table()
         self._stopped = False
+        self._priced = 0  # levels whose cost is known
         self._error: BaseException | None = None
         self._job = on_pool(self._walk, threads) if threads > 1 else None
         if self._job is None:
@@ -278,6 +279,7 @@ class LevelPricing:
                 if following is not None:
                     _places_kernel(occupancy, following[0], following[1])
                 self._occupancy[level] = self._places[level] = None
+                self._priced = level + 1
                 self._done[level].set()
         except BaseException as exc:
             self._error = exc
@@ -289,10 +291,12 @@ class LevelPricing:
         return len(self._costs)
 
     def __getitem__(self, level: int) -> int:
-        """The level's cost, once the walk has priced it."""
+        """The level's cost, once the walk has priced it (the walk's error if it stopped
+        before this level)."""
         self._done[level].wait()
-        if self._error is not None:
-            raise self._error
+        if level >= self._priced:
+            raise self._error if self._error is not None else RuntimeError(
+                "the adaptive pricing was closed before this level")
         return self._costs[level]
 
     def result(self) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
