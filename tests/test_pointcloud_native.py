@@ -391,26 +391,35 @@ def test_row_slices_job_works_while_the_caller_does_something_else():
     def work(start: int, stop: int) -> None:
         with lock:
             running[0] += 1
-        time.sleep(0.01)
+        time.sleep(0.02)
         with lock:
             running[0] -= 1
             seen.append((start, stop, threading.get_ident()))
 
+    def slices_done(at_least: int) -> bool:  # the caller busy elsewhere, the pool working
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with lock:
+                if len(seen) >= at_least:
+                    return True
+            time.sleep(0.002)
+        return False
+
     job = rowslices.RowSlices(work, rows, 2)
-    time.sleep(0.1)  # the caller busy elsewhere: the pool works meanwhile
+    assert slices_done(1)
     with lock:
-        before = len(seen)
-    assert before >= 2 and all(t != threading.get_ident() for _, _, t in seen)
+        assert all(t != threading.get_ident() for _, _, t in seen)
     job.finish()
     assert sorted((a, b) for a, b, _ in seen) == rowslices.row_slices(rows, 2)
     assert running[0] == 0
 
     seen.clear()
     job = rowslices.RowSlices(work, rows, 2)
-    time.sleep(0.03)
+    assert slices_done(1)
     job.cancel()
     with lock:
         after_cancel = len(seen)
+    # one pool thread, 20 ms a slice: it cannot have taken every slice by the first one's end
     assert running[0] == 0 and 0 < after_cancel < len(rowslices.row_slices(rows, 2))
     time.sleep(0.05)
     assert len(seen) == after_cancel  # nothing ran after cancel() returned

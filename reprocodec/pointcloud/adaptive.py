@@ -441,13 +441,8 @@ def encoded_size(voxels: np.ndarray, depth: int) -> int:
     if voxels.shape[0] == 0:
         return 0
     _, bits = octree.build_levels(voxels, depth)
-    model = Model()
-    all_bits, all_f0 = [], []
-    for level_bits in bits:
-        occupancy = occupancy_bytes(level_bits)
-        all_f0.append(model.observe(occupancy, want_f0=True))
-        all_bits.append(decision_bits(occupancy))
-    return len(encode(np.concatenate(all_bits), np.concatenate(all_f0)))
+    decisions, f0, _ = LevelPricing(bits).result()
+    return len(encode(np.concatenate(decisions), np.concatenate(f0)))
 
 
 def level_flags(levels: tuple[bool, ...]) -> bytes:

@@ -41,11 +41,11 @@ def _spread(v: np.ndarray) -> np.ndarray:
 def _compact(v: np.ndarray) -> np.ndarray:
     """The inverse of _spread: every third bit of uint64 values, in place (v is overwritten:
     one temporary at a time instead of a new array per step)."""
-    v &= np.uint64(_SPREAD_STEPS[-1][1])
-    for (shift, _), (_, mask) in zip(_SPREAD_STEPS[::-1], _SPREAD_STEPS[-2::-1] +
-                                     ((0, _LOW_21),), strict=True):
-        v |= v >> np.uint64(shift)
-        v &= np.uint64(mask)
+    masks = [mask for _, mask in _SPREAD_STEPS] + [_LOW_21]  # each step's mask, then none
+    v &= np.uint64(masks[-2])
+    for step in range(len(_SPREAD_STEPS) - 1, -1, -1):  # step i undone: shift, then mask i - 1
+        v |= v >> np.uint64(_SPREAD_STEPS[step][0])
+        v &= np.uint64(masks[step - 1])
     return v
 
 
