@@ -10,7 +10,8 @@ reports NOT_SERVING first, waits --drain-seconds for load balancers to notice, s
 calls, lets in-flight calls finish (up to --shutdown-grace seconds), then cancels what still
 runs (the codecs stop at their next cancellation check; the callers get UNAVAILABLE) and exits
 0. Work that ignores cancellation for another --cancel-wait seconds is abandoned: the process
-exits anyway (status 0, with a warning in the log) instead of blocking its own shutdown.
+exits anyway (status 0, with a warning in the log) instead of blocking its own shutdown. The
+exit itself is bounded too: EXIT_SLACK seconds past those steps it happens whatever holds it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import signal
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -306,6 +309,7 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         pass
 
     log.info("shutting down: NOT_SERVING, draining %.1f s", args.drain_seconds)
+    _bound_exit(args.drain_seconds + args.shutdown_grace + 0.5 + args.cancel_wait + EXIT_SLACK)
     core.begin_shutdown()
     health_servicer.enter_graceful_shutdown()
     time.sleep(args.drain_seconds)
@@ -322,11 +326,50 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         # The handler threads are not daemons: a normal exit would wait for them. Leave now.
         log.warning("%d request(s) did not stop within %.1f s of cancellation; exiting anyway",
                     stuck, args.cancel_wait)
-        logging.shutdown()
-        sys.stdout.flush()
-        os._exit(0)
+        _exit_now(0)
     log.info("stopped")
     return 0
+
+
+# Seconds the exit itself may take after the shutdown steps' own bounds (drain, grace, cancel
+# wait): stopping the metrics server, logging, and the interpreter's exit, which joins every
+# non-daemon thread.
+EXIT_SLACK = 2.0
+
+
+def _exit_now(status: int) -> None:
+    """Leave at once, without joining threads: flush the log and stdout first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(status)
+
+
+def _bound_exit(seconds: float,
+                exit_now: Callable[[int], object] = _exit_now) -> threading.Thread:
+    """Exit (status 0) `seconds` from now if the process has not exited by then.
+
+    Every shutdown step has its own bound, but the interpreter's exit then joins every
+    non-daemon thread (gRPC's handler pool among them), which has no bound: one thread that
+    never returns would keep a terminated server alive until the orchestrator's SIGKILL. The
+    watchdog is a daemon thread, so a normal exit ends it; when it fires it logs the threads
+    still alive, with their stacks, so that the log says what held the exit.
+    """
+    def fire() -> None:
+        frames = sys._current_frames()
+        alive = [t for t in threading.enumerate()
+                 if t is not threading.current_thread() and not t.daemon]
+        stacks = "\n".join(
+            f"thread {t.name}:\n" + "".join(traceback.format_stack(frames[t.ident]))
+            for t in alive if t.ident in frames)
+        log.warning("the exit did not finish within %.1f s of the signal; exiting anyway. "
+                    "Threads still running:\n%s", seconds, stacks or "(none)")
+        exit_now(0)
+
+    watchdog = threading.Timer(seconds, fire)
+    watchdog.daemon = True
+    watchdog.name = "reprocodec-exit-watchdog"
+    watchdog.start()
+    return watchdog
 
 
 def _wait_idle(core: ServiceCore, timeout: float) -> int:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+
 import pytest
 
 from reprocodec.server.main import build_parser, serve
@@ -122,3 +126,26 @@ def test_a_request_lowers_the_format_and_an_unknown_one_is_refused():
     newer = encode_point_cloud(codecs, service_pb2.EncodePointCloudRequest(
         depth=6, smallest=True, max_format_version=99), camel, "cpu").bitstream
     assert newer.format_version == 4 and newer.payloads[0].name == "occupancy_mixed"
+
+
+def test_the_exit_watchdog_leaves_and_logs_the_thread_that_held_the_exit(caplog):
+    """A thread that never returns would hold the interpreter's exit (it joins non-daemon
+    threads) forever; the watchdog armed at SIGTERM exits anyway and names it."""
+    from reprocodec.server.main import _bound_exit
+
+    release = threading.Event()
+    holder = threading.Thread(target=release.wait, name="held-handler")
+    holder.start()
+    exits: queue.Queue[int] = queue.Queue()
+    try:
+        with caplog.at_level(logging.WARNING, logger="reprocodec.server"):
+            watchdog = _bound_exit(0.1, exit_now=exits.put)
+            assert exits.get(timeout=30) == 0
+            watchdog.join(30)
+        assert watchdog.daemon  # a normal exit does not wait for it
+        assert "did not finish within 0.1 s" in caplog.text
+        assert "thread held-handler:" in caplog.text and "in wait" in caplog.text
+    finally:
+        release.set()
+        holder.join(30)
+
