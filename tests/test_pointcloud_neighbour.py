@@ -964,3 +964,70 @@ def test_each_versions_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
                            env=env, timeout=300) for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
     assert [int(r.stdout.split()[-1]) for r in runs] == [0, 4]
+
+
+def test_a_level_made_ahead_is_the_level_the_loop_makes(rings_levels):
+    """_LevelAhead (the encoder's next level, made in slices on the pool during the walk
+    before it): the same table and contexts as the loop makes, and the table chain goes on
+    from it; made only from the level before's table, and only for its own level."""
+    codes, bits, n = rings_levels
+    level = RINGS_DEPTH - 1
+    chain = octree.LevelTables(2)
+    for lv in range(level):
+        chain.table_of(codes[lv], lv, bits[lv - 1] if lv else None)
+    assert codec_module._LevelAhead.start(chain, codes, bits, level + 1, n, 2) is None
+    ahead = codec_module._LevelAhead.start(chain, codes, bits, level, n, threads=2)
+    assert ahead.result(level) is ahead
+    table = octree.neighbour_table(codes[level], level)
+    np.testing.assert_array_equal(ahead.table, table)
+    assert chain.level == level and chain.table is ahead.table  # the chain goes on from it
+    np.testing.assert_array_equal(ahead.contexts, mixing.level_contexts(table, bits[level], n))
+    chain = octree.LevelTables(2)
+    chain.table_of(codes[level - 1], level - 1, None)
+    other = codec_module._LevelAhead.start(chain, codes, bits, level, n, threads=2)
+    assert other.result(level - 1) is None  # made for another level: the loop makes its own
+    assert chain.level == level - 1
+
+
+def test_tables_and_contexts_made_in_slices_in_any_order_are_the_whole_ones(rings_levels):
+    """ChildTableRows and LevelContextRows: any slicing, in any order, fills the same rows as
+    child_neighbour_table and level_contexts (the encoder's level made ahead slices both)."""
+    codes, bits, n = rings_levels
+    level = RINGS_DEPTH - 1
+    parent = octree.neighbour_table(codes[level - 1], level - 1)
+    whole = octree.child_neighbour_table(parent, bits[level - 1], codes[level], level)
+    rows = octree.ChildTableRows.of(parent, bits[level - 1], codes[level])
+    for start in reversed(range(0, rows.parents, 97)):
+        rows.of_parents(start, min(start + 97, rows.parents))
+    np.testing.assert_array_equal(rows.table, whole)
+    contexts = mixing.LevelContextRows(whole, bits[level], n)
+    for start in reversed(range(0, whole.shape[0], 211)):
+        contexts.of_nodes(start, min(start + 211, whole.shape[0]))
+    np.testing.assert_array_equal(contexts.contexts, mixing.level_contexts(whole, bits[level], n))
+    # not two consecutive levels: no slices (child_neighbour_table falls back to the search)
+    assert octree.ChildTableRows.of(parent, bits[level - 1], codes[level][:-1]) is None
+
+
+def test_levels_made_ahead_on_the_pool_change_no_byte(ground_rings, monkeypatch):
+    """With two threads the encoder makes a scan's next level's inputs on the pool while it
+    walks the level before; one thread makes them in the loop: the same streams."""
+    started = []  # the levels the loop took made ahead
+    result = codec_module._LevelAhead.result
+
+    def spy(self, level):
+        made = result(self, level)
+        started.append(made.level)
+        return made
+
+    monkeypatch.setattr(codec_module._LevelAhead, "result", spy)
+    monkeypatch.setattr(codec_module, "AHEAD_NODES", 256)  # the ring cloud's levels are small
+    one, two = PointCloudCodec.load(threads=1), PointCloudCodec.load(threads=2)
+    for coders in ("auto", "neighbour"):
+        alone = container.pack(one.encode(ground_rings, depth=RINGS_DEPTH, coders=coders))
+        assert not started  # one thread: no pool
+        pooled = container.pack(two.encode(ground_rings, depth=RINGS_DEPTH, coders=coders))
+        assert started, coders  # the fine levels were made ahead
+        assert pooled == alone, coders
+        started.clear()
+    out = two.decode(container.unpack(pooled))
+    np.testing.assert_array_equal(out.voxels, octree.voxelize(ground_rings, RINGS_DEPTH).voxels)

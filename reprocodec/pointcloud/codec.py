@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -72,7 +72,7 @@ from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
 from .native import NativeGatherNetworks
-from .rowslices import Pending, default_threads
+from .rowslices import Pending, RowSlices, default_threads
 from .weightsfile import read_weights
 
 PAYLOAD = "occupancy"
@@ -470,104 +470,131 @@ class PointCloudCodec:
         behind = False  # the model far behind the neighbour coder (MODEL_BEHIND)
         mix_bits = 0  # learned bits so far (mixing's memory bound)
         leads = False
-        for level in range(depth if coders != "adaptive" else 0):
-            m = codes[level].size
-            if mix_lead and level == depth - 1:
-                leads = self._mixing_leads(learned[:level], bits[:level], mix_points,
-                                           mix_version)
-                mix_lead, mix_points = leads, mix_points if leads else 0
-                if not leads:  # the contexts kept so far serve nothing now
-                    for lv in learned[:level]:
-                        if lv is not None:
-                            lv.contexts = None
-            # The level's neighbour table, made when a coder first reads it (none may:
-            # SPARSE_CHILDREN)
-            neighbours = functools.cache(functools.partial(
-                tables.table_of, codes[level], level, bits[level - 1] if level else None))
-            contexts, extras = None, None
-            # The neighbour coder first (tentatively: undone below unless it takes the level),
-            # so that the model is run on a large level only if it may beat it too. After a
-            # level the model won by over CONFIDENT_SAVING x ROW_PRICE a row (dense surfaces:
-            # priced by bits against the model there, it nearly never wins), only on a
-            # surface's level (SURFACE_CHILDREN): the last small level before the large ones,
-            # to probe, then a large one while it came within NEIGHBOUR_CLOSE of the model on
-            # the level before (machined parts). Otherwise on every small level, and on a
-            # large one once it has won a level (sparse samplings: it wins none of their
-            # levels; scan-like clouds give it small levels first). Its contexts and walk take
-            # ~100 ns a bit: tried on every level, they doubled the encoder's time on the
-            # sparse samplings (version 1).
-            small = m < 4 * ESTIMATE_NODES
-            probe = False  # its cost here from a model of its own (_probe_cost), to set close
-            if confident:
-                many, per = SURFACE_CHILDREN
-                surface = per * int(np.count_nonzero(bits[level])) >= many * m
-                tried = surface and close
-                probe = surface and not close and small and level + 1 < depth and \
-                    codes[level + 1].size >= 4 * ESTIMATE_NODES
-            else:
-                tried = small or any(f0 is not None for f0 in neighbour_f0)
-            tried = model is not None and (coders == "neighbour" or tried)
-            probe = probe and model is not None  # (confident: coders is auto or smallest)
-            few, per = SPARSE_CHILDREN
-            sparse = coders == "auto" and not mix_lead and \
-                per * int(np.count_nonzero(bits[level])) < few * m
-            if (tried or probe or every is not None) and version == 2:  # its node contexts
-                extras = nodecontext.level_extras(
-                    nodecontext.node_slots(bits[level - 1] if level else None), bits[level])
-            if every is not None:
-                contexts = mixing.level_contexts(neighbours(), bits[level], every.points,
-                                                  self.threads)
-                every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level],
-                                                             extras)
-            bar = adaptive_cost[level]  # what the model must beat on a large level
-            if tried:
-                if contexts is None:
-                    contexts = mixing.level_contexts(neighbours(), bits[level], model.points,
-                                                      self.threads)
-                saved = model.snapshot(contexts, extras) if coders != "neighbour" else None
-                f0, cost = neighbour.walk_contexts(model, contexts, bits[level], extras)
-                if price[0]:  # (by bits alone, mixing may still make the model's levels win)
-                    bar = min(bar, cost + _row_cost(m * N_PASSES, _neighbour_price(price)))
-            model_cost = None  # the model's cost of the level, whole or estimated, if run
-            may_win = coders != "neighbour" and not sparse
-            if may_win and not mix_lead:
-                may_win, model_cost = self._model_may_win(
-                    neighbours(), bits[level], level, depth, bar, coders, price, buckets,
-                    confident, BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES)
-            if may_win:
-                learned[level] = coder.learned_level(
-                    neighbours(), bits[level], level, depth, self._start_predict, self.tables,
-                    mode, self.decision, buckets)
-                mix_bits += bits[level].size
-                if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
-                    # Pass-major as the indices
-                    if contexts is None:
-                        contexts = mixing.level_contexts(neighbours(), bits[level], mix_points,
-                                                          self.threads)
-                    learned[level].contexts = contexts
-                model_cost = learned[level].cost
-                saving = adaptive_cost[level] - learned[level].cost
-                confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
-            else:
-                confident = False
-            took = False  # whether the neighbour coder takes the level
-            if tried:
-                saving = _neighbour_saving(cost, adaptive_cost[level], learned[level],
-                                           m * N_PASSES, price)
-                took = saved is None or saving > 0
-                if took:
-                    neighbour_f0[level] = f0
-                    neighbour_saving += saving
+        ahead: _LevelAhead | None = None  # the next level's inputs, being made on the pool
+        try:
+            for level in range(depth if coders != "adaptive" else 0):
+                m = codes[level].size
+                made = ahead.result(level) if ahead is not None else None
+                ahead = None
+                if mix_lead and level == depth - 1:
+                    leads = self._mixing_leads(learned[:level], bits[:level], mix_points,
+                                               mix_version)
+                    mix_lead, mix_points = leads, mix_points if leads else 0
+                    if not leads:  # the contexts kept so far serve nothing now
+                        for lv in learned[:level]:
+                            if lv is not None:
+                                lv.contexts = None
+                # The level's neighbour table, made when a coder first reads it (none may:
+                # SPARSE_CHILDREN)
+                neighbours = _given(made.table) if made else functools.cache(functools.partial(
+                    tables.table_of, codes[level], level, bits[level - 1] if level else None))
+                contexts, extras = None, None
+                # The neighbour coder first (tentatively: undone below unless it takes the level),
+                # so that the model is run on a large level only if it may beat it too. After a
+                # level the model won by over CONFIDENT_SAVING x ROW_PRICE a row (dense surfaces:
+                # priced by bits against the model there, it nearly never wins), only on a
+                # surface's level (SURFACE_CHILDREN): the last small level before the large ones,
+                # to probe, then a large one while it came within NEIGHBOUR_CLOSE of the model on
+                # the level before (machined parts). Otherwise on every small level, and on a
+                # large one once it has won a level (sparse samplings: it wins none of their
+                # levels; scan-like clouds give it small levels first). Its contexts and walk take
+                # ~100 ns a bit: tried on every level, they doubled the encoder's time on the
+                # sparse samplings (version 1).
+                small = m < 4 * ESTIMATE_NODES
+                probe = False  # its cost here from a model of its own (_probe_cost), to set close
+                if confident:
+                    many, per = SURFACE_CHILDREN
+                    surface = per * int(np.count_nonzero(bits[level])) >= many * m
+                    tried = surface and close
+                    probe = surface and not close and small and level + 1 < depth and \
+                        codes[level + 1].size >= 4 * ESTIMATE_NODES
                 else:
-                    model.restore(saved)  # the level goes to another coder
-            over, under = MODEL_BEHIND
-            behind = took and price[0] > 0 and model_cost is not None and \
-                model_cost * under > over * cost
-            if probe:
-                cost = _probe_cost(neighbours(), bits[level], extras, version, self.threads)
-            over, under = NEIGHBOUR_CLOSE
-            close = (tried or probe) and model_cost is not None and \
-                cost * under <= over * model_cost
+                    tried = small or any(f0 is not None for f0 in neighbour_f0)
+                tried = model is not None and (coders == "neighbour" or tried)
+                probe = probe and model is not None  # (confident: coders is auto or smallest)
+                few, per = SPARSE_CHILDREN
+                sparse = coders == "auto" and not mix_lead and \
+                    per * int(np.count_nonzero(bits[level])) < few * m
+                if (tried or probe or every is not None) and version == 2:  # its node contexts
+                    extras = nodecontext.level_extras(
+                        nodecontext.node_slots(bits[level - 1] if level else None), bits[level])
+                if made and model is not None:  # (the same points as every's and mixing's)
+                    contexts = made.contexts
+                if every is not None:
+                    if contexts is None:
+                        contexts = mixing.level_contexts(neighbours(), bits[level], every.points,
+                                                          self.threads)
+                    every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level],
+                                                                 extras)
+                bar = adaptive_cost[level]  # what the model must beat on a large level
+                if tried:
+                    if contexts is None:
+                        contexts = mixing.level_contexts(neighbours(), bits[level], model.points,
+                                                          self.threads)
+                    # The walk below and its snapshot are one thread's work: the pool makes the
+                    # next level's table and contexts meanwhile when the coder will be tried
+                    # there too (it took a level already: scan-like clouds) and the level is
+                    # large enough to be worth it. Not on the small levels it tries before it
+                    # took one: there the pool's thread is the next pass's network's
+                    # (coder.learned_level), and the sparse samplings' encodes took 1.06-1.17
+                    # of the time (bench/paired_trees.py --in-process --threads 2).
+                    if self.threads > 1 and level + 1 < depth and \
+                            codes[level + 1].size >= AHEAD_NODES and \
+                            (coders == "neighbour" or not confident and
+                             any(f0 is not None for f0 in neighbour_f0)):
+                        neighbours()  # (this level's table is made before the next one's)
+                        ahead = _LevelAhead.start(tables, codes, bits, level + 1, model.points,
+                                                  self.threads)
+                    saved = model.snapshot(contexts, extras) if coders != "neighbour" else None
+                    f0, cost = neighbour.walk_contexts(model, contexts, bits[level], extras)
+                    if price[0]:  # (by bits alone, mixing may still make the model's levels win)
+                        bar = min(bar, cost + _row_cost(m * N_PASSES, _neighbour_price(price)))
+                model_cost = None  # the model's cost of the level, whole or estimated, if run
+                may_win = coders != "neighbour" and not sparse
+                if may_win and not mix_lead:
+                    may_win, model_cost = self._model_may_win(
+                        neighbours(), bits[level], level, depth, bar, coders, price, buckets,
+                        confident, BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES)
+                if may_win:
+                    learned[level] = coder.learned_level(
+                        neighbours(), bits[level], level, depth, self._start_predict, self.tables,
+                        mode, self.decision, buckets)
+                    mix_bits += bits[level].size
+                    if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
+                        # Pass-major as the indices
+                        if contexts is None:
+                            contexts = mixing.level_contexts(neighbours(), bits[level], mix_points,
+                                                              self.threads)
+                        learned[level].contexts = contexts
+                    model_cost = learned[level].cost
+                    saving = adaptive_cost[level] - learned[level].cost
+                    confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
+                else:
+                    confident = False
+                took = False  # whether the neighbour coder takes the level
+                if tried:
+                    saving = _neighbour_saving(cost, adaptive_cost[level], learned[level],
+                                               m * N_PASSES, price)
+                    took = saved is None or saving > 0
+                    if took:
+                        neighbour_f0[level] = f0
+                        neighbour_saving += saving
+                    else:
+                        model.restore(saved)  # the level goes to another coder
+                    # (not kept into the next level, with whose arrays it would count: 27
+                    # bytes a bit, the largest after the table)
+                    saved, f0 = None, None
+                over, under = MODEL_BEHIND
+                behind = took and price[0] > 0 and model_cost is not None and \
+                    model_cost * under > over * cost
+                if probe:
+                    cost = _probe_cost(neighbours(), bits[level], extras, version, self.threads)
+                over, under = NEIGHBOUR_CLOSE
+                close = (tried or probe) and model_cost is not None and \
+                    cost * under <= over * model_cost
+        finally:  # a level that failed leaves no work on the pool
+            if ahead is not None:
+                ahead.cancel()
         return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
                              neighbour_saving, leads)
 
@@ -932,6 +959,67 @@ def _neighbour_saving(cost: int, adaptive_cost: int, learned: coder.LearnedLevel
     if learned is not None and learned.cost + _row_cost(rows, price) < adaptive_cost:
         return learned.cost - cost
     return adaptive_cost - cost - _row_cost(rows, _neighbour_price(price))
+
+
+# The fewest nodes of a level whose table and contexts the encoder makes ahead on the pool
+AHEAD_NODES = 1 << 12
+
+
+class _LevelAhead:
+    """A level's neighbour table and the neighbour coder's contexts, made while the encoder
+    walks the level before (the walk and its snapshot are one thread's work): in slices of
+    the parents, each slice's table rows then their contexts, which the pool's threads start
+    on at once and the loop's thread finishes in result(). The same integers as the loop
+    makes (each row depends on the level's codes and bits alone), into arrays made here, on
+    the caller's thread. start() gives None where the table would not be made from the one
+    before (then the loop makes both)."""
+
+    def __init__(self, tables: octree.LevelTables, level: int,
+                 table_rows: octree.ChildTableRows, bits: np.ndarray, points: int,
+                 threads: int) -> None:
+        self.level, self._tables, self.table = level, tables, table_rows.table
+        context_rows = mixing.LevelContextRows(table_rows.table, bits, points)
+        self.contexts = context_rows.contexts
+        first = table_rows.first
+
+        def work(start: int, stop: int) -> None:
+            table_rows.of_parents(start, stop)
+            context_rows.of_nodes(int(first[start]), int(first[stop]))
+
+        self._job: RowSlices | None = RowSlices(work, table_rows.parents, threads)
+
+    @classmethod
+    def start(cls, tables: octree.LevelTables, codes: list[np.ndarray],
+              bits: list[np.ndarray], level: int, points: int, threads: int
+              ) -> _LevelAhead | None:
+        if tables.level != level - 1 or tables.table is None:
+            return None
+        table_rows = octree.ChildTableRows.of(tables.table, bits[level - 1], codes[level])
+        if table_rows is None:
+            return None
+        return cls(tables, level, table_rows, bits[level], points, threads)
+
+    def result(self, level: int) -> _LevelAhead | None:
+        """Itself, finished (the caller's thread takes the slices left), when made for
+        `level`; else None, its work stopped."""
+        if level != self.level:
+            self.cancel()
+            return None
+        if self._job is not None:
+            job, self._job = self._job, None
+            job.finish()
+            self._tables.keep(level, self.table)  # the next level's table is made from it
+        return self
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            job, self._job = self._job, None
+            job.cancel()
+
+
+def _given(value: np.ndarray) -> Callable[[], np.ndarray]:
+    """A function returning `value` (a level's table made ahead, where the loop makes one)."""
+    return lambda: value
 
 
 def _probe_cost(neighbours: np.ndarray, bits: np.ndarray, extras: np.ndarray | None,

@@ -165,9 +165,9 @@ def _contexts_kernel(neighbours, shapes, bits, k, slots, children, shift, coarse
 
 
 @compiled
-def _shapes_kernel(neighbours, out):  # pragma: no cover - compiled
+def _shapes_kernel(neighbours, start, stop, out):  # pragma: no cover - compiled
     m = neighbours.shape[0]
-    for i in range(m):
+    for i in range(start, stop):
         shape = np.int64(0)
         for s in range(27):
             shape |= np.int64(neighbours[i, s] != m) << s
@@ -181,7 +181,7 @@ def neighbour_shapes(neighbours: np.ndarray) -> np.ndarray:
     if table.ndim != 2 or table.shape[1] != 27:
         raise ValueError("shapes need an (M, 27) neighbour table")
     out = np.empty(table.shape[0], dtype=np.int64)
-    _shapes_kernel(table, out)
+    _shapes_kernel(table, 0, table.shape[0], out)
     return out
 
 
@@ -290,21 +290,35 @@ def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int, thread
     """(8 M,) int64 contexts of a level's bits, pass-major: pass_contexts of each pass, from
     the level's true bits (what the decoder computes pass by pass from the bits it decoded),
     the shapes computed once; on `threads` threads (slices of nodes: the same values)."""
-    table = np.ascontiguousarray(neighbours)
-    b = np.ascontiguousarray(bits, dtype=np.bool_)
-    if table.ndim != 2 or table.shape[1] != 27 or b.shape != (table.shape[0], 8):
-        raise ValueError("contexts need an (M, 27) neighbour table and (M, 8) bits")
-    contexts = np.empty(8 * table.shape[0], dtype=np.int64)
-    shapes = neighbour_shapes(table)
-    shift, coarse_shift = np.int64(64 - context_bits(points)), np.int64(64 - coarse_bits(points))
+    rows = LevelContextRows(neighbours, bits, points)
+    for_row_slices(rows.of_nodes, rows.table.shape[0], threads)
+    return rows.contexts
 
-    def work(start: int, stop: int) -> None:
+
+class LevelContextRows:
+    """level_contexts in pieces: `contexts` (made on the caller's thread) gets the contexts of
+    nodes start .. stop - 1 from of_nodes(start, stop), any slices in any order on any
+    threads. A node's contexts read its own table row and the level's bits only, so a slice
+    may run as soon as its rows of the table are made (the encoder's next level, made ahead
+    in slices of parents: codec._LevelAhead)."""
+
+    def __init__(self, neighbours: np.ndarray, bits: np.ndarray, points: int) -> None:
+        self.table = np.ascontiguousarray(neighbours)
+        self._bits = np.ascontiguousarray(bits, dtype=np.bool_)
+        if self.table.ndim != 2 or self.table.shape[1] != 27 or \
+                self._bits.shape != (self.table.shape[0], 8):
+            raise ValueError("contexts need an (M, 27) neighbour table and (M, 8) bits")
+        self.contexts = np.empty(8 * self.table.shape[0], dtype=np.int64)
+        self._shapes = np.empty(self.table.shape[0], dtype=np.int64)
+        self._shift = np.int64(64 - context_bits(points))
+        self._coarse_shift = np.int64(64 - coarse_bits(points))
+
+    def of_nodes(self, start: int, stop: int) -> None:
+        first, last = np.int64(start), np.int64(stop)
+        _shapes_kernel(self.table, first, last, self._shapes)  # the same rows' shapes
         with np.errstate(over="ignore"):  # the hash's uint64 product wraps (numpy, no numba)
-            _level_kernel(table, shapes, b, CELL_SLOT, CELL_CHILD, shift, coarse_shift,
-                          np.int64(start), np.int64(stop), contexts)
-
-    for_row_slices(work, table.shape[0], threads)
-    return contexts
+            _level_kernel(self.table, self._shapes, self._bits, CELL_SLOT, CELL_CHILD,
+                          self._shift, self._coarse_shift, first, last, self.contexts)
 
 
 class Model:

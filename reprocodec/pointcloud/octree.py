@@ -292,26 +292,45 @@ def child_neighbour_table(table: np.ndarray, occupancy: np.ndarray, codes: np.nd
     of its parent's neighbours, and its index is that node's first child index plus the
     occupied children before it. Exact integer work; tests check it equals neighbour_table.
     Slices of parents run on `threads` threads (each writes its own children's rows)."""
-    m = codes.size
-    occupancy = np.asarray(occupancy, dtype=bool)  # any nonzero is a child, as counted below
-    # The compiled kernel writes one row per occupied child without bounds checks: only when
-    # the table, the occupancy and the codes describe the same two levels.
-    if (numba is None or table.shape[0] != occupancy.shape[0]
-            or occupancy.shape[1:] != (8,) or int(np.count_nonzero(occupancy)) != m):
+    rows = ChildTableRows.of(table, occupancy, codes)
+    if rows is None:
         return neighbour_table(codes, level)
-    out = np.empty((m, 27), dtype=np.int32)
-    if m:
+    for_row_slices(rows.of_parents, rows.parents, threads)
+    return rows.table
+
+
+class ChildTableRows:
+    """child_neighbour_table in pieces: `table` (made on the caller's thread) gets the rows of
+    the children of parents start .. stop - 1 from of_parents(start, stop), any slices of the
+    parents in any order on any threads; `first[p]`: parent p's first child's row (first[-1]
+    the children's count), so a caller can follow each slice with work on its rows."""
+
+    def __init__(self, table: np.ndarray, occupancy: np.ndarray) -> None:
+        self.parents = occupancy.shape[0]
         occupancy = np.ascontiguousarray(occupancy).view(np.uint8)  # bool: 0 or 1
-        node_bytes = np.packbits(occupancy, axis=1, bitorder="little")[:, 0]
-        first = np.zeros(occupancy.shape[0] + 1, dtype=np.int64)
-        np.cumsum(occupancy.sum(axis=1, dtype=np.int64), out=first[1:])
+        self._parent_table = table
+        self._node_bytes = np.packbits(occupancy, axis=1, bitorder="little")[:, 0]
+        self.first = np.zeros(self.parents + 1, dtype=np.int64)
+        np.cumsum(occupancy.sum(axis=1, dtype=np.int64), out=self.first[1:])
+        self.table = np.empty((int(self.first[-1]), 27), dtype=np.int32)
 
-        def work(start: int, stop: int) -> None:
-            _child_table_kernel(table, node_bytes, first, start, stop, CHILD_NEIGHBOUR,
-                                CHILD_POSITION, OCCUPIED_BEFORE, out)
+    @classmethod
+    def of(cls, table: np.ndarray, occupancy: np.ndarray, codes: np.ndarray
+           ) -> ChildTableRows | None:
+        """The pieces, or None where the compiled kernel cannot make them (no numba, or the
+        table, occupancy and codes are not of two consecutive levels)."""
+        occupancy = np.asarray(occupancy, dtype=bool)  # any nonzero is a child, as counted
+        # The compiled kernel writes one row per occupied child without bounds checks: only
+        # when the table, the occupancy and the codes describe the same two levels.
+        if (numba is None or table.shape[0] != occupancy.shape[0]
+                or occupancy.shape[1:] != (8,)
+                or int(np.count_nonzero(occupancy)) != codes.size):
+            return None
+        return cls(table, occupancy)
 
-        for_row_slices(work, occupancy.shape[0], threads)
-    return out
+    def of_parents(self, start: int, stop: int) -> None:
+        _child_table_kernel(self._parent_table, self._node_bytes, self.first, start, stop,
+                            CHILD_NEIGHBOUR, CHILD_POSITION, OCCUPIED_BEFORE, self.table)
 
 
 class LevelTables:
@@ -331,6 +350,11 @@ class LevelTables:
             table = neighbour_table(codes, level)
         self.level, self.table = level, table
         return table
+
+    def keep(self, level: int, table: np.ndarray) -> None:
+        """`level`'s table, made elsewhere (the encoder's ChildTableRows ahead of the loop), as
+        the one the next level's is made from."""
+        self.level, self.table = level, table
 
     def release(self) -> None:
         """Drop the last table (a level's largest array) once no further level needs it."""
