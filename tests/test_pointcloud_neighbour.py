@@ -1031,3 +1031,15 @@ def test_levels_made_ahead_on_the_pool_change_no_byte(ground_rings, monkeypatch)
         started.clear()
     out = two.decode(container.unpack(pooled))
     np.testing.assert_array_equal(out.voxels, octree.voxelize(ground_rings, RINGS_DEPTH).voxels)
+
+
+def test_child_table_rows_refuse_a_parent_table_that_does_not_match(rings_levels):
+    """The kernel reads the parents' rows and writes without bounds checks: the pieces are
+    made only from a parent table and occupancy of the same nodes."""
+    codes, bits, _ = rings_levels
+    parent = octree.neighbour_table(codes[5], 5)
+    with pytest.raises(ValueError, match="child table rows"):
+        octree.ChildTableRows(parent[:-1], bits[5])
+    with pytest.raises(ValueError, match="child table rows"):
+        octree.ChildTableRows(parent, bits[5][:, :7])
+    assert octree.ChildTableRows(parent, bits[5]).table.shape == (codes[6].size, 27)

@@ -289,7 +289,8 @@ def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int, thread
                    ) -> np.ndarray:
     """(8 M,) int64 contexts of a level's bits, pass-major: pass_contexts of each pass, from
     the level's true bits (what the decoder computes pass by pass from the bits it decoded),
-    the shapes computed once; on `threads` threads (slices of nodes: the same values)."""
+    each node's shape computed once; on `threads` threads (slices of nodes: the same
+    values)."""
     rows = LevelContextRows(neighbours, bits, points)
     for_row_slices(rows.of_nodes, rows.table.shape[0], threads)
     return rows.contexts

@@ -306,6 +306,13 @@ class ChildTableRows:
     the children's count), so a caller can follow each slice with work on its rows."""
 
     def __init__(self, table: np.ndarray, occupancy: np.ndarray) -> None:
+        occupancy = np.asarray(occupancy, dtype=bool)  # any nonzero is a child, as counted
+        # The compiled kernel writes one row per occupied child without bounds checks (into
+        # a table sized here by that count) and reads the parents' rows of `table`.
+        if numba is None or table.shape[0] != occupancy.shape[0] or \
+                occupancy.shape[1:] != (8,) or table.shape[1:] != (27,):
+            raise ValueError("child table rows need numba, the parents' (M, 27) table and "
+                             "their (M, 8) occupancy")
         self.parents = occupancy.shape[0]
         occupancy = np.ascontiguousarray(occupancy).view(np.uint8)  # bool: 0 or 1
         self._parent_table = table
@@ -319,11 +326,9 @@ class ChildTableRows:
            ) -> ChildTableRows | None:
         """The pieces, or None where the compiled kernel cannot make them (no numba, or the
         table, occupancy and codes are not of two consecutive levels)."""
-        occupancy = np.asarray(occupancy, dtype=bool)  # any nonzero is a child, as counted
-        # The compiled kernel writes one row per occupied child without bounds checks: only
-        # when the table, the occupancy and the codes describe the same two levels.
+        occupancy = np.asarray(occupancy, dtype=bool)
         if (numba is None or table.shape[0] != occupancy.shape[0]
-                or occupancy.shape[1:] != (8,)
+                or occupancy.shape[1:] != (8,) or table.shape[1:] != (27,)
                 or int(np.count_nonzero(occupancy)) != codes.size):
             return None
         return cls(table, occupancy)
