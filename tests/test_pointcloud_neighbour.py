@@ -1043,3 +1043,30 @@ def test_child_table_rows_refuse_a_parent_table_that_does_not_match(rings_levels
     with pytest.raises(ValueError, match="child table rows"):
         octree.ChildTableRows(parent, bits[5][:, :7])
     assert octree.ChildTableRows(parent, bits[5]).table.shape == (codes[6].size, 27)
+
+
+def test_a_level_that_fails_stops_the_level_being_made_ahead(ground_rings, monkeypatch):
+    """An error in the loop (a cancelled request, say) while the pool makes the next level
+    stops that work: cancel() runs before the error leaves encode."""
+    monkeypatch.setattr(codec_module, "AHEAD_NODES", 256)
+    cancelled, walks = [], []
+    cancel = codec_module._LevelAhead.cancel
+
+    def spy_cancel(self):
+        cancelled.append(self.level)
+        cancel(self)
+
+    walk = neighbour.walk_contexts
+
+    def failing_walk(*args, **kwargs):
+        walks.append(1)
+        if len(walks) == RINGS_DEPTH - 2:  # a fine level: its next one is being made
+            raise RuntimeError("request cancelled")
+        return walk(*args, **kwargs)
+
+    monkeypatch.setattr(codec_module._LevelAhead, "cancel", spy_cancel)
+    monkeypatch.setattr(neighbour, "walk_contexts", failing_walk)
+    with pytest.raises(RuntimeError, match="request cancelled"):
+        PointCloudCodec.load(threads=2).encode(ground_rings, depth=RINGS_DEPTH,
+                                               coders="neighbour")
+    assert cancelled == [RINGS_DEPTH - 2]
