@@ -762,3 +762,27 @@ def test_code_length_refuses_probabilities_outside_its_table():
     for f0 in (np.array([1 << 20, 5]), np.array([-5, 5]), np.array([0, 5]), np.array([5])):
         with pytest.raises(ValueError):
             adaptive.code_length(bits, f0)
+
+
+def test_an_encode_started_on_the_pool_gives_the_same_bytes():
+    """start_encode: the kernel on the pool (the encoder codes the adaptive and neighbour
+    payloads while it makes the learned one), the same bytes as encode()."""
+    rng = np.random.default_rng(3)
+    bits = rng.random(50_000) < 0.3
+    f0 = rng.integers(1, adaptive._ONE, bits.size).astype(adaptive.F0_DTYPE)
+    data = adaptive.encode(bits, f0)
+    for threads in (1, 2):
+        assert adaptive.start_encode(bits, f0, threads)() == data
+    with pytest.raises(ValueError, match="disagree"):  # checked on the caller's thread
+        adaptive.start_encode(bits, f0[:-1], 2)
+
+
+def test_flagged_payloads_coded_on_the_pool_change_no_byte():
+    """With two threads the adaptive payload is coded on the pool while the learned one is
+    made: the same stream as one thread."""
+    points, depth = CLOUDS["sparse"]
+    one, two = PointCloudCodec.load(threads=1), PointCloudCodec.load(threads=2)
+    streams = [container.pack(c.encode(points, depth=depth, bitstream_format=LEARNED_OR_ADAPTIVE))
+               for c in (one, two)]
+    assert streams[0] == streams[1]
+    assert {"L", "A"} <= set(_levels(container.unpack(streams[1]), depth))  # both payloads

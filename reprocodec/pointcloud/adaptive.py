@@ -30,6 +30,7 @@ functions run as plain Python (slow, identical).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -374,10 +375,20 @@ def _code_length_kernel(bits, f0, length):  # pragma: no cover - compiled
 
 def encode(bits: np.ndarray, f0: np.ndarray) -> bytes:
     """rANS bytes of the decisions (bits in coding order, f0 their probabilities of 0)."""
+    return start_encode(bits, f0, 1)()
+
+
+def start_encode(bits: np.ndarray, f0: np.ndarray, threads: int) -> Callable[[], bytes]:
+    """encode() with its kernel started on the pool (threads > 1) while the caller does other
+    work: the arrays are checked and made here, on the caller's thread; the function returned
+    waits for the kernel and gives the bytes."""
     b, f = _checked_decisions(bits, f0)
     out = np.zeros(b.size + 2, dtype=np.uint32)
+    if threads > 1:
+        job = on_pool(lambda: _encode_kernel(b, f, out), threads)
+        return lambda: out[job.result():].astype("<u4").tobytes()
     first = _encode_kernel(b, f, out)
-    return out[first:].astype("<u4").tobytes()
+    return lambda: out[first:].astype("<u4").tobytes()
 
 
 class Decoder:

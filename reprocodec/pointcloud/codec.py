@@ -651,6 +651,16 @@ class PointCloudCodec:
         has them already (every learned level must then have its contexts), under each mixer
         of mix_versions (MIXED_PAYLOADS; ties go to the first)."""
         depth = len(levels)
+        # The adaptive and neighbour coders' rANS streams are coded on the pool meanwhile
+        # (independent of the learned payload's; added after it, in the stream's order)
+        flagged = [
+            _start_flagged(ADAPTIVE_PAYLOAD, "A", levels, adaptive_bits, adaptive_f0,
+                           self.threads),
+            # the neighbour coder's bits pass-major within each level, as it codes them
+            _start_flagged(neighbour_name, "N", levels,
+                           [b.T.reshape(-1) if c == "N" else None
+                            for b, c in zip(bits, levels, strict=True)],
+                           neighbour_f0, self.threads)]
         chosen = [lv for lv in range(depth) if levels[lv] == "L"]
         if chosen:
             levels_coded = [learned[lv] for lv in chosen]
@@ -692,12 +702,9 @@ class PointCloudCodec:
             msg.payloads.append(container.make_payload(name, data, [total], occupancy))
             msg.protected.append(self.decision.record(coded.indices, coded.side_info, mode,
                                                       coded.risky_count, coded.candidate_count))
-        _add_flagged(msg, ADAPTIVE_PAYLOAD, "A", levels, adaptive_bits, adaptive_f0)
-        # the neighbour coder's bits pass-major within each level, as it codes them
-        _add_flagged(msg, neighbour_name, "N", levels,
-                     [b.T.reshape(-1) if c == "N" else None
-                      for b, c in zip(bits, levels, strict=True)],
-                     neighbour_f0)
+        for payload in flagged:
+            if payload is not None:
+                msg.payloads.append(payload())
 
     # ----------------------------------------------------------------------------- decode
 
@@ -1100,18 +1107,21 @@ def _failure(detail: str) -> str:
             "decode under the encoder's profile or re-encode with --safeguard syndrome")
 
 
-def _add_flagged(msg: pb.Bitstream, name: str, code: str, levels: str,
-                 level_bits: list, level_f0: list) -> None:
+def _start_flagged(name: str, code: str, levels: str, level_bits: list, level_f0: list,
+                   threads: int) -> Callable[[], pb.Payload] | None:
     """The payload of the levels `levels` gives to a binary rANS coder (`code`: A adaptive, N
-    neighbour coder), if any: its level flags, then the rANS stream of those levels' bits
-    (level_bits[l], coding order) under their probabilities (level_f0[l])."""
+    neighbour coder), None if none: its level flags, then the rANS stream of those levels'
+    bits (level_bits[l], coding order) under their probabilities (level_f0[l]), coded on the
+    pool (threads > 1) until the function returned is called."""
     chosen = [lv for lv, c in enumerate(levels) if c == code]
-    if chosen:
-        flags = tuple(c == code for c in levels)
-        coded = np.concatenate([level_bits[lv] for lv in chosen])
-        data = adaptive.encode(coded, np.concatenate([level_f0[lv] for lv in chosen]))
-        msg.payloads.append(container.make_payload(name, adaptive.level_flags(flags) + data,
-                                                   [coded.size], _flagged_symbols(flags, coded)))
+    if not chosen:
+        return None
+    flags = tuple(c == code for c in levels)
+    coded = np.concatenate([level_bits[lv] for lv in chosen])
+    data = adaptive.start_encode(coded, np.concatenate([level_f0[lv] for lv in chosen]),
+                                 threads)
+    return lambda: container.make_payload(name, adaptive.level_flags(flags) + data(),
+                                          [coded.size], _flagged_symbols(flags, coded))
 
 
 def _flagged_symbols(levels: tuple[bool, ...], decisions: np.ndarray) -> np.ndarray:
