@@ -16,18 +16,37 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 _READY = re.compile(r"READY service=(\w+) grpc=(\S+) metrics=(\S+)")
+# The services' logs (stderr), in one folder: the newest KEEP_LOGS stay for a look after a
+# failure (a hang at exit was placed from them), older ones go when a new one is made.
+LOG_DIR = Path(tempfile.gettempdir()) / "reprocodec-server-logs"
+KEEP_LOGS = 50
+
+
+def new_log(service: str) -> Path:
+    """A fresh log file in LOG_DIR, the oldest beyond the newest KEEP_LOGS removed first."""
+    LOG_DIR.mkdir(exist_ok=True)
+    logs = []
+    for entry in os.scandir(LOG_DIR):
+        try:
+            logs.append((entry.stat().st_mtime, entry.path))
+        except FileNotFoundError:  # removed by another process meanwhile
+            pass
+    for _, path in sorted(logs)[:max(len(logs) - KEEP_LOGS + 1, 0)]:
+        Path(path).unlink(missing_ok=True)
+    return Path(tempfile.mkstemp(prefix=f"{service}-", suffix=".log", dir=LOG_DIR)[1])
 
 
 class ServerProcess:
     """`python -m reprocodec.server SERVICE --port 0 --metrics-port 0 FLAGS...` in a child.
 
     `ready()` waits for the READY line (start several, then wait: they load in parallel) and
-    sets the bound addresses. stderr goes to a log file whose tail is shown when start-up fails.
+    sets the bound addresses. stderr goes to a log file (new_log) whose tail is shown when
+    start-up fails.
     """
 
     def __init__(self, service: str, *flags: str, env: dict[str, str] | None = None) -> None:
         self.service = service
-        self.log = Path(tempfile.mkstemp(prefix=f"reprocodec-{service}-", suffix=".log")[1])
+        self.log = new_log(service)
         cmd = [sys.executable, "-m", "reprocodec.server", service,
                "--port", "0", "--metrics-port", "0", "--drain-seconds", "0", *flags]
         with open(self.log, "wb") as err:
@@ -90,9 +109,10 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self.ready()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
-        self.log.unlink(missing_ok=True)
+        if exc_type is None:  # kept (up to KEEP_LOGS) when the block failed
+            self.log.unlink(missing_ok=True)
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05) -> bool:

@@ -149,3 +149,23 @@ def test_the_exit_watchdog_leaves_and_logs_the_thread_that_held_the_exit(caplog)
         release.set()
         holder.join(30)
 
+
+
+def test_service_logs_keep_only_the_newest(tmp_path, monkeypatch):
+    """Test and benchmark servers write their logs into one folder, which keeps the newest
+    KEEP_LOGS (for a look after a failure) and drops older ones as new ones are made."""
+    import os
+
+    from reprocodec.server import testing
+
+    monkeypatch.setattr(testing, "LOG_DIR", tmp_path / "logs")
+    monkeypatch.setattr(testing, "KEEP_LOGS", 3)
+    made = []
+    for i in range(5):
+        log = testing.new_log("encoder")
+        os.utime(log, (1000 + i, 1000 + i))  # made in this order
+        made.append(log)
+    assert sorted((tmp_path / "logs").iterdir()) == sorted(made[2:])
+    newest = testing.new_log("decoder")
+    assert newest.name.startswith("decoder-") and newest.exists()
+    assert sorted((tmp_path / "logs").iterdir()) == sorted(made[3:] + [newest])
