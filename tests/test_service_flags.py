@@ -150,7 +150,6 @@ def test_the_exit_watchdog_leaves_and_logs_the_thread_that_held_the_exit(caplog)
         holder.join(30)
 
 
-
 def test_service_logs_keep_only_the_newest(tmp_path, monkeypatch):
     """Test and benchmark servers write their logs into one folder, which keeps the newest
     KEEP_LOGS (for a look after a failure) and drops older ones as new ones are made."""

@@ -518,7 +518,7 @@ class PointCloudCodec:
                 if (tried or probe or every is not None) and version == 2:  # its node contexts
                     extras = nodecontext.level_extras(
                         nodecontext.node_slots(bits[level - 1] if level else None), bits[level])
-                if made and model is not None:  # (the same points as every's and mixing's)
+                if made:  # (made for the neighbour model's points: every's and mixing's too)
                     contexts = made.contexts
                 if every is not None:
                     if contexts is None:
