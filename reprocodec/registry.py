@@ -41,6 +41,13 @@ class Codec(Protocol):
 
     def decode(self, msg: pb.Bitstream, verify: bool = True) -> Any: ...
 
+    def warm_up(self) -> object:
+        """Run every compiled kernel and network path once on a small built-in input, each
+        round trip checked: the first request otherwise pays for loading (or compiling)
+        them. The services call it before they report SERVING (what it returns is the
+        codec's own: tests)."""
+        ...
+
     def calibration_sample(self, data: np.ndarray) -> dict[str, np.ndarray]:
         """Encoder side of calibration: the exact integer-valued state (latents, voxels) from
         which every protected float tensor is recomputed."""

@@ -132,7 +132,8 @@ def build_parser(service: str) -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", type=Path, default=None,
                    help="directory of <model>.pt + <model>.json (default: the shipped weights)")
     p.add_argument("--preload", choices=("all", "default", "none"), default="default",
-                   help="models to load before reporting SERVING (default: the default models)")
+                   help="models to load and warm up (each compiled kernel and first inference run "
+                        "once) before reporting SERVING (default: the default models)")
     p.add_argument("--drain-seconds", type=float, default=1.0,
                    help="on SIGTERM, seconds to report NOT_SERVING before refusing calls")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
@@ -396,7 +397,10 @@ def _preload(codecs: Codecs, which: str) -> None:
             if any(m.codec == kind for m in codecs.models.values()):
                 names.add(codecs.default_model(kind))
     for name in sorted(names):
-        codecs.codec(codecs.models[name])
+        codec = codecs.codec(codecs.models[name])
+        started = time.perf_counter()
+        codec.warm_up()  # its kernels and first inference now, not in the first request
+        log.info("warmed up %s in %.2f s", name, time.perf_counter() - started)
 
 
 def encoder_main(argv: list[str] | None = None) -> None:

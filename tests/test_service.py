@@ -503,6 +503,17 @@ def test_cli_remote_verbs(servers, tmp_path, capsys):
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
 
 
+def test_every_preloaded_model_is_warmed_up_before_serving(servers):
+    """--preload all: each model is loaded, then warmed up (its kernels and first inference
+    run once, a round trip checked), all before the READY line."""
+    for proc in servers:
+        messages = [json.loads(ln)["msg"] for ln in proc.log.read_text().splitlines()
+                    if ln.startswith("{") and '"msg"' in ln]
+        for model in (HYPERPRIOR, MEAN_SCALE, CLOUD_MODEL):
+            loaded = next(i for i, m in enumerate(messages) if m.startswith(f"loaded {model} "))
+            assert messages[loaded + 1].startswith(f"warmed up {model} in "), messages
+
+
 def test_every_request_writes_one_structured_log_line(servers, encoder, decoder, encoded):
     import grpc as _grpc
 

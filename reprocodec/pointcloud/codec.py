@@ -67,7 +67,7 @@ from ..errors import (
 )
 from ..safeguard import ErrorBound, Mode
 from ..v1 import bitstream_pb2 as pb
-from . import adaptive, coder, mixing, neighbour, nodecontext, octree, refine
+from . import adaptive, coder, mixing, neighbour, nodecontext, octree, refine, warmup
 from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
@@ -281,6 +281,12 @@ class PointCloudCodec:
         else:
             pt_path, info = weights_path(name, Path(weights_dir))
         return cls(pt_path, info, threads)
+
+    def warm_up(self) -> list[list[str]]:
+        """Load every compiled kernel a request runs, and check a round trip of each coder
+        (warmup.py; the payload names of each stream): the services call it before they
+        report SERVING."""
+        return warmup.warm_up(self)
 
     def _predict(self, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
                  depth: int) -> np.ndarray:
