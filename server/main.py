@@ -261,6 +261,8 @@ def serve(service: str, argv: list[str] | None = None) -> int:
     )
     codecs = Codecs(args.weights_dir, args.max_pixels, args.cloud_threads, written)
     _preload(codecs, args.preload)
+    if args.malloc_trim:  # the warm-ups' freed pages back to the system, as after a request
+        allocator.trim()
     core = ServiceCore(config, metrics)
 
     # Every running and every queued request holds a handler thread.
