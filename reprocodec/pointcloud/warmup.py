@@ -10,8 +10,8 @@ services pay this before they report SERVING, and checks each round trip besides
 The clouds are made here (no random numbers, no files): a sphere's shell (the learned model,
 both mixers), a sparse sampling of a larger sphere (the adaptive coder, the model's cost
 estimated on a level of 16 k nodes, the neighbour coder tried and undone) and the circles of
-one sweep of a spinning scanner (the neighbour coder, both models). tests/
-test_pointcloud_warmup.py checks that requests of every kind load no kernel after it.
+one sweep of a spinning scanner (the neighbour coder, both models). tests/test_warmup.py
+checks that requests of every kind load no kernel after it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import numpy as np
 from .. import container
 from ..container import FORMAT_VERSION
 from ..errors import VerificationError
+from ..safeguard import warm_up as warm_up_safeguard
 from ..safeguard.modes import Mode
 
 # (cloud, depth, the encoder's `coders`, mode, bitstream format) a warm-up runs, in order,
-# and the payload each stream carries (tests/test_pointcloud_warmup.py checks them: each
+# and the payload each stream carries (tests/test_warmup.py checks them: each
 # coder's kernels are loaded where its payload is decoded). Format 5 too, whose streams a
 # decoder still reads: its mixer and neighbour model (version 1) are kernels of their own.
 _RUNS = (("shell", 6, "auto", Mode.SYNDROME, FORMAT_VERSION),  # occupancy_refined
@@ -90,7 +91,9 @@ def clouds() -> dict[str, np.ndarray]:
 
 def warm_up(codec) -> list[list[str]]:
     """Encode and decode each of _RUNS with `codec` (a PointCloudCodec), checking that each
-    decode gives the cloud back (VerificationError otherwise); each stream's payload names."""
+    decode gives the cloud back (VerificationError otherwise); each stream's payload names.
+    The safeguard's syndrome kernels first: a stream with no risky element runs none."""
+    warm_up_safeguard()
     made, payloads = clouds(), []
     for name, depth, coders, mode, version in _RUNS:
         points = made[name]

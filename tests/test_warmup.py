@@ -1,4 +1,5 @@
-"""warm_up: every compiled kernel a point-cloud request runs is loaded before the first one."""
+"""warm_up: every compiled kernel a request runs is loaded before the first one (point clouds
+and images)."""
 
 from __future__ import annotations
 
@@ -106,3 +107,45 @@ def test_requests_load_no_kernel_after_a_warm_up():
     payloads, loaded = done.stdout.splitlines()[-2:]
     assert len(eval(payloads)) >= 4  # the requests took several coders' paths
     assert loaded == "[]", f"kernels loaded by requests after warm_up: {loaded}"
+
+
+# The same for images: a small random model of each architecture, every mode and level, RGB
+# and grey pixels.
+_NO_IMAGE_LOADS_AFTER_WARM_UP = """
+import gc, sys
+import numba, numpy as np
+from reprocodec import container
+from reprocodec.image.codec import ImageCodec
+from reprocodec.image.testing import write_random_model
+from reprocodec.safeguard.modes import Mode
+
+def signatures():
+    return {id(d): (d.py_func.__qualname__, set(d.signatures)) for d in gc.get_objects()
+            if isinstance(d, numba.core.registry.CPUDispatcher)
+            and d.py_func.__module__.startswith("reprocodec")}
+
+loaded = []
+rng = np.random.default_rng(2)
+pixels = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+for seed, architecture in enumerate(("bmshj2018-hyperprior", "mbt2018-mean-checkerboard")):
+    name = write_random_model(sys.argv[1], architecture, seed=seed)
+    codec = ImageCodec.load(name, sys.argv[1])
+    codec.warm_up()
+    before = signatures()
+    for mode in Mode:
+        for level in ("both", "decoding", "reconstruction"):
+            for image in (pixels, pixels[..., :1].copy()):
+                msg = codec.encode(image, mode=mode, level=level)
+                codec.decode(container.unpack(container.pack(msg)))
+    loaded += [n for key, (n, sigs) in signatures().items()
+               if sigs - before.get(key, (n, set()))[1]]
+print(sorted(loaded))
+"""
+
+
+def test_image_requests_load_no_kernel_after_a_warm_up(tmp_path):
+    pytest.importorskip("torch")
+    done = subprocess.run([sys.executable, "-c", _NO_IMAGE_LOADS_AFTER_WARM_UP, str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout
