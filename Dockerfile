@@ -125,8 +125,10 @@ WORKDIR /home/reprocodec
 EXPOSE 50051 50052 9101 9102
 
 # The standard grpc.health.v1 check, by the package's own client (no extra binary): it asks the
-# port the entrypoint started the service on.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+# port the entrypoint started the service on. A new container compiles every kernel of its
+# preloaded models before SERVING (their warm-up; its numba cache starts empty): 120 s to
+# start, as the Kubernetes startup probes allow.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD ["reprocodec-healthcheck"]
 
 ENTRYPOINT ["reprocodec-entrypoint"]

@@ -6,13 +6,13 @@ Starts an encoder and a decoder process (default flags, shipped weights) `--runs
 times how long each takes to print its READY line (both start together, as in a deployment),
 then two requests of each kind through them, one at a time: EncodePointCloud and
 DecodePointCloud of the 1/20 sampling of bench/pointcloud.py (29,941 points at depth 10), and
-EncodeImage and DecodeImage of the shipped astronaut sample (512 x 512). Printed: the median
-over the runs of each, in ms. The first request pays whatever the service did not do before
-READY: with --preload default (the services' own default) each model is loaded and warmed up
-first (its kernels and first inference run once); with --preload none nothing is: the first
-request loads its model and its kernels (0.7.3's default loaded the models before READY, not
-the kernels). --empty-cache gives each run an empty numba cache (a new container's: every
-kernel is compiled, not loaded).
+EncodeImage and DecodeImage of the shipped astronaut sample (512 x 512); and each service's
+RSS when it is READY (Linux). Printed: the median over the runs of each. The first request
+pays whatever the service did not do before READY: with --preload default (the services' own
+default) each model is loaded and warmed up first (its kernels and first inference run
+once); with --preload none nothing is: the first request loads its model and its kernels
+(0.7.3's default loaded the models before READY, not the kernels). --empty-cache gives each
+run an empty numba cache (a new container's: every kernel is compiled, not loaded).
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ def timed(times: dict[str, float], key: str, call):
     return result
 
 
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def one_run(points, depth: int, image: bytes, preload: str, cache: str | None) -> dict:
     env = {"NUMBA_CACHE_DIR": cache} if cache else None
     started = time.perf_counter()
@@ -54,6 +61,8 @@ def one_run(points, depth: int, image: bytes, preload: str, cache: str | None) -
         for s in servers:
             s.ready(timeout=600)
         times["READY"] = time.perf_counter() - started
+        for s in servers:  # the idle services' memory (printed in MB)
+            times[f"{s.service} MB at READY"] = _rss_mb(s.proc.pid) / 1e3
         with EncoderClient(servers[0].target, timeout=600) as enc, \
                 DecoderClient(servers[1].target, timeout=600) as dec:
             for n in ("first", "second"):
@@ -85,7 +94,7 @@ def main() -> int:
             runs.append(one_run(points, depth, image, args.preload,
                                 cache if args.empty_cache else None))
     print(f"--preload {args.preload}{', empty numba cache' if args.empty_cache else ''}: "
-          f"medians of {args.runs} runs, ms")
+          f"medians of {args.runs} runs, ms (the services' RSS at READY: MB)")
     for key in runs[0]:
         values = [r[key] * 1e3 for r in runs]
         print(f"  {key:24s} {statistics.median(values):8.0f}   "
