@@ -3,7 +3,7 @@
 numba loads a kernel's machine code from its cache when the kernel is first called, or
 compiles it when the cache has none for these sources on this machine (a new container's):
 a fresh process's first encode of the 30 k-point 1/20 sampling took 0.4-0.6 s more than the
-next, 10.7 s more with an empty cache, and its first decode 0.4-0.5 s (2.3 s) more. warm_up
+next, 10.7 s more with an empty cache, and its first decode 0.4-0.5 s (2.2 s) more. warm_up
 runs small clouds through every coder and every path of the encoder's choices, so that the
 services pay this before they report SERVING, and checks each round trip besides.
 
