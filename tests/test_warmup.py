@@ -51,6 +51,46 @@ def test_a_round_trip_that_fails_is_reported(monkeypatch):
         codec.warm_up()
 
 
+def test_failures_are_expected_only_under_a_noise_profile(monkeypatch):
+    """A noise:EPS decoder is meant to fail beyond its bound (to show it): its warm-up's
+    failed checks do not stop it serving; under any other profile they do."""
+    from reprocodec import numerics
+
+    monkeypatch.setattr(numerics, "_applied", numerics.parse_profile("noise:0.05"))
+    with numerics.failures_expected():
+        raise VerificationError("beyond the bound")
+    monkeypatch.setattr(numerics, "_applied", numerics.parse_profile("cpu"))
+    with pytest.raises(VerificationError), numerics.failures_expected():
+        raise VerificationError("a real failure")
+
+
+_NOISY_WARM_UP = """
+import numpy as np
+from reprocodec import container, numerics
+from reprocodec.errors import VerificationError
+from reprocodec.pointcloud import warmup
+from reprocodec.pointcloud.codec import PointCloudCodec
+numerics.apply_profile("noise:0.05")
+codec = PointCloudCodec.load(threads=1)
+codec.warm_up()
+msg = codec.encode(warmup.clouds()["shell"], depth=6)
+try:
+    codec.decode(container.unpack(container.pack(msg)))
+    print("decoded")
+except VerificationError:
+    print("refused")
+"""
+
+
+def test_a_noise_profile_warms_up_and_still_refuses_requests():
+    """noise:0.05 (the occupancy logits' bound is 2.3e-5): the warm-up's decodes fail and the
+    codec warms up all the same; a request's decode is refused as before."""
+    done = subprocess.run([sys.executable, "-c", _NOISY_WARM_UP], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["refused"]
+
+
 # In a fresh process (this one's kernels are loaded by whatever ran before): after warm_up on
 # one thread, requests of every kind (each coder chosen, every mode and format, float and
 # integer points, the shipped sample, on one thread and two) add no signature to any of the

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import container
+from .. import container, numerics
 from ..container import FORMAT_VERSION
 from ..errors import VerificationError
 from ..safeguard import warm_up as warm_up_safeguard
@@ -101,10 +101,11 @@ def warm_up(codec) -> list[list[str]]:
         voxels = _voxels(points // scale)  # within the depth's grid
         msg = codec.encode(voxels, mode=mode, depth=depth, coders=coders,
                            bitstream_format=version)
-        out = codec.decode(container.unpack(container.pack(msg)))
-        if not np.array_equal(out.voxels, voxels):
-            raise VerificationError(f"warm-up: the {name} cloud at depth {depth} ({coders}, "
-                                    f"{mode.value}, format {version}) did not decode to "
-                                    "itself")
         payloads.append([p.name for p in msg.payloads])
+        with numerics.failures_expected():
+            out = codec.decode(container.unpack(container.pack(msg)))
+            if not np.array_equal(out.voxels, voxels):
+                raise VerificationError(f"warm-up: the {name} cloud at depth {depth} "
+                                        f"({coders}, {mode.value}, format {version}) did not "
+                                        "decode to itself")
     return payloads
