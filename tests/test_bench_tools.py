@@ -76,3 +76,19 @@ def test_paired_trees_copies_a_checkout_under_another_name(tmp_path):
     out = subprocess.run([sys.executable, "-c", check, str(tmp_path)], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert out.strip() == "ok"
+
+
+def test_first_request_times_fresh_services():
+    """bench/first_request.py, one run: the time to READY, each service's RSS there, and the
+    first and second request of each kind, every one a number (the requests went through)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "first_request.py"), "--runs", "1"],
+                         cwd=ROOT, check=True, capture_output=True, text=True, timeout=600).stdout
+    keys = ["READY", "encoder MB at READY", "decoder MB at READY"] + [
+        f"{n} {call}" for n in ("first", "second")
+        for call in ("EncodePointCloud", "DecodePointCloud", "EncodeImage", "DecodeImage")]
+    found = {}
+    for line in out.splitlines()[1:]:
+        match = re.fullmatch(r"  (.+?)\s+(\d+)   \((\d+)\)", line)
+        assert match, line
+        found[match[1]] = int(match[2])
+    assert list(found) == keys and all(v > 0 for v in found.values()), out
