@@ -92,3 +92,25 @@ def test_first_request_times_fresh_services():
         assert match, line
         found[match[1]] = int(match[2])
     assert list(found) == keys and all(v > 0 for v in found.values()), out
+
+
+def test_the_cloud_table_worker_warms_up_and_times_a_cloud(tmp_path):
+    """bench/pointcloud.py's worker for one cloud (what --clouds runs in a fresh process per
+    cloud): lossless, the first run timed apart from the median, the peak RSS counted from
+    the warmed-up codec on."""
+    import json
+
+    from reprocodec.pointcloud import octree
+    from reprocodec.pointcloud.ply import read_ply
+
+    voxels = octree.voxelize(read_ply(ROOT / "reprocodec" / "samples" / "camel_d6.ply"), 6).voxels
+    np.save(tmp_path / "cloud.npy", voxels)
+    subprocess.run([sys.executable, str(ROOT / "bench" / "pointcloud.py"), "--measure-worker",
+                    "--cloud", str(tmp_path / "cloud.npy"), "--depth", "6", "--runs", "2",
+                    "--threads", "1", "--result", str(tmp_path / "row.json")],
+                   cwd=ROOT, check=True, timeout=600)
+    row = json.loads((tmp_path / "row.json").read_text())
+    assert row["ours_lossless"] and row["points"] == len(voxels) and row["runs"] == 2
+    for key in ("first_encode_s", "first_decode_s", "encode_s", "decode_s"):
+        assert 0 < row[key] < 60, key
+    assert 0 < row["loaded_rss_mb"] <= row["peak_rss_mb"]
