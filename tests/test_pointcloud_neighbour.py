@@ -969,24 +969,33 @@ def test_each_versions_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
 def test_a_level_made_ahead_is_the_level_the_loop_makes(rings_levels):
     """_LevelAhead (the encoder's next level, made in slices on the pool during the walk
     before it): the same table and contexts as the loop makes, and the table chain goes on
-    from it; made only from the level before's table, and only for its own level."""
+    from it; made only from the level before's table, and only for its own level. The last
+    level's table is not kept (its contexts are made from scratch rows, slice by slice): the
+    chain stays at the level before, from which the loop remakes the table if it needs it."""
     codes, bits, n = rings_levels
-    level = RINGS_DEPTH - 1
+    last = RINGS_DEPTH - 1
     chain = octree.LevelTables(2)
-    for lv in range(level):
+    for lv in range(last - 1):
         chain.table_of(codes[lv], lv, bits[lv - 1] if lv else None)
-    assert codec_module._LevelAhead.start(chain, codes, bits, level + 1, n, 2) is None
-    ahead = codec_module._LevelAhead.start(chain, codes, bits, level, n, threads=2)
-    assert ahead.result(level) is ahead
-    table = octree.neighbour_table(codes[level], level)
+    assert codec_module._LevelAhead.start(chain, codes, bits, last, n, 2) is None
+    ahead = codec_module._LevelAhead.start(chain, codes, bits, last - 1, n, threads=2)
+    assert ahead.result(last - 1) is ahead
+    table = octree.neighbour_table(codes[last - 1], last - 1)
     np.testing.assert_array_equal(ahead.table, table)
-    assert chain.level == level and chain.table is ahead.table  # the chain goes on from it
-    np.testing.assert_array_equal(ahead.contexts, mixing.level_contexts(table, bits[level], n))
+    assert chain.level == last - 1 and chain.table is ahead.table  # the chain goes on from it
+    np.testing.assert_array_equal(ahead.contexts,
+                                  mixing.level_contexts(table, bits[last - 1], n))
+    final = codec_module._LevelAhead.start(chain, codes, bits, last, n, threads=2)
+    assert final.result(last) is final and final.table is None
+    assert chain.level == last - 1  # the loop's table_of makes the last level's from here
+    table = octree.neighbour_table(codes[last], last)
+    np.testing.assert_array_equal(chain.table_of(codes[last], last, bits[last - 1]), table)
+    np.testing.assert_array_equal(final.contexts, mixing.level_contexts(table, bits[last], n))
     chain = octree.LevelTables(2)
-    chain.table_of(codes[level - 1], level - 1, None)
-    other = codec_module._LevelAhead.start(chain, codes, bits, level, n, threads=2)
-    assert other.result(level - 1) is None  # made for another level: the loop makes its own
-    assert chain.level == level - 1
+    chain.table_of(codes[last - 1], last - 1, None)
+    other = codec_module._LevelAhead.start(chain, codes, bits, last, n, threads=2)
+    assert other.result(last - 1) is None  # made for another level: the loop makes its own
+    assert chain.level == last - 1
 
 
 def test_tables_and_contexts_made_in_slices_in_any_order_are_the_whole_ones(rings_levels):
@@ -1004,6 +1013,25 @@ def test_tables_and_contexts_made_in_slices_in_any_order_are_the_whole_ones(ring
     for start in reversed(range(0, whole.shape[0], 211)):
         contexts.of_nodes(start, min(start + 211, whole.shape[0]))
     np.testing.assert_array_equal(contexts.contexts, mixing.level_contexts(whole, bits[level], n))
+    # without the whole table (whole=False): each slice's rows into a scratch array, then its
+    # contexts from them; the same rows and contexts
+    rows = octree.ChildTableRows.of(parent, bits[level - 1], codes[level], whole=False)
+    contexts = mixing.LevelContextRows(None, bits[level], n)
+    assert rows.table is None and contexts.table is None
+    scratch = np.full((8 * 97, 27), -1, np.int32)
+    for start in reversed(range(0, rows.parents, 97)):
+        stop = min(start + 97, rows.parents)
+        a, b = int(rows.first[start]), int(rows.first[stop])
+        rows.of_parents(start, stop, scratch)
+        np.testing.assert_array_equal(scratch[:b - a], whole[a:b])
+        contexts.of_nodes(a, b, scratch[:b - a])
+    np.testing.assert_array_equal(contexts.contexts, mixing.level_contexts(whole, bits[level], n))
+    with pytest.raises(ValueError, match="no rows"):  # a scratch too small: refused, unwritten
+        rows.of_parents(0, rows.parents, scratch)
+    with pytest.raises(ValueError, match="no table rows"):
+        contexts.of_nodes(0, 8 * 97 + 1, scratch)
+    with pytest.raises(ValueError, match="no rows"):  # no table and no scratch
+        rows.of_parents(0, 1)
     # not two consecutive levels: no slices (child_neighbour_table falls back to the search)
     assert octree.ChildTableRows.of(parent, bits[level - 1], codes[level][:-1]) is None
 

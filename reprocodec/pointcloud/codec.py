@@ -48,6 +48,7 @@ checksums (or the node-count guard) report it instead of returning a wrong cloud
 from __future__ import annotations
 
 import functools
+import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
 from .native import NativeGatherNetworks
-from .rowslices import Pending, RowSlices, default_threads
+from .rowslices import Pending, RowSlices, default_threads, row_slices
 from .weightsfile import read_weights
 
 PAYLOAD = "occupancy"
@@ -492,8 +493,9 @@ class PointCloudCodec:
                                 lv.contexts = None
                 # The level's neighbour table, made when a coder first reads it (none may:
                 # SPARSE_CHILDREN)
-                neighbours = _given(made.table) if made else functools.cache(functools.partial(
-                    tables.table_of, codes[level], level, bits[level - 1] if level else None))
+                neighbours = _given(made.table) if made and made.table is not None else \
+                    functools.cache(functools.partial(tables.table_of, codes[level], level,
+                                                      bits[level - 1] if level else None))
                 contexts, extras = None, None
                 # The neighbour coder first (tentatively: undone below unless it takes the level),
                 # so that the model is run on a large level only if it may beat it too. After a
@@ -558,8 +560,12 @@ class PointCloudCodec:
                 model_cost = None  # the model's cost of the level, whole or estimated, if run
                 may_win = coders != "neighbour" and not sparse
                 if may_win and not mix_lead:
+                    # A last level made ahead has no table (made.table None): the estimate's
+                    # sample of its rows is searched for alone, not the whole table made for it
+                    sample_rows = functools.partial(octree.neighbour_table, codes[level], level) \
+                        if made and made.table is None else functools.partial(_rows_of, neighbours)
                     may_win, model_cost = self._model_may_win(
-                        neighbours(), bits[level], level, depth, bar, coders, price, buckets,
+                        sample_rows, bits[level], level, depth, bar, coders, price, buckets,
                         confident, BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES)
                 if may_win:
                     learned[level] = coder.learned_level(
@@ -604,22 +610,24 @@ class PointCloudCodec:
         return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
                              neighbour_saving, leads)
 
-    def _model_may_win(self, neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int,
-                       bar: int, coders: str, price: tuple[int, int],
-                       buckets: np.ndarray | None, confident: bool, sample: int
-                       ) -> tuple[bool, int | None]:
+    def _model_may_win(self, sample_rows: Callable[[np.ndarray], np.ndarray],
+                       bits: np.ndarray, level: int, depth: int, bar: int, coders: str,
+                       price: tuple[int, int], buckets: np.ndarray | None, confident: bool,
+                       sample: int) -> tuple[bool, int | None]:
         """Whether the encoder runs the model on a whole level, and the model's estimated
         cost if it made one: not when choosing, the level has at least 4 x `sample` nodes and
         the model's cost estimated from `sample` of them is not within ESTIMATE_MARGIN of `bar`, the
         cheapest other coder's (the adaptive coder's, or the neighbour coder's, time priced;
         the encoder's time is mostly the model's, and sparse clouds' large levels go to the
-        others); always after a confident level."""
+        others); always after a confident level. sample_rows(rows): those nodes' rows of the
+        level's neighbour table."""
         m = bits.shape[0]
         if coders not in CHOOSING or m < 4 * sample or confident:
             return True, None
         rows = np.linspace(0, m - 1, sample).astype(np.int64)
-        estimate = coder.estimate_level_cost(neighbours, bits, level, depth, self._predict,
-                                             self.tables, self.decision, rows, buckets)
+        estimate = coder.estimate_level_cost(sample_rows(rows), bits, level, depth,
+                                             self._predict, self.tables, self.decision, rows,
+                                             buckets)
         over, under = ESTIMATE_MARGIN
         priced = estimate + _row_cost(bits.size, price)
         return priced * under <= over * bar, estimate
@@ -994,10 +1002,24 @@ class _LevelAhead:
         context_rows = mixing.LevelContextRows(table_rows.table, bits, points)
         self.contexts = context_rows.contexts
         first = table_rows.first
+        if self.table is not None:
+            def work(start: int, stop: int) -> None:
+                table_rows.of_parents(start, stop)
+                context_rows.of_nodes(int(first[start]), int(first[stop]))
+        else:  # each slice's table rows in a scratch array, one for each thread at work
+            slices = row_slices(table_rows.parents, threads)  # RowSlices' slices
+            most = max(int(first[b] - first[a]) for a, b in slices)
+            scratch: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+            for _ in range(min(threads, len(slices))):
+                scratch.put(np.empty((most, 27), dtype=np.int32))
 
-        def work(start: int, stop: int) -> None:
-            table_rows.of_parents(start, stop)
-            context_rows.of_nodes(int(first[start]), int(first[stop]))
+            def work(start: int, stop: int) -> None:
+                rows = scratch.get_nowait()  # (RowSlices runs at most that many at once)
+                try:
+                    table_rows.of_parents(start, stop, rows)
+                    context_rows.of_nodes(int(first[start]), int(first[stop]), rows)
+                finally:
+                    scratch.put(rows)
 
         self._job: RowSlices | None = RowSlices(work, table_rows.parents, threads)
 
@@ -1007,7 +1029,13 @@ class _LevelAhead:
               ) -> _LevelAhead | None:
         if tables.level != level - 1 or tables.table is None:
             return None
-        table_rows = octree.ChildTableRows.of(tables.table, bits[level - 1], codes[level])
+        # The last level's table feeds its contexts and nothing after: made slice by slice
+        # and dropped (the loop remakes it from the level before's if the model runs there,
+        # which a scan's sparse last level seldom needs). On a 1.86 M-point sweep it was the
+        # largest array of the encode, 164 MB.
+        whole = level + 1 < len(codes)
+        table_rows = octree.ChildTableRows.of(tables.table, bits[level - 1], codes[level],
+                                              whole)
         if table_rows is None:
             return None
         return cls(tables, level, table_rows, bits[level], points, threads)
@@ -1021,13 +1049,19 @@ class _LevelAhead:
         if self._job is not None:
             job, self._job = self._job, None
             job.finish()
-            self._tables.keep(level, self.table)  # the next level's table is made from it
+            if self.table is not None:  # the next level's table is made from it
+                self._tables.keep(level, self.table)
         return self
 
     def cancel(self) -> None:
         if self._job is not None:
             job, self._job = self._job, None
             job.cancel()
+
+
+def _rows_of(table: Callable[[], np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Some rows of a level's table (made when first asked for: the loop's `neighbours`)."""
+    return table()[rows]
 
 
 def _given(value: np.ndarray) -> Callable[[], np.ndarray]:

@@ -137,15 +137,15 @@ def learned_level(
 
 
 def estimate_level_cost(
-    table: np.ndarray, bits: np.ndarray, level: int, depth: int, predict: Predict,
+    neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int, predict: Predict,
     tables: entropy.CdfTables, decision: ProtectedDecision, rows: np.ndarray,
     buckets: np.ndarray | None = None,
 ) -> int:
     """The learned model's code length of a level (units as LearnedLevel.cost) estimated from
-    some of its nodes (rows of its neighbour table; the encoder's choice only: a level it then
-    codes is computed in full). With `buckets`, the cheaper of the model's and the refined
-    probabilities (walked on a copy: a sample does not advance the state)."""
-    neighbours = table[rows]
+    some of its nodes, `rows` (`neighbours`: their rows of the level's neighbour table; the
+    encoder's choice only: a level it then codes is computed in full). With `buckets`, the
+    cheaper of the model's and the refined probabilities (walked on a copy: a sample does
+    not advance the state)."""
     index = np.concatenate([_grid_index(decision.protect_pass(
         predict(neighbours, bits, k, level, depth), Mode.NONE).indices)
         for k in range(N_PASSES)])

@@ -165,12 +165,13 @@ def _contexts_kernel(neighbours, shapes, bits, k, slots, children, shift, coarse
 
 
 @compiled
-def _shapes_kernel(neighbours, start, stop, out):  # pragma: no cover - compiled
-    m = neighbours.shape[0]
+def _shapes_kernel(neighbours, m, base, start, stop, out):  # pragma: no cover - compiled
+    """The shapes of nodes start .. stop - 1 of a level of m nodes (absent = m), node i's
+    table row at neighbours[i - base]."""
     for i in range(start, stop):
         shape = np.int64(0)
         for s in range(27):
-            shape |= np.int64(neighbours[i, s] != m) << s
+            shape |= np.int64(neighbours[i - base, s] != m) << s
         out[i] = shape
 
 
@@ -180,8 +181,9 @@ def neighbour_shapes(neighbours: np.ndarray) -> np.ndarray:
     table = np.ascontiguousarray(neighbours)
     if table.ndim != 2 or table.shape[1] != 27:
         raise ValueError("shapes need an (M, 27) neighbour table")
-    out = np.empty(table.shape[0], dtype=np.int64)
-    _shapes_kernel(table, 0, table.shape[0], out)
+    m = table.shape[0]
+    out = np.empty(m, dtype=np.int64)
+    _shapes_kernel(table, np.int64(m), np.int64(0), np.int64(0), np.int64(m), out)
     return out
 
 
@@ -271,16 +273,16 @@ def _context_of(neighbours, bits, i, m, k, shape, known_slot, known_child, known
 
 
 @compiled
-def _level_kernel(neighbours, shapes, bits, slots, children, shift, coarse_shift, start, stop,
-                  out):  # pragma: no cover - compiled
-    """_contexts_kernel for all eight passes of nodes start .. stop - 1 of a level whose bits
-    are all known (the encoder), into their places in the pass-major `out`."""
-    m = neighbours.shape[0]
+def _level_kernel(neighbours, m, base, shapes, bits, slots, children, shift, coarse_shift,
+                  start, stop, out):  # pragma: no cover - compiled
+    """_contexts_kernel for all eight passes of nodes start .. stop - 1 of a level of m nodes
+    whose bits are all known (the encoder), into their places in the pass-major `out`; node
+    i's table row at neighbours[i - base]."""
     for k in range(8):
         known_slot, known_child, known_weight, unknown_slot, unknown_weight = _cell_lists(
             k, slots[k], children[k])
         for i in range(start, stop):
-            out[k * m + i] = _context_of(neighbours, bits, i, m, k, np.int64(shapes[i]),
+            out[k * m + i] = _context_of(neighbours, bits, i - base, m, k, np.int64(shapes[i]),
                                          known_slot, known_child, known_weight, unknown_slot,
                                          unknown_weight, shift, coarse_shift)
 
@@ -292,7 +294,7 @@ def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int, thread
     each node's shape computed once; on `threads` threads (slices of nodes: the same
     values)."""
     rows = LevelContextRows(neighbours, bits, points)
-    for_row_slices(rows.of_nodes, rows.table.shape[0], threads)
+    for_row_slices(rows.of_nodes, rows.nodes, threads)
     return rows.contexts
 
 
@@ -301,25 +303,35 @@ class LevelContextRows:
     nodes start .. stop - 1 from of_nodes(start, stop), any slices in any order on any
     threads. A node's contexts read its own table row and the level's bits only, so a slice
     may run as soon as its rows of the table are made (the encoder's next level, made ahead
-    in slices of parents: codec._LevelAhead)."""
+    in slices of parents: codec._LevelAhead). Made without the level's table (neighbours
+    None), each slice brings its own rows instead (of_nodes' `rows`): the table need never
+    exist whole."""
 
-    def __init__(self, neighbours: np.ndarray, bits: np.ndarray, points: int) -> None:
-        self.table = np.ascontiguousarray(neighbours)
+    def __init__(self, neighbours: np.ndarray | None, bits: np.ndarray, points: int) -> None:
         self._bits = np.ascontiguousarray(bits, dtype=np.bool_)
-        if self.table.ndim != 2 or self.table.shape[1] != 27 or \
-                self._bits.shape != (self.table.shape[0], 8):
+        self.nodes = self._bits.shape[0]
+        self.table = None if neighbours is None else np.ascontiguousarray(neighbours)
+        if self._bits.shape != (self.nodes, 8) or \
+                (self.table is not None and self.table.shape != (self.nodes, 27)):
             raise ValueError("contexts need an (M, 27) neighbour table and (M, 8) bits")
-        self.contexts = np.empty(8 * self.table.shape[0], dtype=np.int64)
-        self._shapes = np.empty(self.table.shape[0], dtype=np.int64)
+        self.contexts = np.empty(8 * self.nodes, dtype=np.int64)
+        self._shapes = np.empty(self.nodes, dtype=np.int64)
         self._shift = np.int64(64 - context_bits(points))
         self._coarse_shift = np.int64(64 - coarse_bits(points))
 
-    def of_nodes(self, start: int, stop: int) -> None:
-        first, last = np.int64(start), np.int64(stop)
-        _shapes_kernel(self.table, first, last, self._shapes)  # the same rows' shapes
+    def of_nodes(self, start: int, stop: int, rows: np.ndarray | None = None) -> None:
+        """`rows`: the table rows of nodes start .. stop - 1 (rows[0] node start's), where
+        this was made without the level's table."""
+        table, base = (self.table, 0) if rows is None else (rows, start)
+        if table is None or not 0 <= start <= stop <= self.nodes or \
+                table.ndim != 2 or table.shape[1] != 27 or table.shape[0] < stop - base:
+            raise ValueError(f"no table rows for nodes {start} .. {stop - 1}")
+        first, last, m = np.int64(start), np.int64(stop), np.int64(self.nodes)
+        _shapes_kernel(table, m, np.int64(base), first, last, self._shapes)  # the rows' shapes
         with np.errstate(over="ignore"):  # the hash's uint64 product wraps (numpy, no numba)
-            _level_kernel(self.table, self._shapes, self._bits, CELL_SLOT, CELL_CHILD,
-                          self._shift, self._coarse_shift, first, last, self.contexts)
+            _level_kernel(table, m, np.int64(base), self._shapes, self._bits, CELL_SLOT,
+                          CELL_CHILD, self._shift, self._coarse_shift, first, last,
+                          self.contexts)
 
 
 class Model:

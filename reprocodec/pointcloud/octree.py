@@ -303,9 +303,11 @@ class ChildTableRows:
     """child_neighbour_table in pieces: `table` (made on the caller's thread) gets the rows of
     the children of parents start .. stop - 1 from of_parents(start, stop), any slices of the
     parents in any order on any threads; `first[p]`: parent p's first child's row (first[-1]
-    the children's count), so a caller can follow each slice with work on its rows."""
+    the children's count), so a caller can follow each slice with work on its rows. Made
+    with whole=False there is no `table` (None): each slice's rows go to an array the caller
+    brings (of_parents' `rows`)."""
 
-    def __init__(self, table: np.ndarray, occupancy: np.ndarray) -> None:
+    def __init__(self, table: np.ndarray, occupancy: np.ndarray, whole: bool = True) -> None:
         occupancy = np.asarray(occupancy, dtype=bool)  # any nonzero is a child, as counted
         # The compiled kernel writes one row per occupied child without bounds checks (into
         # a table sized here by that count) and reads the parents' rows of `table`.
@@ -319,11 +321,11 @@ class ChildTableRows:
         self._node_bytes = np.packbits(occupancy, axis=1, bitorder="little")[:, 0]
         self.first = np.zeros(self.parents + 1, dtype=np.int64)
         np.cumsum(occupancy.sum(axis=1, dtype=np.int64), out=self.first[1:])
-        self.table = np.empty((int(self.first[-1]), 27), dtype=np.int32)
+        self.table = np.empty((int(self.first[-1]), 27), dtype=np.int32) if whole else None
 
     @classmethod
-    def of(cls, table: np.ndarray, occupancy: np.ndarray, codes: np.ndarray
-           ) -> ChildTableRows | None:
+    def of(cls, table: np.ndarray, occupancy: np.ndarray, codes: np.ndarray,
+           whole: bool = True) -> ChildTableRows | None:
         """The pieces, or None where the compiled kernel cannot make them (no numba, or the
         table, occupancy and codes are not of two consecutive levels)."""
         occupancy = np.asarray(occupancy, dtype=bool)
@@ -331,11 +333,18 @@ class ChildTableRows:
                 or occupancy.shape[1:] != (8,) or table.shape[1:] != (27,)
                 or int(np.count_nonzero(occupancy)) != codes.size):
             return None
-        return cls(table, occupancy)
+        return cls(table, occupancy, whole)
 
-    def of_parents(self, start: int, stop: int) -> None:
+    def of_parents(self, start: int, stop: int, rows: np.ndarray | None = None) -> None:
+        """`rows`: instead of `table`, an (R, 27) int32 array whose row 0 gets the first
+        child's of parent start (R at least the slice's children)."""
+        out, base = (self.table, 0) if rows is None else (rows, int(self.first[start]))
+        if out is None or not 0 <= start <= stop <= self.parents or out.dtype != np.int32 or \
+                out.ndim != 2 or out.shape[1] != 27 or \
+                out.shape[0] < int(self.first[stop]) - base or not out.flags.c_contiguous:
+            raise ValueError(f"no rows for the children of parents {start} .. {stop - 1}")
         _child_table_kernel(self._parent_table, self._node_bytes, self.first, start, stop,
-                            CHILD_NEIGHBOUR, CHILD_POSITION, OCCUPIED_BEFORE, self.table)
+                            CHILD_NEIGHBOUR, CHILD_POSITION, OCCUPIED_BEFORE, base, out)
 
 
 class LevelTables:
@@ -369,9 +378,10 @@ class LevelTables:
 if numba is not None:
     @compiled
     def _child_table_kernel(table, node_bytes, first, start, stop, map_j, map_b, before,
-                            out):  # pragma: no cover - compiled
-        """Rows first[start] .. first[stop] - 1 of out: the children of parents start..stop-1
-        (first: each parent's first child index, first[-1] the children's count)."""
+                            base, out):  # pragma: no cover - compiled
+        """Rows first[start] .. first[stop] - 1 of the children's table, the children of
+        parents start..stop-1, at out[row - base] (first: each parent's first child index,
+        first[-1] the children's count)."""
         mp = node_bytes.shape[0]
         m = first[mp]
         n = first[start]
@@ -388,5 +398,6 @@ if numba is not None:
                     node = min(q, mp - 1)
                     neighbour_byte = node_bytes[node]
                     present = np.int64(q < mp) & ((neighbour_byte >> b) & 1)
-                    out[n, j] = m + present * (first[node] + before[neighbour_byte, b] - m)
+                    row = first[node] + before[neighbour_byte, b]
+                    out[n - base, j] = m + present * (row - m)
                 n += 1
