@@ -560,13 +560,10 @@ class PointCloudCodec:
                 model_cost = None  # the model's cost of the level, whole or estimated, if run
                 may_win = coders != "neighbour" and not sparse
                 if may_win and not mix_lead:
-                    # A last level made ahead has no table (made.table None): the estimate's
-                    # sample of its rows is searched for alone, not the whole table made for it
-                    sample_rows = functools.partial(octree.neighbour_table, codes[level], level) \
-                        if made and made.table is None else functools.partial(_rows_of, neighbours)
                     may_win, model_cost = self._model_may_win(
-                        sample_rows, bits[level], level, depth, bar, coders, price, buckets,
-                        confident, BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES)
+                        _sample_rows(made, neighbours, codes[level], level), bits[level], level,
+                        depth, bar, coders, price, buckets, confident,
+                        BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES)
                 if may_win:
                     learned[level] = coder.learned_level(
                         neighbours(), bits[level], level, depth, self._start_predict, self.tables,
@@ -1059,9 +1056,15 @@ class _LevelAhead:
             job.cancel()
 
 
-def _rows_of(table: Callable[[], np.ndarray], rows: np.ndarray) -> np.ndarray:
-    """Some rows of a level's table (made when first asked for: the loop's `neighbours`)."""
-    return table()[rows]
+def _sample_rows(made: _LevelAhead | None, neighbours: Callable[[], np.ndarray],
+                 codes: np.ndarray, level: int) -> Callable[[np.ndarray], np.ndarray]:
+    """How the model's estimate reads its sample's rows of a level's table: from the table
+    (`neighbours`, made when first asked for), or, for a last level made ahead (no table),
+    searched for alone rather than the whole table made for them. (Not kept in a variable
+    of the loop: it would hold the level's table into the next level's walk.)"""
+    if made is not None and made.table is None:
+        return functools.partial(octree.neighbour_table, codes, level)
+    return lambda rows: neighbours()[rows]
 
 
 def _given(value: np.ndarray) -> Callable[[], np.ndarray]:
