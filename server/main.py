@@ -17,6 +17,7 @@ exit itself is bounded too: EXIT_SLACK seconds past those steps it happens whate
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import ipaddress
 import json
 import logging
@@ -338,6 +339,11 @@ def serve(service: str, argv: list[str] | None = None) -> int:
 # wait): stopping the metrics server, logging, and the interpreter's exit, which joins every
 # non-daemon thread.
 EXIT_SLACK = 2.0
+# Seconds past the watchdog's deadline after which faulthandler, a C thread that needs
+# neither the GIL nor any lock, writes every thread's stack to the log and ends the process
+# (status 1): the last resort where the watchdog cannot run or log. A shutdown test once
+# saw neither the exit after "exiting anyway" nor the watchdog within 60 s.
+LAST_RESORT_SLACK = 5.0
 
 
 def _exit_now(status: int) -> None:
@@ -347,9 +353,10 @@ def _exit_now(status: int) -> None:
     os._exit(status)
 
 
-def _bound_exit(seconds: float,
-                exit_now: Callable[[int], object] = _exit_now) -> threading.Thread:
-    """Exit (status 0) `seconds` from now if the process has not exited by then.
+def _bound_exit(seconds: float, exit_now: Callable[[int], object] = _exit_now,
+                last_resort: bool = True) -> threading.Thread:
+    """Exit (status 0) `seconds` from now if the process has not exited by then, and with
+    `last_resort` (status 1) LAST_RESORT_SLACK s later whatever holds the watchdog.
 
     Every shutdown step has its own bound, but the interpreter's exit then joins every
     non-daemon thread (gRPC's handler pool among them), which has no bound: one thread that
@@ -372,6 +379,9 @@ def _bound_exit(seconds: float,
     watchdog.daemon = True
     watchdog.name = "reprocodec-exit-watchdog"
     watchdog.start()
+    if last_resort:  # one per process (faulthandler's): the services arm it once, at SIGTERM
+        faulthandler.dump_traceback_later(seconds + LAST_RESORT_SLACK, exit=True,
+                                          file=sys.stderr)
     return watchdog
 
 

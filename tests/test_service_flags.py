@@ -139,7 +139,7 @@ def test_the_exit_watchdog_leaves_and_logs_the_thread_that_held_the_exit(caplog)
     exits: queue.Queue[int] = queue.Queue()
     try:
         with caplog.at_level(logging.WARNING, logger="reprocodec.server"):
-            watchdog = _bound_exit(0.1, exit_now=exits.put)
+            watchdog = _bound_exit(0.1, exit_now=exits.put, last_resort=False)
             assert exits.get(timeout=30) == 0
             watchdog.join(30)
         assert watchdog.daemon  # a normal exit does not wait for it
@@ -148,6 +148,30 @@ def test_the_exit_watchdog_leaves_and_logs_the_thread_that_held_the_exit(caplog)
     finally:
         release.set()
         holder.join(30)
+
+
+_HELD_WATCHDOG = """
+import sys, threading, time
+from reprocodec.server import main
+main.LAST_RESORT_SLACK = 0.5
+main._bound_exit(0.2, exit_now=lambda status: time.sleep(3600))  # a watchdog that is stuck
+threading.Event().wait(60)
+sys.exit(0)
+"""
+
+
+def test_the_last_resort_ends_a_process_whose_watchdog_is_stuck():
+    """Where the watchdog cannot exit (a lock or the GIL held), faulthandler's C thread
+    writes every thread's stack to stderr and ends the process (status 1) soon after."""
+    import subprocess
+    import sys
+    import time
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _HELD_WATCHDOG], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and time.monotonic() - started < 50, done
+    assert "Timeout" in done.stderr and "most recent call first" in done.stderr, done.stderr
 
 
 def test_service_logs_keep_only_the_newest(tmp_path, monkeypatch):
