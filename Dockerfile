@@ -126,8 +126,9 @@ EXPOSE 50051 50052 9101 9102
 
 # The standard grpc.health.v1 check, by the package's own client (no extra binary): it asks the
 # port the entrypoint started the service on. A new container compiles every kernel of its
-# preloaded models before SERVING (their warm-up; its numba cache starts empty): 120 s to
-# start, as the Kubernetes startup probes allow.
+# preloaded models before SERVING (their warm-up; its numba cache starts empty: 30 s for an
+# encoder and a decoder on a 2-core machine with an empty NUMBA_CACHE_DIR, outside an image):
+# 120 s to start, as the Kubernetes startup probes allow.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD ["reprocodec-healthcheck"]
 
