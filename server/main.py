@@ -302,15 +302,12 @@ def serve(service: str, argv: list[str] | None = None) -> int:
     for name in ("", service_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop.set())
+    stop = _stop_on_signals()
     print(f"READY service={service} grpc={args.host}:{port} "
           f"metrics={metrics_host}:{httpd.server_port} profile={args.profile} device={device} "
           f"memory_pool_mb={(config.max_memory or 0) / 2**20:.0f}",
           flush=True)
-    while not stop.wait(3600):
-        pass
+    _wait_for_stop(stop)
 
     log.info("shutting down: NOT_SERVING, draining %.1f s", args.drain_seconds)
     _bound_exit(args.drain_seconds + args.shutdown_grace + 0.5 + args.cancel_wait + EXIT_SLACK)
@@ -333,6 +330,29 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         _exit_now(0)
     log.info("stopped")
     return 0
+
+
+# The longest the main thread sleeps between looks for a signal. The kernel may deliver
+# SIGTERM to any thread of the process; CPython runs the Python handler in the main thread
+# only, when that thread next runs: a main thread asleep in one long wait did not see a
+# SIGTERM that landed on a worker thread until the wait ended (an hour; a shutdown test that
+# waited 60 s saw no "shutting down" at all).
+SIGNAL_POLL = 0.5
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set (handlers installed; main thread only)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    return stop
+
+
+def _wait_for_stop(stop: threading.Event) -> None:
+    """Sleep until `stop` is set, waking every SIGNAL_POLL s so that a signal's handler runs
+    whichever thread the signal landed on."""
+    while not stop.wait(SIGNAL_POLL):
+        pass
 
 
 # Seconds the exit itself may take after the shutdown steps' own bounds (drain, grace, cancel

@@ -150,6 +150,33 @@ def test_the_exit_watchdog_leaves_and_logs_the_thread_that_held_the_exit(caplog)
         holder.join(30)
 
 
+_SIGNAL_ON_A_WORKER = """
+import signal, threading, time
+from reprocodec.server import main
+stop = main._stop_on_signals()
+started = time.monotonic()
+def worker():
+    time.sleep(0.2)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # lands on this thread
+threading.Thread(target=worker, daemon=True).start()
+main._wait_for_stop(stop)
+print(round(time.monotonic() - started, 2))
+"""
+
+
+def test_a_sigterm_that_lands_on_a_worker_thread_stops_the_service():
+    """The kernel may give a process's SIGTERM to any of its threads, and CPython runs the
+    handler in the main thread only when that thread next runs: the service's main thread
+    wakes every SIGNAL_POLL s to see it (it used to sleep an hour at a time)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_ON_A_WORKER], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.split()[-1]) < 5, done.stdout
+
+
 _HELD_WATCHDOG = """
 import sys, threading, time
 from reprocodec.server import main
