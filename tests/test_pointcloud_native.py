@@ -432,6 +432,71 @@ def test_row_slices_job_works_while_the_caller_does_something_else():
     assert {t for _, _, t in seen} == {threading.get_ident()}
 
 
+def test_in_order_runs_items_one_after_another_on_the_pool():
+    """InOrder: each item starts once the one before has finished, on a pool thread (the
+    caller's own work goes on meanwhile); results() in order; with one thread each item
+    runs at once on the caller's thread."""
+    log, lock = [], threading.Lock()
+
+    def item(i: int, seconds: float):
+        def work() -> int:
+            with lock:
+                log.append(("start", i, threading.get_ident()))
+            time.sleep(seconds)
+            with lock:
+                log.append(("end", i, threading.get_ident()))
+            return i * i
+        return work
+
+    for threads in (2, 3):
+        log.clear()
+        chain = rowslices.InOrder(threads)
+        for i, seconds in enumerate((0.03, 0.01, 0.02, 0.0)):  # later ones shorter
+            chain.submit(item(i, seconds))
+        assert chain.results() == [0, 1, 4, 9]
+        assert [(what, i) for what, i, _ in log] == [
+            (what, i) for i in range(4) for what in ("start", "end")]
+        assert threading.get_ident() not in {t for _, _, t in log}
+    log.clear()
+    one = rowslices.InOrder(1)
+    one.submit(item(5, 0.0))
+    assert log == [("start", 5, threading.get_ident()), ("end", 5, threading.get_ident())]
+    assert one.results() == [25]
+
+
+def test_in_order_stops_at_an_error_and_cancel_leaves_nothing_running():
+    """An item's error is results()' and no item after it runs; cancel() drops the items not
+    started and returns once the running one has finished."""
+    ran, lock, started = [], threading.Lock(), threading.Event()
+
+    def item(i: int, fail: bool = False, seconds: float = 0.0):
+        def work() -> None:
+            started.set()
+            time.sleep(seconds)
+            if fail:
+                raise RuntimeError(f"item {i}")
+            with lock:
+                ran.append(i)
+        return work
+
+    chain = rowslices.InOrder(2)
+    for i in range(3):
+        chain.submit(item(i, fail=i == 1))
+    with pytest.raises(RuntimeError, match="item 1"):
+        chain.results()
+    assert ran == [0]
+    ran.clear()
+    started.clear()
+    chain = rowslices.InOrder(2)
+    for i in range(4):
+        chain.submit(item(i, seconds=0.05))
+    assert started.wait(30)  # item 0 running
+    chain.cancel()
+    assert ran == [0]  # it had started, and finished before cancel() returned
+    time.sleep(0.1)
+    assert ran == [0]  # the others never ran
+
+
 def test_native_logits_started_equal_logits_of():
     """start_logits (the pool starts, the caller collects) gives logits_of's values."""
     codec = PointCloudCodec.load(threads=2)

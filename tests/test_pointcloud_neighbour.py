@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -525,6 +526,28 @@ def test_a_small_cloud_also_tries_the_neighbour_coder_on_every_level(codec, ring
     assert set(level_coders(by_level)) == set("LN")
     assert auto.ByteSize() <= min(by_level.ByteSize(), rings_streams["neighbour"].ByteSize())
     assert auto.ByteSize() < by_level.ByteSize()  # here the all-neighbour stream won
+
+
+def test_the_all_neighbour_walks_run_on_the_pool_with_the_same_stream(ground_rings,
+                                                                       rings_streams,
+                                                                       monkeypatch):
+    """The all-neighbour candidate's model walks the levels on the pool while the encoder's
+    thread runs the learned model: on one thread and on two the same stream (here the
+    candidate wins); a walk's error on the pool reaches the caller."""
+    streams = {threads: _packed(PointCloudCodec.load(threads=threads).encode(
+        ground_rings, Mode.SYNDROME, depth=RINGS_DEPTH)) for threads in (1, 2)}
+    assert streams[1] == streams[2] == rings_streams["auto"]
+    assert set(level_coders(rings_streams["auto"])) == {"N"}
+    walk = neighbour.walk_contexts
+
+    def failing_on_the_pool(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("walk on the pool")
+        return walk(*args, **kwargs)
+
+    monkeypatch.setattr(neighbour, "walk_contexts", failing_on_the_pool)
+    with pytest.raises(RuntimeError, match="walk on the pool"):
+        PointCloudCodec.load(threads=2).encode(ground_rings, Mode.SYNDROME, depth=RINGS_DEPTH)
 
 
 

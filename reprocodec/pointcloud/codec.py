@@ -73,7 +73,7 @@ from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
 from .native import NativeGatherNetworks
-from .rowslices import Pending, RowSlices, default_threads, row_slices
+from .rowslices import InOrder, Pending, RowSlices, default_threads, row_slices
 from .weightsfile import read_weights
 
 PAYLOAD = "occupancy"
@@ -470,6 +470,9 @@ class PointCloudCodec:
         if model is not None and coders in CHOOSING and \
                 sum(b.size for b in bits) <= EVERY_NEIGHBOUR_BITS:
             every = neighbour.Model(neighbour_points, version)
+        # Its walks run on the pool, level after level, while this thread runs the model: a
+        # small cloud's levels are each one slice of network rows, which leave the pool idle
+        every_walks = InOrder(self.threads)
         every_f0: list[np.ndarray | None] = [None] * depth
         neighbour_saving = 0
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
@@ -529,11 +532,15 @@ class PointCloudCodec:
                 if made:  # (made for the neighbour model's points: every's and mixing's too)
                     contexts = made.contexts
                 if every is not None:
-                    if contexts is None:
+                    # Its walk of the level on the pool while this thread runs the model there:
+                    # with the contexts, unless this thread needs them too (below)
+                    if contexts is None and (tried or mix_points and mix_bits + bits[level].size
+                                             <= MIX_BITS_PER_POINT * mix_points):
                         contexts = mixing.level_contexts(neighbours(), bits[level], every.points,
                                                           self.threads)
-                    every_f0[level], _ = neighbour.walk_contexts(every, contexts, bits[level],
-                                                                 extras)
+                    every_walks.submit(functools.partial(
+                        _walked, every, neighbours() if contexts is None else None, contexts,
+                        bits[level], extras))
                 bar = adaptive_cost[level]  # what the model must beat on a large level
                 if tried:
                     if contexts is None:
@@ -601,7 +608,13 @@ class PointCloudCodec:
                 over, under = NEIGHBOUR_CLOSE
                 close = (tried or probe) and model_cost is not None and \
                     cost * under <= over * model_cost
-        finally:  # a level that failed leaves no work on the pool
+            if every is not None:
+                every_f0 = every_walks.results()
+        except BaseException:  # a level that failed leaves no work on the pool
+            if every is not None:
+                every_walks.cancel()
+            raise
+        finally:
             if ahead is not None:
                 ahead.cancel()
         return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
@@ -1070,6 +1083,16 @@ def _sample_rows(made: _LevelAhead | None, neighbours: Callable[[], np.ndarray],
 def _given(value: np.ndarray) -> Callable[[], np.ndarray]:
     """A function returning `value` (a level's table made ahead, where the loop makes one)."""
     return lambda: value
+
+
+def _walked(model: neighbour.Model, neighbours: np.ndarray | None,
+            contexts: np.ndarray | None, bits: np.ndarray, extras: np.ndarray | None
+            ) -> np.ndarray:
+    """The level's P(0) under `model` walked on (its contexts made from the level's neighbour
+    table unless given)."""
+    if contexts is None:
+        contexts = mixing.level_contexts(neighbours, bits, model.points)
+    return neighbour.walk_contexts(model, contexts, bits, extras)[0]
 
 
 def _probe_cost(neighbours: np.ndarray, bits: np.ndarray, extras: np.ndarray | None,

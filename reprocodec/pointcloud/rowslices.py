@@ -39,6 +39,43 @@ def on_pool(work: Callable[[], Any], threads: int) -> Future:
     return _pool(threads - 1).submit(work)
 
 
+class InOrder:
+    """Work items run one after another on the pool (threads > 1), each started once the one
+    before has finished, so that they may carry state from one to the next while the caller
+    does other work; with one thread each runs at once, on the caller's. results() waits for
+    every item's result, in order (and raises the first error); cancel() drops the items not
+    started yet and waits for the one running."""
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._futures: list[Future] = []
+
+    def submit(self, work: Callable[[], Any]) -> None:
+        if self._threads <= 1:
+            done: Future = Future()
+            done.set_result(work())
+            self._futures.append(done)
+            return
+        before = self._futures[-1] if self._futures else None
+
+        def after_before() -> Any:
+            if before is not None:
+                before.result()  # its error (or cancellation) stops the items after it
+            return work()
+
+        self._futures.append(on_pool(after_before, self._threads))
+
+    def results(self) -> list[Any]:
+        return [f.result() for f in self._futures]
+
+    def cancel(self) -> None:
+        for f in reversed(self._futures):  # the last first: none starts after this
+            f.cancel()
+        for f in self._futures:
+            if not f.cancelled():
+                f.exception()  # waits for it; its error, if any, is the caller's to drop
+
+
 def row_slices(rows: int, threads: int) -> list[tuple[int, int]]:
     """Consecutive (start, stop) slices of `rows`: at most ROWS_PER_TASK rows each, and with
     several threads whole rounds of equal slices (within a row), down to MIN_ROWS_PER_TASK, so
