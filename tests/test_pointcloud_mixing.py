@@ -14,6 +14,7 @@ from reprocodec import container
 from reprocodec.errors import ContainerError, InputError, VerificationError
 from reprocodec.pointcloud import (
     PointCloudCodec,
+    adaptive,
     inspect_fields,
     mixing,
     nodecontext,
@@ -21,6 +22,7 @@ from reprocodec.pointcloud import (
     refine,
 )
 from reprocodec.pointcloud import codec as codec_module
+from reprocodec.pointcloud import coder as coder_module
 from reprocodec.pointcloud.adaptive import AdaptiveStreamError
 from reprocodec.pointcloud.codec import (
     ADAPTIVE_PAYLOAD,
@@ -708,11 +710,15 @@ def test_learned_alone_never_writes_the_mixed_payload(codec, clouds):
 
 
 def _spy_mixing(monkeypatch, name: str = "encode") -> list[int]:
-    """mixing.encode (the learned stream's mixed coding) or mixing.probabilities (any mixed
-    walk), recording the bits of each call."""
+    """mixing.encode (the learned stream's mixed coding) or mixing.walk (any mixed walk, a
+    Model's first), recording the bits of each call."""
     walked, function = [], getattr(mixing, name)
-    monkeypatch.setattr(mixing, name, lambda bits, *a: walked.append(bits.size)
-                        or function(bits, *a))
+    if name == "walk":
+        monkeypatch.setattr(mixing, name, lambda model, bits, *a: walked.append(bits.size)
+                            or function(model, bits, *a))
+    else:
+        monkeypatch.setattr(mixing, name, lambda bits, *a: walked.append(bits.size)
+                            or function(bits, *a))
     return walked
 
 
@@ -769,7 +775,7 @@ def test_auto_never_mixes_a_cloud_of_many_bits_a_point(codec, monkeypatch):
     """A sparse cloud (more than MIX_ROWS_PER_POINT occupancy bits a point) never pays for
     a mixed walk; with the bound raised it would, and at format 3 never."""
     points = np.random.default_rng(4).integers(0, 512, (3000, 3)).astype(np.float64)
-    walked = _spy_mixing(monkeypatch, "probabilities")
+    walked = _spy_mixing(monkeypatch, "walk")
     codec.encode(points, Mode.SYNDROME, depth=9)
     assert walked == []
     monkeypatch.setattr(codec_module, "MIX_ROWS_PER_POINT", 100)
@@ -873,3 +879,58 @@ def test_the_encoder_service_mixes_a_default_request_on_a_machined_surface():
                for s in streams.values()]
     np.testing.assert_array_equal(decoded[0], decoded[1])
     np.testing.assert_array_equal(decoded[0], octree.voxelize(box, 7).voxels)
+
+
+def test_a_walk_in_pieces_gives_one_walks_probabilities(camel):
+    """mixing.walk on a Model walked on, level by level, gives the P(0)s of one walk over all
+    the levels (probabilities), as the encoder's mixing lead and the decoder rely on."""
+    depth = 6
+    codes, bits = octree.build_levels(octree.voxelize(camel, depth).voxels, depth)
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 2 * GRID_K + 1, b.size) for b in bits]
+    contexts = [mixing.level_contexts(octree.neighbour_table(c, level), b, camel.shape[0])
+                for level, (c, b) in enumerate(zip(codes, bits, strict=True))]
+    occupancy = [b.T.reshape(-1) for b in bits]
+    passes = [codec_module._bit_passes([b]) for b in bits]
+    extras = [codec_module._node_extras(bits, [level], 2) for level in range(depth)]
+    f0_table = PointCloudCodec.load().tables.cdfs[:, 1]
+    whole = mixing.probabilities(*(np.concatenate(a) for a in (occupancy, rows, contexts,
+                                                               passes)),
+                                 f0_table, camel.shape[0], np.concatenate(extras))
+    model = mixing.Model(f0_table, camel.shape[0])
+    pieces = [mixing.walk(model, *a) for a in zip(occupancy, rows, contexts, passes, extras,
+                                                    strict=True)]
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+
+
+@pytest.mark.parametrize("on_pool", [False, True])
+def test_the_mixing_lead_walked_level_by_level_gives_the_whole_walks_lengths(camel, on_pool):
+    """codec._MixingLead, its walks on the pool (a small cloud) or all at the last level: the
+    mixed and refined code lengths of one walk over the levels' concatenation (the
+    computation it replaced), and None unless every level before was added."""
+    depth = 6
+    codec = PointCloudCodec.load(threads=2)
+    codes, bits = octree.build_levels(octree.voxelize(camel, depth).voxels, depth)
+    n = camel.shape[0]
+    f0_table = codec.tables.cdfs[:, 1]
+    learned = []
+    for level in range(depth - 1):
+        neighbours = octree.neighbour_table(codes[level], level)
+        lv = coder_module.learned_level(neighbours, bits[level], level, depth,
+                                        codec._start_predict, codec.tables, Mode.SYNDROME,
+                                        codec.decision)
+        lv.contexts = mixing.level_contexts(neighbours, bits[level], n)
+        learned.append(lv)
+    lead = codec_module._MixingLead(f0_table, n, 2, 2, on_pool=on_pool)
+    for level, lv in enumerate(learned):
+        lead.add(bits[level - 1] if level else None, bits[level], lv)
+    assert codec_module._MixingLead(f0_table, n, 2, 2, on_pool).code_lengths(depth - 1) is None
+    occupancy = np.concatenate([b.T.reshape(-1) for b in bits[:-1]])
+    index = np.concatenate([lv.indices for lv in learned])
+    _, refined = refine.code_lengths(occupancy, index, refine.initial_buckets(f0_table),
+                                     f0_table)
+    mixed = adaptive.code_length(occupancy, mixing.probabilities(
+        occupancy, index + GRID_K, np.concatenate([lv.contexts for lv in learned]),
+        codec_module._bit_passes(bits[:-1]), f0_table, n,
+        codec_module._node_extras(bits, range(depth - 1), 2)))
+    assert lead.code_lengths(depth - 1) == (mixed, refined)

@@ -474,6 +474,11 @@ class PointCloudCodec:
         # small cloud's levels are each one slice of network rows, which leave the pool idle
         every_walks = InOrder(self.threads)
         every_f0: list[np.ndarray | None] = [None] * depth
+        # Mixing's lead, its walks on the pool for a small cloud too (on a larger one they
+        # would keep the pool's thread from the network rows and contexts of the levels
+        # after: a dense surface's encode took 1.14 times as long)
+        lead = _MixingLead(self.tables.cdfs[:, 1], mix_points, mix_version, self.threads,
+                           on_pool=every is not None)
         neighbour_saving = 0
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
         close = False  # the neighbour coder within NEIGHBOUR_CLOSE of the model on it
@@ -487,8 +492,7 @@ class PointCloudCodec:
                 made = ahead.result(level) if ahead is not None else None
                 ahead = None
                 if mix_lead and level == depth - 1:
-                    leads = self._mixing_leads(learned[:level], bits[:level], mix_points,
-                                               mix_version)
+                    leads = lead.leads(level)
                     mix_lead, mix_points = leads, mix_points if leads else 0
                     if not leads:  # the contexts kept so far serve nothing now
                         for lv in learned[:level]:
@@ -582,6 +586,9 @@ class PointCloudCodec:
                             contexts = mixing.level_contexts(neighbours(), bits[level], mix_points,
                                                               self.threads)
                         learned[level].contexts = contexts
+                        if mix_lead and level < depth - 1:
+                            lead.add(bits[level - 1] if level else None, bits[level],
+                                     learned[level])
                     model_cost = learned[level].cost
                     saving = adaptive_cost[level] - learned[level].cost
                     confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
@@ -611,6 +618,7 @@ class PointCloudCodec:
             if every is not None:
                 every_f0 = every_walks.results()
         except BaseException:  # a level that failed leaves no work on the pool
+            lead.cancel()
             if every is not None:
                 every_walks.cancel()
             raise
@@ -641,30 +649,6 @@ class PointCloudCodec:
         over, under = ESTIMATE_MARGIN
         priced = estimate + _row_cost(bits.size, price)
         return priced * under <= over * bar, estimate
-
-    def _mixing_leads(self, learned: list[coder.LearnedLevel | None], bits: list[np.ndarray],
-                      points: int, version: int) -> bool:
-        """Whether mixed probabilities code these levels (all but the last: a quarter of a
-        surface's bits) at least 1 / MIX_LEAD shorter than refined ones: the gain holds or
-        grows until the last level, where it halves (cumulative code lengths, levels in
-        order: a machined part's, the turbine's and the aerial tile's 9.9-19.8 % before the
-        last level, 4.9-9.1 % with it; the organic meshes' and synthetic surfaces' 0.6-4.4,
-        then 0.6-1.7). Ideal code lengths, exact integers. False unless every level is learned
-        with its contexts. `version`: the mixer's."""
-        coded = [lv for lv in learned if lv is not None]
-        contexts = [lv.contexts for lv in coded if lv.contexts is not None]
-        if not learned or len(contexts) < len(learned):
-            return False
-        occupancy = np.concatenate([b.T.reshape(-1) for b in bits])  # coding order
-        index = np.concatenate([lv.indices for lv in coded])
-        f0_table = self.tables.cdfs[:, 1]
-        _, refined = refine.code_lengths(occupancy, index, refine.initial_buckets(f0_table),
-                                         f0_table)
-        passes = _bit_passes(bits)
-        mixed = adaptive.code_length(occupancy, mixing.probabilities(
-            occupancy, index + coder.GRID_K, np.concatenate(contexts), passes, f0_table,
-            points, _node_extras(bits, range(len(bits)), version), version))
-        return mixed * MIX_LEAD <= (MIX_LEAD - 1) * refined
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
                       neighbour_f0, neighbour_name, mode, mix_points=0, mixed_only=False,
@@ -1083,6 +1067,70 @@ def _sample_rows(made: _LevelAhead | None, neighbours: Callable[[], np.ndarray],
 def _given(value: np.ndarray) -> Callable[[], np.ndarray]:
     """A function returning `value` (a level's table made ahead, where the loop makes one)."""
     return lambda: value
+
+
+class _MixingLead:
+    """Whether mixed probabilities code the levels before the last (a quarter of a surface's
+    bits) at least 1 / MIX_LEAD shorter than refined ones: the gain holds or grows until the
+    last level, where it halves (cumulative code lengths, levels in order: a machined part's,
+    the turbine's and the aerial tile's 9.9-19.8 % before the last level, 4.9-9.1 % with it;
+    the organic meshes' and synthetic surfaces' 0.6-4.4, then 0.6-1.7). Ideal code lengths,
+    exact integers. The mixer (version `version`) and refine walk each level (add: the next
+    one, learned, with its contexts): on the pool (on_pool) as soon as the model has coded it,
+    while the encoder's thread goes on with the next level, or else all in leads(levels), on
+    the caller's thread. A walk in pieces, in order, gives the integers of one walk over all
+    of them."""
+
+    def __init__(self, f0_table: np.ndarray, points: int, version: int, threads: int,
+                 on_pool: bool) -> None:
+        self._f0_table, self._points, self._version = f0_table, points, version
+        # (made here for the pool's walks: the pool's threads allocate nothing that stays)
+        self._model = mixing.Model(f0_table, points, version) if on_pool else None
+        self._buckets = refine.initial_buckets(f0_table)
+        self._walks = InOrder(threads if on_pool else 1)
+        self._later: list[Callable[[], tuple[int, int]]] | None = None if on_pool else []
+        self._levels = 0
+
+    def add(self, parent_bits: np.ndarray | None, bits: np.ndarray,
+            level: coder.LearnedLevel) -> None:
+        """The next level (in order), learned, with its mixing contexts; parent_bits: the
+        level before's bits (None at the root)."""
+        self._levels += 1
+        walk = functools.partial(self._walk, parent_bits, bits, level.indices, level.contexts)
+        if self._later is None:
+            self._walks.submit(walk)
+        else:
+            self._later.append(walk)
+
+    def _walk(self, parent_bits, bits, indices, contexts) -> tuple[int, int]:
+        if self._model is None:
+            self._model = mixing.Model(self._f0_table, self._points, self._version)
+        occupancy = bits.T.reshape(-1)  # coding order
+        _, refined = refine.code_lengths(occupancy, indices, self._buckets, self._f0_table)
+        extras = _node_extras([parent_bits, bits], [1], self._version)
+        mixed = adaptive.code_length(occupancy, mixing.walk(
+            self._model, occupancy, indices + coder.GRID_K, contexts, _bit_passes([bits]),
+            extras))
+        return mixed, refined
+
+    def leads(self, levels: int) -> bool:
+        """False unless the `levels` levels before were each added."""
+        lengths = self.code_lengths(levels)
+        return lengths is not None and lengths[0] * MIX_LEAD <= (MIX_LEAD - 1) * lengths[1]
+
+    def code_lengths(self, levels: int) -> tuple[int, int] | None:
+        """The levels' (mixed, refined) code lengths, or None unless the `levels` levels
+        before were each added."""
+        if levels == 0 or self._levels < levels:
+            return None
+        for walk in self._later or []:
+            self._walks.submit(walk)  # (one thread: at once)
+        mixed, refined = (sum(c) for c in zip(*self._walks.results(), strict=True))
+        self._model = None  # its tables (up to ~50 MB) are not kept into the last level
+        return mixed, refined
+
+    def cancel(self) -> None:
+        self._walks.cancel()
 
 
 def _walked(model: neighbour.Model, neighbours: np.ndarray | None,

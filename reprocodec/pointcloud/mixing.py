@@ -586,6 +586,14 @@ def probabilities(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
     """Each bit's mixed P(0) (uint16, coding order), walking a fresh Model of `version` over
     the bits: what encode() codes them with, and what the encoder prices. Version 2 needs
     each bit's extra (nodecontext.level_extras of each level, in coding order)."""
+    return walk(Model(f0_table, points, version), bits, rows, contexts, passes, extras)
+
+
+def walk(m: Model, bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
+         passes: np.ndarray, extras: np.ndarray | None = None) -> np.ndarray:
+    """probabilities() on a Model walked on: bits walked in pieces, in order, each from where
+    the one before left the model, get the P(0)s of one walk over all of them."""
+    points = m.points
     b = np.ascontiguousarray(bits, dtype=np.uint8)
     r, c, k = np.asarray(rows), np.asarray(contexts), np.asarray(passes)
     if not b.shape == r.shape == c.shape == k.shape or b.ndim != 1:
@@ -594,8 +602,7 @@ def probabilities(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
         raise ValueError("a CDF row, context or pass out of range")
     c = np.ascontiguousarray(c, dtype=np.int64)
     _check_contexts(c, points)
-    m = Model(f0_table, points, version)
-    e = nodecontext.checked_extras(extras, b.size, version)
+    e = nodecontext.checked_extras(extras, b.size, m.version)
     # Narrow types, checked in range above: a 2.4 M-point cloud has ~7 M learned bits
     r = np.ascontiguousarray(r, dtype=np.int16)
     k = np.ascontiguousarray(k, dtype=np.uint8)
