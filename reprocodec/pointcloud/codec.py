@@ -1088,7 +1088,8 @@ class _MixingLead:
         self._model = mixing.Model(f0_table, points, version) if on_pool else None
         self._buckets = refine.initial_buckets(f0_table)
         self._walks = InOrder(threads if on_pool else 1)
-        self._later: list[Callable[[], tuple[int, int]]] | None = None if on_pool else []
+        self._on_pool = on_pool
+        self._later: list[Callable[[], tuple[int, int]]] = []  # the walks leads() makes
         self._levels = 0
 
     def add(self, parent_bits: np.ndarray | None, bits: np.ndarray,
@@ -1097,7 +1098,7 @@ class _MixingLead:
         level before's bits (None at the root)."""
         self._levels += 1
         walk = functools.partial(self._walk, parent_bits, bits, level.indices, level.contexts)
-        if self._later is None:
+        if self._on_pool:
             self._walks.submit(walk)
         else:
             self._later.append(walk)
@@ -1123,7 +1124,8 @@ class _MixingLead:
         before were each added."""
         if levels == 0 or self._levels < levels:
             return None
-        for walk in self._later or []:
+        later, self._later = self._later, []  # (holding no level's contexts after)
+        for walk in later:
             self._walks.submit(walk)  # (one thread: at once)
         mixed, refined = (sum(c) for c in zip(*self._walks.results(), strict=True))
         self._model = None  # its tables (up to ~50 MB) are not kept into the last level
