@@ -934,3 +934,41 @@ def test_the_mixing_lead_walked_level_by_level_gives_the_whole_walks_lengths(cam
         codec_module._bit_passes(bits[:-1]), f0_table, n,
         codec_module._node_extras(bits, range(depth - 1), 2)))
     assert lead.code_lengths(depth - 1) == (mixed, refined)
+
+
+def test_a_small_clouds_mixing_lead_read_after_its_last_level_keeps_the_stream(monkeypatch):
+    """A small cloud's mixing lead (its walks on the pool) is read after the model has run on
+    the last level, where nothing before depends on it (codec._lead_can_wait); read before
+    it, as on a larger cloud, the stream is the same. Here mixing leads (the camel, with any
+    lead enough) and the neighbour coder is not tried on the last level, so that level's
+    contexts come from the all-neighbour walk's: the same as made on the encoder's thread."""
+    monkeypatch.setattr(codec_module, "MIX_LEAD", 1 << 30)
+    points, depth = read_ply(SAMPLES / "camel_d6.ply"), 6
+    codec = PointCloudCodec.load(threads=2)
+    calls: list[tuple[str, object]] = []
+    codings: list = []  # what each encode's walk over the levels found
+    learned_level, leads = coder_module.learned_level, codec_module._MixingLead.leads
+    walk_levels = PointCloudCodec._learned_levels
+
+    def spy_learned(*args, **kwargs):
+        calls.append(("learned", args[2]))
+        return learned_level(*args, **kwargs)
+
+    def spy_leads(self, levels):
+        calls.append(("leads", leads(self, levels)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(coder_module, "learned_level", spy_learned)
+    monkeypatch.setattr(codec_module._MixingLead, "leads", spy_leads)
+    monkeypatch.setattr(PointCloudCodec, "_learned_levels",
+                        lambda *a, **k: codings.append(walk_levels(*a, **k)) or codings[-1])
+    later = container.pack(codec.encode(points, Mode.SYNDROME, depth=depth))
+    assert calls[-2:] == [("learned", depth - 1), ("leads", True)]
+    calls.clear()
+    monkeypatch.setattr(codec_module, "_lead_can_wait", lambda *_: False)
+    first = container.pack(codec.encode(points, Mode.SYNDROME, depth=depth))
+    assert calls[-2:] == [("leads", True), ("learned", depth - 1)]
+    assert first == later
+    assert all(c.mixing_leads for c in codings)
+    for a, b in zip(*(c.learned for c in codings), strict=True):  # the mixed candidate's
+        np.testing.assert_array_equal(a.contexts, b.contexts)

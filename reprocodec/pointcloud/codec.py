@@ -491,13 +491,14 @@ class PointCloudCodec:
                 m = codes[level].size
                 made = ahead.result(level) if ahead is not None else None
                 ahead = None
-                if mix_lead and level == depth - 1:
-                    leads = lead.leads(level)
-                    mix_lead, mix_points = leads, mix_points if leads else 0
-                    if not leads:  # the contexts kept so far serve nothing now
-                        for lv in learned[:level]:
-                            if lv is not None:
-                                lv.contexts = None
+                # Whether mixing leads is read after the model has run on the last level,
+                # where its walks are on the pool (a small cloud's) and may still be running
+                sample = BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES
+                lead_later = mix_lead and level == depth - 1 and every is not None and \
+                    _lead_can_wait(bits[level], sample, confident)
+                if mix_lead and level == depth - 1 and not lead_later:
+                    leads, mix_lead, mix_points = self._read_lead(lead, learned, level,
+                                                                  mix_points)
                 # The level's neighbour table, made when a coder first reads it (none may:
                 # SPARSE_CHILDREN)
                 neighbours = _given(made.table) if made and made.table is not None else \
@@ -535,14 +536,17 @@ class PointCloudCodec:
                         nodecontext.node_slots(bits[level - 1] if level else None), bits[level])
                 if made:  # (made for the neighbour model's points: every's and mixing's too)
                     contexts = made.contexts
+                every_walked = None  # its walk of this level (P(0)s, contexts), if made
                 if every is not None:
                     # Its walk of the level on the pool while this thread runs the model there:
-                    # with the contexts, unless this thread needs them too (below)
-                    if contexts is None and (tried or mix_points and mix_bits + bits[level].size
+                    # with the contexts, unless this thread needs them too (below; where mixing
+                    # may lead, from the walk)
+                    if contexts is None and (tried or not lead_later and mix_points and
+                                             mix_bits + bits[level].size
                                              <= MIX_BITS_PER_POINT * mix_points):
                         contexts = mixing.level_contexts(neighbours(), bits[level], every.points,
                                                           self.threads)
-                    every_walks.submit(functools.partial(
+                    every_walked = every_walks.submit(functools.partial(
                         _walked, every, neighbours() if contexts is None else None, contexts,
                         bits[level], extras))
                 bar = adaptive_cost[level]  # what the model must beat on a large level
@@ -573,15 +577,19 @@ class PointCloudCodec:
                 if may_win and not mix_lead:
                     may_win, model_cost = self._model_may_win(
                         _sample_rows(made, neighbours, codes[level], level), bits[level], level,
-                        depth, bar, coders, price, buckets, confident,
-                        BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES)
+                        depth, bar, coders, price, buckets, confident, sample)
                 if may_win:
                     learned[level] = coder.learned_level(
                         neighbours(), bits[level], level, depth, self._start_predict, self.tables,
                         mode, self.decision, buckets)
                     mix_bits += bits[level].size
+                    if lead_later:
+                        leads, mix_lead, mix_points = self._read_lead(lead, learned, level,
+                                                                      mix_points)
                     if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
                         # Pass-major as the indices
+                        if contexts is None and every_walked is not None:
+                            contexts = every_walked.result()[1]
                         if contexts is None:
                             contexts = mixing.level_contexts(neighbours(), bits[level], mix_points,
                                                               self.threads)
@@ -616,7 +624,7 @@ class PointCloudCodec:
                 close = (tried or probe) and model_cost is not None and \
                     cost * under <= over * model_cost
             if every is not None:
-                every_f0 = every_walks.results()
+                every_f0 = [f0 for f0, _ in every_walks.results()]
         except BaseException:  # a level that failed leaves no work on the pool
             lead.cancel()
             if every is not None:
@@ -627,6 +635,18 @@ class PointCloudCodec:
                 ahead.cancel()
         return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
                              neighbour_saving, leads)
+
+    @staticmethod
+    def _read_lead(lead: _MixingLead, learned: list[coder.LearnedLevel | None], level: int,
+                   mix_points: int) -> tuple[bool, bool, int]:
+        """(leads, mix_lead, mix_points) from here on, at the last level: whether mixing
+        leads on the levels before; where it does not, the contexts kept so far are freed."""
+        leads = lead.leads(level)
+        if not leads:  # the contexts kept so far serve nothing now
+            for lv in learned[:level]:
+                if lv is not None:
+                    lv.contexts = None
+        return leads, leads, mix_points if leads else 0
 
     def _model_may_win(self, sample_rows: Callable[[np.ndarray], np.ndarray],
                        bits: np.ndarray, level: int, depth: int, bar: int, coders: str,
@@ -1069,6 +1089,15 @@ def _given(value: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: value
 
 
+def _lead_can_wait(bits: np.ndarray, sample: int, confident: bool) -> bool:
+    """Whether nothing before the model has run on the last level, bits, depends on whether
+    mixing leads (where it would be read first): the model runs on it whether it leads or not
+    when it is not sparse (SPARSE_CHILDREN) and not estimated (_model_may_win: `sample`)."""
+    m = bits.shape[0]
+    few, per = SPARSE_CHILDREN
+    return (m < 4 * sample or confident) and per * int(np.count_nonzero(bits)) >= few * m
+
+
 class _MixingLead:
     """Whether mixed probabilities code the levels before the last (a quarter of a surface's
     bits) at least 1 / MIX_LEAD shorter than refined ones: the gain holds or grows until the
@@ -1137,12 +1166,12 @@ class _MixingLead:
 
 def _walked(model: neighbour.Model, neighbours: np.ndarray | None,
             contexts: np.ndarray | None, bits: np.ndarray, extras: np.ndarray | None
-            ) -> np.ndarray:
-    """The level's P(0) under `model` walked on (its contexts made from the level's neighbour
-    table unless given)."""
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The level's P(0) under `model` walked on, and its contexts (made from the level's
+    neighbour table unless given)."""
     if contexts is None:
         contexts = mixing.level_contexts(neighbours, bits, model.points)
-    return neighbour.walk_contexts(model, contexts, bits, extras)[0]
+    return neighbour.walk_contexts(model, contexts, bits, extras)[0], contexts
 
 
 def _probe_cost(neighbours: np.ndarray, bits: np.ndarray, extras: np.ndarray | None,

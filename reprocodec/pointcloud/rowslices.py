@@ -50,12 +50,13 @@ class InOrder:
         self._threads = threads
         self._futures: list[Future] = []
 
-    def submit(self, work: Callable[[], Any]) -> None:
+    def submit(self, work: Callable[[], Any]) -> Future:
+        """work()'s future (its result: also in results())."""
         if self._threads <= 1:
             done: Future = Future()
             done.set_result(work())
             self._futures.append(done)
-            return
+            return done
         before = self._futures[-1] if self._futures else None
 
         def after_before() -> Any:
@@ -64,6 +65,7 @@ class InOrder:
             return work()
 
         self._futures.append(on_pool(after_before, self._threads))
+        return self._futures[-1]
 
     def results(self) -> list[Any]:
         return [f.result() for f in self._futures]
