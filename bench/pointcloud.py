@@ -13,7 +13,9 @@ coder on held-out clouds, and the cross-profile decode matrix.
 1/4 and 1/20 samplings of it, a one-sided partial view, 1% uniform outliers, one sweep of a
 64-beam spinning LiDAR in a street scene), each encoded and decoded in a fresh process that
 first warms the codec up as a service does before it serves (its kernels loaded: `warm_up`):
-the first encode and decode's seconds, then the median seconds of --runs more, the peak RSS
+the first encode and decode's seconds, then the median seconds of --runs more (and more,
+up to MAX_RUNS, while they took under --min-seconds together: a small cloud's few ms a run
+would otherwise be one moment of this machine's drift), the peak RSS
 from the warm-up on, bits per point of ours (whole stream), of the adaptive coder
 alone (its rANS bytes), of the learned model alone (--learned), Draco and LAZ (when the bench
 extra is installed; otherwise a note says they were skipped), the coder of each octree level
@@ -195,6 +197,7 @@ def rate_table(data: Path, skip_others: bool, model: str,
 # ---------------------------------------------------------------- synthetic and sample clouds
 
 SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+MAX_RUNS = 200  # --clouds: the most runs --min-seconds adds up to
 
 
 def _torus_sphere(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -320,7 +323,9 @@ def _measure_worker(args: argparse.Namespace) -> int:
     codec.warm_up()
     base_mb = _restart_peak_rss_mb()
     enc, dec, enc_cpu, dec_cpu = [], [], [], []
-    for _ in range(args.runs + 1):  # the first one apart
+    # The first one apart; then --runs, and more while they took under --min-seconds together
+    while len(enc) < args.runs + 1 or (sum(enc[1:]) + sum(dec[1:]) < args.min_seconds
+                                       and len(enc) < MAX_RUNS + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         msg = codec.encode(voxels, depth=depth, coders=args.coders,
                            bitstream_format=args.bitstream_format or container.FORMAT_VERSION)
@@ -348,7 +353,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
            "encode_cpu_s": float(np.median(enc_cpu[1:])),
            "decode_cpu_s": float(np.median(dec_cpu[1:])),
            "model": args.model, "threads": args.threads, "torch": "torch" in sys.modules,
-           "peak_rss_mb": peak_mb, "loaded_rss_mb": base_mb, "runs": args.runs}
+           "peak_rss_mb": peak_mb, "loaded_rss_mb": base_mb, "runs": len(enc) - 1}
     if args.learned:
         learned = container.pack(codec.encode(voxels, depth=depth, coders="learned"))
         row["learned_only_bpp"] = 8 * len(learned) / n
@@ -378,8 +383,8 @@ def _others(voxels: np.ndarray, depth: int, row: dict, notes: set[str], tmc3: st
 def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: int,
                 learned: bool, skip_others: bool, tmc3: str | None = None,
                 model: str = DEFAULT_MODEL, weights_dir: str | None = None,
-                coders: str = "auto", bitstream_format: int | None = None
-                ) -> tuple[list[dict], list[str]]:
+                coders: str = "auto", bitstream_format: int | None = None,
+                min_seconds: float = 1.0) -> tuple[list[dict], list[str]]:
     rows, notes = [], set()
     me = [sys.executable, str(Path(__file__).resolve())]
     with tempfile.TemporaryDirectory() as tmp:
@@ -388,7 +393,8 @@ def cloud_table(clouds: list[tuple[str, np.ndarray, int]], runs: int, threads: i
             path, result = Path(tmp) / "cloud.npy", Path(tmp) / "result.json"
             np.save(path, voxels)
             cmd = me + ["--measure-worker", "--cloud", str(path), "--depth", str(depth),
-                        "--runs", str(runs), "--threads", str(threads), "--result", str(result),
+                        "--runs", str(runs), "--min-seconds", str(min_seconds),
+                        "--threads", str(threads), "--result", str(result),
                         "--model", model, "--coders", coders] + (
                             ["--weights-dir", weights_dir] if weights_dir else []) + (
                             ["--bitstream-format", str(bitstream_format)]
@@ -554,6 +560,9 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0,
                     help="--clouds: point counts times this (1: about 10^5-10^6 points)")
     ap.add_argument("--runs", type=int, default=3, help="--clouds: runs per cloud (medians)")
+    ap.add_argument("--min-seconds", type=float, default=1.0,
+                    help=f"--clouds: more runs (up to {MAX_RUNS}) until they took this long "
+                    "together")
     ap.add_argument("--large", action="store_true",
                     help="--clouds: only the 1-2 million point clouds (speed, memory)")
     ap.add_argument("--threads", type=int, default=1,
@@ -590,7 +599,7 @@ def main() -> int:
         rows, notes = cloud_table(clouds, args.runs, args.threads,
                                   args.learned, args.skip_others, args.tmc3, args.model,
                                   args.weights_dir, "smallest" if args.smallest else "auto",
-                                  args.bitstream_format)
+                                  args.bitstream_format, args.min_seconds)
         print_cloud_table(rows, notes)
         if args.json:
             Path(args.json).write_text(json.dumps({"clouds": rows, "notes": notes}, indent=1))

@@ -105,12 +105,18 @@ def test_the_cloud_table_worker_warms_up_and_times_a_cloud(tmp_path):
 
     voxels = octree.voxelize(read_ply(ROOT / "reprocodec" / "samples" / "camel_d6.ply"), 6).voxels
     np.save(tmp_path / "cloud.npy", voxels)
-    subprocess.run([sys.executable, str(ROOT / "bench" / "pointcloud.py"), "--measure-worker",
-                    "--cloud", str(tmp_path / "cloud.npy"), "--depth", "6", "--runs", "2",
-                    "--threads", "1", "--result", str(tmp_path / "row.json")],
-                   cwd=ROOT, check=True, timeout=600)
-    row = json.loads((tmp_path / "row.json").read_text())
+    def worker(*flags: str) -> dict:
+        subprocess.run([sys.executable, str(ROOT / "bench" / "pointcloud.py"),
+                        "--measure-worker", "--cloud", str(tmp_path / "cloud.npy"), "--depth",
+                        "6", "--threads", "1", "--result", str(tmp_path / "row.json"), *flags],
+                       cwd=ROOT, check=True, timeout=600)
+        return json.loads((tmp_path / "row.json").read_text())
+
+    row = worker("--runs", "2", "--min-seconds", "0")
     assert row["ours_lossless"] and row["points"] == len(voxels) and row["runs"] == 2
     for key in ("first_encode_s", "first_decode_s", "encode_s", "decode_s"):
         assert 0 < row[key] < 60, key
     assert 0 < row["loaded_rss_mb"] <= row["peak_rss_mb"]
+    # more runs while they took under --min-seconds together (the camel: ~20 ms a run)
+    row = worker("--runs", "2", "--min-seconds", "0.2")
+    assert row["runs"] > 2 and row["runs"] * (row["encode_s"] + row["decode_s"]) > 0.1
