@@ -12,7 +12,8 @@ coder on held-out clouds, and the cross-profile decode matrix.
 --clouds needs no data: the shipped samples and synthetic clouds (a dense torus+sphere surface,
 1/4 and 1/20 samplings of it, a one-sided partial view, 1% uniform outliers, one sweep of a
 64-beam spinning LiDAR in a street scene), each encoded and decoded in a fresh process that
-first warms the codec up as a service does before it serves (its kernels loaded: `warm_up`):
+sets glibc's malloc thresholds and warms the codec up as a service does before it serves
+(server/allocator.fix_thresholds, its default --malloc-mmap-mb; its kernels loaded: `warm_up`):
 the first encode and decode's seconds, then the median seconds of --runs more (and more,
 up to MAX_RUNS, while they took under --min-seconds together: a small cloud's few ms a run
 would otherwise be one moment of this machine's drift), the peak RSS
@@ -314,7 +315,9 @@ def _measure_worker(args: argparse.Namespace) -> int:
     from reprocodec import container
     from reprocodec.pointcloud import LEARNED_PROBABILITIES, adaptive
     from reprocodec.pointcloud.codec import level_coders
+    from reprocodec.server import allocator
 
+    allocator.fix_thresholds()  # as a service does (its default --malloc-mmap-mb)
     voxels = np.load(args.cloud)
     depth = args.depth
     codec = _load_codec(args.model, args.threads, args.weights_dir)

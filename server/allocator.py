@@ -12,6 +12,8 @@ library is not glibc (musl, macOS):
 - `trim()`: malloc_trim(0) after a request ends, which hands every free page of every arena
   back to the OS (madvise), not only the top of the heap.
 
+and one for speed within a request, `fix_thresholds(mb)`: see there.
+
 Neither touches a value a codec computes: this is purely where the allocator keeps free pages.
 """
 
@@ -24,8 +26,9 @@ import sys
 
 log = logging.getLogger("reprocodec.server")
 
-M_ARENA_MAX = -8  # glibc's <malloc.h>
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's <malloc.h>
 DEFAULT_ARENAS = 2
+DEFAULT_MMAP_MB = 32  # glibc's own ceiling for its dynamic mmap threshold (64-bit)
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -50,6 +53,26 @@ def limit_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
     if _LIBC is None or "MALLOC_ARENA_MAX" in os.environ or arenas <= 0:
         return False
     return bool(_LIBC.mallopt(M_ARENA_MAX, arenas))
+
+
+def fix_thresholds(mmap_mb: int = DEFAULT_MMAP_MB) -> bool:
+    """Fix glibc's mmap threshold at `mmap_mb` MiB and its trim threshold at twice that (0:
+    keep glibc's dynamic ones). glibc starts both low (128 KiB) and raises them only as
+    mmapped blocks are freed, and every thread's arena gives its heap top back to the OS
+    past the trim threshold: a request's many short-lived buffers of 0.1-30 MB went back and
+    were faulted in again within the same request. A 5,908-point cloud's encode and decode
+    took ~1,200 page faults and 7-9 ms of system time each time on a 2-vCPU VM, none and 0.9
+    ms with the thresholds fixed (its encode's median 14.9 -> 12.0 ms). Larger blocks are
+    still mmapped and unmapped when freed, and trim() returns the rest after each request;
+    a 2 M-point surface's encode peaked at 479 MB instead of 455, a 1 M-point scan's at 517
+    instead of 515 (one encode a process). True when applied; an operator's
+    MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ in the environment is left to glibc."""
+    if _LIBC is None or mmap_mb <= 0 or any(
+            name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    mmap = int(mmap_mb) << 20
+    return bool(_LIBC.mallopt(M_MMAP_THRESHOLD, mmap)) and \
+        bool(_LIBC.mallopt(M_TRIM_THRESHOLD, 2 * mmap))
 
 
 def trim() -> bool:

@@ -113,6 +113,11 @@ def build_parser(service: str) -> argparse.ArgumentParser:
                         f"{allocator.DEFAULT_ARENAS}; 0 keeps glibc's 8 per core; the "
                         "MALLOC_ARENA_MAX environment variable wins): fewer arenas keep RSS "
                         "from creeping up under mixed load")
+    p.add_argument("--malloc-mmap-mb", type=int, default=allocator.DEFAULT_MMAP_MB,
+                   help="glibc's mmap threshold in MiB, fixed (the trim threshold twice it; "
+                        f"default {allocator.DEFAULT_MMAP_MB}; 0 keeps glibc's dynamic ones; "
+                        "MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ in the environment "
+                        "win): a request's buffers below it are reused, not faulted in again")
     p.add_argument("--no-malloc-trim", dest="malloc_trim", action="store_false",
                    help="do not return freed heap pages to the OS after each request")
     p.add_argument("--bitstream-format", type=int, choices=sorted(container.SUPPORTED_VERSIONS),
@@ -236,6 +241,7 @@ def serve(service: str, argv: list[str] | None = None) -> int:
     _check_args(parser, args)
     _configure_logging(service, args.log_level, args.log_format)
     allocator.limit_arenas(args.malloc_arenas)  # before any worker thread allocates
+    allocator.fix_thresholds(args.malloc_mmap_mb)
     device = _resolve_device(parser, args)
 
     from reprocodec.numerics import apply_profile

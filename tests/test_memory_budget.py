@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from concurrent import futures
 
@@ -240,6 +242,46 @@ def test_arena_limit_leaves_an_operators_malloc_arena_max_alone(monkeypatch):
     assert args.malloc_arenas == allocator.DEFAULT_ARENAS and args.malloc_trim is True
     args = build_parser("decoder").parse_args(["--malloc-arenas", "0", "--no-malloc-trim"])
     assert args.malloc_arenas == 0 and args.malloc_trim is False
+
+
+_CHURN = """
+import resource, sys
+import numpy as np
+from reprocodec.server import allocator
+applied = allocator.fix_thresholds() if sys.argv[1] == "fixed" else None
+first = np.ones(5 << 17); del first  # a 5 MiB block freed: glibc's thresholds rise to it
+faults = []
+for _ in range(12):  # 20 MiB of 1 MiB buffers made and freed, as a request's are
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    buffers = [np.ones(1 << 17) for _ in range(20)]
+    del buffers
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, sum(faults[2:]))
+"""
+
+
+@pytest.mark.skipif(allocator._LIBC is None, reason="glibc's mallopt (Linux) only")
+def test_fixed_malloc_thresholds_keep_a_requests_freed_buffers_for_the_next():
+    """With glibc's dynamic thresholds, 20 MiB freed at the heap top (over twice the largest
+    block freed so far) go back to the OS and are faulted in again the next time; with them
+    fixed (fix_thresholds: mmap 32 MiB, trim 64) they stay. An operator's environment
+    variables win, and 0 keeps glibc's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    runs = {mode: subprocess.run([sys.executable, "-c", _CHURN, mode], capture_output=True,
+                                 text=True, check=True, env=env, timeout=120).stdout.split()
+            for mode in ("dynamic", "fixed")}
+    assert runs["fixed"][0] == "True"
+    assert int(runs["dynamic"][1]) > 20 * 256  # ~5,120 a round: 20 MiB of 4 KiB pages
+    assert int(runs["fixed"][1]) < 500
+    assert allocator.fix_thresholds(0) is False
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        out = subprocess.run([sys.executable, "-c", _CHURN, "fixed"], capture_output=True,
+                             text=True, check=True, env={**env, name: "131072"},
+                             timeout=120).stdout.split()
+        assert out[0] == "False"
+    args = build_parser("encoder").parse_args([])
+    assert args.malloc_mmap_mb == allocator.DEFAULT_MMAP_MB
+    assert build_parser("encoder").parse_args(["--malloc-mmap-mb", "0"]).malloc_mmap_mb == 0
 
 
 @pytest.mark.parametrize("trim_memory", [True, False])
