@@ -478,7 +478,7 @@ class PointCloudCodec:
         # would keep the pool's thread from the network rows and contexts of the levels
         # after: a dense surface's encode took 1.14 times as long)
         lead = _MixingLead(self.tables.cdfs[:, 1], mix_points, mix_version, self.threads,
-                           on_pool=every is not None)
+                           on_pool=every is not None and mix_lead)
         neighbour_saving = 0
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
         close = False  # the neighbour coder within NEIGHBOUR_CLOSE of the model on it
@@ -588,7 +588,8 @@ class PointCloudCodec:
                                                                       mix_points)
                     if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
                         # Pass-major as the indices
-                        if contexts is None and every_walked is not None:
+                        if contexts is None and every_walked is not None and \
+                                every.points == mix_points:
                             contexts = every_walked.result()[1]
                         if contexts is None:
                             contexts = mixing.level_contexts(neighbours(), bits[level], mix_points,
