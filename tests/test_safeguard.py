@@ -388,3 +388,23 @@ print(syndrome.native.AVAILABLE, p.stream.hex())
     assert (native_flag, pure_flag) == ("True", "False")
     assert pure_stream == native_stream
     run(pure=False, stdin=pure_stream)
+
+
+def test_no_element_near_a_threshold_gives_nearests_empty_answer():
+    """index_and_near on a uniform grid with no element within the radius skips nearest()'s
+    arithmetic (most passes of an encode): the same empty arrays, dtypes and all, and the
+    same k, as with an element near a threshold beside them."""
+    q, bound = DecisionQuantizer.uniform(1.0), ErrorBound.absolute(1e-3)
+    far = np.array([0.0, 2.0, -3.0, 7.25])  # thresholds at x.5
+    k, positions, near = q.index_and_near(far, bound.encoder_radius)
+    reference = q.nearest(np.empty(0))
+    assert positions.size == 0
+    for got, want in ((near.j, reference.j), (near.t, reference.t),
+                      (near.distance, reference.distance)):
+        assert got.dtype == want.dtype and got.shape == want.shape == (0,)
+    k_with, positions_with, near_with = q.index_and_near(np.append(far, 0.5004),
+                                                         bound.encoder_radius)
+    np.testing.assert_array_equal(k, k_with[:-1])
+    assert positions_with.tolist() == [4] and near_with.j.tolist() == [0]
+    protected = protect(far, q, bound, Mode.SYNDROME)
+    assert protected.candidate_count == 0 and protected.indices.tolist() == k.tolist()

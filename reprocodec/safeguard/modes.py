@@ -27,6 +27,7 @@ any expensive work), SafeguardError for a decoder whose values do not reproduce 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -111,7 +112,7 @@ def protect(
     shape = np.shape(v_enc)
     if mode is Mode.NONE:
         return Protected(quantizer.index(v_enc, "encoder tensor"), b"", mode, 0, 0)
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     writer = BitWriter()
     parts = None
     if mode is Mode.FLAGS:
@@ -162,7 +163,7 @@ def resolve(
         if stream:
             raise MalformedSideInfo("mode 'none' carries no side information, got some")
         return resolve_body(v_dec, quantizer, bound, b"", mode)
-    pos = _read_header(stream, mode, int(np.prod(np.shape(v_dec))))
+    pos = _read_header(stream, mode, math.prod(np.shape(v_dec)))
     return resolve_body(v_dec, quantizer, bound, stream[pos:], mode)
 
 
@@ -183,7 +184,7 @@ def resolve_body(
         if body:
             raise MalformedSideInfo("mode 'none' carries no side information, got some")
         return quantizer.index(v_dec, "decoder tensor")
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     count, pos = decode_varint(body, 0) if body else (0, 0)
     reader = BitReader(body[pos:])
     if mode is Mode.SYNDROME:
@@ -215,7 +216,7 @@ def resolve_body(
 def _resolve_syndrome(v_dec: np.ndarray, quantizer: DecisionQuantizer, bound: ErrorBound,
                       reader: BitReader, n_blocks: int, has_body: bool) -> np.ndarray:
     shape = np.shape(v_dec)
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     if n_blocks > n:
         raise MalformedSideInfo("side information has more syndrome blocks than elements")
     rows = np.zeros(0, dtype=np.int64)
@@ -234,7 +235,7 @@ def resolve_syndromes(v_dec: np.ndarray, quantizer: DecisionQuantizer, bound: Er
     """resolve_body of a syndrome body given as its fields (read by the caller from its own
     framing, each syndrome exactly rows[b] bits): the same checks, before any work."""
     quantizer.check_bound(bound)
-    n, n_blocks = int(np.prod(np.shape(v_dec))), len(parts.sent)
+    n, n_blocks = math.prod(np.shape(v_dec)), len(parts.sent)
     rows = np.asarray(parts.rows, dtype=np.int64)
     if rows.shape != (n_blocks,):
         raise MalformedSideInfo("side information has a row count per block, and only that")
