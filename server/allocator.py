@@ -14,7 +14,8 @@ library is not glibc (musl, macOS):
 
 and one for speed within a request, `fix_thresholds(mb)`: see there.
 
-Neither touches a value a codec computes: this is purely where the allocator keeps free pages.
+None of them touches a value a codec computes: this is purely where the allocator keeps free
+pages.
 """
 
 from __future__ import annotations

@@ -494,9 +494,10 @@ class PointCloudCodec:
                 # Whether mixing leads is read after the model has run on the last level,
                 # where its walks are on the pool (a small cloud's) and may still be running
                 sample = BEHIND_ESTIMATE_NODES if behind else ESTIMATE_NODES
-                lead_later = mix_lead and level == depth - 1 and every is not None and \
+                read_lead = mix_lead and level == depth - 1
+                lead_later = read_lead and every is not None and \
                     _lead_can_wait(bits[level], sample, confident)
-                if mix_lead and level == depth - 1 and not lead_later:
+                if read_lead and not lead_later:
                     leads, mix_lead, mix_points = self._read_lead(lead, learned, level,
                                                                   mix_points)
                 # The level's neighbour table, made when a coder first reads it (none may:
@@ -528,9 +529,7 @@ class PointCloudCodec:
                     tried = small or any(f0 is not None for f0 in neighbour_f0)
                 tried = model is not None and (coders == "neighbour" or tried)
                 probe = probe and model is not None  # (confident: coders is auto or smallest)
-                few, per = SPARSE_CHILDREN
-                sparse = coders == "auto" and not mix_lead and \
-                    per * int(np.count_nonzero(bits[level])) < few * m
+                sparse = coders == "auto" and not mix_lead and _sparse_children(bits[level])
                 if (tried or probe or every is not None) and version == 2:  # its node contexts
                     extras = nodecontext.level_extras(
                         nodecontext.node_slots(bits[level - 1] if level else None), bits[level])
@@ -661,7 +660,7 @@ class PointCloudCodec:
         others); always after a confident level. sample_rows(rows): those nodes' rows of the
         level's neighbour table."""
         m = bits.shape[0]
-        if coders not in CHOOSING or m < 4 * sample or confident:
+        if coders not in CHOOSING or not _estimated(m, sample, confident):
             return True, None
         rows = np.linspace(0, m - 1, sample).astype(np.int64)
         estimate = coder.estimate_level_cost(sample_rows(rows), bits, level, depth,
@@ -1090,13 +1089,23 @@ def _given(value: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: value
 
 
+def _sparse_children(bits: np.ndarray) -> bool:
+    """Whether a level's nodes have fewer than SPARSE_CHILDREN occupied children on average."""
+    few, per = SPARSE_CHILDREN
+    return per * int(np.count_nonzero(bits)) < few * bits.shape[0]
+
+
+def _estimated(nodes: int, sample: int, confident: bool) -> bool:
+    """Whether _model_may_win estimates the model on a level of `nodes` (when choosing)."""
+    return nodes >= 4 * sample and not confident
+
+
 def _lead_can_wait(bits: np.ndarray, sample: int, confident: bool) -> bool:
     """Whether nothing before the model has run on the last level, bits, depends on whether
     mixing leads (where it would be read first): the model runs on it whether it leads or not
-    when it is not sparse (SPARSE_CHILDREN) and not estimated (_model_may_win: `sample`)."""
-    m = bits.shape[0]
-    few, per = SPARSE_CHILDREN
-    return (m < 4 * sample or confident) and per * int(np.count_nonzero(bits)) >= few * m
+    when it is neither sparse nor estimated (the same rules as the loop's and
+    _model_may_win's)."""
+    return not _estimated(bits.shape[0], sample, confident) and not _sparse_children(bits)
 
 
 class _MixingLead:
