@@ -266,6 +266,8 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
         with pytest.raises(ValueError):
             neighbour.walk_contexts(neighbour.Model(n, version), contexts,
                                     np.zeros((1, 8), bool), good.astype(np.int32))
+        with pytest.raises(ValueError):  # and the snapshot's marks, which index unchecked
+            neighbour.Model(n, version).snapshot(contexts, good.astype(np.int32))
     with pytest.raises(ValueError):  # one context per bit
         neighbour.walk_contexts(neighbour.Model(n, version), good[:3], np.zeros((1, 8), bool),
                                 good[:3].astype(np.int32))
@@ -294,11 +296,11 @@ def _arrays(model):
     return [a.copy() for a in model.arrays()]
 
 
-# a mid level, which keeps the touched entries, and the largest one under tables sized for
-# 1,000 points, which it outgrows (more bits than half the tables' entries): a whole copy
+# a mid level, and the largest one under tables sized for 1,000 points (more bits than half
+# the tables' entries, once a whole copy): each keeps its touched entries, each once
 @pytest.mark.parametrize("version", neighbour.VERSIONS)
-@pytest.mark.parametrize("level, points, kind", [(7, None, "entries"), (9, 1000, "tables")])
-def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, kind, version):
+@pytest.mark.parametrize("level, points", [(7, None), (9, 1000)])
+def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, version):
     codes, bits, n = rings_levels
     n = points or n
     model = neighbour.Model(n, version)
@@ -313,8 +315,12 @@ def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, kin
     extras = _extras(model, bits, level)
     before = _arrays(model)
     saved = model.snapshot(contexts, extras)
-    # version 2's node model (4.7 MB) keeps a level this small to its touched entries
-    assert saved[0] == (kind if version == 1 else "entries")
+    assert saved[0] == "entries"
+    node = np.unique(extras & nodecontext.NODE_MASK) if version == 2 else np.zeros(0, np.int64)
+    for (touched, _, _), distinct in zip(saved[1], (np.unique(fine), np.unique(coarse), node),
+                                         strict=True):
+        np.testing.assert_array_equal(np.sort(touched), distinct)  # each touched entry, once
+    assert not any(mark.any() for mark in model._marks)  # clear for the next snapshot
     f0, cost = neighbour.walk_contexts(model, contexts, bits[level], extras)
     after = _arrays(model)
     # all moved (version 1 has no node model and no APM)
@@ -332,19 +338,21 @@ def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, kin
 
 
 def test_version_2_snapshot_of_whole_tables_restores():
-    """A level with more bits than the tables' entries / 27 (version 2's node model included):
-    the snapshot copies the whole tables, and restore puts them back."""
-    points, m = 1000, 24000
+    """A level touching every entry of the tables (version 2's node model included): the
+    entries would take more bytes than the tables, so the snapshot copies the whole tables,
+    and restore puts them back."""
+    points, m = 1000, nodecontext.NODE_CONTEXTS // 8
     rng = np.random.default_rng(5)
     size, coarse = 1 << mixing.context_bits(points), 1 << mixing.coarse_bits(points)
     contexts = rng.integers(0, size, 8 * m) | rng.integers(0, coarse, 8 * m) << 32
-    extras = (rng.integers(0, nodecontext.NODE_CONTEXTS, 8 * m)
+    extras = (rng.permutation(nodecontext.NODE_CONTEXTS)
               | rng.integers(0, 8, 8 * m) << 24).astype(np.int32)
     bits = rng.random((m, 8)) < 0.4
     model = neighbour.Model(points, 2)
     before = _arrays(model)
     saved = model.snapshot(contexts, extras)
     assert saved[0] == "tables"
+    assert not any(mark.any() for mark in model._marks)
     f0, cost = neighbour.walk_contexts(model, contexts, bits, extras)
     assert all(np.any(a != b) for a, b in zip(model.arrays(), before, strict=True))
     model.restore(saved)

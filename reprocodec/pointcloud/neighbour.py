@@ -69,6 +69,7 @@ class Model:
         self.apm = mixing.apm_identity(N_PASSES)
         self.points, self.version = points, version
         self._backup: tuple[np.ndarray, ...] | None = None  # snapshot's copies of the tables
+        self._marks: tuple[np.ndarray, ...] | None = None  # snapshot's marks, all clear
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return (self.counts, self.probability, self.coarse_counts, self.coarse_probability,
@@ -80,79 +81,97 @@ class Model:
 
     def snapshot(self, contexts: np.ndarray, extras: np.ndarray | None = None) -> tuple:
         """What walking bits of these contexts and extras can change, for restore (encoder: a
-        level tried, then not chosen, is undone): the touched entries' values (18 bytes a
-        bit, 27 in version 2, gathered by a compiled kernel) with the weights and the APM, or
-        the whole tables when those are smaller (a large level; copied into buffers kept for
-        the next time: one snapshot at a time)."""
+        level tried, then not chosen, is undone): the weights, the APM and the count tables'
+        entries the contexts touch, each entry once (13 bytes: its index and values), or the
+        whole tables where those are fewer bytes (copied into buffers kept for the next time:
+        one snapshot at a time). A level's contexts repeat: on a LiDAR sweep's large levels
+        1-4 % of the bits touch a new fine entry, so a 5 M-bit level's snapshot takes ~5 MB
+        where one entry a bit took 135 MB, and a copy of the tables 52. Two passes over the
+        contexts, none over the tables: the first marks and counts the entries, the second
+        lists and unmarks them (the marks, kept here, are all clear between snapshots)."""
+        contexts = np.ascontiguousarray(contexts, dtype=np.int64)
+        mixing._check_contexts(contexts, self.points)  # (the kernels index the tables unchecked)
+        extras = nodecontext.checked_extras(extras, contexts.size, self.version)
+        extended = self.version == 2
+        if self._marks is None:
+            self._marks = tuple(np.zeros(a.size, np.bool_) for a in self.arrays()[0:6:2])
+        touched = _mark_kernel(contexts, extras, extended, *self._marks)
         tables = (self.counts.size + self.coarse_counts.size + self.node_counts.size) * 9
-        if contexts.size * (27 if self.version == 2 else 18) > tables:
+        whole = 13 * sum(touched) > tables
+        listed = tuple(np.empty(0 if whole else n, np.int32) for n in touched)
+        _list_kernel(contexts, extras, extended, *self._marks, *listed)
+        if whole:
             if self._backup is None:
                 self._backup = tuple(np.empty_like(a) for a in self.arrays())
             for copy, array in zip(self._backup, self.arrays(), strict=True):
                 np.copyto(copy, array)
             return ("tables",)
-        extras = nodecontext.checked_extras(extras, contexts.size, self.version)
-        models = 3 if self.version == 2 else 2  # fine, coarse (and node) entries a bit
-        counts = np.empty((contexts.size, models), np.uint8)
-        probability = np.empty((contexts.size, 2 * models), np.int32)
-        _gather_kernel(contexts, extras, *self.arrays()[:6], self.version == 2, counts,
-                       probability)
-        return ("entries", contexts, extras, counts, probability, self.weights.copy(),
-                self.apm.copy())
+        counts, probabilities = self.arrays()[0:6:2], self.arrays()[1:6:2]
+        entries = tuple((t, c[t], q[t]) for t, c, q in
+                        zip(listed, counts, probabilities, strict=True))
+        return ("entries", entries, self.weights.copy(), self.apm.copy())
 
     def restore(self, saved: tuple) -> None:
         if saved[0] == "tables":
             for array, copy in zip(self.arrays(), self._backup, strict=True):
                 np.copyto(array, copy)
             return
-        _, contexts, extras, counts, probability, weights, apm = saved
-        _scatter_kernel(contexts, extras, *self.arrays()[:6], self.version == 2, counts,
-                        probability)
+        _, entries, weights, apm = saved
+        counts, probabilities = self.arrays()[0:6:2], self.arrays()[1:6:2]
+        for (touched, c, q), count, probability in zip(entries, counts, probabilities,
+                                                       strict=True):
+            count[touched] = c
+            probability[touched] = q
         self.weights[:] = weights
         self.apm[:] = apm
 
 
 @compiled
-def _gather_kernel(contexts, extras, counts, probability, coarse_counts, coarse_probability,
-                   node_counts, node_probability, extended, saved_counts,
-                   saved_probability):  # pragma: no cover - compiled
-    """Each bit's fine, coarse (and with `extended`, node) count and probabilities, in bit
-    order."""
+def _mark_kernel(contexts, extras, extended, fine, coarse, node):  # pragma: no cover - compiled
+    """Mark the fine, coarse (and with `extended`, node) entries the bits' contexts index;
+    returns how many of each were not marked before."""
+    new_fine, new_coarse, new_node = 0, 0, 0
     for i in range(contexts.size):
-        fine = contexts[i] & _FINE_MASK
-        coarse = contexts[i] >> 32
-        saved_counts[i, 0] = counts[fine]
-        saved_counts[i, 1] = coarse_counts[coarse]
-        saved_probability[i, 0] = probability[fine, 0]
-        saved_probability[i, 1] = probability[fine, 1]
-        saved_probability[i, 2] = coarse_probability[coarse, 0]
-        saved_probability[i, 3] = coarse_probability[coarse, 1]
+        f, c = contexts[i] & _FINE_MASK, contexts[i] >> 32
+        if not fine[f]:
+            fine[f] = True
+            new_fine += 1
+        if not coarse[c]:
+            coarse[c] = True
+            new_coarse += 1
         if extended:
-            node = extras[i] & NODE_MASK
-            saved_counts[i, 2] = node_counts[node]
-            saved_probability[i, 4] = node_probability[node, 0]
-            saved_probability[i, 5] = node_probability[node, 1]
+            n = extras[i] & NODE_MASK
+            if not node[n]:
+                node[n] = True
+                new_node += 1
+    return new_fine, new_coarse, new_node
 
 
 @compiled
-def _scatter_kernel(contexts, extras, counts, probability, coarse_counts, coarse_probability,
-                    node_counts, node_probability, extended, saved_counts,
-                    saved_probability):  # pragma: no cover - compiled
-    """_gather_kernel's inverse (a context seen twice has the same saved values twice)."""
+def _list_kernel(contexts, extras, extended, fine, coarse, node, fine_out, coarse_out,
+                 node_out):  # pragma: no cover - compiled
+    """The marked entries, each once, in the order the bits first touch them, into the *_out
+    arrays (each empty, or sized by _mark_kernel's counts), clearing their marks."""
+    a, b, c = 0, 0, 0
     for i in range(contexts.size):
-        fine = contexts[i] & _FINE_MASK
-        coarse = contexts[i] >> 32
-        counts[fine] = saved_counts[i, 0]
-        coarse_counts[coarse] = saved_counts[i, 1]
-        probability[fine, 0] = saved_probability[i, 0]
-        probability[fine, 1] = saved_probability[i, 1]
-        coarse_probability[coarse, 0] = saved_probability[i, 2]
-        coarse_probability[coarse, 1] = saved_probability[i, 3]
+        f, g = contexts[i] & _FINE_MASK, contexts[i] >> 32
+        if fine[f]:
+            fine[f] = False
+            if fine_out.size:
+                fine_out[a] = f
+                a += 1
+        if coarse[g]:
+            coarse[g] = False
+            if coarse_out.size:
+                coarse_out[b] = g
+                b += 1
         if extended:
-            node = extras[i] & NODE_MASK
-            node_counts[node] = saved_counts[i, 2]
-            node_probability[node, 0] = saved_probability[i, 4]
-            node_probability[node, 1] = saved_probability[i, 5]
+            n = extras[i] & NODE_MASK
+            if node[n]:
+                node[n] = False
+                if node_out.size:
+                    node_out[c] = n
+                    c += 1
 
 
 @entropy.jit_inline
