@@ -203,9 +203,14 @@ def test_level_contexts_are_every_pass_contexts_in_one_pass(ground_rings):
     for table, level_bits, points in cases:
         want = np.concatenate([mixing.pass_contexts(table, level_bits, k, points)
                                for k in range(8)])
-        np.testing.assert_array_equal(mixing.level_contexts(table, level_bits, points), want)
+        level = mixing.level_contexts(table, level_bits, points)
+        # the encoder's form: a bit's fine context, its node's shape
+        np.testing.assert_array_equal(level.fine, want & 0xFFFFFFFF)
+        np.testing.assert_array_equal(level.shapes, mixing.neighbour_shapes(table))
+        np.testing.assert_array_equal(level.packed(), want)
         # slices of nodes on two threads (the largest level is cut): the same values
-        np.testing.assert_array_equal(mixing.level_contexts(table, level_bits, points, 2), want)
+        np.testing.assert_array_equal(mixing.level_contexts(table, level_bits, points,
+                                                            2).packed(), want)
         for threads in (2, 3):  # the decoder's passes on threads too
             np.testing.assert_array_equal(np.concatenate(
                 [mixing.pass_contexts(table, level_bits, k, points, threads=threads)
@@ -888,7 +893,8 @@ def test_a_walk_in_pieces_gives_one_walks_probabilities(camel):
     codes, bits = octree.build_levels(octree.voxelize(camel, depth).voxels, depth)
     rng = np.random.default_rng(0)
     rows = [rng.integers(0, 2 * GRID_K + 1, b.size) for b in bits]
-    contexts = [mixing.level_contexts(octree.neighbour_table(c, level), b, camel.shape[0])
+    contexts = [mixing.level_contexts(octree.neighbour_table(c, level), b,
+                                      camel.shape[0]).packed()
                 for level, (c, b) in enumerate(zip(codes, bits, strict=True))]
     occupancy = [b.T.reshape(-1) for b in bits]
     passes = [codec_module._bit_passes([b]) for b in bits]
@@ -930,7 +936,7 @@ def test_the_mixing_lead_walked_level_by_level_gives_the_whole_walks_lengths(cam
     _, refined = refine.code_lengths(occupancy, index, refine.initial_buckets(f0_table),
                                      f0_table)
     mixed = adaptive.code_length(occupancy, mixing.probabilities(
-        occupancy, index + GRID_K, np.concatenate([lv.contexts for lv in learned]),
+        occupancy, index + GRID_K, np.concatenate([lv.contexts.packed() for lv in learned]),
         codec_module._bit_passes(bits[:-1]), f0_table, n,
         codec_module._node_extras(bits, range(depth - 1), 2)))
     assert lead.code_lengths(depth - 1) == (mixed, refined)
@@ -971,4 +977,4 @@ def test_a_small_clouds_mixing_lead_read_after_its_last_level_keeps_the_stream(m
     assert first == later
     assert all(c.mixing_leads for c in codings)
     for a, b in zip(*(c.learned for c in codings), strict=True):  # the mixed candidate's
-        np.testing.assert_array_equal(a.contexts, b.contexts)
+        np.testing.assert_array_equal(a.contexts.packed(), b.contexts.packed())

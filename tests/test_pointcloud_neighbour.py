@@ -184,7 +184,7 @@ def test_walk_and_decoder_mirror_on_real_levels(rings_levels, mirror):
     for level in CODED_LEVELS:
         contexts, level_f0, cost, _ = walked[level]
         level_bits = bits[level].T.reshape(-1).astype(np.uint8)  # pass-major
-        assert contexts.shape == level_f0.shape == level_bits.shape
+        assert contexts.fine.shape == level_f0.shape == level_bits.shape
         assert level_f0.dtype == np.uint16
         # the walk's code length is the code length of its own probabilities
         assert cost == adaptive.code_length(level_bits, level_f0)
@@ -195,7 +195,7 @@ def test_walk_and_decoder_mirror_on_real_levels(rings_levels, mirror):
     for level in CODED_LEVELS:
         np.testing.assert_array_equal(decoded[level], bits[level])
         # the decoder's contexts from its decoded bits are the encoder's from the true ones
-        np.testing.assert_array_equal(contexts[level], walked[level][0])
+        np.testing.assert_array_equal(contexts[level], walked[level][0].packed())
     # consecutive coded levels: the next level's nodes follow from the decoded bits
     np.testing.assert_array_equal(octree.children(codes[5], decoded[5]), codes[6])
     # the state carried across levels matters: level 9 under a fresh model is coded otherwise
@@ -262,15 +262,23 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
             neighbour.Decoder(data, n, version).decode(contexts, k, good.astype(np.int32))
     # in range: decoded
     assert neighbour.Decoder(data, n, version).decode(good, 0, good.astype(np.int32)).shape == (8,)
-    for contexts in (good + size, good + (coarse << 32), good - 1):  # the encoder's walk too
+    # the encoder's walk and the snapshot's marks (which index the tables unchecked) check a
+    # level's contexts: its fine contexts in range, 27-bit shapes, tables of its own size
+    fine, shape = np.zeros(8, np.uint32), np.zeros(1, np.int64)
+    level = mixing.LevelContexts(fine, shape, n)
+    for bad in (level._replace(fine=fine + size), level._replace(shapes=shape - 1),
+                level._replace(shapes=shape + (1 << 27)), level._replace(points=n << 8),
+                level._replace(fine=fine.astype(np.int64)), level._replace(fine=fine[:7])):
         with pytest.raises(ValueError):
-            neighbour.walk_contexts(neighbour.Model(n, version), contexts,
-                                    np.zeros((1, 8), bool), good.astype(np.int32))
-        with pytest.raises(ValueError):  # and the snapshot's marks, which index unchecked
-            neighbour.Model(n, version).snapshot(contexts, good.astype(np.int32))
+            neighbour.walk_contexts(neighbour.Model(n, version), bad, np.zeros((1, 8), bool),
+                                    good.astype(np.int32))
+        with pytest.raises(ValueError):
+            neighbour.Model(n, version).snapshot(bad, good.astype(np.int32))
     with pytest.raises(ValueError):  # one context per bit
-        neighbour.walk_contexts(neighbour.Model(n, version), good[:3], np.zeros((1, 8), bool),
-                                good[:3].astype(np.int32))
+        neighbour.walk_contexts(neighbour.Model(n, version), level, np.zeros((2, 8), bool),
+                                np.zeros(16, np.int32))
+    neighbour.walk_contexts(neighbour.Model(n, version), level, np.zeros((1, 8), bool),
+                            good.astype(np.int32))  # in range: walked
     if version == 1:  # version 1 reads no extras
         assert neighbour.Decoder(data, n, 1).decode(good, 0).shape == (8,)
         return
@@ -279,7 +287,7 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
         with pytest.raises(ValueError):  # version 2: one int32 in range per bit
             neighbour.Decoder(data, n, 2).decode(good, 0, extras)
         with pytest.raises(ValueError):
-            neighbour.walk_contexts(neighbour.Model(n, 2), good, np.zeros((1, 8), bool), extras)
+            neighbour.walk_contexts(neighbour.Model(n, 2), level, np.zeros((1, 8), bool), extras)
     assert neighbour.Decoder(data, n, 2).decode(good, 0, zero + node - 1 + (7 << 24)).size == 8
     with pytest.raises(ValueError):
         neighbour.Model(n, 3)
@@ -298,9 +306,13 @@ def _arrays(model):
 
 # a mid level, and the largest one under tables sized for 1,000 points (more bits than half
 # the tables' entries, once a whole copy): each keeps its touched entries, each once
+# (listed in one pass, or in two: room for 1/16 of the bits, or only the least, 1,024)
 @pytest.mark.parametrize("version", neighbour.VERSIONS)
 @pytest.mark.parametrize("level, points", [(7, None), (9, 1000)])
-def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, version):
+@pytest.mark.parametrize("listed_per_bit", [neighbour.LISTED_PER_BIT, 1 << 40])
+def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, version,
+                                                listed_per_bit, monkeypatch):
+    monkeypatch.setattr(neighbour, "LISTED_PER_BIT", listed_per_bit)
     codes, bits, n = rings_levels
     n = points or n
     model = neighbour.Model(n, version)
@@ -309,9 +321,12 @@ def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, ver
     for lv in range(level + 1):
         table = tables.table_of(codes[lv], lv, bits[lv - 1] if lv else None)
     contexts = mixing.level_contexts(table, bits[level], n)
-    fine, coarse = contexts & 0xFFFFFFFF, contexts >> 32
+    packed = contexts.packed()
+    fine, coarse = packed & 0xFFFFFFFF, packed >> 32
     # a real level repeats contexts (both halves): the restore must put back the first value
     assert np.unique(fine).size < fine.size and np.unique(coarse).size < coarse.size
+    if level == 9 and listed_per_bit > neighbour.LISTED_PER_BIT:
+        assert np.unique(fine).size > 1 << 10  # more than the first pass has room for
     extras = _extras(model, bits, level)
     before = _arrays(model)
     saved = model.snapshot(contexts, extras)
@@ -343,8 +358,9 @@ def test_version_2_snapshot_of_whole_tables_restores():
     and restore puts them back."""
     points, m = 1000, nodecontext.NODE_CONTEXTS // 8
     rng = np.random.default_rng(5)
-    size, coarse = 1 << mixing.context_bits(points), 1 << mixing.coarse_bits(points)
-    contexts = rng.integers(0, size, 8 * m) | rng.integers(0, coarse, 8 * m) << 32
+    size = 1 << mixing.context_bits(points)
+    contexts = mixing.LevelContexts(rng.integers(0, size, 8 * m).astype(np.uint32),
+                                    rng.integers(0, 1 << 27, m), points)
     extras = (rng.permutation(nodecontext.NODE_CONTEXTS)
               | rng.integers(0, 8, 8 * m) << 24).astype(np.int32)
     bits = rng.random((m, 8)) < 0.4
@@ -365,21 +381,24 @@ def test_version_2_snapshot_of_whole_tables_restores():
 
 @pytest.mark.parametrize("version", neighbour.VERSIONS)
 def test_snapshot_restore_with_only_a_few_repeated_contexts(version):
-    """Every bit of the level in one of three contexts (fine and coarse halves repeated, in
-    different combinations; version 2's node contexts too): repeated entries still
-    restore."""
+    """Every bit of the level in one of three fine contexts and each node in one of three
+    shapes (version 2's node contexts too): repeated entries still restore."""
     points = 3000
-    size, coarse = 1 << mixing.context_bits(points), 1 << mixing.coarse_bits(points)
+    size = 1 << mixing.context_bits(points)
     m = 60
     rng = np.random.default_rng(4)
-    pool = np.array([0, size - 1, 17 | (coarse - 1) << 32], np.int64)
-    contexts = pool[rng.integers(0, 3, 8 * m)]
+    contexts = mixing.LevelContexts(
+        np.array([0, size - 1, 17], np.uint32)[rng.integers(0, 3, 8 * m)],
+        np.array([0, (1 << 27) - 1, 12345], np.int64)[rng.integers(0, 3, m)], points)
     extras = np.array([0, 5 | 3 << 24, nodecontext.NODE_CONTEXTS - 1], np.int32)[
         rng.integers(0, 3, 8 * m)]
     bits = rng.random((m, 8)) < 0.3
     model = neighbour.Model(points, version)
-    neighbour.walk_contexts(model, rng.integers(0, size, 8 * m), rng.random((m, 8)) < 0.5,
-                            rng.integers(0, nodecontext.NODE_CONTEXTS, 8 * m, dtype=np.int32))
+    neighbour.walk_contexts(
+        model, mixing.LevelContexts(rng.integers(0, size, 8 * m).astype(np.uint32),
+                                    rng.integers(0, 1 << 27, m), points),
+        rng.random((m, 8)) < 0.5,
+        rng.integers(0, nodecontext.NODE_CONTEXTS, 8 * m, dtype=np.int32))
     before = _arrays(model)
     saved = model.snapshot(contexts, extras)
     neighbour.walk_contexts(model, contexts, bits, extras)
@@ -980,12 +999,13 @@ def test_each_versions_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
     every process: ~1.4 s and ~30 MB more per process). A second process loads all four."""
     script = (
         "import numpy as np\n"
-        "from reprocodec.pointcloud import neighbour\n"
+        "from reprocodec.pointcloud import mixing, neighbour\n"
         "bits = np.zeros((1, 8), bool)\n"
         "for v in neighbour.VERSIONS:\n"
         "    m = neighbour.Model(1000, v)\n"
         "    e = np.zeros(8, np.int32) if v == 2 else None\n"
-        "    neighbour.walk_contexts(m, np.zeros(8, np.int64), bits, e)\n"
+        "    level = mixing.LevelContexts(np.zeros(8, np.uint32), np.zeros(1, np.int64), 1000)\n"
+        "    neighbour.walk_contexts(m, level, bits, e)\n"
         "    d = neighbour.Decoder((1 << 31).to_bytes(8, 'little'), 1000, v, lenient=True)\n"
         "    d.decode(np.zeros(8, np.int64), 0, e)\n"
         "print(sum(sum(k.stats.cache_hits.values()) for ks in neighbour._KERNELS.values()\n"
@@ -1014,14 +1034,15 @@ def test_a_level_made_ahead_is_the_level_the_loop_makes(rings_levels):
     table = octree.neighbour_table(codes[last - 1], last - 1)
     np.testing.assert_array_equal(ahead.table, table)
     assert chain.level == last - 1 and chain.table is ahead.table  # the chain goes on from it
-    np.testing.assert_array_equal(ahead.contexts,
-                                  mixing.level_contexts(table, bits[last - 1], n))
+    np.testing.assert_array_equal(ahead.contexts.packed(),
+                                  mixing.level_contexts(table, bits[last - 1], n).packed())
     final = codec_module._LevelAhead.start(chain, codes, bits, last, n, threads=2)
     assert final.result(last) is final and final.table is None
     assert chain.level == last - 1  # the loop's table_of makes the last level's from here
     table = octree.neighbour_table(codes[last], last)
     np.testing.assert_array_equal(chain.table_of(codes[last], last, bits[last - 1]), table)
-    np.testing.assert_array_equal(final.contexts, mixing.level_contexts(table, bits[last], n))
+    np.testing.assert_array_equal(final.contexts.packed(),
+                                  mixing.level_contexts(table, bits[last], n).packed())
     chain = octree.LevelTables(2)
     chain.table_of(codes[last - 1], last - 1, None)
     other = codec_module._LevelAhead.start(chain, codes, bits, last, n, threads=2)
@@ -1043,7 +1064,8 @@ def test_tables_and_contexts_made_in_slices_in_any_order_are_the_whole_ones(ring
     contexts = mixing.LevelContextRows(whole, bits[level], n)
     for start in reversed(range(0, whole.shape[0], 211)):
         contexts.of_nodes(start, min(start + 211, whole.shape[0]))
-    np.testing.assert_array_equal(contexts.contexts, mixing.level_contexts(whole, bits[level], n))
+    np.testing.assert_array_equal(contexts.contexts.packed(),
+                                  mixing.level_contexts(whole, bits[level], n).packed())
     # without the whole table (whole=False): each slice's rows into a scratch array, then its
     # contexts from them; the same rows and contexts
     rows = octree.ChildTableRows.of(parent, bits[level - 1], codes[level], whole=False)
@@ -1056,7 +1078,8 @@ def test_tables_and_contexts_made_in_slices_in_any_order_are_the_whole_ones(ring
         rows.of_parents(start, stop, scratch)
         np.testing.assert_array_equal(scratch[:b - a], whole[a:b])
         contexts.of_nodes(a, b, scratch[:b - a])
-    np.testing.assert_array_equal(contexts.contexts, mixing.level_contexts(whole, bits[level], n))
+    np.testing.assert_array_equal(contexts.contexts.packed(),
+                                  mixing.level_contexts(whole, bits[level], n).packed())
     with pytest.raises(ValueError, match="no rows"):  # a scratch too small: refused, unwritten
         rows.of_parents(0, rows.parents, scratch)
     with pytest.raises(ValueError, match="no table rows"):

@@ -715,7 +715,7 @@ class PointCloudCodec:
                         name, data = REFINED_PAYLOAD, refined
             if mixable:
                 passes = _bit_passes(bits_coded)
-                contexts = np.concatenate([lv.contexts for lv in levels_coded])
+                contexts = np.concatenate([lv.contexts.packed() for lv in levels_coded])
                 for version in mix_versions:
                     mixed_name = MIXED_PAYLOADS[version]
                     mixed = mixing.encode(occupancy, coded.indices + coder.GRID_K, contexts,
@@ -1149,8 +1149,8 @@ class _MixingLead:
         _, refined = refine.code_lengths(occupancy, indices, self._buckets, self._f0_table)
         extras = _node_extras([parent_bits, bits], [1], self._version)
         mixed = adaptive.code_length(occupancy, mixing.walk(
-            self._model, occupancy, indices + coder.GRID_K, contexts, _bit_passes([bits]),
-            extras))
+            self._model, occupancy, indices + coder.GRID_K, contexts.packed(),
+            _bit_passes([bits]), extras))
         return mixed, refined
 
     def leads(self, levels: int) -> bool:

@@ -89,7 +89,7 @@ class LearnedLevel:
     # refined probabilities) plus the side information of the passes, in units of
     # 2^-entropy.COST_FRACTION bits (exact integers: the same choice on every machine)
     static_cost: int  # the bits' code length under the model's own probabilities (same units)
-    contexts: np.ndarray | None = None  # mixing.pass_contexts of each bit (pass-major), if kept
+    contexts: mixing.LevelContexts | None = None  # the level's mixing contexts, if kept
 
 
 def learned_level(

@@ -47,6 +47,8 @@ coding only when it is smaller than the refined one (codec.py), so mixing never 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import entropy
@@ -257,9 +259,9 @@ def _cell_lists(k, slots, children):  # pragma: no cover - compiled
 
 
 @entropy.jit_inline
-def _context_of(neighbours, bits, i, m, k, shape, known_slot, known_child, known_weight,
-                unknown_slot, unknown_weight, shift, coarse_shift):  # pragma: no cover
-    """The hashed context (fine | coarse << 32) of child k of node i (_contexts_kernel)."""
+def _fine_of(neighbours, bits, i, m, k, shape, known_slot, known_child, known_weight,
+             unknown_slot, unknown_weight, shift):  # pragma: no cover - compiled
+    """The hashed fine context of child k of node i (_contexts_kernel)."""
     ctx = np.int64(k) * _POWERS[26]
     for c in range(known_slot.size):
         node = np.int64(neighbours[i, known_slot[c]])
@@ -267,35 +269,104 @@ def _context_of(neighbours, bits, i, m, k, shape, known_slot, known_child, known
             ctx += np.int64(bits[node, known_child[c]]) * known_weight[c]
     for c in range(unknown_slot.size):
         ctx += ((shape >> unknown_slot[c]) & 1) * unknown_weight[c]
-    fine = np.int64((np.uint64(ctx) * _HASH) >> np.uint64(shift))
-    coarse = np.int64((np.uint64(shape * 8 + k) * _HASH) >> np.uint64(coarse_shift))
-    return fine | (coarse << 32)
+    return np.int64((np.uint64(ctx) * _HASH) >> np.uint64(shift))
+
+
+@entropy.jit_inline
+def coarse_of(shape, k, coarse_shift):  # pragma: no cover - compiled
+    """The hashed coarse context of pass k of a node of this shape."""
+    return np.int64((np.uint64(shape * 8 + k) * _HASH) >> np.uint64(coarse_shift))
+
+
+@entropy.jit_inline
+def _context_of(neighbours, bits, i, m, k, shape, known_slot, known_child, known_weight,
+                unknown_slot, unknown_weight, shift, coarse_shift):  # pragma: no cover
+    """The hashed context (fine | coarse << 32) of child k of node i (_contexts_kernel)."""
+    fine = _fine_of(neighbours, bits, i, m, k, shape, known_slot, known_child, known_weight,
+                    unknown_slot, unknown_weight, shift)
+    return fine | (coarse_of(shape, k, coarse_shift) << 32)
 
 
 @compiled
-def _level_kernel(neighbours, m, base, shapes, bits, slots, children, shift, coarse_shift,
-                  start, stop, out):  # pragma: no cover - compiled
-    """_contexts_kernel for all eight passes of nodes start .. stop - 1 of a level of m nodes
-    whose bits are all known (the encoder), into their places in the pass-major `out`; node
-    i's table row at neighbours[i - base]."""
+def _level_kernel(neighbours, m, base, shapes, bits, slots, children, shift, start, stop,
+                  out):  # pragma: no cover - compiled
+    """The fine contexts of all eight passes of nodes start .. stop - 1 of a level of m nodes
+    whose bits are all known (the encoder), into their places in the pass-major uint32 `out`;
+    node i's table row at neighbours[i - base]."""
     for k in range(8):
         known_slot, known_child, known_weight, unknown_slot, unknown_weight = _cell_lists(
             k, slots[k], children[k])
         for i in range(start, stop):
-            out[k * m + i] = _context_of(neighbours, bits, i - base, m, k, np.int64(shapes[i]),
-                                         known_slot, known_child, known_weight, unknown_slot,
-                                         unknown_weight, shift, coarse_shift)
+            out[k * m + i] = np.uint32(_fine_of(
+                neighbours, bits, i - base, m, k, np.int64(shapes[i]), known_slot, known_child,
+                known_weight, unknown_slot, unknown_weight, shift))
 
 
 def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int, threads: int = 1
-                   ) -> np.ndarray:
-    """(8 M,) int64 contexts of a level's bits, pass-major: pass_contexts of each pass, from
-    the level's true bits (what the decoder computes pass by pass from the bits it decoded),
-    each node's shape computed once; on `threads` threads (slices of nodes: the same
-    values)."""
+                   ) -> LevelContexts:
+    """The contexts of a level's bits, pass-major: pass_contexts of each pass, from the level's
+    true bits (what the decoder computes pass by pass from the bits it decoded), each node's
+    shape computed once; on `threads` threads (slices of nodes: the same values)."""
     rows = LevelContextRows(neighbours, bits, points)
     for_row_slices(rows.of_nodes, rows.nodes, threads)
     return rows.contexts
+
+
+class LevelContexts(NamedTuple):
+    """A level's contexts as the encoder keeps them, pass-major (bit i is child i // M of node
+    i % M): each bit's fine context and each node's shape (neighbour_shapes), from which a
+    bit's coarse context is hashed where it is read (coarse_of: the pass and the shape). 5
+    bytes a bit where the packed contexts (fine | coarse << 32, what pass_contexts gives the
+    decoder and the mixer reads) take 8: a scan's encoder holds two large levels' at once (the
+    one walked and the next, made meanwhile)."""
+
+    fine: np.ndarray  # (8 M,) uint32
+    shapes: np.ndarray  # (M,) int64
+    points: int  # the cloud's, which sizes the hashes
+
+    @property
+    def size(self) -> int:
+        return self.fine.size
+
+    def packed(self) -> np.ndarray:
+        """(8 M,) int64 fine | coarse << 32: pass_contexts of each pass, concatenated."""
+        out = np.empty(self.fine.size, dtype=np.int64)
+        _packed_kernel(self.fine, self.shapes, np.int64(64 - coarse_bits(self.points)), out)
+        return out
+
+    def checked(self, points: int) -> LevelContexts:
+        """Itself, checked for a model of a cloud of `points` voxels to index its tables with
+        unchecked (ValueError otherwise): made for tables of its size, one uint32 fine context
+        a bit inside them and one 27-bit int64 shape a node."""
+        fine, shapes = self.fine, self.shapes
+        if context_bits(self.points) != context_bits(points) or \
+                coarse_bits(self.points) != coarse_bits(points):
+            raise ValueError("contexts made for another cloud's tables")
+        if fine.dtype != np.uint32 or shapes.dtype != np.int64 or fine.ndim != 1 or \
+                fine.size != N_PASSES * shapes.size or not fine.flags.c_contiguous or \
+                not shapes.flags.c_contiguous:
+            raise ValueError("contexts need 8 contiguous uint32 fine contexts a node and one "
+                             "int64 shape")
+        if fine.size and (int(fine.max()) >= 1 << context_bits(points) or shapes.min() < 0
+                          or shapes.max() >= 1 << 27):
+            raise ValueError("a context out of range")
+        return self
+
+
+@compiled
+def _packed_kernel(fine, shapes, coarse_shift, out):  # pragma: no cover - compiled
+    m = shapes.size
+    for k in range(N_PASSES):
+        for j in range(m):
+            out[k * m + j] = np.int64(fine[k * m + j]) | (coarse_of(shapes[j], k, coarse_shift)
+                                                           << 32)
+
+
+@entropy.jit_inline
+def level_context(fine, shapes, coarse_shift, k, j):  # pragma: no cover - compiled
+    """The packed context (fine | coarse << 32) of child k of node j, from a LevelContexts'
+    arrays (the walks loop over passes and nodes: no division a bit)."""
+    return np.int64(fine[k * shapes.size + j]) | (coarse_of(shapes[j], k, coarse_shift) << 32)
 
 
 class LevelContextRows:
@@ -314,10 +385,9 @@ class LevelContextRows:
         if self._bits.shape != (self.nodes, 8) or \
                 (self.table is not None and self.table.shape != (self.nodes, 27)):
             raise ValueError("contexts need an (M, 27) neighbour table and (M, 8) bits")
-        self.contexts = np.empty(8 * self.nodes, dtype=np.int64)
-        self._shapes = np.empty(self.nodes, dtype=np.int64)
+        self.contexts = LevelContexts(np.empty(8 * self.nodes, dtype=np.uint32),
+                                      np.empty(self.nodes, dtype=np.int64), points)
         self._shift = np.int64(64 - context_bits(points))
-        self._coarse_shift = np.int64(64 - coarse_bits(points))
 
     def of_nodes(self, start: int, stop: int, rows: np.ndarray | None = None) -> None:
         """`rows`: the table rows of nodes start .. stop - 1 (rows[0] node start's), where
@@ -327,11 +397,11 @@ class LevelContextRows:
                 table.ndim != 2 or table.shape[1] != 27 or table.shape[0] < stop - base:
             raise ValueError(f"no table rows for nodes {start} .. {stop - 1}")
         first, last, m = np.int64(start), np.int64(stop), np.int64(self.nodes)
-        _shapes_kernel(table, m, np.int64(base), first, last, self._shapes)  # the rows' shapes
+        shapes = self.contexts.shapes
+        _shapes_kernel(table, m, np.int64(base), first, last, shapes)  # the rows' shapes
         with np.errstate(over="ignore"):  # the hash's uint64 product wraps (numpy, no numba)
-            _level_kernel(table, m, np.int64(base), self._shapes, self._bits, CELL_SLOT,
-                          CELL_CHILD, self._shift, self._coarse_shift, first, last,
-                          self.contexts)
+            _level_kernel(table, m, np.int64(base), shapes, self._bits, CELL_SLOT, CELL_CHILD,
+                          self._shift, first, last, self.contexts.fine)
 
 
 class Model:
@@ -484,6 +554,22 @@ def _prefetch_ahead(contexts, i, counts, probability, coarse_counts,
     (vectorops.prefetch: no value changes)."""
     if i + PREFETCH_AHEAD < contexts.size:
         ctx = np.int64(contexts[i + PREFETCH_AHEAD])
+        prefetch(counts, ctx & _FINE_MASK)
+        prefetch(probability, ctx & _FINE_MASK)
+        prefetch(coarse_counts, ctx >> 32)
+        prefetch(coarse_probability, ctx >> 32)
+
+
+@entropy.jit_inline
+def prefetch_level_ahead(fine, shapes, coarse_shift, k, j, counts, probability, coarse_counts,
+                         coarse_probability):  # pragma: no cover - compiled
+    """_prefetch_ahead for a LevelContexts' arrays, at child k of node j."""
+    j += PREFETCH_AHEAD
+    while j >= shapes.size and k < N_PASSES:
+        j -= shapes.size
+        k += 1
+    if k < N_PASSES:
+        ctx = level_context(fine, shapes, coarse_shift, k, j)
         prefetch(counts, ctx & _FINE_MASK)
         prefetch(probability, ctx & _FINE_MASK)
         prefetch(coarse_counts, ctx >> 32)

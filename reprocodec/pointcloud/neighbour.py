@@ -45,6 +45,10 @@ VERSIONS = (1, 2)  # the model of format 5's payload, and of format 6's
 INPUTS = 7
 _BIAS_INPUT = mixing.LOGIT_ONE
 _START_WEIGHT = 1 << 15  # each slow P(0) at 1/2: the first bits follow the two slow models
+# A snapshot lists a level's touched entries in one pass where they are at most 1 / 16 of
+# its bits (a LiDAR sweep's large levels: 1-4 %; small levels get room for 1,024), in two
+# otherwise
+LISTED_PER_BIT = 16
 # Version 2's mixer weights: one set per pass and count of the node's occupied children so far
 # (version 1: one per pass, set 8 k)
 WEIGHT_SETS = 8 * 8
@@ -79,39 +83,47 @@ class Model:
         """This version's (walk, decode) kernels."""
         return _KERNELS[self.version]
 
-    def snapshot(self, contexts: np.ndarray, extras: np.ndarray | None = None) -> tuple:
+    def snapshot(self, contexts: mixing.LevelContexts, extras: np.ndarray | None = None
+                 ) -> tuple:
         """What walking bits of these contexts and extras can change, for restore (encoder: a
         level tried, then not chosen, is undone): the weights, the APM and the count tables'
         entries the contexts touch, each entry once (13 bytes: its index and values), or the
         whole tables where those are fewer bytes (copied into buffers kept for the next time:
         one snapshot at a time). A level's contexts repeat: on a LiDAR sweep's large levels
         1-4 % of the bits touch a new fine entry, so a 5 M-bit level's snapshot takes ~5 MB
-        where one entry a bit took 135 MB, and a copy of the tables 52. Two passes over the
-        contexts, none over the tables: the first marks and counts the entries, the second
-        lists and unmarks them (the marks, kept here, are all clear between snapshots)."""
-        contexts = np.ascontiguousarray(contexts, dtype=np.int64)
-        mixing._check_contexts(contexts, self.points)  # (the kernels index the tables unchecked)
-        extras = nodecontext.checked_extras(extras, contexts.size, self.version)
+        where one entry a bit took 135 MB, and a copy of the tables 52. One pass over the
+        contexts (two where the entries outnumber LISTED_PER_BIT of the bits), none over the
+        tables (the marks they set, kept here, are all clear between snapshots)."""
+        level = contexts.checked(self.points)  # (the kernels index the tables unchecked)
+        extras = nodecontext.checked_extras(extras, level.size, self.version)
         extended = self.version == 2
         if self._marks is None:
             self._marks = tuple(np.zeros((a.size + 63) // 64, np.uint64)
                                 for a in self.arrays()[0:6:2])
-        touched = _mark_kernel(contexts, extras, extended, *self._marks)
+        # Each table's entries, in the order the bits first touch them, listed in one pass
+        # where they fit LISTED_PER_BIT of the bits (a scan's large levels: 1-4 %), else in a
+        # second pass into arrays of their size (no transient of a bit each)
+        arrays = level.fine, level.shapes, _coarse_shift(self.points), extras, extended
+        room = max(level.size // LISTED_PER_BIT, 1 << 10)
+        listed = tuple(np.empty(min(room, a.size), np.int32) for a in self.arrays()[0:6:2])
+        touched = _touched_kernel(*arrays, *self._marks, *listed)
+        if all(n <= entries.size for n, entries in zip(touched, listed, strict=True)):
+            listed = tuple(entries[:n].copy() for entries, n in zip(listed, touched, strict=True))
+        else:  # (the marks were left set)
+            listed = tuple(np.empty(n, np.int32) for n in touched)
+            _list_kernel(*arrays, *self._marks, *listed)
         tables = (self.counts.size + self.coarse_counts.size + self.node_counts.size) * 9
-        whole = 13 * sum(touched) > tables
-        listed = tuple(np.empty(0 if whole else n, np.int32) for n in touched)
-        _list_kernel(contexts, extras, extended, *self._marks, *listed)
-        if whole:
+        if 13 * sum(touched) > tables:
             if self._backup is None:
                 self._backup = tuple(np.empty_like(a) for a in self.arrays())
             for copy, array in zip(self._backup, self.arrays(), strict=True):
                 np.copyto(copy, array)
             return ("tables",)
         entries = []
-        for touched, counts, probability in zip(listed, self.arrays()[0:6:2],
-                                                self.arrays()[1:6:2], strict=True):
-            saved = (touched, np.empty(touched.size, np.uint8),
-                     np.empty((touched.size, 2), np.int32))
+        for touched_entries, counts, probability in zip(listed, self.arrays()[0:6:2],
+                                                        self.arrays()[1:6:2], strict=True):
+            saved = (touched_entries, np.empty(touched_entries.size, np.uint8),
+                     np.empty((touched_entries.size, 2), np.int32))
             _gather_kernel(counts, probability, *saved)
             entries.append(saved)
         return ("entries", entries, self.weights.copy(), self.apm.copy())
@@ -161,52 +173,75 @@ def _flip(marks, entry):  # pragma: no cover - compiled
 
 
 @compiled
-def _mark_kernel(contexts, extras, extended, fine, coarse, node):  # pragma: no cover - compiled
-    """Mark the fine, coarse (and with `extended`, node) entries the bits' contexts index, in
-    bit sets (a table's marks fit a core's cache: 0.5 MB for 2^22 entries); returns how many
-    of each were not marked before."""
-    new_fine, new_coarse, new_node = 0, 0, 0
-    for i in range(contexts.size):
-        f, c = contexts[i] & _FINE_MASK, contexts[i] >> 32
-        if not _marked(fine, f):
-            _flip(fine, f)
-            new_fine += 1
-        if not _marked(coarse, c):
-            _flip(coarse, c)
-            new_coarse += 1
-        if extended:
-            n = extras[i] & NODE_MASK
-            if not _marked(node, n):
-                _flip(node, n)
-                new_node += 1
-    return new_fine, new_coarse, new_node
+def _touched_kernel(fine, shapes, coarse_shift, extras, extended, fine_marks, coarse_marks,
+                    node_marks, fine_out, coarse_out, node_out):  # pragma: no cover - compiled
+    """How many fine, coarse (and with `extended`, node) entries the bits of a level's
+    contexts (LevelContexts' arrays) index, and those entries, each once, in the order the
+    bits first touch them, into the *_out arrays while they have room. Marks them in bit sets
+    (a table's marks fit a core's cache: 0.5 MB for 2^22 entries), and clears the marks after
+    when every entry had room (else _list_kernel lists the entries and clears them)."""
+    a, b, c = 0, 0, 0
+    m = shapes.size
+    for k in range(N_PASSES):
+        for j in range(m):
+            ctx = mixing.level_context(fine, shapes, coarse_shift, k, j)
+            f, g = ctx & _FINE_MASK, ctx >> 32
+            if not _marked(fine_marks, f):
+                _flip(fine_marks, f)
+                if a < fine_out.size:
+                    fine_out[a] = f
+                a += 1
+            if not _marked(coarse_marks, g):
+                _flip(coarse_marks, g)
+                if b < coarse_out.size:
+                    coarse_out[b] = g
+                b += 1
+            if extended:
+                n = extras[k * m + j] & NODE_MASK
+                if not _marked(node_marks, n):
+                    _flip(node_marks, n)
+                    if c < node_out.size:
+                        node_out[c] = n
+                    c += 1
+    if a <= fine_out.size and b <= coarse_out.size and c <= node_out.size:
+        for i in range(a):
+            _flip(fine_marks, fine_out[i])
+        for i in range(b):
+            _flip(coarse_marks, coarse_out[i])
+        for i in range(c):
+            _flip(node_marks, node_out[i])
+    return a, b, c
 
 
 @compiled
-def _list_kernel(contexts, extras, extended, fine, coarse, node, fine_out, coarse_out,
-                 node_out):  # pragma: no cover - compiled
+def _list_kernel(fine, shapes, coarse_shift, extras, extended, fine_marks, coarse_marks,
+                 node_marks, fine_out, coarse_out, node_out):  # pragma: no cover - compiled
     """The marked entries, each once, in the order the bits first touch them, into the *_out
-    arrays (each empty, or sized by _mark_kernel's counts), clearing their marks."""
+    arrays (sized by _touched_kernel's counts), clearing their marks."""
     a, b, c = 0, 0, 0
-    for i in range(contexts.size):
-        f, g = contexts[i] & _FINE_MASK, contexts[i] >> 32
-        if _marked(fine, f):
-            _flip(fine, f)
-            if fine_out.size:
+    m = shapes.size
+    for k in range(N_PASSES):
+        for j in range(m):
+            ctx = mixing.level_context(fine, shapes, coarse_shift, k, j)
+            f, g = ctx & _FINE_MASK, ctx >> 32
+            if _marked(fine_marks, f):
+                _flip(fine_marks, f)
                 fine_out[a] = f
                 a += 1
-        if _marked(coarse, g):
-            _flip(coarse, g)
-            if coarse_out.size:
+            if _marked(coarse_marks, g):
+                _flip(coarse_marks, g)
                 coarse_out[b] = g
                 b += 1
-        if extended:
-            n = extras[i] & NODE_MASK
-            if _marked(node, n):
-                _flip(node, n)
-                if node_out.size:
+            if extended:
+                n = extras[k * m + j] & NODE_MASK
+                if _marked(node_marks, n):
+                    _flip(node_marks, n)
                     node_out[c] = n
                     c += 1
+
+
+def _coarse_shift(points: int) -> np.int64:
+    return np.int64(64 - mixing.coarse_bits(points))
 
 
 @entropy.jit_inline
@@ -267,29 +302,31 @@ def _version_kernels(extended: bool) -> tuple:
     0.75 of the time; bench/paired_trees.py --in-process)."""
 
     @compiled
-    def walk_kernel(contexts, extras, nodes, bits, counts, probability, coarse_counts,
-                    coarse_probability, node_counts, node_probability, weights, apm, length,
-                    f0_out):  # pragma: no cover - compiled
-        """The encoder's walk over a level of `nodes` nodes (pass-major: bit i is in pass
-        i // nodes): each bit's P(0) into f0_out, then the updates; returns the bits' code
-        length (entropy.code_length_table units). Version 1 reads no extras."""
+    def walk_kernel(fine, shapes, coarse_shift, extras, bits, counts, probability,
+                    coarse_counts, coarse_probability, node_counts, node_probability, weights,
+                    apm, length, f0_out):  # pragma: no cover - compiled
+        """The encoder's walk over a level (its LevelContexts' arrays; pass-major: bit i is in
+        child i // M of node i % M): each bit's P(0) into f0_out, then the updates; returns the
+        bits' code length (entropy.code_length_table units). Version 1 reads no extras."""
         inputs = np.zeros(INPUTS, np.int64)
         total = np.int64(0)
-        for i in range(contexts.size):
-            mixing._prefetch_ahead(contexts, i, counts, probability, coarse_counts,
-                                   coarse_probability)
-            k = np.int64(i // nodes)
-            ctx = np.int64(contexts[i])
-            extra = np.int64(extras[i]) if extended else np.int64(0)
-            coded, p, ws, knot, weight = _mixed(probability, coarse_probability,
-                                                node_probability, weights, apm, extended, ctx,
-                                                extra, k, inputs)
-            f0_out[i] = coded
-            bit = bits[i]
-            total += length[_ONE - coded] if bit else length[coded]
-            _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
-                   node_probability, weights, apm, extended, ctx, extra, k, inputs, p, ws, knot,
-                   weight, bit)
+        m = shapes.size
+        for k in range(N_PASSES):
+            for j in range(m):
+                i = k * m + j
+                mixing.prefetch_level_ahead(fine, shapes, coarse_shift, k, j, counts,
+                                            probability, coarse_counts, coarse_probability)
+                ctx = mixing.level_context(fine, shapes, coarse_shift, k, j)
+                extra = np.int64(extras[i]) if extended else np.int64(0)
+                coded, p, ws, knot, weight = _mixed(probability, coarse_probability,
+                                                    node_probability, weights, apm, extended,
+                                                    ctx, extra, np.int64(k), inputs)
+                f0_out[i] = coded
+                bit = bits[i]
+                total += length[_ONE - coded] if bit else length[coded]
+                _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
+                       node_probability, weights, apm, extended, ctx, extra, np.int64(k),
+                       inputs, p, ws, knot, weight, bit)
         return total
 
     @compiled
@@ -329,7 +366,7 @@ def _version_kernels(extended: bool) -> tuple:
 _KERNELS = {1: _version_kernels(False), 2: _version_kernels(True)}  # (walk, decode) by version
 
 
-def walk_contexts(model: Model, contexts: np.ndarray, bits: np.ndarray,
+def walk_contexts(model: Model, contexts: mixing.LevelContexts, bits: np.ndarray,
                   extras: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Code one level (encoder), given its contexts (mixing.level_contexts) and, version 2,
     its extras (level_extras): each bit's P(0) (uint16, pass-major, as adaptive.encode takes
@@ -337,15 +374,14 @@ def walk_contexts(model: Model, contexts: np.ndarray, bits: np.ndarray,
     model.restore(model.snapshot(contexts, extras)) taken before undoes it."""
     m = bits.shape[0]
     coded = np.ascontiguousarray(np.asarray(bits, dtype=np.uint8).T).reshape(-1)  # pass-major
-    if contexts.shape != (N_PASSES * m,) or contexts.dtype != np.int64:
-        raise ValueError("one int64 context per bit of the level")
-    contexts = np.ascontiguousarray(contexts)
-    mixing._check_contexts(contexts, model.points)
-    extras = nodecontext.checked_extras(extras, contexts.size, model.version)
+    level = contexts.checked(model.points)
+    if level.shapes.size != m:
+        raise ValueError("one context per bit of the level")
+    extras = nodecontext.checked_extras(extras, level.size, model.version)
     f0 = np.empty(coded.size, dtype=adaptive.F0_DTYPE)
     walk, _ = model.kernels()
-    cost = walk(contexts, extras, np.int64(max(m, 1)), coded, *model.arrays(),
-                entropy.code_length_table(), f0)
+    cost = walk(level.fine, level.shapes, _coarse_shift(model.points), extras, coded,
+                *model.arrays(), entropy.code_length_table(), f0)
     return f0, int(cost)
 
 
