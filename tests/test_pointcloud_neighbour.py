@@ -123,8 +123,11 @@ def _extras(model, bits, level):
     """A level's extras as the encoder makes them (version 2; None for version 1)."""
     if model.version == 1:
         return None
-    return nodecontext.level_extras(nodecontext.node_slots(bits[level - 1] if level else None),
-                                  bits[level])
+    extras = nodecontext.LevelExtras.of(bits[level - 1] if level else None, bits[level])
+    # the encoder's form makes each bit's extra where it is read: level_extras' values
+    np.testing.assert_array_equal(extras.array(), nodecontext.level_extras(
+        nodecontext.node_slots(bits[level - 1] if level else None), bits[level]))
+    return extras
 
 
 def _walk(model, codes, bits, levels):
@@ -266,19 +269,20 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
     # level's contexts: its fine contexts in range, 27-bit shapes, tables of its own size
     fine, shape = np.zeros(8, np.uint32), np.zeros(1, np.int64)
     level = mixing.LevelContexts(fine, shape, n)
+    node_extras = nodecontext.LevelExtras(np.array([2047]), np.array([0xFF], np.uint8))
     for bad in (level._replace(fine=fine + size), level._replace(shapes=shape - 1),
                 level._replace(shapes=shape + (1 << 27)), level._replace(points=n << 8),
                 level._replace(fine=fine.astype(np.int64)), level._replace(fine=fine[:7])):
         with pytest.raises(ValueError):
             neighbour.walk_contexts(neighbour.Model(n, version), bad, np.zeros((1, 8), bool),
-                                    good.astype(np.int32))
+                                    node_extras)
         with pytest.raises(ValueError):
-            neighbour.Model(n, version).snapshot(bad, good.astype(np.int32))
+            neighbour.Model(n, version).snapshot(bad, node_extras)
+    two = nodecontext.LevelExtras(np.zeros(2, np.int64), np.zeros(2, np.uint8))
     with pytest.raises(ValueError):  # one context per bit
-        neighbour.walk_contexts(neighbour.Model(n, version), level, np.zeros((2, 8), bool),
-                                np.zeros(16, np.int32))
+        neighbour.walk_contexts(neighbour.Model(n, version), level, np.zeros((2, 8), bool), two)
     neighbour.walk_contexts(neighbour.Model(n, version), level, np.zeros((1, 8), bool),
-                            good.astype(np.int32))  # in range: walked
+                            node_extras)  # in range: walked
     if version == 1:  # version 1 reads no extras
         assert neighbour.Decoder(data, n, 1).decode(good, 0).shape == (8,)
         return
@@ -286,8 +290,17 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
     for extras in (None, zero[:3], good, zero - 1, zero + node, zero + (8 << 24)):
         with pytest.raises(ValueError):  # version 2: one int32 in range per bit
             neighbour.Decoder(data, n, 2).decode(good, 0, extras)
+    # the encoder's: a slot below 2048 and a byte, one each a node of the level
+    one, byte = np.zeros(1, np.int64), np.zeros(1, np.uint8)
+    for extras in (None, node_extras._replace(slots=one - 1), two,
+                   node_extras._replace(slots=one + 2048), (one, byte.astype(np.int64)),
+                   nodecontext.LevelExtras(one.astype(np.int32), byte)):
+        if not isinstance(extras, nodecontext.LevelExtras | None):
+            extras = nodecontext.LevelExtras(*extras)
         with pytest.raises(ValueError):
             neighbour.walk_contexts(neighbour.Model(n, 2), level, np.zeros((1, 8), bool), extras)
+        with pytest.raises(ValueError):
+            neighbour.Model(n, 2).snapshot(level, extras)
     assert neighbour.Decoder(data, n, 2).decode(good, 0, zero + node - 1 + (7 << 24)).size == 8
     with pytest.raises(ValueError):
         neighbour.Model(n, 3)
@@ -331,7 +344,8 @@ def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, ver
     before = _arrays(model)
     saved = model.snapshot(contexts, extras)
     assert saved[0] == "entries"
-    node = np.unique(extras & nodecontext.NODE_MASK) if version == 2 else np.zeros(0, np.int64)
+    node = np.unique(extras.array() & nodecontext.NODE_MASK) if version == 2 else \
+        np.zeros(0, np.int64)
     for (touched, _, _), distinct in zip(saved[1], (np.unique(fine), np.unique(coarse), node),
                                          strict=True):
         np.testing.assert_array_equal(np.sort(touched), distinct)  # each touched entry, once
@@ -352,25 +366,26 @@ def test_snapshot_restore_undoes_a_walk_exactly(rings_levels, level, points, ver
         np.testing.assert_array_equal(a, b)
 
 
-def test_version_2_snapshot_of_whole_tables_restores():
-    """A level touching every entry of the tables (version 2's node model included): the
-    entries would take more bytes than the tables, so the snapshot copies the whole tables,
-    and restore puts them back."""
-    points, m = 1000, nodecontext.NODE_CONTEXTS // 8
+def test_snapshot_of_whole_tables_restores():
+    """A level touching every entry of the fine and coarse tables: the entries would take
+    more bytes than the tables, so the snapshot copies the whole tables, and restore puts
+    them back. (Version 1: version 2's node table, 4.7 MB, is outgrown only by a level of
+    half a million nodes.)"""
+    points, m = 1000, 1 << 13
     rng = np.random.default_rng(5)
     size = 1 << mixing.context_bits(points)
-    contexts = mixing.LevelContexts(rng.integers(0, size, 8 * m).astype(np.uint32),
+    contexts = mixing.LevelContexts(rng.permutation(np.arange(8 * m) % size).astype(np.uint32),
                                     rng.integers(0, 1 << 27, m), points)
-    extras = (rng.permutation(nodecontext.NODE_CONTEXTS)
-              | rng.integers(0, 8, 8 * m) << 24).astype(np.int32)
+    extras = None
     bits = rng.random((m, 8)) < 0.4
-    model = neighbour.Model(points, 2)
+    model = neighbour.Model(points, 1)
     before = _arrays(model)
     saved = model.snapshot(contexts, extras)
     assert saved[0] == "tables"
     assert not any(mark.any() for mark in model._marks)
     f0, cost = neighbour.walk_contexts(model, contexts, bits, extras)
-    assert all(np.any(a != b) for a, b in zip(model.arrays(), before, strict=True))
+    moved = [bool(np.any(a != b)) for a, b in zip(model.arrays(), before, strict=True)]
+    assert moved == [True] * 4 + [False] * 2 + [True, False]  # (no node model, no APM)
     model.restore(saved)
     for a, b in zip(model.arrays(), before, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -382,7 +397,8 @@ def test_version_2_snapshot_of_whole_tables_restores():
 @pytest.mark.parametrize("version", neighbour.VERSIONS)
 def test_snapshot_restore_with_only_a_few_repeated_contexts(version):
     """Every bit of the level in one of three fine contexts and each node in one of three
-    shapes (version 2's node contexts too): repeated entries still restore."""
+    shapes (version 2's, in one of three slots and bytes): repeated entries still
+    restore."""
     points = 3000
     size = 1 << mixing.context_bits(points)
     m = 60
@@ -390,15 +406,16 @@ def test_snapshot_restore_with_only_a_few_repeated_contexts(version):
     contexts = mixing.LevelContexts(
         np.array([0, size - 1, 17], np.uint32)[rng.integers(0, 3, 8 * m)],
         np.array([0, (1 << 27) - 1, 12345], np.int64)[rng.integers(0, 3, m)], points)
-    extras = np.array([0, 5 | 3 << 24, nodecontext.NODE_CONTEXTS - 1], np.int32)[
-        rng.integers(0, 3, 8 * m)]
+    extras = nodecontext.LevelExtras(np.array([0, 5, 2047])[rng.integers(0, 3, m)],
+                                     np.array([0, 0xA5, 0xFF], np.uint8)[rng.integers(0, 3, m)])
     bits = rng.random((m, 8)) < 0.3
     model = neighbour.Model(points, version)
     neighbour.walk_contexts(
         model, mixing.LevelContexts(rng.integers(0, size, 8 * m).astype(np.uint32),
                                     rng.integers(0, 1 << 27, m), points),
         rng.random((m, 8)) < 0.5,
-        rng.integers(0, nodecontext.NODE_CONTEXTS, 8 * m, dtype=np.int32))
+        nodecontext.LevelExtras(rng.integers(0, 2048, m),
+                                rng.integers(0, 256, m).astype(np.uint8)))
     before = _arrays(model)
     saved = model.snapshot(contexts, extras)
     neighbour.walk_contexts(model, contexts, bits, extras)
@@ -999,13 +1016,14 @@ def test_each_versions_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
     every process: ~1.4 s and ~30 MB more per process). A second process loads all four."""
     script = (
         "import numpy as np\n"
-        "from reprocodec.pointcloud import mixing, neighbour\n"
+        "from reprocodec.pointcloud import mixing, neighbour, nodecontext\n"
         "bits = np.zeros((1, 8), bool)\n"
         "for v in neighbour.VERSIONS:\n"
         "    m = neighbour.Model(1000, v)\n"
         "    e = np.zeros(8, np.int32) if v == 2 else None\n"
         "    level = mixing.LevelContexts(np.zeros(8, np.uint32), np.zeros(1, np.int64), 1000)\n"
-        "    neighbour.walk_contexts(m, level, bits, e)\n"
+        "    node = nodecontext.LevelExtras(np.zeros(1, np.int64), np.zeros(1, np.uint8))\n"
+        "    neighbour.walk_contexts(m, level, bits, node)\n"
         "    d = neighbour.Decoder((1 << 31).to_bytes(8, 'little'), 1000, v, lenient=True)\n"
         "    d.decode(np.zeros(8, np.int64), 0, e)\n"
         "print(sum(sum(k.stats.cache_hits.values()) for ks in neighbour._KERNELS.values()\n"

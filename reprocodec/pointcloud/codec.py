@@ -531,8 +531,8 @@ class PointCloudCodec:
                 probe = probe and model is not None  # (confident: coders is auto or smallest)
                 sparse = coders == "auto" and not mix_lead and _sparse_children(bits[level])
                 if (tried or probe or every is not None) and version == 2:  # its node contexts
-                    extras = nodecontext.level_extras(
-                        nodecontext.node_slots(bits[level - 1] if level else None), bits[level])
+                    extras = nodecontext.LevelExtras.of(bits[level - 1] if level else None,
+                                                        bits[level])
                 if made:  # (made for the neighbour model's points: every's and mixing's too)
                     contexts = made.contexts
                 every_walked = None  # its walk of this level (P(0)s, contexts), if made
@@ -1175,8 +1175,8 @@ class _MixingLead:
 
 
 def _walked(model: neighbour.Model, neighbours: np.ndarray | None,
-            contexts: np.ndarray | None, bits: np.ndarray, extras: np.ndarray | None
-            ) -> tuple[np.ndarray, np.ndarray]:
+            contexts: mixing.LevelContexts | None, bits: np.ndarray,
+            extras: nodecontext.LevelExtras | None) -> tuple[np.ndarray, mixing.LevelContexts]:
     """The level's P(0) under `model` walked on, and its contexts (made from the level's
     neighbour table unless given)."""
     if contexts is None:
@@ -1184,8 +1184,8 @@ def _walked(model: neighbour.Model, neighbours: np.ndarray | None,
     return neighbour.walk_contexts(model, contexts, bits, extras)[0], contexts
 
 
-def _probe_cost(neighbours: np.ndarray, bits: np.ndarray, extras: np.ndarray | None,
-                version: int, threads: int) -> int:
+def _probe_cost(neighbours: np.ndarray, bits: np.ndarray,
+                extras: nodecontext.LevelExtras | None, version: int, threads: int) -> int:
     """The neighbour coder's code length of a level from a fresh model of its own, its tables
     sized for the level (PROBE_POINTS_PER_NODE points a node) rather than for the cloud: what
     the encoder's cold model would spend there (fandisk_large's probe: 1.213 of the learned

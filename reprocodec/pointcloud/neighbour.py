@@ -83,8 +83,8 @@ class Model:
         """This version's (walk, decode) kernels."""
         return _KERNELS[self.version]
 
-    def snapshot(self, contexts: mixing.LevelContexts, extras: np.ndarray | None = None
-                 ) -> tuple:
+    def snapshot(self, contexts: mixing.LevelContexts,
+                 extras: nodecontext.LevelExtras | None = None) -> tuple:
         """What walking bits of these contexts and extras can change, for restore (encoder: a
         level tried, then not chosen, is undone): the weights, the APM and the count tables'
         entries the contexts touch, each entry once (13 bytes: its index and values), or the
@@ -95,7 +95,7 @@ class Model:
         contexts (two where the entries outnumber LISTED_PER_BIT of the bits), none over the
         tables (the marks they set, kept here, are all clear between snapshots)."""
         level = contexts.checked(self.points)  # (the kernels index the tables unchecked)
-        extras = nodecontext.checked_extras(extras, level.size, self.version)
+        extras = nodecontext.checked_level_extras(extras, level.shapes.size, self.version)
         extended = self.version == 2
         if self._marks is None:
             self._marks = tuple(np.zeros((a.size + 63) // 64, np.uint64)
@@ -103,7 +103,7 @@ class Model:
         # Each table's entries, in the order the bits first touch them, listed in one pass
         # where they fit LISTED_PER_BIT of the bits (a scan's large levels: 1-4 %), else in a
         # second pass into arrays of their size (no transient of a bit each)
-        arrays = level.fine, level.shapes, _coarse_shift(self.points), extras, extended
+        arrays = (level.fine, level.shapes, _coarse_shift(self.points), *extras, extended)
         room = max(level.size // LISTED_PER_BIT, 1 << 10)
         listed = tuple(np.empty(min(room, a.size), np.int32) for a in self.arrays()[0:6:2])
         touched = _touched_kernel(*arrays, *self._marks, *listed)
@@ -173,8 +173,9 @@ def _flip(marks, entry):  # pragma: no cover - compiled
 
 
 @compiled
-def _touched_kernel(fine, shapes, coarse_shift, extras, extended, fine_marks, coarse_marks,
-                    node_marks, fine_out, coarse_out, node_out):  # pragma: no cover - compiled
+def _touched_kernel(fine, shapes, coarse_shift, slots, node_bytes, extended, fine_marks,
+                    coarse_marks, node_marks, fine_out, coarse_out,
+                    node_out):  # pragma: no cover - compiled
     """How many fine, coarse (and with `extended`, node) entries the bits of a level's
     contexts (LevelContexts' arrays) index, and those entries, each once, in the order the
     bits first touch them, into the *_out arrays while they have room. Marks them in bit sets
@@ -197,7 +198,7 @@ def _touched_kernel(fine, shapes, coarse_shift, extras, extended, fine_marks, co
                     coarse_out[b] = g
                 b += 1
             if extended:
-                n = extras[k * m + j] & NODE_MASK
+                n = nodecontext.node_extra(slots, node_bytes, k, j) & NODE_MASK
                 if not _marked(node_marks, n):
                     _flip(node_marks, n)
                     if c < node_out.size:
@@ -214,8 +215,9 @@ def _touched_kernel(fine, shapes, coarse_shift, extras, extended, fine_marks, co
 
 
 @compiled
-def _list_kernel(fine, shapes, coarse_shift, extras, extended, fine_marks, coarse_marks,
-                 node_marks, fine_out, coarse_out, node_out):  # pragma: no cover - compiled
+def _list_kernel(fine, shapes, coarse_shift, slots, node_bytes, extended, fine_marks,
+                 coarse_marks, node_marks, fine_out, coarse_out,
+                 node_out):  # pragma: no cover - compiled
     """The marked entries, each once, in the order the bits first touch them, into the *_out
     arrays (sized by _touched_kernel's counts), clearing their marks."""
     a, b, c = 0, 0, 0
@@ -233,7 +235,7 @@ def _list_kernel(fine, shapes, coarse_shift, extras, extended, fine_marks, coars
                 coarse_out[b] = g
                 b += 1
             if extended:
-                n = extras[k * m + j] & NODE_MASK
+                n = nodecontext.node_extra(slots, node_bytes, k, j) & NODE_MASK
                 if _marked(node_marks, n):
                     _flip(node_marks, n)
                     node_out[c] = n
@@ -302,7 +304,7 @@ def _version_kernels(extended: bool) -> tuple:
     0.75 of the time; bench/paired_trees.py --in-process)."""
 
     @compiled
-    def walk_kernel(fine, shapes, coarse_shift, extras, bits, counts, probability,
+    def walk_kernel(fine, shapes, coarse_shift, slots, node_bytes, bits, counts, probability,
                     coarse_counts, coarse_probability, node_counts, node_probability, weights,
                     apm, length, f0_out):  # pragma: no cover - compiled
         """The encoder's walk over a level (its LevelContexts' arrays; pass-major: bit i is in
@@ -317,7 +319,8 @@ def _version_kernels(extended: bool) -> tuple:
                 mixing.prefetch_level_ahead(fine, shapes, coarse_shift, k, j, counts,
                                             probability, coarse_counts, coarse_probability)
                 ctx = mixing.level_context(fine, shapes, coarse_shift, k, j)
-                extra = np.int64(extras[i]) if extended else np.int64(0)
+                extra = np.int64(nodecontext.node_extra(slots, node_bytes, k, j)) \
+                    if extended else np.int64(0)
                 coded, p, ws, knot, weight = _mixed(probability, coarse_probability,
                                                     node_probability, weights, apm, extended,
                                                     ctx, extra, np.int64(k), inputs)
@@ -367,20 +370,20 @@ _KERNELS = {1: _version_kernels(False), 2: _version_kernels(True)}  # (walk, dec
 
 
 def walk_contexts(model: Model, contexts: mixing.LevelContexts, bits: np.ndarray,
-                  extras: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+                  extras: nodecontext.LevelExtras | None = None) -> tuple[np.ndarray, int]:
     """Code one level (encoder), given its contexts (mixing.level_contexts) and, version 2,
-    its extras (level_extras): each bit's P(0) (uint16, pass-major, as adaptive.encode takes
-    them) and their code length in 2^-entropy.COST_FRACTION bits. The model moves on;
-    model.restore(model.snapshot(contexts, extras)) taken before undoes it."""
+    its extras (nodecontext.LevelExtras.of): each bit's P(0) (uint16, pass-major, as
+    adaptive.encode takes them) and their code length in 2^-entropy.COST_FRACTION bits. The
+    model moves on; model.restore(model.snapshot(contexts, extras)) taken before undoes it."""
     m = bits.shape[0]
     coded = np.ascontiguousarray(np.asarray(bits, dtype=np.uint8).T).reshape(-1)  # pass-major
     level = contexts.checked(model.points)
     if level.shapes.size != m:
         raise ValueError("one context per bit of the level")
-    extras = nodecontext.checked_extras(extras, level.size, model.version)
+    extras = nodecontext.checked_level_extras(extras, m, model.version)
     f0 = np.empty(coded.size, dtype=adaptive.F0_DTYPE)
     walk, _ = model.kernels()
-    cost = walk(level.fine, level.shapes, _coarse_shift(model.points), extras, coded,
+    cost = walk(level.fine, level.shapes, _coarse_shift(model.points), *extras, coded,
                 *model.arrays(), entropy.code_length_table(), f0)
     return f0, int(cost)
 

@@ -16,6 +16,8 @@ tables, never from stream bytes.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import entropy
@@ -90,6 +92,72 @@ def pass_extras(slots: np.ndarray, bits: np.ndarray, k: int) -> np.ndarray:
     out = np.empty(s.size, dtype=np.int32)
     _pass_extras_kernel(s, b, np.int64(k), out)
     return out
+
+
+# occupied children of a k-bit partial byte (k <= 8)
+_POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.int64)
+
+
+@entropy.jit_inline
+def node_extra(slots, node_bytes, k, j):  # pragma: no cover - compiled
+    """The extra of child k of node j of a level (LevelExtras' arrays): level_extras' value,
+    from the node's slot and occupancy byte (its children < k: the byte's top k bits)."""
+    partial = np.int64(node_bytes[j]) >> (8 - k)
+    return _extra_of(slots[j], partial, _POPCOUNT[partial], k)
+
+
+class LevelExtras(NamedTuple):
+    """A level's extras as the encoder's neighbour walk reads them: each node's slot and
+    occupancy byte (child 0 the most significant bit), from which node_extra makes a bit's
+    extra where it is read. 9 bytes a node where level_extras' array takes 32; array() makes
+    that array."""
+
+    slots: np.ndarray  # (M,) int64, each below 2048
+    node_bytes: np.ndarray  # (M,) uint8
+
+    @classmethod
+    def of(cls, parent_bits: np.ndarray | None, bits: np.ndarray) -> LevelExtras:
+        """The extras of a level's bits (M, 8), its parents' bits (None at the root)."""
+        return cls(node_slots(parent_bits), adaptive.occupancy_bytes(bits)).checked()
+
+    @property
+    def nodes(self) -> int:
+        return self.slots.size
+
+    def array(self) -> np.ndarray:
+        """(8 M,) int32: level_extras of the level, pass-major."""
+        out = np.empty(N_PASSES * self.nodes, dtype=np.int32)
+        _extras_array_kernel(self.slots, self.node_bytes, out)
+        return out
+
+    def checked(self) -> LevelExtras:
+        """Itself, checked for the kernels to read unchecked (ValueError otherwise): one slot
+        below 2048 and one byte a node, contiguous."""
+        s, b = self.slots, self.node_bytes
+        if s.dtype != np.int64 or b.dtype != np.uint8 or s.ndim != 1 or s.shape != b.shape \
+                or not s.flags.c_contiguous or not b.flags.c_contiguous or \
+                (s.size and (s.min() < 0 or s.max() >= 2048)):
+            raise ValueError("the node model needs one slot below 2048 and one byte a node")
+        return self
+
+
+@compiled
+def _extras_array_kernel(slots, node_bytes, out):  # pragma: no cover - compiled
+    m = slots.size
+    for k in range(N_PASSES):
+        for j in range(m):
+            out[k * m + j] = node_extra(slots, node_bytes, k, j)
+
+
+def checked_level_extras(extras: LevelExtras | None, nodes: int, version: int) -> LevelExtras:
+    """A level's extras as the encoder's kernels of a model `version` read them unchecked:
+    version 2's for each of the level's `nodes` nodes (ValueError otherwise); version 1 reads
+    none (empty arrays, whatever was passed)."""
+    if version == 1:
+        return LevelExtras(np.zeros(0, np.int64), np.zeros(0, np.uint8))
+    if extras is None or extras.nodes != nodes:
+        raise ValueError("the node model needs the extras of each node of the level")
+    return extras.checked()
 
 
 def checked_extras(extras: np.ndarray | None, size: int, version: int) -> np.ndarray:
