@@ -106,12 +106,12 @@ class Model:
         arrays = (level.fine, level.shapes, _coarse_shift(self.points), *extras, extended)
         room = max(level.size // LISTED_PER_BIT, 1 << 10)
         listed = tuple(np.empty(min(room, a.size), np.int32) for a in self.arrays()[0:6:2])
-        touched = _touched_kernel(*arrays, *self._marks, *listed)
+        touched = _touched_kernel(*arrays, False, *self._marks, *listed)
         if all(n <= entries.size for n, entries in zip(touched, listed, strict=True)):
             listed = tuple(entries[:n].copy() for entries, n in zip(listed, touched, strict=True))
         else:  # (the marks were left set)
             listed = tuple(np.empty(n, np.int32) for n in touched)
-            _list_kernel(*arrays, *self._marks, *listed)
+            _touched_kernel(*arrays, True, *self._marks, *listed)
         tables = (self.counts.size + self.coarse_counts.size + self.node_counts.size) * 9
         if 13 * sum(touched) > tables:
             if self._backup is None:
@@ -173,38 +173,42 @@ def _flip(marks, entry):  # pragma: no cover - compiled
 
 
 @compiled
-def _touched_kernel(fine, shapes, coarse_shift, slots, node_bytes, extended, fine_marks,
-                    coarse_marks, node_marks, fine_out, coarse_out,
+def _touched_kernel(fine, shapes, coarse_shift, slots, node_bytes, extended, second,
+                    fine_marks, coarse_marks, node_marks, fine_out, coarse_out,
                     node_out):  # pragma: no cover - compiled
-    """How many fine, coarse (and with `extended`, node) entries the bits of a level's
-    contexts (LevelContexts' arrays) index, and those entries, each once, in the order the
-    bits first touch them, into the *_out arrays while they have room. Marks them in bit sets
-    (a table's marks fit a core's cache: 0.5 MB for 2^22 entries), and clears the marks after
-    when every entry had room (else _list_kernel lists the entries and clears them)."""
+    """The fine, coarse (and with `extended`, node) entries the bits of a level's contexts
+    (LevelContexts' arrays) index, each once, in the order the bits first touch them, into
+    the *_out arrays while they have room; returns how many of each. The first pass marks
+    them in bit sets (a table's marks fit a core's cache: 0.5 MB for 2^22 entries) and clears
+    the marks after if every entry had room; else the second (`second`, out arrays of their
+    counts) lists them again from their marks and clears those."""
     a, b, c = 0, 0, 0
     m = shapes.size
     for k in range(N_PASSES):
         for j in range(m):
+            # (each entry listed, and its mark flipped, where its mark is `second`: not yet
+            # marked in the first pass, still marked in the second; written out here, not
+            # in an inlined step, which would cost the arrays' reference counts a bit)
             ctx = mixing.level_context(fine, shapes, coarse_shift, k, j)
             f, g = ctx & _FINE_MASK, ctx >> 32
-            if not _marked(fine_marks, f):
+            if _marked(fine_marks, f) == second:
                 _flip(fine_marks, f)
                 if a < fine_out.size:
                     fine_out[a] = f
                 a += 1
-            if not _marked(coarse_marks, g):
+            if _marked(coarse_marks, g) == second:
                 _flip(coarse_marks, g)
                 if b < coarse_out.size:
                     coarse_out[b] = g
                 b += 1
             if extended:
                 n = nodecontext.node_extra(slots, node_bytes, k, j) & NODE_MASK
-                if not _marked(node_marks, n):
+                if _marked(node_marks, n) == second:
                     _flip(node_marks, n)
                     if c < node_out.size:
                         node_out[c] = n
                     c += 1
-    if a <= fine_out.size and b <= coarse_out.size and c <= node_out.size:
+    if not second and a <= fine_out.size and b <= coarse_out.size and c <= node_out.size:
         for i in range(a):
             _flip(fine_marks, fine_out[i])
         for i in range(b):
@@ -212,34 +216,6 @@ def _touched_kernel(fine, shapes, coarse_shift, slots, node_bytes, extended, fin
         for i in range(c):
             _flip(node_marks, node_out[i])
     return a, b, c
-
-
-@compiled
-def _list_kernel(fine, shapes, coarse_shift, slots, node_bytes, extended, fine_marks,
-                 coarse_marks, node_marks, fine_out, coarse_out,
-                 node_out):  # pragma: no cover - compiled
-    """The marked entries, each once, in the order the bits first touch them, into the *_out
-    arrays (sized by _touched_kernel's counts), clearing their marks."""
-    a, b, c = 0, 0, 0
-    m = shapes.size
-    for k in range(N_PASSES):
-        for j in range(m):
-            ctx = mixing.level_context(fine, shapes, coarse_shift, k, j)
-            f, g = ctx & _FINE_MASK, ctx >> 32
-            if _marked(fine_marks, f):
-                _flip(fine_marks, f)
-                fine_out[a] = f
-                a += 1
-            if _marked(coarse_marks, g):
-                _flip(coarse_marks, g)
-                coarse_out[b] = g
-                b += 1
-            if extended:
-                n = nodecontext.node_extra(slots, node_bytes, k, j) & NODE_MASK
-                if _marked(node_marks, n):
-                    _flip(node_marks, n)
-                    node_out[c] = n
-                    c += 1
 
 
 def _coarse_shift(points: int) -> np.int64:
