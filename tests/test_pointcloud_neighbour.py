@@ -124,9 +124,10 @@ def _extras(model, bits, level):
     if model.version == 1:
         return None
     extras = nodecontext.LevelExtras.of(bits[level - 1] if level else None, bits[level])
-    # the encoder's form makes each bit's extra where it is read: level_extras' values
-    np.testing.assert_array_equal(extras.array(), nodecontext.level_extras(
-        nodecontext.node_slots(bits[level - 1] if level else None), bits[level]))
+    # the encoder's form makes each bit's extra where it is read: the decoder's, pass by pass
+    slots = nodecontext.node_slots(bits[level - 1] if level else None)
+    np.testing.assert_array_equal(extras.array(), np.concatenate(
+        [nodecontext.pass_extras(slots, bits[level], k) for k in range(8)]))
     return extras
 
 

@@ -107,13 +107,14 @@ class Model:
         room = max(level.size // LISTED_PER_BIT, 1 << 10)
         listed = tuple(np.empty(min(room, a.size), np.int32) for a in self.arrays()[0:6:2])
         touched = _touched_kernel(*arrays, False, *self._marks, *listed)
+        tables = (self.counts.size + self.coarse_counts.size + self.node_counts.size) * 9
+        whole = 13 * sum(touched) > tables
         if all(n <= entries.size for n, entries in zip(touched, listed, strict=True)):
             listed = tuple(entries[:n].copy() for entries, n in zip(listed, touched, strict=True))
-        else:  # (the marks were left set)
-            listed = tuple(np.empty(n, np.int32) for n in touched)
+        else:  # the marks were left set: listed again (unless the tables are copied) and cleared
+            listed = tuple(np.empty(0 if whole else n, np.int32) for n in touched)
             _touched_kernel(*arrays, True, *self._marks, *listed)
-        tables = (self.counts.size + self.coarse_counts.size + self.node_counts.size) * 9
-        if 13 * sum(touched) > tables:
+        if whole:
             if self._backup is None:
                 self._backup = tuple(np.empty_like(a) for a in self.arrays())
             for copy, array in zip(self._backup, self.arrays(), strict=True):

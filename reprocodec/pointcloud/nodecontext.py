@@ -48,17 +48,6 @@ def _extra_of(slot, partial, occupied, k):  # pragma: no cover - compiled
 
 
 @compiled
-def _level_extras_kernel(slots, bits, out):  # pragma: no cover - compiled
-    m = slots.size
-    for j in range(m):
-        partial, occupied = np.int64(0), np.int64(0)
-        for k in range(N_PASSES):
-            out[k * m + j] = _extra_of(slots[j], partial, occupied, k)
-            partial = 2 * partial + bits[j, k]
-            occupied += bits[j, k]
-
-
-@compiled
 def _pass_extras_kernel(slots, bits, k, out):  # pragma: no cover - compiled
     for j in range(slots.size):
         partial, occupied = np.int64(0), np.int64(0)
@@ -79,9 +68,7 @@ def _checked_slots(slots: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.
 def level_extras(slots: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """(8 M,) int32 extras of a level's bits, pass-major (the encoder: all bits known)."""
     s, b = _checked_slots(slots, bits)
-    out = np.empty(N_PASSES * s.size, dtype=np.int32)
-    _level_extras_kernel(s, b, out)
-    return out
+    return LevelExtras(s, adaptive.occupancy_bytes(b)).array()
 
 
 def pass_extras(slots: np.ndarray, bits: np.ndarray, k: int) -> np.ndarray:
