@@ -47,7 +47,7 @@ def main() -> int:
         n = voxels.shape[0]
         codes, bits = octree.build_levels(voxels, depth)
         # the encoder's own costs (its private steps: this is what its choice compares)
-        _, _, adaptive_cost = codec_module._adaptive_levels(bits)
+        adaptive_cost = codec_module._adaptive_costs(bits)
         learned = codec._learned_levels(codes, bits, adaptive_cost, Mode.SYNDROME, "learned",
                                         (0, 1)).learned
         print(f"{name}: {n} points, depth {depth}")

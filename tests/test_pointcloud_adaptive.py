@@ -259,11 +259,12 @@ def test_compiled_kernels_match_their_python_reference():
     voxels = octree.sort_voxels(read_ply(SAMPLES / "camel_d6.ply"))[::7]
     _, bits = octree.build_levels(voxels, 6)
     f0, decisions, occupancy = _model_f0(bits)
-    model, f0_py = adaptive.Model(), []
+    model, f0_py, length = adaptive.Model(), [], entropy.code_length_table()
     for occ in occupancy:
         out = np.zeros(8 * occ.size, np.int64)
-        adaptive._model_kernel.py_func(occ, model.parent_byte, model.position, model.counts,
-                                       out)
+        cost = adaptive._model_kernel.py_func(occ, model.parent_byte, model.position,
+                                              model.counts, out, length)
+        assert cost == adaptive.code_length(adaptive.decision_bits(occ), out)
         model._advance(occ)
         f0_py.append(out)
     np.testing.assert_array_equal(np.concatenate(f0_py), f0)
@@ -324,25 +325,36 @@ def test_level_layout_kernels_equal_numpy():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_level_pricing_is_the_model_walk(threads):
     """LevelPricing (on the pool with two threads, the caller reading each level's cost as
-    it goes) gives Model.observe's probabilities and code_length's costs level by level,
-    with the decisions as views of the bits; levels whose node counts do not follow their
+    it goes) gives code_length's costs of Model.observe's probabilities level by level, with
+    the decisions as views of the bits; level_probabilities gives those probabilities of any
+    ascending set of levels, concatenated. Levels whose node counts do not follow their
     parents' occupancy are refused before any kernel writes."""
     rng = np.random.default_rng(9)
     voxels = rng.integers(0, 1 << 9, (30000, 3))
     _, bits = octree.build_levels(voxels, 9)
     pricing = adaptive.LevelPricing(bits, threads)
     model = adaptive.Model()
+    f0s = []
     for level, level_bits in enumerate(bits):
         occupancy = adaptive.occupancy_bytes(level_bits)
-        f0 = model.observe(occupancy, want_f0=True)
+        f0s.append(model.observe(occupancy, want_f0=True))
         decisions = adaptive.decision_bits(occupancy)
-        assert pricing[level] == adaptive.code_length(decisions, f0)
-        np.testing.assert_array_equal(pricing.f0[level], f0)
+        assert pricing[level] == adaptive.code_length(decisions, f0s[-1])
         np.testing.assert_array_equal(pricing.decisions[level], decisions)
         assert np.shares_memory(pricing.decisions[level], level_bits)
-    decisions, f0s, costs = pricing.result()
+    decisions, costs = pricing.result()
     assert len(costs) == len(bits) and costs[-1] == pricing[len(bits) - 1]
     pricing.close()
+    for chosen in ([0, 1, 5], [8], list(range(9)), [3, 4]):
+        np.testing.assert_array_equal(adaptive.level_probabilities(bits, chosen),
+                                      np.concatenate([f0s[lv] for lv in chosen]))
+    assert adaptive.level_probabilities(bits, []).size == 0
+    with pytest.raises(ValueError, match="contiguous"):  # observe's `out`, the wrong size
+        adaptive.Model().observe(adaptive.occupancy_bytes(bits[0]), True,
+                                 np.empty(7, adaptive.F0_DTYPE))
+    for wrong in ([2, 1], [3, 3], [9], [-1, 2]):
+        with pytest.raises(ValueError, match="ascending"):
+            adaptive.level_probabilities(bits, wrong)
     with pytest.raises(ValueError, match="nodes"):
         adaptive.LevelPricing([bits[0], bits[2]], threads)
 

@@ -40,7 +40,7 @@ from reprocodec.pointcloud.codec import (
     NEIGHBOUR_PRICE,
     NEIGHBOUR_V2_PAYLOAD,
     ROW_PRICE,
-    _adaptive_levels,
+    _adaptive_costs,
     _neighbour_saving,
     _time_cost,
     level_coders,
@@ -444,7 +444,7 @@ def test_probabilities_are_deterministic_integers(rings_levels):
     assert np.unique(late).size > 100  # the model predicts: not a constant
     # on a LiDAR sweep it codes the levels in fewer bits than the adaptive coder (the
     # module docstring's claim; the same integer units), and version 2 than version 1
-    adaptive_cost = _adaptive_levels(bits)[2]
+    adaptive_cost = _adaptive_costs(bits)
     assert sum(first[lv][2] for lv in levels) < sum(adaptive_cost)
     version_1 = _walk(neighbour.Model(n, 1), codes, bits, levels)
     assert sum(first[lv][2] for lv in levels) < sum(version_1[lv][2] for lv in levels)

@@ -43,12 +43,14 @@ N_CONTEXTS = 256 * 8 * 256  # (parent byte, position in parent, byte prefix with
 MAX_TOTAL = 1 << 10  # counts of a context are halved when n0 + n1 exceeds this
 _PRECISION = entropy.PRECISION
 _ONE = 1 << _PRECISION
-# Probabilities of 0 are 1.._ONE - 1 (16 bits): the encoder keeps one per decision of every
-# level until it has chosen the coders, at 2 bytes each instead of 8.
+# Probabilities of 0 are 1.._ONE - 1 (16 bits): 2 bytes a decision where they are kept
+# (the chosen levels' walk again, level_probabilities), instead of 8.
 F0_DTYPE = np.uint16
 _RANS_L = entropy._RANS_L
 
 _OK, _EARLY_END, _EMPTY_NODE = 0, 1, 2
+_UNPRICED = np.zeros(0, dtype=np.int64)  # _model_kernel's length table where no cost is wanted
+_NO_F0 = np.zeros(0, dtype=F0_DTYPE)  # and its f0_out where no probability is
 _MESSAGES = {_EARLY_END: "adaptive occupancy data ends before its last decision",
              _EMPTY_NODE: "adaptive occupancy data decodes a node without children"}
 
@@ -75,11 +77,14 @@ def _update(counts, ctx, bit):  # pragma: no cover - compiled
 
 
 @compiled
-def _model_kernel(occupancy, parent_byte, position, counts, f0_out):  # pragma: no cover
-    """Walk one level's decisions in coding order: f0 of each (if f0_out has room) and the
-    count updates. occupancy[i] is node i's byte, MSB = child 0."""
+def _model_kernel(occupancy, parent_byte, position, counts, f0_out, length):  # pragma: no cover
+    """Walk one level's decisions in coding order: f0 of each (if f0_out has room), the count
+    updates, and (if length has entries: entropy.code_length_table) their code length, which
+    it returns (code_length's sum over the same f0, without keeping them)."""
     k = 0
     store = f0_out.size > 0
+    price = length.size > 0
+    total = np.int64(0)
     for i in range(occupancy.size):
         base = (np.int64(parent_byte[i]) * 8 + np.int64(position[i])) << 8
         byte = np.int64(occupancy[i])
@@ -87,11 +92,15 @@ def _model_kernel(occupancy, parent_byte, position, counts, f0_out):  # pragma: 
         for j in range(8):
             ctx = base | prefix | (np.int64(1) << j)
             bit = (byte >> (7 - j)) & 1
+            f0 = _probability(counts, ctx)
             if store:
-                f0_out[k] = _probability(counts, ctx)
+                f0_out[k] = f0
+            if price:
+                total += length[_ONE - f0] if bit else length[f0]
             k += 1
             _update(counts, ctx, bit)
             prefix |= bit << j
+    return total
 
 
 @compiled
@@ -198,17 +207,24 @@ class Model:
     def _advance(self, occupancy: np.ndarray) -> None:
         self.parent_byte, self.position = child_places(occupancy)
 
-    def observe(self, occupancy: np.ndarray, want_f0: bool = False) -> np.ndarray:
+    def observe(self, occupancy: np.ndarray, want_f0: bool = False,
+                out: np.ndarray | None = None) -> np.ndarray:
         """Update the counts with one level's bytes (coded by either coder) and move to the
-        next level; with want_f0, the probability of every decision (node-major order)."""
+        next level; with want_f0, the probability of every decision (node-major order), into
+        `out` if given (F0_DTYPE, one per decision)."""
         occupancy = np.ascontiguousarray(occupancy, dtype=np.uint8)
         if occupancy.shape != self.parent_byte.shape:
             raise ValueError(f"{occupancy.size} node bytes for a level of "
                              f"{self.parent_byte.size} nodes")
-        f0 = np.zeros(8 * occupancy.size if want_f0 else 0, dtype=F0_DTYPE)
-        _model_kernel(occupancy, self.parent_byte, self.position, self.counts, f0)
+        size = 8 * occupancy.size if want_f0 else 0
+        if out is None:
+            out = np.zeros(size, dtype=F0_DTYPE)
+        elif out.shape != (size,) or out.dtype != F0_DTYPE or not out.flags.c_contiguous:
+            raise ValueError(f"the probabilities of {size} decisions need a contiguous "
+                             f"{np.dtype(F0_DTYPE).name} array of that size")
+        _model_kernel(occupancy, self.parent_byte, self.position, self.counts, out, _UNPRICED)
         self._advance(occupancy)
-        return f0
+        return out
 
     def decode_level(self, decoder: Decoder) -> np.ndarray:
         """Decode this level's node bytes from the adaptive stream and move to the next."""
@@ -223,9 +239,11 @@ class Model:
 
 class LevelPricing:
     """The adaptive coder's pricing of every octree level, top-down as the encoder needs it:
-    each level's decisions (its bits, node-major: views, no copies), their probabilities
-    (f0) and code length (cost, the units of code_length), Model.observe's walk level by
-    level.
+    each level's decisions (its bits, node-major: views, no copies) and their code length
+    under Model.observe's walk level by level (cost, the units of code_length). It keeps no
+    probabilities: level_probabilities walks again to the levels a stream codes adaptively
+    (a scan's encode kept 2 bytes a decision of every level through its peak, 33 MB at
+    0.97 M points, for the few small levels the adaptive coder won).
 
     With threads > 1 the walk runs on the row pool while the caller goes on (the encoder's
     level loop, which reads a level's cost when it reaches it: `self[level]` waits for it).
@@ -245,7 +263,6 @@ class LevelPricing:
                 raise ValueError(f"level {level} has {b.shape[0]} nodes, its parents {above} "
                                  "children")
         self.decisions = [b.reshape(-1) for b in self._bits]
-        self.f0 = [np.empty(b.size, dtype=F0_DTYPE) for b in self._bits]
         self._costs = [0] * len(bits)
         self._done = [threading.Event() for _ in bits]
         # each level's node bytes, and its nodes' parent bytes and places in them (the root:
@@ -273,9 +290,8 @@ class LevelPricing:
                 occupancy, places = self._occupancy[level], self._places[level]
                 assert occupancy is not None and places is not None
                 _bytes_kernel(bits.view(np.uint8), occupancy)
-                _model_kernel(occupancy, places[0], places[1], self._counts, self.f0[level])
-                self._costs[level] = int(_code_length_kernel(
-                    self.decisions[level].view(np.uint8), self.f0[level], self._length))
+                self._costs[level] = int(_model_kernel(occupancy, places[0], places[1],
+                                                       self._counts, _NO_F0, self._length))
                 following = self._places[level + 1] if level + 1 < len(self._bits) else None
                 if following is not None:
                     _places_kernel(occupancy, following[0], following[1])
@@ -300,10 +316,10 @@ class LevelPricing:
                 "the adaptive pricing was closed before this level")
         return self._costs[level]
 
-    def result(self) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-        """(decisions, f0, costs) of every level, once the walk is done."""
+    def result(self) -> tuple[list[np.ndarray], list[int]]:
+        """(decisions, costs) of every level, once the walk is done."""
         costs = [self[level] for level in range(len(self))]
-        return self.decisions, self.f0, costs
+        return self.decisions, costs
 
     def close(self) -> None:
         """Stop the walk after its current level and wait for it (the caller is done with
@@ -311,6 +327,25 @@ class LevelPricing:
         self._stopped = True
         if self._job is not None:
             self._job.exception()
+
+
+def level_probabilities(bits: list[np.ndarray], levels: list[int]) -> np.ndarray:
+    """The adaptive coder's P(0) of every decision of `levels` (ascending indices into bits,
+    each level's (M, 8) occupancy), concatenated in coding order, as the encoder codes them:
+    Model.observe's walk from the root to the last of them, written in place."""
+    if any(b >= a for a, b in zip(levels[1:], levels, strict=False)) or \
+            (levels and not 0 <= levels[0] <= levels[-1] < len(bits)):
+        raise ValueError("levels must be ascending indices of the octree's levels")
+    out = np.empty(sum(bits[level].size for level in levels), dtype=F0_DTYPE)
+    model, at, wanted = Model(), 0, set(levels)
+    for level in range(levels[-1] + 1 if levels else 0):
+        occupancy = occupancy_bytes(bits[level])
+        if level in wanted:
+            model.observe(occupancy, True, out[at:at + 8 * occupancy.size])
+            at += 8 * occupancy.size
+        else:
+            model.observe(occupancy)
+    return out
 
 
 POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)  # of a byte
@@ -452,8 +487,8 @@ def encoded_size(voxels: np.ndarray, depth: int) -> int:
     if voxels.shape[0] == 0:
         return 0
     _, bits = octree.build_levels(voxels, depth)
-    decisions, f0, _ = LevelPricing(bits).result()
-    return len(encode(np.concatenate(decisions), np.concatenate(f0)))
+    decisions, _ = LevelPricing(bits).result()
+    return len(encode(np.concatenate(decisions), level_probabilities(bits, list(range(len(bits))))))
 
 
 def level_flags(levels: tuple[bool, ...]) -> bytes:

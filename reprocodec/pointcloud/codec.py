@@ -363,7 +363,7 @@ class PointCloudCodec:
                                          n if mix_every or mix_all_learned else 0,
                                          n if neighbours else 0, version,
                                          mix_lead=mix_all_learned, mix_version=mix_version)
-            adaptive_bits, adaptive_f0, adaptive_cost = pricing.result()
+            adaptive_bits, adaptive_cost = pricing.result()
         finally:
             pricing.close()
         learned = coded.learned
@@ -407,8 +407,8 @@ class PointCloudCodec:
                    mixed_only: bool = False) -> pb.Bitstream:
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
-            self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0,
-                               f0, NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0,
+            self._add_payloads(candidate, levels, bits, learned, adaptive_bits, f0,
+                               NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0,
                                mixed_only, mix_versions)
             return candidate
 
@@ -670,8 +670,8 @@ class PointCloudCodec:
         priced = estimate + _row_cost(bits.size, price)
         return priced * under <= over * bar, estimate
 
-    def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
-                      neighbour_f0, neighbour_name, mode, mix_points=0, mixed_only=False,
+    def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, neighbour_f0,
+                      neighbour_name, mode, mix_points=0, mixed_only=False,
                       mix_versions=(2,)):
         """The payloads and protected record of one per-level choice (levels[l]: L learned,
         A adaptive, N neighbour coder, its payload neighbour_name); mix_points > 0: the mixed
@@ -682,13 +682,14 @@ class PointCloudCodec:
         # The adaptive and neighbour coders' rANS streams are coded on the pool meanwhile
         # (independent of the learned payload's; added after it, in the stream's order)
         flagged = [
-            _start_flagged(ADAPTIVE_PAYLOAD, "A", levels, adaptive_bits, adaptive_f0,
-                           self.threads),
+            _start_flagged(ADAPTIVE_PAYLOAD, "A", levels, adaptive_bits,
+                           functools.partial(adaptive.level_probabilities, bits), self.threads),
             # the neighbour coder's bits pass-major within each level, as it codes them
             _start_flagged(neighbour_name, "N", levels,
                            [b.T.reshape(-1) if c == "N" else None
                             for b, c in zip(bits, levels, strict=True)],
-                           neighbour_f0, self.threads)]
+                           lambda chosen: np.concatenate([neighbour_f0[lv] for lv in chosen]),
+                           self.threads)]
         chosen = [lv for lv in range(depth) if levels[lv] == "L"]
         if chosen:
             levels_coded = [learned[lv] for lv in chosen]
@@ -1204,12 +1205,9 @@ def _time_cost(levels: str, rows: list[int], price: tuple[int, int]) -> int:
     return _row_cost(learned, price) + _row_cost(coded, _neighbour_price(price))
 
 
-_AdaptiveLevels = tuple[list[np.ndarray], list[np.ndarray], list[int]]
-
-
-def _adaptive_levels(bits: list[np.ndarray]) -> _AdaptiveLevels:
-    """The adaptive coder's decisions, their probabilities and code length, level by level."""
-    return adaptive.LevelPricing(bits).result()
+def _adaptive_costs(bits: list[np.ndarray]) -> list[int]:
+    """The adaptive coder's code length of each level's decisions."""
+    return adaptive.LevelPricing(bits).result()[1]
 
 
 def adaptive_stream_floor(header_bytes: int, code_length: int, decisions: int) -> int:
@@ -1262,19 +1260,20 @@ def _failure(detail: str) -> str:
             "decode under the encoder's profile or re-encode with --safeguard syndrome")
 
 
-def _start_flagged(name: str, code: str, levels: str, level_bits: list, level_f0: list,
+def _start_flagged(name: str, code: str, levels: str, level_bits: list,
+                   probabilities: Callable[[list[int]], np.ndarray],
                    threads: int) -> Callable[[], pb.Payload] | None:
     """The payload of the levels `levels` gives to a binary rANS coder (`code`: A adaptive, N
     neighbour coder), None if none: its level flags, then the rANS stream of those levels'
-    bits (level_bits[l], coding order) under their probabilities (level_f0[l]), coded on the
-    pool (threads > 1) until the function returned is called."""
+    bits (level_bits[l], coding order) under their probabilities (probabilities(chosen):
+    the chosen levels', concatenated), coded on the pool (threads > 1) until the function
+    returned is called."""
     chosen = [lv for lv, c in enumerate(levels) if c == code]
     if not chosen:
         return None
     flags = tuple(c == code for c in levels)
     coded = np.concatenate([level_bits[lv] for lv in chosen])
-    data = adaptive.start_encode(coded, np.concatenate([level_f0[lv] for lv in chosen]),
-                                 threads)
+    data = adaptive.start_encode(coded, probabilities(chosen), threads)
     return lambda: container.make_payload(name, adaptive.level_flags(flags) + data(),
                                           [coded.size], _flagged_symbols(flags, coded))
 

@@ -80,6 +80,11 @@ COUNT_LIMITS = (1, 60)
 COUNT_LIMIT = max(COUNT_LIMITS)  # a context's count saturates here
 _COUNT_RATE = (131072 // (2 * np.arange(COUNT_LIMIT + 1) + 3)).astype(np.int64)  # 2^16/(n+1.5)
 _FAST, _SLOW = COUNT_LIMITS
+# A context's P(0) q (in 2^-16) starts at 1/2 and moves towards 0 or 2^16 by _count's
+# q += floor((target - q) rate / 2^16), 0 < rate < 2^16: towards 2^16 it stays below 2^16,
+# towards 0 it stops at 0, so q is 0 .. 2^16 - 1 and q - 1/2 fits 16 bits exactly (the tables
+# hold it in half the memory of int32, the same integers: 5 bytes a context instead of 9).
+PROBABILITY_DTYPE = np.int16
 VERSIONS = (1, 2)  # the mixer of format 4's payload, and of format 7's
 INPUTS = 6  # stretched refined P(0), fine fast / slow, coarse fast / slow, a constant
 # version 2 adds the node model's fast / slow P(0) (nodecontext.py) and the shipped table's
@@ -109,12 +114,12 @@ _HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of ctx 
 def context_bits(points: int) -> int:
     """Bits of the count model's hashed context of a cloud of `points` voxels (from its
     header, so the decoder sizes the table as the encoder did): 8-16 contexts a point, at
-    most 2^22 (4 M contexts, 36 MB; the coarse table at most 9 MB beside it)."""
+    most 2^22 (4 M contexts, 20 MB; the coarse table at most 5 MB beside it)."""
     return int(min(max((8 * max(points, 1)).bit_length(), MIN_CONTEXT_BITS), MAX_CONTEXT_BITS))
 
 
 def coarse_bits(points: int) -> int:
-    """Bits of the coarse hashed context (at most 2^20: 9 MB)."""
+    """Bits of the coarse hashed context (at most 2^20: 5 MB)."""
     return min(context_bits(points), MAX_COARSE_BITS)
 
 
@@ -226,12 +231,13 @@ def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
 
 def count_tables(points: int) -> tuple[np.ndarray, ...]:
     """The fine and the coarse count model's fresh tables for a cloud of `points` voxels:
-    counts (uint8, <= COUNT_LIMIT) and the fast and slow P(0) less 1/2 (int32, -2^15 .. 2^15)
-    of each context, fine then coarse (mixing's and neighbour.py's models). All zeros: the
-    pages of a large table cost no memory until a context is used."""
+    counts (uint8, <= COUNT_LIMIT) and the fast and slow P(0) less 1/2 (PROBABILITY_DTYPE,
+    -2^15 .. 2^15 - 1) of each context, fine then coarse (mixing's and neighbour.py's
+    models). All zeros: the pages of a large table cost no memory until a context is used."""
     tables = []
     for size in (1 << context_bits(points), 1 << coarse_bits(points)):
-        tables += [np.zeros(size, dtype=np.uint8), np.zeros((size, 2), dtype=np.int32)]
+        tables += [np.zeros(size, dtype=np.uint8),
+                   np.zeros((size, 2), dtype=PROBABILITY_DTYPE)]
     return tuple(tables)
 
 
@@ -407,8 +413,8 @@ class LevelContextRows:
 class Model:
     """The mixer's whole state (refine's buckets, the fine and the coarse count model, the
     mixer's weights; version 2's node model, APM and shipped-table logits), as integer
-    arrays the kernels update in place (9 bytes a context, its two probabilities side by side
-    in one cache line: 36 + 9 MB at most, and 4.7 MB for version 2's node model)."""
+    arrays the kernels update in place (5 bytes a context, its two probabilities side by side
+    in one cache line: 20 + 5 MB at most, and 2.6 MB for version 2's node model)."""
 
     def __init__(self, f0_table: np.ndarray, points: int, version: int = 2):
         if version not in VERSIONS:
@@ -418,7 +424,7 @@ class Model:
          self.coarse_probability) = count_tables(points)
         nodes = nodecontext.NODE_CONTEXTS if version == 2 else 1  # version 1 never reads them
         self.node_counts = np.zeros(nodes, dtype=np.uint8)
-        self.node_probability = np.zeros((nodes, 2), dtype=np.int32)
+        self.node_probability = np.zeros((nodes, 2), dtype=PROBABILITY_DTYPE)
         self.weights = np.zeros((N_PASSES, INPUTS_V2 if version == 2 else INPUTS),
                                 dtype=np.int64)
         self.weights[:, 0] = _WEIGHT_ONE  # start as the refined probability alone

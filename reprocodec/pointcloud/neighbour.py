@@ -57,8 +57,8 @@ WEIGHT_SETS = 8 * 8
 
 class Model:
     """The coder's state: mixing.py's two count models, version 2's node model and APM, and
-    the mixer's weight sets (integers the kernels update in place; 9 bytes a context, 36 + 9
-    MB at most, and 4.7 MB for the node model)."""
+    the mixer's weight sets (integers the kernels update in place; 5 bytes a context, 20 + 5
+    MB at most, and 2.6 MB for the node model)."""
 
     def __init__(self, points: int, version: int = 2):
         if version not in VERSIONS:
@@ -67,7 +67,7 @@ class Model:
          self.coarse_probability) = mixing.count_tables(points)
         nodes = nodecontext.NODE_CONTEXTS if version == 2 else 1  # version 1 never reads them
         self.node_counts = np.zeros(nodes, dtype=np.uint8)
-        self.node_probability = np.zeros((nodes, 2), dtype=np.int32)
+        self.node_probability = np.zeros((nodes, 2), dtype=mixing.PROBABILITY_DTYPE)
         self.weights = np.zeros((WEIGHT_SETS, INPUTS), dtype=np.int64)
         self.weights[:, 1] = self.weights[:, 3] = _START_WEIGHT
         self.apm = mixing.apm_identity(N_PASSES)
@@ -107,7 +107,8 @@ class Model:
         room = max(level.size // LISTED_PER_BIT, 1 << 10)
         listed = tuple(np.empty(min(room, a.size), np.int32) for a in self.arrays()[0:6:2])
         touched = _touched_kernel(*arrays, False, *self._marks, *listed)
-        tables = (self.counts.size + self.coarse_counts.size + self.node_counts.size) * 9
+        tables = (self.counts.size + self.coarse_counts.size + self.node_counts.size) * \
+            (1 + self.probability[0].nbytes)
         whole = 13 * sum(touched) > tables
         if all(n <= entries.size for n, entries in zip(touched, listed, strict=True)):
             listed = tuple(entries[:n].copy() for entries, n in zip(listed, touched, strict=True))
@@ -124,7 +125,7 @@ class Model:
         for touched_entries, counts, probability in zip(listed, self.arrays()[0:6:2],
                                                         self.arrays()[1:6:2], strict=True):
             saved = (touched_entries, np.empty(touched_entries.size, np.uint8),
-                     np.empty((touched_entries.size, 2), np.int32))
+                     np.empty((touched_entries.size, 2), mixing.PROBABILITY_DTYPE))
             _gather_kernel(counts, probability, *saved)
             entries.append(saved)
         return ("entries", entries, self.weights.copy(), self.apm.copy())
