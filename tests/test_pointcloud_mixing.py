@@ -127,6 +127,22 @@ def test_squash_and_stretch_are_monotone_exact_inverses():
     np.testing.assert_array_equal(squash[stretch[squash] + limit], squash)
 
 
+def test_count_probabilities_fit_their_16_bit_tables():
+    """Every count update, from every P(0) a table can hold, at every count and towards
+    either bit, lands inside PROBABILITY_DTYPE's range again (the tables store q - 1/2 in 16
+    bits: any q outside 0 .. 2^16 - 1 would wrap silently), and the fresh value, 1/2, is the
+    zeros the tables start as."""
+    info = np.iinfo(mixing.PROBABILITY_DTYPE)
+    q = np.arange(info.min, info.max + 1, dtype=np.int64) + mixing._HALF
+    assert q[0] == 0 and q[-1] == mixing._ONE - 1
+    for rate in mixing._COUNT_RATE[: mixing.COUNT_LIMIT + 1]:
+        for target in (0, mixing._ONE):
+            moved = q + (((target - q) * rate) >> 16) - mixing._HALF  # _count's update
+            assert info.min <= moved.min() and moved.max() <= info.max
+    fresh = mixing.count_tables(1000)
+    assert all(t.dtype == mixing.PROBABILITY_DTYPE and not t.any() for t in fresh[1::2])
+
+
 def test_context_bits_follow_the_point_count():
     assert mixing.context_bits(0) == mixing.MIN_CONTEXT_BITS
     assert mixing.context_bits(1) == mixing.MIN_CONTEXT_BITS
