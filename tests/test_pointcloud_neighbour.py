@@ -268,10 +268,10 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
     assert neighbour.Decoder(data, n, version).decode(good, 0, good.astype(np.int32)).shape == (8,)
     # the encoder's walk and the snapshot's marks (which index the tables unchecked) check a
     # level's contexts: its fine contexts in range, 27-bit shapes, tables of its own size
-    fine, shape = np.zeros(8, np.uint32), np.zeros(1, np.int64)
+    fine, shape = np.zeros(8, np.uint32), np.zeros(1, mixing.SHAPE_DTYPE)
     level = mixing.LevelContexts(fine, shape, n)
     node_extras = nodecontext.LevelExtras(np.array([2047]), np.array([0xFF], np.uint8))
-    for bad in (level._replace(fine=fine + size), level._replace(shapes=shape - 1),
+    for bad in (level._replace(fine=fine + size), level._replace(shapes=shape.astype(np.int64)),
                 level._replace(shapes=shape + (1 << 27)), level._replace(points=n << 8),
                 level._replace(fine=fine.astype(np.int64)), level._replace(fine=fine[:7])):
         with pytest.raises(ValueError):
@@ -376,7 +376,7 @@ def test_snapshot_of_whole_tables_restores():
     rng = np.random.default_rng(5)
     size = 1 << mixing.context_bits(points)
     contexts = mixing.LevelContexts(rng.permutation(np.arange(8 * m) % size).astype(np.uint32),
-                                    rng.integers(0, 1 << 27, m), points)
+                                    rng.integers(0, 1 << 27, m, mixing.SHAPE_DTYPE), points)
     extras = None
     bits = rng.random((m, 8)) < 0.4
     model = neighbour.Model(points, 1)
@@ -406,14 +406,14 @@ def test_snapshot_restore_with_only_a_few_repeated_contexts(version):
     rng = np.random.default_rng(4)
     contexts = mixing.LevelContexts(
         np.array([0, size - 1, 17], np.uint32)[rng.integers(0, 3, 8 * m)],
-        np.array([0, (1 << 27) - 1, 12345], np.int64)[rng.integers(0, 3, m)], points)
+        np.array([0, (1 << 27) - 1, 12345], mixing.SHAPE_DTYPE)[rng.integers(0, 3, m)], points)
     extras = nodecontext.LevelExtras(np.array([0, 5, 2047])[rng.integers(0, 3, m)],
                                      np.array([0, 0xA5, 0xFF], np.uint8)[rng.integers(0, 3, m)])
     bits = rng.random((m, 8)) < 0.3
     model = neighbour.Model(points, version)
     neighbour.walk_contexts(
         model, mixing.LevelContexts(rng.integers(0, size, 8 * m).astype(np.uint32),
-                                    rng.integers(0, 1 << 27, m), points),
+                                    rng.integers(0, 1 << 27, m, mixing.SHAPE_DTYPE), points),
         rng.random((m, 8)) < 0.5,
         nodecontext.LevelExtras(rng.integers(0, 2048, m),
                                 rng.integers(0, 256, m).astype(np.uint8)))
@@ -1022,7 +1022,7 @@ def test_each_versions_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
         "for v in neighbour.VERSIONS:\n"
         "    m = neighbour.Model(1000, v)\n"
         "    e = np.zeros(8, np.int32) if v == 2 else None\n"
-        "    level = mixing.LevelContexts(np.zeros(8, np.uint32), np.zeros(1, np.int64), 1000)\n"
+        "    level = mixing.LevelContexts(np.zeros(8, np.uint32), np.zeros(1, np.uint32), 1000)\n"
         "    node = nodecontext.LevelExtras(np.zeros(1, np.int64), np.zeros(1, np.uint8))\n"
         "    neighbour.walk_contexts(m, level, bits, node)\n"
         "    d = neighbour.Decoder((1 << 31).to_bytes(8, 'little'), 1000, v, lenient=True)\n"

@@ -85,6 +85,7 @@ _FAST, _SLOW = COUNT_LIMITS
 # towards 0 it stops at 0, so q is 0 .. 2^16 - 1 and q - 1/2 fits 16 bits exactly (the tables
 # hold it in half the memory of int32, the same integers: 5 bytes a context instead of 9).
 PROBABILITY_DTYPE = np.int16
+SHAPE_DTYPE = np.uint32  # a node's shape: 27 bits, one per parent-level neighbour
 VERSIONS = (1, 2)  # the mixer of format 4's payload, and of format 7's
 INPUTS = 6  # stretched refined P(0), fine fast / slow, coarse fast / slow, a constant
 # version 2 adds the node model's fast / slow P(0) (nodecontext.py) and the shipped table's
@@ -183,13 +184,13 @@ def _shapes_kernel(neighbours, m, base, start, stop, out):  # pragma: no cover -
 
 
 def neighbour_shapes(neighbours: np.ndarray) -> np.ndarray:
-    """(M,) int64: bit s set when node i's parent-level neighbour s exists (absent = M), the
+    """(M,) SHAPE_DTYPE: bit s set when node i's parent-level neighbour s exists (absent = M), the
     coarse context's shape; the same for every pass of the level (pass_contexts' `shapes`)."""
     table = np.ascontiguousarray(neighbours)
     if table.ndim != 2 or table.shape[1] != 27:
         raise ValueError("shapes need an (M, 27) neighbour table")
     m = table.shape[0]
-    out = np.empty(m, dtype=np.int64)
+    out = np.empty(m, dtype=SHAPE_DTYPE)
     _shapes_kernel(table, np.int64(m), np.int64(0), np.int64(0), np.int64(m), out)
     return out
 
@@ -216,8 +217,8 @@ def pass_contexts(neighbours: np.ndarray, bits: np.ndarray, k: int, points: int,
         raise ValueError("contexts go to a contiguous (M,) int64 array")
     if shapes is None:
         shapes = neighbour_shapes(table)
-    elif shapes.shape != (table.shape[0],) or shapes.dtype != np.int64:
-        raise ValueError("one int64 shape per node")
+    elif shapes.shape != (table.shape[0],) or shapes.dtype != SHAPE_DTYPE:
+        raise ValueError(f"one {np.dtype(SHAPE_DTYPE).name} shape per node")
     shift, coarse_shift = np.int64(64 - context_bits(points)), np.int64(64 - coarse_bits(points))
 
     def work(start: int, stop: int) -> None:
@@ -281,7 +282,7 @@ def _fine_of(neighbours, bits, i, m, k, shape, known_slot, known_child, known_we
 @entropy.jit_inline
 def coarse_of(shape, k, coarse_shift):  # pragma: no cover - compiled
     """The hashed coarse context of pass k of a node of this shape."""
-    return np.int64((np.uint64(shape * 8 + k) * _HASH) >> np.uint64(coarse_shift))
+    return np.int64((np.uint64(np.int64(shape) * 8 + k) * _HASH) >> np.uint64(coarse_shift))
 
 
 @entropy.jit_inline
@@ -321,13 +322,13 @@ def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int, thread
 class LevelContexts(NamedTuple):
     """A level's contexts as the encoder keeps them, pass-major (bit i is child i // M of node
     i % M): each bit's fine context and each node's shape (neighbour_shapes), from which a
-    bit's coarse context is hashed where it is read (coarse_of: the pass and the shape). 5
+    bit's coarse context is hashed where it is read (coarse_of: the pass and the shape). 4.5
     bytes a bit where the packed contexts (fine | coarse << 32, what pass_contexts gives the
     decoder and the mixer reads) take 8: a scan's encoder holds two large levels' at once (the
     one walked and the next, made meanwhile)."""
 
     fine: np.ndarray  # (8 M,) uint32
-    shapes: np.ndarray  # (M,) int64
+    shapes: np.ndarray  # (M,) SHAPE_DTYPE
     points: int  # the cloud's, which sizes the hashes
 
     @property
@@ -343,18 +344,18 @@ class LevelContexts(NamedTuple):
     def checked(self, points: int) -> LevelContexts:
         """Itself, checked for a model of a cloud of `points` voxels to index its tables with
         unchecked (ValueError otherwise): made for tables of its size, one uint32 fine context
-        a bit inside them and one 27-bit int64 shape a node."""
+        a bit inside them and one 27-bit shape a node."""
         fine, shapes = self.fine, self.shapes
         if context_bits(self.points) != context_bits(points) or \
                 coarse_bits(self.points) != coarse_bits(points):
             raise ValueError("contexts made for another cloud's tables")
-        if fine.dtype != np.uint32 or shapes.dtype != np.int64 or fine.ndim != 1 or \
+        if fine.dtype != np.uint32 or shapes.dtype != SHAPE_DTYPE or fine.ndim != 1 or \
                 fine.size != N_PASSES * shapes.size or not fine.flags.c_contiguous or \
                 not shapes.flags.c_contiguous:
             raise ValueError("contexts need 8 contiguous uint32 fine contexts a node and one "
-                             "int64 shape")
-        if fine.size and (int(fine.max()) >= 1 << context_bits(points) or shapes.min() < 0
-                          or shapes.max() >= 1 << 27):
+                             f"{np.dtype(SHAPE_DTYPE).name} shape")
+        if fine.size and (int(fine.max()) >= 1 << context_bits(points)
+                          or int(shapes.max()) >= 1 << 27):
             raise ValueError("a context out of range")
         return self
 
@@ -392,7 +393,7 @@ class LevelContextRows:
                 (self.table is not None and self.table.shape != (self.nodes, 27)):
             raise ValueError("contexts need an (M, 27) neighbour table and (M, 8) bits")
         self.contexts = LevelContexts(np.empty(8 * self.nodes, dtype=np.uint32),
-                                      np.empty(self.nodes, dtype=np.int64), points)
+                                      np.empty(self.nodes, dtype=SHAPE_DTYPE), points)
         self._shift = np.int64(64 - context_bits(points))
 
     def of_nodes(self, start: int, stop: int, rows: np.ndarray | None = None) -> None:
