@@ -326,8 +326,8 @@ def test_level_layout_kernels_equal_numpy():
 def test_level_pricing_is_the_model_walk(threads):
     """LevelPricing (on the pool with two threads, the caller reading each level's cost as
     it goes) gives code_length's costs of Model.observe's probabilities level by level, with
-    the decisions as views of the bits; level_probabilities gives those probabilities of any
-    ascending set of levels, concatenated. Levels whose node counts do not follow their
+    the decisions as views of the bits, and keeps those probabilities of any ascending set of
+    levels it is given, concatenated. Levels whose node counts do not follow their
     parents' occupancy are refused before any kernel writes."""
     rng = np.random.default_rng(9)
     voxels = rng.integers(0, 1 << 9, (30000, 3))
@@ -345,16 +345,14 @@ def test_level_pricing_is_the_model_walk(threads):
     decisions, costs = pricing.result()
     assert len(costs) == len(bits) and costs[-1] == pricing[len(bits) - 1]
     pricing.close()
-    for chosen in ([0, 1, 5], [8], list(range(9)), [3, 4]):
-        np.testing.assert_array_equal(adaptive.level_probabilities(bits, chosen),
-                                      np.concatenate([f0s[lv] for lv in chosen]))
-    assert adaptive.level_probabilities(bits, []).size == 0
-    with pytest.raises(ValueError, match="contiguous"):  # observe's `out`, the wrong size
-        adaptive.Model().observe(adaptive.occupancy_bytes(bits[0]), True,
-                                 np.empty(7, adaptive.F0_DTYPE))
+    for chosen in ([0, 1, 5], [8], list(range(9)), [3, 4], []):
+        kept = adaptive.LevelPricing(bits, threads, chosen)
+        np.testing.assert_array_equal(
+            kept.probabilities(), np.concatenate([f0s[lv] for lv in chosen] + [np.zeros(0)]))
+        assert kept.result()[1] == costs
     for wrong in ([2, 1], [3, 3], [9], [-1, 2]):
         with pytest.raises(ValueError, match="ascending"):
-            adaptive.level_probabilities(bits, wrong)
+            adaptive.LevelPricing(bits, threads, wrong)
     with pytest.raises(ValueError, match="nodes"):
         adaptive.LevelPricing([bits[0], bits[2]], threads)
 
@@ -778,14 +776,19 @@ def test_code_length_refuses_probabilities_outside_its_table():
 
 def test_an_encode_started_on_the_pool_gives_the_same_bytes():
     """start_encode: the kernel on the pool (the encoder codes the adaptive and neighbour
-    payloads while it makes the learned one), the same bytes as encode()."""
+    payloads while it makes the learned one), the same bytes as encode(), with the
+    probabilities given or made by a function on the pool."""
     rng = np.random.default_rng(3)
     bits = rng.random(50_000) < 0.3
     f0 = rng.integers(1, adaptive._ONE, bits.size).astype(adaptive.F0_DTYPE)
     data = adaptive.encode(bits, f0)
     for threads in (1, 2):
         assert adaptive.start_encode(bits, f0, threads)() == data
-    with pytest.raises(ValueError, match="disagree"):  # checked on the caller's thread
+        # probabilities made meanwhile: a function called (and its result checked) on the pool
+        assert adaptive.start_encode(bits, lambda: f0, threads)() == data
+        with pytest.raises(ValueError, match="disagree"):
+            adaptive.start_encode(bits, lambda: f0[:-1], threads)()
+    with pytest.raises(ValueError, match="disagree"):  # an array: on the caller's thread
         adaptive.start_encode(bits, f0[:-1], 2)
 
 
@@ -798,3 +801,28 @@ def test_flagged_payloads_coded_on_the_pool_change_no_byte():
                for c in (one, two)]
     assert streams[0] == streams[1]
     assert {"L", "A"} <= set(_levels(container.unpack(streams[1]), depth))  # both payloads
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_adaptive_levels_walked_again_change_no_byte(monkeypatch, threads):
+    """A cloud of more than KEEP_ADAPTIVE_BITS decisions: the pricing keeps no probabilities
+    and the adaptive payload's levels are walked again (on the pool with two threads), the
+    same stream as kept ones give, every candidate's (`smallest` too)."""
+    points, depth = CLOUDS["sparse"]
+    codec = PointCloudCodec.load(threads=threads)
+    kept = [container.pack(codec.encode(points, depth=depth, coders=coders))
+            for coders in ("auto", "smallest")]
+    walks = []
+    pricing = adaptive.LevelPricing
+
+    def counted(bits, threads=1, keep=()):
+        walks.append(list(keep))
+        return pricing(bits, threads, keep)
+
+    monkeypatch.setattr(codec_module, "KEEP_ADAPTIVE_BITS", 0)
+    monkeypatch.setattr(adaptive, "LevelPricing", counted)
+    again = [container.pack(codec.encode(points, depth=depth, coders=coders))
+             for coders in ("auto", "smallest")]
+    assert again == kept
+    assert "A" in _levels(container.unpack(again[0]), depth)
+    assert walks[0] == [] and len(walks) > 2  # priced keeping none, then walked again

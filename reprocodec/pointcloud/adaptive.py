@@ -30,7 +30,7 @@ functions run as plain Python (slow, identical).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ MAX_TOTAL = 1 << 10  # counts of a context are halved when n0 + n1 exceeds this
 _PRECISION = entropy.PRECISION
 _ONE = 1 << _PRECISION
 # Probabilities of 0 are 1.._ONE - 1 (16 bits): 2 bytes a decision where they are kept
-# (the chosen levels' walk again, level_probabilities), instead of 8.
+# (LevelPricing's `keep`), instead of 8.
 F0_DTYPE = np.uint16
 _RANS_L = entropy._RANS_L
 
@@ -207,24 +207,17 @@ class Model:
     def _advance(self, occupancy: np.ndarray) -> None:
         self.parent_byte, self.position = child_places(occupancy)
 
-    def observe(self, occupancy: np.ndarray, want_f0: bool = False,
-                out: np.ndarray | None = None) -> np.ndarray:
+    def observe(self, occupancy: np.ndarray, want_f0: bool = False) -> np.ndarray:
         """Update the counts with one level's bytes (coded by either coder) and move to the
-        next level; with want_f0, the probability of every decision (node-major order), into
-        `out` if given (F0_DTYPE, one per decision)."""
+        next level; with want_f0, the probability of every decision (node-major order)."""
         occupancy = np.ascontiguousarray(occupancy, dtype=np.uint8)
         if occupancy.shape != self.parent_byte.shape:
             raise ValueError(f"{occupancy.size} node bytes for a level of "
                              f"{self.parent_byte.size} nodes")
-        size = 8 * occupancy.size if want_f0 else 0
-        if out is None:
-            out = np.zeros(size, dtype=F0_DTYPE)
-        elif out.shape != (size,) or out.dtype != F0_DTYPE or not out.flags.c_contiguous:
-            raise ValueError(f"the probabilities of {size} decisions need a contiguous "
-                             f"{np.dtype(F0_DTYPE).name} array of that size")
-        _model_kernel(occupancy, self.parent_byte, self.position, self.counts, out, _UNPRICED)
+        f0 = np.zeros(8 * occupancy.size if want_f0 else 0, dtype=F0_DTYPE)
+        _model_kernel(occupancy, self.parent_byte, self.position, self.counts, f0, _UNPRICED)
         self._advance(occupancy)
-        return out
+        return f0
 
     def decode_level(self, decoder: Decoder) -> np.ndarray:
         """Decode this level's node bytes from the adaptive stream and move to the next."""
@@ -240,10 +233,12 @@ class Model:
 class LevelPricing:
     """The adaptive coder's pricing of every octree level, top-down as the encoder needs it:
     each level's decisions (its bits, node-major: views, no copies) and their code length
-    under Model.observe's walk level by level (cost, the units of code_length). It keeps no
-    probabilities: level_probabilities walks again to the levels a stream codes adaptively
-    (a scan's encode kept 2 bytes a decision of every level through its peak, 33 MB at
-    0.97 M points, for the few small levels the adaptive coder won).
+    under Model.observe's walk level by level (cost, the units of code_length), and the
+    probabilities of the levels in `keep` (ascending), concatenated in coding order
+    (probabilities()). The encoder prices with none kept and walks again, keeping the levels
+    a stream codes adaptively, when it codes them: kept through the choice, a scan's encode
+    held 2 bytes a decision of every level through its peak (33 MB at 0.97 M points) for the
+    few small levels the adaptive coder won.
 
     With threads > 1 the walk runs on the row pool while the caller goes on (the encoder's
     level loop, which reads a level's cost when it reaches it: `self[level]` waits for it).
@@ -251,8 +246,13 @@ class LevelPricing:
     compiled kernels in them: a first try that ran Model.observe on a pool thread kept ~90
     MB more at 1.3 M points (that thread's malloc arena). One thread: made at once."""
 
-    def __init__(self, bits: list[np.ndarray], threads: int = 1) -> None:
+    def __init__(self, bits: list[np.ndarray], threads: int = 1,
+                 keep: Sequence[int] = ()) -> None:
         self._bits = [np.ascontiguousarray(b, dtype=bool) for b in bits]
+        keep = list(keep)
+        if any(b >= a for a, b in zip(keep[1:], keep, strict=False)) or \
+                (keep and not 0 <= keep[0] <= keep[-1] < len(bits)):
+            raise ValueError("the levels kept must be ascending indices of the octree's levels")
         for level, b in enumerate(self._bits):
             if b.ndim != 2 or b.shape[1] != 8:
                 raise ValueError(f"child occupancy must be (M, 8), got {b.shape}")
@@ -263,6 +263,11 @@ class LevelPricing:
                 raise ValueError(f"level {level} has {b.shape[0]} nodes, its parents {above} "
                                  "children")
         self.decisions = [b.reshape(-1) for b in self._bits]
+        self._kept = np.empty(sum(self._bits[level].size for level in keep), dtype=F0_DTYPE)
+        ends = np.cumsum([0] + [self._bits[level].size for level in keep])
+        self._f0_out = [_NO_F0] * len(bits)  # where each level's probabilities go, if kept
+        for level, start, stop in zip(keep, ends[:-1], ends[1:], strict=True):
+            self._f0_out[level] = self._kept[start:stop]
         self._costs = [0] * len(bits)
         self._done = [threading.Event() for _ in bits]
         # each level's node bytes, and its nodes' parent bytes and places in them (the root:
@@ -291,7 +296,8 @@ class LevelPricing:
                 assert occupancy is not None and places is not None
                 _bytes_kernel(bits.view(np.uint8), occupancy)
                 self._costs[level] = int(_model_kernel(occupancy, places[0], places[1],
-                                                       self._counts, _NO_F0, self._length))
+                                                       self._counts, self._f0_out[level],
+                                                       self._length))
                 following = self._places[level + 1] if level + 1 < len(self._bits) else None
                 if following is not None:
                     _places_kernel(occupancy, following[0], following[1])
@@ -321,31 +327,18 @@ class LevelPricing:
         costs = [self[level] for level in range(len(self))]
         return self.decisions, costs
 
+    def probabilities(self) -> np.ndarray:
+        """The kept levels' probabilities, concatenated in coding order, once the walk is
+        done."""
+        self.result()
+        return self._kept
+
     def close(self) -> None:
         """Stop the walk after its current level and wait for it (the caller is done with
         it, or gave up)."""
         self._stopped = True
         if self._job is not None:
             self._job.exception()
-
-
-def level_probabilities(bits: list[np.ndarray], levels: list[int]) -> np.ndarray:
-    """The adaptive coder's P(0) of every decision of `levels` (ascending indices into bits,
-    each level's (M, 8) occupancy), concatenated in coding order, as the encoder codes them:
-    Model.observe's walk from the root to the last of them, written in place."""
-    if any(b >= a for a, b in zip(levels[1:], levels, strict=False)) or \
-            (levels and not 0 <= levels[0] <= levels[-1] < len(bits)):
-        raise ValueError("levels must be ascending indices of the octree's levels")
-    out = np.empty(sum(bits[level].size for level in levels), dtype=F0_DTYPE)
-    model, at, wanted = Model(), 0, set(levels)
-    for level in range(levels[-1] + 1 if levels else 0):
-        occupancy = occupancy_bytes(bits[level])
-        if level in wanted:
-            model.observe(occupancy, True, out[at:at + 8 * occupancy.size])
-            at += 8 * occupancy.size
-        else:
-            model.observe(occupancy)
-    return out
 
 
 POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)  # of a byte
@@ -413,16 +406,26 @@ def encode(bits: np.ndarray, f0: np.ndarray) -> bytes:
     return start_encode(bits, f0, 1)()
 
 
-def start_encode(bits: np.ndarray, f0: np.ndarray, threads: int) -> Callable[[], bytes]:
+def start_encode(bits: np.ndarray, f0: np.ndarray | Callable[[], np.ndarray], threads: int
+                 ) -> Callable[[], bytes]:
     """encode() with its kernel started on the pool (threads > 1) while the caller does other
-    work: the arrays are checked and made here, on the caller's thread; the function returned
-    waits for the kernel and gives the bytes."""
-    b, f = _checked_decisions(bits, f0)
+    work: the arrays are checked and made here, on the caller's thread; the function
+    returned waits for the kernel and gives the bytes. f0 may be a function that gives the
+    probabilities once they are made (LevelPricing.probabilities, its walk started on the
+    pool before): called and its result checked on the pool, before the kernel (its error
+    raised by the function returned)."""
+    b = np.ascontiguousarray(bits, dtype=np.uint8)
+    given = None if callable(f0) else _checked_decisions(b, f0)[1]
     out = np.zeros(b.size + 2, dtype=np.uint32)
+
+    def run() -> int:
+        f = given if given is not None else _checked_decisions(b, f0())[1]
+        return int(_encode_kernel(b, f, out))
+
     if threads > 1:
-        job = on_pool(lambda: _encode_kernel(b, f, out), threads)
+        job = on_pool(run, threads)
         return lambda: out[job.result():].astype("<u4").tobytes()
-    first = _encode_kernel(b, f, out)
+    first = run()
     return lambda: out[first:].astype("<u4").tobytes()
 
 
@@ -487,8 +490,8 @@ def encoded_size(voxels: np.ndarray, depth: int) -> int:
     if voxels.shape[0] == 0:
         return 0
     _, bits = octree.build_levels(voxels, depth)
-    decisions, _ = LevelPricing(bits).result()
-    return len(encode(np.concatenate(decisions), level_probabilities(bits, list(range(len(bits))))))
+    pricing = LevelPricing(bits, keep=range(len(bits)))
+    return len(encode(np.concatenate(pricing.decisions), pricing.probabilities()))
 
 
 def level_flags(levels: tuple[bool, ...]) -> bytes:

@@ -213,6 +213,13 @@ FRAMING_COST = (64 * 8) << entropy.COST_FRACTION
 # Clouds of at most this many coded bits (8 a node; 32 k nodes) also try the neighbour coder on
 # every level, beside the level-by-level choice (a second walk: a few ms at this size)
 EVERY_NEIGHBOUR_BITS = 1 << 18
+# The adaptive coder's probabilities of every level (2 bytes a decision) are kept through the
+# choice on a cloud of at most this many decisions (8 MB): a larger cloud's encoder walks the
+# model again to the levels a stream codes adaptively, if any. Kept, they held 33 MB through
+# a 0.97 M-point sweep's peak for the few small levels the adaptive coder won; walked again,
+# the 1/20 sampling (0.7 M decisions, its last two levels adaptive) encoded 1.14 times as
+# slowly (bench/paired_trees.py --in-process).
+KEEP_ADAPTIVE_BITS = 1 << 22
 MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: see encode)
 # Coded occupancy bits a decoder accepts: a dense 2^25-point surface needs about 1e8.
 MAX_CODED_BITS = 1 << 28
@@ -355,8 +362,11 @@ class PointCloudCodec:
         mix_all_learned = mixing_format and coders == "auto" and \
             sum(rows) <= MIX_ROWS_PER_POINT * n
         # The adaptive coder's pricing walks the levels on the pool (threads > 1) while the
-        # loop below runs the model: the loop reads a level's cost when it reaches it.
-        pricing = adaptive.LevelPricing(bits, self.threads)
+        # loop below runs the model: the loop reads a level's cost when it reaches it. It
+        # keeps the probabilities of a small cloud's levels (_adaptive_probabilities), and
+        # of every cloud's where every level is coded adaptively.
+        keep_all = coders == "adaptive" or sum(rows) <= KEEP_ADAPTIVE_BITS
+        pricing = adaptive.LevelPricing(bits, self.threads, range(depth) if keep_all else ())
         version, mix_version = neighbour_version(bitstream_format), mixing_version(bitstream_format)
         try:
             coded = self._learned_levels(codes, bits, pricing, mode, coders, price,
@@ -364,6 +374,8 @@ class PointCloudCodec:
                                          n if neighbours else 0, version,
                                          mix_lead=mix_all_learned, mix_version=mix_version)
             adaptive_bits, adaptive_cost = pricing.result()
+            adaptive_f0 = _adaptive_probabilities(
+                bits, pricing.probabilities() if keep_all else None, self.threads)
         finally:
             pricing.close()
         learned = coded.learned
@@ -407,7 +419,7 @@ class PointCloudCodec:
                    mixed_only: bool = False) -> pb.Bitstream:
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
-            self._add_payloads(candidate, levels, bits, learned, adaptive_bits, f0,
+            self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0, f0,
                                NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0,
                                mixed_only, mix_versions)
             return candidate
@@ -670,8 +682,8 @@ class PointCloudCodec:
         priced = estimate + _row_cost(bits.size, price)
         return priced * under <= over * bar, estimate
 
-    def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, neighbour_f0,
-                      neighbour_name, mode, mix_points=0, mixed_only=False,
+    def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
+                      neighbour_f0, neighbour_name, mode, mix_points=0, mixed_only=False,
                       mix_versions=(2,)):
         """The payloads and protected record of one per-level choice (levels[l]: L learned,
         A adaptive, N neighbour coder, its payload neighbour_name); mix_points > 0: the mixed
@@ -682,8 +694,8 @@ class PointCloudCodec:
         # The adaptive and neighbour coders' rANS streams are coded on the pool meanwhile
         # (independent of the learned payload's; added after it, in the stream's order)
         flagged = [
-            _start_flagged(ADAPTIVE_PAYLOAD, "A", levels, adaptive_bits,
-                           functools.partial(adaptive.level_probabilities, bits), self.threads),
+            _start_flagged(ADAPTIVE_PAYLOAD, "A", levels, adaptive_bits, adaptive_f0,
+                           self.threads),
             # the neighbour coder's bits pass-major within each level, as it codes them
             _start_flagged(neighbour_name, "N", levels,
                            [b.T.reshape(-1) if c == "N" else None
@@ -1260,14 +1272,28 @@ def _failure(detail: str) -> str:
             "decode under the encoder's profile or re-encode with --safeguard syndrome")
 
 
+def _adaptive_probabilities(bits: list[np.ndarray], kept: np.ndarray | None, threads: int
+                            ) -> Callable[[list[int]], np.ndarray | Callable[[], np.ndarray]]:
+    """The adaptive payload's probabilities(chosen) (_start_flagged): slices of every level's
+    that the pricing kept (`kept`, a cloud of at most KEEP_ADAPTIVE_BITS decisions), else a
+    function that gives them from the model walked again on the pool, keeping the chosen
+    levels', while the encoder's thread builds the learned payload."""
+    if kept is not None:
+        ends = np.cumsum([0] + [b.size for b in bits])
+        return lambda chosen: np.concatenate([kept[ends[lv]:ends[lv + 1]] for lv in chosen])
+    return lambda chosen: adaptive.LevelPricing(bits[:chosen[-1] + 1], threads,
+                                                chosen).probabilities
+
+
 def _start_flagged(name: str, code: str, levels: str, level_bits: list,
-                   probabilities: Callable[[list[int]], np.ndarray],
+                   probabilities: Callable[[list[int]],
+                                           np.ndarray | Callable[[], np.ndarray]],
                    threads: int) -> Callable[[], pb.Payload] | None:
     """The payload of the levels `levels` gives to a binary rANS coder (`code`: A adaptive, N
     neighbour coder), None if none: its level flags, then the rANS stream of those levels'
     bits (level_bits[l], coding order) under their probabilities (probabilities(chosen):
-    the chosen levels', concatenated), coded on the pool (threads > 1) until the function
-    returned is called."""
+    the chosen levels', concatenated, or a function that gives them: adaptive.start_encode),
+    coded on the pool (threads > 1) until the function returned is called."""
     chosen = [lv for lv, c in enumerate(levels) if c == code]
     if not chosen:
         return None
