@@ -71,9 +71,16 @@ def evaluate(codec: Any, images: list[Path], mode: str, level: str) -> dict[str,
             "bit_exact": bool(decoded.bit_exact),
         })
     keys = ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s", "overhead_ratio")
-    means = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    # (ms_ssim is NaN on an image too small for its scales: left out, NaN if every one is)
+    means = {k: _mean_of_numbers([r[k] for r in rows]) for k in keys}
     return {"model": codec.info.name, "mode": mode, "level": level, "images": len(rows),
             "mean": means, "all_bit_exact": all(r["bit_exact"] for r in rows), "per_image": rows}
+
+
+def _mean_of_numbers(values: list[float]) -> float:
+    """np.nanmean without its warning when every value is NaN (then NaN)."""
+    numbers = [v for v in values if not np.isnan(v)]
+    return float(np.mean(numbers)) if numbers else float("nan")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ def refine_quantiles(model: torch.nn.Module, steps: int, lr: float = 1e-2) -> fl
         loss = model.aux_loss()
         loss.backward()
         opt.step()
-    return float(model.aux_loss())
+    return float(model.aux_loss().detach())
 
 
 def shipped_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -98,7 +98,7 @@ def export(checkpoint: Path, name: str, quality: int, out_dir: Path = WEIGHTS_DI
     model = build_model(cfg["arch"], cfg["N"], cfg["M"])
     model.load_state_dict(ck["model"], strict=False)
     model.eval()
-    aux = refine_quantiles(model, aux_steps) if aux_steps else float(model.aux_loss())
+    aux = refine_quantiles(model, aux_steps) if aux_steps else float(model.aux_loss().detach())
     round_through_fp16(model)
     model.update(force=True)
     out_dir.mkdir(parents=True, exist_ok=True)
