@@ -14,7 +14,8 @@ coder on held-out clouds, and the cross-profile decode matrix.
 64-beam spinning LiDAR in a street scene), each encoded and decoded in a fresh process that
 sets glibc's malloc thresholds and warms the codec up as a service does before it serves
 (server/allocator.fix_thresholds, its default --malloc-mmap-mb; its kernels loaded: `warm_up`;
-then, as the service after its warm-ups and after each request, allocator.trim, untimed):
+then allocator.trim, as the service after its warm-ups; back-to-back requests, as these runs
+are, find the service busy and it trims none between them: allocator.IdleTrim):
 the first encode and decode's seconds, then the median seconds of --runs more (and more,
 up to MAX_RUNS, while they took under --min-seconds together: a small cloud's few ms a run
 would otherwise be one moment of this machine's drift), the peak RSS
@@ -337,20 +338,17 @@ def _measure_worker(args: argparse.Namespace) -> int:
                            bitstream_format=args.bitstream_format or container.FORMAT_VERSION)
         packed = container.pack(msg)
         t1, c1 = time.perf_counter(), time.process_time()
-        allocator.trim()  # after each request, as the services do (untimed, as theirs)
-        t1b, c1b = time.perf_counter(), time.process_time()
         out = codec.decode(container.unpack(packed))
         t2, c2 = time.perf_counter(), time.process_time()
         enc.append(t1 - t0)
-        dec.append(t2 - t1b)
+        dec.append(t2 - t1)
         enc_cpu.append(c1 - c0)
-        dec_cpu.append(c2 - c1b)
+        dec_cpu.append(c2 - c1)
         # One request's memory: this run's output and stream go before the next encode (held
         # through it, an 880 k-point sweep's decoded cloud added ~44 MB to the peak)
         lossless = lossless and bool(np.array_equal(out.voxels, voxels))
         stream_bytes = len(packed)
         del out, packed
-        allocator.trim()
     peak_mb = _peak_rss_mb()
     names = [p.name for p in msg.payloads]
     levels = level_coders(msg)

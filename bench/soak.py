@@ -232,7 +232,7 @@ class RestGate:
         with self.cond:
             self.paused = True
             self.cond.wait_for(lambda: self.active == 0)
-        time.sleep(settle)  # the servers finish their bookkeeping after the last answer
+        time.sleep(settle)  # the servers finish their bookkeeping (and, idle 1 s, trim their heaps)
         sample()
         with self.cond:
             self.paused = False

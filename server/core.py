@@ -157,7 +157,8 @@ class ServeConfig:
     max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT
     max_request_memory: int = DEFAULT_MAX_REQUEST_MEMORY  # bytes; see MEMORY_COSTS
     max_memory: int | None = None  # bytes all running requests share (None: no pool)
-    trim_memory: bool = True  # malloc_trim after each request (allocator.py)
+    trim_memory: bool = True  # malloc_trim once idle after requests (allocator.IdleTrim)
+    trim_delay: float = allocator.DEFAULT_TRIM_DELAY  # ... for this many seconds
 
 
 # ------------------------------------------------------------------------------ admission
@@ -453,6 +454,8 @@ class ServiceCore:
         self._tokens_lock = threading.Lock()
         self._stopping = False  # SIGTERM received: calls that end now end for shutdown
         self._closed = False  # shutdown(): cancel everything, admit nothing
+        # The requests' buffers go back to the OS once the service is idle (allocator.py)
+        self._idle_trim = allocator.IdleTrim(config.trim_delay) if config.trim_memory else None
 
     # -- per request -----------------------------------------------------------------------
 
@@ -484,6 +487,8 @@ class ServiceCore:
         gauge = self.metrics.in_flight.labels(service)
         gauge.inc()
         self._register(token)
+        if self._idle_trim is not None:
+            self._idle_trim.begin()
         try:
             token.check()  # cancelled while it waited
             started = time.perf_counter()
@@ -495,10 +500,11 @@ class ServiceCore:
             self._unregister(token)
             gauge.dec()
             self.admission.release(memory)
-            # The request's buffers are free now; hand their pages back to the OS so that RSS
-            # tracks the work in flight, not the high-water mark of every arena (allocator.py).
-            if self.config.trim_memory:
-                allocator.trim()
+            # The request's buffers are free now: their pages go back to the OS once the
+            # service has been idle a moment, so that RSS at rest is not the high-water mark of
+            # every arena, while back-to-back requests reuse them (allocator.IdleTrim).
+            if self._idle_trim is not None:
+                self._idle_trim.end()
 
     def check_memory(self, method: str, elements: int) -> int:
         """The request's memory estimate (`request_memory`); refuses it (RESOURCE_EXHAUSTED,
@@ -528,6 +534,8 @@ class ServiceCore:
         returns how many running requests were cancelled."""
         self._stopping = self._closed = True
         self.admission.close()
+        if self._idle_trim is not None:
+            self._idle_trim.close()
         with self._tokens_lock:
             tokens = list(self._tokens)
         return sum(t.cancel("shutdown") for t in tokens)

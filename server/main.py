@@ -119,7 +119,12 @@ def build_parser(service: str) -> argparse.ArgumentParser:
                         "MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ in the environment "
                         "win): a request's buffers below it are reused, not faulted in again")
     p.add_argument("--no-malloc-trim", dest="malloc_trim", action="store_false",
-                   help="do not return freed heap pages to the OS after each request")
+                   help="do not return freed heap pages to the OS when idle")
+    p.add_argument("--malloc-trim-delay", type=float, default=allocator.DEFAULT_TRIM_DELAY,
+                   help="seconds without a request before the freed heap pages go back to "
+                        f"the OS (default {allocator.DEFAULT_TRIM_DELAY:g}; 0: as soon as "
+                        "none runs): back-to-back requests reuse them instead of faulting "
+                        "them in again")
     p.add_argument("--bitstream-format", type=int, choices=sorted(container.SUPPORTED_VERSIONS),
                    default=container.FORMAT_VERSION,
                    help="encoder: the newest bitstream format it writes (default "
@@ -169,6 +174,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--max-message-mb must be in (0, 2047] (gRPC's limit is 2 GiB)")
     if not args.max_request_memory_mb > 0:
         p.error("--max-request-memory-mb must be more than 0")
+    if not 0 <= args.malloc_trim_delay <= 3600:
+        p.error("--malloc-trim-delay must be in [0, 3600] seconds")
     if args.max_memory_mb is not None and args.max_memory_mb < 0:
         p.error("--max-memory-mb must be 0 (no shared limit) or more")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -264,7 +271,8 @@ def serve(service: str, argv: list[str] | None = None) -> int:
         max_pixels=args.max_pixels, tls=args.tls_cert is not None, auth=token is not None,
         queue_length=args.queue_length, max_queue_wait=args.max_queue_wait,
         max_request_memory=int(args.max_request_memory_mb * 2**20),
-        trim_memory=args.malloc_trim, max_memory=memory_pool(args.max_memory_mb),
+        trim_memory=args.malloc_trim, trim_delay=args.malloc_trim_delay,
+        max_memory=memory_pool(args.max_memory_mb),
     )
     codecs = Codecs(args.weights_dir, args.max_pixels, args.cloud_threads, written)
     _preload(codecs, args.preload)

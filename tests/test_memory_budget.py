@@ -13,6 +13,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from concurrent import futures
 
@@ -35,7 +36,7 @@ from reprocodec.server.core import (  # noqa: E402
     ServiceCore,
     request_memory,
 )
-from reprocodec.server.main import build_parser  # noqa: E402
+from reprocodec.server.main import _check_args, build_parser  # noqa: E402
 from reprocodec.server.metrics import ServiceMetrics  # noqa: E402
 from reprocodec.server.servicers import add_to_server  # noqa: E402
 from reprocodec.v1 import service_pb2, service_pb2_grpc  # noqa: E402
@@ -285,12 +286,15 @@ def test_fixed_malloc_thresholds_keep_a_requests_freed_buffers_for_the_next():
 
 
 @pytest.mark.parametrize("trim_memory", [True, False])
-def test_each_finished_request_trims_the_heap_unless_disabled(weights, monkeypatch,
-                                                              trim_memory):
+def test_the_heap_is_trimmed_once_the_service_is_idle_unless_disabled(weights, monkeypatch,
+                                                                      trim_memory):
+    """With no delay the heap goes back after each request that leaves the service idle
+    (never for a request refused before admission); with trimming off, never."""
     d, names = weights
     calls = []
     monkeypatch.setattr(allocator, "trim", lambda: calls.append(1) or True)
-    svc = _Service("encoder", d, DEFAULT_MAX_REQUEST_MEMORY, trim_memory=trim_memory)
+    svc = _Service("encoder", d, DEFAULT_MAX_REQUEST_MEMORY, trim_memory=trim_memory,
+                   trim_delay=0.0)
     stub = service_pb2_grpc.EncoderStub(svc.channel)
     try:
         pixels = sample_crop(height=32, width=48)
@@ -304,6 +308,48 @@ def test_each_finished_request_trims_the_heap_unless_disabled(weights, monkeypat
     finally:
         svc.close()
     assert len(calls) == (2 if trim_memory else 0)
+
+
+def _wait_for(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_idle_trim_waits_for_the_service_to_be_idle(monkeypatch):
+    """IdleTrim trims once nothing has run for its delay: not while a request runs, however
+    long; once after a request; not between requests that follow one another within the
+    delay; never after close()."""
+    calls = []
+    monkeypatch.setattr(allocator, "trim", lambda: calls.append(time.monotonic()) or True)
+    idle = allocator.IdleTrim(0.2)
+    idle.begin()
+    idle.begin()
+    idle.end()  # one still runs
+    time.sleep(0.5)
+    assert calls == []
+    ended = time.monotonic()
+    idle.end()
+    assert _wait_for(lambda: len(calls) == 1) and calls[0] - ended >= 0.2
+    slow = allocator.IdleTrim(1.0)  # back to back, well within its delay
+    for _ in range(5):
+        slow.begin()
+        slow.end()
+    time.sleep(0.2)
+    assert len(calls) == 1
+    slow.close()  # the pending trim is cancelled
+    time.sleep(1.2)
+    assert len(calls) == 1
+    with pytest.raises(ValueError):
+        allocator.IdleTrim(-1)
+    assert build_parser("encoder").parse_args([]).malloc_trim_delay == \
+        allocator.DEFAULT_TRIM_DELAY
+    parser = build_parser("encoder")
+    with pytest.raises(SystemExit):
+        _check_args(parser, parser.parse_args(["--malloc-trim-delay", "-1"]))
 
 
 def test_a_request_larger_than_the_shared_pool_is_refused_naming_the_pool(weights):
