@@ -15,14 +15,16 @@ coder on held-out clouds, and the cross-profile decode matrix.
 sets glibc's malloc thresholds and warms the codec up as a service does before it serves
 (server/allocator.fix_thresholds, its default --malloc-mmap-mb; its kernels loaded: `warm_up`;
 then allocator.trim, as the service after its warm-ups; back-to-back requests, as these runs
-are, find the service busy and it trims none between them: allocator.IdleTrim):
-the first encode and decode's seconds, then the median seconds of --runs more (and more,
-up to MAX_RUNS, while they took under --min-seconds together: a small cloud's few ms a run
-would otherwise be one moment of this machine's drift), the peak RSS
-from the warm-up on, bits per point of ours (whole stream), of the adaptive coder
-alone (its rANS bytes), of the learned model alone (--learned), Draco and LAZ (when the bench
-extra is installed; otherwise a note says they were skipped), the coder of each octree level
-(L learned, A adaptive, N neighbour coder) and a lossless check. --smallest encodes with
+are, find the service busy and it trims none between them: allocator.IdleTrim): the
+encodes, then the decodes (the encoder and the decoder are two services: two processes), the
+first one's seconds, then the median seconds of --runs more (and more, up to MAX_RUNS, while
+they took under --min-seconds together: a small cloud's few ms a run would otherwise be one
+moment of this machine's drift), the peak RSS (MiB) of the encodes from the warm-up on and
+of the decodes from the encodes' end (the heap trimmed between), bits per point of ours
+(whole stream), of the adaptive coder alone (its rANS bytes), of the learned model alone
+(--learned), Draco and LAZ (when the bench extra is installed; otherwise a note says they
+were skipped), the coder of each octree level (L learned, A adaptive, N neighbour coder) and
+a lossless check. --smallest encodes with
 coders="smallest" (the per-level choice by bits alone, and mixed probabilities from format 4;
 probs: the learned levels' probabilities, model / refined / mixed, or none).
 --bitstream-format V: the newest format the streams may need (4: no neighbour coder, as the
@@ -312,8 +314,10 @@ def _restart_peak_rss_mb() -> float:
 
 
 def _measure_worker(args: argparse.Namespace) -> int:
-    """One cloud in a fresh process, the codec warmed up: the first encode and decode, then
-    `runs` more (medians), peak RSS from the warm-up on."""
+    """One cloud in a fresh process, the codec warmed up: the first encode, then `runs` more
+    (medians; every stream the same bytes), the encodes' peak RSS from the warm-up on; then
+    the same for the decodes of the stream (each checked lossless), their peak from the
+    encodes' end (the heap trimmed)."""
     from reprocodec import container
     from reprocodec.pointcloud import LEARNED_PROBABILITIES, adaptive
     from reprocodec.pointcloud.codec import level_coders
@@ -328,28 +332,36 @@ def _measure_worker(args: argparse.Namespace) -> int:
     codec.warm_up()
     allocator.trim()  # the warm-ups' freed pages back to the system, as the service does
     base_mb = _restart_peak_rss_mb()
-    enc, dec, enc_cpu, dec_cpu = [], [], [], []
-    lossless = True
-    # The first one apart; then --runs, and more while they took under --min-seconds together
-    while len(enc) < args.runs + 1 or (sum(enc[1:]) + sum(dec[1:]) < args.min_seconds
+    # The encodes, then the decodes: an encoder and a decoder service are two processes, and
+    # a decode after an encode in one process started on the encoder's freed heap (an 0.97
+    # M-point sweep's decode peaked 30 MB higher that way). The first one apart; then
+    # --runs, and more while they took under --min-seconds together.
+    enc, enc_cpu, packed, same_bytes = [], [], b"", True
+    while len(enc) < args.runs + 1 or (sum(enc[1:]) < args.min_seconds / 2
                                        and len(enc) < MAX_RUNS + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         msg = codec.encode(voxels, depth=depth, coders=args.coders,
                            bitstream_format=args.bitstream_format or container.FORMAT_VERSION)
-        packed = container.pack(msg)
-        t1, c1 = time.perf_counter(), time.process_time()
+        stream = container.pack(msg)
+        enc.append(time.perf_counter() - t0)
+        enc_cpu.append(time.process_time() - c0)
+        same_bytes = same_bytes and (not packed or stream == packed)
+        packed = stream  # (one request's output held at a time)
+        del stream
+    encode_peak_mb = _peak_rss_mb()
+    allocator.trim()  # (the decoder's process never held the encoder's buffers)
+    decode_base_mb = _restart_peak_rss_mb()
+    dec, dec_cpu, lossless = [], [], same_bytes
+    while len(dec) < args.runs + 1 or (sum(dec[1:]) < args.min_seconds / 2
+                                       and len(dec) < MAX_RUNS + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
         out = codec.decode(container.unpack(packed))
-        t2, c2 = time.perf_counter(), time.process_time()
-        enc.append(t1 - t0)
-        dec.append(t2 - t1)
-        enc_cpu.append(c1 - c0)
-        dec_cpu.append(c2 - c1)
-        # One request's memory: this run's output and stream go before the next encode (held
-        # through it, an 880 k-point sweep's decoded cloud added ~44 MB to the peak)
-        lossless = lossless and bool(np.array_equal(out.voxels, voxels))
-        stream_bytes = len(packed)
-        del out, packed
-    peak_mb = _peak_rss_mb()
+        dec.append(time.perf_counter() - t0)
+        dec_cpu.append(time.process_time() - c0)
+        lossless = lossless and bool(np.array_equal(out.voxels, voxels))  # every run's
+        del out
+    decode_peak_mb = _peak_rss_mb()
+    stream_bytes = len(packed)
     names = [p.name for p in msg.payloads]
     levels = level_coders(msg)
     n = voxels.shape[0]
@@ -365,7 +377,9 @@ def _measure_worker(args: argparse.Namespace) -> int:
            "encode_cpu_s": float(np.median(enc_cpu[1:])),
            "decode_cpu_s": float(np.median(dec_cpu[1:])),
            "model": args.model, "threads": args.threads, "torch": "torch" in sys.modules,
-           "peak_rss_mb": peak_mb, "loaded_rss_mb": base_mb, "runs": len(enc) - 1}
+           "peak_rss_mb": max(encode_peak_mb, decode_peak_mb), "loaded_rss_mb": base_mb,
+           "encode_peak_rss_mb": encode_peak_mb, "decode_peak_rss_mb": decode_peak_mb,
+           "decode_loaded_rss_mb": decode_base_mb, "runs": len(enc) - 1}
     if args.learned:
         learned = container.pack(codec.encode(voxels, depth=depth, coders="learned"))
         row["learned_only_bpp"] = 8 * len(learned) / n
@@ -427,14 +441,16 @@ def print_cloud_table(rows: list[dict], notes: list[str]) -> None:
           "model alone (whole stream);\nlevels: coder of each octree level, L learned, A "
           "adaptive; enc/dec: median seconds (wall; cpu: the process's CPU seconds, what the wall "
           "time would be on idle cores; 1st: the first encode / decode of the cloud); RSS: peak "
-          "of the measuring process from the codec's warm-up on, +/Mpt: its rise over the "
-          "warmed-up codec's per million points; model: " +
+          "MiB of the measuring process over its encodes (from the codec's warm-up on) and "
+          "over its decodes (from the encodes' end, the heap trimmed), +/Mpt: the larger one's "
+          "rise over the warmed-up codec's per million points; model: " +
           ", ".join(sorted({r.get("model", "?") for r in rows})) + "; threads: " +
           ", ".join(sorted({str(r.get("threads", "?")) for r in rows})))
     print(f"{'cloud':22s} {'D':>2s} {'points':>8s} {'ours':>7s} {'(payl.)':>7s} {'adapt.':>7s} "
           f"{'learned':>7s} {'G-PCC':>6s} "
           f"{'Draco':>6s} {'LAZ':>6s} {'levels':>13s} {'probs':>7s} {'enc s':>6s} {'dec s':>6s} "
-          f"{'s/Mpt':>11s} {'1st s/Mpt':>11s} {'cpu s/Mpt':>11s} {'RSS MB':>7s} {'+/Mpt':>6s} "
+          f"{'s/Mpt':>11s} {'1st s/Mpt':>11s} {'cpu s/Mpt':>11s} {'RSS enc/dec':>11s} "
+          f"{'+/Mpt':>6s} "
           "lossless")
     for r in rows:
         mpt = r["points"] / 1e6
@@ -449,7 +465,8 @@ def print_cloud_table(rows: list[dict], notes: list[str]) -> None:
               f"{r['encode_s'] / mpt:5.2f}/{r['decode_s'] / mpt:<5.2f} "
               f"{r['first_encode_s'] / mpt:5.2f}/{r['first_decode_s'] / mpt:<5.2f} "
               f"{r['encode_cpu_s'] / mpt:5.2f}/{r['decode_cpu_s'] / mpt:<5.2f} "
-              f"{r['peak_rss_mb']:7.0f} "
+              f"{r.get('encode_peak_rss_mb', r['peak_rss_mb']):5.0f}/"
+              f"{r.get('decode_peak_rss_mb', r['peak_rss_mb']):<5.0f} "
               f"{(r['peak_rss_mb'] - r['loaded_rss_mb']) / mpt:6.0f} "
               f"{lossless}")
     for note in notes:

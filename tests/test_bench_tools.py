@@ -117,6 +117,9 @@ def test_the_cloud_table_worker_warms_up_and_times_a_cloud(tmp_path):
     for key in ("first_encode_s", "first_decode_s", "encode_s", "decode_s"):
         assert 0 < row[key] < 60, key
     assert 0 < row["loaded_rss_mb"] <= row["peak_rss_mb"]
+    # the encodes' and the decodes' peaks apart (two services), the larger one the peak
+    assert row["peak_rss_mb"] == max(row["encode_peak_rss_mb"], row["decode_peak_rss_mb"])
+    assert 0 < row["decode_loaded_rss_mb"] <= row["decode_peak_rss_mb"]
     # more runs while they took under --min-seconds together (the camel: ~20 ms a run)
     row = worker("--runs", "2", "--min-seconds", "0.2")
     assert row["runs"] > 2 and row["runs"] * (row["encode_s"] + row["decode_s"]) > 0.1

@@ -270,7 +270,8 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
     # level's contexts: its fine contexts in range, 27-bit shapes, tables of its own size
     fine, shape = np.zeros(8, np.uint32), np.zeros(1, mixing.SHAPE_DTYPE)
     level = mixing.LevelContexts(fine, shape, n)
-    node_extras = nodecontext.LevelExtras(np.array([2047]), np.array([0xFF], np.uint8))
+    slot = nodecontext.SLOT_DTYPE
+    node_extras = nodecontext.LevelExtras(np.array([2047], slot), np.array([0xFF], np.uint8))
     for bad in (level._replace(fine=fine + size), level._replace(shapes=shape.astype(np.int64)),
                 level._replace(shapes=shape + (1 << 27)), level._replace(points=n << 8),
                 level._replace(fine=fine.astype(np.int64)), level._replace(fine=fine[:7])):
@@ -279,7 +280,7 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
                                     node_extras)
         with pytest.raises(ValueError):
             neighbour.Model(n, version).snapshot(bad, node_extras)
-    two = nodecontext.LevelExtras(np.zeros(2, np.int64), np.zeros(2, np.uint8))
+    two = nodecontext.LevelExtras(np.zeros(2, slot), np.zeros(2, np.uint8))
     with pytest.raises(ValueError):  # one context per bit
         neighbour.walk_contexts(neighbour.Model(n, version), level, np.zeros((2, 8), bool), two)
     neighbour.walk_contexts(neighbour.Model(n, version), level, np.zeros((1, 8), bool),
@@ -292,10 +293,11 @@ def test_the_decoder_refuses_its_callers_bad_passes_and_contexts(rings_levels, m
         with pytest.raises(ValueError):  # version 2: one int32 in range per bit
             neighbour.Decoder(data, n, 2).decode(good, 0, extras)
     # the encoder's: a slot below 2048 and a byte, one each a node of the level
-    one, byte = np.zeros(1, np.int64), np.zeros(1, np.uint8)
+    one, byte = np.zeros(1, slot), np.zeros(1, np.uint8)
     for extras in (None, node_extras._replace(slots=one - 1), two,
                    node_extras._replace(slots=one + 2048), (one, byte.astype(np.int64)),
-                   nodecontext.LevelExtras(one.astype(np.int32), byte)):
+                   nodecontext.LevelExtras(one.astype(np.int32), byte),
+                   nodecontext.LevelExtras(one.astype(np.int64), byte)):
         if not isinstance(extras, nodecontext.LevelExtras | None):
             extras = nodecontext.LevelExtras(*extras)
         with pytest.raises(ValueError):
@@ -407,7 +409,8 @@ def test_snapshot_restore_with_only_a_few_repeated_contexts(version):
     contexts = mixing.LevelContexts(
         np.array([0, size - 1, 17], np.uint32)[rng.integers(0, 3, 8 * m)],
         np.array([0, (1 << 27) - 1, 12345], mixing.SHAPE_DTYPE)[rng.integers(0, 3, m)], points)
-    extras = nodecontext.LevelExtras(np.array([0, 5, 2047])[rng.integers(0, 3, m)],
+    extras = nodecontext.LevelExtras(np.array([0, 5, 2047], nodecontext.SLOT_DTYPE)[
+                                         rng.integers(0, 3, m)],
                                      np.array([0, 0xA5, 0xFF], np.uint8)[rng.integers(0, 3, m)])
     bits = rng.random((m, 8)) < 0.3
     model = neighbour.Model(points, version)
@@ -415,7 +418,7 @@ def test_snapshot_restore_with_only_a_few_repeated_contexts(version):
         model, mixing.LevelContexts(rng.integers(0, size, 8 * m).astype(np.uint32),
                                     rng.integers(0, 1 << 27, m, mixing.SHAPE_DTYPE), points),
         rng.random((m, 8)) < 0.5,
-        nodecontext.LevelExtras(rng.integers(0, 2048, m),
+        nodecontext.LevelExtras(rng.integers(0, 2048, m, nodecontext.SLOT_DTYPE),
                                 rng.integers(0, 256, m).astype(np.uint8)))
     before = _arrays(model)
     saved = model.snapshot(contexts, extras)
@@ -1023,7 +1026,7 @@ def test_each_versions_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
         "    m = neighbour.Model(1000, v)\n"
         "    e = np.zeros(8, np.int32) if v == 2 else None\n"
         "    level = mixing.LevelContexts(np.zeros(8, np.uint32), np.zeros(1, np.uint32), 1000)\n"
-        "    node = nodecontext.LevelExtras(np.zeros(1, np.int64), np.zeros(1, np.uint8))\n"
+        "    node = nodecontext.LevelExtras(np.zeros(1, np.uint16), np.zeros(1, np.uint8))\n"
         "    neighbour.walk_contexts(m, level, bits, node)\n"
         "    d = neighbour.Decoder((1 << 31).to_bytes(8, 'little'), 1000, v, lenient=True)\n"
         "    d.decode(np.zeros(8, np.int64), 0, e)\n"

@@ -51,6 +51,7 @@ _RANS_L = entropy._RANS_L
 _OK, _EARLY_END, _EMPTY_NODE = 0, 1, 2
 _UNPRICED = np.zeros(0, dtype=np.int64)  # _model_kernel's length table where no cost is wanted
 _NO_F0 = np.zeros(0, dtype=F0_DTYPE)  # and its f0_out where no probability is
+_NO_COUNTS = np.zeros((0, 2), dtype=np.int32)  # a finished LevelPricing's counts
 _MESSAGES = {_EARLY_END: "adaptive occupancy data ends before its last decision",
              _EMPTY_NODE: "adaptive occupancy data decodes a node without children"}
 
@@ -307,6 +308,7 @@ class LevelPricing:
         except BaseException as exc:
             self._error = exc
         finally:
+            self._counts = _NO_COUNTS  # (4 MB the encoder's loop may use meanwhile)
             for done in self._done:  # a reader waiting on a level the walk never reached
                 done.set()
 

@@ -465,7 +465,7 @@ class PointCloudCodec:
         runs on every level, unestimated, for the all-learned mixed candidate, until the last
         level, which it and mixing's contexts reach only if mixing leads on the levels before
         (_mixing_leads, under mixer `mix_version`: most of a surface's bits are on its last
-        level)."""
+        level). It empties `codes` as it goes."""
         depth = len(codes)
         learned: list[coder.LearnedLevel | None] = [None] * depth
         neighbour_f0: list[np.ndarray | None] = [None] * depth
@@ -500,6 +500,8 @@ class PointCloudCodec:
         ahead: _LevelAhead | None = None  # the next level's inputs, being made on the pool
         try:
             for level in range(depth if coders != "adaptive" else 0):
+                if level:  # the caller's codes of the levels walked are needed no more
+                    codes[level - 1] = np.empty(0, np.int64)  # (4 MB at a 0.97 M sweep's peak)
                 m = codes[level].size
                 made = ahead.result(level) if ahead is not None else None
                 ahead = None

@@ -285,9 +285,10 @@ def _version_kernels(extended: bool) -> tuple:
     def walk_kernel(fine, shapes, coarse_shift, slots, node_bytes, bits, counts, probability,
                     coarse_counts, coarse_probability, node_counts, node_probability, weights,
                     apm, length, f0_out):  # pragma: no cover - compiled
-        """The encoder's walk over a level (its LevelContexts' arrays; pass-major: bit i is in
-        child i // M of node i % M): each bit's P(0) into f0_out, then the updates; returns the
-        bits' code length (entropy.code_length_table units). Version 1 reads no extras."""
+        """The encoder's walk over a level (its LevelContexts' arrays and its (M, 8) bits;
+        pass-major: bit i is child i // M of node i % M): each bit's P(0) into f0_out, then the
+        updates; returns the bits' code length (entropy.code_length_table units). Version 1
+        reads no extras."""
         inputs = np.zeros(INPUTS, np.int64)
         total = np.int64(0)
         m = shapes.size
@@ -303,7 +304,7 @@ def _version_kernels(extended: bool) -> tuple:
                                                     node_probability, weights, apm, extended,
                                                     ctx, extra, np.int64(k), inputs)
                 f0_out[i] = coded
-                bit = bits[i]
+                bit = bits[j, k]
                 total += length[_ONE - coded] if bit else length[coded]
                 _learn(counts, probability, coarse_counts, coarse_probability, node_counts,
                        node_probability, weights, apm, extended, ctx, extra, np.int64(k),
@@ -353,15 +354,16 @@ def walk_contexts(model: Model, contexts: mixing.LevelContexts, bits: np.ndarray
     its extras (nodecontext.LevelExtras.of): each bit's P(0) (uint16, pass-major, as
     adaptive.encode takes them) and their code length in 2^-entropy.COST_FRACTION bits. The
     model moves on; model.restore(model.snapshot(contexts, extras)) taken before undoes it."""
-    m = bits.shape[0]
-    coded = np.ascontiguousarray(np.asarray(bits, dtype=np.uint8).T).reshape(-1)  # pass-major
+    # (read in place, pass by pass: a pass-major copy took a byte a bit at the walk's peak)
+    occupancy = np.ascontiguousarray(bits, dtype=np.bool_).view(np.uint8)
+    m = occupancy.shape[0]
     level = contexts.checked(model.points)
-    if level.shapes.size != m:
-        raise ValueError("one context per bit of the level")
+    if occupancy.shape != (m, N_PASSES) or level.shapes.size != m:
+        raise ValueError("one context per bit of the level's (M, 8) bits")
     extras = nodecontext.checked_level_extras(extras, m, model.version)
-    f0 = np.empty(coded.size, dtype=adaptive.F0_DTYPE)
+    f0 = np.empty(occupancy.size, dtype=adaptive.F0_DTYPE)
     walk, _ = model.kernels()
-    cost = walk(level.fine, level.shapes, _coarse_shift(model.points), *extras, coded,
+    cost = walk(level.fine, level.shapes, _coarse_shift(model.points), *extras, occupancy,
                 *model.arrays(), entropy.code_length_table(), f0)
     return f0, int(cost)
 

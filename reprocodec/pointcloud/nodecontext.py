@@ -26,25 +26,27 @@ from . import adaptive
 from .context import N_PASSES
 
 NODE_CONTEXTS = 1 << 19  # slot < 2^11, times 256
+SLOT_DTYPE = np.uint16  # a node's slot (< 2^11)
 POP_SHIFT = 24  # an extra: node context | occupied children so far << 24
 NODE_MASK = (1 << POP_SHIFT) - 1
 
 
 def node_slots(parent_bits: np.ndarray | None) -> np.ndarray:
-    """(M,) int64 slot of each node of a level: its parent's occupancy byte (child 0 the most
+    """(M,) SLOT_DTYPE slot of each node of a level: its parent's occupancy byte (child 0 the most
     significant bit) x 8 + its own child index, the nodes in the octree's order (each occupied
     child of each parent in turn); parent_bits: the level above's (M', 8) bits, None at the
     root (one node, slot 0)."""
     if parent_bits is None:
-        return np.zeros(1, dtype=np.int64)
+        return np.zeros(1, dtype=SLOT_DTYPE)
     parent_byte, position = adaptive.child_places(adaptive.occupancy_bytes(parent_bits))
-    return parent_byte.astype(np.int64) * 8 + position
+    return parent_byte.astype(SLOT_DTYPE) * 8 + position
 
 
 @entropy.jit_inline
 def _extra_of(slot, partial, occupied, k):  # pragma: no cover - compiled
     """The extra of child k of a node: node context | occupied << 24 (NODE_MASK; < 2^27)."""
-    return np.int32((slot << 8) + (np.int64(1) << k) - 1 + partial + (occupied << POP_SHIFT))
+    return np.int32((np.int64(slot) << 8) + (np.int64(1) << k) - 1 + partial +
+                    (occupied << POP_SHIFT))
 
 
 @compiled
@@ -58,11 +60,12 @@ def _pass_extras_kernel(slots, bits, k, out):  # pragma: no cover - compiled
 
 
 def _checked_slots(slots: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = np.ascontiguousarray(slots, dtype=np.int64)
+    s = np.asarray(slots)
     b = np.ascontiguousarray(np.asarray(bits, dtype=bool), dtype=np.uint8)  # 0 or 1
-    if b.shape != (s.size, N_PASSES) or (s.size and (s.min() < 0 or s.max() >= 2048)):
+    if s.dtype.kind not in "iu" or b.shape != (s.size, N_PASSES) or \
+            (s.size and (int(s.min()) < 0 or int(s.max()) >= 2048)):
         raise ValueError("one slot below 2048 and 8 bits per node")
-    return s, b
+    return np.ascontiguousarray(s, dtype=SLOT_DTYPE), b  # (in range: checked above)
 
 
 def level_extras(slots: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -96,10 +99,10 @@ def node_extra(slots, node_bytes, k, j):  # pragma: no cover - compiled
 class LevelExtras(NamedTuple):
     """A level's extras as the encoder's neighbour walk reads them: each node's slot and
     occupancy byte (child 0 the most significant bit), from which node_extra makes a bit's
-    extra where it is read. 9 bytes a node where level_extras' array takes 32; array() makes
+    extra where it is read. 3 bytes a node where level_extras' array takes 32; array() makes
     that array."""
 
-    slots: np.ndarray  # (M,) int64, each below 2048
+    slots: np.ndarray  # (M,) SLOT_DTYPE, each below 2048
     node_bytes: np.ndarray  # (M,) uint8
 
     @classmethod
@@ -121,7 +124,7 @@ class LevelExtras(NamedTuple):
         """Itself, checked for the kernels to read unchecked (ValueError otherwise): one slot
         below 2048 and one byte a node, contiguous."""
         s, b = self.slots, self.node_bytes
-        if s.dtype != np.int64 or b.dtype != np.uint8 or s.ndim != 1 or s.shape != b.shape \
+        if s.dtype != SLOT_DTYPE or b.dtype != np.uint8 or s.ndim != 1 or s.shape != b.shape \
                 or not s.flags.c_contiguous or not b.flags.c_contiguous or \
                 (s.size and (s.min() < 0 or s.max() >= 2048)):
             raise ValueError("the node model needs one slot below 2048 and one byte a node")
@@ -141,7 +144,7 @@ def checked_level_extras(extras: LevelExtras | None, nodes: int, version: int) -
     version 2's for each of the level's `nodes` nodes (ValueError otherwise); version 1 reads
     none (empty arrays, whatever was passed)."""
     if version == 1:
-        return LevelExtras(np.zeros(0, np.int64), np.zeros(0, np.uint8))
+        return LevelExtras(np.zeros(0, SLOT_DTYPE), np.zeros(0, np.uint8))
     if extras is None or extras.nodes != nodes:
         raise ValueError("the node model needs the extras of each node of the level")
     return extras.checked()
