@@ -236,10 +236,11 @@ class LevelPricing:
     each level's decisions (its bits, node-major: views, no copies) and their code length
     under Model.observe's walk level by level (cost, the units of code_length), and the
     probabilities of the levels in `keep` (ascending), concatenated in coding order
-    (probabilities()). The encoder prices with none kept and walks again, keeping the levels
-    a stream codes adaptively, when it codes them: kept through the choice, a scan's encode
-    held 2 bytes a decision of every level through its peak (33 MB at 0.97 M points) for the
-    few small levels the adaptive coder won.
+    (probabilities()). The encoder keeps every level's on a small cloud; on a larger one
+    none, and it walks again, keeping the levels a stream codes adaptively, when it codes
+    them (codec.KEEP_ADAPTIVE_BITS): kept through the choice, a scan's encode held 2 bytes a
+    decision of every level through its peak (33 MB at 0.97 M points) for the few small
+    levels the adaptive coder won.
 
     With threads > 1 the walk runs on the row pool while the caller goes on (the encoder's
     level loop, which reads a level's cost when it reaches it: `self[level]` waits for it).
