@@ -313,6 +313,13 @@ def _restart_peak_rss_mb() -> float:
     return _peak_rss_mb()
 
 
+def _as_the_service_trims(allocator, estimate: int) -> None:
+    """The heap trimmed after a request as the service does between back-to-back requests:
+    after a large one only (allocator.IdleTrim; untimed here, in the request's end there)."""
+    if estimate >= allocator.TRIM_AFTER_BYTES:
+        allocator.trim()
+
+
 def _measure_worker(args: argparse.Namespace) -> int:
     """One cloud in a fresh process, the codec warmed up: the first encode, then `runs` more
     (medians; every stream the same bytes), the encodes' peak RSS from the warm-up on; then
@@ -322,6 +329,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
     from reprocodec.pointcloud import LEARNED_PROBABILITIES, adaptive
     from reprocodec.pointcloud.codec import level_coders
     from reprocodec.server import allocator
+    from reprocodec.server.core import request_memory
 
     allocator.fix_thresholds()  # as a service does (its default --malloc-mmap-mb)
     voxels = np.load(args.cloud)
@@ -348,6 +356,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
         same_bytes = same_bytes and (not packed or stream == packed)
         packed = stream  # (one request's output held at a time)
         del stream
+        _as_the_service_trims(allocator, request_memory("EncodePointCloud", len(voxels)))
     encode_peak_mb = _peak_rss_mb()
     allocator.trim()  # (the decoder's process never held the encoder's buffers)
     decode_base_mb = _restart_peak_rss_mb()
@@ -360,6 +369,7 @@ def _measure_worker(args: argparse.Namespace) -> int:
         dec_cpu.append(time.process_time() - c0)
         lossless = lossless and bool(np.array_equal(out.voxels, voxels))  # every run's
         del out
+        _as_the_service_trims(allocator, request_memory("DecodePointCloud", len(voxels)))
     decode_peak_mb = _peak_rss_mb()
     stream_bytes = len(packed)
     names = [p.name for p in msg.payloads]

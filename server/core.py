@@ -501,10 +501,11 @@ class ServiceCore:
             gauge.dec()
             self.admission.release(memory)
             # The request's buffers are free now: their pages go back to the OS once the
-            # service has been idle a moment, so that RSS at rest is not the high-water mark of
-            # every arena, while back-to-back requests reuse them (allocator.IdleTrim).
+            # service has been idle a moment (at once after a large request), so that RSS is
+            # not the high-water mark of every arena, while back-to-back small requests reuse
+            # them (allocator.IdleTrim).
             if self._idle_trim is not None:
-                self._idle_trim.end()
+                self._idle_trim.end(large=memory >= allocator.TRIM_AFTER_BYTES)
 
     def check_memory(self, method: str, elements: int) -> int:
         """The request's memory estimate (`request_memory`); refuses it (RESOURCE_EXHAUSTED,

@@ -322,7 +322,7 @@ def _wait_for(condition, seconds: float = 10.0) -> bool:
 def test_idle_trim_waits_for_the_service_to_be_idle(monkeypatch):
     """IdleTrim trims once nothing has run for its delay: not while a request runs, however
     long; once after a request; not between requests that follow one another within the
-    delay; never after close()."""
+    delay; never after close(); at once after a large request."""
     calls = []
     monkeypatch.setattr(allocator, "trim", lambda: calls.append(time.monotonic()) or True)
     idle = allocator.IdleTrim(0.2)
@@ -343,6 +343,12 @@ def test_idle_trim_waits_for_the_service_to_be_idle(monkeypatch):
     slow.close()  # the pending trim is cancelled
     time.sleep(1.2)
     assert len(calls) == 1
+    slow.begin()
+    slow.begin()
+    slow.end(large=True)  # a large request trims at once, though another one runs
+    assert len(calls) == 2
+    slow.end()
+    slow.close()
     with pytest.raises(ValueError):
         allocator.IdleTrim(-1)
     assert build_parser("encoder").parse_args([]).malloc_trim_delay == \
