@@ -394,8 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     # release would refuse a format it does not know)
     e.add_argument("--bitstream-format", type=int, choices=sorted(SUPPORTED_VERSIONS),
                    default=None,
-                   help=f"the newest bitstream format to write (default {FORMAT_VERSION}): 6 "
-                        "for decoders of reprocodec 0.6 (the point-cloud mixer's first "
+                   help=f"the newest bitstream format to write (default {FORMAT_VERSION}): 7 "
+                        "for decoders of reprocodec 0.7 (the point-cloud mixer's second "
+                        "version), 6 for 0.6 (its first "
                         "version), 5 for 0.5.0 (the neighbour coder's first model), "
                         "4 for 0.4.0 (no neighbour-coded point-cloud levels), 3 for 0.3.0 (no "
                         "mixed probabilities), 2 for 0.2.0 (also the "

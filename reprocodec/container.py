@@ -25,14 +25,16 @@ MAGIC = 0x44435052  # b"RPCD" read as a little-endian uint32
 # can express it (a decoder upgraded later still reads what it can): 3 only for a point cloud
 # whose placement is the identity and so omitted (_IDENTITY_PLACEMENT), 4 to 6 only for a
 # stream with a payload of PAYLOAD_VERSIONS.
-FORMAT_VERSION = 7
-SUPPORTED_VERSIONS = frozenset({2, 3, 4, 5, 6, 7})
+FORMAT_VERSION = 8
+SUPPORTED_VERSIONS = frozenset({2, 3, 4, 5, 6, 7, 8})
 # Payloads newer than format 3, with the format that brought them (reprocodec.pointcloud's
 # occupancy under mixed probabilities, 0.4.0; its neighbour coder's levels, 0.5.0, and under
-# that coder's version 2 model, 0.6.0; under the mixer's version 2, 0.7.0): an encoder writes
-# them only when asked for that format, and older decoders refuse them.
+# that coder's version 2 model, 0.6.0; under the mixer's version 2, 0.7.0, and its version 3,
+# 0.8.0): an encoder writes them only when asked for that format, and older decoders refuse
+# them.
 PAYLOAD_VERSIONS = {"occupancy_mixed": 4, "occupancy_neighbour": 5,
-                    "occupancy_neighbour_v2": 6, "occupancy_mixed_v2": 7}
+                    "occupancy_neighbour_v2": 6, "occupancy_mixed_v2": 7,
+                    "occupancy_mixed_v3": 8}
 # Versions this decoder recognises but no longer reads, with what the user should do.
 _RETIRED_VERSIONS = {
     1: "was written by reprocodec 0.1 (CompressAI's rANS without an end-of-stream check, no "

@@ -128,7 +128,8 @@ def build_parser(service: str) -> argparse.ArgumentParser:
     p.add_argument("--bitstream-format", type=int, choices=sorted(container.SUPPORTED_VERSIONS),
                    default=container.FORMAT_VERSION,
                    help="encoder: the newest bitstream format it writes (default "
-                        f"{container.FORMAT_VERSION}); 6 while decoders of reprocodec 0.6 "
+                        f"{container.FORMAT_VERSION}); 7 while decoders of reprocodec 0.7 "
+                        "remain (the point-cloud mixer's second version), 6 while 0.6 ones do "
                         "remain (the point-cloud mixer's first version), 5 while 0.5.0 ones do "
                         "(the neighbour coder's first model), 4 while 0.4.0 ones do "
                         "(no neighbour-coded point-cloud levels), 3 while 0.3.0 ones do "

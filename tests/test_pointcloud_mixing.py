@@ -1,6 +1,6 @@
 """Mixed learned probabilities (pointcloud/mixing.py): integer squash/stretch, the hashed
-neighbourhood contexts, the mixer's coder (versions 1 and 2) and the codec's format-4
-"occupancy_mixed" and format-7 "occupancy_mixed_v2" payloads."""
+neighbourhood contexts, the mixer's coder (versions 1 to 3) and the codec's format-4
+"occupancy_mixed", format-7 "occupancy_mixed_v2" and format-8 "occupancy_mixed_v3" payloads."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from reprocodec.pointcloud import (
     mixing,
     nodecontext,
     octree,
+    planes,
     refine,
 )
 from reprocodec.pointcloud import codec as codec_module
@@ -28,6 +29,7 @@ from reprocodec.pointcloud.codec import (
     ADAPTIVE_PAYLOAD,
     MIXED_PAYLOAD,
     MIXED_PAYLOADS,
+    MIXED_V2_PAYLOAD,
     MIXED_VERSIONS,
     PAYLOAD,
     REFINED_PAYLOAD,
@@ -346,14 +348,25 @@ def _extras(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _version_extras(version: int, n: int) -> np.ndarray | None:
-    return _extras(n) if version == 2 else None
+    return _extras(n) if version >= 2 else None
 
 
-def _decode_chunks(decoder, rows, contexts, chunks, extras=None):
+def _version_features(version: int, n: int, seed: int = 0) -> np.ndarray | None:
+    """Version 3's plane features for n bits, over their whole range (both ends included)."""
+    if version < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    features = rng.integers(0, planes.FEATURES, n)
+    features[:2] = (0, planes.FEATURES - 1)
+    return features.astype(planes.FEATURE_DTYPE)
+
+
+def _decode_chunks(decoder, rows, contexts, chunks, extras=None, features=None):
     out, start, failed_at = [], 0, None
     for i, (m, k) in enumerate(chunks):
         out.append(decoder.decode(rows[start:start + m], contexts[start:start + m], k,
-                                  None if extras is None else extras[start:start + m]))
+                                  None if extras is None else extras[start:start + m],
+                                  None if features is None else features[start:start + m]))
         if failed_at is None and getattr(decoder, "failed", False):
             failed_at = i
         start += m
@@ -365,10 +378,12 @@ def test_mixed_coding_round_trips_pass_by_pass(f0_table, version):
     points = 3000
     bits, rows, contexts, passes, chunks = _chunked_coding(1, f0_table, points)
     extras = _version_extras(version, bits.size)
-    data = mixing.encode(bits, rows, contexts, passes, f0_table, points, extras, version)
+    features = _version_features(version, bits.size)
+    data = mixing.encode(bits, rows, contexts, passes, f0_table, points, extras, version,
+                         features)
     assert len(data) % 4 == 0 and len(data) >= 8
     decoder = mixing.Decoder(data, f0_table, points, version=version)
-    got, failed_at = _decode_chunks(decoder, rows, contexts, chunks, extras)
+    got, failed_at = _decode_chunks(decoder, rows, contexts, chunks, extras, features)
     decoder.finish()
     assert failed_at is None
     np.testing.assert_array_equal(np.concatenate(got), bits)
@@ -376,14 +391,16 @@ def test_mixed_coding_round_trips_pass_by_pass(f0_table, version):
     # int64 give the same probabilities and the same bytes
     narrow = (rows.astype(np.int16), contexts.astype(np.int32), passes.astype(np.uint8))
     np.testing.assert_array_equal(
-        mixing.probabilities(bits, *narrow, f0_table, points, extras, version),
-        mixing.probabilities(bits, rows, contexts, passes, f0_table, points, extras, version))
+        mixing.probabilities(bits, *narrow, f0_table, points, extras, version, features),
+        mixing.probabilities(bits, rows, contexts, passes, f0_table, points, extras, version,
+                             features))
     assert mixing.encode(bits.astype(bool), *narrow, f0_table, points, extras,
-                         version) == data
-    # the other version's decoder does not return these bits
-    other = 3 - version
+                         version, features) == data
+    # another version's decoder does not return these bits
+    other = {1: 2, 2: 1, 3: 2}[version]
     decoder = mixing.Decoder(data, f0_table, points, lenient=True, version=other)
-    got, _ = _decode_chunks(decoder, rows, contexts, chunks, _version_extras(other, bits.size))
+    got, _ = _decode_chunks(decoder, rows, contexts, chunks, _version_extras(other, bits.size),
+                            _version_features(other, bits.size))
     assert not np.array_equal(np.concatenate(got), bits)
 
 
@@ -393,7 +410,9 @@ def test_truncated_overlong_and_garbage_streams_are_refused(f0_table, version):
     points = 3000
     bits, rows, contexts, passes, chunks = _chunked_coding(2, f0_table, points)
     extras = _version_extras(version, bits.size)
-    data = mixing.encode(bits, rows, contexts, passes, f0_table, points, extras, version)
+    features = _version_features(version, bits.size)
+    data = mixing.encode(bits, rows, contexts, passes, f0_table, points, extras, version,
+                         features)
     half = len(data) // 8 * 4
     rng = np.random.default_rng(3)
     variants = [b"", data[:4], data[:8], data[:-4], data[:half], data[:-1], data + data[-4:],
@@ -404,14 +423,14 @@ def test_truncated_overlong_and_garbage_streams_are_refused(f0_table, version):
     for bad in variants:
         with pytest.raises(ContainerError) as info:
             decoder = mixing.Decoder(bad, f0_table, points, version=version)
-            _decode_chunks(decoder, rows, contexts, chunks, extras)
+            _decode_chunks(decoder, rows, contexts, chunks, extras, features)
             decoder.finish()
         assert isinstance(info.value, AdaptiveStreamError), repr(info.value)
     # lenient (benchmarks): zeros from the break on, never a raise; the chunks decoded
     # before the break are the encoder's bits
     for bad in (b"", data[:8], data[:half], data[:-4]):
         decoder = mixing.Decoder(bad, f0_table, points, lenient=True, version=version)
-        got, failed_at = _decode_chunks(decoder, rows, contexts, chunks, extras)
+        got, failed_at = _decode_chunks(decoder, rows, contexts, chunks, extras, features)
         decoder.finish()
         assert decoder.failed and failed_at is not None
         start = 0
@@ -423,7 +442,7 @@ def test_truncated_overlong_and_garbage_streams_are_refused(f0_table, version):
             start += m
     # a lenient decoder of a good stream is an ordinary one
     decoder = mixing.Decoder(data, f0_table, points, lenient=True, version=version)
-    got, failed_at = _decode_chunks(decoder, rows, contexts, chunks, extras)
+    got, failed_at = _decode_chunks(decoder, rows, contexts, chunks, extras, features)
     decoder.finish()
     assert failed_at is None and not decoder.failed
     np.testing.assert_array_equal(np.concatenate(got), bits)
@@ -437,7 +456,8 @@ def test_out_of_range_rows_contexts_passes_and_extras_are_refused(f0_table, vers
     rows, contexts = np.full(n, GRID_K), np.zeros(n, np.int64)
     passes, bits = np.zeros(n, np.int64), np.zeros(n, np.uint8)
     extras = _version_extras(version, n)
-    coded = (f0_table, points, extras, version)
+    features = _version_features(version, n)
+    coded = (f0_table, points, extras, version, features)
     mixing.probabilities(bits, rows, contexts, passes, *coded)  # in range: fine
     for name, value in (("rows", -1), ("rows", 2 * GRID_K + 1), ("contexts", -1),
                         ("contexts", size), ("passes", -1), ("passes", 8)):
@@ -457,23 +477,36 @@ def test_out_of_range_rows_contexts_passes_and_extras_are_refused(f0_table, vers
     bad_extras = [None, _extras(n - 1), _extras(n).astype(np.int64),
                   np.full(n, -1, np.int32), np.full(n, nodecontext.NODE_CONTEXTS, np.int32),
                   np.full(n, 8 << nodecontext.POP_SHIFT, np.int32)]
-    for bad in bad_extras if version == 2 else []:
+    for bad in bad_extras if version >= 2 else []:
         with pytest.raises(ValueError):
-            mixing.probabilities(bits, rows, contexts, passes, f0_table, points, bad, version)
+            mixing.probabilities(bits, rows, contexts, passes, f0_table, points, bad, version,
+                                 features)
+    # version 3's plane features: one uint16 per bit below planes.FEATURES
+    bad_features = [None, np.zeros(n - 1, planes.FEATURE_DTYPE), np.zeros(n, np.int32),
+                    np.full(n, planes.FEATURES, planes.FEATURE_DTYPE)]
+    for bad in bad_features if version == 3 else []:
+        with pytest.raises(ValueError):
+            mixing.probabilities(bits, rows, contexts, passes, f0_table, points, extras,
+                                 version, bad)
     # the decoder refuses its caller's out-of-range rows, contexts, passes and extras the same
     # way
     data = mixing.encode(bits, rows, contexts, passes, *coded)
-    for r, c, k, e in ((rows - GRID_K - 1, contexts, 0, extras),
-                       (rows + GRID_K + 1, contexts, 0, extras), (rows, contexts - 1, 0, extras),
-                       (rows, contexts + size, 0, extras), (rows, contexts, 8, extras),
-                       (rows, contexts, -1, extras), (rows, contexts[:-1], 0, extras),
-                       *((rows, contexts, 0, bad) for bad in
-                         (bad_extras if version == 2 else []))):
+    for r, c, k, e, f in ((rows - GRID_K - 1, contexts, 0, extras, features),
+                          (rows + GRID_K + 1, contexts, 0, extras, features),
+                          (rows, contexts - 1, 0, extras, features),
+                          (rows, contexts + size, 0, extras, features),
+                          (rows, contexts, 8, extras, features),
+                          (rows, contexts, -1, extras, features),
+                          (rows, contexts[:-1], 0, extras, features),
+                          *((rows, contexts, 0, bad, features) for bad in
+                            (bad_extras if version >= 2 else [])),
+                          *((rows, contexts, 0, extras, bad) for bad in
+                            (bad_features if version == 3 else []))):
         decoder = mixing.Decoder(data, f0_table, points, version=version)
         with pytest.raises(ValueError):
-            decoder.decode(r, c, k, e)
+            decoder.decode(r, c, k, e, f)
     with pytest.raises(ValueError):
-        mixing.Model(f0_table, points, version=3)
+        mixing.Model(f0_table, points, version=4)
 
 
 # ------------------------------------------------------------ determinism and contexts
@@ -494,7 +527,8 @@ def test_probabilities_are_deterministic_and_learn_the_contexts(f0_table, versio
     rows = np.full(n, GRID_K)
     passes = np.repeat(np.arange(8), n // 8)
     extras = _version_extras(version, n)
-    coded = (f0_table, points, extras, version)
+    features = _version_features(version, n)
+    coded = (f0_table, points, extras, version, features)
     first = mixing.probabilities(bits, rows, contexts, passes, *coded)
     assert first.dtype == np.uint16 and first.shape == (n,)
     assert first.min() >= 1
@@ -514,14 +548,15 @@ def test_probabilities_are_deterministic_and_learn_the_contexts(f0_table, versio
     decoder = mixing.Decoder(mixed, f0_table, points, version=version)
     step = n // 8
     got = np.concatenate([decoder.decode(rows[i:i + step], contexts[i:i + step], i // step,
-                                         None if extras is None else extras[i:i + step])
+                                         None if extras is None else extras[i:i + step],
+                                         None if features is None else features[i:i + step])
                           for i in range(0, n, step)])
     decoder.finish()
     np.testing.assert_array_equal(got, bits)
 
 
 def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points, extras=None,
-                        version=1):
+                        version=1, features=None):
     """The module docstring's mixer in plain Python integers: refine's buckets, two count
     models (the fine context: the low 32 bits, the coarse one: the rest), each with a fast and
     a slow probability moving 1/(n + 1.5) of the way to each bit (n capped at COUNT_LIMITS),
@@ -530,8 +565,13 @@ def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points, extras=N
     third count model of the extra's node context, the stretched shipped-table P(0) of the
     bit's row, weights learning at 1/2^17, and the coded P(0) the mean of the mixer's and an
     APM's (one per pass and occupied count: 33 knots over logits -8..8, the two around the
-    mixer's logit interpolated, each moving 1/64 of the way to the bit times its weight)."""
-    v2 = version == 2
+    mixer's logit interpolated, each moving 1/64 of the way to the bit times its weight).
+    Version 3: version 2's coded P(0), then a second stage: per-pass weights on (its stretch,
+    the stretched fast and slow P(0) of a count model of the pass and the bit's plane feature,
+    one logit), starting at (1, 0, 0, 0) and learning 1/2^19 of the error, rounded."""
+    v2 = version >= 2
+    v3 = version == 3
+    stage = [[ONE, 0, 0, 0] for _ in range(8)]
     limit = mixing.LOGIT_LIMIT
     squash, stretch = mixing.SQUASH.tolist(), mixing.STRETCH.tolist()
     buckets = [int(f0_table[j * refine.SPACING]) << refine.FRACTION
@@ -541,9 +581,10 @@ def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points, extras=N
     weights = [[ONE] + [0] * (inputs_n - 1) for _ in range(8)]
     apm = [[squash[(j - 16) * 128 + limit] for j in range(33)] for _ in range(64)]
     extras = [0] * bits.size if extras is None else extras.tolist()
+    features = [0] * bits.size if features is None else features.tolist()
     out = []
-    for bit, g, ctx, k, e in zip(bits.tolist(), rows.tolist(), contexts.tolist(),
-                                 passes.tolist(), extras, strict=True):
+    for bit, g, ctx, k, e, f in zip(bits.tolist(), rows.tolist(), contexts.tolist(),
+                                    passes.tolist(), extras, features, strict=True):
         lo = min(g // refine.SPACING, refine.BUCKETS - 2)
         w = g - lo * refine.SPACING
         f0 = ((refine.SPACING - w) * buckets[lo] + w * buckets[lo + 1]) // refine.SPACING
@@ -565,6 +606,15 @@ def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points, extras=N
             knot, aw = at // 128, at % 128
             mapped = (apm[row][knot] * (128 - aw) + apm[row][knot + 1] * aw) // 128
             coded = min(max((p + mapped) // 2, 1), ONE - 1)
+        if v3:
+            plane_key = ("plane", k * planes.FEATURES + f)
+            q = probability.get(plane_key, [ONE // 2, ONE // 2])
+            stage_inputs = [stretch[coded], *(stretch[min(max(v, 1), ONE - 1)] for v in q),
+                            mixing.LOGIT_ONE]
+            stage_logit = sum(a * b for a, b in zip(stage[k], stage_inputs, strict=True)) >> 16
+            coded = min(max(squash[min(max(stage_logit, -limit), limit) + limit], 1), ONE - 1)
+            keys.append(plane_key)
+            qs.append(q)
         out.append(coded)
         target = 0 if bit else ONE
         j = lo if 2 * w < refine.SPACING else lo + 1
@@ -581,6 +631,10 @@ def _reference_mixed_f0(bits, rows, contexts, passes, f0_table, points, extras=N
             step = (inputs[i] * (target - p)) >> (17 if v2 else 16)
             weights[k][i] = min(max(weights[k][i] + step, -mixing.WEIGHT_LIMIT),
                                 mixing.WEIGHT_LIMIT)
+        for i in range(4 if v3 else 0):
+            step = (stage_inputs[i] * (target - coded) + (1 << 18)) >> 19
+            stage[k][i] = min(max(stage[k][i] + step, -mixing.WEIGHT_LIMIT),
+                              mixing.WEIGHT_LIMIT)
     return np.array(out, np.int64)
 
 
@@ -591,13 +645,18 @@ def test_probabilities_follow_the_documented_mixer(f0_table, version):
     contexts = contexts % 64  # contexts recur: the count models move
     contexts |= (contexts % 5) << 32  # and a coarse half that groups them
     bits[contexts % 3 == 0] = 1  # and partly predicts the bits
-    extras = None
-    if version == 2:  # node contexts that recur and predict a little, every occupied count
+    extras = features = None
+    if version >= 2:  # node contexts that recur and predict a little, every occupied count
         extras = ((contexts % 7 + 1000 * (contexts % 3 == 0))
                   | (contexts % 8) << nodecontext.POP_SHIFT).astype(np.int32)
-    got = mixing.probabilities(bits, rows, contexts, passes, f0_table, points, extras, version)
+    if version == 3:  # plane features that recur and predict a little, both ends of the range
+        features = (contexts % 11 + 13 * (contexts % 3 == 0)).astype(planes.FEATURE_DTYPE)
+        features[contexts % 17 == 0] = planes.FEATURES - 1
+    got = mixing.probabilities(bits, rows, contexts, passes, f0_table, points, extras, version,
+                               features)
     np.testing.assert_array_equal(got, _reference_mixed_f0(bits, rows, contexts, passes,
-                                                           f0_table, points, extras, version))
+                                                           f0_table, points, extras, version,
+                                                           features))
 
 
 # --------------------------------------------------------------------------- the codec
@@ -670,9 +729,10 @@ def test_smallest_keeps_the_smaller_mixer_so_format_7_is_never_larger(codec, cam
     """By bits alone the encoder codes the learned levels under both mixers and keeps the
     smaller payload, its name counted: on the camel sample at depth 6 both take the same rANS
     words and version 1's name is shorter, so the format-7 encoder writes format 6's stream;
-    on the elephant sample at depth 7 version 2 wins. Either way the stream is no larger than
+    on the elephant sample at depth 7 version 2 wins, and version 3 codes the same words, so
+    the format-8 encoder keeps version 2's (format 7). Either way the stream is no larger than
     format 6's, and it decodes."""
-    for points, depth, expected in ((camel, 6, MIXED_PAYLOAD), (elephant, 7, MIXED_NOW)):
+    for points, depth, expected in ((camel, 6, MIXED_PAYLOAD), (elephant, 7, MIXED_V2_PAYLOAD)):
         new = container.pack(codec.encode(points, Mode.SYNDROME, depth=depth,
                                           coders="smallest"))
         old = container.pack(codec.encode(points, Mode.SYNDROME, depth=depth,
@@ -688,12 +748,14 @@ def test_smallest_keeps_the_smaller_mixer_so_format_7_is_never_larger(codec, cam
 
 @pytest.mark.parametrize("mode", [Mode.NONE, Mode.FLAGS, Mode.SIMPLIFIED])
 def test_mixed_streams_decode_in_other_safeguard_modes(codec, elephant, mode):
-    expected = octree.voxelize(elephant, 7).voxels
-    msg = codec.encode(elephant, mode, depth=7, coders="smallest")
-    assert msg.payloads[0].name == MIXED_NOW
-    out = codec.decode(container.unpack(container.pack(msg)))
-    assert out.bit_exact
-    np.testing.assert_array_equal(out.voxels, expected)
+    # version 2 (the elephant sample by bits alone), version 3 (a box's faces by default)
+    for points, depth, coders, name in ((elephant, 7, "smallest", MIXED_V2_PAYLOAD),
+                                        (_box_surface(128), 7, "auto", MIXED_NOW)):
+        msg = codec.encode(points, mode, depth=depth, coders=coders)
+        assert msg.payloads[0].name == name
+        out = codec.decode(container.unpack(container.pack(msg)))
+        assert out.bit_exact
+        np.testing.assert_array_equal(out.voxels, octree.voxelize(points, depth).voxels)
 
 
 def test_whatever_smallest_picks_decodes_losslessly(codec):
@@ -807,13 +869,15 @@ def test_auto_never_mixes_a_cloud_of_many_bits_a_point(codec, monkeypatch):
     assert walked
 
 
-@pytest.mark.parametrize("bitstream_format", [4, 7])
+@pytest.mark.parametrize("bitstream_format", [4, 7, 8])
 def test_mixed_streams_cannot_be_lowered_or_relabelled(codec, camel, elephant, bitstream_format):
-    """A mixed stream of either mixer version is written at the format that brought its
+    """A mixed stream of each mixer version is written at the format that brought its
     payload and refused below it; its bytes named as the other learned payloads (refined,
-    the other mixer) are not decoded as such, nor theirs named as it."""
-    points, depth = (camel, 6) if bitstream_format == 4 else (elephant, 7)
-    msg = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest",
+    the other mixers) are not decoded as such, nor theirs named as it. (Version 3: a box's
+    flat faces, which the default encode mixes.)"""
+    points, depth, coders = {4: (camel, 6, "smallest"), 7: (elephant, 7, "smallest"),
+                             8: (_box_surface(128), 7, "auto")}[bitstream_format]
+    msg = codec.encode(points, Mode.SYNDROME, depth=depth, coders=coders,
                        bitstream_format=bitstream_format)
     name = MIXED_PAYLOADS[mixing_version(bitstream_format)]
     assert msg.payloads[0].name == name
@@ -839,7 +903,7 @@ def test_mixed_streams_cannot_be_lowered_or_relabelled(codec, camel, elephant, b
         with pytest.raises((ContainerError, VerificationError)):
             codec.decode(container.unpack(container.pack(renamed)))
     # nor a refined payload's bytes named as mixed
-    refined = codec.encode(points, Mode.SYNDROME, depth=depth, coders="smallest",
+    refined = codec.encode(points, Mode.SYNDROME, depth=depth, coders="learned",
                            bitstream_format=3)
     assert refined.payloads[0].name == REFINED_PAYLOAD
     refined.payloads[0].name = name
@@ -849,9 +913,13 @@ def test_mixed_streams_cannot_be_lowered_or_relabelled(codec, camel, elephant, b
 
 
 @pytest.mark.timeout(120)
-def test_bit_flips_in_the_mixed_payload_are_reported(codec, elephant):
-    msg = codec.encode(elephant, Mode.SYNDROME, depth=7, coders="smallest")
-    assert msg.payloads[0].name == MIXED_NOW
+@pytest.mark.parametrize("name", [MIXED_V2_PAYLOAD, MIXED_NOW])
+def test_bit_flips_in_the_mixed_payload_are_reported(codec, elephant, name):
+    if name == MIXED_V2_PAYLOAD:  # (by bits alone the elephant sample's is version 2's)
+        msg = codec.encode(elephant, Mode.SYNDROME, depth=7, coders="smallest")
+    else:  # (a box's flat faces: version 3's, by default)
+        msg = codec.encode(_box_surface(128), Mode.SYNDROME, depth=7)
+    assert msg.payloads[0].name == name
     good = bytes(msg.payloads[0].data)
     rng = np.random.default_rng(9)
     positions = [0, 7, 8, len(good) - 1] + rng.integers(0, len(good), 12).tolist()
@@ -870,7 +938,7 @@ def test_bit_flips_in_the_mixed_payload_are_reported(codec, elephant):
             codec.decode(container.unpack(container.pack(bad)))
 
 
-@pytest.mark.parametrize("version", [0, 1, 8, 99])
+@pytest.mark.parametrize("version", [0, 1, 9, 99])
 def test_unsupported_bitstream_formats_are_refused(codec, camel, version):
     with pytest.raises(InputError):
         codec.encode(camel, Mode.SYNDROME, depth=6, coders="smallest",
@@ -879,8 +947,8 @@ def test_unsupported_bitstream_formats_are_refused(codec, camel, version):
 
 def test_the_encoder_service_mixes_a_default_request_on_a_machined_surface():
     """The service path of "auto" mixing: a default EncodePointCloud request (no `smallest`)
-    of a box's flat faces gets the all-learned mixed stream (format 7) from an encoder that
-    writes format 7; the same request with max_format_version 3 gets none, and both decode
+    of a box's flat faces gets the all-learned mixed stream (format 8) from an encoder that
+    writes format 8; the same request with max_format_version 3 gets none, and both decode
     to the same voxels."""
     from reprocodec.v1 import service_pb2
     from server.backend import Codecs, encode_point_cloud

@@ -18,7 +18,7 @@ from reprocodec.server.main import build_parser, serve
     ["--tls-client-ca", "ca.pem"],                 # mutual TLS without TLS
     ["--max-concurrency", "0"],
     ["--max-message-mb", "0"],
-    ["--bitstream-format", "8"],                   # a format this version does not write
+    ["--bitstream-format", "9"],                   # a format this version does not write
 ])
 def test_misconfiguration_exits_with_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as info:

@@ -16,6 +16,7 @@ from reprocodec.pointcloud import warmup  # noqa: E402
 from reprocodec.pointcloud.codec import PointCloudCodec  # noqa: E402
 
 EVERY_PAYLOAD = {"occupancy", "occupancy_refined", "occupancy_mixed", "occupancy_mixed_v2",
+                 "occupancy_mixed_v3",
                  "occupancy_adaptive", "occupancy_neighbour", "occupancy_neighbour_v2"}
 
 

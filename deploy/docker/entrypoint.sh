@@ -17,8 +17,9 @@
 #   REPROCODEC_MAX_REQUEST_MEMORY_MB, REPROCODEC_MAX_MEMORY_MB (default: 75 % of the
 #   container's memory limit, read from its cgroup),
 #   REPROCODEC_TLS_CERT, REPROCODEC_TLS_KEY, REPROCODEC_TLS_CLIENT_CA   (optional)
-#   REPROCODEC_BITSTREAM_FORMAT  encoder: the newest format it writes (6 while decoders of
-#                              reprocodec 0.6 remain, 5 while 0.5.0 ones do, 4 while 0.4.0
+#   REPROCODEC_BITSTREAM_FORMAT  encoder: the newest format it writes (7 while decoders of
+#                              reprocodec 0.7 remain, 6 while 0.6 ones do, 5 while 0.5.0
+#                              ones do, 4 while 0.4.0
 #                              ones do, 3 while 0.3.0 ones do, 2 while 0.2.0 ones do; default
 #                              the newest)
 # The gRPC port in use is written to $REPROCODEC_RUN_DIR/reprocodec-grpc-port (default /tmp) for

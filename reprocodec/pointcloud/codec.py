@@ -31,7 +31,7 @@ Stream layout (container format 2 and later, additive): payload "occupancy" (the
 levels' rANS stream, shape [their coded bits], with the protected tensor "occupancy_logit";
 or the same bits under refined probabilities, "occupancy_refined", or from format 4 under
 mixed ones, "occupancy_mixed", from format 7 "occupancy_mixed_v2" instead: the same under
-mixing.py's version 2 mixer),
+mixing.py's version 2 mixer, from format 8 "occupancy_mixed_v3": under its version 3),
 payload "occupancy_adaptive" (ceil(depth / 8) bytes of level flags, bit l set when level l is
 adaptive, then that coder's rANS stream; shape [its coded bits]; its symbols checksum covers
 the flags and the bits), from format 5 payload "occupancy_neighbour" (the same layout for the
@@ -68,7 +68,7 @@ from ..errors import (
 )
 from ..safeguard import ErrorBound, Mode
 from ..v1 import bitstream_pb2 as pb
-from . import adaptive, coder, mixing, neighbour, nodecontext, octree, refine, warmup
+from . import adaptive, coder, mixing, neighbour, nodecontext, octree, planes, refine, warmup
 from .coder import TENSOR
 from .context import N_PASSES
 from .models import DEFAULT_MODEL, PointCloudModelInfo, weights_path
@@ -87,7 +87,10 @@ MIXED_PAYLOAD = "occupancy_mixed"
 # ... from format 7 under mixing.py's version 2 mixer (a node model, the model's unrefined
 # probability, an APM), another name
 MIXED_V2_PAYLOAD = "occupancy_mixed_v2"
-MIXED_PAYLOADS = {1: MIXED_PAYLOAD, 2: MIXED_V2_PAYLOAD}  # by mixer version
+# ... from format 8 under its version 3 (version 2, then a count model of the child's place
+# against its node's wider neighbourhood's plane: planes.py)
+MIXED_V3_PAYLOAD = "occupancy_mixed_v3"
+MIXED_PAYLOADS = {1: MIXED_PAYLOAD, 2: MIXED_V2_PAYLOAD, 3: MIXED_V3_PAYLOAD}  # by version
 MIXED_VERSIONS = {name: version for version, name in MIXED_PAYLOADS.items()}
 # Mixing is tried only while the levels the model evaluated so far (in level order, coded
 # learned or not) hold at most this many bits a point: the encoder keeps up to ~23 bytes a
@@ -115,7 +118,7 @@ MIX_GAIN = 32
 # learned bits (organic meshes: encode 1.04-1.24 times as long, against 1.37-1.70 with every
 # surface walked whole; bench/paired_trees.py --real data/pc/test)
 MIX_LEAD = 16
-LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, MIXED_PAYLOAD, MIXED_V2_PAYLOAD)
+LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, *MIXED_PAYLOADS.values())
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
 # Levels coded by neighbour.py's count models of each child's neighbourhood (from format 5):
 # level flags as the adaptive payload's, then its binary rANS stream; from format 6 under its
@@ -132,8 +135,8 @@ def neighbour_version(bitstream_format: int) -> int:
 
 
 def mixing_version(bitstream_format: int) -> int:
-    """The mixer in a stream of this format (4-6: version 1; 7 on: 2)."""
-    return 2 if bitstream_format >= 7 else 1
+    """The mixer in a stream of this format (4-6: version 1; 7: 2; 8 on: 3)."""
+    return 3 if bitstream_format >= 8 else 2 if bitstream_format >= 7 else 1
 
 # "auto": the per-level choice with network rows priced (ROW_PRICE); "smallest": by bits alone
 # (smaller streams, slower to decode on sparse clouds); "learned" / "adaptive" / "neighbour":
@@ -489,8 +492,10 @@ class PointCloudCodec:
         # Mixing's lead, its walks on the pool for a small cloud too (on a larger one they
         # would keep the pool's thread from the network rows and contexts of the levels
         # after: a dense surface's encode took 1.14 times as long)
-        lead = _MixingLead(self.tables.cdfs[:, 1], mix_points, mix_version, self.threads,
-                           on_pool=every is not None and mix_lead)
+        # (priced under version 2 at most: version 3 only adds a stage after it, and its plane
+        # features would be made for levels that may not be mixed)
+        lead = _MixingLead(self.tables.cdfs[:, 1], mix_points, min(mix_version, 2),
+                           self.threads, on_pool=every is not None and mix_lead)
         neighbour_saving = 0
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
         close = False  # the neighbour coder within NEIGHBOUR_CLOSE of the model on it
@@ -608,6 +613,9 @@ class PointCloudCodec:
                             contexts = mixing.level_contexts(neighbours(), bits[level], mix_points,
                                                               self.threads)
                         learned[level].contexts = contexts
+                        if mix_version == 3:
+                            learned[level].features = planes.level_features(
+                                neighbours(), codes[level], self.threads)
                         if mix_lead and level < depth - 1:
                             lead.add(bits[level - 1] if level else None, bits[level],
                                      learned[level])
@@ -659,7 +667,7 @@ class PointCloudCodec:
         if not leads:  # the contexts kept so far serve nothing now
             for lv in learned[:level]:
                 if lv is not None:
-                    lv.contexts = None
+                    lv.contexts, lv.features = None, None
         return leads, leads, mix_points if leads else 0
 
     def _model_may_win(self, sample_rows: Callable[[np.ndarray], np.ndarray],
@@ -731,11 +739,18 @@ class PointCloudCodec:
             if mixable:
                 passes = _bit_passes(bits_coded)
                 contexts = np.concatenate([lv.contexts.packed() for lv in levels_coded])
+                features = None  # version 3's, pass-major within each level as the bits
+                if all(lv.features is not None for lv in levels_coded):
+                    features = np.concatenate([lv.features.T.reshape(-1)
+                                               for lv in levels_coded])
                 for version in mix_versions:
+                    if version == 3 and features is None:
+                        continue
                     mixed_name = MIXED_PAYLOADS[version]
                     mixed = mixing.encode(occupancy, coded.indices + coder.GRID_K, contexts,
                                           passes, self.tables.cdfs[:, 1], mix_points,
-                                          _node_extras(bits, chosen, version), version)
+                                          _node_extras(bits, chosen, version), version,
+                                          features)
                     if name in MIXED_VERSIONS:  # against the other mixer: names counted too
                         smaller = len(mixed_name) + len(mixed) < len(name) + len(data)
                     else:
@@ -982,11 +997,16 @@ def _framed(levels: str, adaptive_cost: list[int], learned: list[coder.LearnedLe
 
 
 def _mixers(coders: str, version: int) -> tuple[int, ...]:
-    """The mixer versions the encoder tries, best first, when the stream's format has mixer
-    `version`: by bits alone the earlier one too, so that a format-7 stream is never larger
-    than format 6's (on a small cloud the two can code the same number of rANS words, and
-    version 2's payload name is 3 bytes longer: the camel sample)."""
-    return tuple(range(version, 0, -1)) if coders == "smallest" else (version,)
+    """The mixer versions the encoder tries, in order, each kept only where smaller than the
+    ones before (names counted), when the stream's format has mixer `version`: by bits alone
+    the earlier ones too, so that a format-7 stream is never larger than format 6's (on a
+    small cloud the two can code the same number of rANS words, and version 2's payload
+    name is 3 bytes longer: the camel sample), and version 3 after version 2, so that a
+    stream needs format 8 only where it gains by it (on the elephant sample the two code the
+    same words)."""
+    if coders != "smallest":
+        return (version,)
+    return {1: (1,), 2: (2, 1), 3: (2, 3, 1)}[version]
 
 
 def _node_extras(bits: list[np.ndarray], levels, version: int) -> np.ndarray | None:

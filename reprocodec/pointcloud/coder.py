@@ -38,7 +38,7 @@ from ..decision import ProtectedDecision
 from ..errors import ContainerError, VerificationError
 from ..safeguard import DecisionQuantizer, ErrorBound, Mode, SyndromeParts
 from ..safeguard.bitio import BitWriter, decode_varint, encode_varint
-from . import adaptive, mixing, neighbour, nodecontext, octree, refine
+from . import adaptive, mixing, neighbour, nodecontext, octree, planes, refine
 from .context import N_PASSES
 from .grid import GRID_K, LOGIT_STEP
 from .rowslices import Pending
@@ -90,6 +90,7 @@ class LearnedLevel:
     # 2^-entropy.COST_FRACTION bits (exact integers: the same choice on every machine)
     static_cost: int  # the bits' code length under the model's own probabilities (same units)
     contexts: mixing.LevelContexts | None = None  # the level's mixing contexts, if kept
+    features: np.ndarray | None = None  # its (M, 8) plane features, if kept (mixer version 3)
 
 
 def learned_level(
@@ -365,8 +366,11 @@ def decompress(
         # integers as octree.neighbour_table, without its binary searches).
         neighbours = level_tables.table_of(codes, level, parent_bits)
         shapes = mixing.neighbour_shapes(neighbours) if mixed is not None else None
-        slots = nodecontext.node_slots(above) if mixed is not None and mixed_version == 2 \
+        slots = nodecontext.node_slots(above) if mixed is not None and mixed_version >= 2 \
             else None
+        # version 3's plane features: from this level's table and codes, for the eight passes
+        features = planes.level_features(neighbours, codes, threads) \
+            if mixed is not None and mixed_version == 3 else None
         bits = np.zeros((m, N_PASSES), dtype=bool)
         for k in range(N_PASSES):
             logits = predict(neighbours, bits, k, level, depth)
@@ -377,7 +381,9 @@ def decompress(
                     contexts = mixing.pass_contexts(neighbours, bits, k, mixed_points,
                                                     shapes=shapes, threads=threads)
                     extras = None if slots is None else nodecontext.pass_extras(slots, bits, k)
-                    bits[:, k] = mixed.decode(index + GRID_K, contexts, k, extras) == 1
+                    bits[:, k] = mixed.decode(
+                        index + GRID_K, contexts, k, extras,
+                        None if features is None else np.ascontiguousarray(features[:, k])) == 1
                 else:
                     bits[:, k] = decoder.decode(index + GRID_K) == 1
             except ContainerError as exc:
@@ -387,7 +393,8 @@ def decompress(
             all_bits.append(bits[:, k].copy())
         if level < last_adaptive:
             model.observe(adaptive.occupancy_bytes(bits))
-        del neighbours, shapes, slots, logits, indices, index  # (as the neighbour levels')
+        # (as the neighbour levels')
+        del neighbours, shapes, slots, features, logits, indices, index
         if mixed is not None:
             del contexts, extras
         if level == last_tabled:  # no table needed after: free the largest one early

@@ -31,6 +31,17 @@ On the held-out CAD meshes the whole stream is 1.6-2.3 % smaller than under vers
 turbine 0.5593 -> 0.5501 bits a point, fandisk_large 0.4850 -> 0.4736), the aerial tile's
 1.1 %, for 25-35 ns more a bit in the walk and the decoder (the turbine's walk: 86-102 ns
 a bit against 63-68, one thread, two runs of a /tmp script).
+
+Version 3 (format 8, payload "occupancy_mixed_v3") is version 2 followed by a second stage
+that knows where the child lies against its node's wider neighbourhood's plane:
+    plane model = a count model (fast and slow P(0)) of the pass and the child's plane
+        feature (planes.py: its distance from the plane that the level's nodes within 2
+        cells fit, that plane's spread and normal), a direct index
+    stage 2: P(0) = squash(v_k . (stretch(version 2's coded P(0)), the plane model's two
+        stretched P(0), 1)), its per-pass weights starting as version 2's P(0) alone and
+        moving 1/2^PLANE_LEARNING_SHIFT of the error
+A face's place inside a node is what a machined part's first pass of each level lacks: no
+child of the level is decoded before it (planes.py has the numbers).
 Version 1 (format 4-6) is the same code with those off, compiled apart: its integers, and
 its streams, are unchanged.
 
@@ -53,7 +64,7 @@ import numpy as np
 
 from .. import entropy
 from ..kernels import compiled
-from . import adaptive, nodecontext, refine
+from . import adaptive, nodecontext, planes, refine
 from .context import N_PASSES, WINDOW, WINDOW_CHILD, WINDOW_NEIGHBOUR
 from .grid import GRID_K
 from .nodecontext import NODE_MASK, POP_SHIFT
@@ -86,7 +97,7 @@ _FAST, _SLOW = COUNT_LIMITS
 # hold it in half the memory of int32, the same integers: 5 bytes a context instead of 9).
 PROBABILITY_DTYPE = np.int16
 SHAPE_DTYPE = np.uint32  # a node's shape: 27 bits, one per parent-level neighbour
-VERSIONS = (1, 2)  # the mixer of format 4's payload, and of format 7's
+VERSIONS = (1, 2, 3)  # the mixer of format 4's payload, of format 7's and of format 8's
 INPUTS = 6  # stretched refined P(0), fine fast / slow, coarse fast / slow, a constant
 # version 2 adds the node model's fast / slow P(0) (nodecontext.py) and the shipped table's
 # P(0) at the bit's grid row (the model's own, before refinement), stretched
@@ -106,6 +117,13 @@ _APM_STEP_SHIFT = 7
 _APM_REACH = (APM_KNOTS - 1) << (_APM_STEP_SHIFT - 1)  # 2048: |logit| clipped below it
 _APM_RATE_SHIFT = 13  # with the interpolation weight (up to 128): 1/64
 APM_ROWS = N_PASSES * N_PASSES
+# Version 3's second stage: version 2's coded P(0), the plane model's fast and slow P(0)
+# (stretched) and a constant; its weights move 1/2^19 of the error, rounded (fandisk_large's
+# mixed payload 6.77 % smaller than version 2's, ideal code lengths; 2^-18: 6.72 %, 2^-20:
+# 6.69 %; floored as version 2's steps are, 3.28 %)
+PLANE_INPUTS = 4
+PLANE_LEARNING_SHIFT = 19
+_PLANE_ROUND = 1 << (PLANE_LEARNING_SHIFT - 1)
 MIN_CONTEXT_BITS, MAX_CONTEXT_BITS = 12, 22
 MAX_COARSE_BITS = 20  # coarse contexts are fewer (2^27 neighbour patterns, most never seen)
 _FINE_MASK = (1 << 32) - 1  # a context value: fine | coarse << 32
@@ -423,20 +441,26 @@ class Model:
         self.buckets = refine.initial_buckets(f0_table)
         (self.counts, self.probability, self.coarse_counts,
          self.coarse_probability) = count_tables(points)
-        nodes = nodecontext.NODE_CONTEXTS if version == 2 else 1  # version 1 never reads them
+        extended = version >= 2  # version 1 never reads version 2's arrays, nor 2 version 3's
+        nodes = nodecontext.NODE_CONTEXTS if extended else 1
         self.node_counts = np.zeros(nodes, dtype=np.uint8)
         self.node_probability = np.zeros((nodes, 2), dtype=PROBABILITY_DTYPE)
-        self.weights = np.zeros((N_PASSES, INPUTS_V2 if version == 2 else INPUTS),
-                                dtype=np.int64)
+        self.weights = np.zeros((N_PASSES, INPUTS_V2 if extended else INPUTS), dtype=np.int64)
         self.weights[:, 0] = _WEIGHT_ONE  # start as the refined probability alone
-        self.apm = apm_identity(APM_ROWS if version == 2 else 1)
-        self.static = static_logits(f0_table) if version == 2 else np.zeros(1, np.int64)
+        self.apm = apm_identity(APM_ROWS if extended else 1)
+        self.static = static_logits(f0_table) if extended else np.zeros(1, np.int64)
+        contexts = planes.CONTEXTS if version == 3 else 1
+        self.plane_counts = np.zeros(contexts, dtype=np.uint8)
+        self.plane_probability = np.zeros((contexts, 2), dtype=PROBABILITY_DTYPE)
+        self.plane_weights = np.zeros((N_PASSES, PLANE_INPUTS), dtype=np.int64)
+        self.plane_weights[:, 0] = _WEIGHT_ONE  # start as version 2's coded P(0) alone
         self.points, self.version = points, version
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return (self.buckets, self.counts, self.probability, self.coarse_counts,
                 self.coarse_probability, self.node_counts, self.node_probability,
-                self.weights, self.apm, self.static)
+                self.weights, self.apm, self.static, self.plane_counts,
+                self.plane_probability, self.plane_weights)
 
     def kernels(self) -> tuple:
         """This version's (walk, decode) kernels."""
@@ -555,6 +579,34 @@ def _learn(buckets, counts, probability, coarse_counts, coarse_probability, node
 
 
 @entropy.jit_inline
+def _plane_stage(plane_probability, plane_weights, coded, ctx, k,
+                 inputs):  # pragma: no cover - compiled
+    """Version 3's P(0) (1 .. 2^16 - 1) of a bit that version 2 codes at P(0) `coded`, its
+    plane model's context ctx, in pass k; fills `inputs` for _plane_learn."""
+    inputs[0] = STRETCH[coded]
+    _count_inputs(plane_probability, ctx, inputs, 1)
+    inputs[3] = _BIAS_INPUT
+    dot = np.int64(0)
+    for j in range(PLANE_INPUTS):
+        dot += plane_weights[k, j] * inputs[j]
+    return min(max(_squash(dot >> 16), np.int64(1)), np.int64(_ONE - 1))
+
+
+@entropy.jit_inline
+def _plane_learn(plane_counts, plane_probability, plane_weights, ctx, k, inputs, p,
+                 bit):  # pragma: no cover - compiled
+    """After a bit: the plane model's context and pass k's stage-2 weights (p: its P(0))."""
+    target = np.int64(0) if bit else np.int64(_ONE)
+    _count(plane_counts, plane_probability, ctx, target)
+    error = target - p
+    for j in range(PLANE_INPUTS):
+        # rounded, not floored: at this small a rate most steps are under one unit, and a
+        # floor's -1 on each negative one pulls the weights down over millions of bits
+        w = plane_weights[k, j] + ((inputs[j] * error + _PLANE_ROUND) >> PLANE_LEARNING_SHIFT)
+        plane_weights[k, j] = min(max(w, -WEIGHT_LIMIT), WEIGHT_LIMIT)
+
+
+@entropy.jit_inline
 def _prefetch_ahead(contexts, i, counts, probability, coarse_counts,
                     coarse_probability):  # pragma: no cover - compiled
     """Hint the cache at the table entries of the context PREFETCH_AHEAD bits after bit i
@@ -583,22 +635,25 @@ def prefetch_level_ahead(fine, shapes, coarse_shift, k, j, counts, probability, 
         prefetch(coarse_probability, ctx >> 32)
 
 
-def _version_kernels(extended: bool) -> tuple:
+def _version_kernels(extended: bool, planar: bool = False) -> tuple:
     """The encoder's walk and the decoder's kernel of one mixer version (extended: version
-    2), `extended` a constant of their compiled code (a closure's bool, which numba's cache
-    keys on): version 1's do no version 2 work at all, and their integers are 0.4.0's. Both
+    2 or 3; planar: version 3), each a constant of their compiled code (a closure's bool,
+    which numba's cache keys on): version 1's do no version 2 work at all, and their integers
+    are 0.4.0's; version 2's none of version 3's, their integers 0.7.0's. Both
     share the per-bit steps, _mixed and _learn, inlined. The node model's entries are not
     prefetched: its contexts repeat within a level (a parent byte, a place, the children so
     far), and the hints cost more than the misses they hide (the turbine's walk, one thread:
     113-133 ns a bit with them, 83-95 without; version 1's 57-63; a /tmp scratch kernel)."""
 
     @compiled
-    def walk_kernel(rows, contexts, extras, passes, bits, buckets, counts, probability,
-                    coarse_counts, coarse_probability, node_counts, node_probability, weights,
-                    apm, static, f0_out):  # pragma: no cover - compiled
+    def walk_kernel(rows, contexts, extras, features, passes, bits, buckets, counts,
+                    probability, coarse_counts, coarse_probability, node_counts,
+                    node_probability, weights, apm, static, plane_counts, plane_probability,
+                    plane_weights, f0_out):  # pragma: no cover - compiled
         """The encoder's walk: each bit's coded P(0) into f0_out, then the updates. Version 1
-        reads no extras."""
+        reads no extras, versions 1 and 2 no plane features."""
         inputs = np.zeros(INPUTS_V2, np.int64)
+        stage = np.zeros(PLANE_INPUTS, np.int64)
         for i in range(rows.size):
             _prefetch_ahead(contexts, i, counts, probability, coarse_counts,
                             coarse_probability)
@@ -608,21 +663,29 @@ def _version_kernels(extended: bool) -> tuple:
             coded, p, nearer, row, knot, weight = _mixed(
                 buckets, probability, coarse_probability, node_probability, weights, apm,
                 static, extended, np.int64(rows[i]), ctx, extra, k, inputs)
+            if planar:
+                plane = k * planes.FEATURES + np.int64(features[i])
+                coded = _plane_stage(plane_probability, plane_weights, coded, plane, k, stage)
+                _plane_learn(plane_counts, plane_probability, plane_weights, plane, k, stage,
+                             coded, bits[i])
             f0_out[i] = coded
             _learn(buckets, counts, probability, coarse_counts, coarse_probability,
                    node_counts, node_probability, weights, apm, extended, nearer, ctx, extra,
                    k, inputs, p, row, knot, weight, bits[i])
 
     @compiled
-    def decode_kernel(words, state, rows, contexts, extras, k, buckets, counts, probability,
-                      coarse_counts, coarse_probability, node_counts, node_probability,
-                      weights, apm, static, out):  # pragma: no cover - compiled
+    def decode_kernel(words, state, rows, contexts, extras, features, k, buckets, counts,
+                      probability, coarse_counts, coarse_probability, node_counts,
+                      node_probability, weights, apm, static, plane_counts, plane_probability,
+                      plane_weights, out):  # pragma: no cover - compiled
         """Decode out.size bits of pass k at state = [x, pos] (adaptive.Decoder's), updating
         the model as the encoder did. Returns adaptive._OK or _EARLY_END; never reads outside
         words."""
         x = np.uint64(state[0])
         pos = np.int64(state[1])
         inputs = np.zeros(INPUTS_V2, np.int64)
+        stage = np.zeros(PLANE_INPUTS, np.int64)
+        plane = np.int64(0)
         for i in range(rows.size):
             _prefetch_ahead(contexts, i, counts, probability, coarse_counts,
                             coarse_probability)
@@ -631,11 +694,17 @@ def _version_kernels(extended: bool) -> tuple:
             coded, p, nearer, row, knot, weight = _mixed(
                 buckets, probability, coarse_probability, node_probability, weights, apm,
                 static, extended, np.int64(rows[i]), ctx, extra, k, inputs)
+            if planar:
+                plane = k * planes.FEATURES + np.int64(features[i])
+                coded = _plane_stage(plane_probability, plane_weights, coded, plane, k, stage)
             bit, x, pos = adaptive._decode_bit(words, x, pos, coded)
             if pos < 0:
                 state[0] = x
                 state[1] = np.uint64(words.size)
                 return adaptive._EARLY_END
+            if planar:
+                _plane_learn(plane_counts, plane_probability, plane_weights, plane, k, stage,
+                             coded, bit)
             _learn(buckets, counts, probability, coarse_counts, coarse_probability,
                    node_counts, node_probability, weights, apm, extended, nearer, ctx, extra,
                    k, inputs, p, row, knot, weight, bit)
@@ -647,7 +716,9 @@ def _version_kernels(extended: bool) -> tuple:
     return walk_kernel, decode_kernel
 
 
-_KERNELS = {1: _version_kernels(False), 2: _version_kernels(True)}  # (walk, decode) by version
+# (walk, decode) by version
+_KERNELS = {1: _version_kernels(False), 2: _version_kernels(True),
+            3: _version_kernels(True, True)}
 
 
 @compiled
@@ -675,15 +746,33 @@ def _check_contexts(contexts: np.ndarray, points: int) -> None:
 
 def probabilities(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
                   passes: np.ndarray, f0_table: np.ndarray, points: int,
-                  extras: np.ndarray | None = None, version: int = 2) -> np.ndarray:
+                  extras: np.ndarray | None = None, version: int = 2,
+                  features: np.ndarray | None = None) -> np.ndarray:
     """Each bit's mixed P(0) (uint16, coding order), walking a fresh Model of `version` over
-    the bits: what encode() codes them with, and what the encoder prices. Version 2 needs
-    each bit's extra (nodecontext.level_extras of each level, in coding order)."""
-    return walk(Model(f0_table, points, version), bits, rows, contexts, passes, extras)
+    the bits: what encode() codes them with, and what the encoder prices. Versions 2 and 3
+    need each bit's extra (nodecontext.level_extras of each level, in coding order), version
+    3 each bit's plane feature too (planes.level_features, in coding order)."""
+    return walk(Model(f0_table, points, version), bits, rows, contexts, passes, extras,
+                features)
+
+
+def checked_features(features: np.ndarray | None, size: int, version: int) -> np.ndarray:
+    """Plane features as version 3's kernels read them unchecked: one FEATURE_DTYPE a bit,
+    each below planes.FEATURES (ValueError otherwise); versions 1 and 2 read none."""
+    if version < 3:
+        return np.zeros(0, dtype=planes.FEATURE_DTYPE)
+    if features is None or features.shape != (size,) or \
+            features.dtype != planes.FEATURE_DTYPE:
+        raise ValueError("the plane model needs one uint16 plane feature per bit")
+    f = np.ascontiguousarray(features)
+    if f.size and int(f.max()) >= planes.FEATURES:
+        raise ValueError("a plane feature outside the plane model's table")
+    return f
 
 
 def walk(m: Model, bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
-         passes: np.ndarray, extras: np.ndarray | None = None) -> np.ndarray:
+         passes: np.ndarray, extras: np.ndarray | None = None,
+         features: np.ndarray | None = None) -> np.ndarray:
     """probabilities() on a Model walked on: bits walked in pieces, in order, each from where
     the one before left the model, get the P(0)s of one walk over all of them."""
     points = m.points
@@ -695,23 +784,25 @@ def walk(m: Model, bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
         raise ValueError("a CDF row, context or pass out of range")
     c = np.ascontiguousarray(c, dtype=np.int64)
     _check_contexts(c, points)
-    e = nodecontext.checked_extras(extras, b.size, m.version)
+    e = nodecontext.checked_extras(extras, b.size, min(m.version, 2))
+    f = checked_features(features, b.size, m.version)
     # Narrow types, checked in range above: a 2.4 M-point cloud has ~7 M learned bits
     r = np.ascontiguousarray(r, dtype=np.int16)
     k = np.ascontiguousarray(k, dtype=np.uint8)
     f0 = np.empty(r.size, dtype=adaptive.F0_DTYPE)
     walk, _ = m.kernels()
-    walk(r, c, e, k, b, *m.arrays(), f0)
+    walk(r, c, e, f, k, b, *m.arrays(), f0)
     return f0
 
 
 def encode(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray, passes: np.ndarray,
            f0_table: np.ndarray, points: int, extras: np.ndarray | None = None,
-           version: int = 2) -> bytes:
+           version: int = 2, features: np.ndarray | None = None) -> bytes:
     """rANS bytes of the learned bits (coding order) under mixed probabilities: their CDF-table
-    rows (grid index + K), count-model contexts (pass_contexts), passes and, version 2, node
-    extras (nodecontext.py)."""
-    f0 = probabilities(bits, rows, contexts, passes, f0_table, points, extras, version)
+    rows (grid index + K), count-model contexts (pass_contexts), passes and, versions 2 and 3,
+    node extras (nodecontext.py), version 3 plane features (planes.py)."""
+    f0 = probabilities(bits, rows, contexts, passes, f0_table, points, extras, version,
+                       features)
     return adaptive.encode(np.ascontiguousarray(bits, dtype=np.uint8), f0)
 
 
@@ -728,7 +819,8 @@ class Decoder(adaptive.LenientDecoder):
         self.model = Model(f0_table, points, version)
         self.points = points
 
-    def decode(self, rows, contexts, k: int, extras: np.ndarray | None = None) -> np.ndarray:
+    def decode(self, rows, contexts, k: int, extras: np.ndarray | None = None,
+               features: np.ndarray | None = None) -> np.ndarray:
         r = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
         c = np.ascontiguousarray(contexts, dtype=np.int64).reshape(-1)
         out = np.zeros(r.size, dtype=np.int32)
@@ -738,7 +830,9 @@ class Decoder(adaptive.LenientDecoder):
                        or not 0 <= k < 8):
             raise ValueError("a CDF row, context or pass out of range")  # the decoder's own
         _check_contexts(c, self.points)
-        e = nodecontext.checked_extras(extras, r.size, self.model.version)
+        e = nodecontext.checked_extras(extras, r.size, min(self.model.version, 2))
+        f = checked_features(features, r.size, self.model.version)
         _, decode = self.model.kernels()
-        code = decode(self.words, self.state, r, c, e, np.int64(k), *self.model.arrays(), out)
+        code = decode(self.words, self.state, r, c, e, f, np.int64(k), *self.model.arrays(),
+                      out)
         return self._checked(code, out)

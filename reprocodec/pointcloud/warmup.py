@@ -31,7 +31,8 @@ from . import octree
 # decoder still reads: its mixer and neighbour model (version 1) are kernels of their own.
 _RUNS = (("shell", 6, "auto", Mode.SYNDROME, FORMAT_VERSION),  # occupancy_refined
          ("shell", 6, "smallest", Mode.SYNDROME, 5),  # occupancy_mixed
-         ("sparse shell", 7, "smallest", Mode.SYNDROME, FORMAT_VERSION),  # occupancy_mixed_v2
+         ("sparse shell", 7, "smallest", Mode.SYNDROME, FORMAT_VERSION),  # occupancy_mixed_v3
+         ("sparse shell", 7, "smallest", Mode.SYNDROME, 7),  # occupancy_mixed_v2
          # occupancy_refined and occupancy_adaptive, the model's cost estimated on a level
          ("sparse shell", 8, "auto", Mode.SYNDROME, FORMAT_VERSION),
          ("rings", 10, "auto", Mode.SYNDROME, FORMAT_VERSION),  # occupancy_neighbour_v2
