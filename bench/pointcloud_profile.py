@@ -4,6 +4,7 @@
     python bench/pointcloud_profile.py --rows
     python bench/pointcloud_profile.py ["surface 1/4 sampled"] --kernel [--runs 9]
     python bench/pointcloud_profile.py ["surface 1/4 sampled"] --kernels [--runs 9]
+    python bench/pointcloud_profile.py "surface dense" --kernels --smallest
 
 One of bench/pointcloud.py's --clouds by name, encoded and decoded once to warm up, then each
 run profiled: the total and each step's share of it (cumulative time, so a step's share
@@ -13,7 +14,8 @@ pricing walk, is counted only with --threads 1).
 kernel's work, whatever the machine's speed); --kernel: the network kernel alone on the rows
 of one encode, its median time a row; --kernels: each compiled kernel's own time in an
 encode and in a decode, the minimum over the runs (a process's noise hits a minimum least;
-run it in two checkouts to compare them kernel by kernel). The first line names each level's
+run it in two checkouts to compare them kernel by kernel); --smallest: the encode chooses by
+bits alone (`coders="smallest"`, the mixer tried on every level). The first line names each level's
 coder and the bits each coder codes (the neighbour coder's steps divided by its bits: its
 time a bit).
 """
@@ -139,7 +141,10 @@ def main() -> int:
                     help="time the network kernel alone on the rows of one encode")
     ap.add_argument("--kernels", action="store_true",
                     help="each compiled kernel's time in an encode and a decode (minima)")
+    ap.add_argument("--smallest", action="store_true",
+                    help='encode with coders="smallest" (the mixer tried on every level)')
     args = ap.parse_args()
+    coders = {"coders": "smallest"} if args.smallest else {}
     if args.rows:
         rows_per_point(PointCloudCodec.load(threads=args.threads))
         return 0
@@ -149,7 +154,7 @@ def main() -> int:
     if args.kernel:
         kernel_time(codec, points, depth, args.runs)
         return 0
-    msg = codec.encode(points, depth=depth)
+    msg = codec.encode(points, depth=depth, **coders)
     packed = container.pack(msg)
     codec.decode(container.unpack(packed))
     fields = inspect_fields(msg)
@@ -157,13 +162,13 @@ def main() -> int:
           f"{fields['coded_occupancy_bits']}, adaptive {fields['adaptive_occupancy_bits']}, "
           f"neighbour {fields['neighbour_occupancy_bits']}")
     if args.kernels:
-        for step, run in (("encode", lambda: codec.encode(points, depth=depth)),
+        for step, run in (("encode", lambda: codec.encode(points, depth=depth, **coders)),
                           ("decode", lambda: codec.decode(container.unpack(packed)))):
             for name, t in sorted(kernel_minima(run, args.runs).items(), key=lambda kv: -kv[1]):
                 print(f"{step} {name:36s} {t * 1e3:8.2f} ms")
         return 0
     for _ in range(args.runs):
-        print("encode", shares(lambda: codec.encode(points, depth=depth), ENCODE_STEPS))
+        print("encode", shares(lambda: codec.encode(points, depth=depth, **coders), ENCODE_STEPS))
         print("decode", shares(lambda: codec.decode(container.unpack(packed)), DECODE_STEPS))
     return 0
 

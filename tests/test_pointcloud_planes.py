@@ -9,7 +9,7 @@ from itertools import product
 import numpy as np
 import pytest
 
-from reprocodec.pointcloud import octree, planes
+from reprocodec.pointcloud import mixing, octree, planes
 
 
 def _reference_features(coords: np.ndarray) -> np.ndarray:
@@ -54,6 +54,10 @@ def _level(coords: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
     return codes, octree.neighbour_table(codes, level)
 
 
+def _features(table: np.ndarray, threads: int = 1) -> np.ndarray:
+    return planes.level_features(table, mixing.neighbour_shapes(table), threads)
+
+
 def _slanted_surface(n: int, seed: int) -> np.ndarray:
     """Cells near a slanted plane with a bump, some noise and a few strays: every direction,
     spread and distance bucket gets used somewhere."""
@@ -69,7 +73,7 @@ def _slanted_surface(n: int, seed: int) -> np.ndarray:
 def test_features_follow_the_documented_fit(seed):
     coords = _slanted_surface(500, seed)
     codes, table = _level(coords, 5)
-    got = planes.level_features(table, codes)
+    got = _features(table)
     assert got.dtype == planes.FEATURE_DTYPE and got.shape == (codes.size, 8)
     np.testing.assert_array_equal(got, _reference_features(octree.morton_decode(codes)))
 
@@ -81,7 +85,7 @@ def test_features_of_an_axis_plane_and_the_range():
     xs, ys = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
     coords = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, 5)], 1)
     codes, table = _level(coords, 4)
-    got = planes.level_features(table, codes).astype(np.int64)
+    got = _features(table).astype(np.int64)
     nd = len(planes.DIRECTIONS)
     assert np.all(got % nd == 2)  # DIRECTIONS[2] = (0, 0, 1)
     assert np.all(got // nd % planes.SPREADS == 0)
@@ -95,10 +99,10 @@ def test_features_of_an_axis_plane_and_the_range():
 def test_features_do_not_depend_on_threads_and_check_their_table():
     coords = _slanted_surface(4000, 3)
     codes, table = _level(coords, 5)
-    one = planes.level_features(table, codes, threads=1)
-    np.testing.assert_array_equal(planes.level_features(table, codes, threads=2), one)
+    one = _features(table, threads=1)
+    np.testing.assert_array_equal(_features(table, threads=2), one)
     assert int(one.max()) < planes.FEATURES
     with pytest.raises(ValueError):
-        planes.level_features(table.astype(np.int64), codes)
+        planes.level_features(table.astype(np.int64), mixing.neighbour_shapes(table))
     with pytest.raises(ValueError):
-        planes.level_features(table[:-1], codes)
+        planes.level_features(table[:-1], mixing.neighbour_shapes(table))

@@ -615,7 +615,8 @@ class PointCloudCodec:
                         learned[level].contexts = contexts
                         if mix_version == 3:
                             learned[level].features = planes.level_features(
-                                neighbours(), codes[level], self.threads)
+                                neighbours(), mixing.neighbour_shapes(neighbours()),
+                                self.threads)
                         if mix_lead and level < depth - 1:
                             lead.add(bits[level - 1] if level else None, bits[level],
                                      learned[level])

@@ -369,7 +369,7 @@ def decompress(
         slots = nodecontext.node_slots(above) if mixed is not None and mixed_version >= 2 \
             else None
         # version 3's plane features: from this level's table and codes, for the eight passes
-        features = planes.level_features(neighbours, codes, threads) \
+        features = planes.level_features(neighbours, shapes, threads) \
             if mixed is not None and mixed_version == 3 else None
         bits = np.zeros((m, N_PASSES), dtype=bool)
         for k in range(N_PASSES):
