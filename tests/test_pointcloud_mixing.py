@@ -1062,3 +1062,16 @@ def test_a_small_clouds_mixing_lead_read_after_its_last_level_keeps_the_stream(m
     assert all(c.mixing_leads for c in codings)
     for a, b in zip(*(c.learned for c in codings), strict=True):  # the mixed candidate's
         np.testing.assert_array_equal(a.contexts.packed(), b.contexts.packed())
+
+
+def test_children_bytes_gather_each_nodes_bits():
+    """Bit c of node j's byte is its child c, for any bits, contiguous or not."""
+    rng = np.random.default_rng(5)
+    bits = rng.random((1000, 8)) < 0.4
+    want = (bits * (1 << np.arange(8))).sum(axis=1)
+    np.testing.assert_array_equal(mixing.children_bytes(bits), want)
+    np.testing.assert_array_equal(mixing.children_bytes(bits[::3]), want[::3])
+    wide = rng.random((50, 16)) < 0.5
+    np.testing.assert_array_equal(mixing.children_bytes(wide[:, 4:12]),
+                                  (wide[:, 4:12] * (1 << np.arange(8))).sum(axis=1))
+    assert mixing.children_bytes(np.zeros((0, 8), bool)).shape == (0,)

@@ -58,6 +58,7 @@ coding only when it is smaller than the refined one (codec.py), so mixing never 
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -320,9 +321,20 @@ def _level_kernel(neighbours, m, base, children_of, pass_slots, slot_parts, shif
             out[k * m + i] = np.uint32(_fine_hash(ctx, shift))
 
 
+# Eight 0/1 bytes (child c in byte c of a little-endian uint64) times this: child c lands in
+# bit 56 + c, one term each, no carries
+_GATHER_BYTES = np.uint64(0x0102040810204080)
+
+
 def children_bytes(bits: np.ndarray) -> np.ndarray:
-    """(M,) uint8: each node's (M, 8) bits as one byte, bit c child c (the contexts' reads)."""
-    return np.packbits(bits, axis=1, bitorder="little").reshape(-1)
+    """(M,) uint8: each node's (M, 8) bits as one byte, bit c child c (the contexts' reads).
+    A node's eight bools read as one uint64 and gathered by a multiplication: np.packbits
+    along rows took 25 times as long (1.6 ms a 100 k-node level, once a pass in the
+    decoder: 17 ms of the LiDAR sweep's 123 ms decode)."""
+    rows = np.ascontiguousarray(bits, dtype=np.bool_)
+    if sys.byteorder != "little" or rows.ndim != 2 or rows.shape[1] != 8:
+        return np.packbits(rows, axis=1, bitorder="little").reshape(-1)
+    return ((rows.view(np.uint64).reshape(-1) * _GATHER_BYTES) >> np.uint64(56)).astype(np.uint8)
 
 
 def level_contexts(neighbours: np.ndarray, bits: np.ndarray, points: int, threads: int = 1
