@@ -134,11 +134,15 @@ CLOUD_SEEDS = [
     ("camel_d6", 6, "syndrome", "neighbour@5"),
     ("rings", 10, "syndrome", "by-level@5"),
     ("camel_d6", 6, "syndrome", "smallest@6"),
+    ("box", 7, "syndrome", "auto"),
+    ("box", 7, "none", "auto@7"),
 ]
 # "rings": the ground rings of a 16-beam spinning sensor (made here, deterministic); "by-level"
 # is auto without the small cloud's all-neighbour candidate: learned, adaptive and
 # neighbour-coded levels in one stream; "@5": at bitstream format 5 (the neighbour coder's
-# version 1 model), "@6" at 6 (the mixer's version 1)
+# version 1 model), "@6" at 6 (the mixer's version 1); "box": the six faces of a 96^3 box, a
+# machined part's flat faces, which the default encode mixes (version 3's plane stage, format 8;
+# "@7": version 2)
 
 
 def _rings() -> np.ndarray:
@@ -149,6 +153,19 @@ def _rings() -> np.ndarray:
     r = 1.8 / np.tan(-elevation) + rng.normal(0, 0.02, elevation.shape)
     return np.stack([r * np.cos(azimuth), r * np.sin(azimuth),
                      rng.normal(0, 0.02, r.shape)], -1).reshape(-1, 3)
+
+
+def _box(n: int = 96) -> np.ndarray:
+    g = np.arange(n)
+    u, v = (a.ravel() for a in np.meshgrid(g, g, indexing="ij"))
+    faces = []
+    for c in (0, n - 1):
+        for axis in range(3):
+            p = np.zeros((u.size, 3), np.int64)
+            others = [a for a in range(3) if a != axis]
+            p[:, axis], p[:, others[0]], p[:, others[1]] = c, u, v
+            faces.append(p)
+    return np.unique(np.concatenate(faces), axis=0)
 
 
 @dataclass
@@ -200,8 +217,9 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
         for sample, depth, mode, label in CLOUD_SEEDS:
             coders, _, fmt = label.partition("@")
             formats = {"bitstream_format": int(fmt)} if fmt else {}
-            points = (_rings() if sample == "rings" else read_ply(SAMPLES / f"{sample}.ply")
-                      if sample else np.zeros((0, 3), np.float64))
+            points = (_rings() if sample == "rings" else _box() if sample == "box" else
+                      read_ply(SAMPLES / f"{sample}.ply") if sample else
+                      np.zeros((0, 3), np.float64))
             if sample and coders in ("auto", "smallest", "neighbour"):
                 points = octree.voxelize(points, depth).voxels
             if coders == "by-level":
@@ -242,7 +260,7 @@ DOUBLE_EDGE = [0.0, -0.0, 5e-324, 1e-300, 1e-12, 1e-6, 1e-3, 0.1, 0.5, 1.0, 16.0
 NAMES = ["", "z", "y", "occupancy", "scale_index", "mean_grid", "pixels", "occupancy_logit",
          "y.anchors", "y.non_anchors", "scale_index.anchors", "scale_index.non_anchors",
          "mean_grid.anchors", "mean_grid.non_anchors", "occupancy_adaptive", "occupancy_refined",
-         "occupancy_mixed", "occupancy_mixed_v2", "occupancy_neighbour", "occupancy_neighbour_v2",
+         "occupancy_mixed", "occupancy_mixed_v2", "occupancy_mixed_v3", "occupancy_neighbour", "occupancy_neighbour_v2",
          "Y", "z ",
          "x" * 128, "x" * 129, "\u00e9", "a\tb", "y\x00"]
 ENUMS = [0, 1, 2, 3, 4, 5, 99, 1 << 20, -1]
