@@ -260,7 +260,8 @@ DOUBLE_EDGE = [0.0, -0.0, 5e-324, 1e-300, 1e-12, 1e-6, 1e-3, 0.1, 0.5, 1.0, 16.0
 NAMES = ["", "z", "y", "occupancy", "scale_index", "mean_grid", "pixels", "occupancy_logit",
          "y.anchors", "y.non_anchors", "scale_index.anchors", "scale_index.non_anchors",
          "mean_grid.anchors", "mean_grid.non_anchors", "occupancy_adaptive", "occupancy_refined",
-         "occupancy_mixed", "occupancy_mixed_v2", "occupancy_mixed_v3", "occupancy_neighbour", "occupancy_neighbour_v2",
+         "occupancy_mixed", "occupancy_mixed_v2", "occupancy_mixed_v3", "occupancy_neighbour",
+         "occupancy_neighbour_v2",
          "Y", "z ",
          "x" * 128, "x" * 129, "\u00e9", "a\tb", "y\x00"]
 ENUMS = [0, 1, 2, 3, 4, 5, 99, 1 << 20, -1]
