@@ -993,6 +993,67 @@ def test_a_walk_in_pieces_gives_one_walks_probabilities(camel):
     np.testing.assert_array_equal(np.concatenate(pieces), whole)
 
 
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_encode_going_on_from_a_walked_model_writes_one_walks_bytes(camel, version):
+    """mixing.encode with `walked` (a Model walked over the first levels and their P(0)s,
+    the encoder's mixing lead) and the rest's inputs only: the bytes of one encode over all
+    the levels; a walk of another version or cloud is refused."""
+    depth = 6
+    codes, bits = octree.build_levels(octree.voxelize(camel, depth).voxels, depth)
+    n = camel.shape[0]
+    rng = np.random.default_rng(1)
+    tables = [octree.neighbour_table(c, level) for level, c in enumerate(codes)]
+    inputs = [(b.T.reshape(-1), rng.integers(0, 2 * GRID_K + 1, b.size),
+               mixing.level_contexts(t, b, n).packed(), codec_module._bit_passes([b]),
+               codec_module._node_extras(bits, [level], version),
+               planes.level_features(t, mixing.neighbour_shapes(t)).T.reshape(-1)
+               if version == 3 else None)
+              for level, (t, b) in enumerate(zip(tables, bits, strict=True))]
+    f0_table = PointCloudCodec.load().tables.cdfs[:, 1]
+
+    def joined(parts):
+        return tuple(None if p[0] is None else np.concatenate(p) for p in zip(*parts,
+                                                                             strict=True))
+
+    occupancy, rows, contexts, passes, extras, features = joined(inputs)
+    whole = mixing.encode(occupancy, rows, contexts, passes, f0_table, n, extras, version,
+                          features)
+    split = depth - 2
+    model = mixing.Model(f0_table, n, version)
+    f0 = np.concatenate([mixing.walk(model, *level[:5], level[5]) for level in inputs[:split]])
+    _, rest_rows, rest_contexts, rest_passes, rest_extras, rest_features = joined(
+        inputs[split:])
+    assert mixing.encode(occupancy, rest_rows, rest_contexts, rest_passes, f0_table, n,
+                         rest_extras, version, rest_features,
+                         mixing.Walked(model, f0)) == whole
+    for other in (mixing.Walked(mixing.Model(f0_table, n, 1), f0),
+                  mixing.Walked(mixing.Model(f0_table, 2 * n, version), f0)):
+        with pytest.raises(ValueError):
+            mixing.encode(occupancy, rest_rows, rest_contexts, rest_passes, f0_table, n,
+                          rest_extras, version, rest_features, other)
+
+
+def test_the_mixed_stream_goes_on_from_the_leads_walk(monkeypatch):
+    """Where mixing leads, the default encode's mixed stream walks only the last level, on
+    the lead's model: the same bytes as walking every level again."""
+    box = _box_surface(128)
+    codec = PointCloudCodec.load(threads=1)
+    walked = codec_module._MixingLead.walked
+    taken = []
+
+    def spy(self):
+        taken.append(walked(self))
+        return taken[-1]
+
+    monkeypatch.setattr(codec_module._MixingLead, "walked", spy)
+    reused = codec.encode(box, Mode.SYNDROME, depth=7)
+    assert [p.name for p in reused.payloads] == [MIXED_NOW]
+    assert len(taken) == 1 and taken[0] is not None and taken[0].walked.f0.size > 0
+    monkeypatch.setattr(codec_module._MixingLead, "walked", lambda self: None)
+    again = codec.encode(box, Mode.SYNDROME, depth=7)
+    assert container.pack(again) == container.pack(reused)
+
+
 @pytest.mark.parametrize("on_pool", [False, True])
 def test_the_mixing_lead_walked_level_by_level_gives_the_whole_walks_lengths(camel, on_pool):
     """codec._MixingLead, its walks on the pool (a small cloud) or all at the last level: the

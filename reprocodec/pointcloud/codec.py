@@ -105,19 +105,21 @@ MIX_BITS_PER_POINT = 12
 # and meshes: 2.9-5.5; the aerial tile at depth 10: 3.7; the statue, the LiDAR sweep and the
 # sparse samplings: 9.5-25), and keeps it when it is at least 1 / MIX_GAIN smaller than the
 # choice (3.1 %). Mixing about doubles the decode time of a dense surface (its walk is
-# serial), which such clouds have room for under the speed goal of 2 s per million points; it
-# saves 4.8-8.7 % where the exact neighbourhood repeats (machined parts, flat roofs and ground)
-# and 0.8-1.7 % on the organic meshes and synthetic surfaces, which keep the faster choice
-# (`python bench/pointcloud.py --clouds --smallest` against the default, and the same with
-# --real). Ratios of integers: exact.
+# serial), which such clouds have room for under the speed goal of 2 s per million points;
+# under version 2 it saved 4.8-8.7 % where the exact neighbourhood repeats (machined parts,
+# flat roofs and ground) and 0.8-1.7 % on the organic meshes and synthetic surfaces; version
+# 3's plane stage saves 3.8-5.1 % on those too (`python bench/stream_digests.py --held-out
+# data/pc/test`, 0.8.0). Ratios of integers: exact.
 MIX_ROWS_PER_POINT = 6
 MIX_GAIN = 32
-# ... and builds it only if mixing leads refinement by 1 / MIX_LEAD (6.25 %) on the levels
-# before the last (_mixing_leads), the last level's contexts and walk only then: where it is
-# not kept, the encoder's extra work is the contexts and a walk of about a quarter of the
-# learned bits (organic meshes: encode 1.04-1.24 times as long, against 1.37-1.70 with every
-# surface walked whole; bench/paired_trees.py --real data/pc/test)
-MIX_LEAD = 16
+# ... and builds it only if mixing leads refinement by 1 / MIX_LEAD (5 %) on the levels before
+# the last (_mixing_leads, under the stream's mixer version), the last level's contexts and
+# walk only then: where it is not kept, the encoder's extra work is the contexts and a walk of
+# about a quarter of the learned bits (organic meshes: encode 1.04-1.24 times as long, against
+# 1.37-1.70 with every surface walked whole; bench/paired_trees.py --real data/pc/test); where
+# it is, the mixed stream's walk goes on from the lead's. Under version 3 the surfaces lead by
+# 5.4-5.8 % (version 2: 0.6-4.4 %): 1/20 takes them, 1/16 took none.
+MIX_LEAD = 20
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, *MIXED_PAYLOADS.values())
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
 # Levels coded by neighbour.py's count models of each child's neighbourhood (from format 5):
@@ -228,6 +230,13 @@ MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: se
 MAX_CODED_BITS = 1 << 28
 
 
+class _LeadWalk(NamedTuple):
+    """The mixer walked over these learned levels (in order: the first ones of a coding)."""
+
+    levels: list[coder.LearnedLevel]
+    walked: mixing.Walked
+
+
 class _LevelCodings(NamedTuple):
     """What the encoder's walk over the levels found (PointCloudCodec._learned_levels)."""
 
@@ -240,6 +249,8 @@ class _LevelCodings(NamedTuple):
     # Mixing led refinement by 1 / MIX_LEAD before the last level (_mixing_leads), and every
     # level is learned with its mixing contexts: the all-learned mixed candidate is built
     mixing_leads: bool = False
+    # and the lead's mixer walked over the levels before the last, which it goes on from
+    lead_walk: _LeadWalk | None = None
 
 
 @dataclass
@@ -419,12 +430,13 @@ class PointCloudCodec:
         mix_versions = _mixers(coders, mix_version)
 
         def stream(levels: str, f0: list[np.ndarray | None], mix: bool,
-                   mixed_only: bool = False) -> pb.Bitstream:
+                   mixed_only: bool = False, lead_walk: _LeadWalk | None = None
+                   ) -> pb.Bitstream:
             candidate = pb.Bitstream()
             candidate.CopyFrom(msg)
             self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0, f0,
                                NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0,
-                               mixed_only, mix_versions)
+                               mixed_only, mix_versions, lead_walk)
             return candidate
 
         sizes: dict[str, int] = {}  # each candidate's bytes
@@ -445,7 +457,8 @@ class PointCloudCodec:
             # Mixed alone: the same levels unmixed are a candidate above (every level is
             # learned), so its refined stream was built there
             all_learned = "L" * depth
-            candidate = stream(all_learned, [], True, mixed_only=True)
+            candidate = stream(all_learned, [], True, mixed_only=True,
+                               lead_walk=coded.lead_walk)
             size = candidate.ByteSize()
             if size < sizes.get(all_learned, 0) and \
                     size * MIX_GAIN <= (MIX_GAIN - 1) * best.ByteSize():
@@ -491,10 +504,9 @@ class PointCloudCodec:
         every_f0: list[np.ndarray | None] = [None] * depth
         # Mixing's lead, its walks on the pool for a small cloud too (on a larger one they
         # would keep the pool's thread from the network rows and contexts of the levels
-        # after: a dense surface's encode took 1.14 times as long)
-        # (priced under version 2 at most: version 3 only adds a stage after it, and its plane
-        # features would be made for levels that may not be mixed)
-        lead = _MixingLead(self.tables.cdfs[:, 1], mix_points, min(mix_version, 2),
+        # after: a dense surface's encode took 1.14 times as long), under the stream's mixer
+        # (version 3: its plane features are made for every level with contexts anyway)
+        lead = _MixingLead(self.tables.cdfs[:, 1], mix_points, mix_version,
                            self.threads, on_pool=every is not None and mix_lead)
         neighbour_saving = 0
         confident = False  # the level before saved over CONFIDENT_SAVING x ROW_PRICE a row
@@ -657,7 +669,7 @@ class PointCloudCodec:
             if ahead is not None:
                 ahead.cancel()
         return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
-                             neighbour_saving, leads)
+                             neighbour_saving, leads, lead.walked() if leads else None)
 
     @staticmethod
     def _read_lead(lead: _MixingLead, learned: list[coder.LearnedLevel | None], level: int,
@@ -695,12 +707,14 @@ class PointCloudCodec:
 
     def _add_payloads(self, msg, levels, bits, learned, adaptive_bits, adaptive_f0,
                       neighbour_f0, neighbour_name, mode, mix_points=0, mixed_only=False,
-                      mix_versions=(2,)):
+                      mix_versions=(2,), lead_walk=None):
         """The payloads and protected record of one per-level choice (levels[l]: L learned,
         A adaptive, N neighbour coder, its payload neighbour_name); mix_points > 0: the mixed
         coding too, when smaller, or (mixed_only) instead of the others, for a caller that
         has them already (every learned level must then have its contexts), under each mixer
-        of mix_versions (MIXED_PAYLOADS; ties go to the first)."""
+        of mix_versions (MIXED_PAYLOADS; ties go to the first). lead_walk: the mixer walked
+        over the first learned levels (_MixingLead), which that version's walk goes on from
+        (once: the walk moves its model)."""
         depth = len(levels)
         # The adaptive and neighbour coders' rANS streams are coded on the pool meanwhile
         # (independent of the learned payload's; added after it, in the stream's order)
@@ -738,20 +752,32 @@ class PointCloudCodec:
                     if len(refined) < len(data):
                         name, data = REFINED_PAYLOAD, refined
             if mixable:
-                passes = _bit_passes(bits_coded)
-                contexts = np.concatenate([lv.contexts.packed() for lv in levels_coded])
+                # What the lead walked already is left out of the walk's inputs: the levels
+                # it walked, the first ones here (the same objects), under the one mixer
+                # tried here
+                walked = None
+                if lead_walk is not None and len(lead_walk.levels) < len(levels_coded) and \
+                        all(a is b for a, b in zip(lead_walk.levels,
+                                                   levels_coded[:len(lead_walk.levels)],
+                                                   strict=True)) and \
+                        mix_versions == (lead_walk.walked.model.version,):
+                    walked = lead_walk.walked
+                skip = len(lead_walk.levels) if walked is not None else 0
+                passes = _bit_passes(bits_coded[skip:])
+                contexts = np.concatenate([lv.contexts.packed() for lv in levels_coded[skip:]])
                 features = None  # version 3's, pass-major within each level as the bits
                 if all(lv.features is not None for lv in levels_coded):
                     features = np.concatenate([lv.features.T.reshape(-1)
-                                               for lv in levels_coded])
+                                               for lv in levels_coded[skip:]])
                 for version in mix_versions:
                     if version == 3 and features is None:
                         continue
                     mixed_name = MIXED_PAYLOADS[version]
-                    mixed = mixing.encode(occupancy, coded.indices + coder.GRID_K, contexts,
-                                          passes, self.tables.cdfs[:, 1], mix_points,
-                                          _node_extras(bits, chosen, version), version,
-                                          features)
+                    mixed = mixing.encode(occupancy, coded.indices[total - passes.size:]
+                                          + coder.GRID_K, contexts, passes,
+                                          self.tables.cdfs[:, 1], mix_points,
+                                          _node_extras(bits, chosen[skip:], version), version,
+                                          features, walked)
                     if name in MIXED_VERSIONS:  # against the other mixer: names counted too
                         smaller = len(mixed_name) + len(mixed) < len(name) + len(data)
                     else:
@@ -1164,7 +1190,9 @@ class _MixingLead:
         self._buckets = refine.initial_buckets(f0_table)
         self._walks = InOrder(threads if on_pool else 1)
         self._on_pool = on_pool
-        self._later: list[Callable[[], tuple[int, int]]] = []  # the walks leads() makes
+        self._later: list[Callable[[], tuple[int, int, np.ndarray]]] = []  # leads() makes
+        self._f0: list[np.ndarray] = []  # each level's mixed P(0)s, once walked
+        self._added: list[coder.LearnedLevel] = []
         self._levels = 0
 
     def add(self, parent_bits: np.ndarray | None, bits: np.ndarray,
@@ -1172,27 +1200,34 @@ class _MixingLead:
         """The next level (in order), learned, with its mixing contexts; parent_bits: the
         level before's bits (None at the root)."""
         self._levels += 1
-        walk = functools.partial(self._walk, parent_bits, bits, level.indices, level.contexts)
+        self._added.append(level)
+        walk = functools.partial(self._walk, parent_bits, bits, level.indices, level.contexts,
+                                 level.features)
         if self._on_pool:
             self._walks.submit(walk)
         else:
             self._later.append(walk)
 
-    def _walk(self, parent_bits, bits, indices, contexts) -> tuple[int, int]:
+    def _walk(self, parent_bits, bits, indices, contexts, features
+              ) -> tuple[int, int, np.ndarray]:
         if self._model is None:
             self._model = mixing.Model(self._f0_table, self._points, self._version)
         occupancy = bits.T.reshape(-1)  # coding order
         _, refined = refine.code_lengths(occupancy, indices, self._buckets, self._f0_table)
         extras = _node_extras([parent_bits, bits], [1], self._version)
-        mixed = adaptive.code_length(occupancy, mixing.walk(
-            self._model, occupancy, indices + coder.GRID_K, contexts.packed(),
-            _bit_passes([bits]), extras))
-        return mixed, refined
+        f0 = mixing.walk(self._model, occupancy, indices + coder.GRID_K, contexts.packed(),
+                         _bit_passes([bits]), extras,
+                         None if features is None else features.T.reshape(-1))
+        return adaptive.code_length(occupancy, f0), refined, f0
 
     def leads(self, levels: int) -> bool:
-        """False unless the `levels` levels before were each added."""
+        """False unless the `levels` levels before were each added. Where mixing leads, the
+        mixer's walk over them is kept for the mixed stream (walked())."""
         lengths = self.code_lengths(levels)
-        return lengths is not None and lengths[0] * MIX_LEAD <= (MIX_LEAD - 1) * lengths[1]
+        leads = lengths is not None and lengths[0] * MIX_LEAD <= (MIX_LEAD - 1) * lengths[1]
+        if not leads:  # its tables (up to ~30 MB) are not kept into the last level
+            self._model, self._f0 = None, []
+        return leads
 
     def code_lengths(self, levels: int) -> tuple[int, int] | None:
         """The levels' (mixed, refined) code lengths, or None unless the `levels` levels
@@ -1202,9 +1237,18 @@ class _MixingLead:
         later, self._later = self._later, []  # (holding no level's contexts after)
         for walk in later:
             self._walks.submit(walk)  # (one thread: at once)
-        mixed, refined = (sum(c) for c in zip(*self._walks.results(), strict=True))
-        self._model = None  # its tables (up to ~50 MB) are not kept into the last level
-        return mixed, refined
+        mixed, refined, self._f0 = (list(c) for c in zip(*self._walks.results(), strict=True))
+        return sum(mixed), sum(refined)
+
+    def walked(self) -> _LeadWalk | None:
+        """Once, after leads() said it leads: the mixer walked over the levels added (0 ..
+        the last but one, in order) and their P(0)s; the mixed stream's walk goes on from
+        there instead of walking them again (a quarter to a third of a surface's walk)."""
+        if self._model is None or len(self._f0) != len(self._added):
+            return None
+        walked = _LeadWalk(self._added, mixing.Walked(self._model, np.concatenate(self._f0)))
+        self._model, self._f0, self._added = None, [], []
+        return walked
 
     def cancel(self) -> None:
         self._walks.cancel()

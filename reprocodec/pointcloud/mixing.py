@@ -806,14 +806,33 @@ def walk(m: Model, bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray,
     return f0
 
 
+class Walked(NamedTuple):
+    """A Model walked over the first f0.size bits of a coding, left where that walk ended, and
+    those bits' P(0)s (what walk() gave)."""
+
+    model: Model
+    f0: np.ndarray
+
+
 def encode(bits: np.ndarray, rows: np.ndarray, contexts: np.ndarray, passes: np.ndarray,
            f0_table: np.ndarray, points: int, extras: np.ndarray | None = None,
-           version: int = 2, features: np.ndarray | None = None) -> bytes:
+           version: int = 2, features: np.ndarray | None = None,
+           walked: Walked | None = None) -> bytes:
     """rANS bytes of the learned bits (coding order) under mixed probabilities: their CDF-table
     rows (grid index + K), count-model contexts (pass_contexts), passes and, versions 2 and 3,
-    node extras (nodecontext.py), version 3 plane features (planes.py)."""
-    f0 = probabilities(bits, rows, contexts, passes, f0_table, points, extras, version,
-                       features)
+    node extras (nodecontext.py), version 3 plane features (planes.py). `walked`: the model
+    walked over the first walked.f0.size bits already (the encoder's pricing walk); rows,
+    contexts, passes, extras and features are then those of the bits after them only, and
+    only those are walked, on that model (a walk in pieces: the same P(0)s)."""
+    if walked is None:
+        f0 = probabilities(bits, rows, contexts, passes, f0_table, points, extras, version,
+                           features)
+    else:
+        model, before = walked
+        if model.version != version or model.points != points or before.size > bits.size:
+            raise ValueError("a walked model of another mixer, cloud or coding")
+        f0 = np.concatenate([before, walk(model, bits[before.size:], rows, contexts, passes,
+                                          extras, features)])
     return adaptive.encode(np.ascontiguousarray(bits, dtype=np.uint8), f0)
 
 
