@@ -155,19 +155,6 @@ def _rings() -> np.ndarray:
                      rng.normal(0, 0.02, r.shape)], -1).reshape(-1, 3)
 
 
-def _box(n: int = 96) -> np.ndarray:
-    g = np.arange(n)
-    u, v = (a.ravel() for a in np.meshgrid(g, g, indexing="ij"))
-    faces = []
-    for c in (0, n - 1):
-        for axis in range(3):
-            p = np.zeros((u.size, 3), np.int64)
-            others = [a for a in range(3) if a != axis]
-            p[:, axis], p[:, others[0]], p[:, others[1]] = c, u, v
-            faces.append(p)
-    return np.unique(np.concatenate(faces), axis=0)
-
-
 @dataclass
 class Seed:
     index: int
@@ -190,6 +177,9 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
     from reprocodec.pointcloud import codec as codec_module
     from reprocodec.pointcloud import octree
     from reprocodec.pointcloud.ply import read_ply
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from pointcloud import box_faces  # (bench/pointcloud.py: its synthetic clouds)
 
     out.mkdir(parents=True, exist_ok=True)
     meta = []
@@ -217,7 +207,7 @@ def build_seeds(codecs: Codecs, out: Path) -> None:
         for sample, depth, mode, label in CLOUD_SEEDS:
             coders, _, fmt = label.partition("@")
             formats = {"bitstream_format": int(fmt)} if fmt else {}
-            points = (_rings() if sample == "rings" else _box() if sample == "box" else
+            points = (_rings() if sample == "rings" else box_faces(96) if sample == "box" else
                       read_ply(SAMPLES / f"{sample}.ply") if sample else
                       np.zeros((0, 3), np.float64))
             if sample and coders in ("auto", "smallest", "neighbour"):

@@ -217,6 +217,22 @@ def _torus_sphere(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([torus, s * 0.6 + [0, 0, 0.9]]), np.concatenate([torus_n, s])
 
 
+def box_faces(n: int) -> np.ndarray:
+    """The six faces of an axis-aligned n^3 box of integer voxels (int64, unique, sorted): a
+    machined part's large flat faces, the repeats the count models learn and the plane
+    stage places (the fuzzer's mixed seeds and the mixing tests)."""
+    g = np.arange(n)
+    u, v = (a.ravel() for a in np.meshgrid(g, g, indexing="ij"))
+    faces = []
+    for c in (0, n - 1):
+        for axis in range(3):
+            p = np.zeros((u.size, 3), np.int64)
+            others = [a for a in range(3) if a != axis]
+            p[:, axis], p[:, others[0]], p[:, others[1]] = c, u, v
+            faces.append(p)
+    return np.unique(np.concatenate(faces), axis=0)
+
+
 def lidar_sweep(seed: int = 0, beams: int = 64, azimuths: int = 2048) -> np.ndarray:
     """One sweep of a spinning multi-beam sensor 1.8 m above a street: ground, building
     walls (boxes), poles (cylinders), ranges to 80 m with 2 cm noise. Rings on the ground,

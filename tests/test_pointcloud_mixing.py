@@ -4,6 +4,7 @@ neighbourhood contexts, the mixer's coder (versions 1 to 3) and the codec's form
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -41,6 +42,12 @@ from reprocodec.pointcloud.rowslices import row_slices
 from reprocodec.safeguard import Mode
 
 SAMPLES = Path(__file__).resolve().parent.parent / "reprocodec" / "samples"
+# bench/pointcloud.py, by path: its synthetic clouds without putting bench/ on sys.path
+_spec = importlib.util.spec_from_file_location(
+    "bench_pointcloud", Path(__file__).resolve().parent.parent / "bench" / "pointcloud.py")
+assert _spec is not None and _spec.loader is not None
+_BENCH_CLOUDS = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_BENCH_CLOUDS)
 MIXED_NOW = MIXED_PAYLOADS[mixing_version(container.FORMAT_VERSION)]  # what the default writes
 ONE = 1 << 16
 # The 26 child-level neighbour offsets in the documented order, and the conventions the
@@ -83,17 +90,8 @@ def elephant():
 
 def _box_surface(n: int) -> np.ndarray:
     """The six faces of an axis-aligned n^3 box of integer voxels (machined-part-like: large
-    flat faces, the repeats the count model learns)."""
-    g = np.arange(n)
-    u, v = (a.ravel() for a in np.meshgrid(g, g, indexing="ij"))
-    faces = []
-    for c in (0, n - 1):
-        for axis in range(3):
-            p = np.zeros((u.size, 3), np.int64)
-            others = [a for a in range(3) if a != axis]
-            p[:, axis], p[:, others[0]], p[:, others[1]] = c, u, v
-            faces.append(p)
-    return np.unique(np.concatenate(faces), axis=0).astype(np.float64)
+    flat faces, the repeats the count model learns), as floats (bench/pointcloud.py's)."""
+    return _BENCH_CLOUDS.box_faces(n).astype(np.float64)
 
 
 # ------------------------------------------------------------------------- squash / stretch
