@@ -1043,12 +1043,23 @@ def test_the_mixed_stream_goes_on_from_the_leads_walk(monkeypatch):
         taken.append(walked(self))
         return taken[-1]
 
+    encode, starts = mixing.encode, []
+
+    def encode_spy(*args, **kwargs):
+        starts.append(args[9] if len(args) > 9 else kwargs.get("walked"))
+        return encode(*args, **kwargs)
+
     monkeypatch.setattr(codec_module._MixingLead, "walked", spy)
+    monkeypatch.setattr(mixing, "encode", encode_spy)
     reused = codec.encode(box, Mode.SYNDROME, depth=7)
     assert [p.name for p in reused.payloads] == [MIXED_NOW]
     assert len(taken) == 1 and taken[0] is not None and taken[0].walked.f0.size > 0
+    # the mixed stream's encode went on from the lead's walk (not a fresh walk)
+    assert [w is taken[0].walked for w in starts] == [True]
+    starts.clear()
     monkeypatch.setattr(codec_module._MixingLead, "walked", lambda self: None)
     again = codec.encode(box, Mode.SYNDROME, depth=7)
+    assert starts == [None]
     assert container.pack(again) == container.pack(reused)
 
 

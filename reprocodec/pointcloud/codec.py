@@ -627,8 +627,7 @@ class PointCloudCodec:
                         learned[level].contexts = contexts
                         if mix_version == 3:
                             learned[level].features = planes.level_features(
-                                neighbours(), mixing.neighbour_shapes(neighbours()),
-                                self.threads)
+                                neighbours(), contexts.shapes, self.threads)
                         if mix_lead and level < depth - 1:
                             lead.add(bits[level - 1] if level else None, bits[level],
                                      learned[level])
