@@ -36,6 +36,7 @@ from reprocodec.pointcloud.codec import (
     REFINED_PAYLOAD,
     mixing_version,
 )
+from reprocodec.pointcloud.context import N_PASSES
 from reprocodec.pointcloud.grid import GRID_K
 from reprocodec.pointcloud.ply import read_ply
 from reprocodec.pointcloud.rowslices import row_slices
@@ -1031,17 +1032,23 @@ def test_an_encode_going_on_from_a_walked_model_writes_one_walks_bytes(camel, ve
                           rest_extras, version, rest_features, other)
 
 
-def test_the_mixed_stream_goes_on_from_the_leads_walk(monkeypatch):
-    """Where mixing leads, the default encode's mixed stream walks only the last level, on
-    the lead's model: the same bytes as walking every level again."""
-    box = _box_surface(128)
-    codec = PointCloudCodec.load(threads=1)
-    walked = codec_module._MixingLead.walked
-    taken = []
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_mixed_stream_goes_on_from_the_leads_walk(monkeypatch, threads):
+    """Where mixing leads, the lead's mixer walks the last level too, pass by pass as the
+    model codes it (on the pool with two threads), and the default encode's mixed stream
+    walks no bit again: the same bytes as walking every level afresh."""
+    box, depth = _box_surface(128), 7
+    codec = PointCloudCodec.load(threads=threads)
+    walk_passes, passes = codec_module._MixingLead.walk_passes, []
 
-    def spy(self):
-        taken.append(walked(self))
-        return taken[-1]
+    def passes_spy(self, *args):
+        on_pass = walk_passes(self, *args)
+
+        def counted(k, indices):
+            passes.append(k)
+            on_pass(k, indices)
+
+        return counted
 
     encode, starts = mixing.encode, []
 
@@ -1049,16 +1056,18 @@ def test_the_mixed_stream_goes_on_from_the_leads_walk(monkeypatch):
         starts.append(args[9] if len(args) > 9 else kwargs.get("walked"))
         return encode(*args, **kwargs)
 
-    monkeypatch.setattr(codec_module._MixingLead, "walked", spy)
+    monkeypatch.setattr(codec_module._MixingLead, "walk_passes", passes_spy)
     monkeypatch.setattr(mixing, "encode", encode_spy)
-    reused = codec.encode(box, Mode.SYNDROME, depth=7)
+    reused = codec.encode(box, Mode.SYNDROME, depth=depth)
     assert [p.name for p in reused.payloads] == [MIXED_NOW]
-    assert len(taken) == 1 and taken[0] is not None and taken[0].walked.f0.size > 0
-    # the mixed stream's encode went on from the lead's walk (not a fresh walk)
-    assert [w is taken[0].walked for w in starts] == [True]
+    assert passes == list(range(N_PASSES))  # the last level, as the model coded each pass
+    _, bits = octree.build_levels(octree.voxelize(box, depth).voxels, depth)
+    # the mixed stream's encode went on from the lead's walk, which covered every bit
+    assert len(starts) == 1 and starts[0] is not None
+    assert starts[0].f0.size == sum(b.size for b in bits)
     starts.clear()
     monkeypatch.setattr(codec_module._MixingLead, "walked", lambda self: None)
-    again = codec.encode(box, Mode.SYNDROME, depth=7)
+    again = codec.encode(box, Mode.SYNDROME, depth=depth)
     assert starts == [None]
     assert container.pack(again) == container.pack(reused)
 

@@ -51,6 +51,7 @@ import functools
 import queue
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -230,11 +231,28 @@ MAX_POINTS = 1 << 25  # voxels per cloud this codec accepts (TooLarge beyond: se
 MAX_CODED_BITS = 1 << 28
 
 
-class _LeadWalk(NamedTuple):
-    """The mixer walked over these learned levels (in order: the first ones of a coding)."""
+class _LeadWalk:
+    """The mixer walked over these learned levels (in order: the first ones of a coding), its
+    walk of the last of them perhaps still running on the pool, pass by pass
+    (_MixingLead.walk_passes): walked() waits for it, once; cancel() drops it unread."""
 
-    levels: list[coder.LearnedLevel]
-    walked: mixing.Walked
+    def __init__(self, levels: list[coder.LearnedLevel], model: mixing.Model,
+                 f0: list[np.ndarray], passes: InOrder | None = None) -> None:
+        self.levels, self.version = levels, model.version
+        self._model, self._f0, self._passes = model, f0, passes
+
+    def walked(self) -> mixing.Walked:
+        if self._model is None:
+            raise ValueError("a lead's walk is read once")
+        f0 = self._f0 + (self._passes.results() if self._passes is not None else [])
+        walked = mixing.Walked(self._model, np.concatenate(f0))
+        self._model, self._f0, self._passes = None, [], None
+        return walked
+
+    def cancel(self) -> None:
+        if self._passes is not None:
+            self._passes.cancel()
+        self._model, self._f0, self._passes = None, [], None
 
 
 class _LevelCodings(NamedTuple):
@@ -392,79 +410,84 @@ class PointCloudCodec:
                 bits, pricing.probabilities() if keep_all else None, self.threads)
         finally:
             pricing.close()
-        learned = coded.learned
-        del codes  # only the neighbour tables needed them
-        all_adaptive = "A" * depth
-        # (levels, the neighbour coder's probabilities, kept only if also no larger in bytes)
-        candidates: list[tuple[str, list[np.ndarray | None], bool]]
-        if coders in CHOOSING:
-            # Ties go to the adaptive coder: exact integers, nothing to protect.
-            learned_or_adaptive = _framed("".join(
-                "A" if lv is None or a <= lv.cost + _row_cost(r, price) else "L"
-                for a, lv, r in zip(adaptive_cost, learned, rows, strict=True)),
-                adaptive_cost, learned, rows, price)
-            # The neighbour coder's levels were chosen level by level (its state follows them)
-            choice = _framed("".join("N" if f0 is not None else c
-                                     for c, f0 in zip(learned_or_adaptive, coded.neighbour_f0,
-                                                      strict=True)),
-                             adaptive_cost, learned, rows, price)
-            candidates = [(choice, coded.neighbour_f0, False), (all_adaptive, [], False)]
-            if all(lv is not None for lv in learned):
-                candidates.append(("L" * depth, [], False))
-            if coded.neighbour_saving < FRAMING_COST:
-                # Its levels saved less than a payload's framing, which the level-by-level
-                # choice does not see: the choice without them too (learned or adaptive there:
-                # format 4's choice, but where the neighbour coder kept the model from a level)
-                candidates.append((learned_or_adaptive, [], False))
-            if coded.every_f0 is not None:
-                # It prices time, and would otherwise trade learned levels' bits for it
-                candidates.append(("N" * depth, coded.every_f0, True))
-        else:
-            candidates = [({"adaptive": "A", "learned": "L", "neighbour": "N"}[coders] * depth,
-                           coded.neighbour_f0, False)]
-        # The all-adaptive stream is built only when it may win.
-        adaptive_floor = adaptive_stream_floor(msg.ByteSize(), sum(adaptive_cost), sum(rows))
-        best, best_cost = None, 0
-        tried = set()
+        # (the lead's walk of the last level may still run on the pool: dropped unless read)
+        try:
+            learned = coded.learned
+            del codes  # only the neighbour tables needed them
+            all_adaptive = "A" * depth
+            # (levels, the neighbour coder's probabilities, kept only if also no larger in bytes)
+            candidates: list[tuple[str, list[np.ndarray | None], bool]]
+            if coders in CHOOSING:
+                # Ties go to the adaptive coder: exact integers, nothing to protect.
+                learned_or_adaptive = _framed("".join(
+                    "A" if lv is None or a <= lv.cost + _row_cost(r, price) else "L"
+                    for a, lv, r in zip(adaptive_cost, learned, rows, strict=True)),
+                    adaptive_cost, learned, rows, price)
+                # The neighbour coder's levels were chosen level by level (its state follows them)
+                choice = _framed("".join("N" if f0 is not None else c
+                                         for c, f0 in zip(learned_or_adaptive, coded.neighbour_f0,
+                                                          strict=True)),
+                                 adaptive_cost, learned, rows, price)
+                candidates = [(choice, coded.neighbour_f0, False), (all_adaptive, [], False)]
+                if all(lv is not None for lv in learned):
+                    candidates.append(("L" * depth, [], False))
+                if coded.neighbour_saving < FRAMING_COST:
+                    # Its levels saved less than a payload's framing, which the level-by-level
+                    # choice does not see: the choice without them too (learned or adaptive there:
+                    # format 4's choice, but where the neighbour coder kept the model from a level)
+                    candidates.append((learned_or_adaptive, [], False))
+                if coded.every_f0 is not None:
+                    # It prices time, and would otherwise trade learned levels' bits for it
+                    candidates.append(("N" * depth, coded.every_f0, True))
+            else:
+                candidates = [({"adaptive": "A", "learned": "L", "neighbour": "N"}[coders] * depth,
+                               coded.neighbour_f0, False)]
+            # The all-adaptive stream is built only when it may win.
+            adaptive_floor = adaptive_stream_floor(msg.ByteSize(), sum(adaptive_cost), sum(rows))
+            best, best_cost = None, 0
+            tried = set()
 
-        mix_versions = _mixers(coders, mix_version)
+            mix_versions = _mixers(coders, mix_version)
 
-        def stream(levels: str, f0: list[np.ndarray | None], mix: bool,
-                   mixed_only: bool = False, lead_walk: _LeadWalk | None = None
-                   ) -> pb.Bitstream:
-            candidate = pb.Bitstream()
-            candidate.CopyFrom(msg)
-            self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0, f0,
-                               NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0,
-                               mixed_only, mix_versions, lead_walk)
-            return candidate
+            def stream(levels: str, f0: list[np.ndarray | None], mix: bool,
+                       mixed_only: bool = False, lead_walk: _LeadWalk | None = None
+                       ) -> pb.Bitstream:
+                candidate = pb.Bitstream()
+                candidate.CopyFrom(msg)
+                self._add_payloads(candidate, levels, bits, learned, adaptive_bits, adaptive_f0, f0,
+                                   NEIGHBOUR_PAYLOADS[version], mode, n if mix else 0,
+                                   mixed_only, mix_versions, lead_walk)
+                return candidate
 
-        sizes: dict[str, int] = {}  # each candidate's bytes
+            sizes: dict[str, int] = {}  # each candidate's bytes
 
-        for levels, f0, fewer_bytes in candidates:  # the first one wins ties
-            if levels in tried or (best is not None and levels == all_adaptive
-                                   and adaptive_floor >= best_cost):
-                continue
-            tried.add(levels)
-            candidate = stream(levels, f0, mix_every)
-            sizes[levels] = candidate.ByteSize()
-            cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _time_cost(
-                levels, rows, price)
-            if best is None or (cost < best_cost and not (
-                    fewer_bytes and candidate.ByteSize() > best.ByteSize())):
-                best, best_cost = candidate, cost
-        if coded.mixing_leads:
-            # Mixed alone: the same levels unmixed are a candidate above (every level is
-            # learned), so its refined stream was built there
-            all_learned = "L" * depth
-            candidate = stream(all_learned, [], True, mixed_only=True,
-                               lead_walk=coded.lead_walk)
-            size = candidate.ByteSize()
-            if size < sizes.get(all_learned, 0) and \
-                    size * MIX_GAIN <= (MIX_GAIN - 1) * best.ByteSize():
-                best = candidate
-        best.format_version = container.required_version(best)
-        return best
+            for levels, f0, fewer_bytes in candidates:  # the first one wins ties
+                if levels in tried or (best is not None and levels == all_adaptive
+                                       and adaptive_floor >= best_cost):
+                    continue
+                tried.add(levels)
+                candidate = stream(levels, f0, mix_every)
+                sizes[levels] = candidate.ByteSize()
+                cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _time_cost(
+                    levels, rows, price)
+                if best is None or (cost < best_cost and not (
+                        fewer_bytes and candidate.ByteSize() > best.ByteSize())):
+                    best, best_cost = candidate, cost
+            if coded.mixing_leads:
+                # Mixed alone: the same levels unmixed are a candidate above (every level is
+                # learned), so its refined stream was built there
+                all_learned = "L" * depth
+                candidate = stream(all_learned, [], True, mixed_only=True,
+                                   lead_walk=coded.lead_walk)
+                size = candidate.ByteSize()
+                if size < sizes.get(all_learned, 0) and \
+                        size * MIX_GAIN <= (MIX_GAIN - 1) * best.ByteSize():
+                    best = candidate
+            best.format_version = container.required_version(best)
+            return best
+        finally:
+            if coded.lead_walk is not None:
+                coded.lead_walk.cancel()
 
     def _learned_levels(self, codes: list[np.ndarray], bits: list[np.ndarray],
                         adaptive_cost: Sequence[int], mode: Mode, coders: str,
@@ -609,28 +632,37 @@ class PointCloudCodec:
                         _sample_rows(made, neighbours, codes[level], level), bits[level], level,
                         depth, bar, coders, price, buckets, confident, sample)
                 if may_win:
+                    parent_bits = bits[level - 1] if level else None
+                    # the all-neighbour walk's contexts serve mixing made for the same points
+                    same_walk = every_walked if every_walked is not None and \
+                        every.points == mix_points else None
+                    # Where mixing leads already (read before the model ran on the last
+                    # level), the lead's mixer walks the level pass by pass as the model codes
+                    # it (_MixingLead.walk_passes): its contexts and features first
+                    on_pass, features = None, None
+                    if leads and level == depth - 1 and \
+                            mix_bits + bits[level].size <= MIX_BITS_PER_POINT * mix_points:
+                        contexts, features = self._mixing_inputs(
+                            neighbours, bits[level], contexts, same_walk, mix_points,
+                            mix_version)
+                        on_pass = lead.walk_passes(parent_bits, bits[level], contexts, features)
                     learned[level] = coder.learned_level(
                         neighbours(), bits[level], level, depth, self._start_predict, self.tables,
-                        mode, self.decision, buckets)
+                        mode, self.decision, buckets, on_pass)
                     mix_bits += bits[level].size
                     if lead_later:
                         leads, mix_lead, mix_points = self._read_lead(lead, learned, level,
                                                                       mix_points)
                     if mix_points and mix_bits <= MIX_BITS_PER_POINT * mix_points:
-                        # Pass-major as the indices
-                        if contexts is None and every_walked is not None and \
-                                every.points == mix_points:
-                            contexts = every_walked.result()[1]
-                        if contexts is None:
-                            contexts = mixing.level_contexts(neighbours(), bits[level], mix_points,
-                                                              self.threads)
-                        learned[level].contexts = contexts
-                        if mix_version == 3:
-                            learned[level].features = planes.level_features(
-                                neighbours(), contexts.shapes, self.threads)
-                        if mix_lead and level < depth - 1:
-                            lead.add(bits[level - 1] if level else None, bits[level],
-                                     learned[level])
+                        if on_pass is None:
+                            contexts, features = self._mixing_inputs(
+                                neighbours, bits[level], contexts, same_walk, mix_points,
+                                mix_version)
+                        learned[level].contexts, learned[level].features = contexts, features
+                        if on_pass is not None:
+                            lead.add_walked(learned[level])
+                        elif mix_lead and level < depth - 1:
+                            lead.add(parent_bits, bits[level], learned[level])
                     model_cost = learned[level].cost
                     saving = adaptive_cost[level] - learned[level].cost
                     confident = saving > CONFIDENT_SAVING * _row_cost(bits[level].size, ROW_PRICE)
@@ -669,6 +701,21 @@ class PointCloudCodec:
                 ahead.cancel()
         return _LevelCodings(learned, neighbour_f0, every_f0 if every is not None else None,
                              neighbour_saving, leads, lead.walked() if leads else None)
+
+    def _mixing_inputs(self, neighbours: Callable[[], np.ndarray], bits: np.ndarray,
+                       contexts: mixing.LevelContexts | None,
+                       every_walked: Future | None, points: int, version: int
+                       ) -> tuple[mixing.LevelContexts, np.ndarray | None]:
+        """A learned level's mixing contexts (pass-major as its indices: the ones made already,
+        or those of the all-neighbour walk, every_walked, made for the same points) and, mixer
+        version 3, its plane features."""
+        if contexts is None and every_walked is not None:
+            contexts = every_walked.result()[1]
+        if contexts is None:
+            contexts = mixing.level_contexts(neighbours(), bits, points, self.threads)
+        features = planes.level_features(neighbours(), contexts.shapes, self.threads) \
+            if version == 3 else None
+        return contexts, features
 
     @staticmethod
     def _read_lead(lead: _MixingLead, learned: list[coder.LearnedLevel | None], level: int,
@@ -755,19 +802,20 @@ class PointCloudCodec:
                 # it walked, the first ones here (the same objects), under the one mixer
                 # tried here
                 walked = None
-                if lead_walk is not None and len(lead_walk.levels) < len(levels_coded) and \
+                if lead_walk is not None and len(lead_walk.levels) <= len(levels_coded) and \
                         all(a is b for a, b in zip(lead_walk.levels,
                                                    levels_coded[:len(lead_walk.levels)],
                                                    strict=True)) and \
-                        mix_versions == (lead_walk.walked.model.version,):
-                    walked = lead_walk.walked
+                        mix_versions == (lead_walk.version,):
+                    walked = lead_walk.walked()
                 skip = len(lead_walk.levels) if walked is not None else 0
-                passes = _bit_passes(bits_coded[skip:])
-                contexts = np.concatenate([lv.contexts.packed() for lv in levels_coded[skip:]])
+                rest = list(range(skip, len(levels_coded)))  # the levels still to walk
+                passes = _bit_passes([bits_coded[i] for i in rest])
+                contexts = _joined([levels_coded[i].contexts.packed() for i in rest], np.int64)
                 features = None  # version 3's, pass-major within each level as the bits
                 if all(lv.features is not None for lv in levels_coded):
-                    features = np.concatenate([lv.features.T.reshape(-1)
-                                               for lv in levels_coded[skip:]])
+                    features = _joined([levels_coded[i].features.T.reshape(-1) for i in rest],
+                                       planes.FEATURE_DTYPE)
                 for version in mix_versions:
                     if version == 3 and features is None:
                         continue
@@ -989,8 +1037,13 @@ def level_coders(msg: pb.Bitstream) -> str:
 def _bit_passes(bits: list[np.ndarray]) -> np.ndarray:
     """The pass (uint8) of each bit of these levels' (M, 8) bits in coding order (pass-major
     within each level), as mixing walks them."""
-    return np.concatenate([np.repeat(np.arange(N_PASSES, dtype=np.uint8), b.shape[0])
-                           for b in bits])
+    return _joined([np.repeat(np.arange(N_PASSES, dtype=np.uint8), b.shape[0]) for b in bits],
+                   np.uint8)
+
+
+def _joined(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+    """The arrays end to end (none: an empty one of dtype)."""
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
 
 
 def _row_cost(rows: int, price: tuple[int, int]) -> int:
@@ -1040,9 +1093,9 @@ def _node_extras(bits: list[np.ndarray], levels, version: int) -> np.ndarray | N
     nodecontext.py; version 1 reads none)."""
     if version == 1:
         return None
-    return np.concatenate([nodecontext.level_extras(
+    return _joined([nodecontext.level_extras(
         nodecontext.node_slots(bits[level - 1] if level else None), bits[level])
-        for level in levels])
+        for level in levels], np.int32)
 
 
 def _neighbour_saving(cost: int, adaptive_cost: int, learned: coder.LearnedLevel | None,
@@ -1193,6 +1246,8 @@ class _MixingLead:
         self._f0: list[np.ndarray] = []  # each level's mixed P(0)s, once walked
         self._added: list[coder.LearnedLevel] = []
         self._levels = 0
+        self._threads = threads
+        self._passes: InOrder | None = None  # the last level's walk (walk_passes)
 
     def add(self, parent_bits: np.ndarray | None, bits: np.ndarray,
             level: coder.LearnedLevel) -> None:
@@ -1239,18 +1294,56 @@ class _MixingLead:
         mixed, refined, self._f0 = (list(c) for c in zip(*self._walks.results(), strict=True))
         return sum(mixed), sum(refined)
 
+    def walk_passes(self, parent_bits: np.ndarray | None, bits: np.ndarray,
+                    contexts: mixing.LevelContexts, features: np.ndarray | None
+                    ) -> Callable[[int, np.ndarray], None]:
+        """After leads() said it leads, on the last level (bits; parent_bits: the level
+        before's), its contexts and plane features made before the model runs there: the
+        on_pass of coder.learned_level, which walks the mixer over each pass as the model
+        makes its indices, on the pool (InOrder: one pass after another) while this thread
+        goes on with the network's next pass. The mixed stream then walks nothing: the last
+        level is most of a surface's walk (the dense surface's: ~0.15 of a 0.67 s encode),
+        which ran alone after the model, the pool's thread idle. Pieces in order: the P(0)s
+        of one walk. add_walked(level) once the model is through."""
+        model = self._model
+        if model is None:
+            raise ValueError("walk_passes goes on from a lead (leads() said so)")  # the caller's
+        m = bits.shape[0]
+        packed = contexts.packed()
+        extras = _node_extras([parent_bits, bits], [1], self._version)
+        plane = None if features is None else features.T.reshape(-1)
+        walks = self._passes = InOrder(self._threads)
+
+        def on_pass(k: int, indices: np.ndarray) -> None:
+            at = slice(k * m, (k + 1) * m)
+            walks.submit(functools.partial(
+                mixing.walk, model, bits[:, k], indices + coder.GRID_K, packed[at],
+                np.full(m, k, dtype=np.uint8), None if extras is None else extras[at],
+                None if plane is None else plane[at]))
+
+        return on_pass
+
+    def add_walked(self, level: coder.LearnedLevel) -> None:
+        """The level walk_passes walked, once the model has coded it (and its contexts and
+        features are the level's)."""
+        self._levels += 1
+        self._added.append(level)
+
     def walked(self) -> _LeadWalk | None:
         """Once, after leads() said it leads: the mixer walked over the levels added (0 ..
-        the last but one, in order) and their P(0)s; the mixed stream's walk goes on from
-        there instead of walking them again (a quarter to a third of a surface's walk)."""
-        if self._model is None or len(self._f0) != len(self._added):
+        the last but one, in order, and the last one where walk_passes walked it) and their
+        P(0)s; the mixed stream's walk goes on from there instead of walking them again."""
+        walked_levels = len(self._f0) + (self._passes is not None)
+        if self._model is None or walked_levels != len(self._added):
             return None
-        walked = _LeadWalk(self._added, mixing.Walked(self._model, np.concatenate(self._f0)))
-        self._model, self._f0, self._added = None, [], []
+        walked = _LeadWalk(self._added, self._model, self._f0, self._passes)
+        self._model, self._f0, self._added, self._passes = None, [], [], None
         return walked
 
     def cancel(self) -> None:
         self._walks.cancel()
+        if self._passes is not None:
+            self._passes.cancel()
 
 
 def _walked(model: neighbour.Model, neighbours: np.ndarray | None,

@@ -97,12 +97,15 @@ def learned_level(
     neighbours: np.ndarray, bits: np.ndarray, level: int, depth: int, start: StartPredict,
     tables: entropy.CdfTables, mode: Mode, decision: ProtectedDecision,
     buckets: np.ndarray | None = None,
+    on_pass: Callable[[int, np.ndarray], None] | None = None,
 ) -> LearnedLevel:
     """Run the model and the safeguard on one level (the encoder's float work). With
     `buckets` (refine.py's state after the levels before, walked on) the level is also priced
     under refined probabilities. The network makes pass k + 1's logits (the encoder knows
     every pass's inputs) while this thread protects and prices pass k: on two threads the
-    pool's thread would otherwise wait for that serial work."""
+    pool's thread would otherwise wait for that serial work. on_pass(k, indices): called with
+    each pass's grid indices as soon as they are made (a view of the level's array, which
+    later passes do not write)."""
     side_bits = _SIDE_BITS.get(mode, _body_bits)
     m = bits.shape[0]
     # Pass k's indices go to rows k*m.. of one array, and each pass is priced as it comes
@@ -117,6 +120,8 @@ def learned_level(
                 pending = start(neighbours, bits, k + 1, level, depth)
             protected = decision.protect_pass(logits, mode)
             index[k * m:(k + 1) * m] = _grid_index(protected.indices)
+            if on_pass is not None:
+                on_pass(k, index[k * m:(k + 1) * m])
             if buckets is None:
                 cost += _code_length(bits[:, k], index[k * m:(k + 1) * m], tables)
             else:
