@@ -1072,6 +1072,43 @@ def test_the_mixed_stream_goes_on_from_the_leads_walk(monkeypatch, threads):
     assert container.pack(again) == container.pack(reused)
 
 
+def test_a_failed_encode_drops_the_leads_walk_and_a_walk_is_read_once(monkeypatch):
+    """The lead's walk of the last level runs on the pool after the model is through: an
+    encode that fails before its mixed stream reads it cancels it (no work left on the pool),
+    and a lead's walk is read once."""
+    box = _box_surface(128)
+    codec = PointCloudCodec.load(threads=2)
+    cancelled, read = [], []
+    cancel, walked = codec_module._LeadWalk.cancel, codec_module._LeadWalk.walked
+
+    def cancel_spy(self):
+        cancelled.append(self)
+        return cancel(self)
+
+    def walked_spy(self):
+        read.append(walked(self))
+        with pytest.raises(ValueError, match="read once"):
+            walked(self)
+        return read[-1]
+
+    add_payloads = codec_module.PointCloudCodec._add_payloads
+
+    def failing(self, *args, **kwargs):
+        if args[10] if len(args) > 10 else kwargs.get("mixed_only"):
+            raise RuntimeError("the mixed stream failed")
+        return add_payloads(self, *args, **kwargs)
+
+    monkeypatch.setattr(codec_module._LeadWalk, "cancel", cancel_spy)
+    monkeypatch.setattr(codec_module._LeadWalk, "walked", walked_spy)
+    assert [p.name for p in codec.encode(box, Mode.SYNDROME, depth=7).payloads] == [MIXED_NOW]
+    assert len(read) == 1 and len(cancelled) == 1  # read, then dropped (nothing left)
+    monkeypatch.setattr(codec_module.PointCloudCodec, "_add_payloads", failing)
+    with pytest.raises(RuntimeError, match="mixed stream failed"):
+        codec.encode(box, Mode.SYNDROME, depth=7)
+    assert len(read) == 1 and len(cancelled) == 2  # never read: cancelled
+    assert cancelled[-1]._passes is None  # its pass walks stopped and let go
+
+
 @pytest.mark.parametrize("on_pool", [False, True])
 def test_the_mixing_lead_walked_level_by_level_gives_the_whole_walks_lengths(camel, on_pool):
     """codec._MixingLead, its walks on the pool (a small cloud) or all at the last level: the

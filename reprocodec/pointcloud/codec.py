@@ -118,8 +118,11 @@ MIX_GAIN = 32
 # walk only then: where it is not kept, the encoder's extra work is the contexts and a walk of
 # about a quarter of the learned bits (organic meshes: encode 1.04-1.24 times as long, against
 # 1.37-1.70 with every surface walked whole; bench/paired_trees.py --real data/pc/test); where
-# it is, the mixed stream's walk goes on from the lead's. Under version 3 the surfaces lead by
-# 5.4-5.8 % (version 2: 0.6-4.4 %): 1/20 takes them, 1/16 took none.
+# it is, the lead's mixer walks the last level pass by pass as the model codes it
+# (_MixingLead.walk_passes) and the mixed stream walks nothing again. Under version 3 the
+# surfaces lead by 5.4-5.8 % (version 2: 0.6-4.4 %): 1/20 takes them, 1/16 took none; the
+# surface with 1 % outliers leads by 4.6 % and stays refined (1/25 would mix it: 4.6 %
+# smaller, but its encode 1.34 -> 1.86 and decode 0.64 -> 1.49 s per Mpt, at the floor).
 MIX_LEAD = 20
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, *MIXED_PAYLOADS.values())
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
