@@ -812,12 +812,13 @@ class PointCloudCodec:
                         mix_versions == (lead_walk.version,):
                     walked = lead_walk.walked()
                 skip = len(lead_walk.levels) if walked is not None else 0
-                rest = list(range(skip, len(levels_coded)))  # the levels still to walk
-                passes = _bit_passes([bits_coded[i] for i in rest])
-                contexts = _joined([levels_coded[i].contexts.packed() for i in rest], np.int64)
+                # (none left where the lead walked the last level too)
+                passes = _bit_passes(bits_coded[skip:])
+                contexts = _joined([lv.contexts.packed() for lv in levels_coded[skip:]],
+                                   np.int64)
                 features = None  # version 3's, pass-major within each level as the bits
                 if all(lv.features is not None for lv in levels_coded):
-                    features = _joined([levels_coded[i].features.T.reshape(-1) for i in rest],
+                    features = _joined([lv.features.T.reshape(-1) for lv in levels_coded[skip:]],
                                        planes.FEATURE_DTYPE)
                 for version in mix_versions:
                     if version == 3 and features is None:
