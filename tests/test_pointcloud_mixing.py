@@ -1109,6 +1109,23 @@ def test_a_failed_encode_drops_the_leads_walk_and_a_walk_is_read_once(monkeypatc
     assert cancelled[-1]._passes is None  # its pass walks stopped and let go
 
 
+def test_mixed_encodes_at_once_share_the_pool_and_write_their_own_bytes():
+    """Two encodes at once in one process (a service's threads), one codec on two threads:
+    each lead's pass walks queue on the one shared pool beside the other's network rows, and
+    each stream is the one an encode alone writes (no hang: a deadlock fails the wait)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    codec = PointCloudCodec.load(threads=2)
+    clouds = [(_box_surface(128), 7), (_BENCH_CLOUDS.box_faces(96), 8)]  # (integers: kept)
+    alone = [container.pack(codec.encode(c, Mode.SYNDROME, depth=d)) for c, d in clouds]
+    assert all(container.unpack(a).payloads[0].name == MIXED_NOW for a in alone)
+    with ThreadPoolExecutor(2) as callers:
+        for _ in range(2):
+            jobs = [callers.submit(lambda c=c, d=d: container.pack(
+                codec.encode(c, Mode.SYNDROME, depth=d))) for c, d in clouds]
+            assert [job.result(timeout=300) for job in jobs] == alone
+
+
 @pytest.mark.parametrize("on_pool", [False, True])
 def test_the_mixing_lead_walked_level_by_level_gives_the_whole_walks_lengths(camel, on_pool):
     """codec._MixingLead, its walks on the pool (a small cloud) or all at the last level: the
