@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored():
+    """A test that runs a service's serve() (its flag checks) has it configure the root logger
+    with a handler on that test's captured stderr, which pytest closes after the test: the
+    root logger is put back as it was, so that later tests' records (a service's handler
+    threads, a codec load) are not written to a closed stream ('Logging error' in the
+    suite's output)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
