@@ -1082,7 +1082,7 @@ def test_a_failed_encode_drops_the_leads_walk_and_a_walk_is_read_once(monkeypatc
     cancel, walked = codec_module._LeadWalk.cancel, codec_module._LeadWalk.walked
 
     def cancel_spy(self):
-        cancelled.append(self)
+        cancelled.append(self._passes)  # the pass walks it held, if still unread
         return cancel(self)
 
     def walked_spy(self):
@@ -1102,11 +1102,13 @@ def test_a_failed_encode_drops_the_leads_walk_and_a_walk_is_read_once(monkeypatc
     monkeypatch.setattr(codec_module._LeadWalk, "walked", walked_spy)
     assert [p.name for p in codec.encode(box, Mode.SYNDROME, depth=7).payloads] == [MIXED_NOW]
     assert len(read) == 1 and len(cancelled) == 1  # read, then dropped (nothing left)
+    assert cancelled[0] is None  # read: nothing of it was left to stop
     monkeypatch.setattr(codec_module.PointCloudCodec, "_add_payloads", failing)
     with pytest.raises(RuntimeError, match="mixed stream failed"):
         codec.encode(box, Mode.SYNDROME, depth=7)
     assert len(read) == 1 and len(cancelled) == 2  # never read: cancelled
-    assert cancelled[-1]._passes is None  # its pass walks stopped and let go
+    # its pass walks, never read, were stopped or waited for: nothing of them left running
+    assert cancelled[-1] is not None and all(f.done() for f in cancelled[-1]._futures)
 
 
 def test_mixed_encodes_at_once_share_the_pool_and_write_their_own_bytes():

@@ -107,4 +107,4 @@ def test_features_do_not_depend_on_threads_and_check_their_table():
     with pytest.raises(ValueError):
         planes.level_features(table[:-1], mixing.neighbour_shapes(table))
     with pytest.raises(ValueError):  # a shape the kernel's tables cannot index
-        planes.level_features(table, mixing.neighbour_shapes(table).astype(np.int64) << 1)
+        planes.level_features(table, mixing.neighbour_shapes(table).astype(np.int64) | 1 << 27)

@@ -270,7 +270,8 @@ class _LevelCodings(NamedTuple):
     # Mixing led refinement by 1 / MIX_LEAD before the last level (_mixing_leads), and every
     # level is learned with its mixing contexts: the all-learned mixed candidate is built
     mixing_leads: bool = False
-    # and the lead's mixer walked over the levels before the last, which it goes on from
+    # and the lead's mixer walked over the levels before the last (and the last one, pass by
+    # pass, where it led before the model ran there), which the mixed stream goes on from
     lead_walk: _LeadWalk | None = None
 
 
@@ -1235,8 +1236,9 @@ class _MixingLead:
     exact integers. The mixer (version `version`) and refine walk each level (add: the next
     one, learned, with its contexts): on the pool (on_pool) as soon as the model has coded it,
     while the encoder's thread goes on with the next level, or else all in leads(levels), on
-    the caller's thread. A walk in pieces, in order, gives the integers of one walk over all
-    of them."""
+    the caller's thread. Once it leads, walk_passes walks the last level too, pass by pass as
+    the model codes it, and walked() hands the whole walk to the mixed stream. A walk in
+    pieces, in order, gives the integers of one walk over all of them."""
 
     def __init__(self, f0_table: np.ndarray, points: int, version: int, threads: int,
                  on_pool: bool) -> None:
