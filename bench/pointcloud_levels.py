@@ -48,7 +48,8 @@ def main() -> int:
         codes, bits = octree.build_levels(voxels, depth)
         # the encoder's own costs (its private steps: this is what its choice compares)
         adaptive_cost = codec_module._adaptive_costs(bits)
-        learned = codec._learned_levels(codes, bits, adaptive_cost, Mode.SYNDROME, "learned",
+        # (_learned_levels empties the list of codes it is given as it walks the levels)
+        learned = codec._learned_levels(list(codes), bits, adaptive_cost, Mode.SYNDROME, "learned",
                                         (0, 1)).learned
         print(f"{name}: {n} points, depth {depth}")
         print("  level    nodes  children  rows/pt  adaptive  learned  saved bits/row")
