@@ -113,17 +113,19 @@ MIX_BITS_PER_POINT = 12
 # data/pc/test`, 0.8.0). Ratios of integers: exact.
 MIX_ROWS_PER_POINT = 6
 MIX_GAIN = 32
-# ... and builds it only if mixing leads refinement by 1 / MIX_LEAD (5 %) on the levels before
+# ... and builds it only if mixing leads refinement by 1 / MIX_LEAD (4 %) on the levels before
 # the last (_mixing_leads, under the stream's mixer version), the last level's contexts and
 # walk only then: where it is not kept, the encoder's extra work is the contexts and a walk of
 # about a quarter of the learned bits (organic meshes: encode 1.04-1.24 times as long, against
 # 1.37-1.70 with every surface walked whole; bench/paired_trees.py --real data/pc/test); where
 # it is, the lead's mixer walks the last level pass by pass as the model codes it
 # (_MixingLead.walk_passes) and the mixed stream walks nothing again. Under version 3 the
-# surfaces lead by 5.4-5.8 % (version 2: 0.6-4.4 %): 1/20 takes them, 1/16 took none; the
-# surface with 1 % outliers leads by 4.6 % and stays refined (1/25 would mix it: 4.6 %
-# smaller, but its encode 1.34 -> 1.86 and decode 0.64 -> 1.49 s per Mpt, at the floor).
-MIX_LEAD = 20
+# surfaces lead by 5.4-5.8 % (version 2: 0.6-4.4 %), the surface with 1 % outliers by 4.6 %,
+# the small samples by 0.5-0.6 %: 1/25 mixes the outlier surface too (4.6 % smaller, 15.4 %
+# under G-PCC instead of 11.3 %; encode 1.19-1.55 -> 1.43-1.76 and decode 0.56-0.65 ->
+# 1.30-1.54 s per Mpt, fresh processes as bench/pointcloud.py --clouds times them: where the
+# dense surface, mixed at 1/20 already, is), 1/20 took it not, 1/16 none of them.
+MIX_LEAD = 25
 LEARNED_PAYLOADS = (PAYLOAD, REFINED_PAYLOAD, *MIXED_PAYLOADS.values())
 ADAPTIVE_PAYLOAD = "occupancy_adaptive"
 # Levels coded by neighbour.py's count models of each child's neighbourhood (from format 5):
