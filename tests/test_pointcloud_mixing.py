@@ -5,13 +5,14 @@ neighbourhood contexts, the mixer's coder (versions 1 to 3) and the codec's form
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reprocodec import container
+from reprocodec import container, entropy
 from reprocodec.errors import ContainerError, InputError, VerificationError
 from reprocodec.pointcloud import (
     PointCloudCodec,
@@ -28,6 +29,7 @@ from reprocodec.pointcloud import coder as coder_module
 from reprocodec.pointcloud.adaptive import AdaptiveStreamError
 from reprocodec.pointcloud.codec import (
     ADAPTIVE_PAYLOAD,
+    MIX_GAIN,
     MIXED_PAYLOAD,
     MIXED_PAYLOADS,
     MIXED_V2_PAYLOAD,
@@ -851,6 +853,86 @@ def test_auto_mixes_the_all_learned_stream_of_a_surface_for_a_clear_gain(codec, 
     monkeypatch.setattr(codec_module, "MIX_LEAD", 1 << 30)
     codec.encode(points, Mode.SYNDROME, depth=depth)
     assert walked
+
+
+def test_every_learned_payload_names_its_probabilities():
+    """inspect's and the benchmark table's learned_probabilities know every learned payload
+    (version 3's mixed one read "none" until 0.8.2)."""
+    from reprocodec.pointcloud import LEARNED_PROBABILITIES
+
+    assert set(LEARNED_PROBABILITIES) == set(codec_module.LEARNED_PAYLOADS)
+    assert {LEARNED_PROBABILITIES[name] for name in MIXED_PAYLOADS.values()} == {"mixed"}
+
+
+def _spy_candidates(monkeypatch) -> list[tuple[str, bool, int]]:
+    """Each candidate stream the encoder builds: (levels, mixed only, bytes)."""
+    built = []
+    add_payloads = PointCloudCodec._add_payloads
+
+    def spy(self, msg, *args, **kwargs):
+        add_payloads(self, msg, *args, **kwargs)
+        call = inspect.signature(add_payloads).bind(self, msg, *args, **kwargs)
+        call.apply_defaults()
+        built.append((call.arguments["levels"], call.arguments["mixed_only"], msg.ByteSize()))
+
+    monkeypatch.setattr(PointCloudCodec, "_add_payloads", spy)
+    return built
+
+
+def _spy_floors(monkeypatch, stand_in: int | None = None) -> list[int]:
+    """Each _learned_stream_floor the encoder computes (in bytes); with stand_in, the floor
+    it is given instead (0: the refined all-learned stream is always built, as before)."""
+    floors = []
+    floor = codec_module._learned_stream_floor
+
+    def spy(*args):
+        floors.append(floor(*args) >> (3 + entropy.COST_FRACTION))
+        return floor(*args) if stand_in is None else stand_in
+
+    monkeypatch.setattr(codec_module, "_learned_stream_floor", spy)
+    return floors
+
+
+def test_a_clearly_smaller_mixed_stream_leaves_the_refined_one_unbuilt(codec, monkeypatch):
+    """Where mixing leads, the mixed stream is built first, and where it is at least 1 /
+    MIX_GAIN smaller than a lower bound of the refined all-learned stream's size, that
+    stream is not built: the box's default encode (237,608 points; its time-priced choice
+    is built, as it may be smaller) builds the mixed one first and never the refined one,
+    and writes the stream the encoder writes with the bound put at zero (every candidate
+    built, as before), where the refined all-learned stream is no smaller than the bound."""
+    points, depth = _box_surface(200), 8
+    built, floors = _spy_candidates(monkeypatch), _spy_floors(monkeypatch)
+    fast = container.pack(codec.encode(points, Mode.SYNDROME, depth=depth))
+    assert built[0][:2] == ("L" * depth, True)
+    assert ("L" * depth, False) not in [(levels, mixed_only) for levels, mixed_only, _ in built]
+    assert len(built) > 1  # (the choice, ALLLAAAA)
+    assert inspect_fields(container.unpack(fast))["learned_probabilities"] == "mixed"
+    assert len(fast) * MIX_GAIN <= (MIX_GAIN - 1) * floors[0]
+    built.clear()
+    _spy_floors(monkeypatch, stand_in=0)
+    assert container.pack(codec.encode(points, Mode.SYNDROME, depth=depth)) == fast
+    unmixed = [size for levels, mixed_only, size in built
+               if levels == "L" * depth and not mixed_only]
+    assert unmixed and floors[0] <= unmixed[0]
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_the_refined_streams_floor_is_below_its_size_in_every_mode(codec, camel, elephant,
+                                                                  monkeypatch, mode):
+    """_learned_stream_floor never exceeds the refined all-learned stream's bytes: the
+    samples at any lead (MIX_LEAD raised), in each safeguard mode (side information packed
+    its own way in each), the stream built whatever the bound."""
+    monkeypatch.setattr(codec_module, "MIX_LEAD", 1 << 30)
+    built, floors = _spy_candidates(monkeypatch), _spy_floors(monkeypatch, stand_in=0)
+    for points, depth in ((camel, 6), (elephant, 7)):
+        built.clear()
+        floors.clear()
+        codec.encode(points, mode, depth=depth)
+        unmixed = [size for levels, mixed_only, size in built
+                   if levels == "L" * depth and not mixed_only]
+        assert len(floors) == 1 and len(unmixed) == 1, (built, floors)
+        assert floors[0] <= unmixed[0]
+        assert unmixed[0] - floors[0] < 128 + unmixed[0] // 50  # (its framing)
 
 
 def test_auto_never_mixes_a_cloud_of_many_bits_a_point(codec, monkeypatch):

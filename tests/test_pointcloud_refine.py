@@ -245,7 +245,7 @@ def test_static_stream_floor_is_below_every_static_stream(codec, law):
         bits = (rng.random(n) >= p0) if law != "against" else (p0 >= 0.5)
         bits = bits.reshape(n, 1)
     static_cost = coder._code_length(bits[:, 0], index, codec.tables)
-    level = coder.LearnedLevel(index, [], 0, 0, static_cost, static_cost)
+    level = coder.LearnedLevel(index, [], 0, 0, static_cost, static_cost, static_cost)
     stream = coder.static_stream([level], [bits], codec.tables)
     floor = entropy.stream_floor(static_cost, n)
     real = len(stream) << (3 + entropy.COST_FRACTION)

@@ -106,7 +106,9 @@ def inspect_fields(msg: Any) -> dict[str, Any]:
     }
 
 
-# The learned levels' payload -> their probabilities (inspect, benchmarks); a stream without
-# one has no learned level ("none": adaptive or neighbour-coded levels only)
+# Each learned levels' payload (codec.LEARNED_PAYLOADS, the same names: tested) -> their
+# probabilities (inspect, benchmarks); a stream without one has no learned level ("none":
+# adaptive or neighbour-coded levels only)
 LEARNED_PROBABILITIES = {"occupancy": "model", "occupancy_refined": "refined",
-                         "occupancy_mixed": "mixed", "occupancy_mixed_v2": "mixed"}
+                         "occupancy_mixed": "mixed", "occupancy_mixed_v2": "mixed",
+                         "occupancy_mixed_v3": "mixed"}

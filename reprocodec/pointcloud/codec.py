@@ -450,9 +450,7 @@ class PointCloudCodec:
                                coded.neighbour_f0, False)]
             # The all-adaptive stream is built only when it may win.
             adaptive_floor = adaptive_stream_floor(msg.ByteSize(), sum(adaptive_cost), sum(rows))
-            best, best_cost = None, 0
-            tried = set()
-
+            all_learned = "L" * depth
             mix_versions = _mixers(coders, mix_version)
 
             def stream(levels: str, f0: list[np.ndarray | None], mix: bool,
@@ -465,30 +463,64 @@ class PointCloudCodec:
                                    mixed_only, mix_versions, lead_walk)
                 return candidate
 
-            sizes: dict[str, int] = {}  # each candidate's bytes
+            built: dict[str, pb.Bitstream] = {}  # each candidate, built once
 
-            for levels, f0, fewer_bytes in candidates:  # the first one wins ties
-                if levels in tried or (best is not None and levels == all_adaptive
-                                       and adaptive_floor >= best_cost):
-                    continue
-                tried.add(levels)
-                candidate = stream(levels, f0, mix_every)
-                sizes[levels] = candidate.ByteSize()
-                cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _time_cost(
-                    levels, rows, price)
-                if best is None or (cost < best_cost and not (
-                        fewer_bytes and candidate.ByteSize() > best.ByteSize())):
-                    best, best_cost = candidate, cost
-            if coded.mixing_leads:
-                # Mixed alone: the same levels unmixed are a candidate above (every level is
-                # learned), so its refined stream was built there
-                all_learned = "L" * depth
-                candidate = stream(all_learned, [], True, mixed_only=True,
-                                   lead_walk=coded.lead_walk)
-                size = candidate.ByteSize()
-                if size < sizes.get(all_learned, 0) and \
-                        size * MIX_GAIN <= (MIX_GAIN - 1) * best.ByteSize():
-                    best = candidate
+            def choose(unbuilt_floor: int | None = None) -> pb.Bitstream | None:
+                """The cheapest candidate, bytes and time priced (the first wins ties), each
+                built once (`built`). unbuilt_floor: the all-learned one is left unbuilt, and
+                this lower bound of its cost stands in for it where the all-adaptive one may
+                be skipped (so where that is skipped, its bytes are at least the all-learned
+                one's floor)."""
+                best, best_cost, tried = None, 0, set()
+                for levels, f0, fewer_bytes in candidates:
+                    if levels in tried:
+                        continue
+                    tried.add(levels)
+                    if unbuilt_floor is not None and levels == all_learned:
+                        continue
+                    bound = best_cost if best is not None else None
+                    if unbuilt_floor is not None and all_learned in tried and \
+                            (bound is None or unbuilt_floor < bound):
+                        bound = unbuilt_floor
+                    if levels == all_adaptive and bound is not None and adaptive_floor >= bound:
+                        continue
+                    if levels not in built:
+                        built[levels] = stream(levels, f0, mix_every)
+                    candidate = built[levels]
+                    cost = (candidate.ByteSize() << (3 + entropy.COST_FRACTION)) + _time_cost(
+                        levels, rows, price)
+                    if best is None or (cost < best_cost and not (
+                            fewer_bytes and candidate.ByteSize() > best.ByteSize())):
+                        best, best_cost = candidate, cost
+                return best
+
+            if not coded.mixing_leads:
+                best = choose()
+            else:
+                # Mixed alone (every level is learned): kept where it is smaller than the same
+                # levels unmixed (a candidate) and smaller by 1 / MIX_GAIN than the choice.
+                # Built first: where it is that much smaller than a lower bound of the
+                # unmixed stream's size, that stream, the largest candidate, is not built
+                # (the dense surface's 55 of its 75 ms of candidates). The stream kept is the
+                # same: whichever candidate the choice would have been, the mixed one is
+                # smaller by 1 / MIX_GAIN than each built one, than the unbuilt one's floor
+                # and, if skipped, the all-adaptive one (choose), or else all is built.
+                mixed = stream(all_learned, [], True, mixed_only=True, lead_walk=coded.lead_walk)
+                size = mixed.ByteSize()
+
+                def wins(other: int) -> bool:  # by 1 / MIX_GAIN over `other` bytes
+                    return size * MIX_GAIN <= (MIX_GAIN - 1) * other
+
+                learned_floor = _learned_stream_floor(msg.ByteSize(), learned, rows)
+                best = None
+                if wins(learned_floor >> (3 + entropy.COST_FRACTION)):
+                    choose(learned_floor + _time_cost(all_learned, rows, price))
+                    if all(wins(c.ByteSize()) for c in built.values()):
+                        best = mixed
+                if best is None:
+                    best = choose()
+                    if size < built[all_learned].ByteSize() and wins(best.ByteSize()):
+                        best = mixed
             best.format_version = container.required_version(best)
             return best
         finally:
@@ -1395,6 +1427,20 @@ def adaptive_stream_floor(header_bytes: int, code_length: int, decisions: int) -
     entropy.stream_floor (the adaptive coder writes entropy's Rans64 words)."""
     return (header_bytes << (3 + entropy.COST_FRACTION)) + entropy.stream_floor(code_length,
                                                                               decisions)
+
+
+def _learned_stream_floor(header_bytes: int, learned: list[coder.LearnedLevel | None],
+                         rows: list[int]) -> int:
+    """A lower bound of the all-learned refined candidate's size, in code-length units: its
+    header, its payload's entropy.stream_floor and its side information. From each level's
+    LearnedLevel.code_length (the cheaper of the static and the refined probabilities there,
+    whose sum is at most either payload's; the refined ones as the stream walks them, every
+    level learned) and the rest of its cost, the bits its passes' side information packs to
+    (coder._SIDE_BITS, exact)."""
+    code_length = sum(lv.code_length for lv in learned)
+    side = sum(lv.cost for lv in learned) - code_length
+    return (header_bytes << (3 + entropy.COST_FRACTION)) + entropy.stream_floor(
+        code_length, sum(rows)) + side
 
 
 def _pass_logits(networks, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,

@@ -89,6 +89,7 @@ class LearnedLevel:
     # refined probabilities) plus the side information of the passes, in units of
     # 2^-entropy.COST_FRACTION bits (exact integers: the same choice on every machine)
     static_cost: int  # the bits' code length under the model's own probabilities (same units)
+    code_length: int  # cost less the side information: the bits' code length alone
     contexts: mixing.LevelContexts | None = None  # the level's mixing contexts, if kept
     features: np.ndarray | None = None  # its (M, 8) plane features, if kept (mixer version 3)
 
@@ -135,11 +136,11 @@ def learned_level(
             candidates += protected.candidate_count
     finally:
         pending.cancel()  # a no-op unless this thread's work raised (cancellation, say)
-    static_cost = cost
+    static_cost = code_length = cost
     if buckets is not None:
-        cost = min(cost, refined)
-    cost += sum(side_bits(b) for b in bodies) << entropy.COST_FRACTION
-    return LearnedLevel(index, bodies, risky, candidates, cost, static_cost)
+        code_length = min(cost, refined)
+    cost = code_length + (sum(side_bits(b) for b in bodies) << entropy.COST_FRACTION)
+    return LearnedLevel(index, bodies, risky, candidates, cost, static_cost, code_length)
 
 
 def estimate_level_cost(
