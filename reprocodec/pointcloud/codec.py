@@ -499,25 +499,26 @@ class PointCloudCodec:
             else:
                 # Mixed alone (every level is learned): kept where it is smaller than the same
                 # levels unmixed (a candidate) and smaller by 1 / MIX_GAIN than the choice.
-                # Built first: where it is that much smaller than a lower bound of the
-                # unmixed stream's size, that stream, the largest candidate, is not built
-                # (the dense surface's 55 of its 75 ms of candidates). The stream kept is the
-                # same: whichever candidate the choice would have been, the mixed one is
-                # smaller by 1 / MIX_GAIN than each built one, than the unbuilt one's floor
-                # and, if skipped, the all-adaptive one (choose), or else all is built.
+                # Where it is that much smaller than a lower bound of the unmixed stream's
+                # size, that stream, the largest candidate, is not built (the dense surface's
+                # 55 of its 75 ms of candidates). The stream kept is the same: whichever
+                # candidate the choice would have been, the mixed one is smaller by 1 /
+                # MIX_GAIN than each one built, the unbuilt one's floor and, if skipped, the
+                # all-adaptive one (choose); or else every one is built.
+                learned_floor = _learned_stream_floor(msg.ByteSize(), learned, rows)
+                # The others first, while the pool may still walk the mixer over the last
+                # level's last passes (the lead's walk, which the mixed stream goes on from)
+                choose(learned_floor + _time_cost(all_learned, rows, price))
                 mixed = stream(all_learned, [], True, mixed_only=True, lead_walk=coded.lead_walk)
                 size = mixed.ByteSize()
 
                 def wins(other: int) -> bool:  # by 1 / MIX_GAIN over `other` bytes
                     return size * MIX_GAIN <= (MIX_GAIN - 1) * other
 
-                learned_floor = _learned_stream_floor(msg.ByteSize(), learned, rows)
-                best = None
-                if wins(learned_floor >> (3 + entropy.COST_FRACTION)):
-                    choose(learned_floor + _time_cost(all_learned, rows, price))
-                    if all(wins(c.ByteSize()) for c in built.values()):
-                        best = mixed
-                if best is None:
+                if wins(learned_floor >> (3 + entropy.COST_FRACTION)) and \
+                        all(wins(c.ByteSize()) for c in built.values()):
+                    best = mixed
+                else:
                     best = choose()
                     if size < built[all_learned].ByteSize() and wins(best.ByteSize()):
                         best = mixed
