@@ -6,4 +6,4 @@ Codecs (need the `server` extra): `reprocodec.image`, `reprocodec.pointcloud`.
 Services: `reprocodec.server`; light client: `reprocodec.client`.
 """
 
-__version__ = "0.8.1"  # writes bitstream formats 2 to 8 (container.py), reads all seven
+__version__ = "0.8.2"  # writes bitstream formats 2 to 8 (container.py), reads all seven
