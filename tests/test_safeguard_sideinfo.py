@@ -365,3 +365,37 @@ def test_too_few_rows_anywhere_is_refused_before_any_elimination(monkeypatch):
     with pytest.raises(SafeguardError, match="more candidates than rows") as info:
         elimination.block_solve(keys, starts, rows, np.zeros((2, 1), np.uint64))
     assert not isinstance(info.value, MalformedSideInfo)
+
+
+# The side information of two fixed tensors, as 0.8.1 wrote it (sha256, first 16 hex digits,
+# and bytes), by (quantizer, mode): a uniform grid and sorted thresholds
+_WRITTEN = {
+    ("uniform", Mode.SYNDROME): (18, "caa907a60f52cb25"),
+    ("uniform", Mode.FLAGS): (59, "805114219917d1ec"),
+    ("uniform", Mode.SIMPLIFIED): (54, "144ad55473ca68d1"),
+    ("thresholds", Mode.SYNDROME): (302, "3efefd7a7c6ae10b"),
+    ("thresholds", Mode.FLAGS): (861, "3db7b2548a3907c4"),
+    ("thresholds", Mode.SIMPLIFIED): (733, "cde7b12b40973455"),
+}
+
+
+@pytest.mark.parametrize("quantizer", ["uniform", "thresholds"])
+@pytest.mark.parametrize("mode", PROTECTED_MODES)
+def test_the_side_information_bytes_are_those_written_before(quantizer, mode):
+    """Every mode writes the bytes 0.8.1 wrote for the same tensor: syndrome mode's stream is
+    now written from its fields when first read (Protected.stream), and only then; the body
+    and the fields agree with it (the tensor has blocks: 2 and 33 of them)."""
+    import hashlib
+
+    v = np.arange(20000, dtype=np.float64) * 0.4999 + np.sin(np.arange(20000)) * 0.3
+    q, bound = {"uniform": (UNIT, ErrorBound.absolute(1e-3)),
+                "thresholds": (DecisionQuantizer.from_thresholds(np.arange(1, 9000) * 2.0 + 0.5),
+                               ErrorBound.relative(1e-5))}[quantizer]
+    p = protect(v, q, bound, mode)
+    if mode is Mode.SYNDROME:
+        assert p.written is None and "stream" not in vars(p)  # not written yet
+        assert p.syndromes is not None and len(p.syndromes.sent) in (2, 33)
+    size, digest = _WRITTEN[quantizer, mode]
+    assert (len(p.stream), hashlib.sha256(p.stream).hexdigest()[:16]) == (size, digest)
+    assert p.stream.endswith(p.body) and len(p.body) == size - 4
+    np.testing.assert_array_equal(resolve(v, q, bound, p.stream, mode), p.indices)
