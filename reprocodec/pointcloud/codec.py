@@ -1433,15 +1433,15 @@ def adaptive_stream_floor(header_bytes: int, code_length: int, decisions: int) -
 def _learned_stream_floor(header_bytes: int, learned: list[coder.LearnedLevel | None],
                          rows: list[int]) -> int:
     """A lower bound of the all-learned refined candidate's size, in code-length units: its
-    header, its payload's entropy.stream_floor and its side information. From each level's
+    header and payload as adaptive_stream_floor bounds them (the refined and the static
+    payloads are entropy's Rans64 words too), then its side information. From each level's
     LearnedLevel.code_length (the cheaper of the static and the refined probabilities there,
     whose sum is at most either payload's; the refined ones as the stream walks them, every
     level learned) and the rest of its cost, the bits its passes' side information packs to
     (coder._SIDE_BITS, exact)."""
     code_length = sum(lv.code_length for lv in learned)
     side = sum(lv.cost for lv in learned) - code_length
-    return (header_bytes << (3 + entropy.COST_FRACTION)) + entropy.stream_floor(
-        code_length, sum(rows)) + side
+    return adaptive_stream_floor(header_bytes, code_length, sum(rows)) + side
 
 
 def _pass_logits(networks, neighbours: np.ndarray, bits: np.ndarray, k: int, level: int,
