@@ -149,6 +149,8 @@ def main() -> int:
         rows_per_point(PointCloudCodec.load(threads=args.threads))
         return 0
     clouds = {name: (points, depth) for name, points, depth in synthetic_clouds()}
+    if args.cloud not in clouds:
+        ap.error(f"no cloud {args.cloud!r}: one of {', '.join(map(repr, clouds))}")
     points, depth = clouds[args.cloud]
     codec = PointCloudCodec.load(threads=args.threads)
     if args.kernel:
